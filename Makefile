@@ -1,0 +1,64 @@
+# embedd build.
+#   make                      build/embedd
+#   make test                 build and run every Check suite
+#   make SANITIZER=address    the same, into build-address/ (also: undefined, thread)
+#   make bench                scripts/bench.sh: embedd against PyTorch, same run
+CC       ?= cc
+SANITIZER ?=
+BUILD    := build$(if $(SANITIZER),-$(SANITIZER),)
+PKGS     := libmicrohttpd libcjson libcurl libutf8proc
+OPT      ?= -O2
+CFLAGS   += $(OPT) -g -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wshadow -Wno-unused-parameter \
+            -pthread -fopenmp $(shell pkg-config --cflags $(PKGS) openblas)
+LDLIBS   += $(shell pkg-config --libs $(PKGS) openblas) -lm -pthread -fopenmp
+ifneq ($(SANITIZER),)
+CFLAGS   += -fsanitize=$(SANITIZER) -fno-omit-frame-pointer -fno-sanitize-recover=all
+LDFLAGS  += -fsanitize=$(SANITIZER)
+OPT      := -O1
+endif
+CHECK_LIBS := $(shell pkg-config --libs check)
+
+MODEL_SRC  := $(wildcard model/*.c)
+SERVER_SRC := $(wildcard server/*.c)
+TEST_SRC   := $(wildcard tests/test_*.c)
+MODEL_OBJ  := $(MODEL_SRC:%.c=$(BUILD)/%.o)
+SERVER_OBJ := $(SERVER_SRC:%.c=$(BUILD)/%.o)
+# server objects other than main, linkable into tests
+SERVER_LIB_OBJ := $(filter-out $(BUILD)/server/main.o,$(SERVER_OBJ))
+TEST_BIN   := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
+
+# Tests read the shared data set from beside the checkout unless told otherwise.
+export EMBEDD_SHARED_DATA ?= $(abspath ../shared/data)
+# The old OpenBLAS misdetects this CPU; tests and CI keep the safe kernel.
+export OPENBLAS_CORETYPE ?= Haswell
+
+.PHONY: all test bench clean
+all: $(BUILD)/embedd
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -Imodel -Iserver -MMD -MP -c $< -o $@
+
+$(BUILD)/libembedd_model.a: $(MODEL_OBJ)
+	ar rcs $@ $^
+
+$(BUILD)/embedd: $(SERVER_OBJ) $(BUILD)/libembedd_model.a
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/tests/%: $(BUILD)/tests/%.o $(SERVER_LIB_OBJ) $(BUILD)/libembedd_model.a
+	$(CC) $(LDFLAGS) -o $@ $^ $(CHECK_LIBS) $(LDLIBS)
+
+test: $(BUILD)/embedd $(TEST_BIN)
+	@fail=0; for t in $(TEST_BIN); do \
+	  echo "== $$t"; \
+	  EMBEDD_BIN=$(abspath $(BUILD)/embedd) CK_DEFAULT_TIMEOUT=120 $$t || fail=1; \
+	done; \
+	if [ $$fail -ne 0 ]; then echo "some test suites failed"; exit 1; fi
+
+bench: $(BUILD)/embedd
+	scripts/bench.sh
+
+clean:
+	rm -rf build build-*
+
+-include $(MODEL_OBJ:.o=.d) $(SERVER_OBJ:.o=.d) $(TEST_BIN:=.d)

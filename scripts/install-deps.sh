@@ -1,0 +1,25 @@
+#!/bin/sh
+# Installs the Debian packages embedd needs to build, test and benchmark.
+# Used by the README and by .ci/run. Safe to run more than once.
+set -eu
+SUDO=""
+if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+BUILD_PKGS="build-essential pkg-config libmicrohttpd-dev libcjson-dev libopenblas-dev \
+libcurl4-openssl-dev check libutf8proc-dev"
+TEST_PKGS="curl python3"
+if [ "${1:-}" = "--bench" ]; then
+  TEST_PKGS="$TEST_PKGS python3-torch python3-numpy"
+fi
+missing=""
+for p in $BUILD_PKGS $TEST_PKGS; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed"; then
+    missing="$missing $p"
+  fi
+done
+if [ -n "$missing" ]; then
+  echo "installing:$missing"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  # shellcheck disable=SC2086
+  $SUDO apt-get install -y -qq --no-install-recommends $missing
+fi
