@@ -2,7 +2,7 @@
 #   make                      build/embedd
 #   make test                 build and run every Check suite
 #   make SANITIZER=address    the same, into build-address/ (also: undefined, thread)
-#   make bench                scripts/bench.sh: embedd against PyTorch, same run
+#   make bench                scripts/bench.py: embedd against PyTorch, same run
 CC       ?= cc
 SANITIZER ?=
 BUILD    := build$(if $(SANITIZER),-$(SANITIZER),)
@@ -10,7 +10,7 @@ PKGS     := libmicrohttpd libcjson libcurl libutf8proc
 OPT      ?= -O2
 CFLAGS   += $(OPT) -g -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wshadow -Wno-unused-parameter \
             -pthread -fopenmp $(shell pkg-config --cflags $(PKGS) openblas)
-LDLIBS   += $(shell pkg-config --libs $(PKGS) openblas) -lm -pthread -fopenmp
+LDLIBS   += $(shell pkg-config --libs $(PKGS) openblas) -lmvec -lm -pthread -fopenmp
 ifneq ($(SANITIZER),)
 CFLAGS   += -fsanitize=$(SANITIZER) -fno-omit-frame-pointer -fno-sanitize-recover=all
 LDFLAGS  += -fsanitize=$(SANITIZER)
@@ -56,7 +56,8 @@ test: $(BUILD)/embedd $(TEST_BIN)
 	if [ $$fail -ne 0 ]; then echo "some test suites failed"; exit 1; fi
 
 bench: $(BUILD)/embedd
-	scripts/bench.sh
+	scripts/install-deps.sh --bench
+	/usr/bin/python3 scripts/bench.py $(BENCH_ARGS)
 
 clean:
 	rm -rf build build-*

@@ -1,0 +1,436 @@
+/* bert.c: loading a BERT encoder from safetensors and running it forward.
+ * See bert.h for the parameter layout and ops.h for the kernels. */
+#include "bert.h"
+
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include <cjson/cJSON.h>
+
+#include "ops.h"
+#include "safetensors.h"
+
+void emb_param_sizes(const emb_config *cfg, size_t sizes[EMB_N_PARAM_TENSORS])
+{
+    size_t V = cfg->vocab_size, P = cfg->max_position_embeddings, TV = cfg->type_vocab_size;
+    size_t C = cfg->hidden_size, L = cfg->num_hidden_layers, I = cfg->intermediate_size;
+    size_t s[EMB_N_PARAM_TENSORS] = {
+        V * C, P * C, TV * C, C, C,          /* embeddings */
+        L * 3 * C * C, L * 3 * C,            /* qkv */
+        L * C * C, L * C, L * C, L * C,      /* attention output + ln1 */
+        L * I * C, L * I, L * C * I, L * C,  /* ffn */
+        L * C, L * C,                        /* ln2 */
+    };
+    memcpy(sizes, s, sizeof s);
+}
+
+void emb_weights_point(emb_weights *w, float *base, const emb_config *cfg)
+{
+    size_t sizes[EMB_N_PARAM_TENSORS];
+    emb_param_sizes(cfg, sizes);
+    float **ptrs[EMB_N_PARAM_TENSORS] = {
+        &w->wte, &w->wpe, &w->wtt, &w->emb_lnw, &w->emb_lnb,
+        &w->qkvw, &w->qkvb, &w->attn_ow, &w->attn_ob, &w->ln1w, &w->ln1b,
+        &w->fcw, &w->fcb, &w->fc_projw, &w->fc_projb, &w->ln2w, &w->ln2b,
+    };
+    float *p = base;
+    for (int i = 0; i < EMB_N_PARAM_TENSORS; i++) {
+        *ptrs[i] = p;
+        p += sizes[i];
+    }
+}
+
+/* ---- weight files ------------------------------------------------------ */
+
+#define MAX_SHARDS 64
+
+typedef struct weight_files {
+    emb_st_file files[MAX_SHARDS];
+    int n;
+} weight_files;
+
+static void weight_files_close(weight_files *wf)
+{
+    for (int i = 0; i < wf->n; i++)
+        emb_st_close(&wf->files[i]);
+    wf->n = 0;
+}
+
+static char *read_small_file(const char *path, size_t cap)
+{
+    FILE *fp = fopen(path, "rb");
+    if (fp == NULL)
+        return NULL;
+    char *buf = malloc(cap + 1);
+    size_t n = 0;
+    if (buf != NULL) {
+        n = fread(buf, 1, cap, fp);
+        buf[n] = '\0';
+    }
+    fclose(fp);
+    return buf;
+}
+
+/* Opens model.safetensors, or every shard named by
+ * model.safetensors.index.json. */
+static int weight_files_open(weight_files *wf, const char *dir, emb_err *err)
+{
+    char path[4096];
+    struct stat st;
+    wf->n = 0;
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    if (stat(path, &st) == 0) {
+        if (emb_st_open(&wf->files[0], path, err) != 0)
+            return -1;
+        wf->n = 1;
+        return 0;
+    }
+    snprintf(path, sizeof path, "%s/model.safetensors.index.json", dir);
+    char *text = read_small_file(path, 16u << 20);
+    if (text == NULL)
+        return emb_fail(err, "%s: no model.safetensors (nor a sharded index) found", dir);
+    int rc = -1;
+    cJSON *root = cJSON_Parse(text);
+    cJSON *map = cJSON_GetObjectItemCaseSensitive(root, "weight_map");
+    if (!cJSON_IsObject(map)) {
+        emb_fail(err, "%s: invalid JSON or no \"weight_map\" object", path);
+        goto out;
+    }
+    const cJSON *entry;
+    cJSON_ArrayForEach(entry, map) {
+        if (!cJSON_IsString(entry) || strchr(entry->valuestring, '/') != NULL) {
+            emb_fail(err, "%s: bad shard name for tensor '%s'", path, entry->string);
+            goto out;
+        }
+    }
+    /* Open each distinct shard once, in first-mention order. */
+    const char *opened[MAX_SHARDS];
+    cJSON_ArrayForEach(entry, map) {
+        int dup = 0;
+        for (int i = 0; i < wf->n; i++) {
+            if (strcmp(opened[i], entry->valuestring) == 0)
+                dup = 1;
+        }
+        if (dup)
+            continue;
+        if (wf->n == MAX_SHARDS) {
+            emb_fail(err, "%s: more than %d shards", path, MAX_SHARDS);
+            goto out;
+        }
+        char shard[4096];
+        snprintf(shard, sizeof shard, "%s/%s", dir, entry->valuestring);
+        if (emb_st_open(&wf->files[wf->n], shard, err) != 0)
+            goto out;
+        opened[wf->n] = entry->valuestring;
+        wf->n++;
+    }
+    rc = 0;
+out:
+    if (rc != 0)
+        weight_files_close(wf);
+    cJSON_Delete(root);
+    free(text);
+    return rc;
+}
+
+/* Finds name, or "bert." + name, in any of the files. */
+static const emb_st_tensor *find_tensor(const weight_files *wf, const char *name,
+                                        const emb_st_file **file)
+{
+    char prefixed[256];
+    snprintf(prefixed, sizeof prefixed, "bert.%s", name);
+    for (int i = 0; i < wf->n; i++) {
+        const emb_st_tensor *t = emb_st_find(&wf->files[i], name);
+        if (t == NULL)
+            t = emb_st_find(&wf->files[i], prefixed);
+        if (t != NULL) {
+            *file = &wf->files[i];
+            return t;
+        }
+    }
+    return NULL;
+}
+
+/* Copies the HF tensor `name` of shape (rows[, cols]) into dst. */
+static int load_tensor(const weight_files *wf, const char *name, int ndim, long rows, long cols,
+                       float *dst, emb_err *err)
+{
+    const emb_st_file *file = NULL;
+    const emb_st_tensor *t = find_tensor(wf, name, &file);
+    if (t == NULL)
+        return emb_fail(err, "model.safetensors: missing tensor '%s'", name);
+    int ok = t->ndim == ndim && t->shape[0] == rows && (ndim == 1 || t->shape[1] == cols);
+    if (!ok) {
+        char got[128] = "";
+        size_t used = 0;
+        for (int d = 0; d < t->ndim && used < sizeof got - 24; d++)
+            used += (size_t)snprintf(got + used, sizeof got - used, "%s%lld", d ? ", " : "",
+                                     (long long)t->shape[d]);
+        if (ndim == 1)
+            return emb_fail(err, "model.safetensors: tensor '%s' has shape [%s], expected [%ld]",
+                            t->name, got, rows);
+        return emb_fail(err, "model.safetensors: tensor '%s' has shape [%s], expected [%ld, %ld]",
+                        t->name, got, rows, cols);
+    }
+    return emb_st_read_f32(file, t, dst, err);
+}
+
+/* A tensor named encoder.layer.N.* with N >= L means config and weights
+ * disagree; everything else unknown (MLM head, pooler) is ignored. */
+static int check_layer_count(const weight_files *wf, int L, emb_err *err)
+{
+    for (int f = 0; f < wf->n; f++) {
+        for (int i = 0; i < wf->files[f].n_tensors; i++) {
+            const char *name = wf->files[f].tensors[i].name;
+            if (strncmp(name, "bert.", 5) == 0)
+                name += 5;
+            int layer = -1;
+            if (sscanf(name, "encoder.layer.%d.", &layer) == 1 && layer >= L)
+                return emb_fail(err,
+                                "model.safetensors: tensor '%s' belongs to layer %d but "
+                                "config.json has num_hidden_layers = %d",
+                                wf->files[f].tensors[i].name, layer, L);
+        }
+    }
+    return 0;
+}
+
+static int load_weights(emb_model *m, const weight_files *wf, emb_err *err)
+{
+    const emb_config *c = &m->cfg;
+    const long C = c->hidden_size, I = c->intermediate_size;
+    emb_weights *w = &m->w;
+    if (check_layer_count(wf, c->num_hidden_layers, err) != 0)
+        return -1;
+    if (load_tensor(wf, "embeddings.word_embeddings.weight", 2, c->vocab_size, C, w->wte, err) ||
+        load_tensor(wf, "embeddings.position_embeddings.weight", 2, c->max_position_embeddings, C,
+                    w->wpe, err) ||
+        load_tensor(wf, "embeddings.token_type_embeddings.weight", 2, c->type_vocab_size, C,
+                    w->wtt, err) ||
+        load_tensor(wf, "embeddings.LayerNorm.weight", 1, C, 0, w->emb_lnw, err) ||
+        load_tensor(wf, "embeddings.LayerNorm.bias", 1, C, 0, w->emb_lnb, err))
+        return -1;
+    for (int l = 0; l < c->num_hidden_layers; l++) {
+        static const char *qkv_names[3] = {"query", "key", "value"};
+        char name[256];
+        for (int j = 0; j < 3; j++) {
+            snprintf(name, sizeof name, "encoder.layer.%d.attention.self.%s.weight", l,
+                     qkv_names[j]);
+            if (load_tensor(wf, name, 2, C, C, w->qkvw + (l * 3 + j) * C * C, err))
+                return -1;
+            snprintf(name, sizeof name, "encoder.layer.%d.attention.self.%s.bias", l,
+                     qkv_names[j]);
+            if (load_tensor(wf, name, 1, C, 0, w->qkvb + (l * 3 + j) * C, err))
+                return -1;
+        }
+        struct { const char *suffix; int ndim; long rows, cols; float *dst; } rest[] = {
+            {"attention.output.dense.weight", 2, C, C, w->attn_ow + l * C * C},
+            {"attention.output.dense.bias", 1, C, 0, w->attn_ob + l * C},
+            {"attention.output.LayerNorm.weight", 1, C, 0, w->ln1w + l * C},
+            {"attention.output.LayerNorm.bias", 1, C, 0, w->ln1b + l * C},
+            {"intermediate.dense.weight", 2, I, C, w->fcw + l * I * C},
+            {"intermediate.dense.bias", 1, I, 0, w->fcb + l * I},
+            {"output.dense.weight", 2, C, I, w->fc_projw + l * C * I},
+            {"output.dense.bias", 1, C, 0, w->fc_projb + l * C},
+            {"output.LayerNorm.weight", 1, C, 0, w->ln2w + l * C},
+            {"output.LayerNorm.bias", 1, C, 0, w->ln2b + l * C},
+        };
+        for (size_t j = 0; j < sizeof rest / sizeof rest[0]; j++) {
+            snprintf(name, sizeof name, "encoder.layer.%d.%s", l, rest[j].suffix);
+            if (load_tensor(wf, name, rest[j].ndim, rest[j].rows, rest[j].cols, rest[j].dst, err))
+                return -1;
+        }
+    }
+    return 0;
+}
+
+emb_model *emb_model_load(const char *dir, emb_err *err)
+{
+    weight_files wf = {.n = 0};
+    emb_model *m = calloc(1, sizeof *m);
+    if (m == NULL) {
+        emb_fail(err, "out of memory");
+        return NULL;
+    }
+    if (emb_config_load(&m->cfg, dir, err) != 0)
+        goto fail;
+    m->tok = emb_tokenizer_load(dir, err);
+    if (m->tok == NULL)
+        goto fail;
+    emb_tokenizer_set_st_lowercase(m->tok, m->cfg.do_lower_case);
+    if (emb_tokenizer_vocab_size(m->tok) > m->cfg.vocab_size) {
+        emb_fail(err, "%s: tokenizer has %d tokens but config.json vocab_size is %d", dir,
+                 emb_tokenizer_vocab_size(m->tok), m->cfg.vocab_size);
+        goto fail;
+    }
+    size_t sizes[EMB_N_PARAM_TENSORS];
+    emb_param_sizes(&m->cfg, sizes);
+    m->n_params = 0;
+    for (int i = 0; i < EMB_N_PARAM_TENSORS; i++)
+        m->n_params += sizes[i];
+    m->params = malloc(m->n_params * sizeof(float));
+    if (m->params == NULL) {
+        emb_fail(err, "out of memory for %zu parameters", m->n_params);
+        goto fail;
+    }
+    emb_weights_point(&m->w, m->params, &m->cfg);
+    if (weight_files_open(&wf, dir, err) != 0)
+        goto fail;
+    if (load_weights(m, &wf, err) != 0)
+        goto fail;
+    weight_files_close(&wf);
+    return m;
+fail:
+    weight_files_close(&wf);
+    emb_model_free(m);
+    return NULL;
+}
+
+void emb_model_free(emb_model *m)
+{
+    if (m == NULL)
+        return;
+    emb_tokenizer_free(m->tok);
+    free(m->params);
+    free(m);
+}
+
+/* ---- workspace --------------------------------------------------------- */
+
+emb_workspace *emb_workspace_new(const emb_model *m, int max_tokens, emb_err *err)
+{
+    if (max_tokens < 1) {
+        emb_fail(err, "workspace: max_tokens must be positive");
+        return NULL;
+    }
+    emb_workspace *ws = calloc(1, sizeof *ws);
+    if (ws == NULL) {
+        emb_fail(err, "out of memory");
+        return NULL;
+    }
+    ws->max_tokens = max_tokens;
+    ws->hidden = m->cfg.hidden_size;
+    ws->inter = m->cfg.intermediate_size;
+    ws->max_len = m->cfg.max_position_embeddings;
+    ws->scratch = malloc(sizeof(float) * attention_scratch_floats(ws->max_len));
+    if (ws->scratch == NULL) {
+        emb_fail(err, "out of memory");
+        free(ws);
+        return NULL;
+    }
+    return ws;
+}
+
+void emb_workspace_free(emb_workspace *ws)
+{
+    if (ws == NULL)
+        return;
+    free(ws->x);
+    free(ws->qkv);
+    free(ws->att);
+    free(ws->tmp);
+    free(ws->ffn);
+    free(ws->scratch);
+    free(ws->seq_off);
+    free(ws);
+}
+
+static int grow(float **buf, size_t n)
+{
+    float *p = realloc(*buf, n * sizeof(float));
+    if (p == NULL)
+        return -1;
+    *buf = p;
+    return 0;
+}
+
+/* Makes room for T tokens in S sequences. Buffers only grow. */
+static int workspace_reserve(emb_workspace *ws, int T, int S, emb_err *err)
+{
+    if (T > ws->max_tokens)
+        return emb_fail(err, "batch of %d tokens exceeds the workspace cap of %d", T,
+                        ws->max_tokens);
+    if (S + 1 > ws->cap_seqs) {
+        int *p = realloc(ws->seq_off, sizeof(int) * (size_t)(S + 1));
+        if (p == NULL)
+            return emb_fail(err, "out of memory");
+        ws->seq_off = p;
+        ws->cap_seqs = S + 1;
+    }
+    if (T <= ws->cap_tokens)
+        return 0;
+    long want = (long)ws->cap_tokens * 2;
+    if (want < T)
+        want = T;
+    if (want > ws->max_tokens)
+        want = ws->max_tokens;
+    size_t n = (size_t)want;
+    if (grow(&ws->x, n * ws->hidden) || grow(&ws->qkv, n * 3 * ws->hidden) || grow(&ws->att, n * ws->hidden) ||
+        grow(&ws->tmp, n * ws->hidden) || grow(&ws->ffn, n * ws->inter))
+        return emb_fail(err, "out of memory for %ld tokens of activations", want);
+    ws->cap_tokens = (int)want;
+    return 0;
+}
+
+/* ---- forward ----------------------------------------------------------- */
+
+int emb_forward(const emb_model *m, emb_workspace *ws, const int32_t *ids, const int *lens,
+                int n_seqs, emb_err *err)
+{
+    const emb_config *c = &m->cfg;
+    const emb_weights *w = &m->w;
+    const int C = c->hidden_size, I = c->intermediate_size, NH = c->num_attention_heads;
+    const float eps = c->layer_norm_eps;
+    long total = 0;
+    if (n_seqs < 0)
+        return emb_fail(err, "negative sequence count");
+    for (int s = 0; s < n_seqs; s++) {
+        if (lens[s] < 1 || lens[s] > c->max_position_embeddings)
+            return emb_fail(err, "sequence %d has %d tokens; must be 1..%d", s, lens[s],
+                            c->max_position_embeddings);
+        total += lens[s];
+        if (total > INT_MAX)
+            return emb_fail(err, "batch too large");
+    }
+    const int T = (int)total;
+    if (workspace_reserve(ws, T, n_seqs, err) != 0)
+        return -1;
+    ws->seq_off[0] = 0;
+    for (int s = 0; s < n_seqs; s++)
+        ws->seq_off[s + 1] = ws->seq_off[s] + lens[s];
+    for (int t = 0; t < T; t++) {
+        if (ids[t] < 0 || ids[t] >= c->vocab_size)
+            return emb_fail(err, "token id %d out of range 0..%d", ids[t], c->vocab_size - 1);
+    }
+
+    embeddings_forward(ws->x, ids, ws->seq_off, n_seqs, w->wte, w->wpe, w->wtt, C);
+    residual_layernorm_forward(ws->x, NULL, NULL, w->emb_lnw, w->emb_lnb, T, C, eps);
+    for (int l = 0; l < c->num_hidden_layers; l++) {
+        const long lC = (long)l * C;
+        matmul_forward(ws->qkv, ws->x, w->qkvw + lC * 3 * C, w->qkvb + lC * 3, T, C, 3 * C);
+        attention_forward(ws->att, ws->qkv, ws->seq_off, n_seqs, C, NH, ws->scratch, ws->max_len);
+        matmul_forward(ws->tmp, ws->att, w->attn_ow + lC * C, NULL, T, C, C);
+        residual_layernorm_forward(ws->x, ws->tmp, w->attn_ob + lC, w->ln1w + lC, w->ln1b + lC,
+                                   T, C, eps);
+        matmul_forward(ws->ffn, ws->x, w->fcw + (long)l * I * C, NULL, T, C, I);
+        bias_gelu_forward(ws->ffn, w->fcb + (long)l * I, T, I);
+        matmul_forward(ws->tmp, ws->ffn, w->fc_projw + (long)l * C * I, NULL, T, I, C);
+        residual_layernorm_forward(ws->x, ws->tmp, w->fc_projb + lC, w->ln2w + lC, w->ln2b + lC,
+                                   T, C, eps);
+    }
+    return 0;
+}
+
+int emb_embed_ids(const emb_model *m, emb_workspace *ws, const int32_t *ids, const int *lens,
+                  int n_seqs, emb_pooling pooling, int normalize, float *out, emb_err *err)
+{
+    if (emb_forward(m, ws, ids, lens, n_seqs, err) != 0)
+        return -1;
+    pool_forward(out, ws->x, ws->seq_off, n_seqs, m->cfg.hidden_size, (int)pooling);
+    if (normalize)
+        l2norm_forward(out, n_seqs, m->cfg.hidden_size);
+    return 0;
+}

@@ -1,0 +1,92 @@
+/* bert.h: a BERT-family encoder loaded from a Hugging Face model directory.
+ *
+ * All parameters live in one flat float block; emb_weights is a struct of
+ * named pointers into it (llm.c style). Gradients and optimizer state use the
+ * same layout, so a snapshot is one memcpy. Q, K and V are stored fused as
+ * one (3C, C) matrix per layer; the loader fills it from the three HF tensors.
+ *
+ * A loaded emb_model is read-only during inference and can be shared by any
+ * number of threads, each with its own emb_workspace. */
+#ifndef EMBEDD_BERT_H
+#define EMBEDD_BERT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "config.h"
+#include "error.h"
+#include "tokenizer.h"
+
+/* Legend: V vocab, P max positions, TV token types, C hidden, L layers,
+ * I intermediate. */
+typedef struct emb_weights {
+    float *wte;        /* (V, C)     embeddings.word_embeddings */
+    float *wpe;        /* (P, C)     embeddings.position_embeddings */
+    float *wtt;        /* (TV, C)    embeddings.token_type_embeddings */
+    float *emb_lnw;    /* (C)        embeddings.LayerNorm.weight */
+    float *emb_lnb;    /* (C)        embeddings.LayerNorm.bias */
+    float *qkvw;       /* (L, 3C, C) attention.self.{query,key,value}.weight */
+    float *qkvb;       /* (L, 3C)    attention.self.{query,key,value}.bias */
+    float *attn_ow;    /* (L, C, C)  attention.output.dense.weight */
+    float *attn_ob;    /* (L, C)     attention.output.dense.bias */
+    float *ln1w;       /* (L, C)     attention.output.LayerNorm.weight */
+    float *ln1b;       /* (L, C)     attention.output.LayerNorm.bias */
+    float *fcw;        /* (L, I, C)  intermediate.dense.weight */
+    float *fcb;        /* (L, I)     intermediate.dense.bias */
+    float *fc_projw;   /* (L, C, I)  output.dense.weight */
+    float *fc_projb;   /* (L, C)     output.dense.bias */
+    float *ln2w;       /* (L, C)     output.LayerNorm.weight */
+    float *ln2b;       /* (L, C)     output.LayerNorm.bias */
+} emb_weights;
+
+#define EMB_N_PARAM_TENSORS 17
+
+typedef struct emb_model {
+    emb_config cfg;
+    emb_tokenizer *tok;
+    float *params;             /* flat block of n_params floats */
+    size_t n_params;
+    emb_weights w;             /* pointers into params */
+} emb_model;
+
+/* Sizes in floats of the 17 parameter tensors, in emb_weights order. */
+void emb_param_sizes(const emb_config *cfg, size_t sizes[EMB_N_PARAM_TENSORS]);
+/* Points the fields of w into the flat block base, laid out by cfg. */
+void emb_weights_point(emb_weights *w, float *base, const emb_config *cfg);
+
+/* Loads config, tokenizer and model.safetensors from dir. */
+emb_model *emb_model_load(const char *dir, emb_err *err);
+void emb_model_free(emb_model *m);
+
+/* Per-thread activation buffers, grown on demand up to the caps given at
+ * creation and reused across calls. */
+typedef struct emb_workspace {
+    int max_tokens;            /* hard cap on T for one forward pass */
+    int cap_tokens;            /* T the buffers currently hold */
+    int cap_seqs;
+    int hidden, inter, max_len;  /* C, I and P of the model */
+    float *x;                  /* (T, C)  hidden states, the residual stream */
+    float *qkv;                /* (T, 3C) */
+    float *att;                /* (T, C)  attention output, heads concatenated */
+    float *tmp;                /* (T, C)  projection outputs */
+    float *ffn;                /* (T, I) */
+    float *scratch;            /* attention scores, one row per thread */
+    int *seq_off;              /* (S + 1) */
+} emb_workspace;
+
+emb_workspace *emb_workspace_new(const emb_model *m, int max_tokens, emb_err *err);
+void emb_workspace_free(emb_workspace *ws);
+
+/* Runs the encoder on n_seqs packed sequences: ids holds their tokens back
+ * to back (each already [CLS] ... [SEP]), lens their lengths. The sum of lens
+ * must not exceed ws->max_tokens, and each len must be in
+ * 1..max_position_embeddings. Leaves the last hidden state in ws->x. */
+int emb_forward(const emb_model *m, emb_workspace *ws, const int32_t *ids, const int *lens,
+                int n_seqs, emb_err *err);
+
+/* emb_forward, then pooling (and L2 normalisation when normalize) into
+ * out (n_seqs, C). */
+int emb_embed_ids(const emb_model *m, emb_workspace *ws, const int32_t *ids, const int *lens,
+                  int n_seqs, emb_pooling pooling, int normalize, float *out, emb_err *err);
+
+#endif

@@ -1,0 +1,310 @@
+/* cli_embed.c: `embedd embed` and `embedd tokenize`.
+ *
+ * Both read one text per line on stdin (the trailing '\n' is not part of
+ * the text) and write one JSON array per line, in input order. embed packs
+ * lines into batches of at most --batch-tokens tokens and runs one forward
+ * pass per batch. */
+#include "cli.h"
+
+#include <getopt.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <cblas.h>
+#include <omp.h>
+
+#include "bert.h"
+#include "jsonfmt.h"
+
+#define MAX_LINE_BYTES (16L << 20)
+
+void cli_set_threads(int n)
+{
+    if (n <= 0)
+        return;
+    openblas_set_num_threads(n);
+    omp_set_num_threads(n);
+}
+
+typedef struct embed_opts {
+    const char *model_dir;
+    int normalize;
+    int pooling_set;
+    emb_pooling pooling;
+    int batch_tokens;
+    int threads;
+    int stats;
+} embed_opts;
+
+static void embed_usage(FILE *fp, const char *cmd)
+{
+    fprintf(fp,
+            "usage: embedd %s --model DIR [options] < texts.txt\n"
+            "Reads one text per line on stdin and writes one JSON array per line.\n"
+            "  --model DIR          Hugging Face model directory (required)\n",
+            cmd);
+    if (strcmp(cmd, "embed") == 0)
+        fprintf(fp,
+                "  --no-normalize       do not L2-normalise the embeddings\n"
+                "  --pooling MODE       mean, cls or last (default: the model's)\n"
+                "  --batch-tokens N     tokens per forward pass (default 16384)\n"
+                "  --stats              print texts, tokens and throughput to stderr at the end\n");
+    fprintf(fp, "  --threads N          compute threads (default: all cores)\n");
+}
+
+/* Parses the flags of embed and tokenize; returns 0, or 2 on a usage error
+ * (after printing it), or 1 for --help. */
+static int parse_opts(int argc, char **argv, const char *cmd, embed_opts *o)
+{
+    enum { OPT_NO_NORMALIZE = 256, OPT_POOLING, OPT_BATCH_TOKENS, OPT_THREADS, OPT_STATS };
+    static const struct option longopts[] = {
+        {"model", required_argument, NULL, 'm'},
+        {"no-normalize", no_argument, NULL, OPT_NO_NORMALIZE},
+        {"pooling", required_argument, NULL, OPT_POOLING},
+        {"batch-tokens", required_argument, NULL, OPT_BATCH_TOKENS},
+        {"threads", required_argument, NULL, OPT_THREADS},
+        {"stats", no_argument, NULL, OPT_STATS},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    memset(o, 0, sizeof *o);
+    o->normalize = 1;
+    o->batch_tokens = 16384;
+    optind = 1;
+    for (;;) {
+        int c = getopt_long(argc, argv, "m:h", longopts, NULL);
+        if (c == -1)
+            break;
+        char *end = NULL;
+        switch (c) {
+        case 'm':
+            o->model_dir = optarg;
+            break;
+        case OPT_NO_NORMALIZE:
+            o->normalize = 0;
+            break;
+        case OPT_POOLING:
+            if (emb_pooling_parse(optarg, &o->pooling) != 0) {
+                fprintf(stderr, "embedd %s: --pooling must be mean, cls or last, not '%s'\n", cmd,
+                        optarg);
+                return 2;
+            }
+            o->pooling_set = 1;
+            break;
+        case OPT_BATCH_TOKENS:
+            o->batch_tokens = (int)strtol(optarg, &end, 10);
+            if (*end != '\0' || o->batch_tokens < 1 || o->batch_tokens > (1 << 24)) {
+                fprintf(stderr, "embedd %s: --batch-tokens must be 1..16777216\n", cmd);
+                return 2;
+            }
+            break;
+        case OPT_THREADS:
+            o->threads = (int)strtol(optarg, &end, 10);
+            if (*end != '\0' || o->threads < 0 || o->threads > 1024) {
+                fprintf(stderr, "embedd %s: --threads must be 0..1024\n", cmd);
+                return 2;
+            }
+            break;
+        case OPT_STATS:
+            o->stats = 1;
+            break;
+        case 'h':
+            embed_usage(stdout, cmd);
+            return 1;
+        default:
+            embed_usage(stderr, cmd);
+            return 2;
+        }
+    }
+    if (o->model_dir == NULL) {
+        fprintf(stderr, "embedd %s: --model DIR is required\n", cmd);
+        embed_usage(stderr, cmd);
+        return 2;
+    }
+    if (optind < argc) {
+        fprintf(stderr, "embedd %s: unexpected argument '%s'\n", cmd, argv[optind]);
+        return 2;
+    }
+    return 0;
+}
+
+/* Reads one line without its '\n'. Returns its length, -1 at EOF, -2 when
+ * longer than MAX_LINE_BYTES. */
+static long read_line(char **buf, size_t *cap, FILE *fp)
+{
+    ssize_t n = getline(buf, cap, fp);
+    if (n < 0)
+        return -1;
+    if (n > MAX_LINE_BYTES)
+        return -2;
+    if (n > 0 && (*buf)[n - 1] == '\n')
+        n--;
+    return n;
+}
+
+/* The pending batch of embed: ids of whole sequences back to back. */
+typedef struct batch {
+    int32_t *ids;
+    int *lens;
+    int n_seqs, n_tokens;
+    int cap_seqs;
+    float *out;
+} batch;
+
+static int flush_batch(const emb_model *m, emb_workspace *ws, batch *b, const embed_opts *o,
+                       emb_pooling pooling)
+{
+    if (b->n_seqs == 0)
+        return 0;
+    emb_err err;
+    const int C = m->cfg.hidden_size;
+    if (emb_embed_ids(m, ws, b->ids, b->lens, b->n_seqs, pooling, o->normalize, b->out, &err) !=
+        0) {
+        fprintf(stderr, "embedd embed: %s\n", err.msg);
+        return -1;
+    }
+    for (int s = 0; s < b->n_seqs; s++) {
+        json_write_floats(stdout, b->out + (long)s * C, C);
+        fputc('\n', stdout);
+    }
+    b->n_seqs = 0;
+    b->n_tokens = 0;
+    return 0;
+}
+
+int cli_embed(int argc, char **argv)
+{
+    embed_opts o;
+    int rc = parse_opts(argc, argv, "embed", &o);
+    if (rc != 0)
+        return rc == 1 ? 0 : 2;
+    cli_set_threads(o.threads);
+
+    emb_err err;
+    emb_model *m = emb_model_load(o.model_dir, &err);
+    if (m == NULL) {
+        fprintf(stderr, "embedd embed: %s\n", err.msg);
+        return 1;
+    }
+    const int max_len = m->cfg.max_seq_length;
+    if (o.batch_tokens < max_len)
+        o.batch_tokens = max_len;
+    emb_pooling pooling = o.pooling_set ? o.pooling : m->cfg.pooling;
+    emb_workspace *ws = emb_workspace_new(m, o.batch_tokens, &err);
+    batch b = {0};
+    b.cap_seqs = o.batch_tokens;   /* every sequence has at least 2 tokens */
+    b.ids = malloc(sizeof(int32_t) * (size_t)o.batch_tokens);
+    b.lens = malloc(sizeof(int) * (size_t)b.cap_seqs);
+    b.out = malloc(sizeof(float) * (size_t)b.cap_seqs * m->cfg.hidden_size);
+    int32_t *seq = malloc(sizeof(int32_t) * (size_t)max_len);
+    char *line = NULL;
+    size_t line_cap = 0;
+    long n_texts = 0, n_tokens = 0;
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    rc = 1;
+    if (ws == NULL || b.ids == NULL || b.lens == NULL || b.out == NULL || seq == NULL) {
+        fprintf(stderr, "embedd embed: out of memory\n");
+        goto out;
+    }
+    for (long lineno = 1;; lineno++) {
+        long len = read_line(&line, &line_cap, stdin);
+        if (len == -1)
+            break;
+        if (len == -2) {
+            fprintf(stderr, "embedd embed: line %ld is longer than %ld bytes\n", lineno,
+                    MAX_LINE_BYTES);
+            goto out;
+        }
+        int n = emb_encode(m->tok, line, (size_t)len, max_len, 0, seq, NULL);
+        if (n < 0) {
+            fprintf(stderr, "embedd embed: out of memory tokenising line %ld\n", lineno);
+            goto out;
+        }
+        if (b.n_tokens + n > o.batch_tokens && flush_batch(m, ws, &b, &o, pooling) != 0)
+            goto out;
+        memcpy(b.ids + b.n_tokens, seq, sizeof(int32_t) * (size_t)n);
+        b.lens[b.n_seqs++] = n;
+        b.n_tokens += n;
+        n_texts++;
+        n_tokens += n;
+    }
+    if (flush_batch(m, ws, &b, &o, pooling) != 0)
+        goto out;
+    if (fflush(stdout) != 0 || ferror(stdout)) {
+        fprintf(stderr, "embedd embed: error writing output\n");
+        goto out;
+    }
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    if (o.stats) {
+        double secs = (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
+        fprintf(stderr,
+                "{\"texts\": %ld, \"tokens\": %ld, \"seconds\": %.6f, \"texts_per_s\": %.2f}\n",
+                n_texts, n_tokens, secs, secs > 0 ? (double)n_texts / secs : 0.0);
+    }
+    rc = 0;
+out:
+    free(line);
+    free(seq);
+    free(b.ids);
+    free(b.lens);
+    free(b.out);
+    emb_workspace_free(ws);
+    emb_model_free(m);
+    return rc;
+}
+
+int cli_tokenize(int argc, char **argv)
+{
+    embed_opts o;
+    int rc = parse_opts(argc, argv, "tokenize", &o);
+    if (rc != 0)
+        return rc == 1 ? 0 : 2;
+    emb_err err;
+    emb_config cfg;
+    if (emb_config_load(&cfg, o.model_dir, &err) != 0) {
+        fprintf(stderr, "embedd tokenize: %s\n", err.msg);
+        return 1;
+    }
+    emb_tokenizer *tok = emb_tokenizer_load(o.model_dir, &err);
+    if (tok == NULL) {
+        fprintf(stderr, "embedd tokenize: %s\n", err.msg);
+        return 1;
+    }
+    emb_tokenizer_set_st_lowercase(tok, cfg.do_lower_case);
+    const int max_len = cfg.max_seq_length;
+    int32_t *seq = malloc(sizeof(int32_t) * (size_t)max_len);
+    char *line = NULL;
+    size_t line_cap = 0;
+    rc = 1;
+    if (seq == NULL)
+        goto out;
+    for (long lineno = 1;; lineno++) {
+        long len = read_line(&line, &line_cap, stdin);
+        if (len == -1)
+            break;
+        if (len == -2) {
+            fprintf(stderr, "embedd tokenize: line %ld is longer than %ld bytes\n", lineno,
+                    MAX_LINE_BYTES);
+            goto out;
+        }
+        int n = emb_encode(tok, line, (size_t)len, max_len, 0, seq, NULL);
+        if (n < 0) {
+            fprintf(stderr, "embedd tokenize: out of memory\n");
+            goto out;
+        }
+        fputc('[', stdout);
+        for (int i = 0; i < n; i++)
+            printf(i ? ",%d" : "%d", seq[i]);
+        fputs("]\n", stdout);
+    }
+    rc = fflush(stdout) == 0 ? 0 : 1;
+out:
+    free(line);
+    free(seq);
+    emb_tokenizer_free(tok);
+    return rc;
+}
