@@ -8,9 +8,14 @@ SANITIZER ?=
 BUILD    := build$(if $(SANITIZER),-$(SANITIZER),)
 PKGS     := libmicrohttpd libcjson libcurl libutf8proc
 OPT      ?= -O2
+# OpenBLAS's OpenMP build: BLAS calls and our own OpenMP loops share one
+# thread pool instead of two sets of threads spinning against each other.
+BLAS_DIR ?= /usr/lib/$(shell gcc -print-multiarch)/openblas-openmp
+BLAS_INC ?= /usr/include/$(shell gcc -print-multiarch)/openblas-openmp
 CFLAGS   += $(OPT) -g -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wshadow -Wno-unused-parameter \
-            -pthread -fopenmp $(shell pkg-config --cflags $(PKGS) openblas)
-LDLIBS   += $(shell pkg-config --libs $(PKGS) openblas) -lmvec -lm -pthread -fopenmp
+            -pthread -fopenmp -I$(BLAS_INC) $(shell pkg-config --cflags $(PKGS))
+LDLIBS   += $(shell pkg-config --libs $(PKGS)) -L$(BLAS_DIR) -Wl,-rpath,$(BLAS_DIR) -lopenblas \
+            -lmvec -lm -pthread -fopenmp
 ifneq ($(SANITIZER),)
 CFLAGS   += -fsanitize=$(SANITIZER) -fno-omit-frame-pointer -fno-sanitize-recover=all
 LDFLAGS  += -fsanitize=$(SANITIZER)
@@ -38,6 +43,9 @@ all: $(BUILD)/embedd
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -Imodel -Iserver -MMD -MP -c $< -o $@
+
+# The numeric kernels want the vectoriser's full effort.
+$(BUILD)/model/ops.o: OPT := $(if $(SANITIZER),-O1,-O3)
 
 $(BUILD)/libembedd_model.a: $(MODEL_OBJ)
 	ar rcs $@ $^

@@ -9,6 +9,7 @@
 #include <sys/stat.h>
 
 #include <cjson/cJSON.h>
+#include <omp.h>
 
 #include "ops.h"
 #include "safetensors.h"
@@ -315,7 +316,9 @@ emb_workspace *emb_workspace_new(const emb_model *m, int max_tokens, emb_err *er
     ws->hidden = m->cfg.hidden_size;
     ws->inter = m->cfg.intermediate_size;
     ws->max_len = m->cfg.max_position_embeddings;
-    ws->scratch = malloc(sizeof(float) * attention_scratch_floats(ws->max_len));
+    ws->n_threads = omp_get_max_threads();
+    ws->scratch = malloc(sizeof(float) * attention_scratch_floats(
+        ws->max_len, m->cfg.hidden_size / m->cfg.num_attention_heads, ws->n_threads));
     if (ws->scratch == NULL) {
         emb_fail(err, "out of memory");
         free(ws);
@@ -411,7 +414,8 @@ int emb_forward(const emb_model *m, emb_workspace *ws, const int32_t *ids, const
     for (int l = 0; l < c->num_hidden_layers; l++) {
         const long lC = (long)l * C;
         matmul_forward(ws->qkv, ws->x, w->qkvw + lC * 3 * C, w->qkvb + lC * 3, T, C, 3 * C);
-        attention_forward(ws->att, ws->qkv, ws->seq_off, n_seqs, C, NH, ws->scratch, ws->max_len);
+        attention_forward(ws->att, ws->qkv, ws->seq_off, n_seqs, C, NH, ws->scratch, ws->max_len,
+                          ws->n_threads);
         matmul_forward(ws->tmp, ws->att, w->attn_ow + lC * C, NULL, T, C, C);
         residual_layernorm_forward(ws->x, ws->tmp, w->attn_ob + lC, w->ln1w + lC, w->ln1b + lC,
                                    T, C, eps);
@@ -424,13 +428,31 @@ int emb_forward(const emb_model *m, emb_workspace *ws, const int32_t *ids, const
     return 0;
 }
 
+/* Tokens per forward pass inside emb_embed_ids. OpenBLAS runs these layer
+ * shapes faster at a few thousand rows than at tens of thousands (the
+ * operands stay in cache), and the activations stay small. */
+#define EMBED_CHUNK_TOKENS 4096
+
 int emb_embed_ids(const emb_model *m, emb_workspace *ws, const int32_t *ids, const int *lens,
                   int n_seqs, emb_pooling pooling, int normalize, float *out, emb_err *err)
 {
-    if (emb_forward(m, ws, ids, lens, n_seqs, err) != 0)
-        return -1;
-    pool_forward(out, ws->x, ws->seq_off, n_seqs, m->cfg.hidden_size, (int)pooling);
+    const int C = m->cfg.hidden_size;
+    int s0 = 0;
+    long t0 = 0;
+    while (s0 < n_seqs) {
+        int s1 = s0;
+        long tokens = 0;
+        do {
+            tokens += lens[s1];
+            s1++;
+        } while (s1 < n_seqs && tokens + lens[s1] <= EMBED_CHUNK_TOKENS);
+        if (emb_forward(m, ws, ids + t0, lens + s0, s1 - s0, err) != 0)
+            return -1;
+        pool_forward(out + (long)s0 * C, ws->x, ws->seq_off, s1 - s0, C, (int)pooling);
+        t0 += tokens;
+        s0 = s1;
+    }
     if (normalize)
-        l2norm_forward(out, n_seqs, m->cfg.hidden_size);
+        l2norm_forward(out, n_seqs, C);
     return 0;
 }

@@ -70,7 +70,8 @@ typedef struct emb_workspace {
     float *att;                /* (T, C)  attention output, heads concatenated */
     float *tmp;                /* (T, C)  projection outputs */
     float *ffn;                /* (T, I) */
-    float *scratch;            /* attention scores, one row per thread */
+    float *scratch;            /* attention scratch for n_threads threads */
+    int n_threads;             /* OpenMP threads the scratch was sized for */
     int *seq_off;              /* (S + 1) */
 } emb_workspace;
 

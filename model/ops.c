@@ -38,19 +38,43 @@ void matmul_forward(float *out, const float *in, const float *w, const float *bi
                 1.0f, in, IN, w, IN, beta, out, OUT);
 }
 
-static void layernorm_row(float *x, const float *w, const float *b, int C, float eps)
+/* Hot loops are compiled for several instruction sets and picked at load
+ * time (GCC function multiversioning), so one binary runs everywhere and
+ * still uses AVX-512 where the CPU has it. */
+#if defined(__x86_64__) && defined(__GLIBC__) && !defined(__clang__)
+#define HOT_CLONES __attribute__((target_clones("avx512f", "avx2,fma", "default")))
+#else
+#define HOT_CLONES
+#endif
+
+/* x = LayerNorm(x + delta + bias) for one row; delta and bias may be NULL. */
+HOT_CLONES static void residual_layernorm_row(float *x, const float *delta, const float *bias,
+                                              const float *w, const float *b, int C, float eps)
 {
+    if (delta != NULL) {
+#pragma omp simd
+        for (int c = 0; c < C; c++)
+            x[c] += delta[c];
+    }
+    if (bias != NULL) {
+#pragma omp simd
+        for (int c = 0; c < C; c++)
+            x[c] += bias[c];
+    }
     float mean = 0.0f;
+#pragma omp simd reduction(+ : mean)
     for (int c = 0; c < C; c++)
         mean += x[c];
     mean /= (float)C;
     float var = 0.0f;
+#pragma omp simd reduction(+ : var)
     for (int c = 0; c < C; c++) {
         float d = x[c] - mean;
         var += d * d;
     }
     var /= (float)C;
     float rstd = 1.0f / sqrtf(var + eps);
+#pragma omp simd
     for (int c = 0; c < C; c++)
         x[c] = (x[c] - mean) * rstd * w[c] + b[c];
 }
@@ -60,17 +84,8 @@ void residual_layernorm_forward(float *x, const float *delta, const float *bias,
 {
 #pragma omp parallel for schedule(static)
     for (int t = 0; t < T; t++) {
-        float *row = x + (long)t * C;
-        if (delta != NULL) {
-            const float *d = delta + (long)t * C;
-            for (int c = 0; c < C; c++)
-                row[c] += d[c];
-        }
-        if (bias != NULL) {
-            for (int c = 0; c < C; c++)
-                row[c] += bias[c];
-        }
-        layernorm_row(row, w, b, C, eps);
+        const float *d = delta != NULL ? delta + (long)t * C : NULL;
+        residual_layernorm_row(x + (long)t * C, d, bias, w, b, C, eps);
     }
 }
 
@@ -104,6 +119,17 @@ __attribute__((target("avx2,fma"))) static void gelu_row_avx2(float *row, const 
     gelu_row_scalar(row + i, bias + i, n - i);
 }
 
+__m256 _ZGVdN8v_expf(__m256 x); /* libmvec, AVX2 variant */
+
+/* Exponentiates the first multiple-of-8 values of x; returns how many. */
+__attribute__((target("avx2,fma"))) static int exp_avx2(float *x, int n)
+{
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(x + i, _ZGVdN8v_expf(_mm256_loadu_ps(x + i)));
+    return i;
+}
+
 static int have_avx2(void)
 {
     static int cached = -1;
@@ -133,64 +159,158 @@ void bias_gelu_forward(float *x, const float *bias, int T, int N)
     }
 }
 
-long attention_scratch_floats(int max_len)
+/* Attention works on blocks of ROWS query rows against 16 keys at a time,
+ * with the running sums held in vector registers (GCC vector extensions;
+ * the HOT_CLONES versions compile them to AVX-512 or AVX2). */
+#define ROWS 4
+#define LANES 16
+/* v16 only ever crosses static, inlined helpers: no ABI to keep stable. */
+#pragma GCC diagnostic ignored "-Wpsabi"
+typedef float v16 __attribute__((vector_size(LANES * sizeof(float))));
+
+static inline __attribute__((always_inline)) v16 load16(const float *p)
 {
-    return (long)max_len * omp_get_max_threads();
+    v16 v;
+    memcpy(&v, p, sizeof v);
+    return v;
 }
 
-/* One head of one sequence: n tokens starting at row 0 of q/k/v (stride
- * ld), output rows of stride ldo. */
-static void attention_head(float *out, int ldo, const float *q, const float *k,
-                           const float *v, int ld, int n, int HD, float *scores)
+static inline __attribute__((always_inline)) void store16(float *p, v16 v)
 {
-    const float scale = 1.0f / sqrtf((float)HD);
-    for (int i = 0; i < n; i++) {
-        const float *qi = q + (long)i * ld;
-        float maxv = -INFINITY;
-        for (int j = 0; j < n; j++) {
-            const float *kj = k + (long)j * ld;
-            float dot = 0.0f;
-#pragma omp simd reduction(+ : dot)
-            for (int d = 0; d < HD; d++)
-                dot += qi[d] * kj[d];
-            dot *= scale;
-            scores[j] = dot;
-            if (dot > maxv)
-                maxv = dot;
+    memcpy(p, &v, sizeof v);
+}
+
+static int round_up16(int n)
+{
+    return (n + LANES - 1) / LANES * LANES;
+}
+
+/* Per thread: K of one head transposed (HD, np) and ROWS rows of scores
+ * (np), np = max_len rounded up to 16. */
+long attention_scratch_floats(int max_len, int head_dim, int n_threads)
+{
+    return (long)round_up16(max_len) * (head_dim + ROWS) * n_threads;
+}
+
+/* x[i] = exp(x[i]) for n values. */
+static void exp_inplace(float *x, int n)
+{
+    int i = 0;
+#if defined(__x86_64__) && defined(__GLIBC__)
+    if (have_avx2())
+        i = exp_avx2(x, n);
+#endif
+    for (; i < n; i++)
+        x[i] = expf(x[i]);
+}
+
+/* s (r, np) = q (r rows, stride ld) kt (HD, np), for r <= ROWS. */
+HOT_CLONES static void scores_block(float *s, const float *q, int ld, int r, const float *kt,
+                                    int np, int HD)
+{
+    for (int jb = 0; jb < np; jb += LANES) {
+        v16 acc[ROWS] = {{0}};
+        for (int d = 0; d < HD; d++) {
+            v16 k = load16(kt + (long)d * np + jb);
+            for (int i = 0; i < ROWS; i++)
+                acc[i] += q[(long)(i < r ? i : 0) * ld + d] * k;
         }
-        float sum = 0.0f;
+        for (int i = 0; i < r; i++)
+            store16(s + (long)i * np + jb, acc[i]);
+    }
+}
+
+/* Row-wise softmax of scale * s over its first n entries. */
+HOT_CLONES static void softmax_row(float *s, int n, float scale)
+{
+    float maxv = s[0];
+    for (int j = 1; j < n; j++)
+        maxv = s[j] > maxv ? s[j] : maxv;
+    for (int j = 0; j < n; j++)
+        s[j] = (s[j] - maxv) * scale;
+    exp_inplace(s, n);
+    float sum = 0.0f;
+    for (int j = 0; j < n; j++)
+        sum += s[j];
+    const float inv = 1.0f / sum;
+    for (int j = 0; j < n; j++)
+        s[j] *= inv;
+}
+
+/* o (r rows, stride ldo) = p (r, np) v (n rows, stride ld), head dim HD. */
+HOT_CLONES static void values_block(float *o, int ldo, const float *p, int np, int r,
+                                    const float *v, int ld, int n, int HD)
+{
+    int db = 0;
+    for (; db + 2 * LANES <= HD; db += 2 * LANES) {
+        v16 acc0[ROWS] = {{0}}, acc1[ROWS] = {{0}};
         for (int j = 0; j < n; j++) {
-            scores[j] = expf(scores[j] - maxv);
-            sum += scores[j];
+            v16 v0 = load16(v + (long)j * ld + db);
+            v16 v1 = load16(v + (long)j * ld + db + LANES);
+            for (int i = 0; i < ROWS; i++) {
+                float pij = p[(long)(i < r ? i : 0) * np + j];
+                acc0[i] += pij * v0;
+                acc1[i] += pij * v1;
+            }
         }
-        float inv = 1.0f / sum;
-        float *oi = out + (long)i * ldo;
-        for (int d = 0; d < HD; d++)
-            oi[d] = 0.0f;
-        for (int j = 0; j < n; j++) {
-            const float *vj = v + (long)j * ld;
-            float p = scores[j] * inv;
-#pragma omp simd
-            for (int d = 0; d < HD; d++)
-                oi[d] += p * vj[d];
+        for (int i = 0; i < r; i++) {
+            store16(o + (long)i * ldo + db, acc0[i]);
+            store16(o + (long)i * ldo + db + LANES, acc1[i]);
+        }
+    }
+    for (; db < HD; db++) {
+        for (int i = 0; i < r; i++) {
+            float acc = 0.0f;
+            for (int j = 0; j < n; j++)
+                acc += p[(long)i * np + j] * v[(long)j * ld + db];
+            o[(long)i * ldo + db] = acc;
         }
     }
 }
 
+/* One head of one sequence: n tokens starting at row 0 of q/k/v (row
+ * stride ld); output rows have stride ldo. kt (HD, np) and s (ROWS, np)
+ * are scratch. */
+HOT_CLONES static void attention_head(float *out, int ldo, const float *q, const float *k,
+                           const float *v, int ld, int n, int HD, float *kt, float *s)
+{
+    const float scale = 1.0f / sqrtf((float)HD);
+    const int np = round_up16(n);
+    for (int j = 0; j < n; j++) {
+        const float *kj = k + (long)j * ld;
+        for (int d = 0; d < HD; d++)
+            kt[(long)d * np + j] = kj[d];
+    }
+    for (int d = 0; d < HD; d++) {
+        for (int j = n; j < np; j++)
+            kt[(long)d * np + j] = 0.0f;
+    }
+    for (int i0 = 0; i0 < n; i0 += ROWS) {
+        int r = n - i0 < ROWS ? n - i0 : ROWS;
+        scores_block(s, q + (long)i0 * ld, ld, r, kt, np, HD);
+        for (int i = 0; i < r; i++)
+            softmax_row(s + (long)i * np, n, scale);
+        values_block(out + (long)i0 * ldo, ldo, s, np, r, v, ld, n, HD);
+    }
+}
+
 void attention_forward(float *out, const float *qkv, const int *seq_off, int S,
-                       int C, int NH, float *scratch, int max_len)
+                       int C, int NH, float *scratch, int max_len, int n_threads)
 {
     const int HD = C / NH;
     const int ld = 3 * C;
-#pragma omp parallel for schedule(dynamic, 1)
+#pragma omp parallel for schedule(dynamic, 1) num_threads(n_threads)
     for (int sh = 0; sh < S * NH; sh++) {
         int s = sh / NH;
         int h = sh % NH;
         int t0 = seq_off[s];
         int n = seq_off[s + 1] - t0;
         const float *q = qkv + (long)t0 * ld + h * HD;
-        float *scores = scratch + (long)omp_get_thread_num() * max_len;
-        attention_head(out + (long)t0 * C + h * HD, C, q, q + C, q + 2 * C, ld, n, HD, scores);
+        const long np = round_up16(max_len);
+        float *kt = scratch + (long)omp_get_thread_num() * np * (HD + ROWS);
+        float *scores = kt + np * HD;
+        attention_head(out + (long)t0 * C + h * HD, C, q, q + C, q + 2 * C, ld, n, HD, kt,
+                       scores);
     }
 }
 

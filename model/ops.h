@@ -30,13 +30,13 @@ void residual_layernorm_forward(float *x, const float *delta, const float *bias,
 /* x (T,N) = gelu(x + bias), exact erf GELU, in place. */
 void bias_gelu_forward(float *x, const float *bias, int T, int N);
 
-/* Scaled dot-product attention within each sequence.
- * qkv (T,3C) holds [q | k | v] per token; out (T,C) gets the heads
- * concatenated. scratch needs attention_scratch_floats(max_len) floats per
- * thread that may run it (see attention_scratch_floats). */
+/* Scaled dot-product attention within each sequence (no sequence longer
+ * than max_len), on at most n_threads OpenMP threads. qkv (T,3C) holds
+ * [q | k | v] per token; out (T,C) gets the heads concatenated. scratch
+ * holds attention_scratch_floats(max_len, C/NH, n_threads) floats. */
 void attention_forward(float *out, const float *qkv, const int *seq_off, int S,
-                       int C, int NH, float *scratch, int max_len);
-long attention_scratch_floats(int max_len);
+                       int C, int NH, float *scratch, int max_len, int n_threads);
+long attention_scratch_floats(int max_len, int head_dim, int n_threads);
 
 /* out (S,C): mean over each sequence's tokens, its first token (CLS) or its
  * last token. mode: 0 mean, 1 cls, 2 last (emb_pooling values). */

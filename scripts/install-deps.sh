@@ -4,7 +4,7 @@
 set -eu
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
-BUILD_PKGS="build-essential pkg-config libmicrohttpd-dev libcjson-dev libopenblas-dev \
+BUILD_PKGS="build-essential pkg-config libmicrohttpd-dev libcjson-dev libopenblas-dev libopenblas-openmp-dev \
 libcurl4-openssl-dev check libutf8proc-dev"
 TEST_PKGS="curl python3"
 if [ "${1:-}" = "--bench" ]; then
