@@ -5,6 +5,7 @@
 
 int cli_embed(int argc, char **argv);
 int cli_tokenize(int argc, char **argv);
+int cli_serve(int argc, char **argv);
 
 /* Applies --threads N (0 = leave the libraries' defaults) to OpenBLAS and
  * OpenMP. */

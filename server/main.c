@@ -14,6 +14,7 @@ static void usage(FILE *fp)
             "embedd %s: a self-tuning text-embedding server\n"
             "usage: embedd COMMAND [options]\n"
             "commands:\n"
+            "  serve      run the HTTP embedding server\n"
             "  embed      embed stdin lines offline, one JSON array per line\n"
             "  tokenize   print token ids of stdin lines, one JSON array per line\n"
             "  version    print the version\n"
@@ -28,6 +29,8 @@ int main(int argc, char **argv)
         return 2;
     }
     const char *cmd = argv[1];
+    if (strcmp(cmd, "serve") == 0)
+        return cli_serve(argc - 1, argv + 1);
     if (strcmp(cmd, "embed") == 0)
         return cli_embed(argc - 1, argv + 1);
     if (strcmp(cmd, "tokenize") == 0)

@@ -1,0 +1,231 @@
+/* batcher.c: see batcher.h for the design. */
+#include "batcher.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "bert.h"
+
+typedef struct slice {
+    emb_job *job;
+    int first, count;          /* sequences job->first .. first+count-1 */
+} slice;
+
+struct batcher {
+    const emb_model *model;
+    metrics *mx;
+    int max_tokens;
+
+    pthread_mutex_t lock;
+    pthread_cond_t wake;
+    emb_job *head, *tail;      /* jobs with sequences not yet taken */
+    int queued_seqs;
+    int stopping;
+    pthread_t thread;
+
+    /* Compute thread only. */
+    emb_workspace *ws;
+    int32_t *ids;              /* (max_tokens) */
+    int *lens;                 /* (max_tokens) */
+    float *out;                /* (max_tokens, C) */
+    slice *slices;             /* (max_tokens) */
+};
+
+static double now_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* Takes sequences from the queue until the token budget is full. Called
+ * with the lock held. Returns the number of slices; fills the packed ids. */
+static int take_batch(batcher *b, int *n_seqs, int *n_tokens)
+{
+    int ns = 0, nt = 0, nsl = 0;
+    double t = now_seconds();
+    while (b->head != NULL) {
+        emb_job *job = b->head;
+        int first = job->next_seq;
+        while (job->next_seq < job->n_seqs) {
+            int len = job->lens[job->next_seq];
+            if (nt + len > b->max_tokens && ns > 0)
+                break;
+            memcpy(b->ids + nt, job->ids + job->next_tok, sizeof(int32_t) * (size_t)len);
+            b->lens[ns] = len;
+            ns++;
+            nt += len;
+            job->next_tok += len;
+            job->next_seq++;
+        }
+        if (job->next_seq > first) {
+            b->slices[nsl].job = job;
+            b->slices[nsl].first = first;
+            b->slices[nsl].count = job->next_seq - first;
+            nsl++;
+            b->queued_seqs -= job->next_seq - first;
+            if (!job->started) {
+                job->started = 1;
+                metrics_queue_time(b->mx, t - job->t_submit);
+            }
+        }
+        if (job->next_seq < job->n_seqs)
+            break;             /* budget full inside this job */
+        b->head = job->next;
+        if (b->head == NULL)
+            b->tail = NULL;
+    }
+    *n_seqs = ns;
+    *n_tokens = nt;
+    return nsl;
+}
+
+static void run_batch(batcher *b, int n_slices, int n_seqs, int n_tokens)
+{
+    const int C = b->model->cfg.hidden_size;
+    emb_err err;
+    double t0 = now_seconds();
+    int rc = emb_embed_ids(b->model, b->ws, b->ids, b->lens, n_seqs, b->model->cfg.pooling, 0,
+                           b->out, &err);
+    metrics_batch(b->mx, n_seqs, n_tokens, now_seconds() - t0);
+    int row = 0;
+    for (int i = 0; i < n_slices; i++) {
+        slice *sl = &b->slices[i];
+        emb_job *job = sl->job;
+        if (rc == 0) {
+            memcpy(job->out + (long)sl->first * C, b->out + (long)row * C,
+                   sizeof(float) * (size_t)sl->count * C);
+        } else {
+            job->failed = 1;
+            snprintf(job->error, sizeof job->error, "%s", err.msg);
+        }
+        row += sl->count;
+        job->remaining -= sl->count;
+        if (job->remaining == 0)
+            job->done(job);
+    }
+    if (rc == 0)
+        metrics_embedded(b->mx, n_seqs, n_tokens);
+}
+
+static void *compute_main(void *arg)
+{
+    batcher *b = arg;
+    pthread_mutex_lock(&b->lock);
+    for (;;) {
+        while (b->head == NULL && !b->stopping)
+            pthread_cond_wait(&b->wake, &b->lock);
+        if (b->head == NULL && b->stopping)
+            break;
+        int n_seqs = 0, n_tokens = 0;
+        int n_slices = take_batch(b, &n_seqs, &n_tokens);
+        metrics_queue_depth(b->mx, b->queued_seqs);
+        pthread_mutex_unlock(&b->lock);
+        run_batch(b, n_slices, n_seqs, n_tokens);
+        pthread_mutex_lock(&b->lock);
+    }
+    pthread_mutex_unlock(&b->lock);
+    return NULL;
+}
+
+static void batcher_free(batcher *b)
+{
+    emb_workspace_free(b->ws);
+    free(b->ids);
+    free(b->lens);
+    free(b->out);
+    free(b->slices);
+    pthread_mutex_destroy(&b->lock);
+    pthread_cond_destroy(&b->wake);
+    free(b);
+}
+
+batcher *batcher_start(const emb_model *model, int max_batch_tokens, metrics *mx, emb_err *err)
+{
+    if (max_batch_tokens < model->cfg.max_seq_length) {
+        emb_fail(err, "max batch tokens (%d) must be at least the model's max_seq_length (%d)",
+                 max_batch_tokens, model->cfg.max_seq_length);
+        return NULL;
+    }
+    batcher *b = calloc(1, sizeof *b);
+    if (b == NULL) {
+        emb_fail(err, "out of memory");
+        return NULL;
+    }
+    b->model = model;
+    b->mx = mx;
+    b->max_tokens = max_batch_tokens;
+    pthread_mutex_init(&b->lock, NULL);
+    pthread_cond_init(&b->wake, NULL);
+    size_t n = (size_t)max_batch_tokens;
+    b->ids = malloc(sizeof(int32_t) * n);
+    b->lens = malloc(sizeof(int) * n);
+    b->out = malloc(sizeof(float) * n * (size_t)model->cfg.hidden_size);
+    b->slices = malloc(sizeof(slice) * n);
+    b->ws = emb_workspace_new(model, max_batch_tokens, err);
+    if (b->ids == NULL || b->lens == NULL || b->out == NULL || b->slices == NULL ||
+        b->ws == NULL) {
+        if (b->ws != NULL)
+            emb_fail(err, "out of memory for a batch of %d tokens", max_batch_tokens);
+        batcher_free(b);
+        return NULL;
+    }
+    if (pthread_create(&b->thread, NULL, compute_main, b) != 0) {
+        emb_fail(err, "cannot start the compute thread");
+        batcher_free(b);
+        return NULL;
+    }
+    return b;
+}
+
+int batcher_submit(batcher *b, emb_job *job)
+{
+    if (job->n_seqs < 1)
+        return -1;
+    job->failed = 0;
+    job->error[0] = '\0';
+    job->next_seq = 0;
+    job->next_tok = 0;
+    job->remaining = job->n_seqs;
+    job->started = 0;
+    job->next = NULL;
+    job->t_submit = now_seconds();
+    pthread_mutex_lock(&b->lock);
+    if (b->stopping) {
+        pthread_mutex_unlock(&b->lock);
+        return -1;
+    }
+    if (b->tail != NULL)
+        b->tail->next = job;
+    else
+        b->head = job;
+    b->tail = job;
+    b->queued_seqs += job->n_seqs;
+    metrics_queue_depth(b->mx, b->queued_seqs);
+    pthread_cond_signal(&b->wake);
+    pthread_mutex_unlock(&b->lock);
+    return 0;
+}
+
+int batcher_queue_depth(batcher *b)
+{
+    pthread_mutex_lock(&b->lock);
+    int n = b->queued_seqs;
+    pthread_mutex_unlock(&b->lock);
+    return n;
+}
+
+void batcher_stop(batcher *b)
+{
+    if (b == NULL)
+        return;
+    pthread_mutex_lock(&b->lock);
+    b->stopping = 1;
+    pthread_cond_signal(&b->wake);
+    pthread_mutex_unlock(&b->lock);
+    pthread_join(b->thread, NULL);
+    batcher_free(b);
+}

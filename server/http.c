@@ -1,0 +1,443 @@
+/* http.c: the libmicrohttpd side of `embedd serve`: daemon start and stop,
+ * the three-phase access handler, early refusals, replies and metrics.
+ * See server.h for threads and ownership. */
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cli.h"
+#include "server.h"
+
+static double now_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* ---- replies ------------------------------------------------------------ */
+
+static const char *openai_error_type(int status)
+{
+    switch (status) {
+    case 401:
+        return "authentication_error";
+    case 429:
+        return "rate_limit_error";
+    case 500:
+    case 503:
+        return "server_error";
+    default:
+        return "invalid_request_error";
+    }
+}
+
+static const char *openai_error_code(int status)
+{
+    switch (status) {
+    case 401:
+        return "invalid_api_key";
+    case 404:
+        return "not_found";
+    case 405:
+        return "method_not_allowed";
+    case 413:
+        return "payload_too_large";
+    case 429:
+        return "rate_limit_exceeded";
+    case 503:
+        return "service_unavailable";
+    default:
+        return NULL;
+    }
+}
+
+void reply_error(reply *rp, api_family api, int status, const char *type, const char *fmt, ...)
+{
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    sb_free(&rp->body);
+    rp->status = status;
+    rp->content_type = "application/json";
+    if (api == API_OPENAI) {
+        const char *code = openai_error_code(status);
+        sb_puts(&rp->body, "{\"error\":{\"message\":");
+        sb_json_string(&rp->body, msg);
+        sb_puts(&rp->body, ",\"type\":");
+        sb_json_string(&rp->body, openai_error_type(status));
+        sb_puts(&rp->body, ",\"param\":null,\"code\":");
+        if (code != NULL)
+            sb_json_string(&rp->body, code);
+        else
+            sb_puts(&rp->body, "null");
+        sb_puts(&rp->body, "}}");
+        return;
+    }
+    sb_puts(&rp->body, "{\"error\":");
+    sb_json_string(&rp->body, msg);
+    sb_puts(&rp->body, ",\"error_type\":");
+    sb_json_string(&rp->body, type);
+    sb_putc(&rp->body, '}');
+}
+
+static void reply_init(reply *rp)
+{
+    memset(rp, 0, sizeof *rp);
+    rp->status = 200;
+    rp->content_type = "application/json";
+    sb_init(&rp->body, (size_t)1 << 30);
+}
+
+static enum MHD_Result send_reply(request *rq, reply *rp)
+{
+    if (rp->body.failed) {
+        api_family api = rq->rt != NULL ? rq->rt->api : API_TEI;
+        rp->body.failed = 0;
+        reply_error(rp, api, 500, "Backend", "response too large or out of memory");
+    }
+    size_t len = 0;
+    char *body = sb_take(&rp->body, &len);
+    struct MHD_Response *resp =
+        MHD_create_response_from_buffer(len, body != NULL ? body : (char *)"",
+                                        body != NULL ? MHD_RESPMEM_MUST_FREE
+                                                     : MHD_RESPMEM_PERSISTENT);
+    if (resp == NULL) {
+        free(body);
+        return MHD_NO;
+    }
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, rp->content_type);
+    if (rp->allow != NULL)
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, rp->allow);
+    if (rq->rt != NULL && rq->rt->needs_compute)
+        MHD_add_response_header(resp, "X-Embedd-Model-Version", "1");
+    if (rp->status == 401)
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
+    rq->status = rp->status;
+    enum MHD_Result ret = MHD_queue_response(rq->conn, (unsigned)rp->status, resp);
+    MHD_destroy_response(resp);
+    sb_free(&rp->body);
+    return ret;
+}
+
+/* ---- early checks (first call, before the body is read) ----------------- */
+
+/* Constant-time comparison of the bearer token with the key. */
+static int bearer_matches(const char *header, const char *key)
+{
+    const char *prefix = "Bearer ";
+    if (header == NULL || strncmp(header, prefix, strlen(prefix)) != 0)
+        return 0;
+    const char *token = header + strlen(prefix);
+    size_t tlen = strlen(token), klen = strlen(key);
+    unsigned diff = (unsigned)(tlen ^ klen);
+    for (size_t i = 0; i < klen; i++)
+        diff |= (unsigned)(unsigned char)key[i] ^ (unsigned)(unsigned char)(i < tlen ? token[i] : 0);
+    return diff == 0;
+}
+
+static api_family api_of_path(const char *url)
+{
+    return strncmp(url, "/v1/", 4) == 0 ? API_OPENAI : API_TEI;
+}
+
+/* Returns 1 and fills rp when the request is refused before its body. */
+static int refuse_early(server *srv, request *rq, const char *url, const char *method,
+                        reply *rp)
+{
+    int path_known = 0;
+    const char *allow = NULL;
+    rq->rt = routes_find(url, method, &path_known, &allow);
+    if (rq->rt == NULL) {
+        api_family api = api_of_path(url);
+        if (path_known) {
+            reply_error(rp, api, 405, "Validation", "method %s not allowed on %s", method, url);
+            rp->allow = allow;
+        } else {
+            reply_error(rp, api, 404, "Validation", "no route %s %s", method, url);
+        }
+        return 1;
+    }
+    const route *rt = rq->rt;
+    if (rt->needs_auth && srv->opts.api_key != NULL && srv->opts.api_key[0] != '\0') {
+        const char *auth =
+            MHD_lookup_connection_value(rq->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
+        if (!bearer_matches(auth, srv->opts.api_key)) {
+            reply_error(rp, rt->api, 401, "Unauthorized",
+                        auth == NULL ? "missing bearer token" : "invalid bearer token");
+            return 1;
+        }
+    }
+    const char *clen =
+        MHD_lookup_connection_value(rq->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+    if (clen != NULL && strtoull(clen, NULL, 10) > (unsigned long long)srv->opts.payload_limit) {
+        reply_error(rp, rt->api, 413, "Validation", "payload of %s bytes exceeds the limit of %d",
+                    clen, srv->opts.payload_limit);
+        return 1;
+    }
+    if (rt->needs_compute) {
+        if (!atomic_load(&srv->ready)) {
+            reply_error(rp, rt->api, 503, "Unhealthy", "server is not ready");
+            return 1;
+        }
+        int n = atomic_fetch_add(&srv->inflight, 1);
+        rq->admitted = 1;
+        if (n >= srv->opts.max_concurrent_requests) {
+            reply_error(rp, rt->api, 429, "Overloaded",
+                        "too many concurrent requests (limit %d)",
+                        srv->opts.max_concurrent_requests);
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* ---- the access handler ------------------------------------------------ */
+
+static int append_body(server *srv, request *rq, const char *data, size_t n)
+{
+    if (rq->body_too_large)
+        return 0;
+    if (rq->body_len + n > (size_t)srv->opts.payload_limit) {
+        rq->body_too_large = 1;
+        free(rq->body);
+        rq->body = NULL;
+        rq->body_len = rq->body_cap = 0;
+        return 0;
+    }
+    if (rq->body_len + n + 1 > rq->body_cap) {
+        size_t want = rq->body_cap < 4096 ? 4096 : rq->body_cap;
+        while (want < rq->body_len + n + 1)
+            want *= 2;
+        char *p = realloc(rq->body, want);
+        if (p == NULL)
+            return -1;
+        rq->body = p;
+        rq->body_cap = want;
+    }
+    memcpy(rq->body + rq->body_len, data, n);
+    rq->body_len += n;
+    rq->body[rq->body_len] = '\0';
+    return 0;
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
+                                  const char *method, const char *version,
+                                  const char *upload_data, size_t *upload_data_size,
+                                  void **con_cls)
+{
+    server *srv = cls;
+    request *rq = *con_cls;
+    reply rp;
+    if (rq == NULL) {
+        rq = calloc(1, sizeof *rq);
+        if (rq == NULL)
+            return MHD_NO;
+        rq->conn = conn;
+        rq->srv = srv;
+        rq->t_start = now_seconds();
+        *con_cls = rq;
+        reply_init(&rp);
+        if (refuse_early(srv, rq, url, method, &rp))
+            return send_reply(rq, &rp);
+        sb_free(&rp.body);
+        return MHD_YES;
+    }
+    if (*upload_data_size > 0) {
+        if (append_body(srv, rq, upload_data, *upload_data_size) != 0)
+            return MHD_NO;
+        *upload_data_size = 0;
+        return MHD_YES;
+    }
+    reply_init(&rp);
+    if (rq->suspended) {
+        rq->suspended = 0;
+        rq->rt->finish(srv, rq, &rp);
+        return send_reply(rq, &rp);
+    }
+    if (rq->body_too_large) {
+        reply_error(&rp, rq->rt->api, 413, "Validation", "payload exceeds the limit of %d bytes",
+                    srv->opts.payload_limit);
+        return send_reply(rq, &rp);
+    }
+    if (rq->rt->handle(srv, rq, &rp) == ROUTE_SUSPEND) {
+        sb_free(&rp.body);
+        return MHD_YES;
+    }
+    return send_reply(rq, &rp);
+}
+
+static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+                         enum MHD_RequestTerminationCode toe)
+{
+    server *srv = cls;
+    request *rq = *con_cls;
+    if (rq == NULL)
+        return;
+    if (rq->status != 0)
+        metrics_request(srv->mx, rq->rt != NULL ? rq->rt->name : "unknown", rq->status,
+                        now_seconds() - rq->t_start);
+    if (rq->free_state != NULL)
+        rq->free_state(rq->state);
+    free(rq->body);
+    if (rq->admitted)
+        atomic_fetch_sub(&srv->inflight, 1);
+    free(rq);
+    *con_cls = NULL;
+}
+
+void server_job_done(emb_job *job)
+{
+    request *rq = job->user;
+    MHD_resume_connection(rq->conn);
+}
+
+/* Suspends the connection and queues the job. If the batcher refuses (it
+ * is stopping), the job completes at once as failed, through the same path. */
+void server_submit(server *srv, request *rq, emb_job *job)
+{
+    job->user = rq;
+    job->done = server_job_done;
+    rq->suspended = 1;
+    MHD_suspend_connection(rq->conn);
+    if (batcher_submit(srv->batcher, job) != 0) {
+        job->failed = 1;
+        snprintf(job->error, sizeof job->error, "server is shutting down");
+        server_job_done(job);
+    }
+}
+
+/* ---- start and stop ---------------------------------------------------- */
+
+static int resolve_bind(const char *host, int port, struct sockaddr_storage *ss, socklen_t *len,
+                        int *ipv6)
+{
+    struct addrinfo hints, *res = NULL;
+    char portstr[16];
+    memset(&hints, 0, sizeof hints);
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE;
+    snprintf(portstr, sizeof portstr, "%d", port);
+    if (getaddrinfo(host, portstr, &hints, &res) != 0 || res == NULL)
+        return -1;
+    memcpy(ss, res->ai_addr, res->ai_addrlen);
+    *len = res->ai_addrlen;
+    *ipv6 = res->ai_family == AF_INET6;
+    freeaddrinfo(res);
+    return 0;
+}
+
+static void log_mhd(void *cls, const char *fmt, va_list ap)
+{
+    fputs("embedd: http: ", stderr);
+    vfprintf(stderr, fmt, ap);
+}
+
+int server_run(server_opts *opts)
+{
+    server srv;
+    emb_err err;
+    int rc = 1;
+    memset(&srv, 0, sizeof srv);
+    srv.opts = *opts;
+    atomic_init(&srv.inflight, 0);
+    atomic_init(&srv.ready, 0);
+
+    /* Signals are taken by sigwait below; every thread inherits the mask. */
+    sigset_t sigs;
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGINT);
+    sigaddset(&sigs, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    cli_set_threads(opts->threads);
+
+    srv.model = emb_model_load(opts->model_dir, &err);
+    if (srv.model == NULL) {
+        fprintf(stderr, "embedd serve: %s\n", err.msg);
+        return 1;
+    }
+    srv.model_name = opts->served_model_name;
+    if (srv.model_name == NULL || srv.model_name[0] == '\0') {
+        const char *slash = strrchr(opts->model_dir, '/');
+        srv.model_name = slash != NULL && slash[1] != '\0' ? slash + 1 : opts->model_dir;
+    }
+    srv.mx = metrics_new();
+    if (srv.mx == NULL) {
+        fprintf(stderr, "embedd serve: out of memory\n");
+        goto out;
+    }
+    if (srv.opts.max_batch_tokens < srv.model->cfg.max_seq_length)
+        srv.opts.max_batch_tokens = srv.model->cfg.max_seq_length;
+    srv.batcher = batcher_start(srv.model, srv.opts.max_batch_tokens, srv.mx, &err);
+    if (srv.batcher == NULL) {
+        fprintf(stderr, "embedd serve: %s\n", err.msg);
+        goto out;
+    }
+
+    struct sockaddr_storage addr;
+    socklen_t addr_len = 0;
+    int ipv6 = 0;
+    if (resolve_bind(opts->host, opts->port, &addr, &addr_len, &ipv6) != 0) {
+        fprintf(stderr, "embedd serve: cannot resolve host '%s'\n", opts->host);
+        goto out;
+    }
+    unsigned flags = MHD_USE_AUTO_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME |
+                     MHD_USE_ERROR_LOG | (ipv6 ? MHD_USE_IPv6 : 0);
+    srv.daemon = MHD_start_daemon(
+        flags, (uint16_t)opts->port, NULL, NULL, on_request, &srv,
+        MHD_OPTION_EXTERNAL_LOGGER, log_mhd, NULL,
+        MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr,
+        MHD_OPTION_THREAD_POOL_SIZE, (unsigned)opts->http_threads,
+        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)opts->timeout,
+        MHD_OPTION_CONNECTION_LIMIT, (unsigned)(opts->max_concurrent_requests + 64),
+        MHD_OPTION_NOTIFY_COMPLETED, on_completed, &srv,
+        MHD_OPTION_END);
+    if (srv.daemon == NULL) {
+        fprintf(stderr, "embedd serve: cannot listen on %s:%d\n", opts->host, opts->port);
+        goto out;
+    }
+    const union MHD_DaemonInfo *info = MHD_get_daemon_info(srv.daemon, MHD_DAEMON_INFO_BIND_PORT);
+    srv.port = info != NULL ? info->port : opts->port;
+    atomic_store(&srv.ready, 1);
+    fprintf(stderr, "embedd: model %s (%d dims, %s pooling, max %d tokens)\n", srv.model_name,
+            srv.model->cfg.hidden_size, emb_pooling_name(srv.model->cfg.pooling),
+            srv.model->cfg.max_seq_length);
+    fprintf(stderr, "embedd: listening on http://%s:%d\n", opts->host, srv.port);
+    fflush(stderr);
+
+    int sig = 0;
+    sigwait(&sigs, &sig);
+    fprintf(stderr, "embedd: %s received, finishing in-flight requests\n",
+            sig == SIGTERM ? "SIGTERM" : "SIGINT");
+    atomic_store(&srv.ready, 0);
+    MHD_socket listen_fd = MHD_quiesce_daemon(srv.daemon);
+    /* Every admitted request gets its answer before the daemon stops. */
+    for (int waited_ms = 0; atomic_load(&srv.inflight) > 0 && waited_ms < 120000; waited_ms += 5)
+        usleep(5000);
+    batcher_stop(srv.batcher);
+    srv.batcher = NULL;
+    MHD_stop_daemon(srv.daemon);
+    srv.daemon = NULL;
+    if (listen_fd != MHD_INVALID_SOCKET)
+        close(listen_fd);
+    fprintf(stderr, "embedd: stopped\n");
+    rc = 0;
+out:
+    if (srv.daemon != NULL)
+        MHD_stop_daemon(srv.daemon);
+    batcher_stop(srv.batcher);
+    metrics_free(srv.mx);
+    emb_model_free(srv.model);
+    return rc;
+}

@@ -1,0 +1,231 @@
+#include "metrics.h"
+
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_BUCKETS 20
+#define MAX_REQUEST_SERIES 128
+
+typedef struct histogram {
+    const char *name;
+    const char *help;
+    int n_bounds;
+    double bounds[MAX_BUCKETS];
+    unsigned long counts[MAX_BUCKETS + 1]; /* last: +Inf */
+    double sum;
+    unsigned long count;
+} histogram;
+
+typedef struct request_series {
+    char route[32];
+    int status;
+    unsigned long count;
+} request_series;
+
+struct metrics {
+    pthread_mutex_t lock;
+    request_series requests[MAX_REQUEST_SERIES];
+    int n_requests;
+    histogram request_duration, queue_duration, inference_duration, batch_size, batch_tokens;
+    int queue_depth;
+    unsigned long texts;
+    unsigned long tokens;
+    unsigned long batches;
+};
+
+static const double time_bounds[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                                     0.1,    0.25,  0.5,    1,     2.5,  5,     10};
+static const double size_bounds[] = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024};
+static const double token_bounds[] = {16, 64, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768};
+
+static void histogram_init(histogram *h, const char *name, const char *help,
+                           const double *bounds, int n)
+{
+    memset(h, 0, sizeof *h);
+    h->name = name;
+    h->help = help;
+    h->n_bounds = n;
+    memcpy(h->bounds, bounds, sizeof(double) * (size_t)n);
+}
+
+static void histogram_observe(histogram *h, double v)
+{
+    int i = 0;
+    while (i < h->n_bounds && v > h->bounds[i])
+        i++;
+    h->counts[i]++;
+    h->sum += v;
+    h->count++;
+}
+
+#define COUNT(a) ((int)(sizeof(a) / sizeof((a)[0])))
+
+metrics *metrics_new(void)
+{
+    metrics *m = calloc(1, sizeof *m);
+    if (m == NULL)
+        return NULL;
+    pthread_mutex_init(&m->lock, NULL);
+    histogram_init(&m->request_duration, "embedd_request_duration_seconds",
+                   "Time from a request's arrival to its response", time_bounds,
+                   COUNT(time_bounds));
+    histogram_init(&m->queue_duration, "embedd_queue_duration_seconds",
+                   "Time a job waited for its first forward pass", time_bounds,
+                   COUNT(time_bounds));
+    histogram_init(&m->inference_duration, "embedd_inference_duration_seconds",
+                   "Time of one forward pass", time_bounds, COUNT(time_bounds));
+    histogram_init(&m->batch_size, "embedd_batch_size", "Sequences in one forward pass",
+                   size_bounds, COUNT(size_bounds));
+    histogram_init(&m->batch_tokens, "embedd_batch_tokens", "Tokens in one forward pass",
+                   token_bounds, COUNT(token_bounds));
+    return m;
+}
+
+void metrics_free(metrics *m)
+{
+    if (m == NULL)
+        return;
+    pthread_mutex_destroy(&m->lock);
+    free(m);
+}
+
+void metrics_request(metrics *m, const char *route, int status, double total_seconds)
+{
+    pthread_mutex_lock(&m->lock);
+    histogram_observe(&m->request_duration, total_seconds);
+    int i = 0;
+    while (i < m->n_requests &&
+           (m->requests[i].status != status || strcmp(m->requests[i].route, route) != 0))
+        i++;
+    if (i == m->n_requests && m->n_requests < MAX_REQUEST_SERIES) {
+        snprintf(m->requests[i].route, sizeof m->requests[i].route, "%s", route);
+        m->requests[i].status = status;
+        m->n_requests++;
+    }
+    if (i < m->n_requests)
+        m->requests[i].count++;
+    pthread_mutex_unlock(&m->lock);
+}
+
+void metrics_queue_time(metrics *m, double seconds)
+{
+    pthread_mutex_lock(&m->lock);
+    histogram_observe(&m->queue_duration, seconds);
+    pthread_mutex_unlock(&m->lock);
+}
+
+void metrics_batch(metrics *m, int n_seqs, int n_tokens, double seconds)
+{
+    pthread_mutex_lock(&m->lock);
+    histogram_observe(&m->inference_duration, seconds);
+    histogram_observe(&m->batch_size, n_seqs);
+    histogram_observe(&m->batch_tokens, n_tokens);
+    m->batches++;
+    pthread_mutex_unlock(&m->lock);
+}
+
+void metrics_queue_depth(metrics *m, int depth)
+{
+    pthread_mutex_lock(&m->lock);
+    m->queue_depth = depth;
+    pthread_mutex_unlock(&m->lock);
+}
+
+void metrics_embedded(metrics *m, int texts, long tokens)
+{
+    pthread_mutex_lock(&m->lock);
+    m->texts += (unsigned long)texts;
+    m->tokens += (unsigned long)tokens;
+    pthread_mutex_unlock(&m->lock);
+}
+
+/* A growable output buffer with a hard cap. */
+typedef struct out {
+    char *buf;
+    size_t len, cap;
+    int failed;
+} out;
+
+__attribute__((format(printf, 2, 3))) static void emit(out *o, const char *fmt, ...)
+{
+    if (o->failed)
+        return;
+    for (;;) {
+        va_list ap;
+        va_start(ap, fmt);
+        int n = vsnprintf(o->buf + o->len, o->cap - o->len, fmt, ap);
+        va_end(ap);
+        if (n < 0) {
+            o->failed = 1;
+            return;
+        }
+        if ((size_t)n < o->cap - o->len) {
+            o->len += (size_t)n;
+            return;
+        }
+        size_t want = o->cap * 2;
+        if (want > (4u << 20)) {
+            o->failed = 1;
+            return;
+        }
+        char *p = realloc(o->buf, want);
+        if (p == NULL) {
+            o->failed = 1;
+            return;
+        }
+        o->buf = p;
+        o->cap = want;
+    }
+}
+
+static void render_histogram(out *o, const histogram *h)
+{
+    emit(o, "# HELP %s %s\n# TYPE %s histogram\n", h->name, h->help, h->name);
+    unsigned long cumulative = 0;
+    for (int i = 0; i < h->n_bounds; i++) {
+        cumulative += h->counts[i];
+        emit(o, "%s_bucket{le=\"%g\"} %lu\n", h->name, h->bounds[i], cumulative);
+    }
+    cumulative += h->counts[h->n_bounds];
+    emit(o, "%s_bucket{le=\"+Inf\"} %lu\n", h->name, cumulative);
+    emit(o, "%s_sum %.9g\n%s_count %lu\n", h->name, h->sum, h->name, h->count);
+}
+
+char *metrics_render(metrics *m)
+{
+    out o = {.buf = malloc(8192), .len = 0, .cap = 8192, .failed = 0};
+    if (o.buf == NULL)
+        return NULL;
+    pthread_mutex_lock(&m->lock);
+    emit(&o, "# HELP embedd_requests_total HTTP requests by route and status code\n"
+             "# TYPE embedd_requests_total counter\n");
+    for (int i = 0; i < m->n_requests; i++)
+        emit(&o, "embedd_requests_total{route=\"%s\",code=\"%d\"} %lu\n", m->requests[i].route,
+             m->requests[i].status, m->requests[i].count);
+    render_histogram(&o, &m->request_duration);
+    render_histogram(&o, &m->queue_duration);
+    render_histogram(&o, &m->inference_duration);
+    render_histogram(&o, &m->batch_size);
+    render_histogram(&o, &m->batch_tokens);
+    emit(&o, "# HELP embedd_queue_depth Sequences waiting for a forward pass\n"
+             "# TYPE embedd_queue_depth gauge\nembedd_queue_depth %d\n",
+         m->queue_depth);
+    emit(&o, "# HELP embedd_batches_total Forward passes run\n"
+             "# TYPE embedd_batches_total counter\nembedd_batches_total %lu\n",
+         m->batches);
+    emit(&o, "# HELP embedd_embedded_texts_total Texts embedded\n"
+             "# TYPE embedd_embedded_texts_total counter\nembedd_embedded_texts_total %lu\n",
+         m->texts);
+    emit(&o, "# HELP embedd_embedded_tokens_total Tokens embedded\n"
+             "# TYPE embedd_embedded_tokens_total counter\nembedd_embedded_tokens_total %lu\n",
+         m->tokens);
+    pthread_mutex_unlock(&m->lock);
+    if (o.failed) {
+        free(o.buf);
+        return NULL;
+    }
+    return o.buf;
+}

@@ -1,0 +1,32 @@
+/* metrics.h: counters, gauges and histograms, rendered in the Prometheus
+ * text exposition format (version 0.0.4) by GET /metrics.
+ *
+ * Any thread may record; one mutex guards everything (recording is a few
+ * additions, far below the cost of the requests being counted). */
+#ifndef EMBEDD_METRICS_H
+#define EMBEDD_METRICS_H
+
+#include <stddef.h>
+
+typedef struct metrics metrics;
+
+metrics *metrics_new(void);
+void metrics_free(metrics *m);
+
+/* One finished HTTP request: its route name ("embed", "openai_embeddings",
+ * ..., or "unknown") and status code. */
+void metrics_request(metrics *m, const char *route, int status, double total_seconds);
+/* One job's wait from submission to the start of its first forward pass. */
+void metrics_queue_time(metrics *m, double seconds);
+/* One forward pass. */
+void metrics_batch(metrics *m, int n_seqs, int n_tokens, double seconds);
+/* Current queue depth (sequences waiting). */
+void metrics_queue_depth(metrics *m, int depth);
+/* Texts and tokens embedded. */
+void metrics_embedded(metrics *m, int texts, long tokens);
+
+/* Renders everything into a malloc'd NUL-terminated string (NULL when out
+ * of memory). */
+char *metrics_render(metrics *m);
+
+#endif

@@ -1,0 +1,584 @@
+/* routes.c: the route table and the handlers of `embedd serve`.
+ *
+ * Embedding routes run in two steps on HTTP threads: handle parses and
+ * validates the JSON, tokenises every input and submits one job to the
+ * batcher (the connection is suspended); finish runs after the compute
+ * thread has filled in the pooled vectors, applies the request's
+ * normalisation and Matryoshka dimensions, and writes the response. */
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "server.h"
+
+#define EMBEDD_VERSION "0.1.0"
+
+/* ---- request parsing helpers ------------------------------------------- */
+
+/* One input: a text, or token ids given by the client. */
+typedef struct input {
+    const char *text;
+    size_t len;
+    const cJSON *ids;          /* array of numbers, when given as token ids */
+} input;
+
+typedef struct embed_state {
+    emb_job job;
+    api_family api;
+    int n;
+    int32_t *ids;              /* (n, max_len) worst case, packed */
+    int *lens;
+    float *out;                /* (n, C) pooled */
+    long prompt_tokens;
+    int normalize;
+    int dimensions;
+    int base64;
+} embed_state;
+
+static void embed_state_free(void *p)
+{
+    embed_state *st = p;
+    if (st == NULL)
+        return;
+    free(st->ids);
+    free(st->lens);
+    free(st->out);
+    free(st);
+}
+
+static int is_integer(const cJSON *item)
+{
+    return cJSON_IsNumber(item) && item->valuedouble == floor(item->valuedouble);
+}
+
+static int all_integers(const cJSON *arr)
+{
+    const cJSON *el;
+    cJSON_ArrayForEach(el, arr) {
+        if (!is_integer(el))
+            return 0;
+    }
+    return 1;
+}
+
+/* Collects the inputs of "inputs" (TEI) or "input" (OpenAI). Returns the
+ * count (>= 1), or 0 after filling rp with the error. */
+static int collect_inputs(const cJSON *field, const char *name, int allow_ids, int max_inputs,
+                          api_family api, input **out, reply *rp)
+{
+    if (field == NULL) {
+        reply_error(rp, api, 422, "Validation", "missing field `%s`", name);
+        return 0;
+    }
+    if (cJSON_IsString(field)) {
+        *out = calloc(1, sizeof(input));
+        if (*out == NULL) {
+            reply_error(rp, api, 500, "Backend", "out of memory");
+            return 0;
+        }
+        (*out)[0].text = field->valuestring;
+        (*out)[0].len = strlen(field->valuestring);
+        return 1;
+    }
+    if (!cJSON_IsArray(field)) {
+        reply_error(rp, api, 422, "Validation", "`%s` must be a string or an array of %s", name,
+                    allow_ids ? "strings or token ids" : "strings");
+        return 0;
+    }
+    int n = cJSON_GetArraySize(field);
+    if (n == 0) {
+        reply_error(rp, api, 400, "Empty", "`%s` is empty", name);
+        return 0;
+    }
+    const cJSON *first = field->child;
+    if (allow_ids && cJSON_IsNumber(first)) {
+        /* one input of token ids */
+        if (!all_integers(field)) {
+            reply_error(rp, api, 422, "Validation", "`%s` mixes token ids and other values",
+                        name);
+            return 0;
+        }
+        *out = calloc(1, sizeof(input));
+        if (*out == NULL) {
+            reply_error(rp, api, 500, "Backend", "out of memory");
+            return 0;
+        }
+        (*out)[0].ids = field;
+        return 1;
+    }
+    if (n > max_inputs) {
+        reply_error(rp, api, 422, "Validation",
+                    "batch size %d exceeds the maximum of %d inputs per request", n, max_inputs);
+        return 0;
+    }
+    input *in = calloc((size_t)n, sizeof(input));
+    if (in == NULL) {
+        reply_error(rp, api, 500, "Backend", "out of memory");
+        return 0;
+    }
+    int i = 0;
+    const cJSON *el;
+    cJSON_ArrayForEach(el, field) {
+        if (cJSON_IsString(el)) {
+            in[i].text = el->valuestring;
+            in[i].len = strlen(el->valuestring);
+        } else if (allow_ids && cJSON_IsArray(el) && all_integers(el)) {
+            in[i].ids = el;
+        } else {
+            reply_error(rp, api, 422, "Validation", "`%s[%d]` must be a %s", name, i,
+                        allow_ids ? "string or an array of token ids" : "string");
+            free(in);
+            return 0;
+        }
+        i++;
+    }
+    *out = in;
+    return n;
+}
+
+/* Optional bool field; returns -1 after filling rp on a wrong type. */
+static int get_bool(const cJSON *root, const char *name, int def, api_family api, reply *rp)
+{
+    const cJSON *f = cJSON_GetObjectItemCaseSensitive(root, name);
+    if (f == NULL || cJSON_IsNull(f))
+        return def;
+    if (!cJSON_IsBool(f)) {
+        reply_error(rp, api, 422, "Validation", "`%s` must be true or false", name);
+        return -1;
+    }
+    return cJSON_IsTrue(f);
+}
+
+/* Optional "dimensions": 0 for none, -1 after an error. */
+static int get_dimensions(const cJSON *root, int C, api_family api, reply *rp)
+{
+    const cJSON *f = cJSON_GetObjectItemCaseSensitive(root, "dimensions");
+    if (f == NULL || cJSON_IsNull(f))
+        return 0;
+    if (!is_integer(f) || f->valuedouble < 1 || f->valuedouble > C) {
+        reply_error(rp, api, 422, "Validation", "`dimensions` must be an integer in 1..%d", C);
+        return -1;
+    }
+    return (int)f->valuedouble;
+}
+
+static cJSON *parse_body(request *rq, api_family api, reply *rp)
+{
+    if (rq->body == NULL || rq->body_len == 0) {
+        reply_error(rp, api, 422, "Validation", "request body must be a JSON object");
+        return NULL;
+    }
+    cJSON *root = cJSON_ParseWithLength(rq->body, rq->body_len);
+    if (root == NULL) {
+        size_t at = 0;
+        const char *where = cJSON_GetErrorPtr();
+        if (where != NULL && where >= rq->body && where <= rq->body + rq->body_len)
+            at = (size_t)(where - rq->body);
+        reply_error(rp, api, 422, "Validation", "malformed JSON near byte %zu", at);
+        return NULL;
+    }
+    if (!cJSON_IsObject(root)) {
+        reply_error(rp, api, 422, "Validation", "request body must be a JSON object");
+        cJSON_Delete(root);
+        return NULL;
+    }
+    return root;
+}
+
+/* Tokenises (or copies) every input into st. Returns 0, or -1 after filling
+ * rp. */
+static int encode_inputs(server *srv, embed_state *st, const input *in, int truncate,
+                         int truncate_left, reply *rp)
+{
+    const emb_model *m = srv->model;
+    const int max_len = m->cfg.max_seq_length;
+    st->ids = malloc(sizeof(int32_t) * (size_t)st->n * (size_t)max_len);
+    st->lens = malloc(sizeof(int) * (size_t)st->n);
+    st->out = malloc(sizeof(float) * (size_t)st->n * (size_t)m->cfg.hidden_size);
+    if (st->ids == NULL || st->lens == NULL || st->out == NULL) {
+        reply_error(rp, st->api, 500, "Backend", "out of memory");
+        return -1;
+    }
+    long off = 0;
+    for (int i = 0; i < st->n; i++) {
+        int32_t *dst = st->ids + off;
+        int full = 0;
+        int n = 0;
+        if (in[i].ids != NULL) {
+            full = cJSON_GetArraySize(in[i].ids);
+            if (full == 0) {
+                reply_error(rp, st->api, 400, "Empty", "input %d is empty", i);
+                return -1;
+            }
+            int skip = truncate_left && full > max_len ? full - max_len : 0;
+            int k = 0;
+            const cJSON *el;
+            cJSON_ArrayForEach(el, in[i].ids) {
+                double v = el->valuedouble;
+                if (v < 0 || v >= m->cfg.vocab_size) {
+                    reply_error(rp, st->api, 422, "Validation",
+                                "input %d: token id %.0f is outside the vocabulary (0..%d)", i, v,
+                                m->cfg.vocab_size - 1);
+                    return -1;
+                }
+                if (k >= skip && n < max_len)
+                    dst[n++] = (int32_t)v;
+                k++;
+            }
+        } else {
+            if (in[i].len == 0) {
+                reply_error(rp, st->api, 400, "Empty", "input %d is empty", i);
+                return -1;
+            }
+            n = emb_encode(m->tok, in[i].text, in[i].len, max_len, truncate_left, dst, &full);
+            if (n < 0) {
+                reply_error(rp, st->api, 422, "Tokenizer", "input %d could not be tokenised", i);
+                return -1;
+            }
+        }
+        if (full > max_len && !truncate) {
+            reply_error(rp, st->api, 422, "Validation",
+                        "input %d has %d tokens, more than the maximum of %d; set truncate", i,
+                        full, max_len);
+            return -1;
+        }
+        st->lens[i] = n;
+        st->prompt_tokens += n;
+        off += n;
+    }
+    return 0;
+}
+
+/* ---- /embed and /v1/embeddings ----------------------------------------- */
+
+static route_result submit_embed(server *srv, request *rq, embed_state *st)
+{
+    st->job.n_seqs = st->n;
+    st->job.ids = st->ids;
+    st->job.lens = st->lens;
+    st->job.out = st->out;
+    server_submit(srv, rq, &st->job);
+    return ROUTE_SUSPEND;
+}
+
+static embed_state *new_embed_state(request *rq, api_family api, reply *rp)
+{
+    embed_state *st = calloc(1, sizeof *st);
+    if (st == NULL) {
+        reply_error(rp, api, 500, "Backend", "out of memory");
+        return NULL;
+    }
+    st->api = api;
+    rq->state = st;
+    rq->free_state = embed_state_free;
+    return st;
+}
+
+static route_result handle_embed(server *srv, request *rq, reply *rp)
+{
+    const api_family api = API_TEI;
+    route_result result = ROUTE_DONE;
+    input *in = NULL;
+    cJSON *root = parse_body(rq, api, rp);
+    if (root == NULL)
+        return ROUTE_DONE;
+    embed_state *st = new_embed_state(rq, api, rp);
+    if (st == NULL)
+        goto out;
+    st->n = collect_inputs(cJSON_GetObjectItemCaseSensitive(root, "inputs"), "inputs", 0,
+                           srv->opts.max_client_batch_size, api, &in, rp);
+    if (st->n == 0)
+        goto out;
+    st->normalize = get_bool(root, "normalize", 1, api, rp);
+    int truncate = get_bool(root, "truncate", srv->opts.auto_truncate, api, rp);
+    st->dimensions = get_dimensions(root, srv->model->cfg.hidden_size, api, rp);
+    if (st->normalize < 0 || truncate < 0 || st->dimensions < 0)
+        goto out;
+    int left = 0;
+    const cJSON *dir = cJSON_GetObjectItemCaseSensitive(root, "truncation_direction");
+    if (dir != NULL && !cJSON_IsNull(dir)) {
+        if (cJSON_IsString(dir) && strcasecmp(dir->valuestring, "left") == 0) {
+            left = 1;
+        } else if (!cJSON_IsString(dir) || strcasecmp(dir->valuestring, "right") != 0) {
+            reply_error(rp, api, 422, "Validation",
+                        "`truncation_direction` must be \"right\" or \"left\"");
+            goto out;
+        }
+    }
+    if (encode_inputs(srv, st, in, truncate, left, rp) != 0)
+        goto out;
+    result = submit_embed(srv, rq, st);
+out:
+    free(in);
+    cJSON_Delete(root);
+    return result;
+}
+
+static route_result handle_openai_embeddings(server *srv, request *rq, reply *rp)
+{
+    const api_family api = API_OPENAI;
+    route_result result = ROUTE_DONE;
+    input *in = NULL;
+    cJSON *root = parse_body(rq, api, rp);
+    if (root == NULL)
+        return ROUTE_DONE;
+    embed_state *st = new_embed_state(rq, api, rp);
+    if (st == NULL)
+        goto out;
+    st->n = collect_inputs(cJSON_GetObjectItemCaseSensitive(root, "input"), "input", 1,
+                           srv->opts.max_client_batch_size, api, &in, rp);
+    if (st->n == 0)
+        goto out;
+    st->normalize = 1;
+    const cJSON *fmt = cJSON_GetObjectItemCaseSensitive(root, "encoding_format");
+    if (fmt != NULL && !cJSON_IsNull(fmt)) {
+        if (cJSON_IsString(fmt) && strcmp(fmt->valuestring, "base64") == 0) {
+            st->base64 = 1;
+        } else if (!cJSON_IsString(fmt) || strcmp(fmt->valuestring, "float") != 0) {
+            reply_error(rp, api, 422, "Validation",
+                        "`encoding_format` must be \"float\" or \"base64\"");
+            goto out;
+        }
+    }
+    const cJSON *model = cJSON_GetObjectItemCaseSensitive(root, "model");
+    if (model != NULL && !cJSON_IsNull(model) && !cJSON_IsString(model)) {
+        reply_error(rp, api, 422, "Validation", "`model` must be a string");
+        goto out;
+    }
+    st->dimensions = get_dimensions(root, srv->model->cfg.hidden_size, api, rp);
+    if (st->dimensions < 0)
+        goto out;
+    if (encode_inputs(srv, st, in, srv->opts.auto_truncate, 0, rp) != 0)
+        goto out;
+    result = submit_embed(srv, rq, st);
+out:
+    free(in);
+    cJSON_Delete(root);
+    return result;
+}
+
+/* The request's view of vector i: first `dimensions` values, normalised
+ * when asked. Writes into v (room for C floats); returns its length. */
+static int final_vector(const server *srv, const embed_state *st, int i, float *v)
+{
+    const int C = srv->model->cfg.hidden_size;
+    const int d = st->dimensions > 0 ? st->dimensions : C;
+    memcpy(v, st->out + (long)i * C, sizeof(float) * (size_t)d);
+    if (st->normalize) {
+        double ss = 0.0;
+        for (int k = 0; k < d; k++)
+            ss += (double)v[k] * v[k];
+        double norm = sqrt(ss);
+        if (norm < 1e-12)
+            norm = 1e-12;
+        for (int k = 0; k < d; k++)
+            v[k] = (float)(v[k] / norm);
+    }
+    return d;
+}
+
+/* Common failure handling of finish; returns 1 when rp got an error. */
+static int job_failed(embed_state *st, reply *rp)
+{
+    if (!st->job.failed)
+        return 0;
+    if (strstr(st->job.error, "shutting down") != NULL)
+        reply_error(rp, st->api, 503, "Unhealthy", "%s", st->job.error);
+    else
+        reply_error(rp, st->api, 500, "Backend", "%s", st->job.error);
+    return 1;
+}
+
+static void finish_embed(server *srv, request *rq, reply *rp)
+{
+    embed_state *st = rq->state;
+    if (job_failed(st, rp))
+        return;
+    float *v = malloc(sizeof(float) * (size_t)srv->model->cfg.hidden_size);
+    if (v == NULL) {
+        reply_error(rp, st->api, 500, "Backend", "out of memory");
+        return;
+    }
+    sb_putc(&rp->body, '[');
+    for (int i = 0; i < st->n; i++) {
+        int d = final_vector(srv, st, i, v);
+        if (i > 0)
+            sb_putc(&rp->body, ',');
+        sb_json_floats(&rp->body, v, d);
+    }
+    sb_putc(&rp->body, ']');
+    free(v);
+}
+
+static void finish_openai_embeddings(server *srv, request *rq, reply *rp)
+{
+    embed_state *st = rq->state;
+    if (job_failed(st, rp))
+        return;
+    float *v = malloc(sizeof(float) * (size_t)srv->model->cfg.hidden_size);
+    if (v == NULL) {
+        reply_error(rp, st->api, 500, "Backend", "out of memory");
+        return;
+    }
+    sb_puts(&rp->body, "{\"object\":\"list\",\"data\":[");
+    for (int i = 0; i < st->n; i++) {
+        int d = final_vector(srv, st, i, v);
+        sb_printf(&rp->body, "%s{\"object\":\"embedding\",\"index\":%d,\"embedding\":",
+                  i > 0 ? "," : "", i);
+        if (st->base64) {
+            /* little-endian f32 bytes (x86-64 and arm64 are little-endian) */
+            sb_putc(&rp->body, '"');
+            sb_base64(&rp->body, (const unsigned char *)v, sizeof(float) * (size_t)d);
+            sb_putc(&rp->body, '"');
+        } else {
+            sb_json_floats(&rp->body, v, d);
+        }
+        sb_putc(&rp->body, '}');
+    }
+    sb_puts(&rp->body, "],\"model\":");
+    sb_json_string(&rp->body, srv->model_name);
+    sb_printf(&rp->body, ",\"usage\":{\"prompt_tokens\":%ld,\"total_tokens\":%ld}}",
+              st->prompt_tokens, st->prompt_tokens);
+    free(v);
+}
+
+/* ---- /tokenize ------------------------------------------------------------ */
+
+static route_result handle_tokenize(server *srv, request *rq, reply *rp)
+{
+    const api_family api = API_TEI;
+    const emb_model *m = srv->model;
+    input *in = NULL;
+    int32_t *ids = NULL;
+    cJSON *root = parse_body(rq, api, rp);
+    if (root == NULL)
+        return ROUTE_DONE;
+    int n = collect_inputs(cJSON_GetObjectItemCaseSensitive(root, "inputs"), "inputs", 0,
+                           srv->opts.max_client_batch_size, api, &in, rp);
+    if (n == 0)
+        goto out;
+    int special = get_bool(root, "add_special_tokens", 1, api, rp);
+    if (special < 0)
+        goto out;
+    const int max_len = m->cfg.max_seq_length;
+    ids = malloc(sizeof(int32_t) * (size_t)max_len);
+    if (ids == NULL) {
+        reply_error(rp, api, 500, "Backend", "out of memory");
+        goto out;
+    }
+    emb_special_tokens sp = emb_tokenizer_specials(m->tok);
+    sb_putc(&rp->body, '[');
+    for (int i = 0; i < n; i++) {
+        int count = emb_encode(m->tok, in[i].text, in[i].len, max_len, 0, ids, NULL);
+        if (count < 0) {
+            reply_error(rp, api, 422, "Tokenizer", "input %d could not be tokenised", i);
+            goto out;
+        }
+        sb_puts(&rp->body, i > 0 ? ",[" : "[");
+        int first = 1;
+        for (int k = 0; k < count; k++) {
+            int is_special = ids[k] == sp.cls_id || ids[k] == sp.sep_id;
+            if (is_special && (k == 0 || k == count - 1) && !special)
+                continue;
+            const char *text = emb_tokenizer_token(m->tok, ids[k]);
+            sb_printf(&rp->body, "%s{\"id\":%d,\"text\":", first ? "" : ",", ids[k]);
+            sb_json_string(&rp->body, text != NULL ? text : "");
+            sb_printf(&rp->body, ",\"special\":%s}",
+                      is_special && (k == 0 || k == count - 1) ? "true" : "false");
+            first = 0;
+        }
+        sb_putc(&rp->body, ']');
+    }
+    sb_putc(&rp->body, ']');
+out:
+    free(ids);
+    free(in);
+    cJSON_Delete(root);
+    return ROUTE_DONE;
+}
+
+/* ---- /health, /info, /metrics, /v1/models -------------------------------- */
+
+static route_result handle_health(server *srv, request *rq, reply *rp)
+{
+    if (!atomic_load(&srv->ready)) {
+        reply_error(rp, API_TEI, 503, "Unhealthy", "server is not ready");
+        return ROUTE_DONE;
+    }
+    sb_puts(&rp->body, "{\"status\":\"ok\"}");
+    return ROUTE_DONE;
+}
+
+static route_result handle_info(server *srv, request *rq, reply *rp)
+{
+    const emb_config *c = &srv->model->cfg;
+    strbuf *b = &rp->body;
+    sb_puts(b, "{\"model_id\":");
+    sb_json_string(b, srv->model_name);
+    sb_puts(b, ",\"model_dir\":");
+    sb_json_string(b, srv->opts.model_dir);
+    sb_printf(b,
+              ",\"model_version\":1,\"model_type\":\"embedding\",\"dimension\":%d,"
+              "\"pooling\":\"%s\",\"normalize\":%s,\"max_input_length\":%d,"
+              "\"max_batch_tokens\":%d,\"max_client_batch_size\":%d,"
+              "\"max_concurrent_requests\":%d,\"payload_limit\":%d,\"auto_truncate\":%s,"
+              "\"queue_depth\":%d,\"version\":\"%s\"}",
+              c->hidden_size, emb_pooling_name(c->pooling), c->normalize ? "true" : "false",
+              c->max_seq_length, srv->opts.max_batch_tokens, srv->opts.max_client_batch_size,
+              srv->opts.max_concurrent_requests, srv->opts.payload_limit,
+              srv->opts.auto_truncate ? "true" : "false", batcher_queue_depth(srv->batcher),
+              EMBEDD_VERSION);
+    return ROUTE_DONE;
+}
+
+static route_result handle_metrics(server *srv, request *rq, reply *rp)
+{
+    char *text = metrics_render(srv->mx);
+    if (text == NULL) {
+        reply_error(rp, API_TEI, 500, "Backend", "out of memory");
+        return ROUTE_DONE;
+    }
+    rp->content_type = "text/plain; version=0.0.4; charset=utf-8";
+    sb_puts(&rp->body, text);
+    free(text);
+    return ROUTE_DONE;
+}
+
+static route_result handle_models(server *srv, request *rq, reply *rp)
+{
+    sb_puts(&rp->body, "{\"object\":\"list\",\"data\":[{\"id\":");
+    sb_json_string(&rp->body, srv->model_name);
+    sb_puts(&rp->body, ",\"object\":\"model\",\"created\":0,\"owned_by\":\"embedd\"}]}");
+    return ROUTE_DONE;
+}
+
+/* ---- the table ------------------------------------------------------------ */
+
+static const route routes[] = {
+    /* method, path,            name,                api,       auth, compute, handle, finish */
+    {"POST", "/embed", "embed", API_TEI, 1, 1, handle_embed, finish_embed},
+    {"POST", "/v1/embeddings", "openai_embeddings", API_OPENAI, 1, 1, handle_openai_embeddings,
+     finish_openai_embeddings},
+    {"POST", "/tokenize", "tokenize", API_TEI, 1, 0, handle_tokenize, NULL},
+    {"GET", "/v1/models", "openai_models", API_OPENAI, 1, 0, handle_models, NULL},
+    {"GET", "/info", "info", API_TEI, 1, 0, handle_info, NULL},
+    {"GET", "/health", "health", API_TEI, 0, 0, handle_health, NULL},
+    {"GET", "/metrics", "metrics", API_TEI, 0, 0, handle_metrics, NULL},
+};
+
+const route *routes_find(const char *path, const char *method, int *path_known,
+                         const char **allow)
+{
+    *path_known = 0;
+    for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++) {
+        if (strcmp(routes[i].path, path) != 0)
+            continue;
+        *path_known = 1;
+        *allow = routes[i].method;
+        if (strcmp(routes[i].method, method) == 0)
+            return &routes[i];
+    }
+    return NULL;
+}

@@ -1,0 +1,115 @@
+/* server.h: the HTTP embedding service (`embedd serve`).
+ *
+ * Threads and ownership
+ *   - libmicrohttpd runs a pool of http_threads threads. They read requests,
+ *     parse JSON, tokenise and format responses. They never run the model.
+ *   - The batcher's compute thread runs every forward pass (batcher.h).
+ *   - A request that needs embeddings is suspended after its job is
+ *     submitted; the compute thread's done callback resumes it; the HTTP
+ *     thread then formats the response (routes.c).
+ *   - The model is loaded before the daemon starts and is read-only.
+ * Shutdown (SIGTERM/SIGINT): stop accepting (quiesce), wait for every
+ * in-flight request to be answered, stop the batcher, stop the daemon. */
+#ifndef EMBEDD_SERVER_H
+#define EMBEDD_SERVER_H
+
+#include <stdatomic.h>
+
+#include <microhttpd.h>
+
+#include "batcher.h"
+#include "bert.h"
+#include "metrics.h"
+#include "strbuf.h"
+
+typedef struct server_opts {
+    const char *model_dir;
+    const char *served_model_name;
+    const char *host;
+    int port;
+    const char *api_key;
+    int max_batch_tokens;
+    int max_client_batch_size;
+    int max_concurrent_requests;
+    int payload_limit;
+    int auto_truncate;
+    int threads;
+    int http_threads;
+    int timeout;
+} server_opts;
+
+typedef struct server {
+    server_opts opts;
+    const char *model_name;
+    emb_model *model;
+    batcher *batcher;
+    metrics *mx;
+    struct MHD_Daemon *daemon;
+    int port;                  /* the bound port */
+    atomic_int inflight;       /* admitted requests not yet completed */
+    atomic_int ready;          /* 1 while serving, 0 while starting or stopping */
+} server;
+
+/* API families decide the error body's shape. */
+typedef enum { API_TEI, API_OPENAI } api_family;
+
+/* A response being built by a route handler. */
+typedef struct reply {
+    int status;
+    const char *content_type;
+    strbuf body;
+    const char *allow;         /* Allow header for 405 */
+} reply;
+
+/* Per-request state; allocated on the first call of the access handler,
+ * freed by the completion callback. */
+typedef struct request request;
+
+typedef enum { ROUTE_DONE = 0, ROUTE_SUSPEND = 1 } route_result;
+
+typedef struct route {
+    const char *method;
+    const char *path;
+    const char *name;          /* metrics label */
+    api_family api;
+    int needs_auth;
+    int needs_compute;         /* counts against max_concurrent_requests */
+    /* Runs once the body is in. Fills rp, or submits a job and returns
+     * ROUTE_SUSPEND; then finish runs after the job is done. */
+    route_result (*handle)(server *srv, request *rq, reply *rp);
+    void (*finish)(server *srv, request *rq, reply *rp);
+} route;
+
+struct request {
+    const route *rt;
+    struct MHD_Connection *conn;
+    server *srv;
+    double t_start;
+    char *body;
+    size_t body_len, body_cap;
+    int body_too_large;
+    int admitted;              /* counted in srv->inflight */
+    int suspended;
+    int status;                /* sent status, for metrics */
+    /* Route-specific state (routes.c). */
+    void *state;
+    void (*free_state)(void *state);
+};
+
+/* Error reply in the route family's shape. type is TEI's error_type. */
+void reply_error(reply *rp, api_family api, int status, const char *type, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+
+/* The route table and its lookup (routes.c). */
+const route *routes_find(const char *path, const char *method, int *path_known,
+                         const char **allow);
+
+/* The compute-thread callback of a route's job: resumes the connection. */
+void server_job_done(emb_job *job);
+/* Suspends rq's connection and queues job; finish runs once it is done
+ * (job->failed tells whether it worked). */
+void server_submit(server *srv, request *rq, emb_job *job);
+
+int server_run(server_opts *opts);
+
+#endif
