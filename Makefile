@@ -31,6 +31,9 @@ SERVER_OBJ := $(SERVER_SRC:%.c=$(BUILD)/%.o)
 # server objects other than main, linkable into tests
 SERVER_LIB_OBJ := $(filter-out $(BUILD)/server/main.o,$(SERVER_OBJ))
 TEST_BIN   := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
+# make test TESTS="batcher server" runs only those suites.
+TESTS ?=
+RUN_TESTS  := $(if $(TESTS),$(TESTS:%=$(BUILD)/tests/test_%),$(TEST_BIN))
 
 # Tests read the shared data set from beside the checkout unless told otherwise.
 export EMBEDD_SHARED_DATA ?= $(abspath ../shared/data)
@@ -56,8 +59,8 @@ $(BUILD)/embedd: $(SERVER_OBJ) $(BUILD)/libembedd_model.a
 $(BUILD)/tests/%: $(BUILD)/tests/%.o $(SERVER_LIB_OBJ) $(BUILD)/libembedd_model.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(CHECK_LIBS) $(LDLIBS)
 
-test: $(BUILD)/embedd $(TEST_BIN)
-	@fail=0; for t in $(TEST_BIN); do \
+test: $(BUILD)/embedd $(RUN_TESTS)
+	@fail=0; for t in $(RUN_TESTS); do \
 	  echo "== $$t"; \
 	  EMBEDD_BIN=$(abspath $(BUILD)/embedd) CK_DEFAULT_TIMEOUT=120 $$t || fail=1; \
 	done; \
@@ -66,6 +69,13 @@ test: $(BUILD)/embedd $(TEST_BIN)
 bench: $(BUILD)/embedd
 	scripts/install-deps.sh --bench
 	/usr/bin/python3 scripts/bench.py $(BENCH_ARGS)
+
+# scripts/bench_gemm.c: emb_gemm against OpenBLAS on the layer shapes (BENCH_GEMM_ARGS: M values).
+.PHONY: bench-gemm
+$(BUILD)/bench_gemm: scripts/bench_gemm.c $(BUILD)/libembedd_model.a
+	$(CC) $(CFLAGS) -Imodel -o $@ $^ $(LDFLAGS) $(LDLIBS)
+bench-gemm: $(BUILD)/bench_gemm
+	env -u OPENBLAS_L2_SIZE OPENBLAS_CORETYPE=$${BENCH_GEMM_CORETYPE:-SkylakeX} $(BUILD)/bench_gemm $(BENCH_GEMM_ARGS)
 
 clean:
 	rm -rf build build-*

@@ -40,8 +40,9 @@ void matmul_forward(float *out, const float *in, const float *w, const float *bi
 
 /* Hot loops are compiled for several instruction sets and picked at load
  * time (GCC function multiversioning), so one binary runs everywhere and
- * still uses AVX-512 where the CPU has it. */
-#if defined(__x86_64__) && defined(__GLIBC__) && !defined(__clang__)
+ * still uses AVX-512 where the CPU has it. Not under ThreadSanitizer: its
+ * instrumented ifunc resolvers run before its runtime is up and crash. */
+#if defined(__x86_64__) && defined(__GLIBC__) && !defined(__clang__) && !defined(__SANITIZE_THREAD__)
 #define HOT_CLONES __attribute__((target_clones("avx512f", "avx2,fma", "default")))
 #else
 #define HOT_CLONES
