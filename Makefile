@@ -77,6 +77,25 @@ $(BUILD)/bench_gemm: scripts/bench_gemm.c $(BUILD)/libembedd_model.a
 bench-gemm: $(BUILD)/bench_gemm
 	env -u OPENBLAS_L2_SIZE OPENBLAS_CORETYPE=$${BENCH_GEMM_CORETYPE:-SkylakeX} $(BUILD)/bench_gemm $(BENCH_GEMM_ARGS)
 
+# libFuzzer targets (clang): make fuzz FUZZ_SECONDS=60
+FUZZ_SECONDS ?= 30
+FUZZ_TARGETS := tokenizer safetensors config
+FUZZ_CFLAGS  := -g -O1 -std=c11 -D_GNU_SOURCE -fsanitize=fuzzer,address,undefined -Imodel \
+                $(shell pkg-config --cflags libcjson libutf8proc)
+FUZZ_LIBS    := $(shell pkg-config --libs libcjson libutf8proc) -lm
+FUZZ_MODEL   := model/error.c model/tokenizer.c model/safetensors.c model/config.c
+.PHONY: fuzz
+build-fuzz/fuzz_%: tests/fuzz/fuzz_%.c $(FUZZ_MODEL)
+	@mkdir -p build-fuzz
+	clang $(FUZZ_CFLAGS) -o $@ $< $(FUZZ_MODEL) $(FUZZ_LIBS)
+fuzz: $(FUZZ_TARGETS:%=build-fuzz/fuzz_%)
+	@for t in $(FUZZ_TARGETS); do \
+	  mkdir -p build-fuzz/corpus-$$t; \
+	  echo "== fuzz_$$t for $(FUZZ_SECONDS)s"; \
+	  build-fuzz/fuzz_$$t -max_total_time=$(FUZZ_SECONDS) -max_len=65536 \
+	    build-fuzz/corpus-$$t tests/fuzz/seeds-$$t || exit 1; \
+	done
+
 clean:
 	rm -rf build build-*
 
