@@ -421,7 +421,11 @@ int server_run(server_opts *opts)
     fprintf(stderr, "embedd: %s received, finishing in-flight requests\n",
             sig == SIGTERM ? "SIGTERM" : "SIGINT");
     atomic_store(&srv.ready, 0);
+    /* Stop accepting: new connections are refused at once instead of
+     * waiting in the backlog of a socket nobody reads. */
     MHD_socket listen_fd = MHD_quiesce_daemon(srv.daemon);
+    if (listen_fd != MHD_INVALID_SOCKET)
+        close(listen_fd);
     /* Every admitted request gets its answer before the daemon stops. */
     for (int waited_ms = 0; atomic_load(&srv.inflight) > 0 && waited_ms < 120000; waited_ms += 5)
         usleep(5000);
@@ -429,8 +433,6 @@ int server_run(server_opts *opts)
     srv.batcher = NULL;
     MHD_stop_daemon(srv.daemon);
     srv.daemon = NULL;
-    if (listen_fd != MHD_INVALID_SOCKET)
-        close(listen_fd);
     fprintf(stderr, "embedd: stopped\n");
     rc = 0;
 out:

@@ -11,6 +11,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "ops.h"
 #include "server.h"
 
 #define EMBEDD_VERSION "0.1.0"
@@ -170,7 +171,20 @@ static cJSON *parse_body(request *rq, api_family api, reply *rp)
         reply_error(rp, api, 422, "Validation", "request body must be a JSON object");
         return NULL;
     }
-    cJSON *root = cJSON_ParseWithLength(rq->body, rq->body_len);
+    const char *end = NULL;
+    cJSON *root = cJSON_ParseWithLengthOpts(rq->body, rq->body_len, &end, 0);
+    if (root != NULL) {
+        /* nothing but whitespace may follow the value */
+        while (end < rq->body + rq->body_len &&
+               (*end == ' ' || *end == '\t' || *end == '\n' || *end == '\r'))
+            end++;
+        if (end < rq->body + rq->body_len) {
+            reply_error(rp, api, 422, "Validation", "malformed JSON: trailing data at byte %zu",
+                        (size_t)(end - rq->body));
+            cJSON_Delete(root);
+            return NULL;
+        }
+    }
     if (root == NULL) {
         size_t at = 0;
         const char *where = cJSON_GetErrorPtr();
@@ -366,16 +380,8 @@ static int final_vector(const server *srv, const embed_state *st, int i, float *
     const int C = srv->model->cfg.hidden_size;
     const int d = st->dimensions > 0 ? st->dimensions : C;
     memcpy(v, st->out + (long)i * C, sizeof(float) * (size_t)d);
-    if (st->normalize) {
-        double ss = 0.0;
-        for (int k = 0; k < d; k++)
-            ss += (double)v[k] * v[k];
-        double norm = sqrt(ss);
-        if (norm < 1e-12)
-            norm = 1e-12;
-        for (int k = 0; k < d; k++)
-            v[k] = (float)(v[k] / norm);
-    }
+    if (st->normalize)
+        l2norm_forward(v, 1, d); /* the same function as embedd embed's */
     return d;
 }
 
