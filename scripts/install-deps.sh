@@ -6,9 +6,12 @@ SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 BUILD_PKGS="build-essential pkg-config libmicrohttpd-dev libcjson-dev libopenblas-dev libopenblas-openmp-dev \
 libcurl4-openssl-dev check libutf8proc-dev"
-TEST_PKGS="curl python3"
+# prometheus: tests/test_server.c checks /metrics with its promtool (19 MB
+# download, ~10 s to install; the daemon it ships is not started in a container).
+TEST_PKGS="curl python3 prometheus"
 if [ "${1:-}" = "--bench" ]; then
-  TEST_PKGS="$TEST_PKGS python3-torch python3-numpy"
+  # wrk: scripts/bench_http.sh
+  TEST_PKGS="$TEST_PKGS python3-torch python3-numpy wrk"
 fi
 missing=""
 for p in $BUILD_PKGS $TEST_PKGS; do

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -134,8 +135,8 @@ static enum MHD_Result send_reply(request *rq, reply *rp)
 /* Constant-time comparison of the bearer token with the key. */
 static int bearer_matches(const char *header, const char *key)
 {
-    const char *prefix = "Bearer ";
-    if (header == NULL || strncmp(header, prefix, strlen(prefix)) != 0)
+    const char *prefix = "Bearer "; /* the scheme is case-insensitive (RFC 7235) */
+    if (header == NULL || strncasecmp(header, prefix, strlen(prefix)) != 0)
         return 0;
     const char *token = header + strlen(prefix);
     size_t tlen = strlen(token), klen = strlen(key);

@@ -186,10 +186,10 @@ static cJSON *parse_body(request *rq, api_family api, reply *rp)
         }
     }
     if (root == NULL) {
+        /* cJSON_GetErrorPtr is a global shared by all threads; end is ours */
         size_t at = 0;
-        const char *where = cJSON_GetErrorPtr();
-        if (where != NULL && where >= rq->body && where <= rq->body + rq->body_len)
-            at = (size_t)(where - rq->body);
+        if (end != NULL && end >= rq->body && end <= rq->body + rq->body_len)
+            at = (size_t)(end - rq->body);
         reply_error(rp, api, 422, "Validation", "malformed JSON near byte %zu", at);
         return NULL;
     }

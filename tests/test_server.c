@@ -1,0 +1,2340 @@
+/* test_server.c: `embedd serve` as clients see it, over HTTP on 127.0.0.1.
+ *
+ * Each TCase starts the real binary ($EMBEDD_BIN) once, in an unchecked
+ * fixture (so in the runner process, before the forked tests): fork/exec,
+ * stderr to a pipe, read until "listening on http://127.0.0.1:PORT". A
+ * small drain process then copies the rest of the pipe into a shared log
+ * that failing tests print. Tests that send SIGTERM start their own server
+ * inside the test. The server gets the environment without EMBEDD_*.
+ *
+ * TCases (server flags): embed (defaults), openai (--served-model-name),
+ * batching (--threads 1 --max-batch-tokens 512), errors (--payload-limit
+ * 4096 --max-client-batch-size 4), auth (--api-key), busy
+ * (--max-concurrent-requests 1), slow (--timeout 2), shutdown (own servers),
+ * openai_sdk (tests/openai with node, skipped without it).
+ *
+ * Clients: libcurl easy handles for ordinary requests; raw sockets where the
+ * test needs control of the bytes on the wire (a request admitted with
+ * "Expect: 100-continue" and its body held back, a stalled upload, a huge
+ * declared Content-Length, chunked bodies, keep-alive connections opened
+ * before a shutdown).
+ *
+ * Expected vectors come from running `embedd embed` on the same texts. Both
+ * normalise and print floats the same way, so a request that packs the same
+ * texts into one forward pass as the CLI gets byte-identical lines. Where the
+ * batch's composition differs (one text per request, concurrent clients),
+ * the last bits may too (GEMM blocking), so vectors are compared to 1e-6. */
+#include <check.h>
+#include <cjson/cJSON.h>
+#include <curl/curl.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+#include <arpa/inet.h>
+
+#include "testutil.h"
+
+#define MODEL "tests/fixtures/tiny-f16"
+#define REF_DIR "tests/fixtures/reference"
+#define DIMS 32          /* tiny-f16's hidden size */
+#define MAX_LEN 128      /* tiny-f16's max_seq_length */
+#define TOL 1e-6
+
+extern char **environ;
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* The last 2,000 bytes of s: Check refuses longer failure messages. */
+static const char *tail(const char *s)
+{
+    size_t n = s != NULL ? strlen(s) : 0;
+    return s == NULL ? "" : n > 2000 ? s + n - 2000 : s;
+}
+
+static const char *embedd_bin(void)
+{
+    const char *b = getenv("EMBEDD_BIN");
+    return b != NULL ? b : "build/embedd";
+}
+
+/* ---- growable byte buffer ------------------------------------------------ */
+
+typedef struct buf {
+    char *p;
+    size_t len, cap;
+} buf;
+
+static void buf_add(buf *b, const void *data, size_t n)
+{
+    if (b->len + n + 1 > b->cap) {
+        size_t want = b->cap < 1024 ? 1024 : b->cap;
+        while (want < b->len + n + 1)
+            want *= 2;
+        b->p = realloc(b->p, want);
+        ck_assert(b->p != NULL);
+        b->cap = want;
+    }
+    memcpy(b->p + b->len, data, n);
+    b->len += n;
+    b->p[b->len] = '\0';
+}
+
+static void buf_addf(buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void buf_addf(buf *b, const char *fmt, ...)
+{
+    char tmp[4096];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(tmp, sizeof tmp, fmt, ap);
+    va_end(ap);
+    ck_assert(n >= 0 && (size_t)n < sizeof tmp);
+    buf_add(b, tmp, (size_t)n);
+}
+
+/* ---- the server process -------------------------------------------------- */
+
+/* The server's stderr (first 64 KiB), in a shared mapping: the runner
+ * reads it up to the "listening on" line, then a drain process (not a
+ * thread: LeakSanitizer complains in every forked test about threads left
+ * running in the parent) appends the rest, and forked tests can read it. */
+typedef struct server_log {
+    atomic_size_t len;         /* one writer at a time */
+    char text[1 << 16];
+} server_log;
+
+typedef struct server_proc {
+    pid_t pid;
+    pid_t drain_pid;
+    int port;
+    int err_fd;
+    server_log *slog;
+    const char *log;           /* slog->text */
+} server_proc;
+
+/* The server of the current TCase (started by its unchecked fixture). */
+static server_proc g_srv;
+
+static void log_append(server_log *l, const char *p, size_t n)
+{
+    size_t len = atomic_load(&l->len);
+    if (n > sizeof l->text - 1 - len)
+        n = sizeof l->text - 1 - len;
+    memcpy(l->text + len, p, n);
+    l->text[len + n] = '\0';
+    atomic_store(&l->len, len + n);
+}
+
+/* The drain process: copies the pipe into the log until EOF. */
+static void drain_main(server_log *l, int fd)
+{
+    char chunk[4096];
+    for (;;) {
+        ssize_t n = read(fd, chunk, sizeof chunk);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            break;
+        log_append(l, chunk, (size_t)n);
+    }
+    _exit(0);
+}
+
+/* The environment without EMBEDD_* variables, which serve reads as options
+ * (EMBEDD_API_KEY would change every test). Built before fork. */
+static char **server_env(void)
+{
+    size_t n = 0;
+    while (environ[n] != NULL)
+        n++;
+    char **env = calloc(n + 1, sizeof *env);
+    ck_assert(env != NULL);
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (strncmp(environ[i], "EMBEDD_", 7) != 0)
+            env[k++] = environ[i];
+    }
+    env[k] = NULL;
+    return env;
+}
+
+/* Starts `embedd serve --model MODEL --host 127.0.0.1 --port 0 EXTRA...` and
+ * waits (15 s at most) for its "listening on" line. Returns 0, or -1 after
+ * printing why. Must run on the thread that will outlive the server (it dies
+ * with that thread: PR_SET_PDEATHSIG). */
+static int srv_start(server_proc *s, const char *const *extra)
+{
+    server_log *slog = s->slog; /* reused when this struct started a server before */
+    memset(s, 0, sizeof *s);
+    s->err_fd = -1;
+    if (slog == NULL)
+        slog = mmap(NULL, sizeof *slog, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (slog == MAP_FAILED)
+        return -1;
+    s->slog = slog;
+    atomic_init(&s->slog->len, 0);
+    s->slog->text[0] = '\0';
+    s->log = s->slog->text;
+    const char *argv[48];
+    int a = 0;
+    argv[a++] = embedd_bin();
+    argv[a++] = "serve";
+    argv[a++] = "--model";
+    argv[a++] = MODEL;
+    argv[a++] = "--host";
+    argv[a++] = "127.0.0.1";
+    argv[a++] = "--port";
+    argv[a++] = "0";
+    for (int i = 0; extra != NULL && extra[i] != NULL && a < 47; i++)
+        argv[a++] = extra[i];
+    argv[a] = NULL;
+    char **env = server_env();
+    char exec_failed[600];
+    int exec_failed_len = snprintf(exec_failed, sizeof exec_failed,
+                                   "test_server: cannot run %s (set EMBEDD_BIN)\n", argv[0]);
+    int fds[2];
+    if (pipe2(fds, O_CLOEXEC) != 0) {
+        free(env);
+        return -1;
+    }
+    pid_t parent = getpid();
+    pid_t pid = fork();
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (getppid() != parent)
+            _exit(126);
+        int devnull = open("/dev/null", O_RDWR);
+        dup2(devnull, 0);
+        dup2(devnull, 1);
+        dup2(fds[1], 2);
+        execve(argv[0], (char *const *)argv, env);
+        if (write(2, exec_failed, (size_t)exec_failed_len) < 0)
+            _exit(126);
+        _exit(127);
+    }
+    free(env);
+    close(fds[1]);
+    if (pid < 0) {
+        close(fds[0]);
+        return -1;
+    }
+    s->pid = pid;
+    s->err_fd = fds[0];
+    const char *marker = "listening on http://127.0.0.1:";
+    double deadline = now_s() + 15.0;
+    while (s->port == 0) {
+        int left_ms = (int)((deadline - now_s()) * 1000);
+        struct pollfd pfd = {.fd = s->err_fd, .events = POLLIN};
+        if (left_ms <= 0 || poll(&pfd, 1, left_ms) <= 0)
+            break;
+        char chunk[1024];
+        ssize_t n = read(s->err_fd, chunk, sizeof chunk);
+        if (n <= 0)
+            break;
+        log_append(s->slog, chunk, (size_t)n);
+        const char *at = strstr(s->log, marker);
+        if (at != NULL && strchr(at, '\n') != NULL)
+            s->port = atoi(at + strlen(marker));
+    }
+    if (s->port <= 0) {
+        fprintf(stderr, "test_server: server did not start; its stderr:\n%s\n", s->log);
+        kill(s->pid, SIGKILL);
+        waitpid(s->pid, NULL, 0);
+        close(s->err_fd);
+        s->pid = 0;
+        s->err_fd = -1;
+        return -1;
+    }
+    s->drain_pid = fork();
+    if (s->drain_pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        drain_main(s->slog, s->err_fd);
+    }
+    close(s->err_fd);
+    s->err_fd = -1;
+    return 0;
+}
+
+/* Waits for the server to exit; returns its wait status, or -1 on timeout. */
+static int srv_wait(server_proc *s, double timeout_s)
+{
+    double deadline = now_s() + timeout_s;
+    for (;;) {
+        int st = 0;
+        pid_t r = waitpid(s->pid, &st, WNOHANG);
+        if (r == s->pid) {
+            s->pid = 0;
+            return st;
+        }
+        if (r < 0 || now_s() > deadline)
+            return -1;
+        usleep(5000);
+    }
+}
+
+/* Releases what srv_start took once the process is gone. */
+static void srv_release(server_proc *s)
+{
+    if (s->drain_pid > 0)
+        waitpid(s->drain_pid, NULL, 0);
+    s->drain_pid = 0;
+    if (s->err_fd >= 0)
+        close(s->err_fd);
+    s->err_fd = -1;
+}
+
+/* SIGTERM, then SIGKILL after 10 s. Returns the wait status (-1: killed). */
+static int srv_stop(server_proc *s)
+{
+    if (s->pid <= 0)
+        return -1;
+    kill(s->pid, SIGTERM);
+    int st = srv_wait(s, 10.0);
+    if (st == -1 && s->pid > 0) {
+        kill(s->pid, SIGKILL);
+        waitpid(s->pid, NULL, 0);
+        s->pid = 0;
+    }
+    srv_release(s);
+    return st;
+}
+
+static void fixture_start(const char *const *extra)
+{
+    if (srv_start(&g_srv, extra) != 0)
+        g_srv.port = 0;
+}
+
+static void fixture_stop(void)
+{
+    int st = srv_stop(&g_srv);
+    if (st == -1 || !WIFEXITED(st) || WEXITSTATUS(st) != 0)
+        fprintf(stderr, "test_server: server exit status %d; its stderr:\n%s\n", st, g_srv.log);
+}
+
+#define REQUIRE_SERVER() \
+    ck_assert_msg(g_srv.port > 0, "the server of this TCase did not start: %s", tail(g_srv.log))
+
+/* ---- HTTP with libcurl --------------------------------------------------- */
+
+typedef struct http_resp {
+    long status;
+    buf body;
+    buf hdr;
+    double seconds;
+} http_resp;
+
+static void resp_free(http_resp *r)
+{
+    free(r->body.p);
+    free(r->hdr.p);
+    memset(r, 0, sizeof *r);
+}
+
+static size_t on_body(char *p, size_t size, size_t n, void *ud)
+{
+    buf_add(ud, p, size * n);
+    return size * n;
+}
+
+/* Sends one request to 127.0.0.1:port. headers: NULL-terminated, may be
+ * NULL. body may be NULL (no body). Returns the status (0: no answer). */
+static long http_port(int port, const char *method, const char *path, const char *body,
+                      const char *const *headers, http_resp *r)
+{
+    memset(r, 0, sizeof *r);
+    char url[256];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d%s", port, path);
+    CURL *c = curl_easy_init();
+    ck_assert(c != NULL);
+    struct curl_slist *hl = NULL;
+    hl = curl_slist_append(hl, "Content-Type: application/json");
+    for (int i = 0; headers != NULL && headers[i] != NULL; i++)
+        hl = curl_slist_append(hl, headers[i]);
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_NOPROXY, "*");
+    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, 30000L);
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, hl);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, &r->body);
+    curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_body);
+    curl_easy_setopt(c, CURLOPT_HEADERDATA, &r->hdr);
+    if (body != NULL) {
+        curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
+        curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)strlen(body));
+    }
+    if (strcmp(method, "GET") != 0 || body != NULL)
+        curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
+    double t0 = now_s();
+    CURLcode rc = curl_easy_perform(c);
+    r->seconds = now_s() - t0;
+    if (rc == CURLE_OK)
+        curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r->status);
+    if (r->body.p == NULL)
+        buf_add(&r->body, "", 0);
+    if (r->hdr.p == NULL)
+        buf_add(&r->hdr, "", 0);
+    curl_slist_free_all(hl);
+    curl_easy_cleanup(c);
+    return r->status;
+}
+
+static long http(const char *method, const char *path, const char *body, http_resp *r)
+{
+    return http_port(g_srv.port, method, path, body, NULL, r);
+}
+
+/* The value of header `name` in r (static copy), or NULL. */
+static const char *header_value(const http_resp *r, const char *name)
+{
+    static char val[256];
+    size_t nl = strlen(name);
+    for (const char *line = r->hdr.p; line != NULL && *line != '\0';) {
+        const char *end = strstr(line, "\r\n");
+        size_t len = end != NULL ? (size_t)(end - line) : strlen(line);
+        if (len > nl && strncasecmp(line, name, nl) == 0 && line[nl] == ':') {
+            const char *v = line + nl + 1;
+            while (*v == ' ')
+                v++;
+            size_t vl = len - (size_t)(v - line);
+            if (vl >= sizeof val)
+                vl = sizeof val - 1;
+            memcpy(val, v, vl);
+            val[vl] = '\0';
+            return val;
+        }
+        line = end != NULL ? end + 2 : NULL;
+    }
+    return NULL;
+}
+
+static cJSON *json_of(const http_resp *r)
+{
+    cJSON *j = cJSON_Parse(r->body.p);
+    ck_assert_msg(j != NULL, "response is not JSON: %.300s", r->body.p);
+    return j;
+}
+
+/* TEI error: {"error": "...", "error_type": type}, nothing else. */
+static void check_tei_error(const http_resp *r, long status, const char *type, const char *what)
+{
+    ck_assert_msg(r->status == status, "%s: status %ld, want %ld: %.200s", what, r->status, status,
+                  r->body.p);
+    const char *ct = header_value(r, "Content-Type");
+    ck_assert_msg(ct != NULL && strncmp(ct, "application/json", 16) == 0, "%s: content-type %s",
+                  what, ct != NULL ? ct : "(none)");
+    cJSON *j = json_of(r);
+    const cJSON *e = cJSON_GetObjectItemCaseSensitive(j, "error");
+    const cJSON *t = cJSON_GetObjectItemCaseSensitive(j, "error_type");
+    ck_assert_msg(cJSON_IsObject(j) && cJSON_GetArraySize(j) == 2, "%s: shape %s", what, r->body.p);
+    ck_assert_msg(cJSON_IsString(e) && e->valuestring[0] != '\0', "%s: error %s", what, r->body.p);
+    ck_assert_msg(cJSON_IsString(t) && strcmp(t->valuestring, type) == 0,
+                  "%s: error_type in %s, want %s", what, r->body.p, type);
+    cJSON_Delete(j);
+}
+
+/* OpenAI error: {"error": {"message", "type", "param", "code"}}. code NULL:
+ * JSON null. */
+static void check_openai_error(const http_resp *r, long status, const char *type,
+                               const char *code, const char *what)
+{
+    ck_assert_msg(r->status == status, "%s: status %ld, want %ld: %.200s", what, r->status, status,
+                  r->body.p);
+    cJSON *j = json_of(r);
+    const cJSON *e = cJSON_GetObjectItemCaseSensitive(j, "error");
+    ck_assert_msg(cJSON_IsObject(j) && cJSON_GetArraySize(j) == 1 && cJSON_IsObject(e),
+                  "%s: shape %s", what, r->body.p);
+    const cJSON *m = cJSON_GetObjectItemCaseSensitive(e, "message");
+    const cJSON *t = cJSON_GetObjectItemCaseSensitive(e, "type");
+    const cJSON *p = cJSON_GetObjectItemCaseSensitive(e, "param");
+    const cJSON *c = cJSON_GetObjectItemCaseSensitive(e, "code");
+    ck_assert_msg(cJSON_IsString(m) && m->valuestring[0] != '\0', "%s: message in %s", what,
+                  r->body.p);
+    ck_assert_msg(cJSON_IsString(t) && strcmp(t->valuestring, type) == 0, "%s: type in %s", what,
+                  r->body.p);
+    ck_assert_msg(p != NULL && (cJSON_IsNull(p) || cJSON_IsString(p)), "%s: param in %s", what,
+                  r->body.p);
+    if (code == NULL)
+        ck_assert_msg(cJSON_IsNull(c), "%s: code should be null in %s", what, r->body.p);
+    else
+        ck_assert_msg(cJSON_IsString(c) && strcmp(c->valuestring, code) == 0,
+                      "%s: code in %s, want %s", what, r->body.p, code);
+    cJSON_Delete(j);
+}
+
+/* ---- raw sockets ----------------------------------------------------------- */
+
+static int raw_connect(int port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    ck_assert(fd >= 0);
+    struct sockaddr_in sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sin_family = AF_INET;
+    sa.sin_port = htons((uint16_t)port);
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    ck_assert_msg(connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0, "connect: %s",
+                  strerror(errno));
+    return fd;
+}
+
+static void raw_send(int fd, const char *data, size_t n)
+{
+    while (n > 0) {
+        ssize_t w = send(fd, data, n, MSG_NOSIGNAL);
+        ck_assert_msg(w > 0, "send: %s", strerror(errno));
+        data += w;
+        n -= (size_t)w;
+    }
+}
+
+/* Headers of a POST with a JSON body of body_len bytes. */
+static void raw_post_headers(int fd, const char *path, size_t body_len, int expect_continue)
+{
+    char h[512];
+    int n = snprintf(h, sizeof h,
+                     "POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                     "Content-Length: %zu\r\n%s\r\n",
+                     path, body_len, expect_continue ? "Expect: 100-continue\r\n" : "");
+    raw_send(fd, h, (size_t)n);
+}
+
+/* Reads one response within timeout_s; skips interim 1xx responses.
+ * Returns its status, 0 when the connection closed first, -1 on timeout. */
+static long raw_read_response(int fd, double timeout_s, http_resp *r)
+{
+    memset(r, 0, sizeof *r);
+    buf in = {0};
+    double deadline = now_s() + timeout_s;
+    long status = -1;
+    for (;;) {
+        char *hend = in.p != NULL ? strstr(in.p, "\r\n\r\n") : NULL;
+        if (hend != NULL) {
+            size_t hlen = (size_t)(hend - in.p) + 4;
+            long st = strtol(in.p + 9, NULL, 10);
+            if (st >= 100 && st < 200) {
+                memmove(in.p, in.p + hlen, in.len - hlen + 1);
+                in.len -= hlen;
+                continue;
+            }
+            buf_add(&r->hdr, in.p, hlen);
+            const char *cl = header_value(r, "Content-Length");
+            size_t want = cl != NULL ? strtoul(cl, NULL, 10) : 0;
+            if (in.len - hlen >= want) {
+                buf_add(&r->body, in.p + hlen, want);
+                status = st;
+                break;
+            }
+            free(r->hdr.p);
+            memset(&r->hdr, 0, sizeof r->hdr);
+        }
+        int left_ms = (int)((deadline - now_s()) * 1000);
+        struct pollfd pfd = {.fd = fd, .events = POLLIN};
+        if (left_ms <= 0 || poll(&pfd, 1, left_ms) <= 0)
+            break;
+        char chunk[16384];
+        ssize_t n = recv(fd, chunk, sizeof chunk, 0);
+        if (n <= 0) {
+            status = 0;
+            break;
+        }
+        buf_add(&in, chunk, (size_t)n);
+    }
+    free(in.p);
+    if (r->body.p == NULL)
+        buf_add(&r->body, "", 0);
+    if (r->hdr.p == NULL)
+        buf_add(&r->hdr, "", 0);
+    r->status = status > 0 ? status : 0;
+    return status;
+}
+
+/* Reads the "100 Continue" that admits a request sent with Expect. */
+static void raw_expect_continue(int fd)
+{
+    const char *want = "HTTP/1.1 100 Continue\r\n\r\n";
+    char got[64] = {0};
+    size_t have = 0, n = strlen(want);
+    double deadline = now_s() + 10.0;
+    while (have < n) {
+        struct pollfd pfd = {.fd = fd, .events = POLLIN};
+        int left_ms = (int)((deadline - now_s()) * 1000);
+        ck_assert_msg(left_ms > 0 && poll(&pfd, 1, left_ms) > 0, "no 100 Continue");
+        ssize_t k = recv(fd, got + have, n - have, 0);
+        ck_assert_msg(k > 0, "closed before 100 Continue: '%s'", got);
+        have += (size_t)k;
+    }
+    ck_assert_msg(strcmp(got, want) == 0, "wanted 100 Continue, got '%s'", got);
+}
+
+/* Seconds until the peer closes fd (EOF or reset), -1 after timeout_s.
+ * Discards anything it sends. */
+static double raw_wait_closed(int fd, double timeout_s)
+{
+    double t0 = now_s();
+    for (;;) {
+        int left_ms = (int)((t0 + timeout_s - now_s()) * 1000);
+        struct pollfd pfd = {.fd = fd, .events = POLLIN};
+        if (left_ms <= 0 || poll(&pfd, 1, left_ms) <= 0)
+            return -1;
+        char chunk[4096];
+        ssize_t n = recv(fd, chunk, sizeof chunk, 0);
+        if (n <= 0)
+            return now_s() - t0;
+    }
+}
+
+/* A request that has been admitted (counted against
+ * --max-concurrent-requests) and whose body is held back. */
+static int hold_request(int port, const char *path, const char *body)
+{
+    int fd = raw_connect(port);
+    raw_post_headers(fd, path, strlen(body), 1);
+    raw_expect_continue(fd);
+    return fd;
+}
+
+/* ---- texts and the CLI --------------------------------------------------- */
+
+/* 1 when s[0..n) is well-formed UTF-8 (no overlongs, surrogates or code
+ * points past U+10FFFF). */
+static int utf8_valid(const unsigned char *s, size_t n)
+{
+    size_t i = 0;
+    while (i < n) {
+        unsigned c = s[i];
+        int extra;
+        unsigned cp, min;
+        if (c < 0x80) {
+            i++;
+            continue;
+        } else if ((c & 0xe0) == 0xc0) {
+            extra = 1, cp = c & 0x1f, min = 0x80;
+        } else if ((c & 0xf0) == 0xe0) {
+            extra = 2, cp = c & 0x0f, min = 0x800;
+        } else if ((c & 0xf8) == 0xf0) {
+            extra = 3, cp = c & 0x07, min = 0x10000;
+        } else {
+            return 0;
+        }
+        if (i + (size_t)extra >= n)
+            return 0;
+        for (int k = 1; k <= extra; k++) {
+            if ((s[i + k] & 0xc0) != 0x80)
+                return 0;
+            cp = cp << 6 | (s[i + k] & 0x3f);
+        }
+        if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+            return 0;
+        i += (size_t)extra + 1;
+    }
+    return 1;
+}
+
+/* The reference texts usable both as JSON strings and as CLI lines: valid
+ * UTF-8, non-empty, no NUL and no newline (the STS-B sentences, plus the
+ * accents, CJK, emoji, 3,000-word, [UNK] and punctuation cases). */
+static char **g_texts;
+static int g_n_texts;
+static int g_long_text = -1;   /* index of the 3,000-word text */
+
+static void load_texts(void)
+{
+    if (g_texts != NULL)
+        return;
+    size_t size = 0;
+    char *b = tu_read_file(REF_DIR "/texts.bin", &size);
+    ck_assert(b != NULL && size >= 4);
+    uint32_t n;
+    memcpy(&n, b, 4);
+    g_texts = calloc(n, sizeof *g_texts);
+    size_t pos = 4;
+    for (uint32_t i = 0; i < n; i++) {
+        uint32_t len;
+        memcpy(&len, b + pos, 4);
+        pos += 4;
+        const char *t = b + pos;
+        pos += len;
+        if (len == 0 || memchr(t, '\n', len) != NULL || memchr(t, '\0', len) != NULL ||
+            !utf8_valid((const unsigned char *)t, len))
+            continue;
+        if (len > 10000)
+            g_long_text = g_n_texts;
+        g_texts[g_n_texts] = malloc(len + 1);
+        memcpy(g_texts[g_n_texts], t, len);
+        g_texts[g_n_texts][len] = '\0';
+        g_n_texts++;
+    }
+    free(b);
+    ck_assert_msg(g_n_texts >= 210 && g_long_text >= 0, "only %d usable texts", g_n_texts);
+}
+
+typedef struct lines {
+    char **line;
+    int n;
+} lines;
+
+static void lines_free(lines *l)
+{
+    for (int i = 0; i < l->n; i++)
+        free(l->line[i]);
+    free(l->line);
+    memset(l, 0, sizeof *l);
+}
+
+/* Runs `embedd embed --model MODEL ARGS` on texts (one per line) and
+ * returns its output lines. */
+static lines cli_embed(char *const *texts, int n, const char *args)
+{
+    char dir[256];
+    tu_mkdtemp(dir, sizeof dir);
+    ck_assert(dir[0] != '\0');
+    char in[512], out[512], cmd[2048];
+    snprintf(in, sizeof in, "%s/in.txt", dir);
+    snprintf(out, sizeof out, "%s/out.txt", dir);
+    FILE *fp = fopen(in, "wb");
+    ck_assert(fp != NULL);
+    for (int i = 0; i < n; i++)
+        fprintf(fp, "%s\n", texts[i]);
+    fclose(fp);
+    snprintf(cmd, sizeof cmd, "%s embed --model %s %s < %s > %s", embedd_bin(), MODEL, args, in,
+             out);
+    int st = system(cmd);
+    ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "failed: %s", cmd);
+    char *text = tu_read_file(out, NULL);
+    ck_assert(text != NULL);
+    lines l = {calloc((size_t)n + 1, sizeof(char *)), 0};
+    for (char *p = text; *p != '\0';) {
+        char *nl = strchr(p, '\n');
+        ck_assert(nl != NULL && l.n < n);
+        l.line[l.n++] = strndup(p, (size_t)(nl - p));
+        p = nl + 1;
+    }
+    free(text);
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    tu_run(cmd);
+    ck_assert_msg(l.n == n, "CLI printed %d lines for %d texts", l.n, n);
+    return l;
+}
+
+/* The rows "[...]" of a TEI /embed answer "[[...],[...]]", as text. */
+static lines embed_rows(const char *body)
+{
+    lines l = {NULL, 0};
+    int cap = 0;
+    ck_assert_msg(body[0] == '[', "not an array: %.200s", body);
+    const char *p = body + 1;
+    while (*p == '[') {
+        const char *end = strchr(p, ']');
+        ck_assert(end != NULL);
+        if (l.n == cap) {
+            cap = cap == 0 ? 16 : cap * 2;
+            l.line = realloc(l.line, sizeof(char *) * (size_t)cap);
+        }
+        l.line[l.n++] = strndup(p, (size_t)(end - p + 1));
+        p = end + 1;
+        if (*p == ',')
+            p++;
+    }
+    ck_assert_msg(strcmp(p, "]") == 0, "trailing bytes after the rows: %.100s", p);
+    return l;
+}
+
+/* Parses a JSON array of numbers into v (room for DIMS); returns the count. */
+static int vec_of_json(const cJSON *arr, float *v)
+{
+    ck_assert(cJSON_IsArray(arr));
+    int n = 0;
+    const cJSON *el;
+    cJSON_ArrayForEach(el, arr) {
+        ck_assert(cJSON_IsNumber(el) && n < DIMS);
+        v[n++] = (float)el->valuedouble;
+    }
+    return n;
+}
+
+static int vec_of_text(const char *s, float *v)
+{
+    cJSON *j = cJSON_Parse(s);
+    ck_assert_msg(j != NULL, "not JSON: %.200s", s);
+    int n = vec_of_json(j, v);
+    cJSON_Delete(j);
+    return n;
+}
+
+static double max_diff(const float *a, const float *b, int n)
+{
+    double m = 0.0;
+    for (int i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - (double)b[i]);
+        if (d > m || isnan(d))
+            m = isnan(d) ? INFINITY : d;
+    }
+    return m;
+}
+
+/* Asserts that two JSON vectors have DIMS (or `dims`) values within TOL. */
+static void check_vec_text(const char *got, const char *want, int dims, const char *what)
+{
+    float g[DIMS], w[DIMS];
+    int ng = vec_of_text(got, g), nw = vec_of_text(want, w);
+    ck_assert_msg(ng == dims && nw == dims, "%s: %d and %d values, want %d", what, ng, nw, dims);
+    double d = max_diff(g, w, dims);
+    ck_assert_msg(d <= TOL, "%s: max |diff| %g\n got  %s\n want %s", what, d, got, want);
+}
+
+/* {"inputs": [texts]} plus extra members (",\"normalize\":false"...). */
+static char *inputs_body(const char *key, char *const *texts, int n, const char *extra)
+{
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddItemToObject(o, key, cJSON_CreateStringArray((const char *const *)texts, n));
+    char *s = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    buf b = {0};
+    buf_add(&b, s, strlen(s) - 1);
+    free(s);
+    if (extra != NULL)
+        buf_add(&b, extra, strlen(extra));
+    buf_add(&b, "}", 1);
+    return b.p;
+}
+
+static char *string_body(const char *key, const char *text, const char *extra)
+{
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, key, text);
+    char *s = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    buf b = {0};
+    buf_add(&b, s, strlen(s) - 1);
+    free(s);
+    if (extra != NULL)
+        buf_add(&b, extra, strlen(extra));
+    buf_add(&b, "}", 1);
+    return b.p;
+}
+
+/* POST /embed {"inputs": text, extra}; returns the single row's text. */
+static char *embed_one(int port, const char *text, const char *extra)
+{
+    char *body = string_body("inputs", text, extra);
+    http_resp r;
+    http_port(port, "POST", "/embed", body, NULL, &r);
+    ck_assert_msg(r.status == 200, "status %ld: %.300s", r.status, r.body.p);
+    lines rows = embed_rows(r.body.p);
+    ck_assert_int_eq(rows.n, 1);
+    char *row = rows.line[0];
+    free(rows.line);
+    resp_free(&r);
+    free(body);
+    return row;
+}
+
+/* Token ids of text from POST /tokenize, with the special tokens. */
+static int tokenize(const char *text, int *ids, int cap)
+{
+    char *body = string_body("inputs", text, NULL);
+    http_resp r;
+    http("POST", "/tokenize", body, &r);
+    ck_assert_msg(r.status == 200, "tokenize: %ld %.300s", r.status, r.body.p);
+    cJSON *j = json_of(&r);
+    ck_assert(cJSON_IsArray(j) && cJSON_GetArraySize(j) == 1);
+    int n = 0;
+    const cJSON *tok;
+    cJSON_ArrayForEach(tok, cJSON_GetArrayItem(j, 0)) {
+        const cJSON *id = cJSON_GetObjectItemCaseSensitive(tok, "id");
+        ck_assert(cJSON_IsNumber(id) && n < cap);
+        ids[n++] = id->valueint;
+    }
+    cJSON_Delete(j);
+    resp_free(&r);
+    free(body);
+    return n;
+}
+
+/* The value of an unlabelled sample, or one with its exact labels:
+ * metric_value(text, "embedd_batch_size_bucket{le=\"1\"}"). */
+static double metric_value(const char *text, const char *series)
+{
+    size_t n = strlen(series);
+    for (const char *line = text; line != NULL && *line != '\0';) {
+        if (strncmp(line, series, n) == 0 && line[n] == ' ')
+            return strtod(line + n + 1, NULL);
+        line = strchr(line, '\n');
+        if (line != NULL)
+            line++;
+    }
+    ck_abort_msg("no sample %s in /metrics", series);
+    return 0;
+}
+
+static char *get_metrics(int port)
+{
+    http_resp r;
+    http_port(port, "GET", "/metrics", NULL, NULL, &r);
+    ck_assert_msg(r.status == 200, "/metrics: %ld", r.status);
+    char *text = r.body.p;
+    free(r.hdr.p);
+    return text;
+}
+
+/* ======================================================================== */
+/* TCase embed: /embed against the CLI                                      */
+/* ======================================================================== */
+
+static void setup_default(void)
+{
+    fixture_start(NULL);
+}
+
+START_TEST(test_embed_matches_cli)
+{
+    REQUIRE_SERVER();
+    load_texts();
+    lines want = cli_embed(g_texts, g_n_texts, "");
+    char *body = inputs_body("inputs", g_texts, g_n_texts, NULL);
+    http_resp r;
+    http("POST", "/embed", body, &r);
+    ck_assert_msg(r.status == 200, "status %ld: %.300s", r.status, r.body.p);
+    lines rows = embed_rows(r.body.p);
+    ck_assert_int_eq(rows.n, g_n_texts);
+    /* One request, one forward pass of the same texts as the CLI's: the same
+     * bytes. */
+    for (int i = 0; i < g_n_texts; i++) {
+        char what[64];
+        snprintf(what, sizeof what, "array input, text %d", i);
+        check_vec_text(rows.line[i], want.line[i], DIMS, what);
+        ck_assert_msg(strcmp(rows.line[i], want.line[i]) == 0,
+                      "text %d: not byte-identical to the CLI's line\n got  %s\n want %s", i,
+                      rows.line[i], want.line[i]);
+    }
+    /* A string input gives one row, the same vector (its own pass). */
+    for (int i = 0; i < g_n_texts; i += 7) {
+        char *row = embed_one(g_srv.port, g_texts[i], NULL);
+        char what[64];
+        snprintf(what, sizeof what, "string input, text %d", i);
+        check_vec_text(row, want.line[i], DIMS, what);
+        free(row);
+    }
+    lines_free(&rows);
+    lines_free(&want);
+    resp_free(&r);
+    free(body);
+}
+END_TEST
+
+START_TEST(test_embed_normalize_false)
+{
+    REQUIRE_SERVER();
+    load_texts();
+    const int n = 60;
+    lines want = cli_embed(g_texts, n, "--no-normalize");
+    char *body = inputs_body("inputs", g_texts, n, ",\"normalize\":false");
+    http_resp r;
+    http("POST", "/embed", body, &r);
+    ck_assert_msg(r.status == 200, "status %ld: %.300s", r.status, r.body.p);
+    lines rows = embed_rows(r.body.p);
+    ck_assert_int_eq(rows.n, n);
+    int not_unit = 0;
+    for (int i = 0; i < n; i++) {
+        check_vec_text(rows.line[i], want.line[i], DIMS, "normalize:false");
+        float v[DIMS];
+        vec_of_text(rows.line[i], v);
+        double ss = 0.0;
+        for (int k = 0; k < DIMS; k++)
+            ss += (double)v[k] * v[k];
+        not_unit += fabs(sqrt(ss) - 1.0) > 1e-3;
+    }
+    ck_assert_msg(not_unit == n, "only %d of %d raw vectors are not unit length", not_unit, n);
+    lines_free(&rows);
+    lines_free(&want);
+    resp_free(&r);
+    free(body);
+}
+END_TEST
+
+/* Matryoshka: the first d dims, renormalised (or just cut with
+ * normalize:false). */
+START_TEST(test_embed_dimensions)
+{
+    REQUIRE_SERVER();
+    load_texts();
+    const int n = 20;
+    lines raw = cli_embed(g_texts, n, "--no-normalize");
+    const int dims[] = {1, 8, 31, 32};
+    for (size_t k = 0; k < sizeof dims / sizeof dims[0]; k++) {
+        const int d = dims[k];
+        for (int normalize = 0; normalize <= 1; normalize++) {
+            char extra[96];
+            snprintf(extra, sizeof extra, ",\"dimensions\":%d,\"normalize\":%s", d,
+                     normalize ? "true" : "false");
+            char *body = inputs_body("inputs", g_texts, n, extra);
+            http_resp r;
+            http("POST", "/embed", body, &r);
+            ck_assert_msg(r.status == 200, "%s: %ld %.300s", extra, r.status, r.body.p);
+            lines rows = embed_rows(r.body.p);
+            ck_assert_int_eq(rows.n, n);
+            for (int i = 0; i < n; i++) {
+                float got[DIMS], full[DIMS], want[DIMS];
+                ck_assert_int_eq(vec_of_text(rows.line[i], got), d);
+                vec_of_text(raw.line[i], full);
+                double ss = 0.0;
+                for (int c = 0; c < d; c++)
+                    ss += (double)full[c] * full[c];
+                for (int c = 0; c < d; c++)
+                    want[c] = normalize ? (float)(full[c] / sqrt(ss)) : full[c];
+                double diff = max_diff(got, want, d);
+                ck_assert_msg(diff <= TOL, "%s text %d: max |diff| %g\n got %s", extra, i, diff,
+                              rows.line[i]);
+            }
+            lines_free(&rows);
+            resp_free(&r);
+            free(body);
+        }
+    }
+    lines_free(&raw);
+}
+END_TEST
+
+START_TEST(test_embed_truncate)
+{
+    REQUIRE_SERVER();
+    load_texts();
+    const char *text = g_texts[g_long_text];
+    char *body = string_body("inputs", text, ",\"truncate\":false");
+    http_resp r;
+    http("POST", "/embed", body, &r);
+    check_tei_error(&r, 422, "Validation", "truncate:false on a long text");
+    resp_free(&r);
+    free(body);
+    /* The server's default (--auto-truncate true) and truncate:true cut it on
+     * the right, as the CLI does. */
+    lines want = cli_embed(&g_texts[g_long_text], 1, "");
+    char *row = embed_one(g_srv.port, text, NULL);
+    check_vec_text(row, want.line[0], DIMS, "default truncation");
+    free(row);
+    row = embed_one(g_srv.port, text, ",\"truncate\":true,\"truncation_direction\":\"right\"");
+    check_vec_text(row, want.line[0], DIMS, "truncate:true");
+    free(row);
+    lines_free(&want);
+}
+END_TEST
+
+/* "apple" x 200 then "banana" x 126, each one token: right truncation keeps
+ * [CLS] apple x 126 [SEP], left keeps [CLS] banana x 126 [SEP]. */
+START_TEST(test_embed_truncation_direction)
+{
+    REQUIRE_SERVER();
+    int ids[8];
+    ck_assert_int_eq(tokenize("apple", ids, 8), 3);
+    ck_assert_int_eq(tokenize("banana", ids, 8), 3);
+    const int keep = MAX_LEN - 2;
+    buf lng = {0}, apples = {0}, bananas = {0};
+    for (int i = 0; i < 200; i++)
+        buf_add(&lng, "apple ", 6);
+    for (int i = 0; i < keep; i++) {
+        buf_add(&lng, i + 1 < keep ? "banana " : "banana", i + 1 < keep ? 7 : 6);
+        buf_add(&apples, i + 1 < keep ? "apple " : "apple", i + 1 < keep ? 6 : 5);
+        buf_add(&bananas, i + 1 < keep ? "banana " : "banana", i + 1 < keep ? 7 : 6);
+    }
+    char *left = embed_one(g_srv.port, lng.p, ",\"truncation_direction\":\"left\"");
+    char *right = embed_one(g_srv.port, lng.p, ",\"truncation_direction\":\"right\"");
+    char *want_right = embed_one(g_srv.port, apples.p, ",\"truncate\":false");
+    char *want_left = embed_one(g_srv.port, bananas.p, ",\"truncate\":false");
+    float l[DIMS], rr[DIMS];
+    vec_of_text(left, l);
+    vec_of_text(right, rr);
+    ck_assert_msg(max_diff(l, rr, DIMS) > 1e-2, "left and right truncation agree:\n%s\n%s", left,
+                  right);
+    check_vec_text(right, want_right, DIMS, "right truncation keeps the start");
+    check_vec_text(left, want_left, DIMS, "left truncation keeps the end");
+    free(left);
+    free(right);
+    free(want_left);
+    free(want_right);
+    free(lng.p);
+    free(apples.p);
+    free(bananas.p);
+}
+END_TEST
+
+START_TEST(test_tokenize_info_models)
+{
+    REQUIRE_SERVER();
+    /* /tokenize gives the reference ids of the first text. */
+    load_texts();
+    char *ref = tu_read_file(REF_DIR "/tiny-f16.ids.txt", NULL);
+    ck_assert(ref != NULL);
+    *strchr(ref, '\n') = '\0';
+    int ids[MAX_LEN];
+    int n = tokenize(g_texts[0], ids, MAX_LEN);
+    buf got = {0};
+    for (int i = 0; i < n; i++)
+        buf_addf(&got, "%s%d", i > 0 ? " " : "", ids[i]);
+    ck_assert_str_eq(got.p, ref);
+    free(got.p);
+    free(ref);
+    http_resp r;
+    http("POST", "/tokenize", "{\"inputs\":[\"hello world\"],\"add_special_tokens\":false}", &r);
+    ck_assert_int_eq(r.status, 200);
+    ck_assert_str_eq(r.body.p, "[[{\"id\":7592,\"text\":\"hello\",\"special\":false},"
+                               "{\"id\":2088,\"text\":\"world\",\"special\":false}]]");
+    resp_free(&r);
+
+    http("GET", "/info", NULL, &r);
+    ck_assert_int_eq(r.status, 200);
+    cJSON *j = json_of(&r);
+    ck_assert_str_eq(cJSON_GetObjectItem(j, "model_id")->valuestring, "tiny-f16");
+    ck_assert_int_eq(cJSON_GetObjectItem(j, "dimension")->valueint, DIMS);
+    ck_assert_int_eq(cJSON_GetObjectItem(j, "max_input_length")->valueint, MAX_LEN);
+    ck_assert_str_eq(cJSON_GetObjectItem(j, "pooling")->valuestring, "mean");
+    cJSON_Delete(j);
+    resp_free(&r);
+
+    http("GET", "/health", NULL, &r);
+    ck_assert_int_eq(r.status, 200);
+    ck_assert_str_eq(r.body.p, "{\"status\":\"ok\"}");
+    resp_free(&r);
+}
+END_TEST
+
+/* JSON escapes (\u00e9, a surrogate pair, \", \\, \t) decode to the same text
+ * as the raw UTF-8. */
+START_TEST(test_embed_json_escapes)
+{
+    REQUIRE_SERVER();
+    const char *raw = "caf\xc3\xa9 party \xf0\x9f\x8e\x89 \"quoted\" back\\slash\ttab";
+    char *want = embed_one(g_srv.port, raw, NULL);  /* cJSON writes raw UTF-8 */
+    const char *escaped = "{\"inputs\":\"caf\\u00e9 party \\ud83c\\udf89 \\\"quoted\\\" "
+                          "back\\\\slash\\ttab\"}";
+    http_resp r;
+    http("POST", "/embed", escaped, &r);
+    ck_assert_msg(r.status == 200, "%ld %s", r.status, r.body.p);
+    lines rows = embed_rows(r.body.p);
+    ck_assert_int_eq(rows.n, 1);
+    check_vec_text(rows.line[0], want, DIMS, "escaped vs raw");
+    lines_free(&rows);
+    resp_free(&r);
+    free(want);
+}
+END_TEST
+
+/* /metrics is valid Prometheus text (promtool) and counts requests. */
+START_TEST(test_metrics_format)
+{
+    REQUIRE_SERVER();
+    char *row = embed_one(g_srv.port, "metrics please", NULL);
+    free(row);
+    http_resp r;
+    http("GET", "/nope", NULL, &r);
+    resp_free(&r);
+    http("GET", "/metrics", NULL, &r);
+    ck_assert_int_eq(r.status, 200);
+    const char *ct = header_value(&r, "Content-Type");
+    ck_assert_msg(ct != NULL && strncmp(ct, "text/plain; version=0.0.4", 25) == 0, "type %s", ct);
+    const char *ok_series = "embedd_requests_total{route=\"embed\",code=\"200\"}";
+    ck_assert_msg(metric_value(r.body.p, ok_series) >= 1, "%s", tail(r.body.p));
+    ck_assert(metric_value(r.body.p, "embedd_embedded_texts_total") >= 1);
+    ck_assert(metric_value(r.body.p, "embedd_batch_size_count") >= 1);
+    ck_assert(metric_value(r.body.p, "embedd_batch_size_bucket{le=\"+Inf\"}") ==
+              metric_value(r.body.p, "embedd_batch_size_count"));
+    if (system("command -v promtool > /dev/null 2>&1") != 0) {
+        printf("test_metrics_format: promtool not installed, format not checked "
+               "(scripts/install-deps.sh installs it)\n");
+        resp_free(&r);
+        return;
+    }
+    char dir[256];
+    tu_mkdtemp(dir, sizeof dir);
+    char path[512], cmd[1400];
+    snprintf(path, sizeof path, "%s/metrics.txt", dir);
+    ck_assert(tu_write_file(path, r.body.p, r.body.len) == 0);
+    snprintf(cmd, sizeof cmd, "promtool check metrics < %s > %s/out.txt 2>&1", path, dir);
+    int st = system(cmd);
+    snprintf(path, sizeof path, "%s/out.txt", dir);
+    char *out = tu_read_file(path, NULL);
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    tu_run(cmd);
+    ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "promtool check metrics: %s\n%s",
+                  tail(out), tail(r.body.p));
+    free(out);
+    resp_free(&r);
+}
+END_TEST
+
+/* ======================================================================== */
+/* TCase openai: /v1/embeddings and /v1/models                              */
+/* ======================================================================== */
+
+static void setup_openai(void)
+{
+    const char *args[] = {"--served-model-name", "test-model", NULL};
+    fixture_start(args);
+}
+
+static int b64_value(char c)
+{
+    const char *alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    const char *p = strchr(alphabet, c);
+    return c != '\0' && p != NULL ? (int)(p - alphabet) : -1;
+}
+
+/* Decodes standard padded base64; returns the byte count, -1 if invalid. */
+static int b64_decode(const char *s, unsigned char *out, int cap)
+{
+    size_t n = strlen(s);
+    if (n % 4 != 0)
+        return -1;
+    int o = 0;
+    for (size_t i = 0; i < n; i += 4) {
+        int v[4], pad = 0;
+        for (int k = 0; k < 4; k++) {
+            if (s[i + k] == '=' && i + 4 == n && k >= 2) {
+                v[k] = 0;
+                pad++;
+            } else {
+                v[k] = b64_value(s[i + k]);
+                if (v[k] < 0 || pad > 0)
+                    return -1;
+            }
+        }
+        unsigned x = (unsigned)v[0] << 18 | (unsigned)v[1] << 12 | (unsigned)v[2] << 6 | v[3];
+        unsigned char bytes[3] = {(unsigned char)(x >> 16), (unsigned char)(x >> 8),
+                                  (unsigned char)x};
+        for (int k = 0; k < 3 - pad; k++) {
+            if (o >= cap)
+                return -1;
+            out[o++] = bytes[k];
+        }
+    }
+    return o;
+}
+
+/* Checks the OpenAI list envelope and fills vecs (n x DIMS) from it. */
+static void openai_vectors(const http_resp *r, int n, int dims, int base64, float *vecs,
+                           long *prompt_tokens)
+{
+    ck_assert_msg(r->status == 200, "status %ld: %.300s", r->status, r->body.p);
+    cJSON *j = json_of(r);
+    ck_assert_str_eq(cJSON_GetObjectItem(j, "object")->valuestring, "list");
+    ck_assert_str_eq(cJSON_GetObjectItem(j, "model")->valuestring, "test-model");
+    const cJSON *data = cJSON_GetObjectItem(j, "data");
+    ck_assert_int_eq(cJSON_GetArraySize(data), n);
+    for (int i = 0; i < n; i++) {
+        const cJSON *d = cJSON_GetArrayItem(data, i);
+        ck_assert_str_eq(cJSON_GetObjectItem(d, "object")->valuestring, "embedding");
+        ck_assert_int_eq(cJSON_GetObjectItem(d, "index")->valueint, i);
+        const cJSON *e = cJSON_GetObjectItem(d, "embedding");
+        float *v = vecs + (size_t)i * DIMS;
+        if (base64) {
+            ck_assert_msg(cJSON_IsString(e), "embedding %d is not a string", i);
+            unsigned char bytes[DIMS * 4];
+            int nb = b64_decode(e->valuestring, bytes, (int)sizeof bytes);
+            ck_assert_msg(nb == dims * 4, "embedding %d: %d bytes of base64", i, nb);
+            for (int k = 0; k < dims; k++) {
+                /* little-endian f32 */
+                uint32_t u = (uint32_t)bytes[4 * k] | (uint32_t)bytes[4 * k + 1] << 8 |
+                             (uint32_t)bytes[4 * k + 2] << 16 | (uint32_t)bytes[4 * k + 3] << 24;
+                memcpy(&v[k], &u, 4);
+            }
+        } else {
+            ck_assert_int_eq(vec_of_json(e, v), dims);
+        }
+    }
+    const cJSON *usage = cJSON_GetObjectItem(j, "usage");
+    long pt = (long)cJSON_GetObjectItem(usage, "prompt_tokens")->valuedouble;
+    ck_assert_int_eq(pt, (long)cJSON_GetObjectItem(usage, "total_tokens")->valuedouble);
+    if (prompt_tokens != NULL)
+        *prompt_tokens = pt;
+    cJSON_Delete(j);
+}
+
+START_TEST(test_openai_float_and_base64)
+{
+    REQUIRE_SERVER();
+    load_texts();
+    enum { N = 6 };
+    char *texts[N];
+    long want_tokens = 0;
+    for (int i = 0; i < N; i++) {
+        texts[i] = g_texts[i * 30];
+        int ids[MAX_LEN];
+        want_tokens += tokenize(texts[i], ids, MAX_LEN);
+    }
+    lines want = cli_embed(texts, N, "");
+    float vf[N * DIMS], vb[N * DIMS];
+    long pt_f = 0, pt_b = 0;
+    char *body =
+        inputs_body("input", texts, N, ",\"model\":\"whatever\",\"encoding_format\":\"float\"");
+    http_resp r;
+    http("POST", "/v1/embeddings", body, &r);
+    openai_vectors(&r, N, DIMS, 0, vf, &pt_f);
+    resp_free(&r);
+    free(body);
+    body = inputs_body("input", texts, N, ",\"encoding_format\":\"base64\"");
+    http("POST", "/v1/embeddings", body, &r);
+    openai_vectors(&r, N, DIMS, 1, vb, &pt_b);
+    resp_free(&r);
+    free(body);
+    ck_assert_int_eq(pt_f, want_tokens);
+    ck_assert_int_eq(pt_b, want_tokens);
+    for (int i = 0; i < N; i++) {
+        float w[DIMS];
+        vec_of_text(want.line[i], w);
+        double d1 = max_diff(vf + i * DIMS, w, DIMS);
+        double d2 = max_diff(vb + i * DIMS, vf + i * DIMS, DIMS);
+        ck_assert_msg(d1 <= TOL, "float %d vs CLI: %g", i, d1);
+        ck_assert_msg(d2 <= TOL, "base64 %d vs float: %g", i, d2);
+    }
+    /* A string input, and dimensions (renormalised). */
+    body = string_body("input", texts[1], ",\"dimensions\":8");
+    http("POST", "/v1/embeddings", body, &r);
+    float v8[DIMS];
+    openai_vectors(&r, 1, 8, 0, v8, NULL);
+    double ss = 0.0, ss_full = 0.0;
+    for (int k = 0; k < 8; k++) {
+        ss += (double)v8[k] * v8[k];
+        ss_full += (double)vf[DIMS + k] * vf[DIMS + k];
+    }
+    ck_assert_msg(fabs(ss - 1.0) < 1e-5, "dimensions 8: squared norm %g", ss);
+    for (int k = 0; k < 8; k++)
+        ck_assert_msg(fabs(v8[k] - vf[DIMS + k] / sqrt(ss_full)) <= TOL, "dims 8, value %d", k);
+    resp_free(&r);
+    free(body);
+    lines_free(&want);
+}
+END_TEST
+
+static char *ids_json(const int *ids, int n)
+{
+    buf b = {0};
+    buf_add(&b, "[", 1);
+    for (int i = 0; i < n; i++)
+        buf_addf(&b, "%s%d", i > 0 ? "," : "", ids[i]);
+    buf_add(&b, "]", 1);
+    return b.p;
+}
+
+START_TEST(test_openai_token_ids)
+{
+    REQUIRE_SERVER();
+    const char *t0 = "hello world", *t1 = "The quick brown fox jumps over the lazy dog.";
+    int ids0[MAX_LEN], ids1[MAX_LEN];
+    int n0 = tokenize(t0, ids0, MAX_LEN), n1 = tokenize(t1, ids1, MAX_LEN);
+    ck_assert_int_eq(n0, 4);
+    char *texts[2] = {(char *)t0, (char *)t1};
+    lines want = cli_embed(texts, 2, "");
+    float w0[DIMS], w1[DIMS], v[2 * DIMS];
+    vec_of_text(want.line[0], w0);
+    vec_of_text(want.line[1], w1);
+    /* [int]: one input */
+    char *a0 = ids_json(ids0, n0), *a1 = ids_json(ids1, n1);
+    buf body = {0};
+    buf_addf(&body, "{\"input\":%s}", a0);
+    http_resp r;
+    long pt = 0;
+    http("POST", "/v1/embeddings", body.p, &r);
+    openai_vectors(&r, 1, DIMS, 0, v, &pt);
+    ck_assert_int_eq(pt, n0);
+    ck_assert_msg(max_diff(v, w0, DIMS) <= TOL, "ids of '%s' vs its text", t0);
+    resp_free(&r);
+    /* [[int]]: two inputs, in order */
+    body.len = 0;
+    buf_addf(&body, "{\"input\":[%s,%s],\"encoding_format\":\"base64\"}", a1, a0);
+    http("POST", "/v1/embeddings", body.p, &r);
+    openai_vectors(&r, 2, DIMS, 1, v, &pt);
+    ck_assert_int_eq(pt, n0 + n1);
+    ck_assert_msg(max_diff(v, w1, DIMS) <= TOL, "[[ids]] 0");
+    ck_assert_msg(max_diff(v + DIMS, w0, DIMS) <= TOL, "[[ids]] 1");
+    resp_free(&r);
+    /* strings and ids mixed */
+    body.len = 0;
+    buf_addf(&body, "{\"input\":[\"%s\",%s]}", t1, a0);
+    http("POST", "/v1/embeddings", body.p, &r);
+    openai_vectors(&r, 2, DIMS, 0, v, &pt);
+    ck_assert_msg(max_diff(v, w1, DIMS) <= TOL && max_diff(v + DIMS, w0, DIMS) <= TOL, "mixed");
+    resp_free(&r);
+    free(body.p);
+    free(a0);
+    free(a1);
+    lines_free(&want);
+}
+END_TEST
+
+START_TEST(test_openai_models)
+{
+    REQUIRE_SERVER();
+    http_resp r;
+    http("GET", "/v1/models", NULL, &r);
+    ck_assert_int_eq(r.status, 200);
+    cJSON *j = json_of(&r);
+    ck_assert_str_eq(cJSON_GetObjectItem(j, "object")->valuestring, "list");
+    const cJSON *m = cJSON_GetArrayItem(cJSON_GetObjectItem(j, "data"), 0);
+    ck_assert_str_eq(cJSON_GetObjectItem(m, "id")->valuestring, "test-model");
+    ck_assert_str_eq(cJSON_GetObjectItem(m, "object")->valuestring, "model");
+    cJSON_Delete(j);
+    resp_free(&r);
+    http("GET", "/info", NULL, &r);
+    j = json_of(&r);
+    ck_assert_str_eq(cJSON_GetObjectItem(j, "model_id")->valuestring, "test-model");
+    cJSON_Delete(j);
+    resp_free(&r);
+}
+END_TEST
+
+/* ======================================================================== */
+/* TCase batching: many clients at once                                     */
+/* ======================================================================== */
+
+#define BATCH_TOKENS 512
+
+static void setup_batching(void)
+{
+    const char *args[] = {"--threads", "1", "--max-batch-tokens", "512", NULL};
+    fixture_start(args);
+}
+
+/* One request of more tokens than a forward pass holds is split across
+ * passes of at most --max-batch-tokens, and comes back whole, in order. */
+START_TEST(test_job_split_across_passes)
+{
+    REQUIRE_SERVER();
+    load_texts();
+    lines want = cli_embed(g_texts, g_n_texts, "");
+    char *before = get_metrics(g_srv.port);
+    char *body = inputs_body("inputs", g_texts, g_n_texts, NULL);
+    http_resp r;
+    http("POST", "/embed", body, &r);
+    ck_assert_msg(r.status == 200, "status %ld: %.200s", r.status, r.body.p);
+    lines rows = embed_rows(r.body.p);
+    ck_assert_int_eq(rows.n, g_n_texts);
+    for (int i = 0; i < g_n_texts; i++)
+        check_vec_text(rows.line[i], want.line[i], DIMS, "split job");
+    char *after = get_metrics(g_srv.port);
+    const char *le512 = "embedd_batch_tokens_bucket{le=\"512\"}";
+    double passes = metric_value(after, "embedd_batch_tokens_count") -
+                    metric_value(before, "embedd_batch_tokens_count");
+    double tokens = metric_value(after, "embedd_batch_tokens_sum") -
+                    metric_value(before, "embedd_batch_tokens_sum");
+    double within = metric_value(after, le512) - metric_value(before, le512);
+    ck_assert_msg(passes >= tokens / BATCH_TOKENS && passes > 1, "%.0f tokens in %.0f passes",
+                  tokens, passes);
+    ck_assert_msg(within == passes, "%.0f of %.0f passes over %d tokens", passes - within, passes,
+                  BATCH_TOKENS);
+    free(before);
+    free(after);
+    lines_free(&rows);
+    lines_free(&want);
+    resp_free(&r);
+    free(body);
+}
+END_TEST
+
+enum { N_CLIENTS = 48, ROUNDS = 4 };
+
+typedef struct client {
+    int port;
+    int id;
+    char **texts;              /* (N_CLIENTS * ROUNDS) */
+    char **want;               /* the CLI's rows */
+    pthread_barrier_t *start;
+    int ok;
+    char err[512];
+} client;
+
+static void *client_main(void *arg)
+{
+    client *c = arg;
+    c->ok = 1;
+    pthread_barrier_wait(c->start);
+    CURL *h = curl_easy_init();
+    char url[128];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/embed", c->port);
+    for (int round = 0; round < ROUNDS && c->ok; round++) {
+        int k = round * N_CLIENTS + c->id;
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "inputs", c->texts[k]);
+        char *body = cJSON_PrintUnformatted(o);
+        cJSON_Delete(o);
+        buf out = {0};
+        struct curl_slist *hl = curl_slist_append(NULL, "Content-Type: application/json");
+        curl_easy_setopt(h, CURLOPT_URL, url);
+        curl_easy_setopt(h, CURLOPT_NOPROXY, "*");
+        curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+        curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, 30000L);
+        curl_easy_setopt(h, CURLOPT_HTTPHEADER, hl);
+        curl_easy_setopt(h, CURLOPT_POSTFIELDS, body);
+        curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_body);
+        curl_easy_setopt(h, CURLOPT_WRITEDATA, &out);
+        CURLcode rc = curl_easy_perform(h);
+        long status = 0;
+        curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
+        curl_slist_free_all(hl);
+        free(body);
+        float got[DIMS], want[DIMS];
+        int ng = -1;
+        if (rc == CURLE_OK && status == 200 && out.p != NULL && out.len > 4) {
+            /* "[[...]]" -> "[...]" */
+            out.p[out.len - 1] = '\0';
+            cJSON *j = cJSON_Parse(out.p + 1);
+            if (cJSON_IsArray(j) && cJSON_GetArraySize(j) == DIMS) {
+                ng = 0;
+                const cJSON *el;
+                cJSON_ArrayForEach(el, j) got[ng++] = (float)el->valuedouble;
+            }
+            cJSON_Delete(j);
+        }
+        cJSON *w = cJSON_Parse(c->want[k]);
+        int nw = 0;
+        const cJSON *el;
+        cJSON_ArrayForEach(el, w) want[nw++] = (float)el->valuedouble;
+        cJSON_Delete(w);
+        double d = ng == DIMS ? max_diff(got, want, DIMS) : INFINITY;
+        if (d > TOL) {
+            c->ok = 0;
+            snprintf(c->err, sizeof c->err, "client %d text %d: curl %d status %ld diff %g: %.200s",
+                     c->id, k, (int)rc, status, d, out.p != NULL ? out.p : "");
+        }
+        free(out.p);
+    }
+    curl_easy_cleanup(h);
+    return NULL;
+}
+
+START_TEST(test_concurrent_clients_batching)
+{
+    REQUIRE_SERVER();
+    load_texts();
+    /* N_CLIENTS * ROUNDS distinct texts of ~40-90 tokens. */
+    enum { N = N_CLIENTS * ROUNDS };
+    char *texts[N];
+    for (int i = 0; i < N; i++) {
+        buf b = {0};
+        buf_addf(&b, "%d: %s %s %s", i, g_texts[i % 200], g_texts[(i + 1) % 200],
+                 g_texts[(i + 7) % 200]);
+        texts[i] = b.p;
+    }
+    lines want = cli_embed(texts, N, "");
+    char *before = get_metrics(g_srv.port);
+    pthread_barrier_t start;
+    pthread_barrier_init(&start, NULL, N_CLIENTS);
+    client cl[N_CLIENTS];
+    pthread_t th[N_CLIENTS];
+    for (int i = 0; i < N_CLIENTS; i++) {
+        cl[i] = (client){.port = g_srv.port, .id = i, .texts = texts, .want = want.line,
+                         .start = &start};
+        ck_assert(pthread_create(&th[i], NULL, client_main, &cl[i]) == 0);
+    }
+    for (int i = 0; i < N_CLIENTS; i++)
+        pthread_join(th[i], NULL);
+    pthread_barrier_destroy(&start);
+    for (int i = 0; i < N_CLIENTS; i++)
+        ck_assert_msg(cl[i].ok, "%s", cl[i].err);
+    char *after = get_metrics(g_srv.port);
+    const char *le1 = "embedd_batch_size_bucket{le=\"1\"}";
+    double singles = metric_value(after, le1) - metric_value(before, le1);
+    double passes = metric_value(after, "embedd_batch_size_count") -
+                    metric_value(before, "embedd_batch_size_count");
+    double seqs = metric_value(after, "embedd_batch_size_sum") -
+                  metric_value(before, "embedd_batch_size_sum");
+    printf("test_concurrent_clients_batching: %d requests of one text in %.0f forward passes, "
+           "%.0f of them with one sequence, mean batch %.2f\n",
+           N, passes, singles, passes > 0 ? seqs / passes : 0.0);
+    ck_assert_msg(seqs == N, "the batches held %.0f sequences, want %d", seqs, N);
+    ck_assert_msg(singles < passes, "no forward pass held more than one sequence (%.0f passes)",
+                  passes);
+    free(before);
+    free(after);
+    lines_free(&want);
+    for (int i = 0; i < N; i++)
+        free(texts[i]);
+}
+END_TEST
+
+/* ======================================================================== */
+/* TCase errors: every refusal with its status and shape                    */
+/* ======================================================================== */
+
+#define PAYLOAD_LIMIT 4096
+#define MAX_CLIENT_BATCH 4
+
+static void setup_errors(void)
+{
+    const char *args[] = {"--payload-limit", "4096", "--max-client-batch-size", "4", NULL};
+    fixture_start(args);
+}
+
+typedef struct err_case {
+    const char *method, *path, *body;
+    long status;
+    int openai;                /* 1: OpenAI shape */
+    const char *type;          /* TEI error_type or OpenAI error.type */
+    const char *code;          /* OpenAI error.code (NULL: null) */
+} err_case;
+
+#define TEI(m, p, b, s, t) {m, p, b, s, 0, t, NULL}
+#define OAI(m, p, b, s, c) {m, p, b, s, 1, "invalid_request_error", c}
+
+static const err_case err_cases[] = {
+    TEI("GET", "/nope", NULL, 404, "Validation"),
+    TEI("POST", "/embed/", "{}", 404, "Validation"),
+    OAI("GET", "/v1/nope", NULL, 404, "not_found"),
+    TEI("GET", "/embed", NULL, 405, "Validation"),
+    TEI("POST", "/health", "{}", 405, "Validation"),
+    OAI("GET", "/v1/embeddings", NULL, 405, "method_not_allowed"),
+    OAI("DELETE", "/v1/models", NULL, 405, "method_not_allowed"),
+    /* malformed and mistyped bodies */
+    TEI("POST", "/embed", "{\"inputs\":", 422, "Validation"),
+    TEI("POST", "/embed", "{\"inputs\":\"a\"} trailing", 422, "Validation"),
+    TEI("POST", "/embed", "{\"inputs\":\"a\"}{}", 422, "Validation"),
+    TEI("POST", "/embed", "{\"inputs\":\"lone \\ud800 surrogate\"}", 422, "Validation"),
+    TEI("POST", "/embed", "", 422, "Validation"),
+    TEI("POST", "/embed", "[\"a\"]", 422, "Validation"),
+    TEI("POST", "/embed", "{}", 422, "Validation"),
+    TEI("POST", "/embed", "{\"inputs\":5}", 422, "Validation"),
+    TEI("POST", "/embed", "{\"inputs\":null}", 422, "Validation"),
+    TEI("POST", "/embed", "{\"inputs\":[\"a\",5]}", 422, "Validation"),
+    TEI("POST", "/embed", "{\"inputs\":[1,2]}", 422, "Validation"),
+    TEI("POST", "/embed", "{\"inputs\":\"a\",\"normalize\":\"yes\"}", 422, "Validation"),
+    TEI("POST", "/embed", "{\"inputs\":\"a\",\"truncate\":1}", 422, "Validation"),
+    TEI("POST", "/embed", "{\"inputs\":\"a\",\"dimensions\":0}", 422, "Validation"),
+    TEI("POST", "/embed", "{\"inputs\":\"a\",\"dimensions\":9999}", 422, "Validation"),
+    TEI("POST", "/embed", "{\"inputs\":\"a\",\"dimensions\":33}", 422, "Validation"),
+    TEI("POST", "/embed", "{\"inputs\":\"a\",\"dimensions\":2.5}", 422, "Validation"),
+    TEI("POST", "/embed", "{\"inputs\":\"a\",\"dimensions\":\"8\"}", 422, "Validation"),
+    TEI("POST", "/embed", "{\"inputs\":\"a\",\"truncation_direction\":\"up\"}", 422, "Validation"),
+    TEI("POST", "/tokenize", "{\"inputs\":5}", 422, "Validation"),
+    TEI("POST", "/tokenize", "{\"inputs\":\"a\",\"add_special_tokens\":\"no\"}", 422,
+        "Validation"),
+    OAI("POST", "/v1/embeddings", "{\"input\":", 422, NULL),
+    OAI("POST", "/v1/embeddings", "{}", 422, NULL),
+    OAI("POST", "/v1/embeddings", "{\"input\":5}", 422, NULL),
+    OAI("POST", "/v1/embeddings", "{\"input\":\"a\",\"encoding_format\":\"hex\"}", 422, NULL),
+    OAI("POST", "/v1/embeddings", "{\"input\":\"a\",\"encoding_format\":1}", 422, NULL),
+    OAI("POST", "/v1/embeddings", "{\"input\":\"a\",\"dimensions\":0}", 422, NULL),
+    OAI("POST", "/v1/embeddings", "{\"input\":\"a\",\"dimensions\":9999}", 422, NULL),
+    OAI("POST", "/v1/embeddings", "{\"input\":\"a\",\"model\":5}", 422, NULL),
+    OAI("POST", "/v1/embeddings", "{\"input\":[1.5]}", 422, NULL),
+    OAI("POST", "/v1/embeddings", "{\"input\":[1,\"a\"]}", 422, NULL),
+    OAI("POST", "/v1/embeddings", "{\"input\":[[1,2],[3.5]]}", 422, NULL),
+    OAI("POST", "/v1/embeddings", "{\"input\":[999999]}", 422, NULL),
+    OAI("POST", "/v1/embeddings", "{\"input\":[-1]}", 422, NULL),
+    /* empty input */
+    TEI("POST", "/embed", "{\"inputs\":[]}", 400, "Empty"),
+    TEI("POST", "/embed", "{\"inputs\":\"\"}", 400, "Empty"),
+    TEI("POST", "/embed", "{\"inputs\":[\"a\",\"\"]}", 400, "Empty"),
+    OAI("POST", "/v1/embeddings", "{\"input\":[]}", 400, NULL),
+    OAI("POST", "/v1/embeddings", "{\"input\":\"\"}", 400, NULL),
+    OAI("POST", "/v1/embeddings", "{\"input\":[[]]}", 400, NULL),
+    /* more than --max-client-batch-size 4 inputs */
+    TEI("POST", "/embed", "{\"inputs\":[\"a\",\"b\",\"c\",\"d\",\"e\"]}", 422, "Validation"),
+    TEI("POST", "/tokenize", "{\"inputs\":[\"a\",\"b\",\"c\",\"d\",\"e\"]}", 422, "Validation"),
+    OAI("POST", "/v1/embeddings", "{\"input\":[\"a\",\"b\",\"c\",\"d\",\"e\"]}", 422, NULL),
+    OAI("POST", "/v1/embeddings", "{\"input\":[[1],[2],[3],[4],[5]]}", 422, NULL),
+};
+
+START_TEST(test_error_table)
+{
+    REQUIRE_SERVER();
+    const err_case *c = &err_cases[_i];
+    char what[256];
+    snprintf(what, sizeof what, "case %d: %s %s %.80s", _i, c->method, c->path,
+             c->body != NULL ? c->body : "");
+    http_resp r;
+    http(c->method, c->path, c->body, &r);
+    if (c->openai)
+        check_openai_error(&r, c->status, c->type, c->code, what);
+    else
+        check_tei_error(&r, c->status, c->type, what);
+    if (c->status == 405) {
+        const char *allow = header_value(&r, "Allow");
+        const char *want = strcmp(c->path, "/embed") == 0 || strcmp(c->path, "/v1/embeddings") == 0
+                               ? "POST"
+                               : "GET";
+        ck_assert_msg(allow != NULL && strcmp(allow, want) == 0, "%s: Allow: %s", what,
+                      allow != NULL ? allow : "(none)");
+    }
+    resp_free(&r);
+}
+END_TEST
+
+/* Nesting deep enough to overflow a naive recursive parser's stack. */
+START_TEST(test_deep_nesting)
+{
+    REQUIRE_SERVER();
+    buf b = {0};
+    buf_add(&b, "{\"inputs\":", 10);
+    for (int i = 0; i < 1500; i++)
+        buf_add(&b, "[", 1);
+    for (int i = 0; i < 1500; i++)
+        buf_add(&b, "]", 1);
+    buf_add(&b, "}", 1);
+    http_resp r;
+    http("POST", "/embed", b.p, &r);
+    check_tei_error(&r, 422, "Validation", "1500 nested arrays");
+    resp_free(&r);
+    free(b.p);
+    http("GET", "/health", NULL, &r);
+    ck_assert_int_eq(r.status, 200);
+    resp_free(&r);
+}
+END_TEST
+
+/* The same limits let good requests through. */
+START_TEST(test_limits_accept_within)
+{
+    REQUIRE_SERVER();
+    http_resp r;
+    http("POST", "/embed", "{\"inputs\":[\"a\",\"b\",\"c\",\"d\"]}", &r);
+    ck_assert_msg(r.status == 200, "4 inputs: %ld %s", r.status, r.body.p);
+    lines rows = embed_rows(r.body.p);
+    ck_assert_int_eq(rows.n, MAX_CLIENT_BATCH);
+    lines_free(&rows);
+    resp_free(&r);
+    /* a body of exactly the limit */
+    buf b = {0};
+    buf_add(&b, "{\"inputs\":\"", 11);
+    while (b.len < PAYLOAD_LIMIT - 2)
+        buf_add(&b, "a", 1);
+    buf_add(&b, "\"}", 2);
+    ck_assert_int_eq(b.len, PAYLOAD_LIMIT);
+    http("POST", "/embed", b.p, &r);
+    ck_assert_msg(r.status == 200, "body of the limit: %ld %s", r.status, r.body.p);
+    resp_free(&r);
+    free(b.p);
+}
+END_TEST
+
+/* A body over --payload-limit gets 413, in each family's shape. */
+START_TEST(test_413_body)
+{
+    REQUIRE_SERVER();
+    buf words = {0};
+    while (words.len < PAYLOAD_LIMIT)
+        buf_add(&words, "word ", 5);
+    char *oai = string_body("input", words.p, NULL), *tei = string_body("inputs", words.p, NULL);
+    http_resp r;
+    http("POST", "/v1/embeddings", oai, &r);
+    check_openai_error(&r, 413, "invalid_request_error", "payload_too_large", "openai 413");
+    resp_free(&r);
+    http("POST", "/embed", tei, &r);
+    check_tei_error(&r, 413, "Validation", "tei 413");
+    resp_free(&r);
+    free(words.p);
+    free(oai);
+    free(tei);
+}
+END_TEST
+
+/* A declared Content-Length over the limit is refused from the headers
+ * alone: the answer comes without any body byte sent. */
+START_TEST(test_413_before_body)
+{
+    REQUIRE_SERVER();
+    const char *paths[] = {"/embed", "/v1/embeddings"};
+    for (int i = 0; i < 2; i++) {
+        int fd = raw_connect(g_srv.port);
+        raw_post_headers(fd, paths[i], 100000000, 0);
+        http_resp r;
+        double t0 = now_s();
+        long st = raw_read_response(fd, 5.0, &r);
+        ck_assert_msg(st == 413, "%s: status %ld after %.2f s (no body sent)", paths[i], st,
+                      now_s() - t0);
+        if (i == 0)
+            check_tei_error(&r, 413, "Validation", "early 413");
+        else
+            check_openai_error(&r, 413, "invalid_request_error", "payload_too_large", "early 413");
+        resp_free(&r);
+        close(fd);
+    }
+}
+END_TEST
+
+/* A chunked body (no Content-Length) that grows past the limit. */
+START_TEST(test_413_chunked)
+{
+    REQUIRE_SERVER();
+    int fd = raw_connect(g_srv.port);
+    const char *h = "POST /embed HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                    "Transfer-Encoding: chunked\r\n\r\n";
+    raw_send(fd, h, strlen(h));
+    char chunk[1000 + 16];
+    int n = snprintf(chunk, sizeof chunk, "3e8\r\n");
+    memset(chunk + n, 'x', 1000);
+    memcpy(chunk + n + 1000, "\r\n", 2);
+    for (int i = 0; i < 5; i++)
+        raw_send(fd, chunk, (size_t)n + 1002);
+    raw_send(fd, "0\r\n\r\n", 5);
+    http_resp r;
+    long st = raw_read_response(fd, 5.0, &r);
+    ck_assert_msg(st == 413, "chunked body of 5000 bytes: %ld %s", st, r.body.p);
+    check_tei_error(&r, 413, "Validation", "chunked 413");
+    resp_free(&r);
+    close(fd);
+}
+END_TEST
+
+/* ======================================================================== */
+/* TCase auth: --api-key                                                    */
+/* ======================================================================== */
+
+static void setup_auth(void)
+{
+    const char *args[] = {"--api-key", "s3cret", NULL};
+    fixture_start(args);
+}
+
+typedef struct auth_case {
+    const char *method, *path, *body, *authorization;
+    long status;
+} auth_case;
+
+static const auth_case auth_cases[] = {
+    {"POST", "/embed", "{\"inputs\":\"a\"}", NULL, 401},
+    {"POST", "/embed", "{\"inputs\":\"a\"}", "Bearer wrong", 401},
+    {"POST", "/embed", "{\"inputs\":\"a\"}", "Bearer s3cretX", 401},
+    {"POST", "/embed", "{\"inputs\":\"a\"}", "Bearer s3cre", 401},
+    {"POST", "/embed", "{\"inputs\":\"a\"}", "Bearer ", 401},
+    {"POST", "/embed", "{\"inputs\":\"a\"}", "Basic s3cret", 401},
+    {"POST", "/embed", "{\"inputs\":\"a\"}", "s3cret", 401},
+    {"POST", "/embed", "{\"inputs\":\"a\"}", "Bearer s3cret", 200},
+    {"POST", "/v1/embeddings", "{\"input\":\"a\"}", NULL, 401},
+    {"POST", "/v1/embeddings", "{\"input\":\"a\"}", "Bearer nope", 401},
+    {"POST", "/v1/embeddings", "{\"input\":\"a\"}", "Bearer s3cret", 200},
+    {"POST", "/tokenize", "{\"inputs\":\"a\"}", NULL, 401},
+    {"POST", "/tokenize", "{\"inputs\":\"a\"}", "Bearer s3cret", 200},
+    {"GET", "/info", NULL, NULL, 401},
+    {"GET", "/info", NULL, "Bearer s3cret", 200},
+    {"GET", "/v1/models", NULL, NULL, 401},
+    {"GET", "/v1/models", NULL, "Bearer s3cret", 200},
+    {"GET", "/health", NULL, NULL, 200},
+    {"GET", "/metrics", NULL, NULL, 200},
+    {"GET", "/health", NULL, "Bearer wrong", 200},
+};
+
+START_TEST(test_auth_table)
+{
+    REQUIRE_SERVER();
+    const auth_case *c = &auth_cases[_i];
+    char hdr[128], what[256];
+    const char *headers[2] = {NULL, NULL};
+    if (c->authorization != NULL) {
+        snprintf(hdr, sizeof hdr, "Authorization: %s", c->authorization);
+        headers[0] = hdr;
+    }
+    snprintf(what, sizeof what, "%s %s with '%s'", c->method, c->path,
+             c->authorization != NULL ? c->authorization : "(none)");
+    http_resp r;
+    http_port(g_srv.port, c->method, c->path, c->body, headers, &r);
+    if (c->status == 401) {
+        if (strncmp(c->path, "/v1/", 4) == 0)
+            check_openai_error(&r, 401, "authentication_error", "invalid_api_key", what);
+        else
+            check_tei_error(&r, 401, "Unauthorized", what);
+        const char *www = header_value(&r, "WWW-Authenticate");
+        ck_assert_msg(www != NULL && strncmp(www, "Bearer", 6) == 0, "%s: WWW-Authenticate %s",
+                      what, www != NULL ? www : "(none)");
+    } else {
+        ck_assert_msg(r.status == c->status, "%s: %ld %.200s", what, r.status, r.body.p);
+    }
+    resp_free(&r);
+}
+END_TEST
+
+/* ======================================================================== */
+/* TCase busy: --max-concurrent-requests 1                                  */
+/* ======================================================================== */
+
+static void setup_busy(void)
+{
+    const char *args[] = {"--max-concurrent-requests", "1", NULL};
+    fixture_start(args);
+}
+
+/* 200, or 429 for a while after a slot was freed elsewhere (up to 10 s: a
+ * sanitizer build may still be computing an abandoned batch). */
+static long post_until_admitted(const char *path, const char *body, http_resp *r)
+{
+    double deadline = now_s() + 10.0;
+    for (;;) {
+        http("POST", path, body, r);
+        if (r->status != 429 || now_s() > deadline)
+            return r->status;
+        resp_free(r);
+        usleep(20000);
+    }
+}
+
+START_TEST(test_429_when_busy)
+{
+    REQUIRE_SERVER();
+    const char *body = "{\"inputs\":\"held request\"}";
+    int held = hold_request(g_srv.port, "/embed", body);
+    http_resp r;
+    http("POST", "/embed", "{\"inputs\":\"second\"}", &r);
+    check_tei_error(&r, 429, "Overloaded", "second /embed while one is in flight");
+    ck_assert_msg(r.seconds < 1.0, "429 took %.2f s", r.seconds);
+    resp_free(&r);
+    http("POST", "/v1/embeddings", "{\"input\":\"second\"}", &r);
+    check_openai_error(&r, 429, "rate_limit_error", "rate_limit_exceeded", "/v1/embeddings busy");
+    resp_free(&r);
+    /* Routes that do not compute are not limited. */
+    http("GET", "/health", NULL, &r);
+    ck_assert_int_eq(r.status, 200);
+    resp_free(&r);
+    http("POST", "/tokenize", "{\"inputs\":\"x\"}", &r);
+    ck_assert_int_eq(r.status, 200);
+    resp_free(&r);
+    /* The held request completes with its vector... */
+    raw_send(held, body, strlen(body));
+    long st = raw_read_response(held, 10.0, &r);
+    ck_assert_msg(st == 200, "held request: %ld %s", st, r.body.p);
+    resp_free(&r);
+    close(held);
+}
+END_TEST
+
+START_TEST(test_429_then_slot_freed)
+{
+    REQUIRE_SERVER();
+    const char *body = "{\"inputs\":\"held request\"}";
+    int held = hold_request(g_srv.port, "/embed", body);
+    raw_send(held, body, strlen(body));
+    http_resp r;
+    long st = raw_read_response(held, 10.0, &r);
+    ck_assert_msg(st == 200, "held request: %ld %s", st, r.body.p);
+    lines rows = embed_rows(r.body.p);
+    ck_assert_int_eq(rows.n, 1);
+    resp_free(&r);
+    close(held);
+    /* ...and frees its slot: the next one is admitted. */
+    ck_assert_int_eq(post_until_admitted("/embed", "{\"inputs\":\"held request\"}", &r), 200);
+    lines again = embed_rows(r.body.p);
+    check_vec_text(again.line[0], rows.line[0], DIMS, "same text after the slot is free");
+    lines_free(&again);
+    lines_free(&rows);
+    resp_free(&r);
+}
+END_TEST
+
+/* A client that goes away mid-body gives its slot back. */
+START_TEST(test_slot_freed_on_abort)
+{
+    REQUIRE_SERVER();
+    const char *body = "{\"inputs\":\"abandoned\"}";
+    int held = hold_request(g_srv.port, "/embed", body);
+    raw_send(held, body, 5);
+    http_resp r;
+    http("POST", "/embed", "{\"inputs\":\"x\"}", &r);
+    ck_assert_int_eq(r.status, 429);
+    resp_free(&r);
+    close(held);
+    ck_assert_int_eq(post_until_admitted("/embed", "{\"inputs\":\"x\"}", &r), 200);
+    resp_free(&r);
+    /* Also when the client leaves during the computation: a large batch,
+     * closed at once. */
+    buf b = {0};
+    buf_add(&b, "{\"inputs\":[", 11);
+    for (int i = 0; i < 1000; i++)
+        buf_addf(&b, "%s\"text number %d of a batch that nobody waits for\"", i ? "," : "", i);
+    buf_add(&b, "]}", 2);
+    int fd = raw_connect(g_srv.port);
+    raw_post_headers(fd, "/embed", b.len, 0);
+    raw_send(fd, b.p, b.len);
+    close(fd);
+    ck_assert_int_eq(post_until_admitted("/embed", "{\"inputs\":\"x\"}", &r), 200);
+    resp_free(&r);
+    free(b.p);
+}
+END_TEST
+
+/* ======================================================================== */
+/* TCase slow: --timeout 2 and a stalled client                             */
+/* ======================================================================== */
+
+static void setup_slow(void)
+{
+    const char *args[] = {"--timeout", "2", NULL};
+    fixture_start(args);
+}
+
+typedef struct prompt_arg {
+    int port;
+    int n_ok;
+    double worst;
+} prompt_arg;
+
+static void *prompt_main(void *arg)
+{
+    prompt_arg *p = arg;
+    for (int i = 0; i < 5; i++) {
+        http_resp r;
+        http_port(p->port, "POST", "/embed", "{\"inputs\":[\"are you there\",\"still here\"]}",
+                  NULL, &r);
+        p->n_ok += r.status == 200;
+        if (r.seconds > p->worst)
+            p->worst = r.seconds;
+        resp_free(&r);
+    }
+    return NULL;
+}
+
+START_TEST(test_slow_client)
+{
+    REQUIRE_SERVER();
+    const char *body = "{\"inputs\":\"a body that never fully arrives\"}";
+    int stalled = raw_connect(g_srv.port);
+    raw_post_headers(stalled, "/embed", strlen(body), 0);
+    raw_send(stalled, body, strlen(body) / 2);
+    double t_stall = now_s();
+    /* Slowloris: headers that never end. */
+    int partial = raw_connect(g_srv.port);
+    const char *h = "POST /embed HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Ty";
+    raw_send(partial, h, strlen(h));
+    /* Others are answered meanwhile, promptly. */
+    enum { T = 8 };
+    pthread_t th[T];
+    prompt_arg pa[T];
+    for (int i = 0; i < T; i++) {
+        pa[i] = (prompt_arg){.port = g_srv.port};
+        ck_assert(pthread_create(&th[i], NULL, prompt_main, &pa[i]) == 0);
+    }
+    for (int i = 0; i < T; i++)
+        pthread_join(th[i], NULL);
+    double served = now_s() - t_stall;
+    for (int i = 0; i < T; i++) {
+        ck_assert_msg(pa[i].n_ok == 5, "client %d: %d of 5 answered", i, pa[i].n_ok);
+        ck_assert_msg(pa[i].worst < 1.0, "client %d waited %.2f s", i, pa[i].worst);
+    }
+    ck_assert_msg(served < 1.5, "the other clients took %.2f s", served);
+    /* The stalled connections are closed after --timeout 2 s, not before. */
+    double closed = raw_wait_closed(stalled, 8.0);
+    ck_assert_msg(closed >= 0, "stalled upload still open after %.1f s", now_s() - t_stall);
+    double at = now_s() - t_stall;
+    ck_assert_msg(at >= 1.5 && at < 6.0, "stalled upload closed after %.2f s", at);
+    closed = raw_wait_closed(partial, 8.0);
+    ck_assert_msg(closed >= 0, "stalled headers still open after %.1f s", now_s() - t_stall);
+    close(stalled);
+    close(partial);
+    /* The server still works. */
+    http_resp r;
+    http("POST", "/embed", "{\"inputs\":\"after\"}", &r);
+    ck_assert_int_eq(r.status, 200);
+    resp_free(&r);
+}
+END_TEST
+
+/* ======================================================================== */
+/* TCase shutdown: SIGTERM (each test starts its own server)                */
+/* ======================================================================== */
+
+static server_proc s_own;
+
+static void start_own(const char *const *extra)
+{
+    ck_assert_msg(srv_start(&s_own, extra) == 0, "server did not start");
+}
+
+/* GET /health on a keep-alive raw connection; returns the status. */
+static long raw_get(int fd, const char *path, http_resp *r)
+{
+    char req[256];
+    int n = snprintf(req, sizeof req, "GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", path);
+    raw_send(fd, req, (size_t)n);
+    return raw_read_response(fd, 5.0, r);
+}
+
+/* Sends SIGTERM and waits until the server says it began shutting down
+ * (its /health turns 503 on the keep-alive connection probe). */
+static void sigterm_and_wait_draining(int probe)
+{
+    ck_assert(kill(s_own.pid, SIGTERM) == 0);
+    double deadline = now_s() + 5.0;
+    for (;;) {
+        http_resp r;
+        long st = raw_get(probe, "/health", &r);
+        resp_free(&r);
+        if (st == 503)
+            return;
+        ck_assert_msg(st == 200 && now_s() < deadline, "/health during shutdown: %ld", st);
+        usleep(10000);
+    }
+}
+
+static void expect_exit_zero(double timeout_s)
+{
+    int st = srv_wait(&s_own, timeout_s);
+    srv_release(&s_own);
+    ck_assert_msg(st != -1, "server still running %.0f s after SIGTERM: %s", timeout_s,
+                  tail(s_own.log));
+    ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "server exit status 0x%x: %s", st,
+                  tail(s_own.log));
+    ck_assert_msg(strstr(s_own.log, "SIGTERM received") != NULL, "%s", tail(s_own.log));
+}
+
+START_TEST(test_shutdown_idle)
+{
+    start_own(NULL);
+    double t0 = now_s();
+    kill(s_own.pid, SIGTERM);
+    expect_exit_zero(5.0);
+    ck_assert_msg(now_s() - t0 < 2.0, "idle shutdown took %.2f s", now_s() - t0);
+}
+END_TEST
+
+/* In-flight requests: 8 admitted, 4 of them with their (large) bodies sent
+ * before SIGTERM, 4 after. All get 200 and their vectors; then exit 0. */
+START_TEST(test_shutdown_graceful)
+{
+    const char *args[] = {"--threads", "1", NULL};
+    start_own(args);
+    load_texts();
+    enum { K = 8, N = 200 };
+    lines want = cli_embed(g_texts, N, "");
+    char *body = inputs_body("inputs", g_texts, N, NULL);
+    size_t len = strlen(body);
+    int probe = raw_connect(s_own.port);
+    http_resp r;
+    ck_assert_int_eq(raw_get(probe, "/health", &r), 200);
+    resp_free(&r);
+    int fd[K];
+    for (int i = 0; i < K; i++)
+        fd[i] = hold_request(s_own.port, "/embed", body);
+    for (int i = 0; i < K / 2; i++)
+        raw_send(fd[i], body, len);
+    sigterm_and_wait_draining(probe);
+    for (int i = K / 2; i < K; i++)
+        raw_send(fd[i], body, len);
+    for (int i = 0; i < K; i++) {
+        long st = raw_read_response(fd[i], 20.0, &r);
+        ck_assert_msg(st == 200, "in-flight request %d: %ld %.200s\n%s", i, st, r.body.p,
+                      tail(s_own.log));
+        lines rows = embed_rows(r.body.p);
+        ck_assert_int_eq(rows.n, N);
+        for (int k = 0; k < N; k++)
+            check_vec_text(rows.line[k], want.line[k], DIMS, "in-flight during shutdown");
+        lines_free(&rows);
+        resp_free(&r);
+        close(fd[i]);
+    }
+    close(probe);
+    expect_exit_zero(10.0);
+    ck_assert_msg(strstr(s_own.log, "embedd: stopped") != NULL, "%s", tail(s_own.log));
+    lines_free(&want);
+    free(body);
+}
+END_TEST
+
+/* While draining, requests on already open keep-alive connections get 503
+ * (/health and /embed), and /metrics still answers. */
+START_TEST(test_shutdown_503)
+{
+    start_own(NULL);
+    const char *body = "{\"inputs\":\"keeps the server draining\"}";
+    int probe = raw_connect(s_own.port), emb = raw_connect(s_own.port);
+    http_resp r;
+    ck_assert_int_eq(raw_get(emb, "/health", &r), 200);
+    resp_free(&r);
+    int held = hold_request(s_own.port, "/embed", body);
+    sigterm_and_wait_draining(probe);
+    ck_assert_int_eq(raw_get(probe, "/health", &r), 503);
+    check_tei_error(&r, 503, "Unhealthy", "/health while draining");
+    resp_free(&r);
+    const char *b2 = "{\"inputs\":\"too late\"}";
+    raw_post_headers(emb, "/embed", strlen(b2), 0);
+    raw_send(emb, b2, strlen(b2));
+    ck_assert_int_eq(raw_read_response(emb, 5.0, &r), 503);
+    check_tei_error(&r, 503, "Unhealthy", "/embed while draining");
+    resp_free(&r);
+    ck_assert_int_eq(raw_get(probe, "/metrics", &r), 200);
+    resp_free(&r);
+    raw_send(held, body, strlen(body));
+    ck_assert_int_eq(raw_read_response(held, 10.0, &r), 200);
+    resp_free(&r);
+    close(held);
+    close(probe);
+    close(emb);
+    expect_exit_zero(10.0);
+}
+END_TEST
+
+/* "Stops accepting": once draining, a new connection is refused (or closed)
+ * at once instead of waiting unanswered in the listen backlog until exit. */
+START_TEST(test_shutdown_refuses_new_connections)
+{
+    start_own(NULL);
+    const char *body = "{\"inputs\":\"keeps the server draining\"}";
+    int probe = raw_connect(s_own.port);
+    int held = hold_request(s_own.port, "/embed", body);
+    sigterm_and_wait_draining(probe);
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)s_own.port)};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    int refused = connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0;
+    double closed_after = -1;
+    if (!refused) {
+        const char *req = "GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+        send(fd, req, strlen(req), MSG_NOSIGNAL);
+        closed_after = raw_wait_closed(fd, 1.0);
+    }
+    close(fd);
+    /* finish the drain before asserting, so the server exits either way */
+    raw_send(held, body, strlen(body));
+    http_resp r;
+    ck_assert_int_eq(raw_read_response(held, 10.0, &r), 200);
+    resp_free(&r);
+    close(held);
+    close(probe);
+    expect_exit_zero(10.0);
+    ck_assert_msg(refused || closed_after >= 0,
+                  "a connection made while draining was accepted into the listen backlog and "
+                  "left unanswered (the quiesced listen socket stays open until exit)");
+}
+END_TEST
+
+/* ======================================================================== */
+/* TCase sdk: the official OpenAI Node client (tests/openai)                */
+/* ======================================================================== */
+
+static void setup_sdk(void)
+{
+    const char *args[] = {"--api-key", "sdk-key", "--served-model-name", "sdk-model", NULL};
+    fixture_start(args);
+}
+
+START_TEST(test_openai_sdk)
+{
+    REQUIRE_SERVER();
+    if (system("command -v node > /dev/null 2>&1") != 0) {
+        printf("test_openai_sdk: node not installed, official client not checked\n");
+        return;
+    }
+    char dir[256], cmd[2048];
+    tu_mkdtemp(dir, sizeof dir);
+    struct stat sb;
+    if (stat("tests/openai/node_modules/openai", &sb) != 0) {
+        snprintf(cmd, sizeof cmd,
+                 "npm ci --prefix tests/openai --no-audit --no-fund > %s/npm.txt 2>&1", dir);
+        int st = system(cmd);
+        char path[512];
+        snprintf(path, sizeof path, "%s/npm.txt", dir);
+        char *out = tu_read_file(path, NULL);
+        if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+            snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+            tu_run(cmd);
+        }
+        ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "npm ci failed:\n%s", tail(out));
+        free(out);
+    }
+    snprintf(cmd, sizeof cmd,
+             "EMBEDD_URL=http://127.0.0.1:%d EMBEDD_TEST_API_KEY=sdk-key "
+             "node --test tests/openai/embeddings.test.mjs > %s/node.txt 2>&1",
+             g_srv.port, dir);
+    int st = system(cmd);
+    char path[512];
+    snprintf(path, sizeof path, "%s/node.txt", dir);
+    char *out = tu_read_file(path, NULL);
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    tu_run(cmd);
+    ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "node --test failed:\n%s", tail(out));
+    free(out);
+}
+END_TEST
+
+/* ======================================================================== */
+
+static TCase *tcase_with_server(Suite *s, const char *name, void (*setup)(void), int timeout)
+{
+    TCase *tc = tcase_create(name);
+    if (setup != NULL)
+        tcase_add_unchecked_fixture(tc, setup, fixture_stop);
+    tcase_set_timeout(tc, timeout);
+    suite_add_tcase(s, tc);
+    return tc;
+}
+
+int main(void)
+{
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+    signal(SIGPIPE, SIG_IGN);
+    Suite *s = suite_create("server");
+    TCase *tc = tcase_with_server(s, "embed", setup_default, 60);
+    tcase_add_test(tc, test_embed_matches_cli);
+    tcase_add_test(tc, test_embed_normalize_false);
+    tcase_add_test(tc, test_embed_dimensions);
+    tcase_add_test(tc, test_embed_truncate);
+    tcase_add_test(tc, test_embed_truncation_direction);
+    tcase_add_test(tc, test_tokenize_info_models);
+    tcase_add_test(tc, test_embed_json_escapes);
+    tcase_add_test(tc, test_metrics_format);
+
+    tc = tcase_with_server(s, "openai", setup_openai, 60);
+    tcase_add_test(tc, test_openai_float_and_base64);
+    tcase_add_test(tc, test_openai_token_ids);
+    tcase_add_test(tc, test_openai_models);
+
+    tc = tcase_with_server(s, "batching", setup_batching, 60);
+    tcase_add_test(tc, test_concurrent_clients_batching);
+    tcase_add_test(tc, test_job_split_across_passes);
+
+    tc = tcase_with_server(s, "errors", setup_errors, 60);
+    tcase_add_loop_test(tc, test_error_table, 0, (int)(sizeof err_cases / sizeof err_cases[0]));
+    tcase_add_test(tc, test_deep_nesting);
+    tcase_add_test(tc, test_limits_accept_within);
+    tcase_add_test(tc, test_413_body);
+    tcase_add_test(tc, test_413_before_body);
+    tcase_add_test(tc, test_413_chunked);
+
+    tc = tcase_with_server(s, "auth", setup_auth, 60);
+    tcase_add_loop_test(tc, test_auth_table, 0, (int)(sizeof auth_cases / sizeof auth_cases[0]));
+
+    tc = tcase_with_server(s, "busy", setup_busy, 60);
+    tcase_add_test(tc, test_429_when_busy);
+    tcase_add_test(tc, test_429_then_slot_freed);
+    tcase_add_test(tc, test_slot_freed_on_abort);
+
+    tc = tcase_with_server(s, "slow", setup_slow, 60);
+    tcase_add_test(tc, test_slow_client);
+
+    tc = tcase_with_server(s, "shutdown", NULL, 60);
+    tcase_add_test(tc, test_shutdown_idle);
+    tcase_add_test(tc, test_shutdown_graceful);
+    tcase_add_test(tc, test_shutdown_503);
+    tcase_add_test(tc, test_shutdown_refuses_new_connections);
+
+    tc = tcase_with_server(s, "openai_sdk", setup_sdk, 180);
+    tcase_add_test(tc, test_openai_sdk);
+
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    curl_global_cleanup();
+    return failed == 0 ? 0 : 1;
+}
