@@ -70,7 +70,7 @@ bench: $(BUILD)/embedd
 	scripts/install-deps.sh --bench
 	/usr/bin/python3 scripts/bench.py $(BENCH_ARGS)
 
-# scripts/bench_gemm.c: emb_gemm against OpenBLAS on the layer shapes (BENCH_GEMM_ARGS: M values).
+# scripts/bench_gemm.c: emb_gemm against OpenBLAS on the layer shapes (BENCH_GEMM_ARGS: see its header).
 .PHONY: bench-gemm
 $(BUILD)/bench_gemm: scripts/bench_gemm.c $(BUILD)/libembedd_model.a
 	$(CC) $(CFLAGS) -Imodel -o $@ $^ $(LDFLAGS) $(LDLIBS)

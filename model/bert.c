@@ -283,6 +283,8 @@ emb_model *emb_model_load(const char *dir, emb_err *err)
     if (load_weights(m, &wf, err) != 0)
         goto fail;
     weight_files_close(&wf);
+    if (emb_model_pack(m, err) != 0)
+        goto fail;
     return m;
 fail:
     weight_files_close(&wf);
@@ -290,10 +292,43 @@ fail:
     return NULL;
 }
 
+static void free_packed(emb_model *m)
+{
+    if (m->lin == NULL)
+        return;
+    for (int i = 0; i < m->cfg.num_hidden_layers * EMB_LIN_PER_LAYER; i++)
+        emb_gemm_free(&m->lin[i]);
+    free(m->lin);
+    m->lin = NULL;
+}
+
+int emb_model_pack(emb_model *m, emb_err *err)
+{
+    const int L = m->cfg.num_hidden_layers, C = m->cfg.hidden_size;
+    const int I = m->cfg.intermediate_size;
+    const emb_weights *w = &m->w;
+    free_packed(m);
+    m->lin = calloc((size_t)L * EMB_LIN_PER_LAYER, sizeof(emb_gemm_w));
+    if (m->lin == NULL)
+        return emb_fail(err, "out of memory");
+    for (int l = 0; l < L; l++) {
+        emb_gemm_w *lin = m->lin + (long)l * EMB_LIN_PER_LAYER;
+        if (emb_gemm_pack(&lin[EMB_LIN_QKV], w->qkvw + (long)l * 3 * C * C, 3 * C, C, err) ||
+            emb_gemm_pack(&lin[EMB_LIN_ATTN_OUT], w->attn_ow + (long)l * C * C, C, C, err) ||
+            emb_gemm_pack(&lin[EMB_LIN_FC], w->fcw + (long)l * I * C, I, C, err) ||
+            emb_gemm_pack(&lin[EMB_LIN_FC_PROJ], w->fc_projw + (long)l * C * I, C, I, err)) {
+            free_packed(m);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 void emb_model_free(emb_model *m)
 {
     if (m == NULL)
         return;
+    free_packed(m);
     emb_tokenizer_free(m->tok);
     free(m->params);
     free(m);
@@ -413,15 +448,15 @@ int emb_forward(const emb_model *m, emb_workspace *ws, const int32_t *ids, const
     residual_layernorm_forward(ws->x, NULL, NULL, w->emb_lnw, w->emb_lnb, T, C, eps);
     for (int l = 0; l < c->num_hidden_layers; l++) {
         const long lC = (long)l * C;
-        matmul_forward(ws->qkv, ws->x, w->qkvw + lC * 3 * C, w->qkvb + lC * 3, T, C, 3 * C);
+        const emb_gemm_w *lin = m->lin + (long)l * EMB_LIN_PER_LAYER;
+        emb_gemm(ws->qkv, ws->x, T, &lin[EMB_LIN_QKV], w->qkvb + lC * 3, EMB_EPI_NONE);
         attention_forward(ws->att, ws->qkv, ws->seq_off, n_seqs, C, NH, ws->scratch, ws->max_len,
                           ws->n_threads);
-        matmul_forward(ws->tmp, ws->att, w->attn_ow + lC * C, NULL, T, C, C);
+        emb_gemm(ws->tmp, ws->att, T, &lin[EMB_LIN_ATTN_OUT], NULL, EMB_EPI_NONE);
         residual_layernorm_forward(ws->x, ws->tmp, w->attn_ob + lC, w->ln1w + lC, w->ln1b + lC,
                                    T, C, eps);
-        matmul_forward(ws->ffn, ws->x, w->fcw + (long)l * I * C, NULL, T, C, I);
-        bias_gelu_forward(ws->ffn, w->fcb + (long)l * I, T, I);
-        matmul_forward(ws->tmp, ws->ffn, w->fc_projw + (long)l * C * I, NULL, T, I, C);
+        emb_gemm(ws->ffn, ws->x, T, &lin[EMB_LIN_FC], w->fcb + (long)l * I, EMB_EPI_GELU);
+        emb_gemm(ws->tmp, ws->ffn, T, &lin[EMB_LIN_FC_PROJ], NULL, EMB_EPI_NONE);
         residual_layernorm_forward(ws->x, ws->tmp, w->fc_projb + lC, w->ln2w + lC, w->ln2b + lC,
                                    T, C, eps);
     }

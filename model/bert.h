@@ -15,6 +15,7 @@
 
 #include "config.h"
 #include "error.h"
+#include "gemm.h"
 #include "tokenizer.h"
 
 /* Legend: V vocab, P max positions, TV token types, C hidden, L layers,
@@ -41,12 +42,16 @@ typedef struct emb_weights {
 
 #define EMB_N_PARAM_TENSORS 17
 
+/* The dense layers of one encoder layer, packed for emb_gemm. */
+enum { EMB_LIN_QKV = 0, EMB_LIN_ATTN_OUT, EMB_LIN_FC, EMB_LIN_FC_PROJ, EMB_LIN_PER_LAYER };
+
 typedef struct emb_model {
     emb_config cfg;
     emb_tokenizer *tok;
     float *params;             /* flat block of n_params floats */
     size_t n_params;
     emb_weights w;             /* pointers into params */
+    emb_gemm_w *lin;           /* (L, EMB_LIN_PER_LAYER) packed copies of the dense weights */
 } emb_model;
 
 /* Sizes in floats of the 17 parameter tensors, in emb_weights order. */
@@ -56,6 +61,8 @@ void emb_weights_point(emb_weights *w, float *base, const emb_config *cfg);
 
 /* Loads config, tokenizer and model.safetensors from dir. */
 emb_model *emb_model_load(const char *dir, emb_err *err);
+/* (Re)packs the dense weights for emb_gemm; call after params change. */
+int emb_model_pack(emb_model *m, emb_err *err);
 void emb_model_free(emb_model *m);
 
 /* Per-thread activation buffers, grown on demand up to the caps given at

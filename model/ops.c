@@ -97,7 +97,7 @@ static void gelu_row_scalar(float *row, const float *bias, int n)
 {
     const float inv_sqrt2 = 0.70710678118654752f;
     for (int i = 0; i < n; i++) {
-        float v = row[i] + bias[i];
+        float v = row[i] + (bias != NULL ? bias[i] : 0.0f);
         row[i] = 0.5f * v * (1.0f + erff(v * inv_sqrt2));
     }
 }
@@ -113,11 +113,13 @@ __attribute__((target("avx2,fma"))) static void gelu_row_avx2(float *row, const 
     const __m256 inv_sqrt2 = _mm256_set1_ps(0.70710678118654752f);
     int i = 0;
     for (; i + 8 <= n; i += 8) {
-        __m256 v = _mm256_add_ps(_mm256_loadu_ps(row + i), _mm256_loadu_ps(bias + i));
+        __m256 v = _mm256_loadu_ps(row + i);
+        if (bias != NULL)
+            v = _mm256_add_ps(v, _mm256_loadu_ps(bias + i));
         __m256 e = _ZGVdN8v_erff(_mm256_mul_ps(v, inv_sqrt2));
         _mm256_storeu_ps(row + i, _mm256_mul_ps(_mm256_mul_ps(half, v), _mm256_add_ps(one, e)));
     }
-    gelu_row_scalar(row + i, bias + i, n - i);
+    gelu_row_scalar(row + i, bias != NULL ? bias + i : NULL, n - i);
 }
 
 __m256 _ZGVdN8v_expf(__m256 x); /* libmvec, AVX2 variant */

@@ -1,0 +1,65 @@
+/* gemm.h: single-precision GEMM against constant, pre-packed weights.
+ *
+ *   out (M, N) = in (M, K) W^T + bias (N), then an optional epilogue,
+ *
+ * with W in PyTorch's nn.Linear layout (N, K) row-major, out and in
+ * row-major and contiguous (ldo = N, ldi = K). This is every dense layer of
+ * the encoder:
+ *
+ *   QKV          emb_gemm(qkv, x,   T, &qkvw,    qkvb, EMB_EPI_NONE)  K=C, N=3C
+ *   attn output  emb_gemm(tmp, att, T, &attn_ow, NULL, EMB_EPI_NONE)  K=C, N=C
+ *   FFN up       emb_gemm(ffn, x,   T, &fcw,     fcb,  EMB_EPI_GELU)  K=C, N=I
+ *   FFN down     emb_gemm(tmp, ffn, T, &projw,   NULL, EMB_EPI_NONE)  K=I, N=C
+ *
+ * Fast path: on CPUs with AVX-512 F/BW/VL, emb_gemm_pack copies W once into
+ * the micro-kernel's layout (panels of 64 outputs, zero padded: about
+ * n * k floats more memory per weight) and emb_gemm runs a register-blocked
+ * AVX-512 kernel on OpenMP threads, with bias and exact-erf GELU applied to
+ * the accumulators before the output tile is stored.
+ *
+ * Fallback: everywhere else, or when the environment has
+ * EMBEDD_GEMM=openblas (read once, at the first call of any function here;
+ * for A/B tests), nothing is packed and emb_gemm calls OpenBLAS cblas_sgemm
+ * on the original W, then a scalar bias/GELU pass. The two paths agree to
+ * ~2e-6 of |y| + 1 on the encoder's shapes.
+ *
+ * Threads: emb_gemm uses omp_get_max_threads() OpenMP threads; called from
+ * inside an active parallel region it runs on the calling thread only, so
+ * several threads may run their own GEMMs at once. An emb_gemm_w is
+ * read-only after emb_gemm_pack and may be shared by any number of threads. */
+#ifndef EMBEDD_GEMM_H
+#define EMBEDD_GEMM_H
+
+#include <stddef.h>
+
+#include "error.h"
+
+typedef struct emb_gemm_w {
+    int n, k;             /* W is (n, k) */
+    const float *w;       /* the original (n, k) weights; not owned, must outlive this */
+    float *packed;        /* fast-path layout, owned; NULL: emb_gemm uses OpenBLAS on w */
+    size_t packed_floats; /* size of packed */
+} emb_gemm_w;
+
+/* Fills pw for W (n, k), n, k >= 1. Packs a copy of W when the fast path is
+ * available; otherwise only keeps w. Returns 0, or -1 with err filled in
+ * (bad dims, out of memory). An emb_gemm_w set up by hand with
+ * packed == NULL is valid too and always takes the OpenBLAS path. */
+int emb_gemm_pack(emb_gemm_w *pw, const float *w, int n, int k, emb_err *err);
+
+/* Frees the packed copy (not w) and zeroes pw. Safe on a zeroed struct. */
+void emb_gemm_free(emb_gemm_w *pw);
+
+enum { EMB_EPI_NONE = 0, EMB_EPI_GELU = 1 };
+
+/* out (m, n) = in (m, k) W^T + bias (n, may be NULL), then the epilogue:
+ * EMB_EPI_GELU applies 0.5 v (1 + erf(v / sqrt 2)) to every output.
+ * m >= 0 (m == 0 does nothing); out must not overlap in. */
+void emb_gemm(float *out, const float *in, int m, const emb_gemm_w *pw, const float *bias,
+              int epilogue);
+
+/* 1 when emb_gemm_pack packs for the AVX-512 kernel: the CPU has AVX-512
+ * F/BW/VL and EMBEDD_GEMM is not "openblas". */
+int emb_gemm_fast_path(void);
+
+#endif
