@@ -1,6 +1,7 @@
 # embedd build.
 #   make                      build/embedd
 #   make test                 build and run every Check suite
+#   make check                make test, plus the suites under ASan, UBSan and TSan
 #   make SANITIZER=address    the same, into build-address/ (also: undefined, thread)
 #   make bench                scripts/bench.py: embedd against PyTorch, same run
 CC       ?= cc
@@ -40,7 +41,7 @@ export EMBEDD_SHARED_DATA ?= $(abspath ../shared/data)
 # The old OpenBLAS misdetects this CPU; tests and CI keep the safe kernel.
 export OPENBLAS_CORETYPE ?= Haswell
 
-.PHONY: all test bench clean
+.PHONY: all test check bench clean
 all: $(BUILD)/embedd
 
 $(BUILD)/%.o: %.c
@@ -65,6 +66,14 @@ test: $(BUILD)/embedd $(RUN_TESTS)
 	  EMBEDD_BIN=$(abspath $(BUILD)/embedd) CK_DEFAULT_TIMEOUT=120 $$t || fail=1; \
 	done; \
 	if [ $$fail -ne 0 ]; then echo "some test suites failed"; exit 1; fi
+
+# Everything CI runs: the suites plain, under ASan and UBSan, and the
+# batcher under TSan (one OpenMP thread: libgomp is not instrumented).
+check:
+	$(MAKE) test
+	$(MAKE) test SANITIZER=address
+	$(MAKE) test SANITIZER=undefined
+	OMP_NUM_THREADS=1 CK_FORK=no $(MAKE) test SANITIZER=thread TESTS=batcher
 
 bench: $(BUILD)/embedd
 	scripts/install-deps.sh --bench
