@@ -1,0 +1,854 @@
+/* store.c: rows, the id table, writes, open and close. See store.h for the
+ * design; store_disk.c has the file formats, store_search.c the search. */
+#include "store_internal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* ---- ids ----------------------------------------------------------------- */
+
+store_id store_id_str(const char *s)
+{
+    store_id id = {.kind = STORE_ID_STR, .str = s, .len = strlen(s)};
+    return id;
+}
+
+int store_id_from_json(const cJSON *json, store_id *id, emb_err *err)
+{
+    if (cJSON_IsString(json)) {
+        *id = store_id_str(json->valuestring);
+        if (id->len == 0 || id->len > STORE_MAX_ID_LEN)
+            return emb_fail(err, "a string id must have 1 to %d bytes", STORE_MAX_ID_LEN);
+        return 0;
+    }
+    if (cJSON_IsNumber(json)) {
+        double d = json->valuedouble;
+        if (!(d >= 0) || d > STORE_MAX_JSON_ID || d != floor(d))
+            return emb_fail(err, "a numeric id must be an integer from 0 to 2^53");
+        *id = store_id_num((uint64_t)d);
+        return 0;
+    }
+    return emb_fail(err, "an id must be a string or an unsigned integer");
+}
+
+static int id_check(const store_id *id, emb_err *err)
+{
+    if (id->kind == STORE_ID_NUM)
+        return 0;
+    if (id->kind != STORE_ID_STR)
+        return emb_fail(err, "id has no kind");
+    if (id->str == NULL || id->len == 0 || id->len > STORE_MAX_ID_LEN)
+        return emb_fail(err, "a string id must have 1 to %d bytes", STORE_MAX_ID_LEN);
+    if (memchr(id->str, '\0', id->len) != NULL)
+        return emb_fail(err, "a string id must not contain NUL");
+    return 0;
+}
+
+static uint64_t mix64(uint64_t x)
+{
+    x ^= x >> 30;
+    x *= 0xbf58476d1ce4e5b9ull;
+    x ^= x >> 27;
+    x *= 0x94d049bb133111ebull;
+    x ^= x >> 31;
+    return x;
+}
+
+uint64_t store_id_hash(const store_id *id)
+{
+    if (id->kind == STORE_ID_NUM)
+        return mix64(id->num);
+    uint64_t h = 0xcbf29ce484222325ull; /* FNV-1a */
+    for (size_t i = 0; i < id->len; i++) {
+        h ^= (unsigned char)id->str[i];
+        h *= 0x100000001b3ull;
+    }
+    return mix64(h ^ 0x5354520000000000ull);
+}
+
+store_id store_row_id(const store_row *r)
+{
+    store_id id = {.kind = (store_id_kind)r->id_kind, .num = r->id_num, .str = r->id_str,
+                   .len = r->id_len};
+    return id;
+}
+
+static int row_has_id(const store_row *r, uint64_t hash, const store_id *id)
+{
+    if (r->hash != hash || r->id_kind != (uint32_t)id->kind)
+        return 0;
+    if (id->kind == STORE_ID_NUM)
+        return r->id_num == id->num;
+    return r->id_len == id->len && memcmp(r->id_str, id->str, id->len) == 0;
+}
+
+int store_normalise(const float *v, float *out, int dim, emb_err *err)
+{
+    double sum = 0;
+    for (int i = 0; i < dim; i++) {
+        if (!isfinite(v[i]))
+            return emb_fail(err, "vector element %d is not a finite number", i);
+        sum += (double)v[i] * v[i];
+    }
+    if (sum == 0)
+        return emb_fail(err, "vector is all zeros");
+    double inv = 1.0 / sqrt(sum);
+    for (int i = 0; i < dim; i++)
+        out[i] = (float)(v[i] * inv);
+    return 0;
+}
+
+/* ---- the id table: open addressing, linear probing ----------------------- */
+
+/* Slot holding id, or the empty slot where it would go; *row = -1 then. */
+static uint64_t table_probe(const store *s, const store_id *id, uint64_t hash, long *row)
+{
+    uint64_t i = hash & s->mask;
+    for (;;) {
+        uint32_t v = s->slots[i];
+        if (v == 0) {
+            *row = -1;
+            return i;
+        }
+        if (row_has_id(&s->rows[v - 1], hash, id)) {
+            *row = (long)v - 1;
+            return i;
+        }
+        i = (i + 1) & s->mask;
+    }
+}
+
+long store_find(const store *s, const store_id *id)
+{
+    long row;
+    table_probe(s, id, store_id_hash(id), &row);
+    return row;
+}
+
+static void table_put(store *s, uint64_t hash, long row)
+{
+    uint64_t i = hash & s->mask;
+    while (s->slots[i] != 0)
+        i = (i + 1) & s->mask;
+    s->slots[i] = (uint32_t)row + 1;
+}
+
+/* Empties slot i, shifting later entries of the run back (no tombstones). */
+static void table_remove_slot(store *s, uint64_t i)
+{
+    uint64_t j = i;
+    for (;;) {
+        j = (j + 1) & s->mask;
+        uint32_t v = s->slots[j];
+        if (v == 0)
+            break;
+        uint64_t home = s->rows[v - 1].hash & s->mask;
+        int stays = (i <= j) ? (i < home && home <= j) : (i < home || home <= j);
+        if (stays)
+            continue;
+        s->slots[i] = v;
+        i = j;
+    }
+    s->slots[i] = 0;
+}
+
+/* Slot that points at row (the row's id is in the table). */
+static uint64_t table_slot_of(const store *s, long row)
+{
+    uint64_t i = s->rows[row].hash & s->mask;
+    while (s->slots[i] != (uint32_t)row + 1)
+        i = (i + 1) & s->mask;
+    return i;
+}
+
+static int table_resize(store *s, uint64_t size, emb_err *err)
+{
+    uint32_t *slots = calloc(size, sizeof *slots);
+    if (slots == NULL)
+        return emb_fail(err, "out of memory for an id table of %llu slots",
+                        (unsigned long long)size);
+    free(s->slots);
+    s->slots = slots;
+    s->mask = size - 1;
+    for (long r = 0; r < s->count; r++)
+        table_put(s, s->rows[r].hash, r);
+    return 0;
+}
+
+/* ---- rows ------------------------------------------------------------------ */
+
+/* Counts a payload's fields and the bytes of their strings. */
+static void fields_measure(const cJSON *obj, uint32_t *n, size_t *bytes)
+{
+    const cJSON *m;
+    cJSON_ArrayForEach(m, obj) {
+        size_t key = strlen(m->string) + 1;
+        if (cJSON_IsArray(m)) {
+            const cJSON *el;
+            cJSON_ArrayForEach(el, m) {
+                if (cJSON_IsString(el) || cJSON_IsNumber(el) || cJSON_IsBool(el)) {
+                    (*n)++;
+                    *bytes += key + (cJSON_IsString(el) ? strlen(el->valuestring) + 1 : 0);
+                }
+            }
+        } else if (cJSON_IsString(m) || cJSON_IsNumber(m) || cJSON_IsBool(m)) {
+            (*n)++;
+            *bytes += key + (cJSON_IsString(m) ? strlen(m->valuestring) + 1 : 0);
+        }
+    }
+}
+
+/* Copies s (n bytes) and a NUL to *at; returns the copy. */
+static char *put_string(char **at, const char *s, size_t n)
+{
+    char *p = *at;
+    if (n > 0)
+        memcpy(p, s, n);
+    p[n] = '\0';
+    *at = p + n + 1;
+    return p;
+}
+
+static void field_fill(store_field *f, const char *key, const cJSON *v, char **at)
+{
+    memset(f, 0, sizeof *f);
+    f->key_len = (uint32_t)strlen(key);
+    f->key = put_string(at, key, f->key_len);
+    if (cJSON_IsString(v)) {
+        f->type = FIELD_STR;
+        f->str_len = (uint32_t)strlen(v->valuestring);
+        f->str = put_string(at, v->valuestring, f->str_len);
+    } else if (cJSON_IsNumber(v)) {
+        f->type = FIELD_NUM;
+        f->num = v->valuedouble;
+    } else {
+        f->type = FIELD_BOOL;
+        f->num = cJSON_IsTrue(v) ? 1 : 0;
+    }
+}
+
+static void fields_fill(const cJSON *obj, store_field *fields, char **at)
+{
+    uint32_t k = 0;
+    const cJSON *m;
+    cJSON_ArrayForEach(m, obj) {
+        if (cJSON_IsArray(m)) {
+            const cJSON *el;
+            cJSON_ArrayForEach(el, m) {
+                if (cJSON_IsString(el) || cJSON_IsNumber(el) || cJSON_IsBool(el))
+                    field_fill(&fields[k++], m->string, el, at);
+            }
+        } else if (cJSON_IsString(m) || cJSON_IsNumber(m) || cJSON_IsBool(m)) {
+            field_fill(&fields[k++], m->string, m, at);
+        }
+    }
+}
+
+static int is_json_space(char c)
+{
+    return c == ' ' || c == '\t' || c == '\r' || c == '\n';
+}
+
+/* Parses a payload that must be exactly one JSON object. */
+static cJSON *payload_parse(const char *payload, size_t len, emb_err *err)
+{
+    const char *end = NULL;
+    cJSON *obj = cJSON_ParseWithLengthOpts(payload, len, &end, 0);
+    if (obj == NULL) {
+        emb_fail(err, "payload is not valid JSON");
+        return NULL;
+    }
+    while (end != NULL && end < payload + len && is_json_space(*end))
+        end++;
+    if (!cJSON_IsObject(obj) || end != payload + len) {
+        cJSON_Delete(obj);
+        emb_fail(err, "payload must be one JSON object");
+        return NULL;
+    }
+    return obj;
+}
+
+void store_row_free(store_row *r)
+{
+    free(r->blob);
+    r->blob = NULL;
+}
+
+int store_row_prepare(const store_id *id, int32_t version, const char *text, size_t text_len,
+                      const char *payload, size_t payload_len, store_row *out, emb_err *err)
+{
+    memset(out, 0, sizeof *out);
+    if (id_check(id, err) != 0)
+        return 1;
+    if (text != NULL && text_len > STORE_MAX_TEXT) {
+        emb_fail(err, "text of %zu bytes is over the limit of %d", text_len, STORE_MAX_TEXT);
+        return 1;
+    }
+    if (payload != NULL && payload_len > STORE_MAX_PAYLOAD) {
+        emb_fail(err, "payload of %zu bytes is over the limit of %d", payload_len,
+                 STORE_MAX_PAYLOAD);
+        return 1;
+    }
+    int result = -1;
+    cJSON *obj = NULL;
+    uint32_t n_fields = 0;
+    size_t field_bytes = 0;
+    if (payload != NULL) {
+        obj = payload_parse(payload, payload_len, err);
+        if (obj == NULL) {
+            result = 1;
+            goto out;
+        }
+        fields_measure(obj, &n_fields, &field_bytes);
+    }
+    size_t id_bytes = id->kind == STORE_ID_STR ? id->len + 1 : 0;
+    size_t size = sizeof(store_field) * n_fields + id_bytes + (text ? text_len + 1 : 0) +
+                  (payload ? payload_len + 1 : 0) + field_bytes;
+    out->blob = malloc(size > 0 ? size : 1);
+    if (out->blob == NULL) {
+        emb_fail(err, "out of memory");
+        goto out;
+    }
+    store_field *fields = out->blob;
+    char *at = (char *)(fields + n_fields);
+    out->id_kind = (uint32_t)id->kind;
+    out->id_num = id->kind == STORE_ID_NUM ? id->num : 0;
+    if (id->kind == STORE_ID_STR) {
+        out->id_len = (uint32_t)id->len;
+        out->id_str = put_string(&at, id->str, id->len);
+    }
+    out->hash = store_id_hash(id);
+    out->version = version;
+    if (text != NULL) {
+        out->text_len = (uint32_t)text_len;
+        out->text = put_string(&at, text, text_len);
+    }
+    if (payload != NULL) {
+        out->payload_len = (uint32_t)payload_len;
+        out->payload = put_string(&at, payload, payload_len);
+        fields_fill(obj, fields, &at);
+        out->fields = fields;
+        out->n_fields = n_fields;
+    }
+    result = 0;
+out:
+    cJSON_Delete(obj);
+    return result;
+}
+
+int store_reserve(store *s, long extra, emb_err *err)
+{
+    long need = s->count + extra;
+    if (need > s->max_items)
+        return emb_fail(err, "the store is full: %ld items, max_items is %ld", s->count,
+                        s->max_items);
+    if (need > s->cap) {
+        long cap = s->cap < 1024 ? 1024 : s->cap * 2;
+        while (cap < need)
+            cap *= 2;
+        if (cap > s->max_items)
+            cap = s->max_items;
+        float *m = realloc(s->matrix, sizeof(float) * (size_t)cap * (size_t)s->dim);
+        if (m == NULL)
+            return emb_fail(err, "out of memory for %ld vectors", cap);
+        s->matrix = m;
+        store_row *rows = realloc(s->rows, sizeof(store_row) * (size_t)cap);
+        if (rows == NULL)
+            return emb_fail(err, "out of memory for %ld rows", cap);
+        s->rows = rows;
+        s->cap = cap;
+    }
+    /* Keep the table at most half full. */
+    uint64_t size = s->mask + 1;
+    if ((uint64_t)need * 2 > size) {
+        while ((uint64_t)need * 2 > size)
+            size *= 2;
+        if (table_resize(s, size, err) != 0)
+            return -1;
+    }
+    return 0;
+}
+
+void store_apply_upsert(store *s, store_row *rows, const float *vecs, int n, void **old_blobs)
+{
+    const size_t row_bytes = sizeof(float) * (size_t)s->dim;
+    for (int i = 0; i < n; i++) {
+        store_id id = store_row_id(&rows[i]);
+        long row;
+        uint64_t slot = table_probe(s, &id, rows[i].hash, &row);
+        old_blobs[i] = NULL;
+        if (row >= 0) {
+            old_blobs[i] = s->rows[row].blob;
+        } else {
+            row = s->count++;
+            s->slots[slot] = (uint32_t)row + 1;
+        }
+        s->rows[row] = rows[i];
+        memcpy(s->matrix + (size_t)row * s->dim, vecs + (size_t)i * s->dim, row_bytes);
+        rows[i].blob = NULL;   /* the store owns it now */
+    }
+}
+
+/* Removes one row: its slot is emptied and the last row moves into the hole. */
+static void row_remove(store *s, long row, uint64_t slot)
+{
+    table_remove_slot(s, slot);
+    free(s->rows[row].blob);
+    long last = s->count - 1;
+    if (row != last) {
+        uint64_t last_slot = table_slot_of(s, last);
+        s->rows[row] = s->rows[last];
+        memcpy(s->matrix + (size_t)row * s->dim, s->matrix + (size_t)last * s->dim,
+               sizeof(float) * (size_t)s->dim);
+        s->slots[last_slot] = (uint32_t)row + 1;
+    }
+    s->count--;
+}
+
+int store_apply_delete(store *s, const store_id *ids, int n)
+{
+    int deleted = 0;
+    for (int i = 0; i < n; i++) {
+        long row;
+        uint64_t slot = table_probe(s, &ids[i], store_id_hash(&ids[i]), &row);
+        if (row < 0)
+            continue;
+        row_remove(s, row, slot);
+        deleted++;
+    }
+    return deleted;
+}
+
+void store_set_error(store *s, const char *msg)
+{
+    pthread_mutex_lock(&s->stat_lock);
+    snprintf(s->last_error, sizeof s->last_error, "%s", msg);
+    pthread_mutex_unlock(&s->stat_lock);
+}
+
+/* ---- open and close ---------------------------------------------------------- */
+
+static void store_free(store *s)
+{
+    if (s == NULL)
+        return;
+    wal_close(s->wal);
+    for (long r = 0; r < s->count; r++)
+        free(s->rows[r].blob);
+    free(s->rows);
+    free(s->matrix);
+    free(s->slots);
+    if (s->lock_fd >= 0)
+        close(s->lock_fd);
+    if (s->dir_fd >= 0)
+        close(s->dir_fd);
+    free(s->dir);
+    pthread_rwlock_destroy(&s->rw);
+    pthread_mutex_destroy(&s->snap_lock);
+    pthread_mutex_destroy(&s->stat_lock);
+    free(s);
+}
+
+/* Creates (one level) and locks the data directory; removes leftovers of
+ * an interrupted snapshot or log rotation. */
+static int dir_open(store *s, const char *dir, emb_err *err)
+{
+    s->dir = strdup(dir);
+    if (s->dir == NULL)
+        return emb_fail(err, "out of memory");
+    if (mkdir(dir, 0755) != 0 && errno != EEXIST)
+        return emb_fail(err, "cannot create data directory %s: %s", dir, strerror(errno));
+    s->dir_fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (s->dir_fd < 0)
+        return emb_fail(err, "cannot open data directory %s: %s", dir, strerror(errno));
+    s->lock_fd = openat(s->dir_fd, "lock", O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (s->lock_fd < 0)
+        return emb_fail(err, "%s/lock: %s", dir, strerror(errno));
+    if (flock(s->lock_fd, LOCK_EX | LOCK_NB) != 0)
+        return emb_fail(err, "data directory %s is in use by another store (%s)", dir,
+                        strerror(errno));
+    unlinkat(s->dir_fd, "snapshot.tmp", 0);
+    unlinkat(s->dir_fd, "wal.tmp", 0);
+    return 0;
+}
+
+static int locks_init(store *s)
+{
+    pthread_rwlockattr_t attr;
+    if (pthread_rwlockattr_init(&attr) != 0)
+        return -1;
+    /* Searches are frequent; without this, writers could starve. */
+    pthread_rwlockattr_setkind_np(&attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+    int rc = pthread_rwlock_init(&s->rw, &attr);
+    pthread_rwlockattr_destroy(&attr);
+    pthread_mutex_init(&s->snap_lock, NULL);
+    pthread_mutex_init(&s->stat_lock, NULL);
+    return rc;
+}
+
+store *store_open(const store_options *opt, store_recovery *rec, emb_err *err)
+{
+    store_recovery local;
+    if (rec == NULL)
+        rec = &local;
+    memset(rec, 0, sizeof *rec);
+    if (opt->dim < 1 || opt->dim > STORE_MAX_DIM) {
+        emb_fail(err, "dimension %d is out of range (1..%d)", opt->dim, STORE_MAX_DIM);
+        return NULL;
+    }
+    store *s = calloc(1, sizeof *s);
+    if (s == NULL) {
+        emb_fail(err, "out of memory");
+        return NULL;
+    }
+    s->dir_fd = -1;
+    s->lock_fd = -1;
+    s->dim = opt->dim;
+    s->max_items = opt->max_items > 0 ? opt->max_items : STORE_DEFAULT_MAX_ITEMS;
+    if (s->max_items > (long)UINT32_MAX - 1)
+        s->max_items = (long)UINT32_MAX - 1;
+    s->snapshot_wal_bytes = opt->snapshot_wal_bytes;
+    if (locks_init(s) != 0) {
+        emb_fail(err, "cannot create the store's lock");
+        free(s);
+        return NULL;
+    }
+    if (table_resize(s, 1024, err) != 0)
+        goto fail;
+    if (opt->dir == NULL)
+        return s;
+    if (dir_open(s, opt->dir, err) != 0)
+        goto fail;
+    if (store_snapshot_load(s, rec, err) != 0)
+        goto fail;
+    wal_recovery wr;
+    s->wal = wal_open(s->dir, s->dir_fd, (uint32_t)s->dim, rec->snapshot_seq,
+                      store_replay_record, s, &wr, err);
+    if (s->wal == NULL)
+        goto fail;
+    s->seq = wr.last_seq;
+    rec->wal_records = wr.records;
+    rec->wal_skipped = wr.skipped;
+    rec->truncated_bytes = wr.truncated_bytes;
+    snprintf(rec->message, sizeof rec->message, "%s", wr.message);
+    return s;
+fail:
+    store_free(s);
+    return NULL;
+}
+
+void store_close(store *s)
+{
+    store_free(s);
+}
+
+/* ---- writes ----------------------------------------------------------------- */
+
+static int snapshot_locked(store *s, emb_err *err)
+{
+    pthread_rwlock_rdlock(&s->rw);
+    int rc = store_snapshot_write(s, err);
+    if (rc == 0)
+        rc = wal_rotate(s->wal, s->seq, err);
+    pthread_rwlock_unlock(&s->rw);
+    if (rc == 0) {
+        pthread_mutex_lock(&s->stat_lock);
+        s->n_snapshots++;
+        pthread_mutex_unlock(&s->stat_lock);
+    }
+    return rc;
+}
+
+int store_snapshot(store *s, emb_err *err)
+{
+    if (s->wal == NULL)
+        return emb_fail(err, "the store is in memory only: there is nothing to snapshot to");
+    pthread_mutex_lock(&s->snap_lock);
+    int rc = snapshot_locked(s, err);
+    pthread_mutex_unlock(&s->snap_lock);
+    if (rc != 0)
+        store_set_error(s, err->msg);
+    return rc;
+}
+
+/* After a durable write: snapshot when the log has grown past the limit and
+ * no other snapshot runs. A failure is kept for the stats, not returned:
+ * the write itself succeeded. */
+static void snapshot_if_due(store *s)
+{
+    if (s->wal == NULL || s->snapshot_wal_bytes == 0)
+        return;
+    wal_stats ws;
+    wal_get_stats(s->wal, &ws);
+    if (ws.bytes <= s->snapshot_wal_bytes)
+        return;
+    if (pthread_mutex_trylock(&s->snap_lock) != 0)
+        return;
+    wal_get_stats(s->wal, &ws);
+    if (ws.bytes > s->snapshot_wal_bytes) {
+        emb_err e = {{0}};
+        if (snapshot_locked(s, &e) != 0)
+            store_set_error(s, e.msg);
+    }
+    pthread_mutex_unlock(&s->snap_lock);
+}
+
+int store_item_check(const store *s, const store_item *it, emb_err *err)
+{
+    if (it->vector == NULL || it->vector_dim != s->dim)
+        return emb_fail(err, "vector has %d dimensions, the store has %d",
+                        it->vector == NULL ? 0 : it->vector_dim, s->dim);
+    double sum = 0;
+    for (int i = 0; i < s->dim; i++) {
+        if (!isfinite(it->vector[i]))
+            return emb_fail(err, "vector element %d is not a finite number", i);
+        sum += (double)it->vector[i] * it->vector[i];
+    }
+    if (sum == 0)
+        return emb_fail(err, "vector is all zeros");
+    store_row row;
+    if (store_row_prepare(&it->id, it->model_version, it->text, it->text_len, it->payload,
+                          it->payload_len, &row, err) != 0)
+        return -1;
+    store_row_free(&row);
+    return 0;
+}
+
+/* Validates and copies a batch outside any lock. */
+static int upsert_prepare(const store *s, const store_item *items, int n, store_row *rows,
+                          float *vecs, emb_err *err)
+{
+    for (int i = 0; i < n; i++) {
+        const store_item *it = &items[i];
+        if (it->vector == NULL || it->vector_dim != s->dim)
+            return emb_fail(err, "item %d: vector has %d dimensions, the store has %d", i,
+                            it->vector == NULL ? 0 : it->vector_dim, s->dim);
+        emb_err e;
+        if (store_normalise(it->vector, vecs + (size_t)i * s->dim, s->dim, &e) != 0)
+            return emb_fail(err, "item %d: %s", i, e.msg);
+        if (store_row_prepare(&it->id, it->model_version, it->text, it->text_len, it->payload,
+                              it->payload_len, &rows[i], &e) != 0)
+            return emb_fail(err, "item %d: %s", i, e.msg);
+    }
+    return 0;
+}
+
+long store_count_new(const store *s, const store_row *rows, int n)
+{
+    long n_new = 0;
+    for (int i = 0; i < n; i++) {
+        store_id id = store_row_id(&rows[i]);
+        long row;
+        table_probe(s, &id, rows[i].hash, &row);
+        if (row < 0)
+            n_new++;
+    }
+    return n_new;
+}
+
+int store_upsert(store *s, const store_item *items, int n, emb_err *err)
+{
+    if (n < 1 || n > STORE_MAX_BATCH)
+        return emb_fail(err, "an upsert takes 1 to %d items, not %d", STORE_MAX_BATCH, n);
+    int result = -1;
+    strbuf rec;
+    sb_init(&rec, STORE_MAX_RECORD_BYTES);
+    store_row *rows = calloc((size_t)n, sizeof *rows);
+    void **old = calloc((size_t)n, sizeof *old);
+    float *vecs = malloc(sizeof(float) * (size_t)n * (size_t)s->dim);
+    if (rows == NULL || old == NULL || vecs == NULL) {
+        emb_fail(err, "out of memory for a batch of %d items", n);
+        goto out;
+    }
+    if (upsert_prepare(s, items, n, rows, vecs, err) != 0)
+        goto out;
+    if (s->wal != NULL && store_encode_upsert(&rec, rows, vecs, n, s->dim) != 0) {
+        emb_fail(err, "the batch is over %u bytes encoded; send fewer items",
+                 STORE_MAX_RECORD_BYTES);
+        goto out;
+    }
+    uint64_t seq = 0;
+    pthread_rwlock_wrlock(&s->rw);
+    if (store_reserve(s, store_count_new(s, rows, n), err) != 0) {
+        pthread_rwlock_unlock(&s->rw);
+        goto out;
+    }
+    if (s->wal != NULL && wal_append(s->wal, rec.buf, rec.len, &seq, err) != 0) {
+        pthread_rwlock_unlock(&s->rw);
+        goto out;
+    }
+    if (s->wal == NULL)
+        seq = s->seq + 1;
+    store_apply_upsert(s, rows, vecs, n, old);
+    s->seq = seq;
+    pthread_rwlock_unlock(&s->rw);
+    if (s->wal != NULL && wal_sync(s->wal, seq, err) != 0)
+        goto out;
+    result = 0;
+    snapshot_if_due(s);
+out:
+    for (int i = 0; rows != NULL && i < n; i++)
+        store_row_free(&rows[i]);
+    for (int i = 0; old != NULL && i < n; i++)
+        free(old[i]);
+    free(rows);
+    free(old);
+    free(vecs);
+    sb_free(&rec);
+    return result;
+}
+
+static int any_exists(const store *s, const store_id *ids, int n)
+{
+    for (int i = 0; i < n; i++) {
+        if (store_find(s, &ids[i]) >= 0)
+            return 1;
+    }
+    return 0;
+}
+
+int store_delete(store *s, const store_id *ids, int n, int *n_deleted, emb_err *err)
+{
+    if (n_deleted != NULL)
+        *n_deleted = 0;
+    if (n < 0 || n > STORE_MAX_BATCH)
+        return emb_fail(err, "a delete takes 0 to %d ids, not %d", STORE_MAX_BATCH, n);
+    for (int i = 0; i < n; i++) {
+        emb_err e;
+        if (id_check(&ids[i], &e) != 0)
+            return emb_fail(err, "id %d: %s", i, e.msg);
+    }
+    int result = -1;
+    strbuf rec;
+    sb_init(&rec, STORE_MAX_RECORD_BYTES);
+    if (s->wal != NULL) {
+        store_encode_delete(&rec, ids, n);
+        if (rec.failed) {
+            emb_fail(err, "out of memory for a delete of %d ids", n);
+            goto out;
+        }
+    }
+    pthread_rwlock_wrlock(&s->rw);
+    if (!any_exists(s, ids, n)) {
+        /* Nothing to log; there may still be an earlier, unsynced delete of
+         * these ids, so wait for the log to catch up with what we saw. */
+        uint64_t seen = s->seq;
+        pthread_rwlock_unlock(&s->rw);
+        if (s->wal != NULL && wal_sync(s->wal, seen, err) != 0)
+            goto out;
+        result = 0;
+        goto out;
+    }
+    uint64_t seq = 0;
+    if (s->wal != NULL && wal_append(s->wal, rec.buf, rec.len, &seq, err) != 0) {
+        pthread_rwlock_unlock(&s->rw);
+        goto out;
+    }
+    if (s->wal == NULL)
+        seq = s->seq + 1;
+    int deleted = store_apply_delete(s, ids, n);
+    s->seq = seq;
+    pthread_rwlock_unlock(&s->rw);
+    if (s->wal != NULL && wal_sync(s->wal, seq, err) != 0)
+        goto out;
+    if (n_deleted != NULL)
+        *n_deleted = deleted;
+    result = 0;
+    snapshot_if_due(s);
+out:
+    sb_free(&rec);
+    return result;
+}
+
+/* ---- reads -------------------------------------------------------------------- */
+
+int store_get(store *s, const store_id *id, store_record *out, emb_err *err)
+{
+    memset(out, 0, sizeof *out);
+    if (id_check(id, err) != 0)
+        return -1;
+    int result = -1;
+    pthread_rwlock_rdlock(&s->rw);
+    long row = store_find(s, id);
+    if (row < 0) {
+        result = 0;
+        goto out;
+    }
+    const store_row *r = &s->rows[row];
+    size_t vec_bytes = sizeof(float) * (size_t)s->dim;
+    size_t size = vec_bytes + r->id_len + 1 + r->text_len + 1 + r->payload_len + 1;
+    void *mem = malloc(size);
+    if (mem == NULL) {
+        emb_fail(err, "out of memory");
+        goto out;
+    }
+    out->mem = mem;
+    out->vector = mem;         /* the vector first: malloc's alignment */
+    memcpy(out->vector, s->matrix + (size_t)row * s->dim, vec_bytes);
+    char *at = (char *)mem + vec_bytes;
+    out->id = store_row_id(r);
+    if (r->id_kind == STORE_ID_STR)
+        out->id.str = put_string(&at, r->id_str, r->id_len);
+    if (r->text != NULL) {
+        out->text_len = r->text_len;
+        out->text = put_string(&at, r->text, r->text_len);
+    }
+    if (r->payload != NULL) {
+        out->payload_len = r->payload_len;
+        out->payload = put_string(&at, r->payload, r->payload_len);
+    }
+    out->model_version = r->version;
+    result = 1;
+out:
+    pthread_rwlock_unlock(&s->rw);
+    return result;
+}
+
+void store_record_free(store_record *r)
+{
+    free(r->mem);
+    memset(r, 0, sizeof *r);
+}
+
+long store_count(store *s)
+{
+    pthread_rwlock_rdlock(&s->rw);
+    long n = s->count;
+    pthread_rwlock_unlock(&s->rw);
+    return n;
+}
+
+int store_dim(const store *s)
+{
+    return s->dim;
+}
+
+void store_get_stats(store *s, store_stats *out)
+{
+    memset(out, 0, sizeof *out);
+    pthread_rwlock_rdlock(&s->rw);
+    out->count = s->count;
+    out->seq = s->seq;
+    pthread_rwlock_unlock(&s->rw);
+    out->dim = s->dim;
+    out->memory_only = s->wal == NULL;
+    if (s->wal != NULL) {
+        wal_stats ws;
+        wal_get_stats(s->wal, &ws);
+        out->wal_bytes = ws.bytes;
+        out->wal_records = ws.records;
+        out->wal_syncs = ws.syncs;
+        out->failed = ws.failed;
+    }
+    pthread_mutex_lock(&s->stat_lock);
+    out->snapshots = s->n_snapshots;
+    snprintf(out->last_error, sizeof out->last_error, "%s", s->last_error);
+    pthread_mutex_unlock(&s->stat_lock);
+}

@@ -1,0 +1,260 @@
+/* store.h: the item store: vectors with ids, texts and payloads, exact
+ * cosine search with BLAS, and crash-safe persistence (snapshot + WAL).
+ *
+ * Items
+ *   An id is a uint64 or a string: two kinds, so 7 and "7" are different
+ *   items. Each item has a vector of the store's dimension, kept
+ *   L2-normalised (scores are cosine similarities, in [-1, 1]), an optional
+ *   text (kept so a later model can re-embed it), an optional payload (a JSON
+ *   object, for filters and for the caller), and the model version that made
+ *   the vector. Upserting an existing id replaces all of it.
+ *
+ * Memory layout
+ *   matrix   (cap_rows, dim) floats; rows 0..count-1 are live, one per item
+ *   rows     (cap_rows) metadata: id, text, payload, the payload's top-level
+ *            scalar fields (for filters), model version; one heap block each
+ *   table    open addressing, linear probing: slot -> row + 1 (0 = empty)
+ *   Deleting a row moves the last row into the hole, so the matrix stays
+ *   dense and one sgemv/sgemm scores every item.
+ *
+ * Files under the data directory (little-endian)
+ *   lock        flock'd while a store has the directory open
+ *   wal         write-ahead log, see wal.h for its framing. Record payloads:
+ *                 u8 op (1 upsert, 2 delete), u32 n, then n items (upsert) or
+ *                 n ids (delete)
+ *   snapshot    the whole state at one seq:
+ *                 0   u8[8]  magic "EMBDSNAP"
+ *                 8   u32    format version (STORE_SNAPSHOT_VERSION)
+ *                 12  u32    dim
+ *                 16  u64    seq: the last WAL record it holds
+ *                 24  u64    count
+ *                 32  u32    reserved, 0
+ *                 36  u32    CRC-32C of bytes 0..35
+ *                 40  count items
+ *                 ... u32    CRC-32C of every byte before it
+ *   id          u8 kind (1 number, 2 string), then u64 number, or u16 len and
+ *               len bytes
+ *   item        id, i32 model version, u8 flags (1 text, 2 payload),
+ *               [u32 len, text bytes], [u32 len, payload JSON bytes],
+ *               dim f32 (normalised)
+ *   snapshot.tmp, wal.tmp   being written; removed at open
+ *
+ * Durability and recovery
+ *   An upsert or delete is encoded as one WAL record, appended and applied
+ *   under the write lock (so log order is apply order), then waits for the
+ *   group-commit fsync; it returns only when its record is on disk. Readers
+ *   may see a write a moment before it is durable (as in Redis's AOF); no
+ *   write is acknowledged before it is.
+ *   A snapshot writes snapshot.tmp under the read lock, fsyncs it, renames
+ *   it to snapshot, fsyncs the directory, then starts a new WAL. Writers
+ *   wait meanwhile, and since the lock prefers writers, so do searches that
+ *   arrive after a waiting writer (100k x 384 takes about 0.3 s here).
+ *   A crash between the rename and the new WAL leaves an old WAL beside a
+ *   newer snapshot: its records carry seqs, the snapshot its seq, and
+ *   recovery skips the records the snapshot already holds.
+ *   Open loads the snapshot (its checksum must match, or open fails: a
+ *   renamed snapshot is never torn, so a bad one is damage, not a crash),
+ *   then replays the WAL; a torn or corrupt WAL tail is cut off and
+ *   reported in store_recovery, never fatal.
+ *
+ * Design (threads)
+ *   - Any thread may call any function except store_close. The store owns
+ *     all item memory; results are copies the caller frees.
+ *   - Errors are values (emb_err); nothing here prints or exits.
+ *   - `rw`, a writer-preferring rwlock, guards the matrix, rows, table and
+ *     seq. store_get and store_search hold it shared (several searches run
+ *     at once, each calling BLAS on the caller's thread); upsert and delete
+ *     hold it exclusively while they append to the WAL and apply, but not
+ *     while they wait for the fsync (wal.h: group commit). Validation,
+ *     copying and encoding happen before the lock is taken.
+ *   - Snapshots are serialised by `snap_lock` and hold `rw` shared. The
+ *     writer whose record pushes the WAL past snapshot_wal_bytes writes the
+ *     snapshot itself, after its own record is durable, if no other
+ *     snapshot runs.
+ *   - After a WAL write or fsync fails, the store refuses further writes
+ *     (reads go on); the state on disk is whatever was acknowledged.
+ *   - Shutdown: the caller stops all other calls, then store_close closes
+ *     the WAL (every acknowledged record is already on disk) and unlocks the
+ *     directory. It does not snapshot; call store_snapshot first for a fast
+ *     restart.
+ */
+#ifndef EMBEDD_STORE_H
+#define EMBEDD_STORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cjson/cJSON.h>
+
+#include "error.h"
+
+/* Hard caps; past them a call fails with a message. */
+#define STORE_MAX_DIM 16384
+#define STORE_MAX_ID_LEN 256               /* bytes of a string id */
+#define STORE_MAX_JSON_ID 9007199254740992.0 /* 2^53: larger numbers lose digits in JSON */
+#define STORE_MAX_TEXT (1 << 20)           /* bytes of an item's text */
+#define STORE_MAX_PAYLOAD (64 << 10)       /* bytes of a payload's JSON */
+#define STORE_MAX_BATCH 4096               /* items or ids per upsert/delete */
+#define STORE_MAX_RECORD_BYTES (64u << 20) /* one upsert batch, encoded */
+#define STORE_MAX_RESULTS 10000            /* offset + limit */
+#define STORE_MAX_QUERIES 1024             /* queries per store_search_batch */
+#define STORE_MAX_CONDITIONS 64            /* per must / must_not list */
+#define STORE_DEFAULT_MAX_ITEMS 10000000
+#define STORE_SNAPSHOT_VERSION 1
+
+typedef enum store_id_kind {
+    STORE_ID_NUM = 1,
+    STORE_ID_STR = 2,
+} store_id_kind;
+
+typedef struct store_id {
+    store_id_kind kind;
+    uint64_t num;              /* STORE_ID_NUM */
+    const char *str;           /* STORE_ID_STR: 1..STORE_MAX_ID_LEN bytes, no NUL inside */
+    size_t len;
+} store_id;
+
+static inline store_id store_id_num(uint64_t num)
+{
+    store_id id = {.kind = STORE_ID_NUM, .num = num};
+    return id;
+}
+
+/* s must be NUL-terminated and outlive the id. */
+store_id store_id_str(const char *s);
+/* A JSON id: a string, or an integer in [0, 2^53]. The id borrows the
+ * cJSON string. */
+int store_id_from_json(const cJSON *json, store_id *id, emb_err *err);
+
+/* One item to upsert; everything is borrowed for the call. */
+typedef struct store_item {
+    store_id id;
+    const float *vector;       /* (vector_dim); normalised by the store; finite, not all zero */
+    int vector_dim;            /* must equal the store's dim */
+    const char *text;          /* NULL: none */
+    size_t text_len;
+    const char *payload;       /* JSON object text; NULL: none */
+    size_t payload_len;
+    int model_version;
+} store_item;
+
+/* An item copied out by store_get; free with store_record_free. */
+typedef struct store_record {
+    store_id id;               /* a string id points into mem */
+    float *vector;             /* (dim), normalised */
+    char *text;                /* NUL-terminated; NULL: none */
+    size_t text_len;
+    char *payload;             /* NUL-terminated JSON object; NULL: none */
+    size_t payload_len;
+    int model_version;
+    void *mem;                 /* owns all of the above */
+} store_record;
+
+/* A compiled filter: {"must": [cond...], "must_not": [cond...]}, where a
+ * cond is {"key": k, "match": {"value": v}} and v a string, number or bool.
+ * A cond holds when the payload's top-level key k equals v (or, for an
+ * array, one of its elements does); numbers compare as doubles; a payload
+ * without k, or an item without a payload, does not match. */
+typedef struct store_filter store_filter;
+
+/* NULL with err naming the problem (for a 422) when the JSON is not a
+ * filter of that shape. A JSON null compiles to NULL without an error:
+ * check err->msg[0], or pass only objects. */
+store_filter *store_filter_compile(const cJSON *json, emb_err *err);
+void store_filter_free(store_filter *f);
+
+typedef struct store_query {
+    const float *vector;       /* (vector_dim); normalised by the store */
+    int vector_dim;            /* must equal the store's dim */
+    int limit;                 /* >= 1 */
+    int offset;                /* >= 0; offset + limit <= STORE_MAX_RESULTS */
+    float score_threshold;     /* keep scores >= it; -INFINITY keeps all */
+    const store_filter *filter; /* NULL: every item */
+    int with_payload;
+    int with_vector;
+} store_query;
+
+/* limit 10, offset 0, no threshold, no filter, payload, no vector. */
+void store_query_init(store_query *q, const float *vector, int vector_dim);
+
+typedef struct store_hit {
+    store_id id;               /* a string id points into the result */
+    float score;               /* cosine similarity */
+    int model_version;
+    const char *payload;       /* with_payload and the item has one; NUL-terminated */
+    const float *vector;       /* with_vector: (dim) */
+} store_hit;
+
+/* Best first: score descending, ties in row order. */
+typedef struct store_result {
+    int n;
+    store_hit *hits;           /* (n) */
+    void *mem;                 /* owns hits and what they point to */
+} store_result;
+
+void store_result_free(store_result *r);
+
+typedef struct store_options {
+    const char *dir;           /* data directory (created if missing); NULL: memory only */
+    int dim;                   /* 1..STORE_MAX_DIM */
+    long max_items;            /* 0: STORE_DEFAULT_MAX_ITEMS */
+    uint64_t snapshot_wal_bytes; /* snapshot when the WAL grows past it; 0: never */
+} store_options;
+
+/* What open found and did; log message when truncated_bytes > 0. */
+typedef struct store_recovery {
+    uint64_t snapshot_items;
+    uint64_t snapshot_seq;
+    uint64_t wal_records;      /* replayed */
+    uint64_t wal_skipped;      /* older than the snapshot */
+    uint64_t truncated_bytes;  /* torn WAL tail cut off */
+    char message[512];
+} store_recovery;
+
+typedef struct store_stats {
+    long count;
+    int dim;
+    int memory_only;
+    uint64_t seq;              /* last applied write */
+    uint64_t wal_bytes;
+    uint64_t wal_records;      /* appended since open */
+    uint64_t wal_syncs;        /* fdatasync calls since open: records / syncs = group size */
+    uint64_t snapshots;        /* written since open */
+    int failed;                /* writes refused after an I/O error */
+    char last_error[512];      /* last snapshot or I/O failure, "" when none */
+} store_stats;
+
+typedef struct store store;
+
+/* Opens (and with a dir, recovers) a store. rec may be NULL. */
+store *store_open(const store_options *opt, store_recovery *rec, emb_err *err);
+void store_close(store *s);
+
+/* 0 when store_upsert would accept the item; otherwise the message is about
+ * the input (for a 422), so a later store_upsert failure is the server's
+ * (I/O, memory, max_items). */
+int store_item_check(const store *s, const store_item *it, emb_err *err);
+/* Upserts n items, all or none; returns when durable. */
+int store_upsert(store *s, const store_item *items, int n, emb_err *err);
+/* Deletes n ids; *n_deleted (may be NULL) gets how many existed. Durable on
+ * return. */
+int store_delete(store *s, const store_id *ids, int n, int *n_deleted, emb_err *err);
+/* 1 and a copy in *out when found, 0 when not, -1 on error. */
+int store_get(store *s, const store_id *id, store_record *out, emb_err *err);
+void store_record_free(store_record *r);
+long store_count(store *s);
+int store_dim(const store *s);
+
+/* 0 when q is valid for this store (the vector is checked too). */
+int store_query_check(const store *s, const store_query *q, emb_err *err);
+int store_search(store *s, const store_query *q, store_result *out, emb_err *err);
+/* nq queries scored with one sgemm per block of rows; outs (nq). Fails as a
+ * whole (naming the query) when one query is invalid. */
+int store_search_batch(store *s, const store_query *qs, int nq, store_result *outs,
+                       emb_err *err);
+
+/* Writes a snapshot and starts a new WAL. Fails in memory-only mode. */
+int store_snapshot(store *s, emb_err *err);
+void store_get_stats(store *s, store_stats *out);
+
+#endif

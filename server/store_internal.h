@@ -1,0 +1,116 @@
+/* store_internal.h: the store's private structures, shared by store.c (rows,
+ * table, writes), store_disk.c (record and snapshot formats) and
+ * store_search.c (filters and search). See store.h for the design. */
+#ifndef EMBEDD_STORE_INTERNAL_H
+#define EMBEDD_STORE_INTERNAL_H
+
+#include <pthread.h>
+
+#include "store.h"
+#include "strbuf.h"
+#include "wal.h"
+
+typedef enum field_type {
+    FIELD_STR = 1,
+    FIELD_NUM = 2,
+    FIELD_BOOL = 3,
+} field_type;
+
+/* One top-level scalar of a payload (an array gives one per scalar element). */
+typedef struct store_field {
+    const char *key;
+    uint32_t key_len;
+    uint32_t type;             /* field_type */
+    double num;                /* FIELD_NUM; FIELD_BOOL as 0 or 1 */
+    const char *str;           /* FIELD_STR */
+    uint32_t str_len;
+} store_field;
+
+/* One item's metadata. Everything it points to lives in one block, blob:
+ * [fields][id string][text][payload][field keys and strings], each string
+ * NUL-terminated. */
+typedef struct store_row {
+    uint64_t hash;
+    uint64_t id_num;
+    const char *id_str;
+    uint32_t id_len;
+    uint32_t id_kind;          /* store_id_kind */
+    int32_t version;
+    const char *text;          /* NULL: none */
+    uint32_t text_len;
+    const char *payload;       /* NULL: none */
+    uint32_t payload_len;
+    const store_field *fields;
+    uint32_t n_fields;
+    void *blob;
+} store_row;
+
+struct store_filter {
+    int n_must;
+    int n_must_not;
+    store_field *conds;        /* must, then must_not */
+};
+
+struct store {
+    int dim;
+    long max_items;
+    uint64_t snapshot_wal_bytes;
+    char *dir;                 /* NULL: memory only */
+    int dir_fd;
+    int lock_fd;
+    wal *wal;
+
+    pthread_rwlock_t rw;       /* guards everything below */
+    float *matrix;             /* (cap, dim) */
+    store_row *rows;           /* (cap) */
+    long count;
+    long cap;
+    uint32_t *slots;           /* (mask + 1): row + 1, 0 = empty */
+    uint64_t mask;
+    uint64_t seq;              /* last applied write */
+
+    pthread_mutex_t snap_lock; /* one snapshot at a time */
+    pthread_mutex_t stat_lock; /* guards the fields below */
+    uint64_t n_snapshots;
+    char last_error[512];
+};
+
+/* ---- store.c ---- */
+
+uint64_t store_id_hash(const store_id *id);
+/* Row of id, or -1. Caller holds rw. */
+long store_find(const store *s, const store_id *id);
+store_id store_row_id(const store_row *r);
+/* Builds a row (copies everything) from an item's parts. Returns 0, 1 when
+ * the input is invalid (err says why), -1 when out of memory. */
+int store_row_prepare(const store_id *id, int32_t version, const char *text, size_t text_len,
+                      const char *payload, size_t payload_len, store_row *out, emb_err *err);
+void store_row_free(store_row *r);
+/* How many of the rows' ids are not in the store (an upper bound on the
+ * rows they add). Caller holds rw. */
+long store_count_new(const store *s, const store_row *rows, int n);
+/* Makes room for up to `extra` new rows. Caller holds rw exclusively. */
+int store_reserve(store *s, long extra, emb_err *err);
+/* Applies n prepared rows with their vectors (n, dim); the rows' blobs move
+ * into the store and replaced blobs go to old_blobs (n). Cannot fail after
+ * store_reserve(s, n). Caller holds rw exclusively. */
+void store_apply_upsert(store *s, store_row *rows, const float *vecs, int n, void **old_blobs);
+/* Returns how many of the ids existed. Caller holds rw exclusively. */
+int store_apply_delete(store *s, const store_id *ids, int n);
+void store_set_error(store *s, const char *msg);
+/* out = v / |v|; fails on a non-finite value or a zero vector. */
+int store_normalise(const float *v, float *out, int dim, emb_err *err);
+
+/* ---- store_disk.c ---- */
+
+int store_encode_upsert(strbuf *sb, const store_row *rows, const float *vecs, int n, int dim);
+void store_encode_delete(strbuf *sb, const store_id *ids, int n);
+/* wal_apply_fn: user is the store. */
+int store_replay_record(void *user, uint64_t seq, const unsigned char *payload, size_t len,
+                        emb_err *err);
+/* Loads DIR/snapshot into an empty store; *seq = 0 when there is none. */
+int store_snapshot_load(store *s, store_recovery *rec, emb_err *err);
+/* Writes the state to DIR/snapshot. Caller holds snap_lock and rw shared. */
+int store_snapshot_write(store *s, emb_err *err);
+
+#endif

@@ -1,0 +1,138 @@
+/* wal.h: the write-ahead log: an append-only file of checksummed records,
+ * with group commit. The records' contents are opaque here (the store puts
+ * its upsert and delete batches in them).
+ *
+ * File `DIR/wal`, little-endian:
+ *   header, 32 bytes
+ *     0   u8[8]  magic "EMBDWAL\0"
+ *     8   u32    format version (WAL_VERSION)
+ *     12  u32    tag: the caller's compatibility tag (the store's dimension)
+ *     16  u64    base_seq: the first record's seq is base_seq + 1
+ *     24  u32    reserved, 0
+ *     28  u32    CRC-32C of bytes 0..27
+ *   records, back to back
+ *     0   u32    len: bytes after the crc field (8 + payload), 8 <= len <= WAL_MAX_RECORD
+ *     4   u32    CRC-32C of the len field, then of those len bytes
+ *     8   u64    seq: base_seq + 1, + 2, ... with no gaps
+ *     16  u8[len - 8] payload
+ *
+ * Recovery (wal_open) reads every record in order. Records with seq <= the
+ * snapshot's seq are already in the snapshot and are skipped; the others go
+ * to the caller's apply function. The first record that is short, has a
+ * length out of range, a bad checksum, a seq out of order, or that the
+ * caller calls malformed, starts the torn tail: it and everything after it
+ * is cut off (ftruncate + fsync) and reported in wal_recovery. Recovery never
+ * fails because of a torn tail; it fails only on I/O errors, on a header
+ * with another version or tag, or when records between the snapshot and the
+ * log are missing.
+ *
+ * A new log (first start, or wal_rotate after a snapshot) is written as
+ * `DIR/wal.tmp`, fsync'd, renamed over `DIR/wal`, and the directory fsync'd,
+ * so `DIR/wal` is always a whole, valid log.
+ *
+ * Design
+ *   - One appender at a time: the caller serialises wal_append (the store
+ *     holds its write lock), so the file order is the seq order. The append
+ *     itself only writes into the page cache.
+ *   - Group commit: wal_sync(seq) returns once the record with that seq is on
+ *     disk. The first waiter that finds no sync running becomes the leader:
+ *     it notes the last appended seq, drops the mutex, calls fdatasync, then
+ *     publishes synced_seq and wakes everyone. Waiters whose record was
+ *     covered return; the others wait for, or lead, the next round. So the
+ *     records appended while one fdatasync runs share the next one.
+ *   - Ownership: the wal owns its file descriptors; all of its fields are
+ *     guarded by `lock`, except that the leader uses fd without it (rotation
+ *     and close wait until no sync runs).
+ *   - A failed write is undone with ftruncate; when that, or an fdatasync,
+ *     fails, the log is marked failed and every later append and sync fails
+ *     (after a failed fsync the page cache can no longer be trusted).
+ *   - Shutdown: the caller stops appending; wal_close waits for a running
+ *     sync to finish, then closes the files.
+ */
+#ifndef EMBEDD_WAL_H
+#define EMBEDD_WAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "error.h"
+
+#define WAL_VERSION 1
+#define WAL_HEADER_SIZE 32
+#define WAL_RECORD_HEADER 16        /* len, crc, seq */
+#define WAL_MAX_RECORD (256u << 20) /* len field cap */
+
+/* CRC-32C (Castagnoli), table-driven; crc is the running value (0 to start). */
+uint32_t wal_crc32c(uint32_t crc, const void *data, size_t n);
+
+/* Little-endian field access, shared with the store's file formats. */
+static inline void wal_put_u32(unsigned char *p, uint32_t v)
+{
+    p[0] = (unsigned char)v;
+    p[1] = (unsigned char)(v >> 8);
+    p[2] = (unsigned char)(v >> 16);
+    p[3] = (unsigned char)(v >> 24);
+}
+
+static inline void wal_put_u64(unsigned char *p, uint64_t v)
+{
+    wal_put_u32(p, (uint32_t)v);
+    wal_put_u32(p + 4, (uint32_t)(v >> 32));
+}
+
+static inline uint32_t wal_get_u32(const unsigned char *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static inline uint64_t wal_get_u64(const unsigned char *p)
+{
+    return (uint64_t)wal_get_u32(p) | (uint64_t)wal_get_u32(p + 4) << 32;
+}
+
+/* Called for each record to replay. Returns 0 when applied, 1 when the
+ * payload is malformed (it becomes the torn tail), -1 on a fatal error
+ * (with err set: recovery stops and the file is left as it is). */
+typedef int (*wal_apply_fn)(void *user, uint64_t seq, const unsigned char *payload, size_t len,
+                            emb_err *err);
+
+typedef struct wal_recovery {
+    uint64_t records;           /* replayed through apply */
+    uint64_t skipped;           /* already in the snapshot */
+    uint64_t last_seq;          /* last valid record's seq, or the snapshot's */
+    uint64_t truncated_bytes;   /* torn tail cut off */
+    uint64_t truncated_at;      /* its offset in the file */
+    int restarted;              /* a fresh log replaced an unusable one */
+    char message[512];          /* why, when truncated_bytes > 0 or restarted */
+} wal_recovery;
+
+typedef struct wal_stats {
+    uint64_t bytes;             /* file size */
+    uint64_t last_seq;          /* last appended */
+    uint64_t synced_seq;        /* last known on disk */
+    uint64_t records;           /* appended since open */
+    uint64_t syncs;             /* fdatasync calls since open */
+    int failed;                 /* appends refused after an I/O error */
+} wal_stats;
+
+typedef struct wal wal;
+
+/* Opens (creating if missing) DIR/wal and replays it over a snapshot that
+ * holds every record up to snapshot_seq. dir_fd is the open directory (the
+ * caller keeps it open while the wal lives). */
+wal *wal_open(const char *dir, int dir_fd, uint32_t tag, uint64_t snapshot_seq,
+              wal_apply_fn apply, void *user, wal_recovery *rec, emb_err *err);
+/* Appends one record with the next seq (stored in *seq). Not yet durable:
+ * call wal_sync. Callers serialise appends. */
+int wal_append(wal *w, const void *payload, size_t len, uint64_t *seq, emb_err *err);
+/* Returns 0 once every record up to seq is on disk, -1 when the log failed. */
+int wal_sync(wal *w, uint64_t seq, emb_err *err);
+/* Starts a new, empty log at base_seq after a snapshot that holds every
+ * record up to base_seq (which must be the last appended seq). No appends
+ * may run meanwhile. Waiters on seqs <= base_seq are released: the snapshot
+ * holds their records. */
+int wal_rotate(wal *w, uint64_t base_seq, emb_err *err);
+void wal_get_stats(wal *w, wal_stats *out);
+void wal_close(wal *w);
+
+#endif

@@ -1,0 +1,385 @@
+/* test_wal.c: the write-ahead log on its own: CRC-32C, replay in order,
+ * torn and corrupted tails cut at every byte, rotation over a snapshot,
+ * unusable headers, and group commit from several threads. */
+#include <check.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "testutil.h"
+#include "wal.h"
+
+#define TAG 384
+#define MAX_SEEN 4096
+
+/* What a replay handed to the apply function. */
+typedef struct seen {
+    int n;
+    uint64_t seq[MAX_SEEN];
+    char payload[MAX_SEEN][64];
+    int reject_seq;            /* apply calls this seq malformed */
+} seen;
+
+static int collect(void *user, uint64_t seq, const unsigned char *p, size_t len, emb_err *err)
+{
+    seen *sn = user;
+    if ((int)seq == sn->reject_seq) {
+        emb_fail(err, "rejected by the test");
+        return 1;
+    }
+    ck_assert_int_lt(sn->n, MAX_SEEN);
+    ck_assert_uint_lt(len, 64);
+    sn->seq[sn->n] = seq;
+    memcpy(sn->payload[sn->n], p, len);
+    sn->payload[sn->n][len] = '\0';
+    sn->n++;
+    return 0;
+}
+
+static char dir[64];
+static int dir_fd = -1;
+
+static void setup(void)
+{
+    tu_mkdtemp(dir, sizeof dir);
+    ck_assert(dir[0] != '\0');
+    dir_fd = open(dir, O_RDONLY | O_DIRECTORY);
+    ck_assert_int_ge(dir_fd, 0);
+}
+
+static void teardown(void)
+{
+    char cmd[128];
+    close(dir_fd);
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    tu_run(cmd);
+}
+
+static wal *open_wal(uint64_t snapshot_seq, seen *sn, wal_recovery *rec)
+{
+    emb_err err = {{0}};
+    memset(sn, 0, sizeof *sn);
+    sn->reject_seq = -1;
+    wal *w = wal_open(dir, dir_fd, TAG, snapshot_seq, collect, sn, rec, &err);
+    ck_assert_msg(w != NULL, "%s", err.msg);
+    return w;
+}
+
+static void append_n(wal *w, int first, int n)
+{
+    emb_err err;
+    uint64_t seq = 0;
+    for (int i = first; i < first + n; i++) {
+        char p[32];
+        int len = snprintf(p, sizeof p, "record %d", i);
+        ck_assert_msg(wal_append(w, p, (size_t)len, &seq, &err) == 0, "%s", err.msg);
+        ck_assert_uint_eq(seq, (uint64_t)i);
+    }
+    ck_assert_msg(wal_sync(w, seq, &err) == 0, "%s", err.msg);
+}
+
+static void check_seen(const seen *sn, int first, int n)
+{
+    ck_assert_int_eq(sn->n, n);
+    for (int i = 0; i < n; i++) {
+        char want[32];
+        snprintf(want, sizeof want, "record %d", first + i);
+        ck_assert_uint_eq(sn->seq[i], (uint64_t)(first + i));
+        ck_assert_str_eq(sn->payload[i], want);
+    }
+}
+
+static char *wal_path(void)
+{
+    static char p[96];
+    snprintf(p, sizeof p, "%s/wal", dir);
+    return p;
+}
+
+START_TEST(test_crc32c)
+{
+    /* The standard check value, and the same in pieces. */
+    ck_assert_uint_eq(wal_crc32c(0, "123456789", 9), 0xE3069283u);
+    uint32_t c = wal_crc32c(0, "1234", 4);
+    ck_assert_uint_eq(wal_crc32c(c, "56789", 5), 0xE3069283u);
+    ck_assert_uint_eq(wal_crc32c(0, "", 0), 0);
+    unsigned char zeros[32] = {0};
+    ck_assert_uint_eq(wal_crc32c(0, zeros, 32), 0x8A9136AAu);
+}
+END_TEST
+
+START_TEST(test_append_reopen_replays_in_order)
+{
+    seen sn;
+    wal_recovery rec;
+    wal *w = open_wal(0, &sn, &rec);
+    ck_assert_int_eq(sn.n, 0);
+    append_n(w, 1, 100);
+    wal_close(w);
+    w = open_wal(0, &sn, &rec);
+    check_seen(&sn, 1, 100);
+    ck_assert_uint_eq(rec.truncated_bytes, 0);
+    ck_assert_uint_eq(rec.last_seq, 100);
+    append_n(w, 101, 5);
+    wal_close(w);
+    w = open_wal(0, &sn, &rec);
+    check_seen(&sn, 1, 105);
+    wal_close(w);
+}
+END_TEST
+
+/* Cut the file at every byte inside the last record, then flip each of its
+ * bytes: every time the first records survive, the cut is reported, and
+ * the log takes new records that replay after them. */
+START_TEST(test_torn_tail_every_offset)
+{
+    seen sn;
+    wal_recovery rec;
+    wal *w = open_wal(0, &sn, &rec);
+    append_n(w, 1, 3);
+    wal_stats st;
+    wal_get_stats(w, &st);
+    uint64_t before_last = st.bytes;
+    append_n(w, 4, 1);
+    wal_get_stats(w, &st);
+    uint64_t full = st.bytes;
+    wal_close(w);
+    size_t len = 0;
+    char *orig = tu_read_file(wal_path(), &len);
+    ck_assert(orig != NULL && len == full);
+    for (int mode = 0; mode < 2; mode++) {
+        for (uint64_t cut = before_last; cut < full; cut++) {
+            if (mode == 0) {
+                ck_assert(tu_write_file(wal_path(), orig, (size_t)cut) == 0);
+            } else {
+                char *bad = malloc(len);
+                memcpy(bad, orig, len);
+                bad[cut] ^= 0x5a;
+                ck_assert(tu_write_file(wal_path(), bad, len) == 0);
+                free(bad);
+            }
+            w = open_wal(0, &sn, &rec);
+            check_seen(&sn, 1, 3);
+            if (mode == 0 && cut == before_last) {
+                ck_assert_uint_eq(rec.truncated_bytes, 0);
+            } else {
+                ck_assert_msg(rec.truncated_bytes == (mode ? full : cut) - before_last,
+                              "mode %d cut %llu: %llu bytes", mode, (unsigned long long)cut,
+                              (unsigned long long)rec.truncated_bytes);
+                ck_assert_uint_eq(rec.truncated_at, before_last);
+                ck_assert(strstr(rec.message, "torn tail") != NULL);
+            }
+            append_n(w, 4, 2);
+            wal_close(w);
+            w = open_wal(0, &sn, &rec);
+            check_seen(&sn, 1, 5);
+            ck_assert_uint_eq(rec.truncated_bytes, 0);
+            wal_close(w);
+        }
+    }
+    free(orig);
+}
+END_TEST
+
+/* A bad record in the middle: it and every record after it are the tail. */
+START_TEST(test_corrupt_middle_record)
+{
+    seen sn;
+    wal_recovery rec;
+    wal *w = open_wal(0, &sn, &rec);
+    append_n(w, 1, 5);
+    wal_close(w);
+    size_t len = 0;
+    char *buf = tu_read_file(wal_path(), &len);
+    uint64_t rec_size = (len - WAL_HEADER_SIZE) / 5; /* all the same size */
+    buf[WAL_HEADER_SIZE + 2 * rec_size + 20] ^= 1;   /* inside record 3's payload */
+    ck_assert(tu_write_file(wal_path(), buf, len) == 0);
+    free(buf);
+    w = open_wal(0, &sn, &rec);
+    check_seen(&sn, 1, 2);
+    ck_assert_uint_eq(rec.truncated_bytes, 3 * rec_size);
+    ck_assert(strstr(rec.message, "checksum") != NULL);
+    wal_close(w);
+    /* The caller can call a record malformed too. */
+    w = open_wal(0, &sn, &rec);
+    append_n(w, 3, 3);
+    wal_close(w);
+    emb_err err;
+    memset(&sn, 0, sizeof sn);
+    sn.reject_seq = 4;
+    w = wal_open(dir, dir_fd, TAG, 0, collect, &sn, &rec, &err);
+    ck_assert(w != NULL);
+    check_seen(&sn, 1, 3);
+    ck_assert(strstr(rec.message, "rejected by the test") != NULL);
+    wal_close(w);
+}
+END_TEST
+
+/* Records up to the snapshot are skipped; a rotation starts an empty log;
+ * an old log beside a newer snapshot (crash before rotation) is harmless. */
+START_TEST(test_rotate_and_snapshot_seq)
+{
+    seen sn;
+    wal_recovery rec;
+    wal *w = open_wal(0, &sn, &rec);
+    append_n(w, 1, 10);
+    wal_close(w);
+    /* As if a snapshot at seq 6 was renamed but the log not yet rotated. */
+    w = open_wal(6, &sn, &rec);
+    check_seen(&sn, 7, 4);
+    ck_assert_uint_eq(rec.skipped, 6);
+    append_n(w, 11, 2);
+    emb_err err;
+    ck_assert_msg(wal_rotate(w, 12, &err) == 0, "%s", err.msg);
+    wal_stats st;
+    wal_get_stats(w, &st);
+    ck_assert_uint_eq(st.bytes, WAL_HEADER_SIZE);
+    ck_assert_int_eq(wal_rotate(w, 11, &err), -1); /* not the last seq */
+    append_n(w, 13, 2);
+    wal_close(w);
+    w = open_wal(12, &sn, &rec);
+    check_seen(&sn, 13, 2);
+    ck_assert_uint_eq(rec.skipped, 0);
+    wal_close(w);
+    /* A log that ends before the snapshot is replaced, so seqs stay contiguous. */
+    w = open_wal(20, &sn, &rec);
+    ck_assert_int_eq(sn.n, 0);
+    ck_assert_uint_eq(rec.skipped, 2);
+    ck_assert_uint_eq(rec.last_seq, 20);
+    append_n(w, 21, 1);
+    wal_close(w);
+    w = open_wal(20, &sn, &rec);
+    check_seen(&sn, 21, 1);
+    wal_close(w);
+    /* A log starting after the snapshot means records are missing: refuse. */
+    memset(&sn, 0, sizeof sn);
+    ck_assert(wal_open(dir, dir_fd, TAG, 5, collect, &sn, &rec, &err) == NULL);
+    ck_assert(strstr(err.msg, "missing") != NULL);
+}
+END_TEST
+
+START_TEST(test_headers)
+{
+    seen sn;
+    wal_recovery rec;
+    emb_err err;
+    wal *w = open_wal(0, &sn, &rec);
+    append_n(w, 1, 2);
+    wal_close(w);
+    /* Another tag (dimension): refuse, leave the file alone. */
+    ck_assert(wal_open(dir, dir_fd, TAG + 1, 0, collect, &sn, &rec, &err) == NULL);
+    ck_assert(strstr(err.msg, "dimension") != NULL);
+    /* Another version, with a valid checksum: refuse. */
+    size_t len = 0;
+    char *buf = tu_read_file(wal_path(), &len);
+    unsigned char *h = (unsigned char *)buf;
+    wal_put_u32(h + 8, WAL_VERSION + 1);
+    wal_put_u32(h + 28, wal_crc32c(0, h, 28));
+    ck_assert(tu_write_file(wal_path(), buf, len) == 0);
+    ck_assert(wal_open(dir, dir_fd, TAG, 0, collect, &sn, &rec, &err) == NULL);
+    ck_assert(strstr(err.msg, "version") != NULL);
+    /* A damaged header: start over and say so. */
+    buf[3] ^= 1;
+    ck_assert(tu_write_file(wal_path(), buf, len) == 0);
+    w = open_wal(0, &sn, &rec);
+    ck_assert(rec.restarted);
+    ck_assert(strstr(rec.message, "bad magic") != NULL);
+    append_n(w, 1, 1);
+    wal_close(w);
+    /* An empty file. */
+    ck_assert(tu_write_file(wal_path(), "", 0) == 0);
+    w = open_wal(0, &sn, &rec);
+    ck_assert(rec.restarted);
+    wal_close(w);
+    free(buf);
+}
+END_TEST
+
+#define N_WRITERS 8
+#define PER_WRITER 50
+
+typedef struct writer_arg {
+    wal *w;
+    pthread_mutex_t *append_lock;  /* the store's write lock, in small */
+    int index;
+} writer_arg;
+
+static void *writer_main(void *p)
+{
+    writer_arg *a = p;
+    emb_err err;
+    for (int i = 0; i < PER_WRITER; i++) {
+        char payload[32];
+        int len = snprintf(payload, sizeof payload, "w%d-%d", a->index, i);
+        uint64_t seq;
+        pthread_mutex_lock(a->append_lock);
+        int rc = wal_append(a->w, payload, (size_t)len, &seq, &err);
+        pthread_mutex_unlock(a->append_lock);
+        ck_assert(rc == 0);
+        ck_assert(wal_sync(a->w, seq, &err) == 0);
+        wal_stats st;
+        wal_get_stats(a->w, &st);
+        ck_assert_uint_ge(st.synced_seq, seq);
+    }
+    return NULL;
+}
+
+START_TEST(test_group_commit)
+{
+    seen sn;
+    wal_recovery rec;
+    wal *w = open_wal(0, &sn, &rec);
+    pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+    pthread_t th[N_WRITERS];
+    writer_arg args[N_WRITERS];
+    for (int t = 0; t < N_WRITERS; t++) {
+        args[t] = (writer_arg){w, &lock, t};
+        pthread_create(&th[t], NULL, writer_main, &args[t]);
+    }
+    for (int t = 0; t < N_WRITERS; t++)
+        pthread_join(th[t], NULL);
+    wal_stats st;
+    wal_get_stats(w, &st);
+    ck_assert_uint_eq(st.records, N_WRITERS * PER_WRITER);
+    ck_assert_uint_le(st.syncs, st.records);
+    fprintf(stderr, "group commit: %llu records in %llu fdatasyncs\n",
+            (unsigned long long)st.records, (unsigned long long)st.syncs);
+    wal_close(w);
+    w = open_wal(0, &sn, &rec);
+    ck_assert_int_eq(sn.n, N_WRITERS * PER_WRITER);
+    /* Each writer's records replay in its own order. */
+    int next[N_WRITERS] = {0};
+    for (int i = 0; i < sn.n; i++) {
+        int t, k;
+        ck_assert(sscanf(sn.payload[i], "w%d-%d", &t, &k) == 2);
+        ck_assert_int_eq(k, next[t]);
+        next[t]++;
+    }
+    wal_close(w);
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("wal");
+    TCase *tc = tcase_create("wal");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 60);
+    tcase_add_test(tc, test_crc32c);
+    tcase_add_test(tc, test_append_reopen_replays_in_order);
+    tcase_add_test(tc, test_torn_tail_every_offset);
+    tcase_add_test(tc, test_corrupt_middle_record);
+    tcase_add_test(tc, test_rotate_and_snapshot_seq);
+    tcase_add_test(tc, test_headers);
+    tcase_add_test(tc, test_group_commit);
+    suite_add_tcase(s, tc);
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed == 0 ? 0 : 1;
+}
