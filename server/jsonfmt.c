@@ -10,12 +10,11 @@ int json_format_float(char *buf, float f)
         buf[1] = '\0';
         return 1;
     }
-    int n = 0;
-    for (int prec = 6; prec <= 9; prec++) {
-        n = snprintf(buf, 32, "%.*g", prec, (double)f);
-        if (strtof(buf, NULL) == f)
-            break;
-    }
+    /* 9 significant digits always round-trip a float; 8 usually do and
+     * are shorter. (Fewer rarely do for computed values, so not tried.) */
+    int n = snprintf(buf, 32, "%.8g", (double)f);
+    if (strtof(buf, NULL) != f)
+        n = snprintf(buf, 32, "%.9g", (double)f);
     return n;
 }
 

@@ -6,8 +6,8 @@
 #include <stddef.h>
 #include <stdio.h>
 
-/* Shortest decimal that reads back as the same float (at most 9 digits).
- * buf needs 32 bytes. Returns the length written. NaN and Inf, which JSON
+/* A decimal that reads back as the same float: 8 significant digits when
+ * they suffice, else 9. buf needs 32 bytes. Returns the length written. NaN and Inf, which JSON
  * cannot hold, are written as 0. */
 int json_format_float(char *buf, float f);
 
