@@ -15,6 +15,7 @@
  * Every error names the file and the field. JSON files are read whole, with
  * a size cap. */
 #include "config.h"
+#include "fileio.h"
 
 #include <cjson/cJSON.h>
 #include <ctype.h>
@@ -859,47 +860,19 @@ static int add_float(cJSON *obj, const char *key, float f)
 static int write_text(const char *path, const char *text, emb_err *err)
 {
     char tmp[CFG_PATH_MAX + 8];
-    int result = -1;
     int n = snprintf(tmp, sizeof tmp, "%s.tmp", path);
     if (n < 0 || (size_t)n >= sizeof tmp)
         return emb_fail(err, "%s: path too long", path);
-
     int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0)
         return emb_fail(err, "%s: create: %s", tmp, strerror(errno));
-    size_t len = strlen(text);
-    size_t done = 0;
-    while (done < len) {
-        ssize_t w = write(fd, text + done, len - done);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w < 0) {
-            emb_fail(err, "%s: write: %s", tmp, strerror(errno));
-            goto out;
-        }
-        done += (size_t)w;
-    }
-    if (fsync(fd) != 0) {
-        emb_fail(err, "%s: fsync: %s", tmp, strerror(errno));
-        goto out;
-    }
-    int rc = close(fd);
-    fd = -1;
-    if (rc != 0) {
-        emb_fail(err, "%s: close: %s", tmp, strerror(errno));
-        goto out;
-    }
-    if (rename(tmp, path) != 0) {
-        emb_fail(err, "%s: rename: %s", path, strerror(errno));
-        goto out;
-    }
-    result = 0;
-out:
-    if (fd >= 0)
+    if (emb_write_all(fd, text, strlen(text)) != 0) {
+        emb_fail(err, "%s: write: %s", tmp, strerror(errno));
         close(fd);
-    if (result != 0)
         unlink(tmp);
-    return result;
+        return -1;
+    }
+    return emb_commit_file(fd, tmp, path, err);
 }
 
 /* Prints json (formatted) to dir/a[/b] and frees it. */
@@ -1058,12 +1031,5 @@ int emb_config_save(const emb_config *cfg, const char *dir, emb_err *err)
     if (write_json(sentence_json(cfg), dir, "sentence_bert_config.json", NULL, err) != 0)
         return -1;
 
-    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0)
-        return emb_fail(err, "%s: open: %s", dir, strerror(errno));
-    int rc = fsync(fd);
-    close(fd);
-    if (rc != 0)
-        return emb_fail(err, "%s: fsync: %s", dir, strerror(errno));
-    return 0;
+    return emb_fsync_dir(dir, err);
 }

@@ -14,6 +14,7 @@
  *
  * All multi-byte values are little-endian; the host must be too. */
 #include "safetensors.h"
+#include "fileio.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -551,21 +552,6 @@ int emb_st_read_f32(const emb_st_file *f, const emb_st_tensor *t, float *dst, em
 
 /* ---- writing ----------------------------------------------------------- */
 
-static int write_all(int fd, const void *buf, size_t len)
-{
-    const unsigned char *p = buf;
-    while (len > 0) {
-        ssize_t n = write(fd, p, len);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0)
-            return -1;
-        p += n;
-        len -= (size_t)n;
-    }
-    return 0;
-}
-
 /* Checks one entry and returns its byte length in *nbytes. */
 static int check_entry(const emb_st_entry *e, int idx, size_t *nbytes, const char *path,
                        emb_err *err)
@@ -691,7 +677,7 @@ static int write_tensor_data(int fd, const emb_st_entry *e, size_t nbytes)
 {
     size_t n = nbytes / emb_dtype_size(e->dtype);
     if (e->dtype == EMB_DT_F32)
-        return write_all(fd, e->data, nbytes);
+        return emb_write_all(fd, e->data, nbytes);
 
     uint16_t buf[ST_WRITE_CHUNK];
     size_t done = 0;
@@ -706,35 +692,11 @@ static int write_tensor_data(int fd, const emb_st_entry *e, size_t nbytes)
             else
                 buf[i] = emb_f32_to_bf16(v);
         }
-        if (write_all(fd, buf, k * sizeof buf[0]) != 0)
+        if (emb_write_all(fd, buf, k * sizeof buf[0]) != 0)
             return -1;
         done += k;
     }
     return 0;
-}
-
-/* fsync the directory holding path, so the rename is durable. */
-static int sync_parent_dir(const char *path)
-{
-    const char *slash = strrchr(path, '/');
-    char *dir = NULL;
-    if (slash == NULL)
-        dir = strdup(".");
-    else if (slash == path)
-        dir = strdup("/");
-    else
-        dir = strndup(path, (size_t)(slash - path));
-    if (dir == NULL)
-        return -1;
-
-    int result = -1;
-    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd >= 0) {
-        result = fsync(fd);
-        close(fd);
-    }
-    free(dir);
-    return result;
 }
 
 int emb_st_write(const char *path, const emb_st_entry *entries, int n_entries,
@@ -766,7 +728,7 @@ int emb_st_write(const char *path, const emb_st_entry *entries, int n_entries,
         goto out;
     }
     uint64_t hlen64 = hlen;
-    if (write_all(fd, &hlen64, sizeof hlen64) != 0 || write_all(fd, header, hlen) != 0) {
+    if (emb_write_all(fd, &hlen64, sizeof hlen64) != 0 || emb_write_all(fd, header, hlen) != 0) {
         emb_fail(err, "%s: write: %s", tmp, strerror(errno));
         goto out;
     }
@@ -779,23 +741,11 @@ int emb_st_write(const char *path, const emb_st_entry *entries, int n_entries,
             goto out;
         }
     }
-    if (fsync(fd) != 0) {
-        emb_fail(err, "%s: fsync: %s", tmp, strerror(errno));
-        goto out;
-    }
-    int rc = close(fd);
-    fd = -1;
-    if (rc != 0) {
-        emb_fail(err, "%s: close: %s", tmp, strerror(errno));
-        goto out;
-    }
-    if (rename(tmp, path) != 0) {
-        emb_fail(err, "%s: rename from %s: %s", path, tmp, strerror(errno));
-        goto out;
-    }
-    if (sync_parent_dir(path) != 0) {
-        emb_fail(err, "%s: fsync of the directory: %s", path, strerror(errno));
-        goto out;
+    {
+        int commit = emb_commit_file(fd, tmp, path, err);
+        fd = -1;
+        if (commit != 0)
+            goto out;
     }
     result = 0;
 out:
