@@ -36,6 +36,8 @@ static const opt_spec serve_specs[] = {
         "HTTP threads that parse, tokenise and format"),
     OPT("timeout", "EMBEDD_TIMEOUT", OPT_INT, timeout, "30", 1, 3600,
         "seconds an idle or slow connection is kept"),
+    OPT("data", "EMBEDD_DATA", OPT_STRING, data_dir, NULL, 0, 0,
+        "directory of the persistent item store (default: items live in memory)"),
 };
 
 int cli_serve(int argc, char **argv)
@@ -50,5 +52,7 @@ int cli_serve(int argc, char **argv)
         fprintf(stderr, "embedd serve: --model DIR is required\n");
         return 2;
     }
+    if (opts.data_dir != NULL && opts.data_dir[0] == '\0')
+        opts.data_dir = NULL; /* EMBEDD_DATA= means memory only */
     return server_run(&opts);
 }

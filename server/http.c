@@ -247,6 +247,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         rq->srv = srv;
         rq->t_start = now_seconds();
         *con_cls = rq;
+        rq->url = strdup(url);
+        if (rq->url == NULL)
+            return MHD_NO;
         reply_init(&rp);
         if (refuse_early(srv, rq, url, method, &rp))
             return send_reply(rq, &rp);
@@ -290,6 +293,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     if (rq->free_state != NULL)
         rq->free_state(rq->state);
     free(rq->body);
+    free(rq->url);
     if (rq->admitted)
         atomic_fetch_sub(&srv->inflight, 1);
     free(rq);
@@ -386,6 +390,17 @@ int server_run(server_opts *opts)
         goto out;
     }
 
+    store_options so = {.dir = opts->data_dir, .dim = srv.model->cfg.hidden_size};
+    store_recovery rec;
+    memset(&rec, 0, sizeof rec);
+    srv.store = store_open(&so, &rec, &err);
+    if (srv.store == NULL) {
+        fprintf(stderr, "embedd serve: %s\n", err.msg);
+        goto out;
+    }
+    if (rec.message[0] != '\0')
+        fprintf(stderr, "embedd: store: %s\n", rec.message);
+
     struct sockaddr_storage addr;
     socklen_t addr_len = 0;
     int ipv6 = 0;
@@ -434,12 +449,16 @@ int server_run(server_opts *opts)
     srv.batcher = NULL;
     MHD_stop_daemon(srv.daemon);
     srv.daemon = NULL;
+    store_close(srv.store);
+    srv.store = NULL;
     fprintf(stderr, "embedd: stopped\n");
     rc = 0;
 out:
     if (srv.daemon != NULL)
         MHD_stop_daemon(srv.daemon);
     batcher_stop(srv.batcher);
+    if (srv.store != NULL)
+        store_close(srv.store);
     metrics_free(srv.mx);
     emb_model_free(srv.model);
     return rc;

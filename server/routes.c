@@ -165,7 +165,7 @@ static int get_dimensions(const cJSON *root, int C, api_family api, reply *rp)
     return (int)f->valuedouble;
 }
 
-static cJSON *parse_body(request *rq, api_family api, reply *rp)
+cJSON *route_parse_body(request *rq, api_family api, reply *rp)
 {
     if (rq->body == NULL || rq->body_len == 0) {
         reply_error(rp, api, 422, "Validation", "request body must be a JSON object");
@@ -295,7 +295,7 @@ static route_result handle_embed(server *srv, request *rq, reply *rp)
     const api_family api = API_TEI;
     route_result result = ROUTE_DONE;
     input *in = NULL;
-    cJSON *root = parse_body(rq, api, rp);
+    cJSON *root = route_parse_body(rq, api, rp);
     if (root == NULL)
         return ROUTE_DONE;
     embed_state *st = new_embed_state(rq, api, rp);
@@ -335,7 +335,7 @@ static route_result handle_openai_embeddings(server *srv, request *rq, reply *rp
     const api_family api = API_OPENAI;
     route_result result = ROUTE_DONE;
     input *in = NULL;
-    cJSON *root = parse_body(rq, api, rp);
+    cJSON *root = route_parse_body(rq, api, rp);
     if (root == NULL)
         return ROUTE_DONE;
     embed_state *st = new_embed_state(rq, api, rp);
@@ -458,7 +458,7 @@ static route_result handle_tokenize(server *srv, request *rq, reply *rp)
     const emb_model *m = srv->model;
     input *in = NULL;
     int32_t *ids = NULL;
-    cJSON *root = parse_body(rq, api, rp);
+    cJSON *root = route_parse_body(rq, api, rp);
     if (root == NULL)
         return ROUTE_DONE;
     int n = collect_inputs(cJSON_GetObjectItemCaseSensitive(root, "inputs"), "inputs", 0,
@@ -530,12 +530,17 @@ static route_result handle_info(server *srv, request *rq, reply *rp)
               "\"pooling\":\"%s\",\"normalize\":%s,\"max_input_length\":%d,"
               "\"max_batch_tokens\":%d,\"max_client_batch_size\":%d,"
               "\"max_concurrent_requests\":%d,\"payload_limit\":%d,\"auto_truncate\":%s,"
-              "\"queue_depth\":%d,\"version\":\"%s\"}",
+              "\"queue_depth\":%d,\"version\":\"%s\",\"store\":\"%s\",\"data_dir\":",
               c->hidden_size, emb_pooling_name(c->pooling), c->normalize ? "true" : "false",
               c->max_seq_length, srv->opts.max_batch_tokens, srv->opts.max_client_batch_size,
               srv->opts.max_concurrent_requests, srv->opts.payload_limit,
               srv->opts.auto_truncate ? "true" : "false", batcher_queue_depth(srv->batcher),
-              EMBEDD_VERSION);
+              EMBEDD_VERSION, srv->opts.data_dir != NULL ? "disk" : "memory");
+    if (srv->opts.data_dir != NULL)
+        sb_json_string(b, srv->opts.data_dir);
+    else
+        sb_puts(b, "null");
+    sb_printf(b, ",\"items\":%ld}", store_count(srv->store));
     return ROUTE_DONE;
 }
 
@@ -563,28 +568,48 @@ static route_result handle_models(server *srv, request *rq, reply *rp)
 /* ---- the table ------------------------------------------------------------ */
 
 static const route routes[] = {
-    /* method, path,            name,                api,       auth, compute, handle, finish */
-    {"POST", "/embed", "embed", API_TEI, 1, 1, handle_embed, finish_embed},
+    /* method, path, name, api, auth, compute, handle, finish, prefix */
+    {"POST", "/embed", "embed", API_TEI, 1, 1, handle_embed, finish_embed, 0},
     {"POST", "/v1/embeddings", "openai_embeddings", API_OPENAI, 1, 1, handle_openai_embeddings,
-     finish_openai_embeddings},
-    {"POST", "/tokenize", "tokenize", API_TEI, 1, 0, handle_tokenize, NULL},
-    {"GET", "/v1/models", "openai_models", API_OPENAI, 1, 0, handle_models, NULL},
-    {"GET", "/info", "info", API_TEI, 1, 0, handle_info, NULL},
-    {"GET", "/health", "health", API_TEI, 0, 0, handle_health, NULL},
-    {"GET", "/metrics", "metrics", API_TEI, 0, 0, handle_metrics, NULL},
+     finish_openai_embeddings, 0},
+    {"POST", "/tokenize", "tokenize", API_TEI, 1, 0, handle_tokenize, NULL, 0},
+    {"GET", "/v1/models", "openai_models", API_OPENAI, 1, 0, handle_models, NULL, 0},
+    {"GET", "/info", "info", API_TEI, 1, 0, handle_info, NULL, 0},
+    {"GET", "/health", "health", API_TEI, 0, 0, handle_health, NULL, 0},
+    {"GET", "/metrics", "metrics", API_TEI, 0, 0, handle_metrics, NULL, 0},
+    {"POST", "/items", "items_upsert", API_TEI, 1, 1, handle_items_upsert, finish_items_upsert, 0},
+    {"GET", "/items/count", "items_count", API_TEI, 1, 0, handle_items_count, NULL, 0},
+    {"POST", "/items/delete", "items_delete", API_TEI, 1, 0, handle_items_delete, NULL, 0},
+    {"GET", "/items/", "item_get", API_TEI, 1, 0, handle_item_get, NULL, 1},
+    {"DELETE", "/items/", "item_delete", API_TEI, 1, 0, handle_item_delete, NULL, 1},
+    {"POST", "/similar", "similar", API_TEI, 1, 1, handle_similar, finish_similar, 0},
+    {"GET", "/similar", "similar_get", API_TEI, 1, 1, handle_similar_get, finish_similar, 0},
 };
+
+static int route_matches(const route *rt, const char *path, int prefix)
+{
+    if (rt->prefix != prefix)
+        return 0;
+    if (!prefix)
+        return strcmp(rt->path, path) == 0;
+    size_t n = strlen(rt->path);
+    return strncmp(rt->path, path, n) == 0 && path[n] != '\0';
+}
 
 const route *routes_find(const char *path, const char *method, int *path_known,
                          const char **allow)
 {
     *path_known = 0;
-    for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++) {
-        if (strcmp(routes[i].path, path) != 0)
-            continue;
-        *path_known = 1;
-        *allow = routes[i].method;
-        if (strcmp(routes[i].method, method) == 0)
-            return &routes[i];
+    /* exact paths first, so /items/count is not the item "count" */
+    for (int prefix = 0; prefix <= 1; prefix++) {
+        for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++) {
+            if (!route_matches(&routes[i], path, prefix))
+                continue;
+            *path_known = 1;
+            *allow = routes[i].method;
+            if (strcmp(routes[i].method, method) == 0)
+                return &routes[i];
+        }
     }
     return NULL;
 }

@@ -8,8 +8,11 @@
  *     submitted; the compute thread's done callback resumes it; the HTTP
  *     thread then formats the response (routes.c).
  *   - The model is loaded before the daemon starts and is read-only.
+ *   - The item store (store.h, `--data`) is opened before the daemon
+ *     starts; HTTP threads call it directly (it has its own locks).
  * Shutdown (SIGTERM/SIGINT): stop accepting (quiesce), wait for every
- * in-flight request to be answered, stop the batcher, stop the daemon. */
+ * in-flight request to be answered, stop the batcher, stop the daemon,
+ * close the store. */
 #ifndef EMBEDD_SERVER_H
 #define EMBEDD_SERVER_H
 
@@ -20,6 +23,7 @@
 #include "batcher.h"
 #include "bert.h"
 #include "metrics.h"
+#include "store.h"
 #include "strbuf.h"
 
 typedef struct server_opts {
@@ -36,6 +40,7 @@ typedef struct server_opts {
     int threads;
     int http_threads;
     int timeout;
+    const char *data_dir;      /* NULL: the item store lives in memory */
 } server_opts;
 
 typedef struct server {
@@ -43,6 +48,7 @@ typedef struct server {
     const char *model_name;
     emb_model *model;
     batcher *batcher;
+    store *store;              /* items; open from before the daemon starts until after the batcher stops */
     metrics *mx;
     struct MHD_Daemon *daemon;
     int port;                  /* the bound port */
@@ -78,6 +84,7 @@ typedef struct route {
      * ROUTE_SUSPEND; then finish runs after the job is done. */
     route_result (*handle)(server *srv, request *rq, reply *rp);
     void (*finish)(server *srv, request *rq, reply *rp);
+    int prefix;                /* 1: path is a prefix ("/items/"); exact routes win */
 } route;
 
 struct request {
@@ -85,6 +92,7 @@ struct request {
     struct MHD_Connection *conn;
     server *srv;
     double t_start;
+    char *url;                 /* the decoded path, without the query */
     char *body;
     size_t body_len, body_cap;
     int body_too_large;
@@ -99,6 +107,20 @@ struct request {
 /* Error reply in the route family's shape. type is TEI's error_type. */
 void reply_error(reply *rp, api_family api, int status, const char *type, const char *fmt, ...)
     __attribute__((format(printf, 5, 6)));
+
+/* Parses the body as one JSON object; NULL after filling rp (routes.c). */
+cJSON *route_parse_body(request *rq, api_family api, reply *rp);
+
+/* Item and search handlers (routes_items.c). */
+route_result handle_items_upsert(server *srv, request *rq, reply *rp);
+void finish_items_upsert(server *srv, request *rq, reply *rp);
+route_result handle_item_get(server *srv, request *rq, reply *rp);
+route_result handle_item_delete(server *srv, request *rq, reply *rp);
+route_result handle_items_delete(server *srv, request *rq, reply *rp);
+route_result handle_items_count(server *srv, request *rq, reply *rp);
+route_result handle_similar(server *srv, request *rq, reply *rp);
+route_result handle_similar_get(server *srv, request *rq, reply *rp);
+void finish_similar(server *srv, request *rq, reply *rp);
 
 /* The route table and its lookup (routes.c). */
 const route *routes_find(const char *path, const char *method, int *path_known,

@@ -11,6 +11,8 @@
  * batching (--threads 1 --max-batch-tokens 512), errors (--payload-limit
  * 4096 --max-client-batch-size 4), auth (--api-key), busy
  * (--max-concurrent-requests 1), slow (--timeout 2), shutdown (own servers),
+ * items (--data in a temporary directory, --payload-limit 200000
+ * --max-client-batch-size 8; its persistence test starts its own servers),
  * openai_sdk (tests/openai with node, skipped without it).
  *
  * Clients: libcurl easy handles for ordinary requests; raw sockets where the
@@ -1877,11 +1879,12 @@ static void setup_busy(void)
     fixture_start(args);
 }
 
-/* 200, or 429 for a while after a slot was freed elsewhere (up to 10 s: a
- * sanitizer build may still be computing an abandoned batch). */
+/* 200, or 429 for a while after a slot was freed elsewhere (up to 30 s: a
+ * sanitizer build on a loaded machine may still be computing an abandoned
+ * batch; one CI run under UBSan with other jobs running needed over 10 s). */
 static long post_until_admitted(const char *path, const char *body, http_resp *r)
 {
-    double deadline = now_s() + 10.0;
+    double deadline = now_s() + 30.0;
     for (;;) {
         http("POST", path, body, r);
         if (r->status != 429 || now_s() > deadline)
@@ -2268,12 +2271,422 @@ START_TEST(test_openai_sdk)
 END_TEST
 
 /* ======================================================================== */
+/* TCase items: the item store's routes, on --data in a temporary dir      */
+/* ======================================================================== */
+
+static char g_items_dir[64];
+
+static void setup_items(void)
+{
+    strcpy(g_items_dir, "/tmp/embedd-items-XXXXXX");
+    ck_assert(mkdtemp(g_items_dir) != NULL);
+    char data[128];
+    snprintf(data, sizeof data, "%s/data", g_items_dir);
+    const char *args[] = {"--data", data, "--payload-limit", "200000",
+                          "--max-client-batch-size", "8", NULL};
+    fixture_start(args);
+}
+
+static void teardown_items(void)
+{
+    fixture_stop();
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_items_dir);
+    if (system(cmd) != 0)
+        fprintf(stderr, "test_server: could not remove %s\n", g_items_dir);
+}
+
+/* Sends a request; on 200 *out (when not NULL) gets the parsed body. */
+static long req_port(int port, const char *method, const char *path, const char *body,
+                     cJSON **out)
+{
+    http_resp r;
+    long st = http_port(port, method, path, body, NULL, &r);
+    if (out != NULL)
+        *out = st == 200 ? json_of(&r) : NULL;
+    if (st != 200 && out != NULL)
+        fprintf(stderr, "%s %s: %ld %.300s\n", method, path, st, r.body.p);
+    resp_free(&r);
+    return st;
+}
+
+static long req(const char *method, const char *path, const char *body, cJSON **out)
+{
+    return req_port(g_srv.port, method, path, body, out);
+}
+
+static void expect_error(const char *method, const char *path, const char *body, long status,
+                         const char *type)
+{
+    http_resp r;
+    http(method, path, body, &r);
+    char what[256];
+    snprintf(what, sizeof what, "%s %s %.100s", method, path, body != NULL ? body : "");
+    check_tei_error(&r, status, type, what);
+    resp_free(&r);
+}
+
+static long get_count(int port)
+{
+    cJSON *j = NULL;
+    ck_assert_int_eq(req_port(port, "GET", "/items/count", NULL, &j), 200);
+    const cJSON *c = cJSON_GetObjectItemCaseSensitive(j, "count");
+    ck_assert(cJSON_IsNumber(c));
+    long n = (long)c->valuedouble;
+    cJSON_Delete(j);
+    return n;
+}
+
+/* The JSON of (1, 0.1 i, 0, ...), DIMS values. */
+static char *ramp_vector(int i)
+{
+    buf b = {0};
+    buf_addf(&b, "[1,%g", 0.1 * i);
+    for (int k = 2; k < DIMS; k++)
+        buf_add(&b, ",0", 2);
+    buf_add(&b, "]", 2);
+    return b.p;
+}
+
+static const char *str_of(const cJSON *o, const char *key)
+{
+    const cJSON *f = cJSON_GetObjectItemCaseSensitive(o, key);
+    return cJSON_IsString(f) ? f->valuestring : NULL;
+}
+
+static double num_of(const cJSON *o, const char *key)
+{
+    const cJSON *f = cJSON_GetObjectItemCaseSensitive(o, key);
+    ck_assert_msg(cJSON_IsNumber(f), "`%s` is not a number", key);
+    return f->valuedouble;
+}
+
+/* The ids of a /similar result as text ("100,101,\"fox\""). */
+static void result_ids(const cJSON *res, char *out, size_t cap)
+{
+    const cJSON *arr = cJSON_GetObjectItemCaseSensitive(res, "result");
+    ck_assert(cJSON_IsArray(arr));
+    out[0] = '\0';
+    const cJSON *h;
+    cJSON_ArrayForEach(h, arr) {
+        const cJSON *id = cJSON_GetObjectItemCaseSensitive(h, "id");
+        char *s = cJSON_PrintUnformatted(id);
+        if (out[0] != '\0')
+            strncat(out, ",", cap - strlen(out) - 1);
+        strncat(out, s, cap - strlen(out) - 1);
+        free(s);
+    }
+}
+
+static void expect_similar(const char *body, const char *want)
+{
+    cJSON *j = NULL;
+    ck_assert_int_eq(req("POST", "/similar", body, &j), 200);
+    char ids[512];
+    result_ids(j, ids, sizeof ids);
+    ck_assert_msg(strcmp(ids, want) == 0, "/similar %s: ids %s, want %s", body, ids, want);
+    ck_assert(cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(j, "time")));
+    ck_assert_int_eq((int)num_of(j, "model_version"), 1);
+    cJSON_Delete(j);
+}
+
+START_TEST(test_items_crud)
+{
+    REQUIRE_SERVER();
+    long base = get_count(g_srv.port);
+    cJSON *j = NULL;
+    ck_assert_int_eq(req("POST", "/items",
+                         "{\"items\":[{\"id\":7,\"text\":\"the cat sat\",\"payload\":{\"kind\":"
+                         "\"num\"}},{\"id\":\"7\",\"text\":\"a dog ran\",\"payload\":{\"kind\":"
+                         "\"str\"}}]}",
+                         &j),
+                     200);
+    ck_assert_str_eq(str_of(j, "status"), "ok");
+    ck_assert_int_eq((int)num_of(j, "upserted"), 2);
+    cJSON_Delete(j);
+    ck_assert_int_eq(get_count(g_srv.port), base + 2); /* 7 and "7" are two items */
+
+    ck_assert_int_eq(req("GET", "/items/7", NULL, &j), 200);
+    ck_assert(cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(j, "id")));
+    ck_assert_int_eq((int)num_of(j, "id"), 7);
+    ck_assert_str_eq(str_of(j, "text"), "the cat sat");
+    ck_assert_str_eq(str_of(cJSON_GetObjectItemCaseSensitive(j, "payload"), "kind"), "num");
+    ck_assert_int_eq((int)num_of(j, "model_version"), 1);
+    ck_assert(cJSON_GetObjectItemCaseSensitive(j, "vector") == NULL);
+    cJSON_Delete(j);
+
+    /* the stored vector is /embed's of the text (normalised) */
+    ck_assert_int_eq(req("GET", "/items/7?with_vector=true", NULL, &j), 200);
+    char *vec = cJSON_PrintUnformatted(cJSON_GetObjectItemCaseSensitive(j, "vector"));
+    char *want = embed_one(g_srv.port, "the cat sat", NULL);
+    check_vec_text(vec, want, DIMS, "stored vector");
+    free(vec);
+    free(want);
+    cJSON_Delete(j);
+
+    /* the string id "7" is another item */
+    ck_assert_int_eq(req("POST", "/similar", "{\"id\":\"7\",\"limit\":1}", &j), 200);
+    char ids[256];
+    result_ids(j, ids, sizeof ids);
+    ck_assert_str_eq(ids, "\"7\"");
+    cJSON_Delete(j);
+
+    /* upsert replaces everything */
+    ck_assert_int_eq(req("POST", "/items",
+                         "{\"items\":[{\"id\":7,\"text\":\"new text\",\"payload\":{\"kind\":"
+                         "\"num2\"}}]}",
+                         NULL),
+                     200);
+    ck_assert_int_eq(get_count(g_srv.port), base + 2);
+    ck_assert_int_eq(req("GET", "/items/7", NULL, &j), 200);
+    ck_assert_str_eq(str_of(j, "text"), "new text");
+    ck_assert_str_eq(str_of(cJSON_GetObjectItemCaseSensitive(j, "payload"), "kind"), "num2");
+    cJSON_Delete(j);
+
+    /* string ids in the path */
+    ck_assert_int_eq(req("POST", "/items",
+                         "{\"items\":[{\"id\":\"a b/c\",\"text\":\"spaced\"}]}", NULL),
+                     200);
+    ck_assert_int_eq(req("GET", "/items/a%20b%2Fc", NULL, &j), 200);
+    ck_assert_str_eq(str_of(j, "id"), "a b/c");
+    ck_assert(cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(j, "payload")));
+    cJSON_Delete(j);
+
+    /* deletes */
+    ck_assert_int_eq(req("DELETE", "/items/7", NULL, &j), 200);
+    ck_assert_int_eq((int)num_of(j, "deleted"), 1);
+    cJSON_Delete(j);
+    expect_error("DELETE", "/items/7", NULL, 404, "NotFound");
+    expect_error("GET", "/items/7", NULL, 404, "NotFound");
+    ck_assert_int_eq(req("POST", "/items/delete", "{\"ids\":[\"7\",123456,\"a b/c\"]}", &j),
+                     200);
+    ck_assert_int_eq((int)num_of(j, "deleted"), 2);
+    cJSON_Delete(j);
+    ck_assert_int_eq(get_count(g_srv.port), base);
+
+    ck_assert_int_eq(req("GET", "/info", NULL, &j), 200);
+    ck_assert_str_eq(str_of(j, "store"), "disk");
+    ck_assert(str_of(j, "data_dir") != NULL);
+    ck_assert_int_eq((int)num_of(j, "items"), base);
+    cJSON_Delete(j);
+}
+END_TEST
+
+START_TEST(test_items_similar)
+{
+    REQUIRE_SERVER();
+    /* 8 items in set s1: (1, 0.1 i); the closer to (1, 0) the smaller i */
+    buf b = {0};
+    buf_addf(&b, "{\"items\":[");
+    for (int i = 0; i < 8; i++) {
+        char *v = ramp_vector(i);
+        buf_addf(&b, "%s{\"id\":%d,\"vector\":%s,\"payload\":{\"set\":\"s1\",\"group\":\"%s\","
+                 "\"i\":%d}}",
+                 i > 0 ? "," : "", 100 + i, v, i % 2 == 0 ? "even" : "odd", i);
+        free(v);
+    }
+    buf_addf(&b, "]}");
+    ck_assert_int_eq(req("POST", "/items", b.p, NULL), 200);
+    free(b.p);
+    ck_assert_int_eq(req("POST", "/items",
+                         "{\"items\":[{\"id\":\"fox\",\"text\":\"the quick brown fox\","
+                         "\"payload\":{\"set\":\"s2\"}}]}",
+                         NULL),
+                     200);
+
+    char *q = ramp_vector(0);
+    char body[4096];
+    const char *s1 = "\"filter\":{\"must\":[{\"key\":\"set\",\"match\":{\"value\":\"s1\"}}]}";
+    snprintf(body, sizeof body, "{\"vector\":%s,\"limit\":3,%s}", q, s1);
+    expect_similar(body, "100,101,102");
+    snprintf(body, sizeof body, "{\"vector\":%s,\"limit\":3,\"offset\":3,%s}", q, s1);
+    expect_similar(body, "103,104,105");
+    snprintf(body, sizeof body, "{\"vector\":%s,\"limit\":3,\"offset\":6,%s}", q, s1);
+    expect_similar(body, "106,107");
+    /* must and must_not */
+    snprintf(body, sizeof body,
+             "{\"vector\":%s,\"filter\":{\"must\":[{\"key\":\"set\",\"match\":{\"value\":\"s1\"}},"
+             "{\"key\":\"group\",\"match\":{\"value\":\"even\"}}]}}",
+             q);
+    expect_similar(body, "100,102,104,106");
+    snprintf(body, sizeof body,
+             "{\"vector\":%s,\"filter\":{\"must\":[{\"key\":\"set\",\"match\":{\"value\":\"s1\"}}],"
+             "\"must_not\":[{\"key\":\"group\",\"match\":{\"value\":\"even\"}},"
+             "{\"key\":\"i\",\"match\":{\"value\":7}}]}}",
+             q);
+    expect_similar(body, "101,103,105");
+    /* threshold: cos = 1/sqrt(1 + 0.01 i^2) >= 0.9 keeps i <= 4 */
+    snprintf(body, sizeof body, "{\"vector\":%s,\"score_threshold\":0.9,%s}", q, s1);
+    expect_similar(body, "100,101,102,103,104");
+    /* by id: the item itself first, score 1 */
+    snprintf(body, sizeof body, "{\"id\":103,\"limit\":3,%s}", s1);
+    expect_similar(body, "103,104,102"); /* angles: 103 at 16.7°, 104 21.8°, 102 11.3° */
+    /* payload and vector switches */
+    snprintf(body, sizeof body,
+             "{\"vector\":%s,\"limit\":1,\"with_payload\":false,\"with_vector\":true,%s}", q, s1);
+    cJSON *j = NULL;
+    ck_assert_int_eq(req("POST", "/similar", body, &j), 200);
+    const cJSON *h = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(j, "result"), 0);
+    ck_assert(cJSON_GetObjectItemCaseSensitive(h, "payload") == NULL);
+    ck_assert_int_eq(cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(h, "vector")), DIMS);
+    ck_assert(fabs(num_of(h, "score") - 1.0) < 1e-5);
+    cJSON_Delete(j);
+    free(q);
+
+    /* by text == by /embed's vector of that text */
+    char *v = embed_one(g_srv.port, "the quick brown fox", NULL);
+    cJSON *jt = NULL, *jv = NULL;
+    ck_assert_int_eq(req("POST", "/similar", "{\"text\":\"the quick brown fox\",\"limit\":5}",
+                         &jt),
+                     200);
+    snprintf(body, sizeof body, "{\"vector\":%s,\"limit\":5}", v);
+    ck_assert_int_eq(req("POST", "/similar", body, &jv), 200);
+    char ids_t[512], ids_v[512];
+    result_ids(jt, ids_t, sizeof ids_t);
+    result_ids(jv, ids_v, sizeof ids_v);
+    ck_assert_str_eq(ids_t, ids_v);
+    ck_assert_msg(strncmp(ids_t, "\"fox\"", 5) == 0, "text query found %s", ids_t);
+    const cJSON *rt = cJSON_GetObjectItemCaseSensitive(jt, "result");
+    const cJSON *rv = cJSON_GetObjectItemCaseSensitive(jv, "result");
+    for (int i = 0; i < cJSON_GetArraySize(rt); i++)
+        ck_assert(fabs(num_of(cJSON_GetArrayItem(rt, i), "score") -
+                       num_of(cJSON_GetArrayItem(rv, i), "score")) < 1e-5);
+    ck_assert(fabs(num_of(cJSON_GetArrayItem(rt, 0), "score") - 1.0) < 1e-5);
+    ck_assert_str_eq(str_of(cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(rt, 0),
+                                                             "payload"),
+                            "set"),
+                     "s2");
+    cJSON_Delete(jt);
+    cJSON_Delete(jv);
+    free(v);
+
+    /* the quick form */
+    ck_assert_int_eq(req("GET", "/similar?q=the%20quick%20brown%20fox&k=2", NULL, &j), 200);
+    char ids[512];
+    result_ids(j, ids, sizeof ids);
+    ck_assert_msg(strncmp(ids, "\"fox\",", 6) == 0 && strchr(ids + 6, ',') == NULL,
+                  "quick form: %s", ids);
+    cJSON_Delete(j);
+}
+END_TEST
+
+START_TEST(test_items_errors)
+{
+    REQUIRE_SERVER();
+    expect_error("POST", "/items", "{\"items\":[{\"id\":1,\"vector\":[1,2,3]}]}", 422,
+                 "Validation");
+    expect_error("POST", "/similar", "{\"vector\":[1,2,3]}", 422, "Validation");
+    expect_error("GET", "/items/987654", NULL, 404, "NotFound");
+    expect_error("GET", "/items/no-such-item", NULL, 404, "NotFound");
+    expect_error("DELETE", "/items/987654", NULL, 404, "NotFound");
+    expect_error("POST", "/similar", "{\"id\":987654}", 404, "NotFound");
+    expect_error("POST", "/similar", "{\"text\":\"x\",\"filter\":{\"should\":[]}}", 422,
+                 "Validation");
+    expect_error("POST", "/similar",
+                 "{\"text\":\"x\",\"filter\":{\"must\":[{\"key\":\"a\",\"match\":{}}]}}", 422,
+                 "Validation");
+    expect_error("POST", "/items", "{\"items\":[]}", 400, "Empty");
+    expect_error("POST", "/items/delete", "{\"ids\":[]}", 400, "Empty");
+    expect_error("POST", "/items", "{\"items\":[{\"id\":1}]}", 422, "Validation");
+    expect_error("POST", "/items", "{\"items\":[{\"id\":1,\"text\":\"a\",\"vector\":[1]}]}", 422,
+                 "Validation");
+    expect_error("POST", "/items", "{\"items\":[{\"id\":-1,\"text\":\"a\"}]}", 422,
+                 "Validation");
+    expect_error("POST", "/items", "{\"items\":[{\"id\":1,\"text\":\"a\",\"payload\":[1]}]}",
+                 422, "Validation");
+    expect_error("POST", "/similar", "{\"limit\":3}", 422, "Validation");
+    expect_error("POST", "/similar", "{\"text\":\"a\",\"id\":1}", 422, "Validation");
+    expect_error("GET", "/similar", NULL, 422, "Validation");
+    /* more items than --max-client-batch-size 8 */
+    buf b = {0};
+    buf_addf(&b, "{\"items\":[");
+    for (int i = 0; i < 9; i++)
+        buf_addf(&b, "%s{\"id\":%d,\"text\":\"t\"}", i > 0 ? "," : "", i);
+    buf_addf(&b, "]}");
+    expect_error("POST", "/items", b.p, 422, "Validation");
+    free(b.p);
+    /* a body over --payload-limit 200000 */
+    b = (buf){0};
+    buf_addf(&b, "{\"items\":[{\"id\":1,\"text\":\"");
+    for (int i = 0; i < 25000; i++)
+        buf_add(&b, "aaaaaaaa", 8);
+    buf_addf(&b, "\"}]}");
+    expect_error("POST", "/items", b.p, 413, "Validation");
+    free(b.p);
+}
+END_TEST
+
+/* Items survive a restart on the same --data; without it /info says memory. */
+START_TEST(test_items_persistence)
+{
+    char dir[] = "/tmp/embedd-items-XXXXXX";
+    ck_assert(mkdtemp(dir) != NULL);
+    char data[128];
+    snprintf(data, sizeof data, "%s/data", dir);
+    const char *args[] = {"--data", data, NULL};
+    start_own(args);
+    char *v = ramp_vector(3);
+    char body[2048];
+    snprintf(body, sizeof body,
+             "{\"items\":[{\"id\":1,\"text\":\"kept text\",\"payload\":{\"p\":[1,\"x\"]}},"
+             "{\"id\":\"two\",\"vector\":%s},{\"id\":3,\"text\":\"gone\"}]}",
+             v);
+    free(v);
+    ck_assert_int_eq(req_port(s_own.port, "POST", "/items", body, NULL), 200);
+    ck_assert_int_eq(req_port(s_own.port, "DELETE", "/items/3", NULL, NULL), 200);
+    cJSON *before = NULL;
+    ck_assert_int_eq(req_port(s_own.port, "GET", "/items/two?with_vector=true", NULL, &before),
+                     200);
+    kill(s_own.pid, SIGTERM);
+    expect_exit_zero(10.0);
+
+    start_own(args);
+    ck_assert_int_eq(get_count(s_own.port), 2);
+    cJSON *j = NULL;
+    ck_assert_int_eq(req_port(s_own.port, "GET", "/items/1", NULL, &j), 200);
+    ck_assert_str_eq(str_of(j, "text"), "kept text");
+    char *p = cJSON_PrintUnformatted(cJSON_GetObjectItemCaseSensitive(j, "payload"));
+    ck_assert_str_eq(p, "{\"p\":[1,\"x\"]}");
+    free(p);
+    cJSON_Delete(j);
+    ck_assert_int_eq(req_port(s_own.port, "GET", "/items/two?with_vector=true", NULL, &j), 200);
+    char *a = cJSON_PrintUnformatted(cJSON_GetObjectItemCaseSensitive(before, "vector"));
+    char *c = cJSON_PrintUnformatted(cJSON_GetObjectItemCaseSensitive(j, "vector"));
+    ck_assert_str_eq(a, c);
+    free(a);
+    free(c);
+    cJSON_Delete(j);
+    cJSON_Delete(before);
+    ck_assert_int_eq(req_port(s_own.port, "GET", "/items/3", NULL, NULL), 404);
+    ck_assert_int_eq(req_port(s_own.port, "GET", "/info", NULL, &j), 200);
+    ck_assert_str_eq(str_of(j, "store"), "disk");
+    ck_assert_int_eq((int)num_of(j, "items"), 2);
+    cJSON_Delete(j);
+    kill(s_own.pid, SIGTERM);
+    expect_exit_zero(10.0);
+
+    start_own(NULL);
+    ck_assert_int_eq(req_port(s_own.port, "GET", "/info", NULL, &j), 200);
+    ck_assert_str_eq(str_of(j, "store"), "memory");
+    ck_assert(cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(j, "data_dir")));
+    ck_assert_int_eq((int)num_of(j, "items"), 0);
+    cJSON_Delete(j);
+    kill(s_own.pid, SIGTERM);
+    expect_exit_zero(10.0);
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    ck_assert_int_eq(system(cmd), 0);
+}
+END_TEST
+
+/* ======================================================================== */
 
 static TCase *tcase_with_server(Suite *s, const char *name, void (*setup)(void), int timeout)
 {
     TCase *tc = tcase_create(name);
     if (setup != NULL)
-        tcase_add_unchecked_fixture(tc, setup, fixture_stop);
+        tcase_add_unchecked_fixture(tc, setup,
+                                    setup == setup_items ? teardown_items : fixture_stop);
     tcase_set_timeout(tc, timeout);
     suite_add_tcase(s, tc);
     return tc;
@@ -2327,6 +2740,12 @@ int main(void)
     tcase_add_test(tc, test_shutdown_graceful);
     tcase_add_test(tc, test_shutdown_503);
     tcase_add_test(tc, test_shutdown_refuses_new_connections);
+
+    tc = tcase_with_server(s, "items", setup_items, 60);
+    tcase_add_test(tc, test_items_crud);
+    tcase_add_test(tc, test_items_similar);
+    tcase_add_test(tc, test_items_errors);
+    tcase_add_test(tc, test_items_persistence);
 
     tc = tcase_with_server(s, "openai_sdk", setup_sdk, 180);
     tcase_add_test(tc, test_openai_sdk);

@@ -1,0 +1,722 @@
+/* routes_items.c: the item store's routes: /items, /items/{id},
+ * /items/delete, /items/count and /similar (store.h is the engine).
+ *
+ * Texts (items to upsert, /similar queries) are embedded through the
+ * batcher exactly like /embed: handle tokenises and submits one job, the
+ * connection is suspended, finish normalises the vectors and calls the
+ * store. Requests without texts never suspend. Ids are written back as
+ * they came: numbers as JSON numbers, strings as JSON strings; payloads
+ * are written back as their stored JSON text. */
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "ops.h"
+#include "server.h"
+
+static double mono_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static void put_id(strbuf *b, const store_id *id)
+{
+    if (id->kind == STORE_ID_NUM) {
+        sb_printf(b, "%llu", (unsigned long long)id->num);
+        return;
+    }
+    char tmp[STORE_MAX_ID_LEN + 1];
+    size_t n = id->len < STORE_MAX_ID_LEN ? id->len : STORE_MAX_ID_LEN;
+    memcpy(tmp, id->str, n);
+    tmp[n] = '\0';
+    sb_json_string(b, tmp);
+}
+
+/* ---- texts through the batcher ---------------------------------------- */
+
+/* The embedding part shared by /items and /similar. */
+typedef struct text_job {
+    emb_job job;
+    int n;                     /* texts */
+    int32_t *ids;
+    int *lens;
+    float *out;                /* (n, C) */
+} text_job;
+
+static void text_job_free(text_job *tj)
+{
+    free(tj->ids);
+    free(tj->lens);
+    free(tj->out);
+}
+
+/* Tokenises n texts (auto-truncate per the server's flag) into tj.
+ * Returns 0, or -1 after filling rp. */
+static int text_job_encode(server *srv, text_job *tj, const char *const *texts, int n,
+                           reply *rp)
+{
+    const emb_model *m = srv->model;
+    const int max_len = m->cfg.max_seq_length;
+    tj->n = n;
+    tj->ids = malloc(sizeof(int32_t) * (size_t)n * (size_t)max_len);
+    tj->lens = malloc(sizeof(int) * (size_t)n);
+    tj->out = malloc(sizeof(float) * (size_t)n * (size_t)m->cfg.hidden_size);
+    if (tj->ids == NULL || tj->lens == NULL || tj->out == NULL) {
+        reply_error(rp, API_TEI, 500, "Backend", "out of memory");
+        return -1;
+    }
+    long off = 0;
+    for (int i = 0; i < n; i++) {
+        size_t len = strlen(texts[i]);
+        int full = 0;
+        if (len == 0) {
+            reply_error(rp, API_TEI, 400, "Empty", "text %d is empty", i);
+            return -1;
+        }
+        int k = emb_encode(m->tok, texts[i], len, max_len, 0, tj->ids + off, &full);
+        if (k < 0) {
+            reply_error(rp, API_TEI, 422, "Tokenizer", "text %d could not be tokenised", i);
+            return -1;
+        }
+        if (full > max_len && !srv->opts.auto_truncate) {
+            reply_error(rp, API_TEI, 422, "Validation",
+                        "text %d has %d tokens, more than the maximum of %d", i, full, max_len);
+            return -1;
+        }
+        tj->lens[i] = k;
+        off += k;
+    }
+    return 0;
+}
+
+static route_result text_job_submit(server *srv, request *rq, text_job *tj)
+{
+    tj->job.n_seqs = tj->n;
+    tj->job.ids = tj->ids;
+    tj->job.lens = tj->lens;
+    tj->job.out = tj->out;
+    server_submit(srv, rq, &tj->job);
+    return ROUTE_SUSPEND;
+}
+
+static int text_job_failed(const text_job *tj, reply *rp)
+{
+    if (!tj->job.failed)
+        return 0;
+    if (strstr(tj->job.error, "shutting down") != NULL)
+        reply_error(rp, API_TEI, 503, "Unhealthy", "%s", tj->job.error);
+    else
+        reply_error(rp, API_TEI, 500, "Backend", "%s", tj->job.error);
+    return 1;
+}
+
+/* Parses a JSON array of dim numbers into v. Returns 0, or -1 after
+ * filling rp (422). */
+static int parse_vector(const cJSON *arr, int dim, float *v, const char *what, reply *rp)
+{
+    if (!cJSON_IsArray(arr)) {
+        reply_error(rp, API_TEI, 422, "Validation", "%s must be an array of numbers", what);
+        return -1;
+    }
+    int n = cJSON_GetArraySize(arr);
+    if (n != dim) {
+        reply_error(rp, API_TEI, 422, "Validation",
+                    "%s has dimension %d, the store's is %d", what, n, dim);
+        return -1;
+    }
+    int i = 0;
+    const cJSON *el;
+    cJSON_ArrayForEach(el, arr) {
+        if (!cJSON_IsNumber(el)) {
+            reply_error(rp, API_TEI, 422, "Validation", "%s[%d] is not a number", what, i);
+            return -1;
+        }
+        v[i++] = (float)el->valuedouble;
+    }
+    return 0;
+}
+
+/* ---- POST /items --------------------------------------------------------- */
+
+typedef struct items_state {
+    text_job tj;
+    cJSON *root;               /* kept: items borrow its strings */
+    int n;
+    store_item *items;
+    float *vecs;               /* (n, dim) */
+    char **payloads;           /* (n) printed payload objects */
+    int *text_item;            /* (tj.n) item index of each text */
+} items_state;
+
+static void items_state_free(void *p)
+{
+    items_state *st = p;
+    if (st == NULL)
+        return;
+    text_job_free(&st->tj);
+    if (st->payloads != NULL)
+        for (int i = 0; i < st->n; i++)
+            free(st->payloads[i]);
+    free(st->payloads);
+    free(st->items);
+    free(st->vecs);
+    free(st->text_item);
+    cJSON_Delete(st->root);
+    free(st);
+}
+
+static void items_upsert_reply(server *srv, items_state *st, reply *rp)
+{
+    emb_err err;
+    if (store_upsert(srv->store, st->items, st->n, &err) != 0) {
+        reply_error(rp, API_TEI, 500, "Backend", "%s", err.msg);
+        return;
+    }
+    sb_printf(&rp->body, "{\"status\":\"ok\",\"upserted\":%d}", st->n);
+}
+
+route_result handle_items_upsert(server *srv, request *rq, reply *rp)
+{
+    const int dim = store_dim(srv->store);
+    cJSON *root = route_parse_body(rq, API_TEI, rp);
+    const char **texts = NULL;
+    route_result result = ROUTE_DONE;
+    if (root == NULL)
+        return ROUTE_DONE;
+    items_state *st = calloc(1, sizeof *st);
+    if (st == NULL) {
+        cJSON_Delete(root);
+        reply_error(rp, API_TEI, 500, "Backend", "out of memory");
+        return ROUTE_DONE;
+    }
+    st->root = root;
+    rq->state = st;
+    rq->free_state = items_state_free;
+    const cJSON *arr = cJSON_GetObjectItemCaseSensitive(root, "items");
+    if (!cJSON_IsArray(arr)) {
+        reply_error(rp, API_TEI, 422, "Validation", "`items` must be an array of items");
+        return ROUTE_DONE;
+    }
+    int n = cJSON_GetArraySize(arr);
+    if (n == 0) {
+        reply_error(rp, API_TEI, 400, "Empty", "`items` is empty");
+        return ROUTE_DONE;
+    }
+    int max = srv->opts.max_client_batch_size < STORE_MAX_BATCH ? srv->opts.max_client_batch_size
+                                                                 : STORE_MAX_BATCH;
+    if (n > max) {
+        reply_error(rp, API_TEI, 422, "Validation",
+                    "batch size %d exceeds the maximum of %d items per request", n, max);
+        return ROUTE_DONE;
+    }
+    st->n = n;
+    st->items = calloc((size_t)n, sizeof(store_item));
+    st->vecs = calloc((size_t)n * (size_t)dim, sizeof(float));
+    st->payloads = calloc((size_t)n, sizeof(char *));
+    st->text_item = calloc((size_t)n, sizeof(int));
+    texts = calloc((size_t)n, sizeof(char *));
+    if (st->items == NULL || st->vecs == NULL || st->payloads == NULL ||
+        st->text_item == NULL || texts == NULL) {
+        reply_error(rp, API_TEI, 500, "Backend", "out of memory");
+        goto out;
+    }
+    int n_text = 0;
+    int i = 0;
+    const cJSON *el;
+    cJSON_ArrayForEach(el, arr) {
+        char what[64];
+        emb_err err;
+        store_item *it = &st->items[i];
+        float *v = st->vecs + (long)i * dim;
+        if (!cJSON_IsObject(el)) {
+            reply_error(rp, API_TEI, 422, "Validation", "items[%d] must be an object", i);
+            goto out;
+        }
+        if (store_id_from_json(cJSON_GetObjectItemCaseSensitive(el, "id"), &it->id, &err) !=
+            0) {
+            reply_error(rp, API_TEI, 422, "Validation", "items[%d]: %s", i, err.msg);
+            goto out;
+        }
+        const cJSON *text = cJSON_GetObjectItemCaseSensitive(el, "text");
+        const cJSON *vec = cJSON_GetObjectItemCaseSensitive(el, "vector");
+        if (cJSON_IsNull(text))
+            text = NULL;
+        if (cJSON_IsNull(vec))
+            vec = NULL;
+        if ((text == NULL) == (vec == NULL)) {
+            reply_error(rp, API_TEI, 422, "Validation",
+                        "items[%d] needs exactly one of `text` and `vector`", i);
+            goto out;
+        }
+        if (text != NULL) {
+            if (!cJSON_IsString(text)) {
+                reply_error(rp, API_TEI, 422, "Validation", "items[%d].text must be a string",
+                            i);
+                goto out;
+            }
+            it->text = text->valuestring;
+            it->text_len = strlen(text->valuestring);
+            texts[n_text] = text->valuestring;
+            st->text_item[n_text++] = i;
+            v[0] = 1.0f; /* a stand-in for store_item_check; replaced once embedded */
+        } else {
+            snprintf(what, sizeof what, "items[%d].vector", i);
+            if (parse_vector(vec, dim, v, what, rp) != 0)
+                goto out;
+        }
+        it->vector = v;
+        it->vector_dim = dim;
+        it->model_version = 1;
+        const cJSON *payload = cJSON_GetObjectItemCaseSensitive(el, "payload");
+        if (payload != NULL && !cJSON_IsNull(payload)) {
+            if (!cJSON_IsObject(payload)) {
+                reply_error(rp, API_TEI, 422, "Validation",
+                            "items[%d].payload must be an object", i);
+                goto out;
+            }
+            st->payloads[i] = cJSON_PrintUnformatted(payload);
+            if (st->payloads[i] == NULL) {
+                reply_error(rp, API_TEI, 500, "Backend", "out of memory");
+                goto out;
+            }
+            it->payload = st->payloads[i];
+            it->payload_len = strlen(st->payloads[i]);
+        }
+        if (store_item_check(srv->store, it, &err) != 0) {
+            reply_error(rp, API_TEI, 422, "Validation", "items[%d]: %s", i, err.msg);
+            goto out;
+        }
+        i++;
+    }
+    if (n_text == 0) {
+        items_upsert_reply(srv, st, rp);
+        goto out;
+    }
+    if (text_job_encode(srv, &st->tj, texts, n_text, rp) != 0)
+        goto out;
+    result = text_job_submit(srv, rq, &st->tj);
+out:
+    free(texts);
+    return result;
+}
+
+void finish_items_upsert(server *srv, request *rq, reply *rp)
+{
+    items_state *st = rq->state;
+    const int dim = store_dim(srv->store);
+    if (text_job_failed(&st->tj, rp))
+        return;
+    for (int k = 0; k < st->tj.n; k++) {
+        float *v = st->vecs + (long)st->text_item[k] * dim;
+        memcpy(v, st->tj.out + (long)k * dim, sizeof(float) * (size_t)dim);
+        l2norm_forward(v, 1, dim);
+    }
+    items_upsert_reply(srv, st, rp);
+}
+
+/* ---- /items/{id}, /items/delete, /items/count ------------------------------ */
+
+/* The id of a path segment: an unsigned integer without leading zeros
+ * ("0" itself is fine) is a number, anything else a string. */
+static int id_of_segment(const char *seg, store_id *id, reply *rp)
+{
+    size_t n = strlen(seg);
+    int numeric = n > 0 && n <= 16 && (seg[0] != '0' || n == 1);
+    for (size_t i = 0; numeric && i < n; i++)
+        numeric = seg[i] >= '0' && seg[i] <= '9';
+    if (numeric) {
+        unsigned long long v = strtoull(seg, NULL, 10);
+        if ((double)v <= STORE_MAX_JSON_ID) {
+            *id = store_id_num(v);
+            return 0;
+        }
+    }
+    if (n > STORE_MAX_ID_LEN) {
+        reply_error(rp, API_TEI, 422, "Validation", "id is longer than %d bytes",
+                    STORE_MAX_ID_LEN);
+        return -1;
+    }
+    *id = store_id_str(seg);
+    return 0;
+}
+
+static const char *item_segment(const request *rq)
+{
+    return rq->url + strlen("/items/");
+}
+
+static void not_found(reply *rp, const store_id *id)
+{
+    strbuf b;
+    sb_init(&b, 4096);
+    put_id(&b, id);
+    char *s = sb_take(&b, NULL);
+    reply_error(rp, API_TEI, 404, "NotFound", "item %s not found", s != NULL ? s : "?");
+    free(s);
+}
+
+static int query_bool(request *rq, const char *name, int def, reply *rp)
+{
+    const char *v = MHD_lookup_connection_value(rq->conn, MHD_GET_ARGUMENT_KIND, name);
+    if (v == NULL)
+        return def;
+    if (strcmp(v, "true") == 0 || strcmp(v, "1") == 0)
+        return 1;
+    if (strcmp(v, "false") == 0 || strcmp(v, "0") == 0)
+        return 0;
+    reply_error(rp, API_TEI, 422, "Validation", "`%s` must be true or false", name);
+    return -1;
+}
+
+route_result handle_item_get(server *srv, request *rq, reply *rp)
+{
+    store_id id;
+    store_record r;
+    emb_err err;
+    if (id_of_segment(item_segment(rq), &id, rp) != 0)
+        return ROUTE_DONE;
+    int with_vector = query_bool(rq, "with_vector", 0, rp);
+    if (with_vector < 0)
+        return ROUTE_DONE;
+    int found = store_get(srv->store, &id, &r, &err);
+    if (found < 0) {
+        reply_error(rp, API_TEI, 500, "Backend", "%s", err.msg);
+        return ROUTE_DONE;
+    }
+    if (found == 0) {
+        not_found(rp, &id);
+        return ROUTE_DONE;
+    }
+    strbuf *b = &rp->body;
+    sb_puts(b, "{\"id\":");
+    put_id(b, &r.id);
+    sb_puts(b, ",\"text\":");
+    if (r.text != NULL)
+        sb_json_string(b, r.text);
+    else
+        sb_puts(b, "null");
+    sb_puts(b, ",\"payload\":");
+    sb_puts(b, r.payload != NULL ? r.payload : "null");
+    sb_printf(b, ",\"model_version\":%d", r.model_version);
+    if (with_vector) {
+        sb_puts(b, ",\"vector\":");
+        sb_json_floats(b, r.vector, store_dim(srv->store));
+    }
+    sb_putc(b, '}');
+    store_record_free(&r);
+    return ROUTE_DONE;
+}
+
+route_result handle_item_delete(server *srv, request *rq, reply *rp)
+{
+    store_id id;
+    emb_err err;
+    int deleted = 0;
+    if (id_of_segment(item_segment(rq), &id, rp) != 0)
+        return ROUTE_DONE;
+    if (store_delete(srv->store, &id, 1, &deleted, &err) != 0) {
+        reply_error(rp, API_TEI, 500, "Backend", "%s", err.msg);
+        return ROUTE_DONE;
+    }
+    if (deleted == 0) {
+        not_found(rp, &id);
+        return ROUTE_DONE;
+    }
+    sb_printf(&rp->body, "{\"status\":\"ok\",\"deleted\":%d}", deleted);
+    return ROUTE_DONE;
+}
+
+route_result handle_items_delete(server *srv, request *rq, reply *rp)
+{
+    emb_err err;
+    store_id *ids = NULL;
+    cJSON *root = route_parse_body(rq, API_TEI, rp);
+    if (root == NULL)
+        return ROUTE_DONE;
+    const cJSON *arr = cJSON_GetObjectItemCaseSensitive(root, "ids");
+    if (!cJSON_IsArray(arr)) {
+        reply_error(rp, API_TEI, 422, "Validation", "`ids` must be an array of ids");
+        goto out;
+    }
+    int n = cJSON_GetArraySize(arr);
+    if (n == 0) {
+        reply_error(rp, API_TEI, 400, "Empty", "`ids` is empty");
+        goto out;
+    }
+    int max = srv->opts.max_client_batch_size < STORE_MAX_BATCH ? srv->opts.max_client_batch_size
+                                                                 : STORE_MAX_BATCH;
+    if (n > max) {
+        reply_error(rp, API_TEI, 422, "Validation",
+                    "batch size %d exceeds the maximum of %d ids per request", n, max);
+        goto out;
+    }
+    ids = calloc((size_t)n, sizeof *ids);
+    if (ids == NULL) {
+        reply_error(rp, API_TEI, 500, "Backend", "out of memory");
+        goto out;
+    }
+    int i = 0;
+    const cJSON *el;
+    cJSON_ArrayForEach(el, arr) {
+        if (store_id_from_json(el, &ids[i], &err) != 0) {
+            reply_error(rp, API_TEI, 422, "Validation", "ids[%d]: %s", i, err.msg);
+            goto out;
+        }
+        i++;
+    }
+    int deleted = 0;
+    if (store_delete(srv->store, ids, n, &deleted, &err) != 0) {
+        reply_error(rp, API_TEI, 500, "Backend", "%s", err.msg);
+        goto out;
+    }
+    sb_printf(&rp->body, "{\"status\":\"ok\",\"deleted\":%d}", deleted);
+out:
+    free(ids);
+    cJSON_Delete(root);
+    return ROUTE_DONE;
+}
+
+route_result handle_items_count(server *srv, request *rq, reply *rp)
+{
+    sb_printf(&rp->body, "{\"count\":%ld}", store_count(srv->store));
+    return ROUTE_DONE;
+}
+
+/* ---- /similar -------------------------------------------------------------- */
+
+typedef struct similar_state {
+    text_job tj;
+    store_query q;
+    store_filter *filter;
+    float *vec;                /* (dim) */
+} similar_state;
+
+static void similar_state_free(void *p)
+{
+    similar_state *st = p;
+    if (st == NULL)
+        return;
+    text_job_free(&st->tj);
+    store_filter_free(st->filter);
+    free(st->vec);
+    free(st);
+}
+
+static similar_state *new_similar_state(server *srv, request *rq, reply *rp)
+{
+    similar_state *st = calloc(1, sizeof *st);
+    if (st != NULL)
+        st->vec = calloc((size_t)store_dim(srv->store), sizeof(float));
+    if (st == NULL || st->vec == NULL) {
+        free(st);
+        reply_error(rp, API_TEI, 500, "Backend", "out of memory");
+        return NULL;
+    }
+    rq->state = st;
+    rq->free_state = similar_state_free;
+    store_query_init(&st->q, st->vec, store_dim(srv->store));
+    return st;
+}
+
+/* Searches and writes the reply. */
+static void similar_reply(server *srv, request *rq, similar_state *st, reply *rp)
+{
+    emb_err err;
+    store_result res;
+    if (store_query_check(srv->store, &st->q, &err) != 0) {
+        reply_error(rp, API_TEI, 422, "Validation", "%s", err.msg);
+        return;
+    }
+    if (store_search(srv->store, &st->q, &res, &err) != 0) {
+        reply_error(rp, API_TEI, 500, "Backend", "%s", err.msg);
+        return;
+    }
+    const int dim = store_dim(srv->store);
+    strbuf *b = &rp->body;
+    sb_puts(b, "{\"result\":[");
+    for (int i = 0; i < res.n; i++) {
+        const store_hit *h = &res.hits[i];
+        sb_puts(b, i > 0 ? ",{\"id\":" : "{\"id\":");
+        put_id(b, &h->id);
+        sb_printf(b, ",\"score\":%.9g", (double)h->score);
+        if (st->q.with_payload) {
+            sb_puts(b, ",\"payload\":");
+            sb_puts(b, h->payload != NULL ? h->payload : "null");
+        }
+        if (st->q.with_vector && h->vector != NULL) {
+            sb_puts(b, ",\"vector\":");
+            sb_json_floats(b, h->vector, dim);
+        }
+        sb_putc(b, '}');
+    }
+    sb_printf(b, "],\"model_version\":1,\"time\":%.6f}", mono_seconds() - rq->t_start);
+    store_result_free(&res);
+}
+
+/* Starts the text query's job, or answers at once. */
+static route_result similar_go(server *srv, request *rq, similar_state *st, const char *text,
+                               reply *rp)
+{
+    if (text == NULL) {
+        similar_reply(srv, rq, st, rp);
+        return ROUTE_DONE;
+    }
+    if (text_job_encode(srv, &st->tj, &text, 1, rp) != 0)
+        return ROUTE_DONE;
+    return text_job_submit(srv, rq, &st->tj);
+}
+
+static int get_int(const cJSON *root, const char *name, int def, int min, int max, int *out,
+                   reply *rp)
+{
+    const cJSON *f = cJSON_GetObjectItemCaseSensitive(root, name);
+    *out = def;
+    if (f == NULL || cJSON_IsNull(f))
+        return 0;
+    if (!cJSON_IsNumber(f) || f->valuedouble != floor(f->valuedouble) || f->valuedouble < min ||
+        f->valuedouble > max) {
+        reply_error(rp, API_TEI, 422, "Validation", "`%s` must be an integer in %d..%d", name,
+                    min, max);
+        return -1;
+    }
+    *out = (int)f->valuedouble;
+    return 0;
+}
+
+static int get_flag(const cJSON *root, const char *name, int def, int *out, reply *rp)
+{
+    const cJSON *f = cJSON_GetObjectItemCaseSensitive(root, name);
+    *out = def;
+    if (f == NULL || cJSON_IsNull(f))
+        return 0;
+    if (!cJSON_IsBool(f)) {
+        reply_error(rp, API_TEI, 422, "Validation", "`%s` must be true or false", name);
+        return -1;
+    }
+    *out = cJSON_IsTrue(f);
+    return 0;
+}
+
+route_result handle_similar(server *srv, request *rq, reply *rp)
+{
+    const int dim = store_dim(srv->store);
+    route_result result = ROUTE_DONE;
+    emb_err err;
+    cJSON *root = route_parse_body(rq, API_TEI, rp);
+    if (root == NULL)
+        return ROUTE_DONE;
+    similar_state *st = new_similar_state(srv, rq, rp);
+    if (st == NULL)
+        goto out;
+    const cJSON *text = cJSON_GetObjectItemCaseSensitive(root, "text");
+    const cJSON *vec = cJSON_GetObjectItemCaseSensitive(root, "vector");
+    const cJSON *idj = cJSON_GetObjectItemCaseSensitive(root, "id");
+    if (cJSON_IsNull(text))
+        text = NULL;
+    if (cJSON_IsNull(vec))
+        vec = NULL;
+    if (cJSON_IsNull(idj))
+        idj = NULL;
+    if ((text != NULL) + (vec != NULL) + (idj != NULL) != 1) {
+        reply_error(rp, API_TEI, 422, "Validation",
+                    "give exactly one of `text`, `vector` and `id`");
+        goto out;
+    }
+    if (get_int(root, "limit", 10, 1, STORE_MAX_RESULTS, &st->q.limit, rp) != 0 ||
+        get_int(root, "offset", 0, 0, STORE_MAX_RESULTS, &st->q.offset, rp) != 0 ||
+        get_flag(root, "with_payload", 1, &st->q.with_payload, rp) != 0 ||
+        get_flag(root, "with_vector", 0, &st->q.with_vector, rp) != 0)
+        goto out;
+    const cJSON *thr = cJSON_GetObjectItemCaseSensitive(root, "score_threshold");
+    if (thr != NULL && !cJSON_IsNull(thr)) {
+        if (!cJSON_IsNumber(thr)) {
+            reply_error(rp, API_TEI, 422, "Validation", "`score_threshold` must be a number");
+            goto out;
+        }
+        st->q.score_threshold = (float)thr->valuedouble;
+    }
+    const cJSON *filter = cJSON_GetObjectItemCaseSensitive(root, "filter");
+    if (filter != NULL && !cJSON_IsNull(filter)) {
+        err.msg[0] = '\0';
+        st->filter = store_filter_compile(filter, &err);
+        if (st->filter == NULL) {
+            reply_error(rp, API_TEI, 422, "Validation", "%s", err.msg);
+            goto out;
+        }
+        st->q.filter = st->filter;
+    }
+    if (text != NULL) {
+        if (!cJSON_IsString(text)) {
+            reply_error(rp, API_TEI, 422, "Validation", "`text` must be a string");
+            goto out;
+        }
+        result = similar_go(srv, rq, st, text->valuestring, rp);
+        goto out;
+    }
+    if (vec != NULL) {
+        if (parse_vector(vec, dim, st->vec, "`vector`", rp) != 0)
+            goto out;
+    } else {
+        store_id id;
+        store_record r;
+        if (store_id_from_json(idj, &id, &err) != 0) {
+            reply_error(rp, API_TEI, 422, "Validation", "id: %s", err.msg);
+            goto out;
+        }
+        int found = store_get(srv->store, &id, &r, &err);
+        if (found < 0) {
+            reply_error(rp, API_TEI, 500, "Backend", "%s", err.msg);
+            goto out;
+        }
+        if (found == 0) {
+            not_found(rp, &id);
+            goto out;
+        }
+        memcpy(st->vec, r.vector, sizeof(float) * (size_t)dim);
+        store_record_free(&r);
+    }
+    result = similar_go(srv, rq, st, NULL, rp);
+out:
+    cJSON_Delete(root);
+    return result;
+}
+
+route_result handle_similar_get(server *srv, request *rq, reply *rp)
+{
+    const char *q = MHD_lookup_connection_value(rq->conn, MHD_GET_ARGUMENT_KIND, "q");
+    const char *k = MHD_lookup_connection_value(rq->conn, MHD_GET_ARGUMENT_KIND, "k");
+    if (q == NULL) {
+        reply_error(rp, API_TEI, 422, "Validation", "missing query argument `q`");
+        return ROUTE_DONE;
+    }
+    similar_state *st = new_similar_state(srv, rq, rp);
+    if (st == NULL)
+        return ROUTE_DONE;
+    if (k != NULL) {
+        char *end = NULL;
+        long v = strtol(k, &end, 10);
+        if (end == k || *end != '\0' || v < 1 || v > STORE_MAX_RESULTS) {
+            reply_error(rp, API_TEI, 422, "Validation", "`k` must be an integer in 1..%d",
+                        STORE_MAX_RESULTS);
+            return ROUTE_DONE;
+        }
+        st->q.limit = (int)v;
+    }
+    return similar_go(srv, rq, st, q, rp);
+}
+
+void finish_similar(server *srv, request *rq, reply *rp)
+{
+    similar_state *st = rq->state;
+    const int dim = store_dim(srv->store);
+    if (text_job_failed(&st->tj, rp))
+        return;
+    memcpy(st->vec, st->tj.out, sizeof(float) * (size_t)dim);
+    l2norm_forward(st->vec, 1, dim);
+    similar_reply(srv, rq, st, rp);
+}
