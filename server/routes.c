@@ -290,9 +290,63 @@ static embed_state *new_embed_state(request *rq, api_family api, reply *rp)
     return st;
 }
 
-static route_result handle_embed(server *srv, request *rq, reply *rp)
+/* Reads the options of a TEI /embed request into st. Returns 0, or -1
+ * after filling rp. */
+static int tei_options(server *srv, const cJSON *root, embed_state *st, int *truncate,
+                       int *left, reply *rp)
 {
-    const api_family api = API_TEI;
+    st->normalize = get_bool(root, "normalize", 1, st->api, rp);
+    *truncate = get_bool(root, "truncate", srv->opts.auto_truncate, st->api, rp);
+    st->dimensions = get_dimensions(root, srv->model->cfg.hidden_size, st->api, rp);
+    if (st->normalize < 0 || *truncate < 0 || st->dimensions < 0)
+        return -1;
+    const cJSON *dir = cJSON_GetObjectItemCaseSensitive(root, "truncation_direction");
+    if (dir == NULL || cJSON_IsNull(dir))
+        return 0;
+    if (cJSON_IsString(dir) && strcasecmp(dir->valuestring, "left") == 0) {
+        *left = 1;
+        return 0;
+    }
+    if (cJSON_IsString(dir) && strcasecmp(dir->valuestring, "right") == 0)
+        return 0;
+    reply_error(rp, st->api, 422, "Validation",
+                "`truncation_direction` must be \"right\" or \"left\"");
+    return -1;
+}
+
+/* Reads the options of an OpenAI /v1/embeddings request into st. */
+static int openai_options(server *srv, const cJSON *root, embed_state *st, int *truncate,
+                          int *left, reply *rp)
+{
+    st->normalize = 1;
+    const cJSON *fmt = cJSON_GetObjectItemCaseSensitive(root, "encoding_format");
+    if (fmt != NULL && !cJSON_IsNull(fmt)) {
+        if (cJSON_IsString(fmt) && strcmp(fmt->valuestring, "base64") == 0) {
+            st->base64 = 1;
+        } else if (!cJSON_IsString(fmt) || strcmp(fmt->valuestring, "float") != 0) {
+            reply_error(rp, st->api, 422, "Validation",
+                        "`encoding_format` must be \"float\" or \"base64\"");
+            return -1;
+        }
+    }
+    const cJSON *model = cJSON_GetObjectItemCaseSensitive(root, "model");
+    if (model != NULL && !cJSON_IsNull(model) && !cJSON_IsString(model)) {
+        reply_error(rp, st->api, 422, "Validation", "`model` must be a string");
+        return -1;
+    }
+    st->dimensions = get_dimensions(root, srv->model->cfg.hidden_size, st->api, rp);
+    return st->dimensions < 0 ? -1 : 0;
+}
+
+typedef int (*embed_options_fn)(server *srv, const cJSON *root, embed_state *st, int *truncate,
+                                int *left, reply *rp);
+
+/* Both embedding routes: parse, read the inputs (`field`) and the API's
+ * options, tokenise, submit. */
+static route_result handle_embeddings(server *srv, request *rq, reply *rp, api_family api,
+                                      const char *field, int allow_ids,
+                                      embed_options_fn read_options)
+{
     route_result result = ROUTE_DONE;
     input *in = NULL;
     cJSON *root = route_parse_body(rq, api, rp);
@@ -301,26 +355,14 @@ static route_result handle_embed(server *srv, request *rq, reply *rp)
     embed_state *st = new_embed_state(rq, api, rp);
     if (st == NULL)
         goto out;
-    st->n = collect_inputs(cJSON_GetObjectItemCaseSensitive(root, "inputs"), "inputs", 0,
+    st->n = collect_inputs(cJSON_GetObjectItemCaseSensitive(root, field), field, allow_ids,
                            srv->opts.max_client_batch_size, api, &in, rp);
     if (st->n == 0)
         goto out;
-    st->normalize = get_bool(root, "normalize", 1, api, rp);
-    int truncate = get_bool(root, "truncate", srv->opts.auto_truncate, api, rp);
-    st->dimensions = get_dimensions(root, srv->model->cfg.hidden_size, api, rp);
-    if (st->normalize < 0 || truncate < 0 || st->dimensions < 0)
-        goto out;
+    int truncate = srv->opts.auto_truncate;
     int left = 0;
-    const cJSON *dir = cJSON_GetObjectItemCaseSensitive(root, "truncation_direction");
-    if (dir != NULL && !cJSON_IsNull(dir)) {
-        if (cJSON_IsString(dir) && strcasecmp(dir->valuestring, "left") == 0) {
-            left = 1;
-        } else if (!cJSON_IsString(dir) || strcasecmp(dir->valuestring, "right") != 0) {
-            reply_error(rp, api, 422, "Validation",
-                        "`truncation_direction` must be \"right\" or \"left\"");
-            goto out;
-        }
-    }
+    if (read_options(srv, root, st, &truncate, &left, rp) != 0)
+        goto out;
     if (encode_inputs(srv, st, in, truncate, left, rp) != 0)
         goto out;
     result = submit_embed(srv, rq, st);
@@ -330,47 +372,14 @@ out:
     return result;
 }
 
+static route_result handle_embed(server *srv, request *rq, reply *rp)
+{
+    return handle_embeddings(srv, rq, rp, API_TEI, "inputs", 0, tei_options);
+}
+
 static route_result handle_openai_embeddings(server *srv, request *rq, reply *rp)
 {
-    const api_family api = API_OPENAI;
-    route_result result = ROUTE_DONE;
-    input *in = NULL;
-    cJSON *root = route_parse_body(rq, api, rp);
-    if (root == NULL)
-        return ROUTE_DONE;
-    embed_state *st = new_embed_state(rq, api, rp);
-    if (st == NULL)
-        goto out;
-    st->n = collect_inputs(cJSON_GetObjectItemCaseSensitive(root, "input"), "input", 1,
-                           srv->opts.max_client_batch_size, api, &in, rp);
-    if (st->n == 0)
-        goto out;
-    st->normalize = 1;
-    const cJSON *fmt = cJSON_GetObjectItemCaseSensitive(root, "encoding_format");
-    if (fmt != NULL && !cJSON_IsNull(fmt)) {
-        if (cJSON_IsString(fmt) && strcmp(fmt->valuestring, "base64") == 0) {
-            st->base64 = 1;
-        } else if (!cJSON_IsString(fmt) || strcmp(fmt->valuestring, "float") != 0) {
-            reply_error(rp, api, 422, "Validation",
-                        "`encoding_format` must be \"float\" or \"base64\"");
-            goto out;
-        }
-    }
-    const cJSON *model = cJSON_GetObjectItemCaseSensitive(root, "model");
-    if (model != NULL && !cJSON_IsNull(model) && !cJSON_IsString(model)) {
-        reply_error(rp, api, 422, "Validation", "`model` must be a string");
-        goto out;
-    }
-    st->dimensions = get_dimensions(root, srv->model->cfg.hidden_size, api, rp);
-    if (st->dimensions < 0)
-        goto out;
-    if (encode_inputs(srv, st, in, srv->opts.auto_truncate, 0, rp) != 0)
-        goto out;
-    result = submit_embed(srv, rq, st);
-out:
-    free(in);
-    cJSON_Delete(root);
-    return result;
+    return handle_embeddings(srv, rq, rp, API_OPENAI, "input", 1, openai_options);
 }
 
 /* The request's view of vector i: first `dimensions` values, normalised
