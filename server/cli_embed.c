@@ -145,6 +145,28 @@ static long read_line(char **buf, size_t *cap, FILE *fp)
     return n;
 }
 
+/* Reads and tokenises the next stdin line into seq (room for max_len).
+ * Returns its token count, -1 at end of input, or -2 after printing an
+ * error for line lineno. */
+static int next_encoded_line(const emb_tokenizer *tok, int max_len, int32_t *seq, char **line,
+                             size_t *line_cap, long lineno, const char *cmd)
+{
+    long len = read_line(line, line_cap, stdin);
+    if (len == -1)
+        return -1;
+    if (len == -2) {
+        fprintf(stderr, "embedd %s: line %ld is longer than %ld bytes\n", cmd, lineno,
+                MAX_LINE_BYTES);
+        return -2;
+    }
+    int n = emb_encode(tok, *line, (size_t)len, max_len, 0, seq, NULL);
+    if (n < 0) {
+        fprintf(stderr, "embedd %s: out of memory tokenising line %ld\n", cmd, lineno);
+        return -2;
+    }
+    return n;
+}
+
 /* The pending batch of embed: ids of whole sequences back to back. */
 typedef struct batch {
     int32_t *ids;
@@ -211,19 +233,11 @@ int cli_embed(int argc, char **argv)
         goto out;
     }
     for (long lineno = 1;; lineno++) {
-        long len = read_line(&line, &line_cap, stdin);
-        if (len == -1)
+        int n = next_encoded_line(m->tok, max_len, seq, &line, &line_cap, lineno, "embed");
+        if (n == -1)
             break;
-        if (len == -2) {
-            fprintf(stderr, "embedd embed: line %ld is longer than %ld bytes\n", lineno,
-                    MAX_LINE_BYTES);
+        if (n < 0)
             goto out;
-        }
-        int n = emb_encode(m->tok, line, (size_t)len, max_len, 0, seq, NULL);
-        if (n < 0) {
-            fprintf(stderr, "embedd embed: out of memory tokenising line %ld\n", lineno);
-            goto out;
-        }
         if (b.n_tokens + n > o.batch_tokens && flush_batch(m, ws, &b, &o, pooling) != 0)
             goto out;
         memcpy(b.ids + b.n_tokens, seq, sizeof(int32_t) * (size_t)n);
@@ -283,19 +297,11 @@ int cli_tokenize(int argc, char **argv)
     if (seq == NULL)
         goto out;
     for (long lineno = 1;; lineno++) {
-        long len = read_line(&line, &line_cap, stdin);
-        if (len == -1)
+        int n = next_encoded_line(tok, max_len, seq, &line, &line_cap, lineno, "tokenize");
+        if (n == -1)
             break;
-        if (len == -2) {
-            fprintf(stderr, "embedd tokenize: line %ld is longer than %ld bytes\n", lineno,
-                    MAX_LINE_BYTES);
+        if (n < 0)
             goto out;
-        }
-        int n = emb_encode(tok, line, (size_t)len, max_len, 0, seq, NULL);
-        if (n < 0) {
-            fprintf(stderr, "embedd tokenize: out of memory\n");
-            goto out;
-        }
         fputc('[', stdout);
         for (int i = 0; i < n; i++)
             printf(i ? ",%d" : "%d", seq[i]);
