@@ -15,10 +15,17 @@ BLAS_DIR ?= /usr/lib/$(shell gcc -print-multiarch)/openblas-openmp
 BLAS_INC ?= /usr/include/$(shell gcc -print-multiarch)/openblas-openmp
 CFLAGS   += $(OPT) -g -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wshadow -Wno-unused-parameter \
             -pthread -fopenmp -I$(BLAS_INC) $(shell pkg-config --cflags $(PKGS))
+# server/*.cpp: the wrapper over Debian's header-only hnswlib (server/hnsw.h).
+CXXFLAGS += $(OPT) -g -std=c++17 -Wall -Wextra -Wno-unused-parameter -pthread -fopenmp
 LDLIBS   += $(shell pkg-config --libs $(PKGS)) -L$(BLAS_DIR) -Wl,-rpath,$(BLAS_DIR) -lopenblas \
-            -lmvec -lm -pthread -fopenmp
+            -lstdc++ -lmvec -lm -pthread -fopenmp
 ifneq ($(SANITIZER),)
 CFLAGS   += -fsanitize=$(SANITIZER) -fno-omit-frame-pointer -fno-sanitize-recover=all
+# hnswlib reads its u64 labels at 4-byte offsets, and its SSE prefetches read
+# one link past a list's end (harmless, but ASan stops on it).
+CXXFLAGS += -fsanitize=$(SANITIZER) -fno-omit-frame-pointer -fno-sanitize-recover=all \
+            -DNO_MANUAL_VECTORIZATION \
+            $(if $(filter undefined,$(SANITIZER)),-fno-sanitize=alignment)
 LDFLAGS  += -fsanitize=$(SANITIZER)
 OPT      := -O1
 endif
@@ -28,7 +35,7 @@ MODEL_SRC  := $(wildcard model/*.c)
 SERVER_SRC := $(wildcard server/*.c)
 TEST_SRC   := $(wildcard tests/test_*.c)
 MODEL_OBJ  := $(MODEL_SRC:%.c=$(BUILD)/%.o)
-SERVER_OBJ := $(SERVER_SRC:%.c=$(BUILD)/%.o)
+SERVER_OBJ := $(SERVER_SRC:%.c=$(BUILD)/%.o) $(patsubst %.cpp,$(BUILD)/%.o,$(wildcard server/*.cpp))
 # server objects other than main, linkable into tests
 SERVER_LIB_OBJ := $(filter-out $(BUILD)/server/main.o,$(SERVER_OBJ))
 TEST_BIN   := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
@@ -47,6 +54,10 @@ all: $(BUILD)/embedd
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -Imodel -Iserver -MMD -MP -c $< -o $@
+
+$(BUILD)/%.o: %.cpp
+	@mkdir -p $(dir $@)
+	$(CXX) $(CXXFLAGS) -Imodel -Iserver -MMD -MP -c $< -o $@
 
 # The numeric kernels want the vectoriser's full effort.
 $(BUILD)/model/ops.o: OPT := $(if $(SANITIZER),-O1,-O3)

@@ -5,7 +5,7 @@ set -eu
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 BUILD_PKGS="build-essential pkg-config libmicrohttpd-dev libcjson-dev libopenblas-dev libopenblas-openmp-dev \
-libcurl4-openssl-dev check libutf8proc-dev"
+libcurl4-openssl-dev check libutf8proc-dev libhnswlib-dev g++"
 # prometheus: tests/test_server.c checks /metrics with its promtool (19 MB
 # download, ~10 s to install; the daemon it ships is not started in a container).
 TEST_PKGS="curl python3 prometheus"

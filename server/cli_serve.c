@@ -38,6 +38,11 @@ static const opt_spec serve_specs[] = {
         "seconds an idle or slow connection is kept"),
     OPT("data", "EMBEDD_DATA", OPT_STRING, data_dir, NULL, 0, 0,
         "directory of the persistent item store (default: items live in memory)"),
+    OPT("snapshot-wal-bytes", "EMBEDD_SNAPSHOT_WAL_BYTES", OPT_INT, snapshot_wal_bytes,
+        "67108864", 0, 1 << 30,
+        "snapshot the item store and truncate its log when the log passes this size (0: never)"),
+    OPT("hnsw-threshold", "EMBEDD_HNSW_THRESHOLD", OPT_INT, hnsw_threshold, "0", 0, 1 << 30,
+        "items at which the store builds an HNSW index (0: never; experimental, see issue 4)"),
 };
 
 int cli_serve(int argc, char **argv)

@@ -390,7 +390,9 @@ int server_run(server_opts *opts)
         goto out;
     }
 
-    store_options so = {.dir = opts->data_dir, .dim = srv.model->cfg.hidden_size};
+    store_options so = {.dir = opts->data_dir, .dim = srv.model->cfg.hidden_size,
+                        .hnsw_threshold = opts->hnsw_threshold,
+                        .snapshot_wal_bytes = (uint64_t)opts->snapshot_wal_bytes};
     store_recovery rec;
     memset(&rec, 0, sizeof rec);
     srv.store = store_open(&so, &rec, &err);
@@ -449,6 +451,9 @@ int server_run(server_opts *opts)
     srv.batcher = NULL;
     MHD_stop_daemon(srv.daemon);
     srv.daemon = NULL;
+    /* A snapshot now makes the next start read one file, not the whole log. */
+    if (opts->data_dir != NULL && opts->data_dir[0] != '\0' && store_snapshot(srv.store, &err) != 0)
+        fprintf(stderr, "embedd: snapshot at shutdown failed: %s\n", err.msg);
     store_close(srv.store);
     srv.store = NULL;
     fprintf(stderr, "embedd: stopped\n");

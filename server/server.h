@@ -41,6 +41,8 @@ typedef struct server_opts {
     int http_threads;
     int timeout;
     const char *data_dir;      /* NULL: the item store lives in memory */
+    int hnsw_threshold;        /* items at which the store builds its HNSW index; 0: never */
+    int snapshot_wal_bytes;    /* snapshot when the WAL passes this; 0: never */
 } server_opts;
 
 typedef struct server {

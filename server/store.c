@@ -1,6 +1,7 @@
 /* store.c: rows, the id table, writes, open and close. See store.h for the
  * design; store_disk.c has the file formats, store_search.c the search. */
 #include "store_internal.h"
+#include "hnsw.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -343,6 +344,95 @@ out:
     return result;
 }
 
+/* ---- the approximate index ---------------------------------------------------- */
+
+#define HNSW_M 16
+#define HNSW_EF_CONSTRUCTION 200
+#define HNSW_SEED 100
+
+static void hnsw_drop(store *s)
+{
+    hnsw_free(s->hnsw);
+    s->hnsw = NULL;
+    free(s->label_row);
+    s->label_row = NULL;
+    s->label_cap = 0;
+    s->next_label = 0;
+}
+
+/* An index update failed: search stays exact from now on. */
+static void hnsw_fail(store *s, const emb_err *e)
+{
+    hnsw_drop(s);
+    s->hnsw_off = 1;
+    char msg[512];
+    snprintf(msg, sizeof msg, "approximate index off, search is exact: %.440s", e->msg);
+    store_set_error(s, msg);
+}
+
+/* (Re)builds the index from the matrix, labels = rows. Caller holds rw
+ * exclusively (or is open, before anyone else has the store). */
+static void hnsw_build(store *s)
+{
+    emb_err e;
+    hnsw_drop(s);
+    size_t n = (size_t)s->count;
+    size_t cap = n + n / 4 + 1024;
+    uint64_t *labels = malloc(sizeof(uint64_t) * (n ? n : 1));
+    s->label_row = calloc(cap, sizeof(uint32_t));
+    if (labels == NULL || s->label_row == NULL) {
+        free(labels);
+        snprintf(e.msg, sizeof e.msg, "out of memory for %zu labels", n);
+        hnsw_fail(s, &e);
+        return;
+    }
+    s->label_cap = cap;
+    for (size_t r = 0; r < n; r++) {
+        s->rows[r].label = r;
+        labels[r] = r;
+        s->label_row[r] = (uint32_t)r + 1;
+    }
+    s->next_label = n;
+    s->hnsw = hnsw_create(s->dim, cap, HNSW_M, HNSW_EF_CONSTRUCTION, HNSW_SEED, &e);
+    if (s->hnsw == NULL || hnsw_add_batch(s->hnsw, labels, s->matrix, n, &e) != 0)
+        hnsw_fail(s, &e);
+    free(labels);
+}
+
+/* Builds the index once the store reaches the threshold, and rebuilds it
+ * when deleted nodes outnumber live ones (hnswlib 0.6.2 cannot reuse them). */
+static void hnsw_maintain(store *s)
+{
+    if (s->hnsw_threshold <= 0 || s->hnsw_off)
+        return;
+    if (s->hnsw == NULL) {
+        if (s->count >= s->hnsw_threshold)
+            hnsw_build(s);
+        return;
+    }
+    size_t dead = hnsw_deleted(s->hnsw);
+    if (dead > 1024 && dead > (size_t)s->count)
+        hnsw_build(s);
+}
+
+/* Room for `extra` new labels and nodes. */
+static int hnsw_reserve_labels(store *s, long extra, emb_err *err)
+{
+    uint64_t need = s->next_label + (uint64_t)extra;
+    if (need > s->label_cap) {
+        uint64_t cap = s->label_cap * 2;
+        while (cap < need)
+            cap *= 2;
+        uint32_t *m = realloc(s->label_row, sizeof(uint32_t) * cap);
+        if (m == NULL)
+            return emb_fail(err, "out of memory for %llu labels", (unsigned long long)cap);
+        memset(m + s->label_cap, 0, sizeof(uint32_t) * (cap - s->label_cap));
+        s->label_row = m;
+        s->label_cap = cap;
+    }
+    return hnsw_reserve(s->hnsw, hnsw_count(s->hnsw) + (size_t)extra, err);
+}
+
 int store_reserve(store *s, long extra, emb_err *err)
 {
     long need = s->count + extra;
@@ -365,6 +455,8 @@ int store_reserve(store *s, long extra, emb_err *err)
         s->rows = rows;
         s->cap = cap;
     }
+    if (s->hnsw != NULL && hnsw_reserve_labels(s, extra, err) != 0)
+        return -1;
     /* Keep the table at most half full. */
     uint64_t size = s->mask + 1;
     if ((uint64_t)need * 2 > size) {
@@ -386,14 +478,25 @@ void store_apply_upsert(store *s, store_row *rows, const float *vecs, int n, voi
         old_blobs[i] = NULL;
         if (row >= 0) {
             old_blobs[i] = s->rows[row].blob;
+            rows[i].label = s->rows[row].label;
         } else {
             row = s->count++;
             s->slots[slot] = (uint32_t)row + 1;
+            if (s->hnsw != NULL) {   /* room: store_reserve */
+                rows[i].label = s->next_label++;
+                s->label_row[rows[i].label] = (uint32_t)row + 1;
+            }
         }
         s->rows[row] = rows[i];
         memcpy(s->matrix + (size_t)row * s->dim, vecs + (size_t)i * s->dim, row_bytes);
         rows[i].blob = NULL;   /* the store owns it now */
+        emb_err e;
+        /* An existing label is updated in place (hnswlib 0.6.2's addPoint). */
+        if (s->hnsw != NULL &&
+            hnsw_add(s->hnsw, s->rows[row].label, s->matrix + (size_t)row * s->dim, &e) != 0)
+            hnsw_fail(s, &e);
     }
+    hnsw_maintain(s);
 }
 
 /* Removes one row: its slot is emptied and the last row moves into the hole. */
@@ -401,10 +504,18 @@ static void row_remove(store *s, long row, uint64_t slot)
 {
     table_remove_slot(s, slot);
     free(s->rows[row].blob);
+    if (s->hnsw != NULL) {
+        emb_err e;
+        s->label_row[s->rows[row].label] = 0;
+        if (hnsw_mark_delete(s->hnsw, s->rows[row].label, &e) != 0)
+            hnsw_fail(s, &e);
+    }
     long last = s->count - 1;
     if (row != last) {
         uint64_t last_slot = table_slot_of(s, last);
         s->rows[row] = s->rows[last];
+        if (s->hnsw != NULL)
+            s->label_row[s->rows[row].label] = (uint32_t)row + 1;
         memcpy(s->matrix + (size_t)row * s->dim, s->matrix + (size_t)last * s->dim,
                sizeof(float) * (size_t)s->dim);
         s->slots[last_slot] = (uint32_t)row + 1;
@@ -423,6 +534,7 @@ int store_apply_delete(store *s, const store_id *ids, int n)
         row_remove(s, row, slot);
         deleted++;
     }
+    hnsw_maintain(s);
     return deleted;
 }
 
@@ -440,6 +552,7 @@ static void store_free(store *s)
     if (s == NULL)
         return;
     wal_close(s->wal);
+    hnsw_drop(s);
     for (long r = 0; r < s->count; r++)
         free(s->rows[r].blob);
     free(s->rows);
@@ -522,8 +635,10 @@ store *store_open(const store_options *opt, store_recovery *rec, emb_err *err)
     }
     if (table_resize(s, 1024, err) != 0)
         goto fail;
-    if (opt->dir == NULL)
+    if (opt->dir == NULL) {
+        s->hnsw_threshold = opt->hnsw_threshold;
         return s;
+    }
     if (dir_open(s, opt->dir, err) != 0)
         goto fail;
     if (store_snapshot_load(s, rec, err) != 0)
@@ -538,6 +653,8 @@ store *store_open(const store_options *opt, store_recovery *rec, emb_err *err)
     rec->wal_skipped = wr.skipped;
     rec->truncated_bytes = wr.truncated_bytes;
     snprintf(rec->message, sizeof rec->message, "%s", wr.message);
+    s->hnsw_threshold = opt->hnsw_threshold;
+    hnsw_maintain(s);   /* built once, after recovery */
     return s;
 fail:
     store_free(s);
@@ -836,6 +953,10 @@ void store_get_stats(store *s, store_stats *out)
     pthread_rwlock_rdlock(&s->rw);
     out->count = s->count;
     out->seq = s->seq;
+    if (s->hnsw != NULL) {
+        out->hnsw_nodes = hnsw_count(s->hnsw);
+        out->hnsw_deleted = hnsw_deleted(s->hnsw);
+    }
     pthread_rwlock_unlock(&s->rw);
     out->dim = s->dim;
     out->memory_only = s->wal == NULL;

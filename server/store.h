@@ -57,6 +57,29 @@
  *   then replays the WAL; a torn or corrupt WAL tail is cut off and
  *   reported in store_recovery, never fatal.
  *
+ * Approximate index (HNSW)
+ *   With store_options.hnsw_threshold > 0 (the server's --hnsw-threshold,
+ *   default 20000), the store builds an HNSW index (hnswlib, via hnsw.h;
+ *   M 16, ef_construction 200, inner product) once it holds that many items,
+ *   and keeps it until close, even if deletes bring it under the threshold.
+ *   Each row carries a label, stable while rows move on delete; label_row
+ *   maps it back to the row. An upsert of an existing id updates its node
+ *   in place, a delete marks the node deleted; when deleted nodes outnumber
+ *   live ones (and exceed 1024) the index is rebuilt under the write lock.
+ *   The index is never persisted: open builds it after recovery (one
+ *   thread) when the store is over the threshold; so does the first
+ *   upsert that reaches it, under the write lock, which holds the writer
+ *   (and, the lock preferring writers, later searches) for the build.
+ *   Search: each query takes ef = max(64, 2 * (offset + limit)) candidates
+ *   from the index, rescores them exactly against the matrix (scores are
+ *   the same cosines exact search gives), and applies the threshold and the
+ *   filter to them. When that leaves fewer than offset + limit hits although
+ *   the index returned a full ef (so the filter rejected candidates, or no
+ *   candidate fell under the threshold), the query falls back to exact
+ *   search. So a selective filter gets exact results, a broad one
+ *   approximate ones. If an index update fails (memory), the index is
+ *   dropped and search stays exact (store_stats.last_error says so).
+ *
  * Design (threads)
  *   - Any thread may call any function except store_close. The store owns
  *     all item memory; results are copies the caller frees.
@@ -199,6 +222,7 @@ typedef struct store_options {
     int dim;                   /* 1..STORE_MAX_DIM */
     long max_items;            /* 0: STORE_DEFAULT_MAX_ITEMS */
     uint64_t snapshot_wal_bytes; /* snapshot when the WAL grows past it; 0: never */
+    long hnsw_threshold;       /* build the HNSW index at this many items; 0: never */
 } store_options;
 
 /* What open found and did; log message when truncated_bytes > 0. */
@@ -222,6 +246,8 @@ typedef struct store_stats {
     uint64_t snapshots;        /* written since open */
     int failed;                /* writes refused after an I/O error */
     char last_error[512];      /* last snapshot or I/O failure, "" when none */
+    uint64_t hnsw_nodes;       /* in the HNSW index, deleted ones too; 0: no index */
+    uint64_t hnsw_deleted;     /* marked deleted in it */
 } store_stats;
 
 typedef struct store store;

@@ -42,6 +42,7 @@ typedef struct store_row {
     uint32_t payload_len;
     const store_field *fields;
     uint32_t n_fields;
+    uint64_t label;            /* key in the HNSW index (valid while there is one) */
     void *blob;
 } store_row;
 
@@ -68,6 +69,13 @@ struct store {
     uint32_t *slots;           /* (mask + 1): row + 1, 0 = empty */
     uint64_t mask;
     uint64_t seq;              /* last applied write */
+    /* The approximate index (store.h, "Approximate index"); NULL: none. */
+    struct hnsw_index *hnsw;
+    long hnsw_threshold;       /* 0 while recovering, and when never */
+    int hnsw_off;              /* a build or update failed: exact search from now on */
+    uint32_t *label_row;       /* (label_cap): label -> row + 1, 0 = deleted */
+    uint64_t label_cap;
+    uint64_t next_label;
 
     pthread_mutex_t snap_lock; /* one snapshot at a time */
     pthread_mutex_t stat_lock; /* guards the fields below */

@@ -8,6 +8,7 @@
  * filter runs only on rows that would enter the top, and a selective
  * filter still yields the best matching rows, not a cut of the best rows. */
 #include "store_internal.h"
+#include "hnsw.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -377,6 +378,104 @@ static int score_all(const store *s, const store_query *qs, const float *Q, int 
     return 0;
 }
 
+/* ---- the approximate index ----------------------------------------------------- */
+
+/* Offers one query's HNSW candidates, rescored exactly against the matrix,
+ * to its heap. Returns 1 when the heap is the answer, 0 when the query must
+ * fall back to exact search (the filter or threshold left the heap short
+ * while the index may hold more), -1 on error. Caller holds rw shared. */
+static int hnsw_offer(const store *s, const store_query *q, const float *qv, topk *h,
+                      uint64_t *labels, float *dists, emb_err *err)
+{
+    const int ef = 2 * h->k < 64 ? 64 : 2 * h->k;
+    int got = hnsw_search(s->hnsw, qv, ef, ef, labels, dists, err);
+    if (got < 0)
+        return -1;
+    const float thr = q->score_threshold;
+    int below = 0;
+    int rejected = 0;
+    for (int i = 0; i < got; i++) {
+        if (labels[i] >= s->label_cap || s->label_row[labels[i]] == 0)
+            continue;          /* cannot happen: deleted nodes are marked */
+        long row = (long)s->label_row[labels[i]] - 1;
+        cand c = {cblas_sdot(s->dim, qv, 1, s->matrix + (size_t)row * s->dim, 1), row};
+        if (!(c.score >= thr)) {
+            below++;
+            continue;
+        }
+        if (!topk_admits(h, c))
+            continue;
+        if (q->filter != NULL && !filter_match(q->filter, &s->rows[c.row])) {
+            rejected++;
+            continue;
+        }
+        topk_push(h, c);
+    }
+    if (h->n < h->k && got == ef && (rejected > 0 || below == 0))
+        return 0;
+    return 1;
+}
+
+/* Runs the queries on the index; those that must fall back to exact search
+ * are scored by score_all. Caller holds rw shared. */
+static int search_hnsw(const store *s, const store_query *qs, const float *Q, int nq, topk *heaps,
+                       emb_err *err)
+{
+    int max_k = 0;
+    for (int i = 0; i < nq; i++)
+        max_k = heaps[i].k > max_k ? heaps[i].k : max_k;
+    const int ef = 2 * max_k < 64 ? 64 : 2 * max_k;
+    uint64_t *labels = malloc(sizeof(uint64_t) * (size_t)ef);
+    float *dists = malloc(sizeof(float) * (size_t)ef);
+    int *slow = malloc(sizeof(int) * (size_t)nq);
+    int rc = -1;
+    int n_slow = 0;
+    store_query *qs2 = NULL;
+    float *Q2 = NULL;
+    topk *heaps2 = NULL;
+    if (labels == NULL || dists == NULL || slow == NULL) {
+        emb_fail(err, "out of memory for search candidates");
+        goto out;
+    }
+    for (int i = 0; i < nq; i++) {
+        int r = hnsw_offer(s, &qs[i], Q + (size_t)i * s->dim, &heaps[i], labels, dists, err);
+        if (r < 0)
+            goto out;
+        if (r == 0) {
+            heaps[i].n = 0;
+            slow[n_slow++] = i;
+        }
+    }
+    if (n_slow > 0) {
+        qs2 = malloc(sizeof *qs2 * (size_t)n_slow);
+        Q2 = malloc(sizeof(float) * (size_t)n_slow * (size_t)s->dim);
+        heaps2 = malloc(sizeof *heaps2 * (size_t)n_slow);
+        if (qs2 == NULL || Q2 == NULL || heaps2 == NULL) {
+            emb_fail(err, "out of memory for %d queries", n_slow);
+            goto out;
+        }
+        for (int j = 0; j < n_slow; j++) {
+            qs2[j] = qs[slow[j]];
+            memcpy(Q2 + (size_t)j * s->dim, Q + (size_t)slow[j] * s->dim,
+                   sizeof(float) * (size_t)s->dim);
+            heaps2[j] = heaps[slow[j]];
+        }
+        if (score_all(s, qs2, Q2, n_slow, heaps2, err) != 0)
+            goto out;
+        for (int j = 0; j < n_slow; j++)
+            heaps[slow[j]] = heaps2[j];
+    }
+    rc = 0;
+out:
+    free(labels);
+    free(dists);
+    free(slow);
+    free(qs2);
+    free(Q2);
+    free(heaps2);
+    return rc;
+}
+
 /* ---- results ------------------------------------------------------------------- */
 
 static char *copy_string(char **at, const char *src, size_t n)
@@ -499,7 +598,8 @@ int store_search_batch(store *s, const store_query *qs, int nq, store_result *ou
         goto out;
     }
     pthread_rwlock_rdlock(&s->rw);
-    int rc = score_all(s, qs, Q, nq, heaps, err);
+    int rc = s->hnsw != NULL ? search_hnsw(s, qs, Q, nq, heaps, err)
+                             : score_all(s, qs, Q, nq, heaps, err);
     for (int i = 0; rc == 0 && i < nq; i++) {
         qsort(heaps[i].a, (size_t)heaps[i].n, sizeof(cand), cand_order);
         rc = result_build(s, &qs[i], &heaps[i], &outs[i], err);

@@ -1559,6 +1559,239 @@ START_TEST(test_crash_loop)
 }
 END_TEST
 
+/* ---- the approximate index ------------------------------------------------------- */
+
+#define HN_DIM 32
+#define HN_ITEMS 5000
+#define HN_QUERIES 100
+
+static store *open_mem(int dim, long hnsw_threshold)
+{
+    emb_err err = {{0}};
+    store_options opt = {.dim = dim, .hnsw_threshold = hnsw_threshold};
+    store *s = store_open(&opt, NULL, &err);
+    ck_assert_msg(s != NULL, "%s", err.msg);
+    return s;
+}
+
+/* Upserts ids first..first+n-1 with vectors vecs (n, HN_DIM) and payloads
+ * {"g": id % 10} into both stores. */
+static void hn_upsert(store *a, store *b, uint64_t first, int n, const float *vecs)
+{
+    store_item *items = calloc((size_t)n, sizeof *items);
+    char (*pay)[32] = calloc((size_t)n, sizeof *pay);
+    ck_assert(items != NULL && pay != NULL);
+    for (int i = 0; i < n; i++) {
+        snprintf(pay[i], sizeof pay[i], "{\"g\": %d}", (int)((first + (uint64_t)i) % 10));
+        items[i] = (store_item){.id = store_id_num(first + (uint64_t)i),
+                                .vector = vecs + (size_t)i * HN_DIM, .vector_dim = HN_DIM,
+                                .payload = pay[i], .payload_len = strlen(pay[i])};
+    }
+    emb_err err;
+    ck_assert_msg(store_upsert(a, items, n, &err) == 0, "%s", err.msg);
+    ck_assert_msg(store_upsert(b, items, n, &err) == 0, "%s", err.msg);
+    free(items);
+    free(pay);
+}
+
+/* Mean recall of approx against exact over nq queries (same query settings). */
+static double hn_recall(store *approx, store *exact, const float *qv, int nq, int limit,
+                        int offset, const store_filter *f, int check_g_not)
+{
+    long found = 0;
+    long total = 0;
+    for (int qi = 0; qi < nq; qi++) {
+        store_query q;
+        store_query_init(&q, qv + (size_t)qi * HN_DIM, HN_DIM);
+        q.limit = limit;
+        q.offset = offset;
+        q.filter = f;
+        store_result ra;
+        store_result re;
+        emb_err err;
+        ck_assert_msg(store_search(approx, &q, &ra, &err) == 0, "%s", err.msg);
+        ck_assert_msg(store_search(exact, &q, &re, &err) == 0, "%s", err.msg);
+        ck_assert_int_eq(ra.n, re.n);
+        for (int i = 0; i < ra.n; i++) {
+            if (check_g_not >= 0)
+                EXPECT(ra.hits[i].id.num % 10 != (uint64_t)check_g_not, "filter broken");
+            if (i > 0)
+                EXPECT(ra.hits[i].score <= ra.hits[i - 1].score, "not best first");
+            for (int j = 0; j < re.n; j++) {
+                if (ra.hits[i].id.num == re.hits[j].id.num) {
+                    found++;
+                    EXPECT(fabsf(ra.hits[i].score - re.hits[j].score) < 1e-5f, "score");
+                    break;
+                }
+            }
+        }
+        total += re.n;
+        store_result_free(&ra);
+        store_result_free(&re);
+    }
+    return total ? (double)found / (double)total : 1.0;
+}
+
+START_TEST(test_hnsw_matches_exact)
+{
+    rng = 424242;
+    store *a = open_mem(HN_DIM, 500);
+    store *e = open_mem(HN_DIM, 0);
+    float *vecs = malloc(sizeof(float) * HN_ITEMS * HN_DIM);
+    float *qv = malloc(sizeof(float) * HN_QUERIES * HN_DIM);
+    ck_assert(vecs != NULL && qv != NULL);
+    for (int i = 0; i < HN_ITEMS * HN_DIM; i++)
+        vecs[i] = rng_float();
+    for (int i = 0; i < HN_QUERIES * HN_DIM; i++)
+        qv[i] = rng_float();
+    for (int at = 0; at < HN_ITEMS; at += 250)
+        hn_upsert(a, e, (uint64_t)at, 250, vecs + (size_t)at * HN_DIM);
+    store_stats st;
+    store_get_stats(a, &st);
+    ck_assert_int_eq((long)st.hnsw_nodes, HN_ITEMS);
+    store_get_stats(e, &st);
+    ck_assert_int_eq((long)st.hnsw_nodes, 0);
+
+    double r = hn_recall(a, e, qv, HN_QUERIES, 10, 0, NULL, -1);
+    printf("hnsw: recall@10 %.4f over %d queries, %d x %d\n", r, HN_QUERIES, HN_ITEMS, HN_DIM);
+    fflush(stdout);
+    ck_assert_msg(r >= 0.95, "recall@10 %.4f", r);
+
+    /* Paging: offset 10 limit 10 is the tail of offset 0 limit 20. */
+    for (int qi = 0; qi < 20; qi++) {
+        store_query q;
+        store_query_init(&q, qv + (size_t)qi * HN_DIM, HN_DIM);
+        q.limit = 20;
+        store_result all;
+        store_result page;
+        emb_err err;
+        ck_assert(store_search(a, &q, &all, &err) == 0);
+        q.offset = 10;
+        q.limit = 10;
+        ck_assert(store_search(a, &q, &page, &err) == 0);
+        ck_assert_int_eq(all.n, 20);
+        ck_assert_int_eq(page.n, 10);
+        for (int i = 0; i < 10; i++)
+            ck_assert(all.hits[10 + i].id.num == page.hits[i].id.num);
+        store_result_free(&all);
+        store_result_free(&page);
+    }
+    r = hn_recall(a, e, qv, HN_QUERIES, 10, 20, NULL, -1);
+    printf("hnsw: recall of ranks 21-30 %.4f\n", r);
+    fflush(stdout);
+    ck_assert_msg(r >= 0.85, "recall at offset 20: %.4f", r);
+
+    /* Deletes: ids 0..999 are never returned. */
+    store_id *ids = malloc(sizeof(store_id) * 1000);
+    for (int i = 0; i < 1000; i++)
+        ids[i] = store_id_num((uint64_t)i);
+    emb_err err;
+    for (int at = 0; at < 1000; at += 500) {
+        ck_assert(store_delete(a, ids + at, 500, NULL, &err) == 0);
+        ck_assert(store_delete(e, ids + at, 500, NULL, &err) == 0);
+    }
+    free(ids);
+    store_get_stats(a, &st);
+    ck_assert_int_eq((long)st.hnsw_deleted, 1000);
+    for (int qi = 0; qi < HN_QUERIES; qi++) {
+        store_query q;
+        store_query_init(&q, qv + (size_t)qi * HN_DIM, HN_DIM);
+        q.limit = 50;
+        store_result ra;
+        ck_assert(store_search(a, &q, &ra, &err) == 0);
+        ck_assert_int_eq(ra.n, 50);
+        for (int i = 0; i < ra.n; i++)
+            EXPECT(ra.hits[i].id.num >= 1000, "deleted id %llu returned",
+                   (unsigned long long)ra.hits[i].id.num);
+        store_result_free(&ra);
+    }
+    r = hn_recall(a, e, qv, HN_QUERIES, 10, 0, NULL, -1);
+    ck_assert_msg(r >= 0.95, "recall@10 after deletes %.4f", r);
+
+    /* Updates: ids 1000..1199 get new vectors; a query with the new vector
+     * finds its item first, one with the old vector no longer at score 1. */
+    float *nv = malloc(sizeof(float) * 200 * HN_DIM);
+    for (int i = 0; i < 200 * HN_DIM; i++)
+        nv[i] = rng_float();
+    hn_upsert(a, e, 1000, 200, nv);
+    for (int i = 0; i < 200; i++) {
+        store_query q;
+        store_query_init(&q, nv + (size_t)i * HN_DIM, HN_DIM);
+        q.limit = 1;
+        store_result ra;
+        ck_assert(store_search(a, &q, &ra, &err) == 0);
+        ck_assert_int_eq(ra.n, 1);
+        EXPECT(ra.hits[0].id.num == 1000 + (uint64_t)i && ra.hits[0].score > 0.999f,
+               "updated item %d not found by its new vector", i);
+        store_result_free(&ra);
+        store_query_init(&q, vecs + (size_t)(1000 + i) * HN_DIM, HN_DIM);
+        q.limit = 1;
+        ck_assert(store_search(a, &q, &ra, &err) == 0);
+        EXPECT(ra.n == 1 && !(ra.hits[0].id.num == 1000 + (uint64_t)i && ra.hits[0].score > 0.999f),
+               "updated item %d found by its old vector", i);
+        store_result_free(&ra);
+    }
+    free(nv);
+    r = hn_recall(a, e, qv, HN_QUERIES, 10, 0, NULL, -1);
+    ck_assert_msg(r >= 0.95, "recall@10 after updates %.4f", r);
+
+    /* Filters: a selective one (10% of items) falls back to exact search and
+     * matches it; a broad one stays approximate but only returns matches. */
+    cJSON *j = cJSON_Parse("{\"must\": [{\"key\": \"g\", \"match\": {\"value\": 3}}]}");
+    store_filter *f = store_filter_compile(j, &err);
+    cJSON_Delete(j);
+    ck_assert_msg(f != NULL, "%s", err.msg);
+    r = hn_recall(a, e, qv, HN_QUERIES, 10, 0, f, -1);
+    printf("hnsw: selective filter recall %.4f\n", r);
+    fflush(stdout);
+    ck_assert_msg(r >= 0.95, "selective filter recall %.4f", r);
+    store_filter_free(f);
+    j = cJSON_Parse("{\"must_not\": [{\"key\": \"g\", \"match\": {\"value\": 3}}]}");
+    f = store_filter_compile(j, &err);
+    cJSON_Delete(j);
+    ck_assert_msg(f != NULL, "%s", err.msg);
+    r = hn_recall(a, e, qv, HN_QUERIES, 10, 0, f, 3);
+    ck_assert_msg(r >= 0.95, "broad filter recall %.4f", r);
+    store_filter_free(f);
+
+    free(vecs);
+    free(qv);
+    store_close(a);
+    store_close(e);
+}
+END_TEST
+
+/* Deleting most items rebuilds the index without the dead nodes. */
+START_TEST(test_hnsw_rebuild_after_deletes)
+{
+    rng = 777;
+    store *a = open_mem(HN_DIM, 500);
+    store *e = open_mem(HN_DIM, 0);
+    float *vecs = malloc(sizeof(float) * 4000 * HN_DIM);
+    for (int i = 0; i < 4000 * HN_DIM; i++)
+        vecs[i] = rng_float();
+    for (int at = 0; at < 4000; at += 500)
+        hn_upsert(a, e, (uint64_t)at, 500, vecs + (size_t)at * HN_DIM);
+    store_id ids[500];
+    emb_err err;
+    for (int at = 0; at < 3000; at += 500) {
+        for (int i = 0; i < 500; i++)
+            ids[i] = store_id_num((uint64_t)(at + i));
+        ck_assert(store_delete(a, ids, 500, NULL, &err) == 0);
+        ck_assert(store_delete(e, ids, 500, NULL, &err) == 0);
+    }
+    store_stats st;
+    store_get_stats(a, &st);
+    ck_assert_msg(st.hnsw_deleted < 1500, "%llu deleted nodes kept",
+                  (unsigned long long)st.hnsw_deleted);
+    double r = hn_recall(a, e, vecs, 100, 10, 0, NULL, -1);
+    ck_assert_msg(r >= 0.95, "recall@10 after rebuild %.4f", r);
+    free(vecs);
+    store_close(a);
+    store_close(e);
+}
+END_TEST
+
 int main(void)
 {
     Suite *suite = suite_create("store");
@@ -1594,6 +1827,12 @@ int main(void)
     tcase_add_test(disk, test_concurrent_writers_and_readers);
     tcase_add_test(disk, test_crash_loop);
     suite_add_tcase(suite, disk);
+
+    TCase *hnsw = tcase_create("hnsw");
+    tcase_set_timeout(hnsw, 120);
+    tcase_add_test(hnsw, test_hnsw_matches_exact);
+    tcase_add_test(hnsw, test_hnsw_rebuild_after_deletes);
+    suite_add_tcase(suite, hnsw);
 
     SRunner *sr = srunner_create(suite);
     srunner_run_all(sr, CK_NORMAL);
