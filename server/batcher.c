@@ -1,4 +1,5 @@
 /* batcher.c: see batcher.h for the design. */
+#include "clock.h"
 #include "batcher.h"
 
 #include <pthread.h>
@@ -34,19 +35,12 @@ struct batcher {
     slice *slices;             /* (max_tokens) */
 };
 
-static double now_seconds(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 /* Takes sequences from the queue until the token budget is full. Called
  * with the lock held. Returns the number of slices; fills the packed ids. */
 static int take_batch(batcher *b, int *n_seqs, int *n_tokens)
 {
     int ns = 0, nt = 0, nsl = 0;
-    double t = now_seconds();
+    double t = mono_seconds();
     while (b->head != NULL) {
         emb_job *job = b->head;
         int first = job->next_seq;
@@ -87,10 +81,10 @@ static void run_batch(batcher *b, int n_slices, int n_seqs, int n_tokens)
 {
     const int C = b->model->cfg.hidden_size;
     emb_err err;
-    double t0 = now_seconds();
+    double t0 = mono_seconds();
     int rc = emb_embed_ids(b->model, b->ws, b->ids, b->lens, n_seqs, b->model->cfg.pooling, 0,
                            b->out, &err);
-    metrics_batch(b->mx, n_seqs, n_tokens, now_seconds() - t0);
+    metrics_batch(b->mx, n_seqs, n_tokens, mono_seconds() - t0);
     int row = 0;
     for (int i = 0; i < n_slices; i++) {
         slice *sl = &b->slices[i];
@@ -192,7 +186,7 @@ int batcher_submit(batcher *b, emb_job *job)
     job->remaining = job->n_seqs;
     job->started = 0;
     job->next = NULL;
-    job->t_submit = now_seconds();
+    job->t_submit = mono_seconds();
     pthread_mutex_lock(&b->lock);
     if (b->stopping) {
         pthread_mutex_unlock(&b->lock);

@@ -13,15 +13,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "cli.h"
 #include "server.h"
-
-static double now_seconds(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 /* ---- replies ------------------------------------------------------------ */
 
@@ -245,7 +239,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
             return MHD_NO;
         rq->conn = conn;
         rq->srv = srv;
-        rq->t_start = now_seconds();
+        rq->t_start = mono_seconds();
         *con_cls = rq;
         rq->url = strdup(url);
         if (rq->url == NULL)
@@ -289,7 +283,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
         return;
     if (rq->status != 0)
         metrics_request(srv->mx, rq->rt != NULL ? rq->rt->name : "unknown", rq->status,
-                        now_seconds() - rq->t_start);
+                        mono_seconds() - rq->t_start);
     if (rq->free_state != NULL)
         rq->free_state(rq->state);
     free(rq->body);

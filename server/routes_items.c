@@ -14,15 +14,9 @@
 #include <string.h>
 #include <time.h>
 
+#include "clock.h"
 #include "ops.h"
 #include "server.h"
-
-static double mono_seconds(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 static void put_id(strbuf *b, const store_id *id)
 {
