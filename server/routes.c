@@ -382,16 +382,17 @@ static route_result handle_openai_embeddings(server *srv, request *rq, reply *rp
     return handle_embeddings(srv, rq, rp, API_OPENAI, "input", 1, openai_options);
 }
 
-/* The request's view of vector i: first `dimensions` values, normalised
- * when asked. Writes into v (room for C floats); returns its length. */
-static int final_vector(const server *srv, const embed_state *st, int i, float *v)
+/* The request's view of vector i, made in place in st->out: its first
+ * `dimensions` values, normalised when asked. *dim gets the length. */
+static const float *final_vector(const server *srv, embed_state *st, int i, int *dim)
 {
     const int C = srv->model->cfg.hidden_size;
     const int d = st->dimensions > 0 ? st->dimensions : C;
-    memcpy(v, st->out + (long)i * C, sizeof(float) * (size_t)d);
+    float *v = st->out + (long)i * C;
     if (st->normalize)
         l2norm_forward(v, 1, d); /* the same function as embedd embed's */
-    return d;
+    *dim = d;
+    return v;
 }
 
 /* Common failure handling of finish; returns 1 when rp got an error. */
@@ -411,20 +412,15 @@ static void finish_embed(server *srv, request *rq, reply *rp)
     embed_state *st = rq->state;
     if (job_failed(st, rp))
         return;
-    float *v = malloc(sizeof(float) * (size_t)srv->model->cfg.hidden_size);
-    if (v == NULL) {
-        reply_error(rp, st->api, 500, "Backend", "out of memory");
-        return;
-    }
     sb_putc(&rp->body, '[');
     for (int i = 0; i < st->n; i++) {
-        int d = final_vector(srv, st, i, v);
+        int d = 0;
+        const float *v = final_vector(srv, st, i, &d);
         if (i > 0)
             sb_putc(&rp->body, ',');
         sb_json_floats(&rp->body, v, d);
     }
     sb_putc(&rp->body, ']');
-    free(v);
 }
 
 static void finish_openai_embeddings(server *srv, request *rq, reply *rp)
@@ -432,14 +428,10 @@ static void finish_openai_embeddings(server *srv, request *rq, reply *rp)
     embed_state *st = rq->state;
     if (job_failed(st, rp))
         return;
-    float *v = malloc(sizeof(float) * (size_t)srv->model->cfg.hidden_size);
-    if (v == NULL) {
-        reply_error(rp, st->api, 500, "Backend", "out of memory");
-        return;
-    }
     sb_puts(&rp->body, "{\"object\":\"list\",\"data\":[");
     for (int i = 0; i < st->n; i++) {
-        int d = final_vector(srv, st, i, v);
+        int d = 0;
+        const float *v = final_vector(srv, st, i, &d);
         sb_printf(&rp->body, "%s{\"object\":\"embedding\",\"index\":%d,\"embedding\":",
                   i > 0 ? "," : "", i);
         if (st->base64) {
@@ -456,7 +448,6 @@ static void finish_openai_embeddings(server *srv, request *rq, reply *rp)
     sb_json_string(&rp->body, srv->model_name);
     sb_printf(&rp->body, ",\"usage\":{\"prompt_tokens\":%ld,\"total_tokens\":%ld}}",
               st->prompt_tokens, st->prompt_tokens);
-    free(v);
 }
 
 /* ---- /tokenize ------------------------------------------------------------ */
