@@ -269,64 +269,36 @@ static void expect_load_error(const char *dir, const char *needle)
                   needle);
 }
 
-START_TEST(test_missing_config)
-{
-    char dir[256], path[512];
-    copy_fixture(dir, sizeof dir);
-    snprintf(path, sizeof path, "%s/config.json", dir);
-    ck_assert(remove(path) == 0);
-    expect_load_error(dir, "config.json");
-    remove_dir(dir);
-}
-END_TEST
+/* Broken copies of the fixture: a shell command run in the copy, and what
+ * the load error must mention. */
+static const struct {
+    const char *what;
+    const char *command;
+    const char *needle;
+} broken_dirs[] = {
+    {"missing config", "rm config.json", "config.json"},
+    {"missing weights", "rm model.safetensors", "model.safetensors"},
+    /* config.json says 3 layers, the weights have 2: the missing tensor is named */
+    {"missing tensor",
+     "sed -i 's/\"num_hidden_layers\": *2/\"num_hidden_layers\": 3/' config.json",
+     "encoder.layer.2.attention.self.query.weight"},
+    /* config.json says 1 layer, the weights have 2 */
+    {"extra layer",
+     "sed -i 's/\"num_hidden_layers\": *2/\"num_hidden_layers\": 1/' config.json",
+     "num_hidden_layers"},
+    /* wrong FFN size: the mis-shaped tensor is named */
+    {"wrong shape",
+     "sed -i 's/\"intermediate_size\": *64/\"intermediate_size\": 48/' config.json",
+     "encoder.layer.0.intermediate.dense.weight"},
+};
 
-START_TEST(test_missing_weights)
-{
-    char dir[256], path[512];
-    copy_fixture(dir, sizeof dir);
-    snprintf(path, sizeof path, "%s/model.safetensors", dir);
-    ck_assert(remove(path) == 0);
-    expect_load_error(dir, "model.safetensors");
-    remove_dir(dir);
-}
-END_TEST
-
-/* config.json says 3 layers, the weights have 2: the missing tensor is named. */
-START_TEST(test_missing_tensor)
+START_TEST(test_broken_dir)
 {
     char dir[256], cmd[1024];
     copy_fixture(dir, sizeof dir);
-    snprintf(cmd, sizeof cmd,
-             "sed -i 's/\"num_hidden_layers\": *2/\"num_hidden_layers\": 3/' %s/config.json", dir);
-    ck_assert(tu_run(cmd) == 0);
-    expect_load_error(dir, "encoder.layer.2.attention.self.query.weight");
-    remove_dir(dir);
-}
-END_TEST
-
-/* config.json says 1 layer, the weights have 2. */
-START_TEST(test_extra_layer)
-{
-    char dir[256], cmd[1024];
-    copy_fixture(dir, sizeof dir);
-    snprintf(cmd, sizeof cmd,
-             "sed -i 's/\"num_hidden_layers\": *2/\"num_hidden_layers\": 1/' %s/config.json", dir);
-    ck_assert(tu_run(cmd) == 0);
-    expect_load_error(dir, "num_hidden_layers");
-    remove_dir(dir);
-}
-END_TEST
-
-/* Wrong FFN size in config.json: the mis-shaped tensor is named. */
-START_TEST(test_wrong_shape)
-{
-    char dir[256], cmd[1024];
-    copy_fixture(dir, sizeof dir);
-    snprintf(cmd, sizeof cmd,
-             "sed -i 's/\"intermediate_size\": *64/\"intermediate_size\": 48/' %s/config.json",
-             dir);
-    ck_assert(tu_run(cmd) == 0);
-    expect_load_error(dir, "encoder.layer.0.intermediate.dense.weight");
+    snprintf(cmd, sizeof cmd, "cd %s && %s", dir, broken_dirs[_i].command);
+    ck_assert_msg(tu_run(cmd) == 0, "%s: %s failed", broken_dirs[_i].what, cmd);
+    expect_load_error(dir, broken_dirs[_i].needle);
     remove_dir(dir);
 }
 END_TEST
@@ -432,11 +404,8 @@ static Suite *encoder_suite(void)
     tcase_add_test(ref, test_batch_independence);
     suite_add_tcase(s, ref);
     TCase *broken = tcase_create("broken");
-    tcase_add_test(broken, test_missing_config);
-    tcase_add_test(broken, test_missing_weights);
-    tcase_add_test(broken, test_missing_tensor);
-    tcase_add_test(broken, test_extra_layer);
-    tcase_add_test(broken, test_wrong_shape);
+    tcase_add_loop_test(broken, test_broken_dir, 0,
+                        (int)(sizeof broken_dirs / sizeof broken_dirs[0]));
     tcase_add_test(broken, test_truncated_weights);
     tcase_add_test(broken, test_unknown_dtype);
     tcase_add_test(broken, test_sharded_weights);
