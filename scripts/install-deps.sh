@@ -10,8 +10,8 @@ libcurl4-openssl-dev check libutf8proc-dev libhnswlib-dev g++"
 # download, ~10 s to install; the daemon it ships is not started in a container).
 TEST_PKGS="curl python3 prometheus"
 if [ "${1:-}" = "--bench" ]; then
-  # wrk: scripts/bench_http.sh
-  TEST_PKGS="$TEST_PKGS python3-torch python3-numpy wrk"
+  # wrk: scripts/bench_http.sh; python3-faiss: scripts/bench_store.py
+  TEST_PKGS="$TEST_PKGS python3-torch python3-numpy wrk python3-faiss"
 fi
 missing=""
 for p in $BUILD_PKGS $TEST_PKGS; do
