@@ -11,6 +11,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "run_suite.h"
 #include "batcher.h"
 #include "bert.h"
 
@@ -220,9 +221,5 @@ int main(void)
     tcase_add_test(tc, test_submit_after_stop_fails);
     tcase_add_test(tc, test_budget_below_max_len_rejected);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed == 0 ? 0 : 1;
+    return run_suite(s);
 }

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <sys/wait.h>
 
+#include "run_suite.h"
 #include "testutil.h"
 
 #define REF_DIR "tests/fixtures/reference"
@@ -209,9 +210,5 @@ int main(void)
     tcase_add_test(tc, test_missing_model);
     tcase_add_test(tc, test_bad_flags);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed == 0 ? 0 : 1;
+    return run_suite(s);
 }

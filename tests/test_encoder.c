@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "run_suite.h"
 #include "bert.h"
 #include "safetensors.h"
 #include "testutil.h"
@@ -415,9 +416,5 @@ static Suite *encoder_suite(void)
 
 int main(void)
 {
-    SRunner *sr = srunner_create(encoder_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed == 0 ? 0 : 1;
+    return run_suite(encoder_suite());
 }

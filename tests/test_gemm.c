@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "run_suite.h"
 #include "gemm.h"
 
 /* ---- helpers ----------------------------------------------------------- */
@@ -393,9 +394,5 @@ int main(void)
     if (!emb_gemm_fast_path())
         fprintf(stderr, "test_gemm: no AVX-512, or EMBEDD_GEMM=openblas: "
                         "only the OpenBLAS path is tested\n");
-    SRunner *sr = srunner_create(gemm_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed == 0 ? 0 : 1;
+    return run_suite(gemm_suite());
 }

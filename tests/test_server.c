@@ -53,6 +53,7 @@
 #include <unistd.h>
 #include <arpa/inet.h>
 
+#include "run_suite.h"
 #include "testutil.h"
 
 #define MODEL "tests/fixtures/tiny-f16"
@@ -2750,10 +2751,7 @@ int main(void)
     tc = tcase_with_server(s, "openai_sdk", setup_sdk, 180);
     tcase_add_test(tc, test_openai_sdk);
 
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
+    int rc = run_suite(s);
     curl_global_cleanup();
-    return failed == 0 ? 0 : 1;
+    return rc;
 }

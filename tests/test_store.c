@@ -21,6 +21,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "run_suite.h"
 #include "store.h"
 #include "testutil.h"
 #include "wal.h"
@@ -1834,9 +1835,5 @@ int main(void)
     tcase_add_test(hnsw, test_hnsw_rebuild_after_deletes);
     suite_add_tcase(suite, hnsw);
 
-    SRunner *sr = srunner_create(suite);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed == 0 ? 0 : 1;
+    return run_suite(suite);
 }

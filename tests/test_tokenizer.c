@@ -16,6 +16,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "run_suite.h"
 #include "tokenizer.h"
 
 #define MAX_IDS 8192
@@ -1220,11 +1221,5 @@ static Suite *tokenizer_suite(void)
 int main(void)
 {
     Suite *s = tokenizer_suite();
-    SRunner *sr = srunner_create(s);
-    int failed;
-
-    srunner_run_all(sr, CK_NORMAL);
-    failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+    return run_suite(s);
 }
