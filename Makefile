@@ -6,7 +6,7 @@
 #   make bench                scripts/bench.py: embedd against PyTorch, same run
 CC       ?= cc
 SANITIZER ?=
-BUILD    := build$(if $(SANITIZER),-$(SANITIZER),)
+BUILD    ?= build$(if $(SANITIZER),-$(SANITIZER),)
 PKGS     := libmicrohttpd libcjson libcurl libutf8proc
 OPT      ?= -O2
 # OpenBLAS's OpenMP build: BLAS calls and our own OpenMP loops share one
