@@ -49,7 +49,7 @@ static int set_value(const opt_spec *spec, void *base, const char *text, const c
 
 void options_help(FILE *fp, const opt_spec *specs, int n_specs, const char *usage_line)
 {
-    fprintf(fp, "%s\n\nOptions (each also read from its environment variable):\n", usage_line);
+    fprintf(fp, "%s\n\nOptions:\n", usage_line);
     for (int i = 0; i < n_specs; i++) {
         char left[64];
         snprintf(left, sizeof left, "--%s%s", specs[i].flag,
@@ -57,7 +57,9 @@ void options_help(FILE *fp, const opt_spec *specs, int n_specs, const char *usag
         fprintf(fp, "  %-30s %s", left, specs[i].help);
         if (specs[i].def != NULL)
             fprintf(fp, " (default %s)", specs[i].def);
-        fprintf(fp, "\n  %-30s [env %s]\n", "", specs[i].env);
+        if (specs[i].env != NULL)
+            fprintf(fp, "\n  %-30s [env %s]", "", specs[i].env);
+        fputc('\n', fp);
     }
 }
 
@@ -78,7 +80,7 @@ int options_parse(const opt_spec *specs, int n_specs, void *base, int argc, char
             return 2;
     }
     for (int i = 0; i < n_specs; i++) {
-        const char *v = getenv(specs[i].env);
+        const char *v = specs[i].env != NULL ? getenv(specs[i].env) : NULL;
         if (v != NULL && set_value(&specs[i], base, v, specs[i].env) != 0)
             return 2;
     }

@@ -10,7 +10,7 @@ typedef enum { OPT_STRING, OPT_INT, OPT_BOOL } opt_type;
 
 typedef struct opt_spec {
     const char *flag;          /* "max-batch-tokens" (without --) */
-    const char *env;           /* "EMBEDD_MAX_BATCH_TOKENS" */
+    const char *env;           /* "EMBEDD_MAX_BATCH_TOKENS", or NULL for none */
     opt_type type;
     size_t offset;             /* of the field in the options struct */
     const char *def;           /* default as text; NULL for none */

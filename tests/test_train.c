@@ -1,0 +1,433 @@
+/* test_train.c: the trainer against PyTorch autograd
+ * (scripts/gen_train_reference.py, fixtures in tests/fixtures/train):
+ * SimCSE and MLM losses and every parameter gradient without dropout and
+ * with torch's dropout masks, parameters after 5 AdamW steps; plus the
+ * learning-rate schedule, skipped non-finite steps and batch building. */
+#include <check.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cjson/cJSON.h>
+
+#include "run_suite.h"
+#include "safetensors.h"
+#include "train.h"
+
+#define FIXTURE "tests/fixtures/train"
+
+static emb_st_file ref;
+static emb_model *model;
+
+static void setup(void)
+{
+    emb_err err = {{0}};
+    ck_assert_msg(emb_st_open(&ref, FIXTURE "/ref.safetensors", &err) == 0, "%s", err.msg);
+    model = emb_model_load(FIXTURE "/model", &err);
+    ck_assert_msg(model != NULL, "%s", err.msg);
+}
+
+static void teardown(void)
+{
+    emb_model_free(model);
+    emb_st_close(&ref);
+}
+
+/* A reference tensor as floats (caller frees); *n gets its size. */
+static float *ref_tensor(const char *name, long *n)
+{
+    const emb_st_tensor *t = emb_st_find(&ref, name);
+    ck_assert_msg(t != NULL, "fixture has no %s", name);
+    long cnt = (long)emb_st_numel(t);
+    float *out = malloc(sizeof(float) * (size_t)cnt);
+    emb_err err;
+    ck_assert(out != NULL);
+    ck_assert_msg(emb_st_read_f32(&ref, t, out, &err) == 0, "%s", err.msg);
+    if (n != NULL)
+        *n = cnt;
+    return out;
+}
+
+/* A value of the fixture's "__metadata__" (the JSON header after its
+ * 8-byte length). */
+static double ref_setting(const char *key)
+{
+    uint64_t len;
+    memcpy(&len, ref.map, sizeof len);
+    cJSON *root = cJSON_ParseWithLength((const char *)ref.map + 8, (size_t)len);
+    const cJSON *meta = cJSON_GetObjectItemCaseSensitive(root, "__metadata__");
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(meta, key);
+    ck_assert_msg(cJSON_IsString(v), "fixture metadata has no %s", key);
+    double out = atof(v->valuestring);
+    cJSON_Delete(root);
+    return out;
+}
+
+static emb_train_config fixture_config(void)
+{
+    emb_train_config tc = emb_train_config_default();
+    tc.objective = EMB_OBJ_BOTH;
+    tc.temperature = (float)ref_setting("temperature");
+    tc.simcse_weight = (float)ref_setting("simcse_weight");
+    tc.mlm_weight = (float)ref_setting("mlm_weight");
+    tc.lr = (float)ref_setting("lr");
+    tc.weight_decay = (float)ref_setting("weight_decay");
+    tc.beta1 = (float)ref_setting("beta1");
+    tc.beta2 = (float)ref_setting("beta2");
+    tc.adam_eps = (float)ref_setting("adam_eps");
+    tc.clip_norm = (float)ref_setting("clip_norm");
+    tc.warmup_steps = (int)ref_setting("warmup_steps");
+    tc.total_steps = (int)ref_setting("total_steps");
+    tc.schedule = EMB_SCHED_LINEAR;
+    return tc;
+}
+
+/* The packed batch exactly as the reference built it. */
+static void fixture_batch(emb_batch *b)
+{
+    long T, S1;
+    float *ids = ref_tensor("batch.ids", &T);
+    float *labels = ref_tensor("batch.labels", NULL);
+    float *off = ref_tensor("batch.seq_off", &S1);
+    memset(b, 0, sizeof *b);
+    b->ids = malloc(sizeof(int32_t) * (size_t)T);
+    b->labels = malloc(sizeof(int) * (size_t)T);
+    b->seq_off = malloc(sizeof(int) * (size_t)S1);
+    for (long i = 0; i < T; i++) {
+        b->ids[i] = (int32_t)ids[i];
+        b->labels[i] = (int)labels[i];
+    }
+    for (long i = 0; i < S1; i++)
+        b->seq_off[i] = (int)off[i];
+    b->T = (int)T;
+    b->S = (int)S1 - 1;
+    b->cap_T = b->T;
+    b->cap_S = b->S + 1;
+    b->n_texts = (int)ref_setting("n_texts");
+    b->n_simcse = (int)ref_setting("n_simcse");
+    b->n_mlm = (int)ref_setting("n_mlm");
+    free(ids);
+    free(labels);
+    free(off);
+}
+
+static double rel_err(const float *a, const float *b, size_t n)
+{
+    double num = 0.0, den = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        double d = (double)a[i] - b[i];
+        num += d * d;
+        den += (double)b[i] * b[i];
+    }
+    return sqrt(num) / (sqrt(den) > 1e-30 ? sqrt(den) : 1e-30);
+}
+
+static const char *const tensor_names[EMB_N_PARAM_TENSORS + EMB_N_HEAD_TENSORS] = {
+    "wte", "wpe", "wtt", "emb_lnw", "emb_lnb", "qkvw", "qkvb", "attn_ow", "attn_ob", "ln1w",
+    "ln1b", "fcw", "fcb", "fc_projw", "fc_projb", "ln2w", "ln2b", "mlm.dense_w", "mlm.dense_b",
+    "mlm.ln_w", "mlm.ln_b", "mlm.bias",
+};
+
+/* Each tensor's gradient within 1e-3 relative (in norm) of the reference. */
+static void check_grads(const emb_trainer *t, const float *want)
+{
+    size_t sizes[EMB_N_PARAM_TENSORS + EMB_N_HEAD_TENSORS];
+    emb_param_sizes(&t->cfg, sizes);
+    emb_head_sizes(&t->cfg, sizes + EMB_N_PARAM_TENSORS);
+    size_t at = 0;
+    for (int i = 0; i < EMB_N_PARAM_TENSORS + EMB_N_HEAD_TENSORS; i++) {
+        double e = rel_err(t->grads + at, want + at, sizes[i]);
+        ck_assert_msg(e <= 1e-3, "gradient of %s: relative error %.3g", tensor_names[i], e);
+        at += sizes[i];
+    }
+    ck_assert_uint_eq(at, t->n_params);
+}
+
+static void check_losses(const emb_step_stats *st, const float *want)
+{
+    const double got[3] = {st->simcse_loss, st->mlm_loss, st->loss};
+    const char *names[3] = {"simcse", "mlm", "total"};
+    for (int i = 0; i < 3; i++)
+        ck_assert_msg(fabs(got[i] - want[i]) <= 1e-4 * fabs(want[i]) + 1e-7,
+                      "%s loss %.7f, reference %.7f", names[i], got[i], want[i]);
+}
+
+START_TEST(test_layout_matches_reference)
+{
+    emb_err err;
+    emb_train_config tc = fixture_config();
+    emb_trainer *t = emb_trainer_new(model, FIXTURE "/model", &tc, &err);
+    ck_assert_msg(t != NULL, "%s", err.msg);
+    long n;
+    float *init = ref_tensor("init.params", &n);
+    ck_assert_int_eq(n, (long)t->n_params);
+    ck_assert_msg(memcmp(init, t->params, sizeof(float) * (size_t)n) == 0,
+                  "trainer parameters (encoder + MLM head) differ from the reference layout");
+    free(init);
+    emb_trainer_free(t);
+}
+END_TEST
+
+START_TEST(test_gradients_without_dropout)
+{
+    emb_err err;
+    emb_train_config tc = fixture_config();
+    emb_trainer *t = emb_trainer_new(model, FIXTURE "/model", &tc, &err);
+    ck_assert_msg(t != NULL, "%s", err.msg);
+    emb_batch b;
+    fixture_batch(&b);
+    emb_step_stats st;
+    ck_assert_msg(emb_train_forward_backward(t, &b, -1, &st, &err) == 0, "%s", err.msg);
+    float *loss = ref_tensor("nodrop.loss", NULL);
+    float *grads = ref_tensor("nodrop.grads", NULL);
+    check_losses(&st, loss);
+    check_grads(t, grads);
+    ck_assert_int_eq(st.mlm_targets, 7);
+    free(loss);
+    free(grads);
+    emb_batch_free(&b);
+    emb_trainer_free(t);
+}
+END_TEST
+
+START_TEST(test_gradients_with_torch_dropout_masks)
+{
+    emb_err err;
+    emb_train_config tc = fixture_config();
+    emb_trainer *t = emb_trainer_new(model, FIXTURE "/model", &tc, &err);
+    ck_assert_msg(t != NULL, "%s", err.msg);
+    emb_batch b;
+    fixture_batch(&b);
+    const int n_masks = 1 + 3 * t->cfg.num_hidden_layers;
+    float *masks[1 + 3 * 8];
+    long sizes[1 + 3 * 8];
+    ck_assert_msg(emb_train_prepare(t, &b, masks, sizes, &err) == 0, "%s", err.msg);
+    for (int i = 0; i < n_masks; i++) {
+        char name[32];
+        long n;
+        snprintf(name, sizeof name, "drop.mask.%d", i);
+        float *m = ref_tensor(name, &n);
+        ck_assert_msg(n == sizes[i], "mask %d: torch has %ld values, embedd %ld", i, n, sizes[i]);
+        memcpy(masks[i], m, sizeof(float) * (size_t)n);
+        free(m);
+    }
+    emb_step_stats st;
+    ck_assert_msg(emb_train_forward_backward(t, &b, 0, &st, &err) == 0, "%s", err.msg);
+    float *loss = ref_tensor("drop.loss", NULL);
+    float *grads = ref_tensor("drop.grads", NULL);
+    check_losses(&st, loss);
+    check_grads(t, grads);
+    /* The masks matter: without them the loss is the no-dropout one. */
+    float *nodrop = ref_tensor("nodrop.loss", NULL);
+    ck_assert(fabs(loss[2] - nodrop[2]) > 1e-3);
+    free(nodrop);
+    free(loss);
+    free(grads);
+    emb_batch_free(&b);
+    emb_trainer_free(t);
+}
+END_TEST
+
+START_TEST(test_five_adamw_steps)
+{
+    emb_err err;
+    emb_train_config tc = fixture_config();
+    tc.l2sp = (float)ref_setting("l2sp");
+    emb_trainer *t = emb_trainer_new(model, FIXTURE "/model", &tc, &err);
+    ck_assert_msg(t != NULL, "%s", err.msg);
+    emb_batch b;
+    fixture_batch(&b);
+    const int steps = (int)ref_setting("steps");
+    float *losses = ref_tensor("adam.losses", NULL);
+    for (int s = 0; s < steps; s++) {
+        emb_step_stats st;
+        ck_assert_msg(emb_train_forward_backward(t, &b, -1, &st, &err) == 0, "%s", err.msg);
+        ck_assert_msg(fabs(st.loss - losses[s]) <= 1e-4 * fabs(losses[s]),
+                      "step %d: loss %.7f, reference %.7f", s + 1, st.loss, losses[s]);
+        ck_assert_int_eq(emb_train_apply(t, &st), 0);
+        ck_assert(st.lr > 0);
+    }
+    ck_assert_int_eq(t->step, steps);
+    long n;
+    float *want = ref_tensor("adam.params", &n);
+    ck_assert_int_eq(n, (long)t->n_params);
+    double worst = 0.0;
+    long at = 0;
+    for (long i = 0; i < n; i++) {
+        double d = fabs((double)t->params[i] - want[i]);
+        if (d > worst) {
+            worst = d;
+            at = i;
+        }
+    }
+    ck_assert_msg(worst <= 1e-4, "parameters after %d steps: max |diff| %.3g at %ld", steps,
+                  worst, at);
+    free(want);
+    free(losses);
+    emb_batch_free(&b);
+    emb_trainer_free(t);
+}
+END_TEST
+
+START_TEST(test_non_finite_step_is_skipped)
+{
+    emb_err err;
+    emb_train_config tc = fixture_config();
+    emb_trainer *t = emb_trainer_new(model, FIXTURE "/model", &tc, &err);
+    ck_assert_msg(t != NULL, "%s", err.msg);
+    emb_batch b;
+    fixture_batch(&b);
+    t->w.ln2w[3] = NAN;
+    float *before = malloc(sizeof(float) * t->n_params);
+    memcpy(before, t->params, sizeof(float) * t->n_params);
+    emb_step_stats st;
+    ck_assert_msg(emb_train_forward_backward(t, &b, 1, &st, &err) == 0, "%s", err.msg);
+    ck_assert(!isfinite(st.loss));
+    ck_assert_int_eq(emb_train_apply(t, &st), 1);
+    ck_assert_int_eq(st.skipped, 1);
+    ck_assert_int_eq(t->skipped, 1);
+    ck_assert_int_eq(t->step, 0);
+    ck_assert(memcmp(before, t->params, sizeof(float) * t->n_params) == 0);
+    /* A finite loss with a non-finite gradient is skipped too. */
+    t->w.ln2w[3] = 1.0f;
+    ck_assert(emb_train_forward_backward(t, &b, 1, &st, &err) == 0);
+    ck_assert(isfinite(st.loss));
+    st.grad_norm = INFINITY;
+    ck_assert_int_eq(emb_train_apply(t, &st), 1);
+    ck_assert_int_eq(t->skipped, 2);
+    free(before);
+    emb_batch_free(&b);
+    emb_trainer_free(t);
+}
+END_TEST
+
+START_TEST(test_learning_rate_schedule)
+{
+    emb_train_config tc = emb_train_config_default();
+    tc.lr = 1.0f;
+    tc.warmup_steps = 4;
+    tc.total_steps = 14;
+    tc.schedule = EMB_SCHED_LINEAR;
+    ck_assert_float_eq_tol(emb_lr_at(&tc, 1), 0.25f, 1e-6f);
+    ck_assert_float_eq_tol(emb_lr_at(&tc, 4), 1.0f, 1e-6f);
+    ck_assert_float_eq_tol(emb_lr_at(&tc, 9), 0.5f, 1e-6f);
+    ck_assert_float_eq_tol(emb_lr_at(&tc, 14), 0.0f, 1e-6f);
+    ck_assert_float_eq_tol(emb_lr_at(&tc, 100), 0.0f, 1e-6f);
+    tc.schedule = EMB_SCHED_COSINE;
+    ck_assert_float_eq_tol(emb_lr_at(&tc, 9), 0.5f, 1e-6f);
+    ck_assert_float_eq_tol(emb_lr_at(&tc, 6), 0.5f * (1.0f + cosf((float)M_PI * 0.2f)), 1e-6f);
+    tc.schedule = EMB_SCHED_CONSTANT;
+    ck_assert_float_eq_tol(emb_lr_at(&tc, 100), 1.0f, 1e-6f);
+}
+END_TEST
+
+/* emb_batch_build: two identical SimCSE views, then an MLM copy where only
+ * ordinary tokens are chosen, at about the configured rate, with the
+ * 80/10/10 split. */
+START_TEST(test_batch_masking)
+{
+    emb_err err;
+    emb_train_config tc = emb_train_config_default();
+    tc.objective = EMB_OBJ_BOTH;
+    tc.seed = 3;
+    emb_trainer *t = emb_trainer_new(model, FIXTURE "/model", &tc, &err);
+    ck_assert_msg(t != NULL, "%s", err.msg);
+    enum { N = 200, LEN = 40 };
+    int32_t *ids = malloc(sizeof(int32_t) * N * LEN);
+    int lens[N];
+    for (int i = 0; i < N; i++) {
+        lens[i] = LEN;
+        ids[i * LEN] = t->special.cls_id;
+        for (int j = 1; j < LEN - 1; j++)
+            ids[i * LEN + j] = 5 + (i * 7 + j) % 90;
+        ids[i * LEN + LEN - 1] = t->special.sep_id;
+    }
+    emb_batch b = {0};
+    ck_assert_msg(emb_batch_build(t, &b, ids, lens, N, &err) == 0, "%s", err.msg);
+    ck_assert_int_eq(b.S, 3 * N);
+    ck_assert_int_eq(b.T, 3 * N * LEN);
+    ck_assert(memcmp(b.ids, ids, sizeof(int32_t) * N * LEN) == 0);
+    ck_assert(memcmp(b.ids + N * LEN, ids, sizeof(int32_t) * N * LEN) == 0);
+    int chosen = 0, masked = 0, kept = 0, specials_chosen = 0;
+    for (int i = 0; i < N * LEN; i++) {
+        int at = 2 * N * LEN + i;
+        ck_assert_int_eq(b.labels[i], -1);
+        if (b.labels[at] < 0) {
+            ck_assert_int_eq(b.ids[at], ids[i]);
+            continue;
+        }
+        chosen++;
+        ck_assert_int_eq(b.labels[at], ids[i]);
+        specials_chosen += ids[i] == t->special.cls_id || ids[i] == t->special.sep_id;
+        masked += b.ids[at] == t->special.mask_id;
+        kept += b.ids[at] == ids[i];
+    }
+    const int ordinary = N * (LEN - 2);
+    ck_assert_int_eq(specials_chosen, 0);
+    ck_assert_msg(fabs((double)chosen / ordinary - 0.15) < 0.02, "chose %d of %d", chosen,
+                  ordinary);
+    ck_assert_msg(fabs((double)masked / chosen - 0.8) < 0.05, "masked %d of %d", masked, chosen);
+    ck_assert_msg(kept > chosen / 20 && kept < chosen / 5, "kept %d of %d", kept, chosen);
+    emb_batch_free(&b);
+    free(ids);
+    emb_trainer_free(t);
+}
+END_TEST
+
+/* A few SimCSE steps with dropout on one batch lower its loss. */
+START_TEST(test_simcse_steps_lower_the_loss)
+{
+    emb_err err;
+    emb_train_config tc = emb_train_config_default();
+    tc.objective = EMB_OBJ_SIMCSE;
+    tc.lr = 1e-3f;
+    tc.seed = 11;
+    emb_trainer *t = emb_trainer_new(model, NULL, &tc, &err);
+    ck_assert_msg(t != NULL, "%s", err.msg);
+    enum { N = 16, LEN = 10 };
+    int32_t ids[N * LEN];
+    int lens[N];
+    for (int i = 0; i < N; i++) {
+        lens[i] = LEN;
+        ids[i * LEN] = t->special.cls_id;
+        for (int j = 1; j < LEN - 1; j++)
+            ids[i * LEN + j] = 5 + (i * 13 + j * j) % 90;
+        ids[i * LEN + LEN - 1] = t->special.sep_id;
+    }
+    double first = 0.0, last = 0.0;
+    for (int s = 0; s < 30; s++) {
+        emb_step_stats st;
+        ck_assert_msg(emb_train_step(t, ids, lens, N, &st, &err) == 0, "%s", err.msg);
+        ck_assert(!st.skipped);
+        if (s < 3)
+            first += st.loss / 3;
+        if (s >= 27)
+            last += st.loss / 3;
+    }
+    ck_assert_msg(last < 0.8 * first, "SimCSE loss %.4f -> %.4f", first, last);
+    emb_trainer_free(t);
+}
+END_TEST
+
+static Suite *train_suite(void)
+{
+    Suite *s = suite_create("train");
+    TCase *tc = tcase_create("train");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_add_test(tc, test_layout_matches_reference);
+    tcase_add_test(tc, test_gradients_without_dropout);
+    tcase_add_test(tc, test_gradients_with_torch_dropout_masks);
+    tcase_add_test(tc, test_five_adamw_steps);
+    tcase_add_test(tc, test_non_finite_step_is_skipped);
+    tcase_add_test(tc, test_learning_rate_schedule);
+    tcase_add_test(tc, test_batch_masking);
+    tcase_add_test(tc, test_simcse_steps_lower_the_loss);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void)
+{
+    return run_suite(train_suite());
+}
