@@ -28,9 +28,10 @@ Two independent torch computations must agree before anything is written:
     RefBert's losses and gradients without dropout to 1e-5, then gives the
     dropout case.
 
-Also: --check-checkpoint DIR --texts FILE --embeddings FILE.f32 loads a model
-directory written by embedd into RefBert and compares its sentence
-embeddings with embedd's (raw float32, one row per text line).
+Also: --check-checkpoint DIR --texts FILE --embeddings FILE.jsonl loads a
+model directory written by embedd into RefBert and compares its sentence
+embeddings with embedd's (`embedd embed --model DIR < FILE`, one JSON array
+per text line).
 
 Usage: scripts/gen_train_reference.py [--out tests/fixtures/train]
 """
@@ -361,8 +362,8 @@ def check_checkpoint(args):
     emb = er.pool(h, mask, info["pooling"])
     if info["normalize"]:
         emb = F.normalize(emb, dim=-1)
-    ours = torch.frombuffer(bytearray(open(args.embeddings, "rb").read()), dtype=torch.float32)
-    ours = ours.view(len(texts), -1)
+    with open(args.embeddings, encoding="utf-8") as f:
+        ours = torch.tensor([json.loads(line) for line in f], dtype=torch.float32)
     diff = float((ours - emb).abs().max())
     print("checkpoint %s: %d texts, max |diff| vs PyTorch = %.3g" % (
         args.check_checkpoint, len(texts), diff))

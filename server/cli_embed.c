@@ -7,16 +7,19 @@
 #include "cli.h"
 
 #include <getopt.h>
+#include <limits.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <cblas.h>
 #include <omp.h>
 
 #include "bert.h"
+#include "hub.h"
 #include "jsonfmt.h"
 
 #define MAX_LINE_BYTES (16L << 20)
@@ -29,8 +32,53 @@ void cli_set_threads(int n)
     omp_set_num_threads(n);
 }
 
+static int fetch_model(const char *model_id, char *out, size_t cap, const char *cmd)
+{
+    hub_opts o;
+    emb_err err;
+    if (hub_opts_from_env(&o, &err) != 0) {
+        fprintf(stderr, "embedd %s: %s\n", cmd, err.msg);
+        return 1;
+    }
+    o.log = stderr;
+    o.progress = isatty(STDERR_FILENO);
+    if (!o.offline)
+        fprintf(stderr, "embedd %s: fetching %s from %s into %s\n", cmd, model_id, o.endpoint,
+                o.cache_dir);
+    if (hub_fetch(model_id, &o, out, cap, &err) != 0) {
+        fprintf(stderr, "embedd %s: %s\n", cmd, err.msg);
+        return 1;
+    }
+    return 0;
+}
+
+int cli_model_dir(const char *model_dir, const char *model_id, char *out, size_t cap,
+                  const char *cmd)
+{
+    int have_dir = model_dir != NULL && model_dir[0] != '\0';
+    int have_id = model_id != NULL && model_id[0] != '\0';
+    if (have_dir && have_id) {
+        fprintf(stderr, "embedd %s: give --model or --model-id, not both\n", cmd);
+        return 2;
+    }
+    if (have_id)
+        return fetch_model(model_id, out, cap, cmd);
+    if (have_dir) {
+        snprintf(out, cap, "%s", model_dir);
+        return 0;
+    }
+    if (hub_default_model(out, cap) == 0)
+        return 0;
+    fprintf(stderr,
+            "embedd %s: --model DIR or --model-id ORG/NAME is required (no default model at "
+            "%s)\n",
+            cmd, out);
+    return 2;
+}
+
 typedef struct embed_opts {
     const char *model_dir;
+    const char *model_id;
     int normalize;
     int pooling_set;
     emb_pooling pooling;
@@ -42,9 +90,11 @@ typedef struct embed_opts {
 static void embed_usage(FILE *fp, const char *cmd)
 {
     fprintf(fp,
-            "usage: embedd %s --model DIR [options] < texts.txt\n"
+            "usage: embedd %s [--model DIR | --model-id ORG/NAME[@REV]] [options] < texts.txt\n"
             "Reads one text per line on stdin and writes one JSON array per line.\n"
-            "  --model DIR          Hugging Face model directory (required)\n",
+            "  --model DIR          Hugging Face model directory (default: the bundled model)\n"
+            "  --model-id ID        download ORG/NAME[@REVISION] from the Hugging Face Hub\n"
+            "                       (HF_ENDPOINT, HF_TOKEN, HF_HUB_CACHE, HF_HUB_OFFLINE)\n",
             cmd);
     if (strcmp(cmd, "embed") == 0)
         fprintf(fp,
@@ -59,9 +109,17 @@ static void embed_usage(FILE *fp, const char *cmd)
  * (after printing it), or 1 for --help. */
 static int parse_opts(int argc, char **argv, const char *cmd, embed_opts *o)
 {
-    enum { OPT_NO_NORMALIZE = 256, OPT_POOLING, OPT_BATCH_TOKENS, OPT_THREADS, OPT_STATS };
+    enum {
+        OPT_NO_NORMALIZE = 256,
+        OPT_POOLING,
+        OPT_BATCH_TOKENS,
+        OPT_THREADS,
+        OPT_STATS,
+        OPT_MODEL_ID
+    };
     static const struct option longopts[] = {
         {"model", required_argument, NULL, 'm'},
+        {"model-id", required_argument, NULL, OPT_MODEL_ID},
         {"no-normalize", no_argument, NULL, OPT_NO_NORMALIZE},
         {"pooling", required_argument, NULL, OPT_POOLING},
         {"batch-tokens", required_argument, NULL, OPT_BATCH_TOKENS},
@@ -82,6 +140,9 @@ static int parse_opts(int argc, char **argv, const char *cmd, embed_opts *o)
         switch (c) {
         case 'm':
             o->model_dir = optarg;
+            break;
+        case OPT_MODEL_ID:
+            o->model_id = optarg;
             break;
         case OPT_NO_NORMALIZE:
             o->normalize = 0;
@@ -118,11 +179,6 @@ static int parse_opts(int argc, char **argv, const char *cmd, embed_opts *o)
             embed_usage(stderr, cmd);
             return 2;
         }
-    }
-    if (o->model_dir == NULL) {
-        fprintf(stderr, "embedd %s: --model DIR is required\n", cmd);
-        embed_usage(stderr, cmd);
-        return 2;
     }
     if (optind < argc) {
         fprintf(stderr, "embedd %s: unexpected argument '%s'\n", cmd, argv[optind]);
@@ -203,10 +259,14 @@ int cli_embed(int argc, char **argv)
     int rc = parse_opts(argc, argv, "embed", &o);
     if (rc != 0)
         return rc == 1 ? 0 : 2;
+    char model_dir[PATH_MAX];
+    rc = cli_model_dir(o.model_dir, o.model_id, model_dir, sizeof model_dir, "embed");
+    if (rc != 0)
+        return rc;
     cli_set_threads(o.threads);
 
     emb_err err;
-    emb_model *m = emb_model_load(o.model_dir, &err);
+    emb_model *m = emb_model_load(model_dir, &err);
     if (m == NULL) {
         fprintf(stderr, "embedd embed: %s\n", err.msg);
         return 1;
@@ -277,13 +337,17 @@ int cli_tokenize(int argc, char **argv)
     int rc = parse_opts(argc, argv, "tokenize", &o);
     if (rc != 0)
         return rc == 1 ? 0 : 2;
+    char model_dir[PATH_MAX];
+    rc = cli_model_dir(o.model_dir, o.model_id, model_dir, sizeof model_dir, "tokenize");
+    if (rc != 0)
+        return rc;
     emb_err err;
     emb_config cfg;
-    if (emb_config_load(&cfg, o.model_dir, &err) != 0) {
+    if (emb_config_load(&cfg, model_dir, &err) != 0) {
         fprintf(stderr, "embedd tokenize: %s\n", err.msg);
         return 1;
     }
-    emb_tokenizer *tok = emb_tokenizer_load(o.model_dir, &err);
+    emb_tokenizer *tok = emb_tokenizer_load(model_dir, &err);
     if (tok == NULL) {
         fprintf(stderr, "embedd tokenize: %s\n", err.msg);
         return 1;

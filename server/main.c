@@ -17,6 +17,8 @@ static void usage(FILE *fp)
             "  serve      run the HTTP embedding server\n"
             "  embed      embed stdin lines offline, one JSON array per line\n"
             "  tokenize   print token ids of stdin lines, one JSON array per line\n"
+            "  train      fine-tune a model on unlabelled text (SimCSE and/or MLM)\n"
+            "  eval       STS Spearman of a model on scored sentence pairs\n"
             "  version    print the version\n"
             "Run 'embedd COMMAND --help' for a command's options.\n",
             EMBEDD_VERSION);
@@ -35,6 +37,10 @@ int main(int argc, char **argv)
         return cli_embed(argc - 1, argv + 1);
     if (strcmp(cmd, "tokenize") == 0)
         return cli_tokenize(argc - 1, argv + 1);
+    if (strcmp(cmd, "train") == 0)
+        return cli_train(argc - 1, argv + 1);
+    if (strcmp(cmd, "eval") == 0)
+        return cli_eval(argc - 1, argv + 1);
     if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
         printf("embedd %s\n", EMBEDD_VERSION);
         return 0;

@@ -8,11 +8,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 
 #include <cjson/cJSON.h>
 
+#include "checkpoint.h"
 #include "run_suite.h"
 #include "safetensors.h"
+#include "sts.h"
+#include "testutil.h"
 #include "train.h"
 
 #define FIXTURE "tests/fixtures/train"
@@ -410,6 +414,126 @@ START_TEST(test_simcse_steps_lower_the_loss)
 }
 END_TEST
 
+
+/* Save with optimizer state, load into a fresh trainer: identical
+ * parameters, moments, step and random state, so the next step is
+ * identical too. The saved weights also load as a plain model. */
+START_TEST(test_checkpoint_resume_is_exact)
+{
+    emb_err err;
+    emb_train_config tc = fixture_config();
+    emb_trainer *t = emb_trainer_new(model, FIXTURE "/model", &tc, &err);
+    ck_assert_msg(t != NULL, "%s", err.msg);
+    emb_batch b;
+    fixture_batch(&b);
+    emb_step_stats st;
+    for (int i = 0; i < 2; i++) {
+        ck_assert(emb_train_forward_backward(t, &b, 1, &st, &err) == 0);
+        ck_assert_int_eq(emb_train_apply(t, &st), 0);
+    }
+    char dir[256], out[300];
+    tu_mkdtemp(dir, sizeof dir);
+    snprintf(out, sizeof out, "%s/ckpt", dir);
+    ck_assert_msg(emb_save_model_dir(out, &t->cfg, NULL, NULL, FIXTURE "/model", EMB_DT_F32, t,
+                                     &err) == 0, "%s", err.msg);
+    /* saving again over it replaces it atomically */
+    ck_assert_msg(emb_save_model_dir(out, &t->cfg, NULL, NULL, FIXTURE "/model", EMB_DT_F32, t,
+                                     &err) == 0, "%s", err.msg);
+    emb_model *m2 = emb_model_load(out, &err);
+    ck_assert_msg(m2 != NULL, "%s", err.msg);
+    emb_trainer *t2 = emb_trainer_new(m2, out, &tc, &err);
+    ck_assert_msg(t2 != NULL, "%s", err.msg);
+    ck_assert_int_eq(emb_trainer_load_state(t2, out, &err), 0);
+    ck_assert_int_eq(t2->step, 2);
+    ck_assert(memcmp(t->params, t2->params, sizeof(float) * t->n_params) == 0);
+    ck_assert(memcmp(t->m, t2->m, sizeof(float) * t->n_params) == 0);
+    ck_assert(memcmp(t->v, t2->v, sizeof(float) * t->n_params) == 0);
+    emb_step_stats s1, s2;
+    ck_assert(emb_train_forward_backward(t, &b, 1, &s1, &err) == 0);
+    ck_assert(emb_train_forward_backward(t2, &b, 1, &s2, &err) == 0);
+    ck_assert(s1.loss == s2.loss);
+    emb_train_apply(t, &s1);
+    emb_train_apply(t2, &s2);
+    ck_assert(memcmp(t->params, t2->params, sizeof(float) * t->n_params) == 0);
+    /* A directory without trainer state says so. */
+    ck_assert_int_eq(emb_trainer_load_state(t2, FIXTURE "/model", &err), 1);
+    emb_trainer_free(t2);
+    emb_model_free(m2);
+    emb_batch_free(&b);
+    emb_trainer_free(t);
+    emb_remove_tree(dir, &err);
+}
+END_TEST
+
+START_TEST(test_spearman)
+{
+    const double x[] = {1, 2, 3, 4, 5};
+    const double up[] = {10, 20, 30, 40, 50}, down[] = {5, 4, 3, 2, 1};
+    const double ties[] = {1, 1, 2, 2, 3};
+    ck_assert_double_eq_tol(emb_spearman(x, up, 5), 1.0, 1e-12);
+    ck_assert_double_eq_tol(emb_spearman(x, down, 5), -1.0, 1e-12);
+    /* ranks of ties: 1.5 1.5 3.5 3.5 5 -> Pearson with 1..5 */
+    ck_assert_double_eq_tol(emb_spearman(x, ties, 5), 0.9486832980505138, 1e-9);
+}
+END_TEST
+
+static const char *bin(void)
+{
+    const char *b = getenv("EMBEDD_BIN");
+    return b != NULL ? b : "build/embedd";
+}
+
+/* `embedd train` writes a checkpoint that `embedd eval` and `embedd train`
+ * (resuming) read back; bad flags are usage errors. */
+START_TEST(test_cli_train_eval_resume)
+{
+    char dir[256], cmd[4096], sts[512], corpus[300];
+    tu_mkdtemp(dir, sizeof dir);
+    tu_shared_path(sts, sizeof sts, "stsb/sts-dev.tsv");
+    snprintf(corpus, sizeof corpus, "%s/corpus.txt", dir);
+    FILE *fp = fopen(corpus, "w");
+    ck_assert(fp != NULL);
+    for (int i = 0; i < 50; i++)
+        fprintf(fp, "sentence number %d says something about %s and more words\n", i,
+                i % 2 ? "dogs" : "the weather");
+    fclose(fp);
+    snprintf(cmd, sizeof cmd,
+             "%s train --model tests/fixtures/tiny-f16 --corpus %s --out %s/out --steps 4 "
+             "--batch-size 8 --max-seq-len 16 --objective both --save-every 2 --lr 1e-3 "
+             "--eval-sts %s --eval-every 2 > %s/log 2>&1",
+             bin(), corpus, dir, sts, dir);
+    ck_assert_int_eq(tu_run(cmd), 0);
+    snprintf(cmd, sizeof cmd, "grep -q 'step 4: checkpoint written' %s/log && "
+             "grep -q 'STS Spearman x100' %s/log && test -f %s/out/optimizer.safetensors",
+             dir, dir, dir);
+    ck_assert_msg(tu_run(cmd) == 0, "train log or checkpoint incomplete");
+    snprintf(cmd, sizeof cmd, "%s eval --model %s/out --sts %s > %s/eval", bin(), dir, sts, dir);
+    ck_assert_int_eq(tu_run(cmd), 0);
+    snprintf(cmd, sizeof cmd, "%s/eval", dir);
+    char *text = tu_read_file(cmd, NULL);
+    ck_assert(text != NULL);
+    double rho = -1000;
+    ck_assert_msg(sscanf(text, "spearman_x100 %lf", &rho) == 1, "eval printed: %s", text);
+    ck_assert(rho > -100 && rho < 100);
+    free(text);
+    /* resuming: 2 more steps from step 4 */
+    snprintf(cmd, sizeof cmd,
+             "%s train --model tests/fixtures/tiny-f16 --corpus %s --out %s/out --steps 6 "
+             "--batch-size 8 --max-seq-len 16 --objective both > %s/log2 2>&1 && "
+             "grep -q 'resuming from .* at step 4' %s/log2 && grep -q '6 steps done' %s/log2",
+             bin(), corpus, dir, dir, dir, dir);
+    ck_assert_msg(tu_run(cmd) == 0, "resume failed");
+    snprintf(cmd, sizeof cmd, "%s train --model tests/fixtures/tiny-f16 --corpus %s --out %s/x "
+             "--objective nope 2>/dev/null", bin(), corpus, dir);
+    ck_assert_int_eq(WEXITSTATUS(tu_run(cmd)), 2);
+    snprintf(cmd, sizeof cmd, "%s eval --model tests/fixtures/tiny-f16 --sts %s/corpus.txt "
+             "2>/dev/null", bin(), dir);
+    ck_assert_int_eq(WEXITSTATUS(tu_run(cmd)), 1);
+    emb_err err;
+    emb_remove_tree(dir, &err);
+}
+END_TEST
+
 static Suite *train_suite(void)
 {
     Suite *s = suite_create("train");
@@ -423,6 +547,9 @@ static Suite *train_suite(void)
     tcase_add_test(tc, test_learning_rate_schedule);
     tcase_add_test(tc, test_batch_masking);
     tcase_add_test(tc, test_simcse_steps_lower_the_loss);
+    tcase_add_test(tc, test_checkpoint_resume_is_exact);
+    tcase_add_test(tc, test_spearman);
+    tcase_add_test(tc, test_cli_train_eval_resume);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -1,0 +1,597 @@
+/* cli_train.c: `embedd train` (self-supervised fine-tuning on a corpus of
+ * one text per line) and `embedd eval` (STS Spearman of a model).
+ *
+ * train keeps the corpus in memory, walks it in a seeded shuffled order
+ * (a new order each epoch), and writes a resumable checkpoint to --out every
+ * --save-every steps, at the end and on SIGINT/SIGTERM. Run again with the
+ * same --out, it resumes from that checkpoint with its optimizer state. */
+#include "cli.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <signal.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "checkpoint.h"
+#include "options.h"
+#include "sts.h"
+#include "train.h"
+
+typedef struct train_opts {
+    const char *model_dir, *model_id, *corpus, *objective, *out, *eval_sts, *schedule;
+    const char *lr, *weight_decay, *temperature, *mlm_prob, *mlm_weight, *simcse_weight, *l2sp;
+    const char *save_dtype;
+    int steps, batch_size, max_seq_len, warmup, eval_every, save_every, log_every, seed;
+    int threads, min_tokens, resume;
+} train_opts;
+
+#define OPT(flag, type, field, def, min, max, help) \
+    {flag, NULL, type, offsetof(train_opts, field), def, min, max, help}
+
+static const opt_spec train_specs[] = {
+    OPT("model", OPT_STRING, model_dir, NULL, 0, 0, "model directory to start from"),
+    OPT("model-id", OPT_STRING, model_id, NULL, 0, 0, "or a Hugging Face model id to download"),
+    OPT("corpus", OPT_STRING, corpus, NULL, 0, 0, "text files, one text per line, comma-separated"),
+    OPT("objective", OPT_STRING, objective, "simcse", 0, 0, "simcse, mlm or both"),
+    OPT("steps", OPT_INT, steps, "1000", 1, INT_MAX, "optimizer steps in all"),
+    OPT("batch-size", OPT_INT, batch_size, "64", 2, 1 << 16, "texts per step"),
+    OPT("max-seq-len", OPT_INT, max_seq_len, "32", 4, 1 << 16, "tokens per text, [CLS] and [SEP] included"),
+    OPT("lr", OPT_STRING, lr, "3e-5", 0, 0, "peak learning rate"),
+    OPT("warmup", OPT_INT, warmup, "-1", -1, INT_MAX, "warm-up steps (-1: 10% of --steps)"),
+    OPT("schedule", OPT_STRING, schedule, "linear", 0, 0, "after warm-up: linear, cosine or constant"),
+    OPT("weight-decay", OPT_STRING, weight_decay, "0.01", 0, 0, "AdamW decoupled weight decay"),
+    OPT("temperature", OPT_STRING, temperature, "0.05", 0, 0, "SimCSE temperature"),
+    OPT("mlm-prob", OPT_STRING, mlm_prob, "0.15", 0, 0, "share of tokens masked for MLM"),
+    OPT("simcse-weight", OPT_STRING, simcse_weight, "1", 0, 0, "weight of the SimCSE loss"),
+    OPT("mlm-weight", OPT_STRING, mlm_weight, "1", 0, 0, "weight of the MLM loss"),
+    OPT("l2sp", OPT_STRING, l2sp, "0", 0, 0, "L2-SP strength toward the starting weights"),
+    OPT("out", OPT_STRING, out, NULL, 0, 0, "checkpoint directory (resumed when it has one)"),
+    OPT("resume", OPT_BOOL, resume, "true", 0, 1, "resume from --out when it holds trainer state"),
+    OPT("save-every", OPT_INT, save_every, "500", 0, INT_MAX, "steps between checkpoints (0: only at the end)"),
+    OPT("save-dtype", OPT_STRING, save_dtype, "f32", 0, 0, "weights in checkpoints: f32, f16 or bf16"),
+    OPT("eval-sts", OPT_STRING, eval_sts, NULL, 0, 0, "score<TAB>s1<TAB>s2 file for periodic Spearman"),
+    OPT("eval-every", OPT_INT, eval_every, "200", 0, INT_MAX, "steps between STS evaluations"),
+    OPT("log-every", OPT_INT, log_every, "10", 1, INT_MAX, "steps between log lines (not on a terminal)"),
+    OPT("min-tokens", OPT_INT, min_tokens, "4", 2, 1 << 16, "skip texts shorter than this"),
+    OPT("seed", OPT_INT, seed, "42", 0, INT_MAX, "random seed (data order, dropout, masking)"),
+    OPT("threads", OPT_INT, threads, "0", 0, 1024, "compute threads (0: all cores)"),
+};
+
+/* ---- the corpus ---------------------------------------------------------------- */
+
+typedef struct corpus {
+    char *text;        /* every kept line, NUL-terminated, back to back */
+    size_t *start;     /* (n) offsets into text */
+    long n;
+    size_t len, cap, cap_n;
+} corpus;
+
+static int corpus_push(corpus *c, const char *line, size_t n)
+{
+    if (c->len + n + 1 > c->cap) {
+        size_t cap = c->cap ? c->cap * 2 : (1u << 20);
+        while (cap < c->len + n + 1)
+            cap *= 2;
+        char *t = realloc(c->text, cap);
+        if (t == NULL)
+            return -1;
+        c->text = t;
+        c->cap = cap;
+    }
+    if ((size_t)c->n == c->cap_n) {
+        size_t cap = c->cap_n ? c->cap_n * 2 : 4096;
+        size_t *s = realloc(c->start, sizeof(size_t) * cap);
+        if (s == NULL)
+            return -1;
+        c->start = s;
+        c->cap_n = cap;
+    }
+    c->start[c->n++] = c->len;
+    memcpy(c->text + c->len, line, n);
+    c->text[c->len + n] = '\0';
+    c->len += n + 1;
+    return 0;
+}
+
+/* Reads the comma-separated files; keeps non-blank lines, trimmed. */
+static int corpus_load(corpus *c, const char *files)
+{
+    char *list = strdup(files);
+    if (list == NULL)
+        return -1;
+    int rc = 0;
+    char *save = NULL;
+    for (char *path = strtok_r(list, ",", &save); path != NULL && rc == 0;
+         path = strtok_r(NULL, ",", &save)) {
+        FILE *fp = fopen(path, "rb");
+        if (fp == NULL) {
+            fprintf(stderr, "embedd train: %s: %s\n", path, strerror(errno));
+            rc = -1;
+            break;
+        }
+        char *line = NULL;
+        size_t cap = 0;
+        ssize_t got;
+        while (rc == 0 && (got = getline(&line, &cap, fp)) >= 0) {
+            size_t a = 0, b = (size_t)got;
+            while (a < b && (line[a] == ' ' || line[a] == '\t'))
+                a++;
+            while (b > a && (line[b - 1] == '\n' || line[b - 1] == '\r' || line[b - 1] == ' '))
+                b--;
+            if (b > a && corpus_push(c, line + a, b - a) != 0) {
+                fprintf(stderr, "embedd train: out of memory reading %s\n", path);
+                rc = -1;
+            }
+        }
+        free(line);
+        fclose(fp);
+    }
+    free(list);
+    return rc;
+}
+
+static void corpus_free(corpus *c)
+{
+    free(c->text);
+    free(c->start);
+}
+
+/* order (n) = a permutation of 0..n-1 for epoch `epoch`, from seed. */
+static void shuffle_order(long *order, long n, uint64_t seed, long epoch)
+{
+    emb_rng r;
+    emb_rng_seed(&r, seed * 1000003u + (uint64_t)epoch);
+    for (long i = 0; i < n; i++)
+        order[i] = i;
+    for (long i = n - 1; i > 0; i--) {
+        long j = (long)(emb_rng_next(&r) % (uint64_t)(i + 1));
+        long tmp = order[i];
+        order[i] = order[j];
+        order[j] = tmp;
+    }
+}
+
+/* The texts of one step: walks the shuffled corpus from position *pos
+ * (texts consumed so far, over all epochs), skipping texts shorter than
+ * min_tokens. ids gets the texts back to back, lens their lengths. */
+typedef struct feeder {
+    const corpus *c;
+    long *order;
+    long epoch;        /* of order */
+    uint64_t seed;
+} feeder;
+
+static long feeder_next(feeder *f, long pos)
+{
+    long epoch = pos / f->c->n;
+    if (epoch != f->epoch) {
+        shuffle_order(f->order, f->c->n, f->seed, epoch);
+        f->epoch = epoch;
+    }
+    return f->order[pos % f->c->n];
+}
+
+static int fill_batch(feeder *f, const emb_tokenizer *tok, long *pos, int B, int max_len,
+                      int min_tokens, int32_t *ids, int *lens)
+{
+    long at = 0;
+    long tries = 0;
+    for (int i = 0; i < B;) {
+        if (++tries > 100L * B + f->c->n)
+            return -1; /* nothing in the corpus is long enough */
+        long k = feeder_next(f, (*pos)++);
+        const char *text = f->c->text + f->c->start[k];
+        int n = emb_encode(tok, text, strlen(text), max_len, 0, ids + at, NULL);
+        if (n < 0)
+            return -1;
+        if (n < min_tokens)
+            continue;
+        lens[i++] = n;
+        at += n;
+    }
+    return 0;
+}
+
+/* ---- progress ---------------------------------------------------------------------- */
+
+static volatile sig_atomic_t stop_requested;
+
+static void on_signal(int sig)
+{
+    (void)sig;
+    stop_requested = 1;
+}
+
+static double now_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static void format_duration(char *out, size_t cap, double s)
+{
+    long t = (long)(s + 0.5);
+    if (t >= 3600)
+        snprintf(out, cap, "%ldh%02ldm", t / 3600, t / 60 % 60);
+    else
+        snprintf(out, cap, "%ldm%02lds", t / 60, t % 60);
+}
+
+typedef struct progress {
+    int tty;
+    long first_step, total;
+    double t0, loss_ema;
+    long tokens;
+} progress;
+
+static void progress_step(progress *p, long step, const emb_step_stats *st, int log_every)
+{
+    p->tokens += st->tokens;
+    if (!st->skipped)
+        p->loss_ema = p->loss_ema == 0 ? st->loss : 0.9 * p->loss_ema + 0.1 * st->loss;
+    double el = now_seconds() - p->t0;
+    double done = (double)(step - p->first_step + 1);
+    double eta = el / done * (double)(p->total - step);
+    double tps = el > 0 ? p->tokens / el : 0;
+    char eta_s[32];
+    format_duration(eta_s, sizeof eta_s, eta);
+    if (p->tty) {
+        const int width = 24;
+        int fill = (int)((double)step / p->total * width);
+        char bar[32];
+        for (int i = 0; i < width; i++)
+            bar[i] = i < fill ? '#' : '.';
+        bar[width] = '\0';
+        fprintf(stderr, "\r[%s] step %ld/%ld  loss %.4f  %.0f tok/s  ETA %s   ", bar, step,
+                p->total, p->loss_ema, tps, eta_s);
+        fflush(stderr);
+    } else if (step % log_every == 0 || step == p->total) {
+        fprintf(stderr,
+                "step %ld/%ld loss %.4f simcse %.4f mlm %.4f grad_norm %.3f lr %.3g "
+                "tok/s %.0f eta %s%s\n",
+                step, p->total, st->loss, st->simcse_loss, st->mlm_loss, st->grad_norm,
+                (double)st->lr, tps, eta_s, st->skipped ? " (skipped: non-finite)" : "");
+    }
+}
+
+static void progress_line_break(const progress *p)
+{
+    if (p->tty)
+        fputc('\n', stderr);
+}
+
+/* ---- options ---------------------------------------------------------------------- */
+
+static int parse_float(const char *flag, const char *s, float lo, float hi, float *out)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (end == s || *end != '\0' || errno != 0 || !(v >= lo && v <= hi)) {
+        fprintf(stderr, "embedd train: --%s must be a number in [%g, %g], got '%s'\n", flag,
+                (double)lo, (double)hi, s);
+        return -1;
+    }
+    *out = (float)v;
+    return 0;
+}
+
+static int train_config_from(const train_opts *o, emb_train_config *tc)
+{
+    *tc = emb_train_config_default();
+    if (strcmp(o->objective, "simcse") == 0)
+        tc->objective = EMB_OBJ_SIMCSE;
+    else if (strcmp(o->objective, "mlm") == 0)
+        tc->objective = EMB_OBJ_MLM;
+    else if (strcmp(o->objective, "both") == 0)
+        tc->objective = EMB_OBJ_BOTH;
+    else {
+        fprintf(stderr, "embedd train: --objective must be simcse, mlm or both\n");
+        return -1;
+    }
+    if (strcmp(o->schedule, "linear") == 0)
+        tc->schedule = EMB_SCHED_LINEAR;
+    else if (strcmp(o->schedule, "cosine") == 0)
+        tc->schedule = EMB_SCHED_COSINE;
+    else if (strcmp(o->schedule, "constant") == 0)
+        tc->schedule = EMB_SCHED_CONSTANT;
+    else {
+        fprintf(stderr, "embedd train: --schedule must be linear, cosine or constant\n");
+        return -1;
+    }
+    if (parse_float("lr", o->lr, 0, 1, &tc->lr) ||
+        parse_float("weight-decay", o->weight_decay, 0, 1, &tc->weight_decay) ||
+        parse_float("temperature", o->temperature, 1e-4f, 100, &tc->temperature) ||
+        parse_float("mlm-prob", o->mlm_prob, 0.01f, 0.9f, &tc->mlm_prob) ||
+        parse_float("simcse-weight", o->simcse_weight, 0, 1e3f, &tc->simcse_weight) ||
+        parse_float("mlm-weight", o->mlm_weight, 0, 1e3f, &tc->mlm_weight) ||
+        parse_float("l2sp", o->l2sp, 0, 1e6f, &tc->l2sp))
+        return -1;
+    tc->total_steps = o->steps;
+    tc->warmup_steps = o->warmup >= 0 ? o->warmup : o->steps / 10;
+    tc->seed = (uint64_t)o->seed;
+    return 0;
+}
+
+static int parse_dtype(const char *s, emb_dtype *dt)
+{
+    if (strcmp(s, "f32") == 0)
+        *dt = EMB_DT_F32;
+    else if (strcmp(s, "f16") == 0)
+        *dt = EMB_DT_F16;
+    else if (strcmp(s, "bf16") == 0)
+        *dt = EMB_DT_BF16;
+    else
+        return -1;
+    return 0;
+}
+
+/* ---- train ------------------------------------------------------------------------- */
+
+typedef struct train_run {
+    train_opts o;
+    emb_train_config tc;
+    emb_dtype dtype;
+    char model_dir[PATH_MAX];
+    emb_model *model;       /* the starting point, then the export target for eval */
+    emb_trainer *t;
+    emb_sts sts;
+    int have_sts;
+    corpus c;
+} train_run;
+
+static void run_free(train_run *r)
+{
+    emb_trainer_free(r->t);
+    emb_model_free(r->model);
+    if (r->have_sts)
+        emb_sts_free(&r->sts);
+    corpus_free(&r->c);
+}
+
+static int has_trainer_state(const char *dir)
+{
+    char path[PATH_MAX + 32];
+    struct stat st;
+    snprintf(path, sizeof path, "%s/trainer_state.json", dir);
+    return stat(path, &st) == 0;
+}
+
+static int eval_now(train_run *r, long step)
+{
+    emb_err err;
+    double rho;
+    if (emb_trainer_export(r->t, r->model, &err) != 0 ||
+        emb_sts_eval(r->model, &r->sts, &rho, &err) != 0) {
+        fprintf(stderr, "embedd train: evaluation failed: %s\n", err.msg);
+        return -1;
+    }
+    fprintf(stderr, "step %ld: STS Spearman x100 = %.2f (%d pairs)\n", step, rho * 100.0,
+            r->sts.n);
+    return 0;
+}
+
+static int save_now(train_run *r, long step)
+{
+    emb_err err;
+    if (emb_save_model_dir(r->o.out, &r->t->cfg, NULL, NULL, r->model_dir, r->dtype, r->t,
+                           &err) != 0) {
+        fprintf(stderr, "embedd train: saving a checkpoint failed: %s\n", err.msg);
+        return -1;
+    }
+    fprintf(stderr, "step %ld: checkpoint written to %s\n", step, r->o.out);
+    return 0;
+}
+
+/* Loads the model (from --out when resuming) and the trainer. */
+static int setup_run(train_run *r)
+{
+    emb_err err;
+    int resume = r->o.resume && has_trainer_state(r->o.out);
+    if (resume) {
+        snprintf(r->model_dir, sizeof r->model_dir, "%s", r->o.out);
+    } else {
+        int rc = cli_model_dir(r->o.model_dir, r->o.model_id, r->model_dir,
+                               sizeof r->model_dir, "train");
+        if (rc != 0)
+            return rc;
+    }
+    r->model = emb_model_load(r->model_dir, &err);
+    if (r->model == NULL) {
+        fprintf(stderr, "embedd train: %s\n", err.msg);
+        return 1;
+    }
+    r->t = emb_trainer_new(r->model, r->model_dir, &r->tc, &err);
+    if (r->t == NULL) {
+        fprintf(stderr, "embedd train: %s\n", err.msg);
+        return 1;
+    }
+    if (resume) {
+        if (emb_trainer_load_state(r->t, r->model_dir, &err) != 0) {
+            fprintf(stderr, "embedd train: resuming from %s: %s\n", r->model_dir, err.msg);
+            return 1;
+        }
+        fprintf(stderr, "embedd train: resuming from %s at step %ld\n", r->model_dir,
+                r->t->step);
+    }
+    return 0;
+}
+
+static int train_loop(train_run *r)
+{
+    const int B = r->o.batch_size;
+    int max_len = r->o.max_seq_len;
+    if (max_len > r->model->cfg.max_position_embeddings)
+        max_len = r->model->cfg.max_position_embeddings;
+    int32_t *ids = malloc(sizeof(int32_t) * (size_t)B * (size_t)max_len);
+    int *lens = malloc(sizeof(int) * (size_t)B);
+    long *order = malloc(sizeof(long) * (size_t)r->c.n);
+    if (ids == NULL || lens == NULL || order == NULL) {
+        fprintf(stderr, "embedd train: out of memory\n");
+        free(ids);
+        free(lens);
+        free(order);
+        return 1;
+    }
+    feeder f = {&r->c, order, -1, (uint64_t)r->o.seed};
+    long pos = r->t->step * (long)B; /* approximately where the last run stopped */
+    progress p = {isatty(STDERR_FILENO), r->t->step + 1, r->o.steps, now_seconds(), 0, 0};
+    int rc = 0;
+    emb_err err;
+    while (r->t->step < r->o.steps && !stop_requested) {
+        if (fill_batch(&f, r->model->tok, &pos, B, max_len, r->o.min_tokens, ids, lens) != 0) {
+            fprintf(stderr, "embedd train: the corpus has no texts of %d tokens or more\n",
+                    r->o.min_tokens);
+            rc = 1;
+            break;
+        }
+        emb_step_stats st;
+        if (emb_train_step(r->t, ids, lens, B, &st, &err) != 0) {
+            progress_line_break(&p);
+            fprintf(stderr, "embedd train: %s\n", err.msg);
+            rc = 1;
+            break;
+        }
+        long step = r->t->step + (st.skipped ? 1 : 0);
+        progress_step(&p, step, &st, r->o.log_every);
+        if (st.skipped)
+            r->t->step++; /* a skipped step still uses up its batch and its place */
+        if (r->have_sts && r->o.eval_every > 0 && step % r->o.eval_every == 0) {
+            progress_line_break(&p);
+            eval_now(r, step);
+        }
+        if (r->o.save_every > 0 && step % r->o.save_every == 0 && step < r->o.steps) {
+            progress_line_break(&p);
+            if (save_now(r, step) != 0) {
+                rc = 1;
+                break;
+            }
+        }
+    }
+    progress_line_break(&p);
+    if (rc == 0) {
+        if (stop_requested)
+            fprintf(stderr, "embedd train: stopping at step %ld\n", r->t->step);
+        rc = save_now(r, r->t->step) != 0;
+        if (rc == 0 && r->have_sts && !stop_requested)
+            eval_now(r, r->t->step);
+        fprintf(stderr, "embedd train: %ld steps done, %ld skipped\n", r->t->step,
+                r->t->skipped);
+    }
+    free(ids);
+    free(lens);
+    free(order);
+    return rc;
+}
+
+int cli_train(int argc, char **argv)
+{
+    train_run r;
+    memset(&r, 0, sizeof r);
+    const int n = (int)(sizeof train_specs / sizeof train_specs[0]);
+    int rc = options_parse(train_specs, n, &r.o, argc, argv,
+                           "usage: embedd train --model DIR --corpus FILE[,FILE...] --out DIR "
+                           "[options]");
+    if (rc != 0)
+        return rc == 1 ? 0 : 2;
+    if (r.o.corpus == NULL || r.o.out == NULL) {
+        fprintf(stderr, "embedd train: --corpus and --out are required\n");
+        return 2;
+    }
+    if (train_config_from(&r.o, &r.tc) != 0)
+        return 2;
+    if (parse_dtype(r.o.save_dtype, &r.dtype) != 0) {
+        fprintf(stderr, "embedd train: --save-dtype must be f32, f16 or bf16\n");
+        return 2;
+    }
+    cli_set_threads(r.o.threads);
+    emb_err err;
+    if (r.o.eval_sts != NULL) {
+        if (emb_sts_load(&r.sts, r.o.eval_sts, &err) != 0) {
+            fprintf(stderr, "embedd train: %s\n", err.msg);
+            return 1;
+        }
+        r.have_sts = 1;
+    }
+    if (corpus_load(&r.c, r.o.corpus) != 0 || r.c.n == 0) {
+        if (r.c.n == 0)
+            fprintf(stderr, "embedd train: the corpus is empty\n");
+        run_free(&r);
+        return 1;
+    }
+    rc = setup_run(&r);
+    if (rc == 0) {
+        fprintf(stderr, "embedd train: %ld texts, %s, %d steps of %d texts x <= %d tokens\n",
+                r.c.n, r.o.objective, r.o.steps, r.o.batch_size, r.o.max_seq_len);
+        if (r.have_sts && r.t->step == 0)
+            eval_now(&r, 0);
+        struct sigaction sa = {0};
+        sa.sa_handler = on_signal;
+        sigaction(SIGINT, &sa, NULL);
+        sigaction(SIGTERM, &sa, NULL);
+        rc = train_loop(&r);
+    }
+    run_free(&r);
+    return rc;
+}
+
+/* ---- eval ---------------------------------------------------------------------------- */
+
+typedef struct eval_opts {
+    const char *model_dir, *model_id, *sts;
+    int threads;
+} eval_opts;
+
+static const opt_spec eval_specs[] = {
+    {"model", NULL, OPT_STRING, offsetof(eval_opts, model_dir), NULL, 0, 0, "model directory"},
+    {"model-id", NULL, OPT_STRING, offsetof(eval_opts, model_id), NULL, 0, 0,
+     "or a Hugging Face model id to download"},
+    {"sts", NULL, OPT_STRING, offsetof(eval_opts, sts), NULL, 0, 0,
+     "score<TAB>sentence1<TAB>sentence2 file"},
+    {"threads", NULL, OPT_INT, offsetof(eval_opts, threads), "0", 0, 1024,
+     "compute threads (0: all cores)"},
+};
+
+int cli_eval(int argc, char **argv)
+{
+    eval_opts o;
+    memset(&o, 0, sizeof o);
+    const int n = (int)(sizeof eval_specs / sizeof eval_specs[0]);
+    int rc = options_parse(eval_specs, n, &o, argc, argv,
+                           "usage: embedd eval --model DIR --sts FILE.tsv");
+    if (rc != 0)
+        return rc == 1 ? 0 : 2;
+    if (o.sts == NULL) {
+        fprintf(stderr, "embedd eval: --sts FILE.tsv is required\n");
+        return 2;
+    }
+    char dir[PATH_MAX];
+    rc = cli_model_dir(o.model_dir, o.model_id, dir, sizeof dir, "eval");
+    if (rc != 0)
+        return rc;
+    cli_set_threads(o.threads);
+    emb_err err;
+    emb_sts sts;
+    if (emb_sts_load(&sts, o.sts, &err) != 0) {
+        fprintf(stderr, "embedd eval: %s\n", err.msg);
+        return 1;
+    }
+    emb_model *m = emb_model_load(dir, &err);
+    double rho = 0;
+    rc = m != NULL && emb_sts_eval(m, &sts, &rho, &err) == 0 ? 0 : 1;
+    if (rc == 0)
+        printf("spearman_x100 %.2f pairs %d model %s\n", rho * 100.0, sts.n, dir);
+    else
+        fprintf(stderr, "embedd eval: %s\n", err.msg);
+    emb_model_free(m);
+    emb_sts_free(&sts);
+    return rc;
+}
