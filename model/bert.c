@@ -3,6 +3,7 @@
 #include "bert.h"
 
 #include <limits.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -288,6 +289,85 @@ emb_model *emb_model_load(const char *dir, emb_err *err)
     return m;
 fail:
     weight_files_close(&wf);
+    emb_model_free(m);
+    return NULL;
+}
+
+/* splitmix64 and Box-Muller: a small seeded normal generator, so that model/
+ * needs nothing beyond libc for initialisation. */
+static uint64_t splitmix(uint64_t *state)
+{
+    uint64_t z = (*state += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+static float normal01(uint64_t *state)
+{
+    double u1 = ((splitmix(state) >> 11) + 1.0) / 9007199254740993.0; /* (0, 1] */
+    double u2 = (splitmix(state) >> 11) / 9007199254740992.0;
+    return (float)(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2));
+}
+
+static void fill_normal(float *p, size_t n, float std, uint64_t *state)
+{
+    for (size_t i = 0; i < n; i++)
+        p[i] = std * normal01(state);
+}
+
+static void fill_const(float *p, size_t n, float v)
+{
+    for (size_t i = 0; i < n; i++)
+        p[i] = v;
+}
+
+emb_model *emb_model_init(const emb_config *cfg, const char *tok_dir, uint64_t seed,
+                          emb_err *err)
+{
+    emb_model *m = calloc(1, sizeof *m);
+    if (m == NULL) {
+        emb_fail(err, "out of memory");
+        return NULL;
+    }
+    m->cfg = *cfg;
+    m->tok = emb_tokenizer_load(tok_dir, err);
+    if (m->tok == NULL)
+        goto fail;
+    emb_tokenizer_set_st_lowercase(m->tok, m->cfg.do_lower_case);
+    if (emb_tokenizer_vocab_size(m->tok) > cfg->vocab_size) {
+        emb_fail(err, "%s: tokenizer has %d tokens but vocab_size is %d", tok_dir,
+                 emb_tokenizer_vocab_size(m->tok), cfg->vocab_size);
+        goto fail;
+    }
+    size_t sizes[EMB_N_PARAM_TENSORS];
+    emb_param_sizes(cfg, sizes);
+    m->n_params = 0;
+    for (int i = 0; i < EMB_N_PARAM_TENSORS; i++)
+        m->n_params += sizes[i];
+    m->params = malloc(m->n_params * sizeof(float));
+    if (m->params == NULL) {
+        emb_fail(err, "out of memory for %zu parameters", m->n_params);
+        goto fail;
+    }
+    emb_weights_point(&m->w, m->params, cfg);
+    /* emb_weights order: which tensors are matrices/embeddings (normal),
+     * LayerNorm weights (1) or biases (0). */
+    static const char kind[EMB_N_PARAM_TENSORS] = {'n', 'n', 'n', '1', '0', 'n', '0', 'n', '0',
+                                                   '1', '0', 'n', '0', 'n', '0', '1', '0'};
+    uint64_t state = seed;
+    float *p = m->params;
+    for (int i = 0; i < EMB_N_PARAM_TENSORS; i++) {
+        if (kind[i] == 'n')
+            fill_normal(p, sizes[i], 0.02f, &state);
+        else
+            fill_const(p, sizes[i], kind[i] == '1' ? 1.0f : 0.0f);
+        p += sizes[i];
+    }
+    if (emb_model_pack(m, err) != 0)
+        goto fail;
+    return m;
+fail:
     emb_model_free(m);
     return NULL;
 }

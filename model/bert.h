@@ -61,6 +61,12 @@ void emb_weights_point(emb_weights *w, float *base, const emb_config *cfg);
 
 /* Loads config, tokenizer and model.safetensors from dir. */
 emb_model *emb_model_load(const char *dir, emb_err *err);
+/* A new model from cfg (validated as emb_config_save does) with the
+ * tokenizer of tok_dir (tokenizer.json or vocab.txt) and BERT's
+ * initialisation: matrices and embeddings N(0, 0.02^2), LayerNorm weights 1,
+ * every bias 0; seeded, so reproducible. */
+emb_model *emb_model_init(const emb_config *cfg, const char *tok_dir, uint64_t seed,
+                          emb_err *err);
 /* (Re)packs the dense weights for emb_gemm; call after params change. */
 int emb_model_pack(emb_model *m, emb_err *err);
 void emb_model_free(emb_model *m);

@@ -610,49 +610,53 @@ static void add_inplace(float *x, const float *y, long n)
         x[i] += y[i];
 }
 
-/* The encoder forward of batch b, keeping activations. use_masks: apply the
- * dropout masks in place. */
-static void encoder_forward(emb_trainer *t, const emb_batch *b, int use_masks)
+/* Embeddings, their LayerNorm and dropout, into x[0]. */
+static void embed_forward(emb_trainer *t, const emb_batch *b, int use_masks)
+{
+    emb_train_acts *a = t->acts;
+    const emb_config *c = &t->cfg;
+    const emb_weights *w = &t->w;
+    const int T = a->T, C = c->hidden_size;
+    embeddings_forward(a->emb_sum, b->ids, b->seq_off, a->S, w->wte, w->wpe, w->wtt, C);
+    layernorm_forward_train(a->x, a->emb_mean, a->emb_rstd, a->emb_sum, w->emb_lnw, w->emb_lnb,
+                            T, C, c->layer_norm_eps);
+    if (use_masks)
+        mul_mask_inplace(a->x, a->emb_mask, (long)T * C);
+}
+
+/* Encoder layer l, from x[l] into x[l+1], keeping its activations. */
+static void layer_forward(emb_trainer *t, const emb_batch *b, int l, int use_masks)
 {
     emb_train_acts *a = t->acts;
     const emb_config *c = &t->cfg;
     const emb_weights *w = &t->w;
     const int T = a->T, S = a->S, C = c->hidden_size, I = c->intermediate_size;
     const int NH = c->num_attention_heads;
-    const long TC = (long)T * C, TI = (long)T * I;
+    const long TC = (long)T * C, TI = (long)T * I, lC = (long)l * C;
     const float eps = c->layer_norm_eps;
-    embeddings_forward(a->emb_sum, b->ids, b->seq_off, S, w->wte, w->wpe, w->wtt, C);
-    layernorm_forward_train(a->x, a->emb_mean, a->emb_rstd, a->emb_sum, w->emb_lnw, w->emb_lnb,
-                            T, C, eps);
+    float *xin = a->x + l * TC, *qkv = a->qkv + l * 3 * TC, *att = a->att + l * TC;
+    float *ln1_in = a->ln1_in + l * TC, *xmid = a->xmid + l * TC;
+    float *ffn_pre = a->ffn_pre + l * TI, *ffn_act = a->ffn_act + l * TI;
+    float *ln2_in = a->ln2_in + l * TC;
+    matmul_forward(qkv, xin, w->qkvw + lC * 3 * C, w->qkvb + lC * 3, T, C, 3 * C);
+    attention_forward_train(att, a->probs + l * a->P, qkv, use_masks ? a->amask + l * a->P : NULL,
+                            a->probs_off, b->seq_off, S, C, NH);
+    matmul_forward(ln1_in, att, w->attn_ow + lC * C, w->attn_ob + lC, T, C, C);
     if (use_masks)
-        mul_mask_inplace(a->x, a->emb_mask, TC);
-    for (int l = 0; l < c->num_hidden_layers; l++) {
-        const long lC = (long)l * C;
-        float *xin = a->x + l * TC, *qkv = a->qkv + l * 3 * TC, *att = a->att + l * TC;
-        float *ln1_in = a->ln1_in + l * TC, *xmid = a->xmid + l * TC;
-        float *ffn_pre = a->ffn_pre + l * TI, *ffn_act = a->ffn_act + l * TI;
-        float *ln2_in = a->ln2_in + l * TC;
-        matmul_forward(qkv, xin, w->qkvw + lC * 3 * C, w->qkvb + lC * 3, T, C, 3 * C);
-        attention_forward_train(att, a->probs + l * a->P, qkv,
-                                use_masks ? a->amask + l * a->P : NULL, a->probs_off,
-                                b->seq_off, S, C, NH);
-        matmul_forward(ln1_in, att, w->attn_ow + lC * C, w->attn_ob + lC, T, C, C);
-        if (use_masks)
-            mul_mask_inplace(ln1_in, a->mask1 + l * TC, TC);
-        add_inplace(ln1_in, xin, TC);
-        layernorm_forward_train(xmid, a->ln1_mean + (long)l * T, a->ln1_rstd + (long)l * T,
-                                ln1_in, w->ln1w + lC, w->ln1b + lC, T, C, eps);
-        matmul_forward(ffn_pre, xmid, w->fcw + (long)l * I * C, w->fcb + (long)l * I, T, C, I);
-        memcpy(ffn_act, ffn_pre, sizeof(float) * (size_t)TI);
-        bias_gelu_forward(ffn_act, NULL, T, I);
-        matmul_forward(ln2_in, ffn_act, w->fc_projw + lC * I, w->fc_projb + lC, T, I, C);
-        if (use_masks)
-            mul_mask_inplace(ln2_in, a->mask2 + l * TC, TC);
-        add_inplace(ln2_in, xmid, TC);
-        layernorm_forward_train(a->x + (l + 1) * TC, a->ln2_mean + (long)l * T,
-                                a->ln2_rstd + (long)l * T, ln2_in, w->ln2w + lC, w->ln2b + lC,
-                                T, C, eps);
-    }
+        mul_mask_inplace(ln1_in, a->mask1 + l * TC, TC);
+    add_inplace(ln1_in, xin, TC);
+    layernorm_forward_train(xmid, a->ln1_mean + (long)l * T, a->ln1_rstd + (long)l * T, ln1_in,
+                            w->ln1w + lC, w->ln1b + lC, T, C, eps);
+    matmul_forward(ffn_pre, xmid, w->fcw + (long)l * I * C, w->fcb + (long)l * I, T, C, I);
+    memcpy(ffn_act, ffn_pre, sizeof(float) * (size_t)TI);
+    bias_gelu_forward(ffn_act, NULL, T, I);
+    matmul_forward(ln2_in, ffn_act, w->fc_projw + lC * I, w->fc_projb + lC, T, I, C);
+    if (use_masks)
+        mul_mask_inplace(ln2_in, a->mask2 + l * TC, TC);
+    add_inplace(ln2_in, xmid, TC);
+    layernorm_forward_train(a->x + (l + 1) * TC, a->ln2_mean + (long)l * T,
+                            a->ln2_rstd + (long)l * T, ln2_in, w->ln2w + lC, w->ln2b + lC, T, C,
+                            eps);
 }
 
 /* ---- losses ----------------------------------------------------------------- */
@@ -719,9 +723,9 @@ static double mlm_loss(emb_trainer *t, const float *h, float *dx, float weight)
 
 /* ---- backward ----------------------------------------------------------------- */
 
-/* Backward of encoder_forward from a->dx, the gradient wrt the last hidden
- * state; accumulates every encoder parameter gradient. */
-static void encoder_backward(emb_trainer *t, const emb_batch *b, int use_masks)
+/* Backward of layer l: a->dx holds the gradient wrt x[l+1] and gets the
+ * one wrt x[l]; accumulates the layer's parameter gradients. */
+static void layer_backward(emb_trainer *t, const emb_batch *b, int l, int use_masks)
 {
     emb_train_acts *a = t->acts;
     const emb_config *c = &t->cfg;
@@ -729,46 +733,49 @@ static void encoder_backward(emb_trainer *t, const emb_batch *b, int use_masks)
     const emb_weights *g = &t->gw;
     const int T = a->T, S = a->S, C = c->hidden_size, I = c->intermediate_size;
     const int NH = c->num_attention_heads;
-    const long TC = (long)T * C, TI = (long)T * I;
+    const long TC = (long)T * C, TI = (long)T * I, lC = (long)l * C;
     float *dx = a->dx, *dtmp = a->dtmp, *dmid = a->dmid;
-    for (int l = c->num_hidden_layers - 1; l >= 0; l--) {
-        const long lC = (long)l * C;
-        const float *xin = a->x + l * TC, *qkv = a->qkv + l * 3 * TC, *att = a->att + l * TC;
-        const float *xmid = a->xmid + l * TC, *ffn_act = a->ffn_act + l * TI;
-        /* x_out = LN2(xmid + drop(ffn_act W2^T + b2)) */
-        layernorm_backward(dmid, g->ln2w + lC, g->ln2b + lC, dx, a->ln2_in + l * TC,
-                           a->ln2_mean + (long)l * T, a->ln2_rstd + (long)l * T, w->ln2w + lC,
-                           T, C);
-        memcpy(dtmp, dmid, sizeof(float) * (size_t)TC);
-        if (use_masks)
-            mul_mask_inplace(dtmp, a->mask2 + l * TC, TC);
-        matmul_backward(a->dffn, g->fc_projw + lC * I, g->fc_projb + lC, dtmp, ffn_act,
-                        w->fc_projw + lC * I, T, I, C);
-        gelu_backward(a->dffn, a->ffn_pre + l * TI, a->dffn, TI);
-        matmul_backward(dtmp, g->fcw + (long)l * I * C, g->fcb + (long)l * I, a->dffn, xmid,
-                        w->fcw + (long)l * I * C, T, C, I);
-        add_inplace(dmid, dtmp, TC);
-        /* xmid = LN1(xin + drop(att Wo^T + bo)) */
-        layernorm_backward(dx, g->ln1w + lC, g->ln1b + lC, dmid, a->ln1_in + l * TC,
-                           a->ln1_mean + (long)l * T, a->ln1_rstd + (long)l * T, w->ln1w + lC,
-                           T, C);
-        memcpy(dtmp, dx, sizeof(float) * (size_t)TC);
-        if (use_masks)
-            mul_mask_inplace(dtmp, a->mask1 + l * TC, TC);
-        matmul_backward(a->datt, g->attn_ow + lC * C, g->attn_ob + lC, dtmp, att,
-                        w->attn_ow + lC * C, T, C, C);
-        attention_backward(a->dqkv, a->datt, qkv, a->probs + l * a->P,
-                           use_masks ? a->amask + l * a->P : NULL, a->probs_off, b->seq_off, S,
-                           C, NH, a->attn_scratch);
-        matmul_backward(dtmp, g->qkvw + lC * 3 * C, g->qkvb + lC * 3, a->dqkv, xin,
-                        w->qkvw + lC * 3 * C, T, C, 3 * C);
-        add_inplace(dx, dtmp, TC);
-    }
+    const float *xin = a->x + l * TC, *qkv = a->qkv + l * 3 * TC, *att = a->att + l * TC;
+    const float *xmid = a->xmid + l * TC, *ffn_act = a->ffn_act + l * TI;
+    /* x_out = LN2(xmid + drop(ffn_act W2^T + b2)) */
+    layernorm_backward(dmid, g->ln2w + lC, g->ln2b + lC, dx, a->ln2_in + l * TC,
+                       a->ln2_mean + (long)l * T, a->ln2_rstd + (long)l * T, w->ln2w + lC, T, C);
+    memcpy(dtmp, dmid, sizeof(float) * (size_t)TC);
     if (use_masks)
-        mul_mask_inplace(dx, a->emb_mask, TC);
-    layernorm_backward(dtmp, g->emb_lnw, g->emb_lnb, dx, a->emb_sum, a->emb_mean, a->emb_rstd,
-                       w->emb_lnw, T, C);
-    embeddings_backward(g->wte, g->wpe, g->wtt, dtmp, b->ids, b->seq_off, S, C);
+        mul_mask_inplace(dtmp, a->mask2 + l * TC, TC);
+    matmul_backward(a->dffn, g->fc_projw + lC * I, g->fc_projb + lC, dtmp, ffn_act,
+                    w->fc_projw + lC * I, T, I, C);
+    gelu_backward(a->dffn, a->ffn_pre + l * TI, a->dffn, TI);
+    matmul_backward(dtmp, g->fcw + (long)l * I * C, g->fcb + (long)l * I, a->dffn, xmid,
+                    w->fcw + (long)l * I * C, T, C, I);
+    add_inplace(dmid, dtmp, TC);
+    /* xmid = LN1(xin + drop(att Wo^T + bo)) */
+    layernorm_backward(dx, g->ln1w + lC, g->ln1b + lC, dmid, a->ln1_in + l * TC,
+                       a->ln1_mean + (long)l * T, a->ln1_rstd + (long)l * T, w->ln1w + lC, T, C);
+    memcpy(dtmp, dx, sizeof(float) * (size_t)TC);
+    if (use_masks)
+        mul_mask_inplace(dtmp, a->mask1 + l * TC, TC);
+    matmul_backward(a->datt, g->attn_ow + lC * C, g->attn_ob + lC, dtmp, att, w->attn_ow + lC * C,
+                    T, C, C);
+    attention_backward(a->dqkv, a->datt, qkv, a->probs + l * a->P,
+                       use_masks ? a->amask + l * a->P : NULL, a->probs_off, b->seq_off, S, C, NH,
+                       a->attn_scratch);
+    matmul_backward(dtmp, g->qkvw + lC * 3 * C, g->qkvb + lC * 3, a->dqkv, xin,
+                    w->qkvw + lC * 3 * C, T, C, 3 * C);
+    add_inplace(dx, dtmp, TC);
+}
+
+static void embed_backward(emb_trainer *t, const emb_batch *b, int use_masks)
+{
+    emb_train_acts *a = t->acts;
+    const emb_weights *w = &t->w;
+    const emb_weights *g = &t->gw;
+    const int T = a->T, C = t->cfg.hidden_size;
+    if (use_masks)
+        mul_mask_inplace(a->dx, a->emb_mask, (long)T * C);
+    layernorm_backward(a->dtmp, g->emb_lnw, g->emb_lnb, a->dx, a->emb_sum, a->emb_mean,
+                       a->emb_rstd, w->emb_lnw, T, C);
+    embeddings_backward(g->wte, g->wpe, g->wtt, a->dtmp, b->ids, b->seq_off, a->S, C);
 }
 
 static double l2sp_penalty(emb_trainer *t)
@@ -795,23 +802,14 @@ static double grad_norm(const emb_trainer *t)
     return sqrt(sum);
 }
 
-int emb_train_forward_backward(emb_trainer *t, const emb_batch *b, int dropout,
-                               emb_step_stats *st, emb_err *err)
+/* The losses on the last hidden state; seeds a->dx with their gradient. */
+static void losses_forward_backward(emb_trainer *t, const emb_batch *b, emb_step_stats *st)
 {
-    memset(st, 0, sizeof *st);
-    if (acts_prepare(t, b, err) != 0)
-        return -1;
-    if (dropout > 0)
-        draw_masks(t);
-    const int use_masks = dropout >= 0;
     emb_train_acts *a = t->acts;
-    const long TC = (long)a->T * t->cfg.hidden_size;
-    memset(t->grads, 0, sizeof(float) * t->n_params);
-    encoder_forward(t, b, use_masks);
-    const float *h = a->x + (long)t->cfg.num_hidden_layers * TC;
+    const int C = t->cfg.hidden_size;
+    const float *h = a->x + (long)t->cfg.num_hidden_layers * a->T * C;
     const int t_simcse = b->seq_off[b->n_simcse];
-    memset(a->dx + (long)t_simcse * t->cfg.hidden_size, 0,
-           sizeof(float) * (size_t)(a->T - t_simcse) * (size_t)t->cfg.hidden_size);
+    memset(a->dx + (long)t_simcse * C, 0, sizeof(float) * (size_t)(a->T - t_simcse) * (size_t)C);
     if (b->n_simcse > 0) {
         st->simcse_loss = simcse_loss(t, b, h, a->dx, t->tc.simcse_weight);
         st->loss += t->tc.simcse_weight * st->simcse_loss;
@@ -821,10 +819,77 @@ int emb_train_forward_backward(emb_trainer *t, const emb_batch *b, int dropout,
         st->loss += t->tc.mlm_weight * st->mlm_loss;
         st->mlm_targets = a->M;
     }
-    encoder_backward(t, b, use_masks);
-    st->loss += l2sp_penalty(t);
-    st->grad_norm = grad_norm(t);
-    st->tokens = a->T;
+}
+
+/* The pieces of a step, in order: phase 0 embeddings, 1..L layers forward,
+ * L+1 losses, L+2..2L+1 layers backward (last first), 2L+2 embeddings
+ * backward and the gradient's norm. */
+int emb_train_begin(emb_trainer *t, const emb_batch *b, int dropout, emb_step_stats *st,
+                    emb_err *err)
+{
+    memset(st, 0, sizeof *st);
+    t->cur_batch = NULL;
+    if (acts_prepare(t, b, err) != 0)
+        return -1;
+    if (dropout > 0)
+        draw_masks(t);
+    t->cur_batch = b;
+    t->cur_masks = dropout >= 0;
+    t->cur_phase = 0;
+    t->cur_backward = 1;
+    st->tokens = t->acts->T;
+    return 0;
+}
+
+int emb_train_advance(emb_trainer *t, emb_step_stats *st)
+{
+    const emb_batch *b = t->cur_batch;
+    const int L = t->cfg.num_hidden_layers, m = t->cur_masks;
+    if (b == NULL)
+        return 0;
+    int ph = t->cur_phase++;
+    if (ph == 0) {
+        if (t->cur_backward)
+            memset(t->grads, 0, sizeof(float) * t->n_params);
+        embed_forward(t, b, m);
+    } else if (ph <= L) {
+        layer_forward(t, b, ph - 1, m);
+    } else if (ph == L + 1) {
+        losses_forward_backward(t, b, st);
+        if (!t->cur_backward) {
+            t->cur_batch = NULL;
+            return 0;
+        }
+    } else if (ph <= 2 * L + 1) {
+        layer_backward(t, b, 2 * L + 1 - ph, m);
+    } else {
+        embed_backward(t, b, m);
+        st->loss += l2sp_penalty(t);
+        st->grad_norm = grad_norm(t);
+        t->cur_batch = NULL;
+        return 0;
+    }
+    return 1;
+}
+
+int emb_train_forward_backward(emb_trainer *t, const emb_batch *b, int dropout,
+                               emb_step_stats *st, emb_err *err)
+{
+    if (emb_train_begin(t, b, dropout, st, err) != 0)
+        return -1;
+    while (emb_train_advance(t, st) == 1)
+        ;
+    return 0;
+}
+
+int emb_train_loss(emb_trainer *t, const emb_batch *b, int dropout, emb_step_stats *st,
+                   emb_err *err)
+{
+    if (emb_train_begin(t, b, dropout, st, err) != 0)
+        return -1;
+    t->cur_backward = 0;
+    while (emb_train_advance(t, st) == 1)
+        ;
     return 0;
 }
 

@@ -102,6 +102,9 @@ typedef struct emb_trainer {
     long skipped;            /* steps skipped for non-finite values */
     emb_rng rng;
     emb_train_acts *acts;
+    /* the step in progress (emb_train_begin / emb_train_advance) */
+    const struct emb_batch *cur_batch;
+    int cur_phase, cur_masks, cur_backward;
 } emb_trainer;
 
 /* A trainer starting from model's weights. The MLM head comes from
@@ -155,6 +158,18 @@ int emb_train_prepare(emb_trainer *t, const emb_batch *b, float **masks, long *s
  * emb_train_prepare), -1 runs without dropout. */
 int emb_train_forward_backward(emb_trainer *t, const emb_batch *b, int dropout,
                                emb_step_stats *st, emb_err *err);
+
+/* The same step in pieces of about one layer's work, so that a caller can
+ * interleave other work between them: emb_train_begin, then
+ * emb_train_advance until it returns 0 (the gradients and st are then
+ * complete). b must stay alive until then. */
+int emb_train_begin(emb_trainer *t, const emb_batch *b, int dropout, emb_step_stats *st,
+                    emb_err *err);
+int emb_train_advance(emb_trainer *t, emb_step_stats *st);
+
+/* The losses of b only (forward, no gradients), e.g. for validation. */
+int emb_train_loss(emb_trainer *t, const emb_batch *b, int dropout, emb_step_stats *st,
+                   emb_err *err);
 
 /* Clips, checks for non-finite values and applies AdamW with the learning
  * rate of the next step. Returns 1 when the step was skipped, else 0. */

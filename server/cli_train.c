@@ -492,20 +492,12 @@ static int train_loop(train_run *r)
     return rc;
 }
 
-int cli_train(int argc, char **argv)
+/* Runs one training job described by o; returns an exit status. */
+static int run_training(const train_opts *o)
 {
     train_run r;
     memset(&r, 0, sizeof r);
-    const int n = (int)(sizeof train_specs / sizeof train_specs[0]);
-    int rc = options_parse(train_specs, n, &r.o, argc, argv,
-                           "usage: embedd train --model DIR --corpus FILE[,FILE...] --out DIR "
-                           "[options]");
-    if (rc != 0)
-        return rc == 1 ? 0 : 2;
-    if (r.o.corpus == NULL || r.o.out == NULL) {
-        fprintf(stderr, "embedd train: --corpus and --out are required\n");
-        return 2;
-    }
+    r.o = *o;
     if (train_config_from(&r.o, &r.tc) != 0)
         return 2;
     if (parse_dtype(r.o.save_dtype, &r.dtype) != 0) {
@@ -527,8 +519,11 @@ int cli_train(int argc, char **argv)
         run_free(&r);
         return 1;
     }
-    rc = setup_run(&r);
-    if (rc == 0) {
+    int rc = setup_run(&r);
+    if (rc == 0 && r.t->step >= r.o.steps) {
+        fprintf(stderr, "embedd train: %s already has %ld of %d steps\n", r.o.out, r.t->step,
+                r.o.steps);
+    } else if (rc == 0) {
         fprintf(stderr, "embedd train: %ld texts, %s, %d steps of %d texts x <= %d tokens\n",
                 r.c.n, r.o.objective, r.o.steps, r.o.batch_size, r.o.max_seq_len);
         if (r.have_sts && r.t->step == 0)
@@ -541,6 +536,209 @@ int cli_train(int argc, char **argv)
     }
     run_free(&r);
     return rc;
+}
+
+int cli_train(int argc, char **argv)
+{
+    train_opts o;
+    memset(&o, 0, sizeof o);
+    const int n = (int)(sizeof train_specs / sizeof train_specs[0]);
+    int rc = options_parse(train_specs, n, &o, argc, argv,
+                           "usage: embedd train --model DIR --corpus FILE[,FILE...] --out DIR "
+                           "[options]");
+    if (rc != 0)
+        return rc == 1 ? 0 : 2;
+    if (o.corpus == NULL || o.out == NULL) {
+        fprintf(stderr, "embedd train: --corpus and --out are required\n");
+        return 2;
+    }
+    return run_training(&o);
+}
+
+/* ---- pretrain ------------------------------------------------------------------------- */
+
+typedef struct pretrain_opts {
+    const char *corpus, *simcse_corpus, *vocab, *out, *eval_sts, *lr_mlm, *lr_simcse;
+    int layers, hidden, heads, intermediate, max_position;
+    int mlm_steps, simcse_steps, mlm_batch, simcse_batch, mlm_len, simcse_len;
+    int save_every, eval_every, seed, threads;
+} pretrain_opts;
+
+#define POPT(flag, type, field, def, min, max, help) \
+    {flag, NULL, type, offsetof(pretrain_opts, field), def, min, max, help}
+
+static const opt_spec pretrain_specs[] = {
+    POPT("corpus", OPT_STRING, corpus, NULL, 0, 0, "MLM text files, one text per line, comma-separated"),
+    POPT("simcse-corpus", OPT_STRING, simcse_corpus, NULL, 0, 0, "SimCSE text files (default: --corpus)"),
+    POPT("vocab", OPT_STRING, vocab, NULL, 0, 0, "directory with the tokenizer (vocab.txt or tokenizer.json)"),
+    POPT("out", OPT_STRING, out, NULL, 0, 0, "work directory: init/, mlm/, simcse/ and the final model/"),
+    POPT("layers", OPT_INT, layers, "4", 1, 48, "encoder layers"),
+    POPT("hidden", OPT_INT, hidden, "256", 16, 4096, "hidden size"),
+    POPT("heads", OPT_INT, heads, "4", 1, 64, "attention heads"),
+    POPT("intermediate", OPT_INT, intermediate, "1024", 16, 16384, "FFN size"),
+    POPT("max-position", OPT_INT, max_position, "128", 8, 8192, "position embeddings (longest input)"),
+    POPT("mlm-steps", OPT_INT, mlm_steps, "20000", 0, INT_MAX, "stage 1: masked-token prediction steps"),
+    POPT("simcse-steps", OPT_INT, simcse_steps, "2000", 0, INT_MAX, "stage 2: SimCSE steps"),
+    POPT("mlm-batch", OPT_INT, mlm_batch, "64", 2, 1 << 16, "texts per MLM step"),
+    POPT("simcse-batch", OPT_INT, simcse_batch, "64", 2, 1 << 16, "texts per SimCSE step"),
+    POPT("mlm-len", OPT_INT, mlm_len, "128", 8, 8192, "tokens per MLM text"),
+    POPT("simcse-len", OPT_INT, simcse_len, "32", 8, 8192, "tokens per SimCSE text"),
+    POPT("lr-mlm", OPT_STRING, lr_mlm, "5e-4", 0, 0, "peak learning rate of stage 1"),
+    POPT("lr-simcse", OPT_STRING, lr_simcse, "5e-5", 0, 0, "peak learning rate of stage 2"),
+    POPT("eval-sts", OPT_STRING, eval_sts, NULL, 0, 0, "score<TAB>s1<TAB>s2 file for periodic Spearman"),
+    POPT("eval-every", OPT_INT, eval_every, "1000", 0, INT_MAX, "steps between STS evaluations"),
+    POPT("save-every", OPT_INT, save_every, "250", 0, INT_MAX, "steps between checkpoints"),
+    POPT("seed", OPT_INT, seed, "42", 0, INT_MAX, "random seed"),
+    POPT("threads", OPT_INT, threads, "0", 0, 1024, "compute threads (0: all cores)"),
+};
+
+static int dir_exists(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+/* out/init: the freshly initialised model, written once. */
+static int pretrain_init(const pretrain_opts *p, const char *init_dir)
+{
+    emb_err err;
+    if (dir_exists(init_dir))
+        return 0;
+    emb_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    snprintf(cfg.model_type, sizeof cfg.model_type, "bert");
+    snprintf(cfg.hidden_act, sizeof cfg.hidden_act, "gelu");
+    emb_tokenizer *tok = emb_tokenizer_load(p->vocab, &err);
+    if (tok == NULL) {
+        fprintf(stderr, "embedd pretrain: %s\n", err.msg);
+        return 1;
+    }
+    cfg.vocab_size = emb_tokenizer_vocab_size(tok);
+    emb_special_tokens sp = emb_tokenizer_specials(tok);
+    emb_tokenizer_free(tok);
+    cfg.hidden_size = p->hidden;
+    cfg.num_hidden_layers = p->layers;
+    cfg.num_attention_heads = p->heads;
+    cfg.intermediate_size = p->intermediate;
+    cfg.max_position_embeddings = p->max_position;
+    cfg.type_vocab_size = 2;
+    cfg.pad_token_id = sp.pad_id >= 0 ? sp.pad_id : 0;
+    cfg.layer_norm_eps = 1e-12f;
+    cfg.hidden_dropout_prob = 0.1f;
+    cfg.attention_probs_dropout_prob = 0.1f;
+    cfg.has_modules_json = 1;
+    cfg.pooling = EMB_POOL_MEAN;
+    cfg.normalize = 1;
+    cfg.max_seq_length = p->max_position;
+    cfg.do_lower_case = 0;
+    emb_model *m = emb_model_init(&cfg, p->vocab, (uint64_t)p->seed, &err);
+    int rc = m != NULL ? 0 : 1;
+    if (rc == 0 && emb_save_model_dir(init_dir, &m->cfg, m->params, NULL, p->vocab, EMB_DT_F32,
+                                      NULL, &err) != 0)
+        rc = 1;
+    if (rc != 0)
+        fprintf(stderr, "embedd pretrain: initialising the model: %s\n", err.msg);
+    else
+        fprintf(stderr, "embedd pretrain: initialised %d layers x %d hidden (%zu parameters) "
+                "in %s\n", p->layers, p->hidden, m->n_params, init_dir);
+    emb_model_free(m);
+    return rc;
+}
+
+/* Options of one stage, from train's defaults. */
+static void stage_opts(train_opts *o, const pretrain_opts *p, const char *from, const char *out)
+{
+    char *argv[] = {"train", NULL};
+    memset(o, 0, sizeof *o);
+    options_parse(train_specs, (int)(sizeof train_specs / sizeof train_specs[0]), o, 1, argv,
+                  "");
+    o->model_dir = from;
+    o->out = out;
+    o->eval_sts = p->eval_sts;
+    o->eval_every = p->eval_every;
+    o->save_every = p->save_every;
+    o->seed = p->seed;
+    o->threads = p->threads;
+    o->log_every = 50;
+}
+
+/* out/model: the final model, F16, with its MLM head, without optimizer state. */
+static int pretrain_export(const char *from, const char *final_dir)
+{
+    emb_err err;
+    emb_model *m = emb_model_load(from, &err);
+    emb_train_config tc = emb_train_config_default();
+    tc.objective = EMB_OBJ_MLM;
+    emb_trainer *t = m != NULL ? emb_trainer_new(m, from, &tc, &err) : NULL;
+    int rc = t != NULL && emb_save_model_dir(final_dir, &m->cfg, t->params,
+                                             t->params + t->n_enc, from, EMB_DT_F16, NULL,
+                                             &err) == 0 ? 0 : 1;
+    if (rc != 0)
+        fprintf(stderr, "embedd pretrain: exporting %s: %s\n", final_dir, err.msg);
+    else
+        fprintf(stderr, "embedd pretrain: final model (F16) written to %s\n", final_dir);
+    emb_trainer_free(t);
+    emb_model_free(m);
+    return rc;
+}
+
+int cli_pretrain(int argc, char **argv)
+{
+    pretrain_opts p;
+    memset(&p, 0, sizeof p);
+    const int n = (int)(sizeof pretrain_specs / sizeof pretrain_specs[0]);
+    int rc = options_parse(pretrain_specs, n, &p, argc, argv,
+                           "usage: embedd pretrain --corpus FILE[,FILE...] --vocab DIR --out DIR "
+                           "[options]\nTrains a BERT encoder from scratch: masked-token "
+                           "prediction, then SimCSE. Rerun the same command to resume.");
+    if (rc != 0)
+        return rc == 1 ? 0 : 2;
+    if (p.corpus == NULL || p.vocab == NULL || p.out == NULL) {
+        fprintf(stderr, "embedd pretrain: --corpus, --vocab and --out are required\n");
+        return 2;
+    }
+    if (!dir_exists(p.out) && mkdir(p.out, 0755) != 0) {
+        fprintf(stderr, "embedd pretrain: %s: %s\n", p.out, strerror(errno));
+        return 1;
+    }
+    char init_dir[PATH_MAX], mlm_dir[PATH_MAX], simcse_dir[PATH_MAX], final_dir[PATH_MAX];
+    snprintf(init_dir, sizeof init_dir, "%.4000s/init", p.out);
+    snprintf(mlm_dir, sizeof mlm_dir, "%.4000s/mlm", p.out);
+    snprintf(simcse_dir, sizeof simcse_dir, "%.4000s/simcse", p.out);
+    snprintf(final_dir, sizeof final_dir, "%.4000s/model", p.out);
+    if ((rc = pretrain_init(&p, init_dir)) != 0)
+        return rc;
+    train_opts o;
+    const char *last = init_dir;
+    if (p.mlm_steps > 0) {
+        stage_opts(&o, &p, init_dir, mlm_dir);
+        o.corpus = p.corpus;
+        o.objective = "mlm";
+        o.steps = p.mlm_steps;
+        o.batch_size = p.mlm_batch;
+        o.max_seq_len = p.mlm_len;
+        o.lr = p.lr_mlm;
+        o.warmup = p.mlm_steps / 20;
+        fprintf(stderr, "embedd pretrain: stage 1, masked-token prediction, into %s\n", mlm_dir);
+        if ((rc = run_training(&o)) != 0 || stop_requested)
+            return rc;
+        last = mlm_dir;
+    }
+    if (p.simcse_steps > 0) {
+        stage_opts(&o, &p, last, simcse_dir);
+        o.corpus = p.simcse_corpus != NULL ? p.simcse_corpus : p.corpus;
+        o.objective = "simcse";
+        o.steps = p.simcse_steps;
+        o.batch_size = p.simcse_batch;
+        o.max_seq_len = p.simcse_len;
+        o.lr = p.lr_simcse;
+        o.warmup = p.simcse_steps / 10;
+        fprintf(stderr, "embedd pretrain: stage 2, SimCSE, into %s\n", simcse_dir);
+        if ((rc = run_training(&o)) != 0 || stop_requested)
+            return rc;
+        last = simcse_dir;
+    }
+    return pretrain_export(last, final_dir);
 }
 
 /* ---- eval ---------------------------------------------------------------------------- */

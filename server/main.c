@@ -19,6 +19,7 @@ static void usage(FILE *fp)
             "  tokenize   print token ids of stdin lines, one JSON array per line\n"
             "  train      fine-tune a model on unlabelled text (SimCSE and/or MLM)\n"
             "  eval       STS Spearman of a model on scored sentence pairs\n"
+            "  pretrain   train a small encoder from scratch (MLM, then SimCSE)\n"
             "  version    print the version\n"
             "Run 'embedd COMMAND --help' for a command's options.\n",
             EMBEDD_VERSION);
@@ -39,6 +40,8 @@ int main(int argc, char **argv)
         return cli_tokenize(argc - 1, argv + 1);
     if (strcmp(cmd, "train") == 0)
         return cli_train(argc - 1, argv + 1);
+    if (strcmp(cmd, "pretrain") == 0)
+        return cli_pretrain(argc - 1, argv + 1);
     if (strcmp(cmd, "eval") == 0)
         return cli_eval(argc - 1, argv + 1);
     if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
