@@ -120,3 +120,17 @@ clean:
 	rm -rf build build-*
 
 -include $(MODEL_OBJ:.o=.d) $(SERVER_OBJ:.o=.d) $(TEST_BIN:=.d)
+
+# scripts/docker-test.sh: builds the image (on locally made debian base images)
+# and runs it through /health, /embed, /items, /similar, a graceful stop and a
+# restart on the same volume; prints SKIPPED when dockerd cannot start.
+.PHONY: docker-test
+docker-test:
+	scripts/docker-test.sh
+
+# scripts/bench_compare.py: embedd against ONNX Runtime (npm onnxruntime-node, installed into
+# bench-out/ort/ on first use), same model, texts and run, A B A B (BENCH_COMPARE_ARGS:
+# --shapes minilm,bge-small --rounds 3 --threads 2; see the script's header).
+.PHONY: bench-compare
+bench-compare: $(BUILD)/embedd
+	/usr/bin/python3 scripts/bench_compare.py --binary $(BUILD)/embedd $(BENCH_COMPARE_ARGS)

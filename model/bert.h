@@ -67,6 +67,8 @@ emb_model *emb_model_load(const char *dir, emb_err *err);
  * every bias 0; seeded, so reproducible. */
 emb_model *emb_model_init(const emb_config *cfg, const char *tok_dir, uint64_t seed,
                           emb_err *err);
+/* A copy of src (config, weights, packing) sharing src's tokenizer. */
+emb_model *emb_model_clone(const emb_model *src, emb_err *err);
 /* (Re)packs the dense weights for emb_gemm; call after params change. */
 int emb_model_pack(emb_model *m, emb_err *err);
 void emb_model_free(emb_model *m);
@@ -90,6 +92,9 @@ typedef struct emb_workspace {
 
 emb_workspace *emb_workspace_new(const emb_model *m, int max_tokens, emb_err *err);
 void emb_workspace_free(emb_workspace *ws);
+
+/* Passes of at most this many tokens run on the calling thread only. */
+#define EMB_SMALL_PASS_TOKENS 32
 
 /* Runs the encoder on n_seqs packed sequences: ids holds their tokens back
  * to back (each already [CLS] ... [SEP]), lens their lengths. The sum of lens

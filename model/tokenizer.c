@@ -34,6 +34,7 @@
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <limits.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -124,6 +125,7 @@ struct emb_tokenizer {
     size_t nraw;
     added_token **norm_set; /* matched on normalized text, sorted likewise */
     size_t nnorm;
+    atomic_int refs;        /* emb_tokenizer_retain / emb_tokenizer_free */
 };
 
 /* A growable array of code points with a hard cap. */
@@ -2125,6 +2127,8 @@ emb_tokenizer *emb_tokenizer_load(const char *dir, emb_err *err)
         return NULL;
     }
     tok = calloc(1, sizeof *tok);
+    if (tok != NULL)
+        atomic_init(&tok->refs, 1);
     if (tok == NULL) {
         emb_fail(err, "tokenizer: out of memory");
         return NULL;
@@ -2172,11 +2176,20 @@ out:
     return tok;
 }
 
+emb_tokenizer *emb_tokenizer_retain(emb_tokenizer *tok)
+{
+    atomic_fetch_add(&tok->refs, 1);
+    return tok;
+}
+
 void emb_tokenizer_free(emb_tokenizer *tok)
 {
     size_t i;
 
     if (tok == NULL) {
+        return;
+    }
+    if (atomic_fetch_sub(&tok->refs, 1) > 1) {
         return;
     }
     vocab_free(&tok->vocab);

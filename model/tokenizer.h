@@ -41,6 +41,9 @@ typedef struct emb_tokenizer_options {
 
 /* dir holds tokenizer.json, or vocab.txt (+ optional tokenizer_config.json). */
 emb_tokenizer *emb_tokenizer_load(const char *dir, emb_err *err);
+/* One more owner: emb_tokenizer_free frees only when the last owner calls it.
+ * Lets model versions share one tokenizer. Returns tok. */
+emb_tokenizer *emb_tokenizer_retain(emb_tokenizer *tok);
 void emb_tokenizer_free(emb_tokenizer *tok);
 
 int emb_tokenizer_vocab_size(const emb_tokenizer *tok);

@@ -25,7 +25,11 @@ struct batcher {
     emb_job *head, *tail;      /* jobs with sequences not yet taken */
     int queued_seqs;
     int stopping;
+    int woken;                 /* batcher_wake since the last idle call */
     pthread_t thread;
+    int (*idle)(void *ctx);
+    void *idle_ctx;
+    double idle_poll;
 
     /* Compute thread only. */
     emb_workspace *ws;
@@ -35,13 +39,20 @@ struct batcher {
     slice *slices;             /* (max_tokens) */
 };
 
-/* Takes sequences from the queue until the token budget is full. Called
- * with the lock held. Returns the number of slices; fills the packed ids. */
-static int take_batch(batcher *b, int *n_seqs, int *n_tokens)
+static const emb_model *job_model(const batcher *b, const emb_job *job)
+{
+    return job->model != NULL ? job->model : b->model;
+}
+
+/* Takes sequences from the queue until the token budget is full, from jobs
+ * of one model (the first job's). Called with the lock held. Returns the
+ * number of slices; fills the packed ids and *model. */
+static int take_batch(batcher *b, int *n_seqs, int *n_tokens, const emb_model **model)
 {
     int ns = 0, nt = 0, nsl = 0;
     double t = mono_seconds();
-    while (b->head != NULL) {
+    *model = job_model(b, b->head);
+    while (b->head != NULL && job_model(b, b->head) == *model) {
         emb_job *job = b->head;
         int first = job->next_seq;
         while (job->next_seq < job->n_seqs) {
@@ -77,13 +88,14 @@ static int take_batch(batcher *b, int *n_seqs, int *n_tokens)
     return nsl;
 }
 
-static void run_batch(batcher *b, int n_slices, int n_seqs, int n_tokens)
+static void run_batch(batcher *b, const emb_model *model, int n_slices, int n_seqs,
+                      int n_tokens)
 {
-    const int C = b->model->cfg.hidden_size;
+    const int C = model->cfg.hidden_size;
     emb_err err;
     double t0 = mono_seconds();
-    int rc = emb_embed_ids(b->model, b->ws, b->ids, b->lens, n_seqs, b->model->cfg.pooling, 0,
-                           b->out, &err);
+    int rc = emb_embed_ids(model, b->ws, b->ids, b->lens, n_seqs, model->cfg.pooling, 0, b->out,
+                           &err);
     metrics_batch(b->mx, n_seqs, n_tokens, mono_seconds() - t0);
     int row = 0;
     for (int i = 0; i < n_slices; i++) {
@@ -109,17 +121,39 @@ static void *compute_main(void *arg)
 {
     batcher *b = arg;
     pthread_mutex_lock(&b->lock);
+    int idle_busy = 1;         /* the idle callback said it has more to do */
     for (;;) {
-        while (b->head == NULL && !b->stopping)
-            pthread_cond_wait(&b->wake, &b->lock);
         if (b->head == NULL && b->stopping)
             break;
+        if (b->head == NULL && b->idle != NULL && (idle_busy || b->woken)) {
+            b->woken = 0;
+            pthread_mutex_unlock(&b->lock);
+            idle_busy = b->idle(b->idle_ctx);
+            pthread_mutex_lock(&b->lock);
+            continue;
+        }
+        if (b->head == NULL) {
+            if (b->idle != NULL) {
+                struct timespec until;
+                clock_gettime(CLOCK_REALTIME, &until);
+                double s = until.tv_sec + until.tv_nsec * 1e-9 + b->idle_poll;
+                until.tv_sec = (time_t)s;
+                until.tv_nsec = (long)((s - (double)until.tv_sec) * 1e9);
+                if (pthread_cond_timedwait(&b->wake, &b->lock, &until) != 0)
+                    idle_busy = 1; /* timed out: poll the callback again */
+            } else {
+                pthread_cond_wait(&b->wake, &b->lock);
+            }
+            continue;
+        }
         int n_seqs = 0, n_tokens = 0;
-        int n_slices = take_batch(b, &n_seqs, &n_tokens);
+        const emb_model *model;
+        int n_slices = take_batch(b, &n_seqs, &n_tokens, &model);
         metrics_queue_depth(b->mx, b->queued_seqs);
         pthread_mutex_unlock(&b->lock);
-        run_batch(b, n_slices, n_seqs, n_tokens);
+        run_batch(b, model, n_slices, n_seqs, n_tokens);
         pthread_mutex_lock(&b->lock);
+        idle_busy = 1;
     }
     pthread_mutex_unlock(&b->lock);
     return NULL;
@@ -202,6 +236,24 @@ int batcher_submit(batcher *b, emb_job *job)
     pthread_cond_signal(&b->wake);
     pthread_mutex_unlock(&b->lock);
     return 0;
+}
+
+void batcher_set_idle(batcher *b, int (*idle)(void *ctx), void *ctx, double idle_poll)
+{
+    pthread_mutex_lock(&b->lock);
+    b->idle = idle;
+    b->idle_ctx = ctx;
+    b->idle_poll = idle_poll > 0 ? idle_poll : 0.25;
+    pthread_cond_signal(&b->wake);
+    pthread_mutex_unlock(&b->lock);
+}
+
+void batcher_wake(batcher *b)
+{
+    pthread_mutex_lock(&b->lock);
+    b->woken = 1;
+    pthread_cond_signal(&b->wake);
+    pthread_mutex_unlock(&b->lock);
 }
 
 int batcher_queue_depth(batcher *b)

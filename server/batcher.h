@@ -13,6 +13,15 @@
  *   - Ownership: between batcher_submit and job->done, the job belongs to the
  *     batcher; the submitter must not touch or free it. done runs on the
  *     compute thread and must be short (it resumes an HTTP connection).
+ *   - Versions: each job names the model it must run on (versions.h); a
+ *     batch only packs jobs of one model, so in-flight work finishes on the
+ *     version it started with. All models share one configuration.
+ *   - Idle work: when no job waits, the compute thread calls the idle
+ *     callback (batcher_set_idle), which does one small piece of background
+ *     work (about one layer of a training step) and returns; jobs that
+ *     arrive meanwhile run as soon as that piece ends. The callback returns
+ *     1 when it has more to do, 0 when idle (the thread then sleeps until a
+ *     job arrives, batcher_wake, or idle_poll seconds pass).
  *   - Shutdown: batcher_stop lets the thread finish every queued job (each
  *     gets its done call), then joins it. Submissions after stop fail.
  */
@@ -32,6 +41,8 @@ struct emb_job {
     const int32_t *ids;        /* all sequences' ids, back to back */
     const int *lens;           /* (n_seqs) */
     float *out;                /* (n_seqs, C): pooled, not normalised */
+    const emb_model *model;    /* the model version to run (NULL: the batcher's
+                                  default); the submitter keeps it alive until done */
     void (*done)(emb_job *job);
     void *user;
 
@@ -50,11 +61,17 @@ struct emb_job {
 
 typedef struct batcher batcher;
 
-/* Starts the compute thread. The model must outlive the batcher. */
+/* Starts the compute thread. The model (the default for jobs without one,
+ * and the shape of every model) must outlive the batcher. */
 batcher *batcher_start(const emb_model *model, int max_batch_tokens, metrics *mx, emb_err *err);
 /* Queues a job; returns -1 (job untouched) once stopping has begun or when
  * n_seqs < 1. */
 int batcher_submit(batcher *b, emb_job *job);
+/* Sets the idle callback (NULL: none); call before any work is queued, or
+ * from the compute thread. */
+void batcher_set_idle(batcher *b, int (*idle)(void *ctx), void *ctx, double idle_poll);
+/* Wakes a sleeping compute thread so that it calls the idle callback. */
+void batcher_wake(batcher *b);
 /* Sequences waiting, for /metrics and /info. */
 int batcher_queue_depth(batcher *b);
 /* Finishes all queued work, stops the thread and frees the batcher. */

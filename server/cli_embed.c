@@ -3,11 +3,13 @@
  * Both read one text per line on stdin (the trailing '\n' is not part of
  * the text) and write one JSON array per line, in input order. embed packs
  * lines into batches of at most --batch-tokens tokens and runs one forward
- * pass per batch. */
+ * pass per batch. embed --latency N instead embeds the first line N times,
+ * one forward pass each, and reports the latency percentiles. */
 #include "cli.h"
 
 #include <getopt.h>
 #include <limits.h>
+#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -85,6 +87,7 @@ typedef struct embed_opts {
     int batch_tokens;
     int threads;
     int stats;
+    int latency;   /* runs of embed --latency, 0 = off */
 } embed_opts;
 
 static void embed_usage(FILE *fp, const char *cmd)
@@ -101,7 +104,9 @@ static void embed_usage(FILE *fp, const char *cmd)
                 "  --no-normalize       do not L2-normalise the embeddings\n"
                 "  --pooling MODE       mean, cls or last (default: the model's)\n"
                 "  --batch-tokens N     tokens per forward pass (default 16384)\n"
-                "  --stats              print texts, tokens and throughput to stderr at the end\n");
+                "  --stats              print texts, tokens and throughput to stderr at the end\n"
+                "  --latency N          embed the first line N times, one at a time, print it\n"
+                "                       once and its p50/p99 latency (ms) to stderr\n");
     fprintf(fp, "  --threads N          compute threads (default: all cores)\n");
 }
 
@@ -115,7 +120,8 @@ static int parse_opts(int argc, char **argv, const char *cmd, embed_opts *o)
         OPT_BATCH_TOKENS,
         OPT_THREADS,
         OPT_STATS,
-        OPT_MODEL_ID
+        OPT_MODEL_ID,
+        OPT_LATENCY
     };
     static const struct option longopts[] = {
         {"model", required_argument, NULL, 'm'},
@@ -125,6 +131,7 @@ static int parse_opts(int argc, char **argv, const char *cmd, embed_opts *o)
         {"batch-tokens", required_argument, NULL, OPT_BATCH_TOKENS},
         {"threads", required_argument, NULL, OPT_THREADS},
         {"stats", no_argument, NULL, OPT_STATS},
+        {"latency", required_argument, NULL, OPT_LATENCY},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -171,6 +178,13 @@ static int parse_opts(int argc, char **argv, const char *cmd, embed_opts *o)
             break;
         case OPT_STATS:
             o->stats = 1;
+            break;
+        case OPT_LATENCY:
+            o->latency = (int)strtol(optarg, &end, 10);
+            if (*end != '\0' || o->latency < 1 || o->latency > 1000000) {
+                fprintf(stderr, "embedd %s: --latency must be 1..1000000\n", cmd);
+                return 2;
+            }
             break;
         case 'h':
             embed_usage(stdout, cmd);
@@ -253,6 +267,88 @@ static int flush_batch(const emb_model *m, emb_workspace *ws, batch *b, const em
     return 0;
 }
 
+static double seconds_since(const struct timespec *t0)
+{
+    struct timespec t1;
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    return (double)(t1.tv_sec - t0->tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0->tv_nsec);
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a;
+    double y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* Nearest-rank percentile q (0..1] of n sorted values. */
+static double percentile(const double *sorted, int n, double q)
+{
+    int k = (int)ceil(q * n) - 1;
+    if (k < 0)
+        k = 0;
+    if (k > n - 1)
+        k = n - 1;
+    return sorted[k];
+}
+
+/* embed --latency: the first stdin line, tokenised and embedded (one
+ * forward pass of one sequence, pooling, normalisation) o->latency times
+ * after one untimed run; writes its embedding once and
+ * {"latency_runs", "tokens", "p50_ms", "p99_ms", "blas_core"} to stderr. */
+static int embed_latency(const emb_model *m, emb_workspace *ws, const embed_opts *o,
+                         emb_pooling pooling, int32_t *seq, float *out)
+{
+    char *line = NULL;
+    size_t line_cap = 0;
+    double *ms = malloc(sizeof(double) * (size_t)o->latency);
+    const int max_len = m->cfg.max_seq_length;
+    int rc = 1;
+    long len = read_line(&line, &line_cap, stdin);
+    if (ms == NULL) {
+        fprintf(stderr, "embedd embed: out of memory\n");
+        goto out;
+    }
+    if (len < 0) {
+        fprintf(stderr, "embedd embed: --latency needs one input line\n");
+        goto out;
+    }
+    int n = 0;
+    for (int r = -1; r < o->latency; r++) {
+        struct timespec t0;
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+        n = emb_encode(m->tok, line, (size_t)len, max_len, 0, seq, NULL);
+        emb_err err;
+        if (n < 0) {
+            fprintf(stderr, "embedd embed: out of memory tokenising line 1\n");
+            goto out;
+        }
+        if (emb_embed_ids(m, ws, seq, &n, 1, pooling, o->normalize, out, &err) != 0) {
+            fprintf(stderr, "embedd embed: %s\n", err.msg);
+            goto out;
+        }
+        if (r >= 0)
+            ms[r] = 1e3 * seconds_since(&t0);
+    }
+    json_write_floats(stdout, out, m->cfg.hidden_size);
+    fputc('\n', stdout);
+    if (fflush(stdout) != 0 || ferror(stdout)) {
+        fprintf(stderr, "embedd embed: error writing output\n");
+        goto out;
+    }
+    qsort(ms, (size_t)o->latency, sizeof ms[0], cmp_double);
+    fprintf(stderr,
+            "{\"latency_runs\": %d, \"tokens\": %d, \"p50_ms\": %.4f, \"p99_ms\": %.4f, "
+            "\"blas_core\": \"%s\"}\n",
+            o->latency, n, percentile(ms, o->latency, 0.5), percentile(ms, o->latency, 0.99),
+            openblas_get_corename());
+    rc = 0;
+out:
+    free(ms);
+    free(line);
+    return rc;
+}
+
 int cli_embed(int argc, char **argv)
 {
     embed_opts o;
@@ -292,6 +388,10 @@ int cli_embed(int argc, char **argv)
         fprintf(stderr, "embedd embed: out of memory\n");
         goto out;
     }
+    if (o.latency > 0) {
+        rc = embed_latency(m, ws, &o, pooling, seq, b.out);
+        goto out;
+    }
     for (long lineno = 1;; lineno++) {
         int n = next_encoded_line(m->tok, max_len, seq, &line, &line_cap, lineno, "embed");
         if (n == -1)
@@ -316,8 +416,10 @@ int cli_embed(int argc, char **argv)
     if (o.stats) {
         double secs = (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
         fprintf(stderr,
-                "{\"texts\": %ld, \"tokens\": %ld, \"seconds\": %.6f, \"texts_per_s\": %.2f}\n",
-                n_texts, n_tokens, secs, secs > 0 ? (double)n_texts / secs : 0.0);
+                "{\"texts\": %ld, \"tokens\": %ld, \"seconds\": %.6f, \"texts_per_s\": %.2f, "
+                "\"blas_core\": \"%s\"}\n",
+                n_texts, n_tokens, secs, secs > 0 ? (double)n_texts / secs : 0.0,
+                openblas_get_corename());
     }
     rc = 0;
 out:

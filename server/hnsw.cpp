@@ -6,14 +6,78 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdio>
+#include <cstring>
 #include <exception>
 #include <new>
 #include <string>
 #include <vector>
 
+/* The distance, 1 - <a, b>, compiled for several instruction sets and
+ * picked at load time like model/ops.c's hot loops (hnswlib's own kernels
+ * are chosen at compile time, so a portable build gets only SSE). Not
+ * under ThreadSanitizer: its instrumented ifunc resolvers crash. */
+#if defined(__x86_64__) && defined(__GLIBC__) && !defined(__clang__) && !defined(__SANITIZE_THREAD__)
+#define HOT_CLONES __attribute__((target_clones("avx512f", "avx2,fma", "default")))
+#else
+#define HOT_CLONES
+#endif
+
+typedef float v16 __attribute__((vector_size(64)));
+
+HOT_CLONES static float dot(const float *a, const float *b, size_t n)
+{
+    v16 acc0 = {0};
+    v16 acc1 = {0};
+    size_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        v16 x0, y0, x1, y1;
+        std::memcpy(&x0, a + i, sizeof x0);
+        std::memcpy(&y0, b + i, sizeof y0);
+        std::memcpy(&x1, a + i + 16, sizeof x1);
+        std::memcpy(&y1, b + i + 16, sizeof y1);
+        acc0 += x0 * y0;
+        acc1 += x1 * y1;
+    }
+    acc0 += acc1;
+    float s = 0;
+    for (int j = 0; j < 16; j++)
+        s += acc0[j];
+    for (; i < n; i++)
+        s += a[i] * b[i];
+    return s;
+}
+
+static float ip_distance(const void *a, const void *b, const void *dim)
+{
+    return 1.0f - dot((const float *)a, (const float *)b, *(const size_t *)dim);
+}
+
+class dot_space : public hnswlib::SpaceInterface<float> {
+public:
+    explicit dot_space(size_t dim) : dim_(dim) {}
+    size_t get_data_size() override { return dim_ * sizeof(float); }
+    hnswlib::DISTFUNC<float> get_dist_func() override { return ip_distance; }
+    void *get_dist_func_param() override { return &dim_; }
+
+private:
+    size_t dim_;
+};
+
+#if defined(__SANITIZE_THREAD__)
+// hnswlib 0.6.2's addPoint holds a node's link lock while it takes `global`,
+// and an insert that raises the top level holds `global` while it takes link
+// locks; ThreadSanitizer calls that a potential deadlock. It needs two
+// threads adding to one index, and the store never does that (hnsw.h).
+extern "C" const char *__tsan_default_suppressions(void);
+extern "C" const char *__tsan_default_suppressions(void)
+{
+    return "deadlock:hnswlib::HierarchicalNSW\n";
+}
+#endif
+
 struct hnsw_index {
     int dim;
-    hnswlib::InnerProductSpace *space;
+    dot_space *space;
     hnswlib::HierarchicalNSW<float> *alg;
 };
 
@@ -34,7 +98,7 @@ extern "C" hnsw_index *hnsw_create(int dim, size_t max_elements, int M, int ef_c
     hnsw_index *h = nullptr;
     try {
         h = new hnsw_index{dim, nullptr, nullptr};
-        h->space = new hnswlib::InnerProductSpace((size_t)dim);
+        h->space = new dot_space((size_t)dim);
         h->alg = new hnswlib::HierarchicalNSW<float>(h->space, std::max<size_t>(max_elements, 1),
                                                      M > 0 ? (size_t)M : 16,
                                                      ef_construction > 0 ? (size_t)ef_construction : 200,
@@ -124,6 +188,9 @@ extern "C" int hnsw_add_batch(hnsw_index *h, const uint64_t *labels, const float
 extern "C" int hnsw_mark_delete(hnsw_index *h, uint64_t label, emb_err *err)
 {
     try {
+        auto it = h->alg->label_lookup_.find((hnswlib::labeltype)label);
+        if (it == h->alg->label_lookup_.end() || h->alg->isMarkedDeleted(it->second))
+            return 0;
         h->alg->markDelete((hnswlib::labeltype)label);
         return 0;
     } catch (const std::exception &e) {

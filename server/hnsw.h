@@ -36,7 +36,8 @@ int hnsw_add(hnsw_index *h, uint64_t label, const float *v, emb_err *err);
 /* Adds n vectors (n, dim), one after another (see hnsw.cpp). */
 int hnsw_add_batch(hnsw_index *h, const uint64_t *labels, const float *vecs, size_t n,
                    emb_err *err);
-/* Excluded from results from now on; the node stays in the graph. */
+/* Excluded from results from now on; the node stays in the graph. A label
+ * that is not there, or already deleted, is left alone. */
 int hnsw_mark_delete(hnsw_index *h, uint64_t label, emb_err *err);
 /* Up to k nearest (best first) into labels and dists (k each); the search
  * keeps max(k, ef) candidates. Returns how many, or -1. */

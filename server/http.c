@@ -2,6 +2,7 @@
  * the three-phase access handler, early refusals, replies and metrics.
  * See server.h for threads and ownership. */
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <netdb.h>
 #include <pthread.h>
 #include <signal.h>
@@ -16,6 +17,8 @@
 #include "clock.h"
 #include "cli.h"
 #include "server.h"
+#include "store_reembed.h"
+#include "train.h"
 
 /* ---- replies ------------------------------------------------------------ */
 
@@ -113,8 +116,11 @@ static enum MHD_Result send_reply(request *rq, reply *rp)
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, rp->content_type);
     if (rp->allow != NULL)
         MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, rp->allow);
-    if (rq->rt != NULL && rq->rt->needs_compute)
-        MHD_add_response_header(resp, "X-Embedd-Model-Version", "1");
+    if (rq->model_version != 0) {
+        char version[16];
+        snprintf(version, sizeof version, "%u", rq->model_version);
+        MHD_add_response_header(resp, "X-Embedd-Model-Version", version);
+    }
     if (rp->status == 401)
         MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
     rq->status = rp->status;
@@ -260,6 +266,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     if (rq->suspended) {
         rq->suspended = 0;
         rq->rt->finish(srv, rq, &rp);
+        if (rq->suspended) {   /* finish queued more work (a retry) */
+            sb_free(&rp.body);
+            return MHD_YES;
+        }
         return send_reply(rq, &rp);
     }
     if (rq->body_too_large) {
@@ -336,6 +346,201 @@ static int resolve_bind(const char *host, int port, struct sockaddr_storage *ss,
     return 0;
 }
 
+/* ---- model versions and learning ---------------------------------------- */
+
+/* The highest n with DATA/models/vN (a published version), or 0. */
+static uint32_t latest_saved_version(const char *data_dir)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/models", data_dir);
+    DIR *d = opendir(path);
+    if (d == NULL)
+        return 0;
+    uint32_t best = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        unsigned n = 0;
+        char tail;
+        if (sscanf(e->d_name, "v%u%c", &n, &tail) == 1 && n > best)
+            best = n;
+    }
+    closedir(d);
+    return best;
+}
+
+/* The version DATA/models/current names (written at each publish and
+ * rollback), or the latest saved one. 1 means the loaded model. */
+static uint32_t current_saved_version(const char *data_dir)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/models/current", data_dir);
+    FILE *fp = fopen(path, "r");
+    unsigned id = 0;
+    if (fp != NULL) {
+        if (fscanf(fp, "%u", &id) != 1)
+            id = 0;
+        fclose(fp);
+    }
+    if (id == 1)
+        return 1;
+    if (id > 1) {
+        snprintf(path, sizeof path, "%s/models/v%u/config.json", data_dir, id);
+        if (access(path, R_OK) == 0)
+            return id;
+    }
+    return latest_saved_version(data_dir);
+}
+
+static emb_model *load_saved_version(const char *data_dir, uint32_t id, emb_err *err)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/models/v%u", data_dir, id);
+    return emb_model_load(path, err);
+}
+
+/* The registry: the latest saved version when --data has one, else
+ * version 1 (the loaded model). Also the version the store searches, if
+ * it is another one. */
+static int start_versions(server *srv, emb_err *err)
+{
+    const char *data = srv->opts.data_dir;
+    uint32_t id = data != NULL ? current_saved_version(data) : 0;
+    if (id == 0)
+        id = 1;
+    emb_model *cur = id > 1 ? load_saved_version(data, id, err) : emb_model_clone(srv->model, err);
+    if (cur == NULL)
+        return -1;
+    srv->versions = versions_new(cur, id, 3);
+    if (srv->versions == NULL) {
+        emb_model_free(cur);
+        return emb_fail(err, "out of memory");
+    }
+    /* numbering goes on after every saved version, whichever is current */
+    uint32_t latest = data != NULL ? latest_saved_version(data) : 0;
+    if (latest > id)
+        versions_note_latest(srv->versions, latest);
+    if (id > 1)
+        fprintf(stderr, "embedd: serving model version %u from %s/models\n", id, data);
+    return 0;
+}
+
+/* Makes sure the version the store searches is in memory (after a restart
+ * it may be older than the current one), and starts moving the store to
+ * the current version. */
+static int align_store(server *srv, emb_err *err)
+{
+    uint32_t have = store_vectors_version(srv->store);
+    uint32_t want = versions_current_id(srv->versions);
+    if (have == want)
+        return 0;
+    if (have == 0) /* no text item yet: the store adopts the current version */
+        return store_reembed_start(srv->store, want, err);
+    model_version *mv = versions_get(srv->versions, have);
+    if (mv != NULL) {
+        versions_release(srv->versions, mv);
+    } else {
+        emb_model *m = have == 1 ? emb_model_clone(srv->model, err)
+                                 : load_saved_version(srv->opts.data_dir, have, err);
+        if (m == NULL || versions_add(srv->versions, m, have) != 0)
+            return -1;
+    }
+    return store_reembed_start(srv->store, want, err);
+}
+
+static int parse_number(const char *name, const char *s, double lo, double hi, double *out,
+                        emb_err *err)
+{
+    char *end;
+    double v = strtod(s, &end);
+    if (end == s || *end != '\0' || !(v >= lo && v <= hi))
+        return emb_fail(err, "--%s must be a number in [%g, %g], got '%s'", name, lo, hi, s);
+    *out = v;
+    return 0;
+}
+
+static int learner_options(const server_opts *o, const server *srv, learner_opts *lo,
+                           emb_err *err)
+{
+    memset(lo, 0, sizeof *lo);
+    if (strcmp(o->train_objective, "simcse") == 0)
+        lo->objective = EMB_OBJ_SIMCSE;
+    else if (strcmp(o->train_objective, "mlm") == 0)
+        lo->objective = EMB_OBJ_MLM;
+    else if (strcmp(o->train_objective, "both") == 0)
+        lo->objective = EMB_OBJ_BOTH;
+    else
+        return emb_fail(err, "--train-objective must be simcse, mlm or both");
+    double lr, l2sp, ema, tol, every;
+    if (parse_number("train-lr", o->train_lr, 0, 10, &lr, err) ||
+        parse_number("train-l2sp", o->train_l2sp, 0, 1e6, &l2sp, err) ||
+        parse_number("train-ema", o->train_ema, 0, 0.999999, &ema, err) ||
+        parse_number("gate-tolerance", o->gate_tolerance, 0, 100, &tol, err))
+        return -1;
+    size_t n = strlen(o->publish_every);
+    int secs = n > 0 && o->publish_every[n - 1] == 's';
+    char buf[64];
+    snprintf(buf, sizeof buf, "%.*s", (int)(secs ? n - 1 : n), o->publish_every);
+    if (parse_number("publish-every", buf, 1, 1e9, &every, err))
+        return -1;
+    lo->lr = (float)lr;
+    lo->l2sp = (float)l2sp;
+    lo->ema_decay = (float)ema;
+    lo->gate_tolerance = (float)tol;
+    lo->publish_every_steps = secs ? 0 : (int)every;
+    lo->publish_every_secs = secs ? every : 0;
+    lo->batch_size = o->train_batch_size;
+    lo->max_seq_len = o->train_max_seq_len < srv->model->cfg.max_seq_length
+                          ? o->train_max_seq_len : srv->model->cfg.max_seq_length;
+    lo->max_cpu = (float)o->train_max_cpu / 100.0f;
+    lo->min_samples = o->train_min_samples;
+    lo->holdout_eval_max = 256;
+    lo->eval_sts = o->eval_sts;
+    lo->collapse_max_cos = 0.98f;
+    lo->collapse_cos_rise = 0.1f;
+    lo->collapse_min_var = 0.5f;
+    lo->from_embed = o->train_from_embed;
+    lo->from_items = o->train_from_items;
+    lo->from_explicit = o->train_from_explicit;
+    lo->paused = o->train_paused;
+    lo->data_dir = o->data_dir;
+    lo->base_dir = o->model_dir;
+    lo->base = srv->model;
+    lo->seed = (uint64_t)o->train_seed;
+    const char *nan_every = getenv("EMBEDD_DEBUG_NAN_EVERY"); /* tests only */
+    lo->nan_every = nan_every != NULL ? atoi(nan_every) : 0;
+    return 0;
+}
+
+/* The learner always runs: with --train off it only re-embeds stored items
+ * when the store searches another version than the current one. */
+static int start_learning(server *srv, emb_err *err)
+{
+    learner_opts lo;
+    if (learner_options(&srv->opts, srv, &lo, err) != 0)
+        return -1;
+    lo.enabled = srv->opts.train;
+    srv->learner = learner_start(&lo, srv->versions, srv->batcher, srv->store, srv->mx, err);
+    if (srv->learner == NULL)
+        return -1;
+    batcher_set_idle(srv->batcher, learner_idle, srv->learner, 0.25);
+    return 0;
+}
+
+/* Once a second while serving: persist the sample buffer, update gauges. */
+static void housekeeping(server *srv)
+{
+    long done = 0, total = 0;
+    store_reembed_progress(srv->store, &done, &total);
+    unsigned long buffer = 0;
+    int paused = 1;
+    if (srv->learner != NULL) {
+        learner_flush(srv->learner);
+        learner_gauges(srv->learner, &buffer, &paused);
+    }
+    metrics_train_gauges(srv->mx, versions_current_id(srv->versions), buffer, done, total,
+                         paused);
+}
+
 static void log_mhd(void *cls, const char *fmt, va_list ap)
 {
     fputs("embedd: http: ", stderr);
@@ -376,6 +581,10 @@ int server_run(server_opts *opts)
         fprintf(stderr, "embedd serve: out of memory\n");
         goto out;
     }
+    if (start_versions(&srv, &err) != 0) {
+        fprintf(stderr, "embedd serve: %s\n", err.msg);
+        goto out;
+    }
     if (srv.opts.max_batch_tokens < srv.model->cfg.max_seq_length)
         srv.opts.max_batch_tokens = srv.model->cfg.max_seq_length;
     srv.batcher = batcher_start(srv.model, srv.opts.max_batch_tokens, srv.mx, &err);
@@ -385,7 +594,9 @@ int server_run(server_opts *opts)
     }
 
     store_options so = {.dir = opts->data_dir, .dim = srv.model->cfg.hidden_size,
-                        .hnsw_threshold = opts->hnsw_threshold,
+                        .hnsw_threshold = opts->hnsw_threshold, .hnsw_m = opts->hnsw_m,
+                        .hnsw_ef_construction = opts->hnsw_ef_construction,
+                        .hnsw_ef = opts->hnsw_ef,
                         .snapshot_wal_bytes = (uint64_t)opts->snapshot_wal_bytes};
     store_recovery rec;
     memset(&rec, 0, sizeof rec);
@@ -396,6 +607,10 @@ int server_run(server_opts *opts)
     }
     if (rec.message[0] != '\0')
         fprintf(stderr, "embedd: store: %s\n", rec.message);
+    if (align_store(&srv, &err) != 0 || start_learning(&srv, &err) != 0) {
+        fprintf(stderr, "embedd serve: %s\n", err.msg);
+        goto out;
+    }
 
     struct sockaddr_storage addr;
     socklen_t addr_len = 0;
@@ -429,7 +644,13 @@ int server_run(server_opts *opts)
     fflush(stderr);
 
     int sig = 0;
-    sigwait(&sigs, &sig);
+    for (;;) {
+        struct timespec second = {1, 0};
+        sig = sigtimedwait(&sigs, NULL, &second);
+        if (sig == SIGINT || sig == SIGTERM)
+            break;
+        housekeeping(&srv);
+    }
     fprintf(stderr, "embedd: %s received, finishing in-flight requests\n",
             sig == SIGTERM ? "SIGTERM" : "SIGINT");
     atomic_store(&srv.ready, 0);
@@ -443,6 +664,8 @@ int server_run(server_opts *opts)
         usleep(5000);
     batcher_stop(srv.batcher);
     srv.batcher = NULL;
+    learner_stop(srv.learner);
+    srv.learner = NULL;
     MHD_stop_daemon(srv.daemon);
     srv.daemon = NULL;
     /* A snapshot now makes the next start read one file, not the whole log. */
@@ -456,9 +679,11 @@ out:
     if (srv.daemon != NULL)
         MHD_stop_daemon(srv.daemon);
     batcher_stop(srv.batcher);
+    learner_stop(srv.learner);
     if (srv.store != NULL)
         store_close(srv.store);
     metrics_free(srv.mx);
+    versions_free(srv.versions);
     emb_model_free(srv.model);
     return rc;
 }

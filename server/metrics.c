@@ -34,6 +34,13 @@ struct metrics {
     unsigned long texts;
     unsigned long tokens;
     unsigned long batches;
+    /* training */
+    unsigned long train_steps, train_skipped, train_tokens, published, rejected;
+    double train_loss;
+    unsigned model_version;
+    unsigned long buffer;
+    long reembed_done, reembed_total;
+    int paused;
 };
 
 static const double time_bounds[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
@@ -194,6 +201,70 @@ static void render_histogram(out *o, const histogram *h)
     emit(o, "%s_sum %.9g\n%s_count %lu\n", h->name, h->sum, h->name, h->count);
 }
 
+void metrics_train_step(metrics *m, int skipped, double loss, long tokens)
+{
+    pthread_mutex_lock(&m->lock);
+    if (skipped) {
+        m->train_skipped++;
+    } else {
+        m->train_steps++;
+        m->train_loss = loss;
+        m->train_tokens += (unsigned long)tokens;
+    }
+    pthread_mutex_unlock(&m->lock);
+}
+
+void metrics_train_publish(metrics *m, int passed)
+{
+    pthread_mutex_lock(&m->lock);
+    if (passed)
+        m->published++;
+    else
+        m->rejected++;
+    pthread_mutex_unlock(&m->lock);
+}
+
+void metrics_train_gauges(metrics *m, unsigned version, unsigned long buffer, long reembed_done,
+                          long reembed_total, int paused)
+{
+    pthread_mutex_lock(&m->lock);
+    m->model_version = version;
+    m->buffer = buffer;
+    m->reembed_done = reembed_done;
+    m->reembed_total = reembed_total;
+    m->paused = paused;
+    pthread_mutex_unlock(&m->lock);
+}
+
+static void render_training(out *o, const metrics *m)
+{
+    emit(o, "# HELP embedd_model_version Model version that new embeddings come from\n"
+            "# TYPE embedd_model_version gauge\nembedd_model_version %u\n", m->model_version);
+    emit(o, "# HELP embedd_train_steps_total Training steps applied\n"
+            "# TYPE embedd_train_steps_total counter\nembedd_train_steps_total %lu\n",
+         m->train_steps);
+    emit(o, "# HELP embedd_train_skipped_steps_total Training steps skipped (non-finite)\n"
+            "# TYPE embedd_train_skipped_steps_total counter\n"
+            "embedd_train_skipped_steps_total %lu\n", m->train_skipped);
+    emit(o, "# HELP embedd_train_tokens_total Tokens through the encoder in training\n"
+            "# TYPE embedd_train_tokens_total counter\nembedd_train_tokens_total %lu\n",
+         m->train_tokens);
+    emit(o, "# HELP embedd_train_loss Loss of the last applied training step\n"
+            "# TYPE embedd_train_loss gauge\nembedd_train_loss %.9g\n", m->train_loss);
+    emit(o, "# HELP embedd_train_gate_total Publish gate verdicts\n"
+            "# TYPE embedd_train_gate_total counter\n"
+            "embedd_train_gate_total{result=\"passed\"} %lu\n"
+            "embedd_train_gate_total{result=\"rejected\"} %lu\n", m->published, m->rejected);
+    emit(o, "# HELP embedd_train_buffer_texts Texts in the training sample buffer\n"
+            "# TYPE embedd_train_buffer_texts gauge\nembedd_train_buffer_texts %lu\n",
+         m->buffer);
+    emit(o, "# HELP embedd_train_paused 1 while training is paused or off\n"
+            "# TYPE embedd_train_paused gauge\nembedd_train_paused %d\n", m->paused);
+    emit(o, "# HELP embedd_reembed_items Stored items moved to the target model version\n"
+            "# TYPE embedd_reembed_items gauge\nembedd_reembed_items{state=\"done\"} %ld\n"
+            "embedd_reembed_items{state=\"total\"} %ld\n", m->reembed_done, m->reembed_total);
+}
+
 char *metrics_render(metrics *m)
 {
     out o = {.buf = malloc(8192), .len = 0, .cap = 8192, .failed = 0};
@@ -222,6 +293,7 @@ char *metrics_render(metrics *m)
     emit(&o, "# HELP embedd_embedded_tokens_total Tokens embedded\n"
              "# TYPE embedd_embedded_tokens_total counter\nembedd_embedded_tokens_total %lu\n",
          m->tokens);
+    render_training(&o, m);
     pthread_mutex_unlock(&m->lock);
     if (o.failed) {
         free(o.buf);

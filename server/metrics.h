@@ -25,6 +25,15 @@ void metrics_queue_depth(metrics *m, int depth);
 /* Texts and tokens embedded. */
 void metrics_embedded(metrics *m, int texts, long tokens);
 
+/* One training step (skipped: non-finite, not applied) of `tokens` tokens. */
+void metrics_train_step(metrics *m, int skipped, double loss, long tokens);
+/* One gate verdict: passed (a version published) or rejected. */
+void metrics_train_publish(metrics *m, int passed);
+/* Gauges set by the server: current model version, sample buffer size,
+ * re-embedding progress (items done, total). */
+void metrics_train_gauges(metrics *m, unsigned version, unsigned long buffer, long reembed_done,
+                          long reembed_total, int paused);
+
 /* Renders everything into a malloc'd NUL-terminated string (NULL when out
  * of memory). */
 char *metrics_render(metrics *m);

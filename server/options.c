@@ -114,7 +114,9 @@ int options_parse(const opt_spec *specs, int n_specs, void *base, int argc, char
         if (eq != NULL) {
             value = eq + 1;
         } else if (spec->type == OPT_BOOL) {
-            value = "true";
+            /* "--train off" as well as "--train" and "--train=off" */
+            int ignored;
+            value = a + 1 < argc && parse_bool(argv[a + 1], &ignored) == 0 ? argv[++a] : "true";
         } else if (a + 1 < argc) {
             value = argv[++a];
         } else {

@@ -5,6 +5,7 @@
  * batcher (the connection is suspended); finish runs after the compute
  * thread has filled in the pooled vectors, applies the request's
  * normalisation and Matryoshka dimensions, and writes the response. */
+#include <cblas.h>
 #include <cjson/cJSON.h>
 #include <math.h>
 #include <stdlib.h>
@@ -12,6 +13,7 @@
 #include <strings.h>
 
 #include "ops.h"
+#include "samples.h"
 #include "server.h"
 
 #define EMBEDD_VERSION "0.1.0"
@@ -36,6 +38,7 @@ typedef struct embed_state {
     int normalize;
     int dimensions;
     int base64;
+    model_version *mv;         /* the version the job runs on, referenced */
 } embed_state;
 
 static void embed_state_free(void *p)
@@ -46,6 +49,7 @@ static void embed_state_free(void *p)
     free(st->ids);
     free(st->lens);
     free(st->out);
+    versions_release(NULL, st->mv);
     free(st);
 }
 
@@ -269,6 +273,9 @@ static int encode_inputs(server *srv, embed_state *st, const input *in, int trun
 
 static route_result submit_embed(server *srv, request *rq, embed_state *st)
 {
+    st->mv = versions_current(srv->versions);
+    st->job.model = st->mv->model;
+    rq->model_version = st->mv->id;
     st->job.n_seqs = st->n;
     st->job.ids = st->ids;
     st->job.lens = st->lens;
@@ -365,6 +372,10 @@ static route_result handle_embeddings(server *srv, request *rq, reply *rp, api_f
         goto out;
     if (encode_inputs(srv, st, in, truncate, left, rp) != 0)
         goto out;
+    for (int i = 0; i < st->n; i++) {
+        if (in[i].ids == NULL)
+            learner_offer(srv->learner, in[i].text, in[i].len, SAMPLES_SRC_EMBED);
+    }
     result = submit_embed(srv, rq, st);
 out:
     free(in);
@@ -526,12 +537,13 @@ static route_result handle_info(server *srv, request *rq, reply *rp)
     sb_puts(b, ",\"model_dir\":");
     sb_json_string(b, srv->opts.model_dir);
     sb_printf(b,
-              ",\"model_version\":1,\"model_type\":\"embedding\",\"dimension\":%d,"
+              ",\"model_version\":%u,\"model_type\":\"embedding\",\"dimension\":%d,"
               "\"pooling\":\"%s\",\"normalize\":%s,\"max_input_length\":%d,"
               "\"max_batch_tokens\":%d,\"max_client_batch_size\":%d,"
               "\"max_concurrent_requests\":%d,\"payload_limit\":%d,\"auto_truncate\":%s,"
               "\"queue_depth\":%d,\"version\":\"%s\",\"store\":\"%s\",\"data_dir\":",
-              c->hidden_size, emb_pooling_name(c->pooling), c->normalize ? "true" : "false",
+              versions_current_id(srv->versions), c->hidden_size, emb_pooling_name(c->pooling),
+              c->normalize ? "true" : "false",
               c->max_seq_length, srv->opts.max_batch_tokens, srv->opts.max_client_batch_size,
               srv->opts.max_concurrent_requests, srv->opts.payload_limit,
               srv->opts.auto_truncate ? "true" : "false", batcher_queue_depth(srv->batcher),
@@ -540,7 +552,10 @@ static route_result handle_info(server *srv, request *rq, reply *rp)
         sb_json_string(b, srv->opts.data_dir);
     else
         sb_puts(b, "null");
-    sb_printf(b, ",\"items\":%ld}", store_count(srv->store));
+    sb_printf(b, ",\"items\":%ld,\"training\":%s,\"blas_coretype\":", store_count(srv->store),
+              learner_enabled(srv->learner) ? "true" : "false");
+    sb_json_string(b, openblas_get_corename()); /* the kernel OpenBLAS loaded (main.c) */
+    sb_puts(b, "}");
     return ROUTE_DONE;
 }
 
@@ -584,6 +599,11 @@ static const route routes[] = {
     {"DELETE", "/items/", "item_delete", API_TEI, 1, 0, handle_item_delete, NULL, 1},
     {"POST", "/similar", "similar", API_TEI, 1, 1, handle_similar, finish_similar, 0},
     {"GET", "/similar", "similar_get", API_TEI, 1, 1, handle_similar_get, finish_similar, 0},
+    {"GET", "/train/status", "train_status", API_TEI, 1, 0, handle_train_status, NULL, 0},
+    {"POST", "/train/pause", "train_pause", API_TEI, 1, 0, handle_train_pause, NULL, 0},
+    {"POST", "/train/resume", "train_resume", API_TEI, 1, 0, handle_train_resume, NULL, 0},
+    {"POST", "/train/rollback", "train_rollback", API_TEI, 1, 0, handle_train_rollback, NULL, 0},
+    {"POST", "/train/samples", "train_samples", API_TEI, 1, 0, handle_train_samples, NULL, 0},
 };
 
 static int route_matches(const route *rt, const char *path, int prefix)

@@ -16,7 +16,9 @@
 
 #include "clock.h"
 #include "ops.h"
+#include "samples.h"
 #include "server.h"
+#include "store_reembed.h"
 
 static void put_id(strbuf *b, const store_id *id)
 {
@@ -40,6 +42,7 @@ typedef struct text_job {
     int32_t *ids;
     int *lens;
     float *out;                /* (n, C) */
+    model_version *mv;         /* the version the job ran on, referenced */
 } text_job;
 
 static void text_job_free(text_job *tj)
@@ -47,6 +50,8 @@ static void text_job_free(text_job *tj)
     free(tj->ids);
     free(tj->lens);
     free(tj->out);
+    versions_release(NULL, tj->mv);
+    tj->mv = NULL;
 }
 
 /* Tokenises n texts (auto-truncate per the server's flag) into tj.
@@ -88,8 +93,17 @@ static int text_job_encode(server *srv, text_job *tj, const char *const *texts, 
     return 0;
 }
 
+/* Texts stored or searched are embedded with the version whose vectors the
+ * store searches (the current one until a re-embedding finishes). */
 static route_result text_job_submit(server *srv, request *rq, text_job *tj)
 {
+    versions_release(NULL, tj->mv);
+    uint32_t want = store_vectors_version(srv->store);
+    tj->mv = want != 0 ? versions_get(srv->versions, want) : NULL;
+    if (tj->mv == NULL)
+        tj->mv = versions_current(srv->versions);
+    tj->job.model = tj->mv->model;
+    rq->model_version = tj->mv->id;
     tj->job.n_seqs = tj->n;
     tj->job.ids = tj->ids;
     tj->job.lens = tj->lens;
@@ -265,7 +279,7 @@ route_result handle_items_upsert(server *srv, request *rq, reply *rp)
         }
         it->vector = v;
         it->vector_dim = dim;
-        it->model_version = 1;
+        it->model_version = 0; /* a client's vector; texts get theirs once embedded */
         const cJSON *payload = cJSON_GetObjectItemCaseSensitive(el, "payload");
         if (payload != NULL && !cJSON_IsNull(payload)) {
             if (!cJSON_IsObject(payload)) {
@@ -309,6 +323,9 @@ void finish_items_upsert(server *srv, request *rq, reply *rp)
         float *v = st->vecs + (long)st->text_item[k] * dim;
         memcpy(v, st->tj.out + (long)k * dim, sizeof(float) * (size_t)dim);
         l2norm_forward(v, 1, dim);
+        store_item *it = &st->items[st->text_item[k]];
+        it->model_version = (int)st->tj.mv->id;
+        learner_offer(srv->learner, it->text, it->text_len, SAMPLES_SRC_ITEMS);
     }
     items_upsert_reply(srv, st, rp);
 }
@@ -475,9 +492,18 @@ out:
     return ROUTE_DONE;
 }
 
+/* {"count": n, "index": {"kind": "exact"|"hnsw", "building": bool, "nodes": n,
+ * "deleted": n}}: nodes and deleted are the HNSW graph's (deleted ones
+ * included in nodes); building is true while an index is built. */
 route_result handle_items_count(server *srv, request *rq, reply *rp)
 {
-    sb_printf(&rp->body, "{\"count\":%ld}", store_count(srv->store));
+    store_stats st;
+    store_get_stats(srv->store, &st);
+    sb_printf(&rp->body,
+              "{\"count\":%ld,\"index\":{\"kind\":\"%s\",\"building\":%s,\"nodes\":%llu,"
+              "\"deleted\":%llu}}",
+              st.count, st.hnsw_nodes > 0 ? "hnsw" : "exact", st.hnsw_building ? "true" : "false",
+              (unsigned long long)st.hnsw_nodes, (unsigned long long)st.hnsw_deleted);
     return ROUTE_DONE;
 }
 
@@ -488,6 +514,7 @@ typedef struct similar_state {
     store_query q;
     store_filter *filter;
     float *vec;                /* (dim) */
+    int moved;                 /* times the store switched versions under the query */
 } similar_state;
 
 static void similar_state_free(void *p)
@@ -526,7 +553,18 @@ static void similar_reply(server *srv, request *rq, similar_state *st, reply *rp
         reply_error(rp, API_TEI, 422, "Validation", "%s", err.msg);
         return;
     }
-    if (store_search(srv->store, &st->q, &res, &err) != 0) {
+    int rc = store_search(srv->store, &st->q, &res, &err);
+    if (rc == STORE_VERSION_MOVED) {
+        /* the store switched versions since the query was embedded */
+        st->moved++;
+        if (st->tj.n > 0 && st->moved < 4) {
+            text_job_submit(srv, rq, &st->tj);
+            return;
+        }
+        reply_error(rp, API_TEI, 503, "Unhealthy", "%s; retry", err.msg);
+        return;
+    }
+    if (rc != 0) {
         reply_error(rp, API_TEI, 500, "Backend", "%s", err.msg);
         return;
     }
@@ -548,7 +586,10 @@ static void similar_reply(server *srv, request *rq, similar_state *st, reply *rp
         }
         sb_putc(b, '}');
     }
-    sb_printf(b, "],\"model_version\":1,\"time\":%.6f}", mono_seconds() - rq->t_start);
+    sb_printf(b, "],\"model_version\":%u,\"time\":%.6f}",
+              st->q.model_version != 0 ? st->q.model_version
+                                       : store_vectors_version(srv->store),
+              mono_seconds() - rq->t_start);
     store_result_free(&res);
 }
 
@@ -596,6 +637,32 @@ static int get_flag(const cJSON *root, const char *name, int def, int *out, repl
     return 0;
 }
 
+/* Qdrant's search params: {"hnsw_ef": n, "exact": bool}. */
+static int get_params(const cJSON *root, store_query *q, reply *rp)
+{
+    const cJSON *params = cJSON_GetObjectItemCaseSensitive(root, "params");
+    if (params == NULL || cJSON_IsNull(params))
+        return 0;
+    if (!cJSON_IsObject(params)) {
+        reply_error(rp, API_TEI, 422, "Validation",
+                    "`params` must be an object {\"hnsw_ef\": n, \"exact\": bool}");
+        return -1;
+    }
+    const cJSON *m;
+    cJSON_ArrayForEach(m, params) {
+        if (strcmp(m->string, "hnsw_ef") != 0 && strcmp(m->string, "exact") != 0) {
+            reply_error(rp, API_TEI, 422, "Validation",
+                        "params: unknown key \"%.64s\" (hnsw_ef and exact are supported)",
+                        m->string);
+            return -1;
+        }
+    }
+    if (get_int(params, "hnsw_ef", 0, 1, STORE_MAX_HNSW_EF, &q->hnsw_ef, rp) != 0 ||
+        get_flag(params, "exact", 0, &q->exact, rp) != 0)
+        return -1;
+    return 0;
+}
+
 route_result handle_similar(server *srv, request *rq, reply *rp)
 {
     const int dim = store_dim(srv->store);
@@ -624,7 +691,8 @@ route_result handle_similar(server *srv, request *rq, reply *rp)
     if (get_int(root, "limit", 10, 1, STORE_MAX_RESULTS, &st->q.limit, rp) != 0 ||
         get_int(root, "offset", 0, 0, STORE_MAX_RESULTS, &st->q.offset, rp) != 0 ||
         get_flag(root, "with_payload", 1, &st->q.with_payload, rp) != 0 ||
-        get_flag(root, "with_vector", 0, &st->q.with_vector, rp) != 0)
+        get_flag(root, "with_vector", 0, &st->q.with_vector, rp) != 0 ||
+        get_params(root, &st->q, rp) != 0)
         goto out;
     const cJSON *thr = cJSON_GetObjectItemCaseSensitive(root, "score_threshold");
     if (thr != NULL && !cJSON_IsNull(thr)) {
@@ -672,6 +740,7 @@ route_result handle_similar(server *srv, request *rq, reply *rp)
             goto out;
         }
         memcpy(st->vec, r.vector, sizeof(float) * (size_t)dim);
+        st->q.model_version = r.model_version > 0 ? (uint32_t)r.model_version : 0;
         store_record_free(&r);
     }
     result = similar_go(srv, rq, st, NULL, rp);
@@ -712,5 +781,6 @@ void finish_similar(server *srv, request *rq, reply *rp)
         return;
     memcpy(st->vec, st->tj.out, sizeof(float) * (size_t)dim);
     l2norm_forward(st->vec, 1, dim);
+    st->q.model_version = st->tj.mv->id;
     similar_reply(srv, rq, st, rp);
 }

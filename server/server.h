@@ -21,10 +21,12 @@
 #include <microhttpd.h>
 
 #include "batcher.h"
+#include "learner.h"
 #include "bert.h"
 #include "metrics.h"
 #include "store.h"
 #include "strbuf.h"
+#include "versions.h"
 
 typedef struct server_opts {
     const char *model_dir;
@@ -42,13 +44,34 @@ typedef struct server_opts {
     int timeout;
     const char *data_dir;      /* NULL: the item store lives in memory */
     int hnsw_threshold;        /* items at which the store builds its HNSW index; 0: never */
+    int hnsw_m;                /* HNSW links per node */
+    int hnsw_ef_construction;  /* HNSW build width */
+    int hnsw_ef;               /* default /similar search width */
     int snapshot_wal_bytes;    /* snapshot when the WAL passes this; 0: never */
+    /* continuous learning (learner.h) */
+    int train;                 /* 0: off entirely */
+    const char *train_objective;
+    int train_batch_size;
+    int train_max_seq_len;
+    const char *train_lr;
+    const char *train_l2sp;
+    const char *train_ema;
+    int train_max_cpu;         /* percent of wall time */
+    const char *publish_every; /* "200" steps or "600s" */
+    int train_min_samples;
+    const char *eval_sts;
+    const char *gate_tolerance;
+    int train_from_embed, train_from_items, train_from_explicit;
+    int train_paused;
+    int train_seed;
 } server_opts;
 
 typedef struct server {
     server_opts opts;
     const char *model_name;
-    emb_model *model;
+    emb_model *model;          /* version 1 as loaded: the shape (config, tokenizer) of all */
+    versions *versions;        /* the served model versions */
+    learner *learner;          /* NULL with --train off */
     batcher *batcher;
     store *store;              /* items; open from before the daemon starts until after the batcher stops */
     metrics *mx;
@@ -101,6 +124,7 @@ struct request {
     int admitted;              /* counted in srv->inflight */
     int suspended;
     int status;                /* sent status, for metrics */
+    uint32_t model_version;    /* X-Embedd-Model-Version of the reply; 0: none */
     /* Route-specific state (routes.c). */
     void *state;
     void (*free_state)(void *state);
@@ -123,6 +147,13 @@ route_result handle_items_count(server *srv, request *rq, reply *rp);
 route_result handle_similar(server *srv, request *rq, reply *rp);
 route_result handle_similar_get(server *srv, request *rq, reply *rp);
 void finish_similar(server *srv, request *rq, reply *rp);
+
+/* Training control (routes_train.c). */
+route_result handle_train_status(server *srv, request *rq, reply *rp);
+route_result handle_train_pause(server *srv, request *rq, reply *rp);
+route_result handle_train_resume(server *srv, request *rq, reply *rp);
+route_result handle_train_rollback(server *srv, request *rq, reply *rp);
+route_result handle_train_samples(server *srv, request *rq, reply *rp);
 
 /* The route table and its lookup (routes.c). */
 const route *routes_find(const char *path, const char *method, int *path_known,

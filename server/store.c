@@ -346,81 +346,255 @@ out:
 
 /* ---- the approximate index ---------------------------------------------------- */
 
-#define HNSW_M 16
-#define HNSW_EF_CONSTRUCTION 200
 #define HNSW_SEED 100
+#define BUILD_CHUNK 1024           /* rows copied per read-lock hold */
+#define BUILD_FINAL 1024           /* log entries left for the swap, under the write lock */
+#define BUILD_LOG_MAX (1u << 26)   /* labels logged during one build; past it, abandoned */
 
-static void hnsw_drop(store *s)
+/* An index update failed: search stays exact from now on. Caller holds rw
+ * exclusively. */
+static void hnsw_fail(store *s, const emb_err *e)
 {
     hnsw_free(s->hnsw);
     s->hnsw = NULL;
-    free(s->label_row);
-    s->label_row = NULL;
-    s->label_cap = 0;
-    s->next_label = 0;
-}
-
-/* An index update failed: search stays exact from now on. */
-static void hnsw_fail(store *s, const emb_err *e)
-{
-    hnsw_drop(s);
     s->hnsw_off = 1;
     char msg[512];
     snprintf(msg, sizeof msg, "approximate index off, search is exact: %.440s", e->msg);
     store_set_error(s, msg);
 }
 
-/* (Re)builds the index from the matrix, labels = rows. Caller holds rw
- * exclusively (or is open, before anyone else has the store). */
-static void hnsw_build(store *s)
+/* Records that label's row changed (written, deleted or moved) while a build
+ * runs. Caller holds rw exclusively. */
+static void build_log(store *s, uint64_t label)
 {
-    emb_err e;
-    hnsw_drop(s);
-    size_t n = (size_t)s->count;
-    size_t cap = n + n / 4 + 1024;
-    uint64_t *labels = malloc(sizeof(uint64_t) * (n ? n : 1));
-    s->label_row = calloc(cap, sizeof(uint32_t));
-    if (labels == NULL || s->label_row == NULL) {
-        free(labels);
-        snprintf(e.msg, sizeof e.msg, "out of memory for %zu labels", n);
-        hnsw_fail(s, &e);
+    if (!s->building || s->blog_overflow)
         return;
+    if (s->blog_n == s->blog_cap) {
+        size_t cap = s->blog_cap < 1024 ? 1024 : s->blog_cap * 2;
+        uint64_t *m = cap <= BUILD_LOG_MAX ? realloc(s->blog, sizeof(uint64_t) * cap) : NULL;
+        if (m == NULL) {
+            s->blog_overflow = 1;
+            return;
+        }
+        s->blog = m;
+        s->blog_cap = cap;
     }
-    s->label_cap = cap;
-    for (size_t r = 0; r < n; r++) {
-        s->rows[r].label = r;
-        labels[r] = r;
-        s->label_row[r] = (uint32_t)r + 1;
-    }
-    s->next_label = n;
-    s->hnsw = hnsw_create(s->dim, cap, HNSW_M, HNSW_EF_CONSTRUCTION, HNSW_SEED, &e);
-    if (s->hnsw == NULL || hnsw_add_batch(s->hnsw, labels, s->matrix, n, &e) != 0)
-        hnsw_fail(s, &e);
-    free(labels);
+    s->blog[s->blog_n++] = label;
 }
 
-/* Builds the index once the store reaches the threshold, and rebuilds it
- * when deleted nodes outnumber live ones (hnswlib 0.6.2 cannot reuse them). */
+/* Brings label's node in the new index h up to date with the store: the
+ * row's vector v, or deleted when v is NULL. */
+static int build_apply(hnsw_index *h, uint64_t label, const float *v, emb_err *e)
+{
+    if (v != NULL)
+        return hnsw_add(h, label, v, e);
+    return hnsw_mark_delete(h, label, e);
+}
+
+/* Pops up to max logged labels and copies their state: vectors into vbuf
+ * (max, dim), live[i] = 0 for a deleted label. Caller holds rw (shared is
+ * enough: only the build thread takes from the log). */
+static size_t build_take_log(store *s, uint64_t *lbuf, float *vbuf, int *live, size_t max)
+{
+    size_t m = 0;
+    while (m < max && s->blog_n > 0) {
+        uint64_t label = s->blog[--s->blog_n];
+        uint32_t r = s->label_row[label];
+        lbuf[m] = label;
+        live[m] = r != 0;
+        if (r != 0)
+            memcpy(vbuf + m * (size_t)s->dim, s->matrix + (size_t)(r - 1) * s->dim,
+                   sizeof(float) * (size_t)s->dim);
+        m++;
+    }
+    return m;
+}
+
+static int build_cancelled(store *s)
+{
+    return atomic_load_explicit(&s->build_cancel, memory_order_relaxed);
+}
+
+/* The build thread. It never holds rw while it adds to the index:
+ *   1. copies the rows BUILD_CHUNK at a time under the read lock and adds
+ *      them to a private index (writes meanwhile log their labels, and so
+ *      does a delete for the row it moves into the hole, so a row copied
+ *      twice or missed is in the log);
+ *   2. drains the log the same way (each label gets the store's current
+ *      state: its vector, or a delete mark) until at most BUILD_FINAL
+ *      entries remain;
+ *   3. takes the write lock, applies the rest and swaps the index in.
+ * Searches use the old index (or exact search) until then. */
+static void *build_main(void *p)
+{
+    store *s = p;
+    const int dim = s->dim;
+    emb_err e = {{0}};
+    hnsw_index *h = NULL;
+    hnsw_index *old = NULL;
+    uint64_t *lbuf = malloc(sizeof(uint64_t) * BUILD_CHUNK);
+    float *vbuf = malloc(sizeof(float) * BUILD_CHUNK * (size_t)dim);
+    int *live = malloc(sizeof(int) * BUILD_CHUNK);
+    int done = 0;              /* building is cleared */
+    if (lbuf == NULL || vbuf == NULL || live == NULL) {
+        snprintf(e.msg, sizeof e.msg, "out of memory for the index build");
+        goto out;
+    }
+    pthread_rwlock_rdlock(&s->rw);
+    size_t n0 = (size_t)s->count;
+    pthread_rwlock_unlock(&s->rw);
+    h = hnsw_create(dim, n0 + n0 / 8 + 1024, s->hnsw_m, s->hnsw_ef_construction, HNSW_SEED, &e);
+    if (h == NULL)
+        goto out;
+    for (long start = 0;; start += BUILD_CHUNK) {
+        pthread_rwlock_rdlock(&s->rw);
+        long m = s->count - start;
+        m = m < BUILD_CHUNK ? m : BUILD_CHUNK;
+        for (long i = 0; i < m; i++)
+            lbuf[i] = s->rows[start + i].label;
+        if (m > 0)
+            memcpy(vbuf, s->matrix + (size_t)start * dim, sizeof(float) * (size_t)m * dim);
+        pthread_rwlock_unlock(&s->rw);
+        if (m <= 0)
+            break;
+        for (long i = 0; i < m; i++) {
+            if (build_cancelled(s))
+                goto out;
+            if (hnsw_add(h, lbuf[i], vbuf + (size_t)i * dim, &e) != 0)
+                goto out;
+        }
+    }
+    for (;;) {
+        pthread_rwlock_rdlock(&s->rw);
+        size_t m = 0;
+        if (s->blog_n > BUILD_FINAL && !s->blog_overflow)
+            m = build_take_log(s, lbuf, vbuf, live, BUILD_CHUNK);
+        pthread_rwlock_unlock(&s->rw);
+        if (m == 0)
+            break;
+        for (size_t i = 0; i < m; i++) {
+            if (build_cancelled(s))
+                goto out;
+            if (build_apply(h, lbuf[i], live[i] ? vbuf + i * (size_t)dim : NULL, &e) != 0)
+                goto out;
+        }
+    }
+    pthread_rwlock_wrlock(&s->rw);
+    int ok = !s->hnsw_off && !s->blog_overflow && !build_cancelled(s);
+    while (ok && s->blog_n > 0) {
+        uint64_t label = s->blog[--s->blog_n];
+        uint32_t r = s->label_row[label];
+        const float *v = r != 0 ? s->matrix + (size_t)(r - 1) * dim : NULL;
+        if (build_apply(h, label, v, &e) != 0) {
+            pthread_rwlock_unlock(&s->rw);
+            goto out;
+        }
+    }
+    if (ok) {                  /* else cancelled, off, or too many writes meanwhile */
+        old = s->hnsw;
+        s->hnsw = h;
+        h = NULL;
+        s->n_builds++;
+    }
+    s->building = 0;
+    s->blog_n = 0;
+    s->blog_overflow = 0;
+    pthread_rwlock_unlock(&s->rw);
+    done = 1;
+out:
+    if (!done) {
+        pthread_rwlock_wrlock(&s->rw);
+        if (e.msg[0] != '\0' && !build_cancelled(s))
+            hnsw_fail(s, &e);
+        s->building = 0;
+        s->blog_n = 0;
+        s->blog_overflow = 0;
+        pthread_rwlock_unlock(&s->rw);
+    }
+    hnsw_free(h);
+    hnsw_free(old);
+    free(lbuf);
+    free(vbuf);
+    free(live);
+    pthread_mutex_lock(&s->build_mu);
+    s->build_done = 1;
+    pthread_cond_broadcast(&s->build_cv);
+    pthread_mutex_unlock(&s->build_mu);
+    return NULL;
+}
+
+/* Joins a finished build thread. Returns 1 when a build still runs. */
+static int build_reap(store *s)
+{
+    pthread_mutex_lock(&s->build_mu);
+    int started = s->build_started;
+    int done = s->build_done;
+    pthread_mutex_unlock(&s->build_mu);
+    if (!started)
+        return 0;
+    if (!done)
+        return 1;
+    pthread_join(s->build_thread, NULL);
+    pthread_mutex_lock(&s->build_mu);
+    s->build_started = 0;
+    pthread_mutex_unlock(&s->build_mu);
+    return 0;
+}
+
+/* Starts a build in the background. Caller holds rw exclusively. */
+static void build_start(store *s)
+{
+    s->building = 1;
+    s->blog_n = 0;
+    s->blog_overflow = 0;
+    pthread_mutex_lock(&s->build_mu);
+    s->build_done = 0;
+    int rc = pthread_create(&s->build_thread, NULL, build_main, s);
+    s->build_started = rc == 0;
+    pthread_mutex_unlock(&s->build_mu);
+    if (rc != 0) {
+        s->building = 0;
+        store_set_error(s, "cannot start the index build thread; search stays exact for now");
+    }
+}
+
+/* Starts a build once the store reaches the threshold, and a rebuild when
+ * deleted nodes outnumber live ones (hnswlib 0.6.2 cannot reuse them).
+ * Caller holds rw exclusively (or is open, before anyone else has the store). */
 static void hnsw_maintain(store *s)
 {
-    if (s->hnsw_threshold <= 0 || s->hnsw_off)
+    if (s->hnsw_threshold <= 0 || s->hnsw_off || s->building)
+        return;
+    if (build_reap(s))
         return;
     if (s->hnsw == NULL) {
         if (s->count >= s->hnsw_threshold)
-            hnsw_build(s);
+            build_start(s);
         return;
     }
     size_t dead = hnsw_deleted(s->hnsw);
     if (dead > 1024 && dead > (size_t)s->count)
-        hnsw_build(s);
+        build_start(s);
 }
 
-/* Room for `extra` new labels and nodes. */
-static int hnsw_reserve_labels(store *s, long extra, emb_err *err)
+int store_wait_index(store *s)
+{
+    pthread_mutex_lock(&s->build_mu);
+    while (s->build_started && !s->build_done)
+        pthread_cond_wait(&s->build_cv, &s->build_mu);
+    pthread_mutex_unlock(&s->build_mu);
+    pthread_rwlock_rdlock(&s->rw);
+    int has = s->hnsw != NULL;
+    pthread_rwlock_unlock(&s->rw);
+    return has;
+}
+
+/* Room for `extra` new labels (and nodes in the index). */
+static int labels_reserve(store *s, long extra, emb_err *err)
 {
     uint64_t need = s->next_label + (uint64_t)extra;
     if (need > s->label_cap) {
-        uint64_t cap = s->label_cap * 2;
+        uint64_t cap = s->label_cap < 1024 ? 1024 : s->label_cap * 2;
         while (cap < need)
             cap *= 2;
         uint32_t *m = realloc(s->label_row, sizeof(uint32_t) * cap);
@@ -430,6 +604,8 @@ static int hnsw_reserve_labels(store *s, long extra, emb_err *err)
         s->label_row = m;
         s->label_cap = cap;
     }
+    if (s->hnsw == NULL)
+        return 0;
     return hnsw_reserve(s->hnsw, hnsw_count(s->hnsw) + (size_t)extra, err);
 }
 
@@ -454,8 +630,10 @@ int store_reserve(store *s, long extra, emb_err *err)
             return emb_fail(err, "out of memory for %ld rows", cap);
         s->rows = rows;
         s->cap = cap;
+        if (store_shadow_reserve(s, err) != 0)
+            return -1;
     }
-    if (s->hnsw != NULL && hnsw_reserve_labels(s, extra, err) != 0)
+    if (labels_reserve(s, extra, err) != 0)
         return -1;
     /* Keep the table at most half full. */
     uint64_t size = s->mask + 1;
@@ -482,14 +660,22 @@ void store_apply_upsert(store *s, store_row *rows, const float *vecs, int n, voi
         } else {
             row = s->count++;
             s->slots[slot] = (uint32_t)row + 1;
-            if (s->hnsw != NULL) {   /* room: store_reserve */
-                rows[i].label = s->next_label++;
-                s->label_row[rows[i].label] = (uint32_t)row + 1;
-            }
+            rows[i].label = s->next_label++;   /* room: store_reserve */
+            s->label_row[rows[i].label] = (uint32_t)row + 1;
         }
+        rows[i].gen = ++s->gen_counter;
         s->rows[row] = rows[i];
         memcpy(s->matrix + (size_t)row * s->dim, vecs + (size_t)i * s->dim, row_bytes);
+        if (s->shadow_ok != NULL)
+            s->shadow_ok[row] = 0;
+        if (rows[i].text != NULL && rows[i].version != 0) {
+            if (s->vec_version == 0)   /* the first text item sets the store's version */
+                s->vec_version = s->target_version = (uint32_t)rows[i].version;
+            if ((uint32_t)rows[i].version != s->vec_version || s->shadow_ok != NULL)
+                s->reembed_dirty = 1;
+        }
         rows[i].blob = NULL;   /* the store owns it now */
+        build_log(s, s->rows[row].label);
         emb_err e;
         /* An existing label is updated in place (hnswlib 0.6.2's addPoint). */
         if (s->hnsw != NULL &&
@@ -504,9 +690,10 @@ static void row_remove(store *s, long row, uint64_t slot)
 {
     table_remove_slot(s, slot);
     free(s->rows[row].blob);
+    s->label_row[s->rows[row].label] = 0;
+    build_log(s, s->rows[row].label);
     if (s->hnsw != NULL) {
         emb_err e;
-        s->label_row[s->rows[row].label] = 0;
         if (hnsw_mark_delete(s->hnsw, s->rows[row].label, &e) != 0)
             hnsw_fail(s, &e);
     }
@@ -514,10 +701,15 @@ static void row_remove(store *s, long row, uint64_t slot)
     if (row != last) {
         uint64_t last_slot = table_slot_of(s, last);
         s->rows[row] = s->rows[last];
-        if (s->hnsw != NULL)
-            s->label_row[s->rows[row].label] = (uint32_t)row + 1;
+        s->label_row[s->rows[row].label] = (uint32_t)row + 1;
+        build_log(s, s->rows[row].label);   /* a build may have copied past row */
         memcpy(s->matrix + (size_t)row * s->dim, s->matrix + (size_t)last * s->dim,
                sizeof(float) * (size_t)s->dim);
+        if (s->shadow_ok != NULL) {
+            memcpy(s->shadow + (size_t)row * s->dim, s->shadow + (size_t)last * s->dim,
+                   sizeof(float) * (size_t)s->dim);
+            s->shadow_ok[row] = s->shadow_ok[last];
+        }
         s->slots[last_slot] = (uint32_t)row + 1;
     }
     s->count--;
@@ -538,6 +730,30 @@ int store_apply_delete(store *s, const store_id *ids, int n)
     return deleted;
 }
 
+void store_row_set_vector(store *s, long r, const float *v, int32_t version)
+{
+    float *dst = s->matrix + (size_t)r * s->dim;
+    memcpy(dst, v, sizeof(float) * (size_t)s->dim);
+    s->rows[r].version = version;
+    s->rows[r].gen = ++s->gen_counter;
+    build_log(s, s->rows[r].label);
+    emb_err e;
+    if (s->hnsw != NULL && hnsw_add(s->hnsw, s->rows[r].label, dst, &e) != 0)
+        hnsw_fail(s, &e);
+}
+
+void store_index_reset(store *s)
+{
+    if (s->hnsw != NULL) {
+        hnsw_free(s->hnsw);
+        s->hnsw = NULL;
+    }
+    /* a build under way copied old vectors: everything counts as written */
+    for (long r = 0; r < s->count; r++)
+        build_log(s, s->rows[r].label);
+    hnsw_maintain(s);
+}
+
 void store_set_error(store *s, const char *msg)
 {
     pthread_mutex_lock(&s->stat_lock);
@@ -547,12 +763,30 @@ void store_set_error(store *s, const char *msg)
 
 /* ---- open and close ---------------------------------------------------------- */
 
+/* After recovery: the searched version is the newest of any text item (a
+ * crash during a move can leave older ones, which then wait to be
+ * re-embedded and are not searched meanwhile). */
+static void settle_versions(store *s)
+{
+    uint32_t best = 0;
+    for (long r = 0; r < s->count; r++) {
+        if (s->rows[r].text != NULL && (uint32_t)s->rows[r].version > best)
+            best = (uint32_t)s->rows[r].version;
+    }
+    s->vec_version = s->target_version = best;
+    s->reembed_dirty = 1;
+}
+
 static void store_free(store *s)
 {
     if (s == NULL)
         return;
+    free(s->shadow);
+    free(s->shadow_ok);
     wal_close(s->wal);
-    hnsw_drop(s);
+    hnsw_free(s->hnsw);
+    free(s->label_row);
+    free(s->blog);
     for (long r = 0; r < s->count; r++)
         free(s->rows[r].blob);
     free(s->rows);
@@ -566,6 +800,8 @@ static void store_free(store *s)
     pthread_rwlock_destroy(&s->rw);
     pthread_mutex_destroy(&s->snap_lock);
     pthread_mutex_destroy(&s->stat_lock);
+    pthread_mutex_destroy(&s->build_mu);
+    pthread_cond_destroy(&s->build_cv);
     free(s);
 }
 
@@ -603,6 +839,8 @@ static int locks_init(store *s)
     pthread_rwlockattr_destroy(&attr);
     pthread_mutex_init(&s->snap_lock, NULL);
     pthread_mutex_init(&s->stat_lock, NULL);
+    pthread_mutex_init(&s->build_mu, NULL);
+    pthread_cond_init(&s->build_cv, NULL);
     return rc;
 }
 
@@ -628,6 +866,10 @@ store *store_open(const store_options *opt, store_recovery *rec, emb_err *err)
     if (s->max_items > (long)UINT32_MAX - 1)
         s->max_items = (long)UINT32_MAX - 1;
     s->snapshot_wal_bytes = opt->snapshot_wal_bytes;
+    s->hnsw_m = opt->hnsw_m > 0 ? opt->hnsw_m : STORE_DEFAULT_HNSW_M;
+    s->hnsw_ef_construction =
+        opt->hnsw_ef_construction > 0 ? opt->hnsw_ef_construction : STORE_DEFAULT_HNSW_EF_CONSTRUCTION;
+    s->hnsw_ef = opt->hnsw_ef > 0 ? opt->hnsw_ef : STORE_DEFAULT_HNSW_EF;
     if (locks_init(s) != 0) {
         emb_fail(err, "cannot create the store's lock");
         free(s);
@@ -653,8 +895,9 @@ store *store_open(const store_options *opt, store_recovery *rec, emb_err *err)
     rec->wal_skipped = wr.skipped;
     rec->truncated_bytes = wr.truncated_bytes;
     snprintf(rec->message, sizeof rec->message, "%s", wr.message);
+    settle_versions(s);
     s->hnsw_threshold = opt->hnsw_threshold;
-    hnsw_maintain(s);   /* built once, after recovery */
+    hnsw_maintain(s);   /* in the background, after recovery */
     return s;
 fail:
     store_free(s);
@@ -663,6 +906,14 @@ fail:
 
 void store_close(store *s)
 {
+    if (s == NULL)
+        return;
+    atomic_store(&s->build_cancel, 1);
+    pthread_mutex_lock(&s->build_mu);
+    int started = s->build_started;
+    pthread_mutex_unlock(&s->build_mu);
+    if (started)
+        pthread_join(s->build_thread, NULL);
     store_free(s);
 }
 
@@ -957,6 +1208,8 @@ void store_get_stats(store *s, store_stats *out)
         out->hnsw_nodes = hnsw_count(s->hnsw);
         out->hnsw_deleted = hnsw_deleted(s->hnsw);
     }
+    out->hnsw_building = s->building;
+    out->hnsw_builds = s->n_builds;
     pthread_rwlock_unlock(&s->rw);
     out->dim = s->dim;
     out->memory_only = s->wal == NULL;

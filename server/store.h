@@ -58,27 +58,37 @@
  *   reported in store_recovery, never fatal.
  *
  * Approximate index (HNSW)
- *   With store_options.hnsw_threshold > 0 (the server's --hnsw-threshold,
- *   default 20000), the store builds an HNSW index (hnswlib, via hnsw.h;
- *   M 16, ef_construction 200, inner product) once it holds that many items,
- *   and keeps it until close, even if deletes bring it under the threshold.
- *   Each row carries a label, stable while rows move on delete; label_row
- *   maps it back to the row. An upsert of an existing id updates its node
- *   in place, a delete marks the node deleted; when deleted nodes outnumber
- *   live ones (and exceed 1024) the index is rebuilt under the write lock.
- *   The index is never persisted: open builds it after recovery (one
- *   thread) when the store is over the threshold; so does the first
- *   upsert that reaches it, under the write lock, which holds the writer
- *   (and, the lock preferring writers, later searches) for the build.
- *   Search: each query takes ef = max(64, 2 * (offset + limit)) candidates
- *   from the index, rescores them exactly against the matrix (scores are
- *   the same cosines exact search gives), and applies the threshold and the
- *   filter to them. When that leaves fewer than offset + limit hits although
- *   the index returned a full ef (so the filter rejected candidates, or no
- *   candidate fell under the threshold), the query falls back to exact
- *   search. So a selective filter gets exact results, a broad one
- *   approximate ones. If an index update fails (memory), the index is
- *   dropped and search stays exact (store_stats.last_error says so).
+ *   With store_options.hnsw_threshold > 0 (the server's --hnsw-threshold),
+ *   the store builds an HNSW index (hnswlib, via hnsw.h; inner product;
+ *   M hnsw_m, ef_construction hnsw_ef_construction) once it holds that many
+ *   items, and keeps it until close, even if deletes bring it under the
+ *   threshold. Every row has a label, assigned when its id is first stored,
+ *   kept while the row moves on delete and while the id is upserted, never
+ *   reused; label_row maps it back to the row. With an index, an upsert of
+ *   an existing id updates its node in place, a new id adds a node and a
+ *   delete marks the node deleted, all under the write lock.
+ *   Builds run on their own thread, without the store's lock (see
+ *   build_main in store.c): the first one when the store reaches the
+ *   threshold (or at open, after recovery), a rebuild when deleted nodes
+ *   outnumber live ones (and exceed 1024). The thread copies rows a chunk
+ *   at a time under the read lock; writes meanwhile log the labels they
+ *   touch; the thread replays the log (each label gets the store's current
+ *   vector, or a delete mark) and swaps the new index in under the write
+ *   lock, with at most 1024 log entries left to apply there. Until then
+ *   searches are exact (first build) or use the old index (rebuild).
+ *   store_close cancels a running build and joins its thread. The index is
+ *   never persisted.
+ *   Search: a query takes ef = max(hnsw_ef, 2 * (offset + limit))
+ *   candidates from the index (hnsw_ef: the query's, else the store's),
+ *   rescores them exactly against the matrix (scores are the same cosines
+ *   exact search gives), and applies the threshold and the filter to them.
+ *   When that leaves fewer than offset + limit hits although the index
+ *   returned a full ef (so the filter rejected candidates, or no candidate
+ *   fell under the threshold), the query falls back to exact search. So a
+ *   selective filter gets exact results, a broad one approximate ones. A
+ *   query with exact set skips the index. If an index update or build fails
+ *   (memory), the index is dropped and search stays exact (store_stats.
+ *   last_error says so).
  *
  * Design (threads)
  *   - Any thread may call any function except store_close. The store owns
@@ -96,10 +106,13 @@
  *     snapshot runs.
  *   - After a WAL write or fsync fails, the store refuses further writes
  *     (reads go on); the state on disk is whatever was acknowledged.
- *   - Shutdown: the caller stops all other calls, then store_close closes
- *     the WAL (every acknowledged record is already on disk) and unlocks the
- *     directory. It does not snapshot; call store_snapshot first for a fast
- *     restart.
+ *   - The build thread (above) holds rw shared only to copy rows and log
+ *     entries, and exclusively for the swap; build_mu and build_cv guard
+ *     its start and end (store_wait_index waits on them).
+ *   - Shutdown: the caller stops all other calls, then store_close cancels
+ *     and joins a running index build, closes the WAL (every acknowledged
+ *     record is already on disk) and unlocks the directory. It does not
+ *     snapshot; call store_snapshot first for a fast restart.
  */
 #ifndef EMBEDD_STORE_H
 #define EMBEDD_STORE_H
@@ -124,6 +137,10 @@
 #define STORE_MAX_CONDITIONS 64            /* per must / must_not list */
 #define STORE_DEFAULT_MAX_ITEMS 10000000
 #define STORE_SNAPSHOT_VERSION 1
+#define STORE_MAX_HNSW_EF 10000            /* search width of one query */
+#define STORE_DEFAULT_HNSW_M 16
+#define STORE_DEFAULT_HNSW_EF_CONSTRUCTION 200
+#define STORE_DEFAULT_HNSW_EF 64
 
 typedef enum store_id_kind {
     STORE_ID_NUM = 1,
@@ -195,6 +212,11 @@ typedef struct store_query {
     const store_filter *filter; /* NULL: every item */
     int with_payload;
     int with_vector;
+    int hnsw_ef;               /* search width; 0: the store's hnsw_ef */
+    int exact;                 /* 1: exact search even when there is an index */
+    uint32_t model_version;    /* version the query vector comes from; 0: a client vector.
+                                  Only items of that version (and client vectors) are
+                                  searched; see store_reembed.h */
 } store_query;
 
 /* limit 10, offset 0, no threshold, no filter, payload, no vector. */
@@ -223,6 +245,9 @@ typedef struct store_options {
     long max_items;            /* 0: STORE_DEFAULT_MAX_ITEMS */
     uint64_t snapshot_wal_bytes; /* snapshot when the WAL grows past it; 0: never */
     long hnsw_threshold;       /* build the HNSW index at this many items; 0: never */
+    int hnsw_m;                /* links per node; 0: STORE_DEFAULT_HNSW_M */
+    int hnsw_ef_construction;  /* build width; 0: STORE_DEFAULT_HNSW_EF_CONSTRUCTION */
+    int hnsw_ef;               /* default search width; 0: STORE_DEFAULT_HNSW_EF */
 } store_options;
 
 /* What open found and did; log message when truncated_bytes > 0. */
@@ -248,6 +273,8 @@ typedef struct store_stats {
     char last_error[512];      /* last snapshot or I/O failure, "" when none */
     uint64_t hnsw_nodes;       /* in the HNSW index, deleted ones too; 0: no index */
     uint64_t hnsw_deleted;     /* marked deleted in it */
+    int hnsw_building;         /* a build runs in the background */
+    uint64_t hnsw_builds;      /* indexes built and swapped in since open */
 } store_stats;
 
 typedef struct store store;
@@ -273,6 +300,10 @@ int store_dim(const store *s);
 
 /* 0 when q is valid for this store (the vector is checked too). */
 int store_query_check(const store *s, const store_query *q, emb_err *err);
+/* Returns 0, -1 on error, or STORE_VERSION_MOVED when a query's
+ * model_version is no longer the one the store searches (embed it again
+ * with store_vectors_version() and retry). */
+#define STORE_VERSION_MOVED (-2)
 int store_search(store *s, const store_query *q, store_result *out, emb_err *err);
 /* nq queries scored with one sgemm per block of rows; outs (nq). Fails as a
  * whole (naming the query) when one query is invalid. */
@@ -281,6 +312,8 @@ int store_search_batch(store *s, const store_query *qs, int nq, store_result *ou
 
 /* Writes a snapshot and starts a new WAL. Fails in memory-only mode. */
 int store_snapshot(store *s, emb_err *err);
+/* Waits until no index build runs; returns 1 when the store has an index. */
+int store_wait_index(store *s);
 void store_get_stats(store *s, store_stats *out);
 
 #endif

@@ -5,6 +5,7 @@
 #define EMBEDD_STORE_INTERNAL_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 
 #include "store.h"
 #include "strbuf.h"
@@ -43,6 +44,7 @@ typedef struct store_row {
     const store_field *fields;
     uint32_t n_fields;
     uint64_t label;            /* key in the HNSW index (valid while there is one) */
+    uint64_t gen;              /* changes with every write of the row (re-embedding) */
     void *blob;
 } store_row;
 
@@ -69,13 +71,42 @@ struct store {
     uint32_t *slots;           /* (mask + 1): row + 1, 0 = empty */
     uint64_t mask;
     uint64_t seq;              /* last applied write */
-    /* The approximate index (store.h, "Approximate index"); NULL: none. */
-    struct hnsw_index *hnsw;
-    long hnsw_threshold;       /* 0 while recovering, and when never */
-    int hnsw_off;              /* a build or update failed: exact search from now on */
+    /* Labels: every row has one, from next_label, kept while the row moves
+     * and while its id is upserted; never reused. label_row maps it back. */
     uint32_t *label_row;       /* (label_cap): label -> row + 1, 0 = deleted */
     uint64_t label_cap;
     uint64_t next_label;
+    /* The approximate index (store.h, "Approximate index"); NULL: none. */
+    struct hnsw_index *hnsw;
+    long hnsw_threshold;       /* 0 while recovering, and when never */
+    int hnsw_m;
+    int hnsw_ef_construction;
+    int hnsw_ef;               /* default search width */
+    int hnsw_off;              /* a build or update failed: exact search from now on */
+    int building;              /* a build runs: writes append their labels to blog */
+    uint64_t *blog;            /* (blog_cap): labels written since the build began */
+    size_t blog_n;
+    size_t blog_cap;
+    int blog_overflow;         /* blog could not grow: the build is abandoned */
+    uint64_t n_builds;         /* indexes swapped in since open */
+
+    /* The build thread; build_mu guards build_started and build_done. */
+    pthread_t build_thread;
+    pthread_mutex_t build_mu;
+    pthread_cond_t build_cv;
+    int build_started;         /* a thread was created and not yet joined */
+    int build_done;            /* it no longer touches the store */
+    atomic_int build_cancel;   /* store_close asks it to stop */
+
+    /* Model versions (store_reembed.c); guarded by rw. */
+    uint32_t vec_version;      /* version whose vectors are searched; 0: no text item yet */
+    uint32_t target_version;   /* version being moved to (== vec_version when idle) */
+    float *shadow;             /* (shadow_cap, dim) target vectors while moving */
+    unsigned char *shadow_ok;  /* (shadow_cap) 1: shadow row filled */
+    long shadow_cap;
+    long reembed_cursor;       /* next row store_reembed_take looks at */
+    int reembed_dirty;         /* rows may be pending */
+    uint64_t gen_counter;
 
     pthread_mutex_t snap_lock; /* one snapshot at a time */
     pthread_mutex_t stat_lock; /* guards the fields below */
@@ -108,6 +139,19 @@ int store_apply_delete(store *s, const store_id *ids, int n);
 void store_set_error(store *s, const char *msg);
 /* out = v / |v|; fails on a non-finite value or a zero vector. */
 int store_normalise(const float *v, float *out, int dim, emb_err *err);
+
+/* Sets row r's vector (normalised) and version, and updates the index.
+ * Caller holds rw exclusively. */
+void store_row_set_vector(store *s, long r, const float *v, int32_t version);
+/* Drops the approximate index after every vector changed and starts a
+ * rebuild in the background (search is exact meanwhile). Caller holds rw
+ * exclusively. */
+void store_index_reset(store *s);
+
+/* ---- store_reembed.c ---- */
+
+/* Grows the shadow arrays with the store. Caller holds rw exclusively. */
+int store_shadow_reserve(store *s, emb_err *err);
 
 /* ---- store_disk.c ---- */
 

@@ -234,6 +234,8 @@ int store_query_check(const store *s, const store_query *q, emb_err *err)
         return emb_fail(err, "offset must not be negative");
     if ((long)q->offset + q->limit > STORE_MAX_RESULTS)
         return emb_fail(err, "offset + limit must be at most %d", STORE_MAX_RESULTS);
+    if (q->hnsw_ef < 0 || q->hnsw_ef > STORE_MAX_HNSW_EF)
+        return emb_fail(err, "hnsw_ef must be in 0..%d", STORE_MAX_HNSW_EF);
     if (isnan(q->score_threshold))
         return emb_fail(err, "score_threshold is not a number");
     double sum = 0;
@@ -328,6 +330,15 @@ static int cand_order(const void *pa, const void *pb)
     return 0;
 }
 
+/* Rows made by another model version than the one searched are never
+ * compared with the query (store_reembed.h); client vectors always are. */
+static int row_searchable(const store *s, long row)
+{
+    const store_row *r = &s->rows[row];
+    return r->text == NULL || r->version == 0 || s->vec_version == 0 ||
+           (uint32_t)r->version == s->vec_version;
+}
+
 /* Offers rows start..start+m-1 with their scores to one query's heap. */
 static void topk_offer(const store *s, const store_query *q, topk *h, const float *scores,
                        long start, long m)
@@ -336,6 +347,8 @@ static void topk_offer(const store *s, const store_query *q, topk *h, const floa
     for (long j = 0; j < m; j++) {
         cand c = {scores[j], start + j};
         if (!(c.score >= thr))
+            continue;
+        if (!row_searchable(s, c.row))
             continue;
         if (!topk_admits(h, c))
             continue;
@@ -380,6 +393,14 @@ static int score_all(const store *s, const store_query *qs, const float *Q, int 
 
 /* ---- the approximate index ----------------------------------------------------- */
 
+/* A query's search width: its own or the store's, and at least 2 (offset + limit). */
+static int query_ef(const store *s, const store_query *q)
+{
+    int ef = q->hnsw_ef > 0 ? q->hnsw_ef : s->hnsw_ef;
+    int k2 = 2 * (q->offset + q->limit);
+    return ef > k2 ? ef : k2;
+}
+
 /* Offers one query's HNSW candidates, rescored exactly against the matrix,
  * to its heap. Returns 1 when the heap is the answer, 0 when the query must
  * fall back to exact search (the filter or threshold left the heap short
@@ -387,7 +408,7 @@ static int score_all(const store *s, const store_query *qs, const float *Q, int 
 static int hnsw_offer(const store *s, const store_query *q, const float *qv, topk *h,
                       uint64_t *labels, float *dists, emb_err *err)
 {
-    const int ef = 2 * h->k < 64 ? 64 : 2 * h->k;
+    const int ef = query_ef(s, q);
     int got = hnsw_search(s->hnsw, qv, ef, ef, labels, dists, err);
     if (got < 0)
         return -1;
@@ -398,6 +419,10 @@ static int hnsw_offer(const store *s, const store_query *q, const float *qv, top
         if (labels[i] >= s->label_cap || s->label_row[labels[i]] == 0)
             continue;          /* cannot happen: deleted nodes are marked */
         long row = (long)s->label_row[labels[i]] - 1;
+        if (!row_searchable(s, row)) {
+            rejected++;        /* like a filter: exact search may find more */
+            continue;
+        }
         cand c = {cblas_sdot(s->dim, qv, 1, s->matrix + (size_t)row * s->dim, 1), row};
         if (!(c.score >= thr)) {
             below++;
@@ -421,10 +446,11 @@ static int hnsw_offer(const store *s, const store_query *q, const float *qv, top
 static int search_hnsw(const store *s, const store_query *qs, const float *Q, int nq, topk *heaps,
                        emb_err *err)
 {
-    int max_k = 0;
-    for (int i = 0; i < nq; i++)
-        max_k = heaps[i].k > max_k ? heaps[i].k : max_k;
-    const int ef = 2 * max_k < 64 ? 64 : 2 * max_k;
+    int ef = 1;
+    for (int i = 0; i < nq; i++) {
+        int e = query_ef(s, &qs[i]);
+        ef = e > ef ? e : ef;
+    }
     uint64_t *labels = malloc(sizeof(uint64_t) * (size_t)ef);
     float *dists = malloc(sizeof(float) * (size_t)ef);
     int *slow = malloc(sizeof(int) * (size_t)nq);
@@ -438,7 +464,9 @@ static int search_hnsw(const store *s, const store_query *qs, const float *Q, in
         goto out;
     }
     for (int i = 0; i < nq; i++) {
-        int r = hnsw_offer(s, &qs[i], Q + (size_t)i * s->dim, &heaps[i], labels, dists, err);
+        int r = 0;
+        if (!qs[i].exact)
+            r = hnsw_offer(s, &qs[i], Q + (size_t)i * s->dim, &heaps[i], labels, dists, err);
         if (r < 0)
             goto out;
         if (r == 0) {
@@ -598,6 +626,16 @@ int store_search_batch(store *s, const store_query *qs, int nq, store_result *ou
         goto out;
     }
     pthread_rwlock_rdlock(&s->rw);
+    for (int i = 0; i < nq; i++) {
+        if (qs[i].model_version != 0 && s->vec_version != 0 &&
+            qs[i].model_version != s->vec_version) {
+            pthread_rwlock_unlock(&s->rw);
+            emb_fail(err, "the store now searches model version %u, not %u", s->vec_version,
+                     qs[i].model_version);
+            result = STORE_VERSION_MOVED;
+            goto out;
+        }
+    }
     int rc = s->hnsw != NULL ? search_hnsw(s, qs, Q, nq, heaps, err)
                              : score_all(s, qs, Q, nq, heaps, err);
     for (int i = 0; rc == 0 && i < nq; i++) {

@@ -57,6 +57,16 @@ static int run(const char *args, const char *input)
     return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
+/* run() with environment changes first: `env ENV embedd ARGS ...`. */
+static int run_env(const char *env, const char *args, const char *input)
+{
+    char cmd[2048];
+    snprintf(cmd, sizeof cmd, "env %s %s %s < %s > %s/out.txt 2> %s/err.txt", env, embedd_bin(),
+             args, input, tmpdir, tmpdir);
+    int st = system(cmd);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
 static char *read_tmp(const char *name)
 {
     char path[512];
@@ -197,6 +207,109 @@ START_TEST(test_bad_flags)
 }
 END_TEST
 
+/* The last line of err.txt, parsed as a JSON object. */
+static cJSON *stderr_json(void)
+{
+    char *err = read_tmp("err.txt");
+    size_t n = strlen(err);
+    while (n > 0 && err[n - 1] == '\n')
+        err[--n] = '\0';
+    char *last = strrchr(err, '\n');
+    cJSON *j = cJSON_Parse(last != NULL ? last + 1 : err);
+    ck_assert_msg(cJSON_IsObject(j), "stderr: %s", err);
+    free(err);
+    return j;
+}
+
+static double json_num(const cJSON *j, const char *key)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(j, key);
+    ck_assert_msg(cJSON_IsNumber(v), "no number %s", key);
+    return v->valuedouble;
+}
+
+static const char *json_str(const cJSON *j, const char *key)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(j, key);
+    ck_assert_msg(cJSON_IsString(v), "no string %s", key);
+    return v->valuestring;
+}
+
+/* --latency N: the first line's embedding once, and its timings. */
+START_TEST(test_embed_latency)
+{
+    char in[512];
+    snprintf(in, sizeof in, "%s/in.txt", tmpdir);
+    ck_assert_int_eq(run("embed --model tests/fixtures/tiny-f16 --latency 7 --threads 1", in), 0);
+    cJSON *j = stderr_json();
+    ck_assert_int_eq((int)json_num(j, "latency_runs"), 7);
+    ck_assert_int_gt((int)json_num(j, "tokens"), 2);
+    double p50 = json_num(j, "p50_ms"), p99 = json_num(j, "p99_ms");
+    ck_assert_msg(p50 > 0 && p50 <= p99, "p50 %g p99 %g", p50, p99);
+    ck_assert(json_str(j, "blas_core")[0] != '\0');
+    cJSON_Delete(j);
+
+    /* The one output line is the first text's embedding. */
+    char *out = read_tmp("out.txt");
+    char *nl = strchr(out, '\n');
+    ck_assert(nl != NULL && nl[1] == '\0');
+    size_t size = 0;
+    float *ref = (float *)tu_read_file(REF_DIR "/tiny-f16.mean.f32", &size);
+    ck_assert(ref != NULL);
+    cJSON *arr = cJSON_Parse(out);
+    ck_assert(cJSON_IsArray(arr) && cJSON_GetArraySize(arr) == C);
+    double norm = 0.0;
+    for (int c = 0; c < C; c++)
+        norm += (double)ref[c] * ref[c];
+    for (int c = 0; c < C; c++) {
+        double got = cJSON_GetArrayItem(arr, c)->valuedouble;
+        ck_assert_msg(fabs(got - ref[c] / sqrt(norm)) <= 1e-4, "dim %d", c);
+    }
+    cJSON_Delete(arr);
+    free(ref);
+    free(out);
+
+    ck_assert_int_eq(run("embed --model tests/fixtures/tiny-f16 --latency 0", in), 2);
+    ck_assert_int_eq(run("embed --model tests/fixtures/tiny-f16 --latency 3x", in), 2);
+    ck_assert_int_eq(run("embed --model tests/fixtures/tiny-f16 --latency 3", "/dev/null"), 1);
+    char *err = read_tmp("err.txt");
+    ck_assert_msg(strstr(err, "--latency needs one input line") != NULL, "stderr: %s", err);
+    free(err);
+}
+END_TEST
+
+static int cpu_has_avx512(void)
+{
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+}
+
+/* The BLAS kernel (main.c): the user's OPENBLAS_CORETYPE is honoured; unset,
+ * an AVX-512 CPU gets an AVX-512 kernel. --stats reports the kernel. */
+START_TEST(test_blas_kernel)
+{
+    char in[512];
+    snprintf(in, sizeof in, "%s/in.txt", tmpdir);
+    const char *args = "embed --model tests/fixtures/tiny-f16 --stats --threads 1";
+    ck_assert_int_eq(run_env("OPENBLAS_CORETYPE=Haswell", args, in), 0);
+    cJSON *j = stderr_json();
+    ck_assert_str_eq(json_str(j, "blas_core"), "Haswell");
+    cJSON_Delete(j);
+    compare_output("tiny-f16.mean.f32", 1);
+
+    ck_assert_int_eq(run_env("-u OPENBLAS_CORETYPE -u EMBEDD_BLAS_REEXEC", args, in), 0);
+    j = stderr_json();
+    const char *core = json_str(j, "blas_core");
+    if (cpu_has_avx512())
+        ck_assert_msg(strcmp(core, "SkylakeX") == 0 || strcmp(core, "Cooperlake") == 0 ||
+                          strcmp(core, "SapphireRapids") == 0,
+                      "AVX-512 CPU, kernel %s", core);
+    cJSON_Delete(j);
+    compare_output("tiny-f16.mean.f32", 1);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("cli");
@@ -209,6 +322,8 @@ int main(void)
     tcase_add_test(tc, test_empty_input);
     tcase_add_test(tc, test_missing_model);
     tcase_add_test(tc, test_bad_flags);
+    tcase_add_test(tc, test_embed_latency);
+    tcase_add_test(tc, test_blas_kernel);
     suite_add_tcase(s, tc);
     return run_suite(s);
 }

@@ -177,7 +177,8 @@ static char **server_env(void)
     ck_assert(env != NULL);
     size_t k = 0;
     for (size_t i = 0; i < n; i++) {
-        if (strncmp(environ[i], "EMBEDD_", 7) != 0)
+        if (strncmp(environ[i], "EMBEDD_", 7) != 0 ||
+            strncmp(environ[i], "EMBEDD_DEBUG_", 13) == 0)
             env[k++] = environ[i];
     }
     env[k] = NULL;
@@ -2519,6 +2520,14 @@ START_TEST(test_items_similar)
     /* threshold: cos = 1/sqrt(1 + 0.01 i^2) >= 0.9 keeps i <= 4 */
     snprintf(body, sizeof body, "{\"vector\":%s,\"score_threshold\":0.9,%s}", q, s1);
     expect_similar(body, "100,101,102,103,104");
+    /* search params change nothing without an index; exact is exact */
+    snprintf(body, sizeof body,
+             "{\"vector\":%s,\"limit\":3,\"params\":{\"hnsw_ef\":128,\"exact\":true},%s}", q,
+             s1);
+    expect_similar(body, "100,101,102");
+    snprintf(body, sizeof body, "{\"vector\":%s,\"limit\":3,\"params\":{\"exact\":false},%s}",
+             q, s1);
+    expect_similar(body, "100,101,102");
     /* by id: the item itself first, score 1 */
     snprintf(body, sizeof body, "{\"id\":103,\"limit\":3,%s}", s1);
     expect_similar(body, "103,104,102"); /* angles: 103 at 16.7°, 104 21.8°, 102 11.3° */
@@ -2598,6 +2607,18 @@ START_TEST(test_items_errors)
     expect_error("POST", "/similar", "{\"limit\":3}", 422, "Validation");
     expect_error("POST", "/similar", "{\"text\":\"a\",\"id\":1}", 422, "Validation");
     expect_error("GET", "/similar", NULL, 422, "Validation");
+    /* search params (Qdrant's): an object of hnsw_ef 1..10000 and exact */
+    expect_error("POST", "/similar", "{\"text\":\"a\",\"params\":5}", 422, "Validation");
+    expect_error("POST", "/similar", "{\"text\":\"a\",\"params\":{\"hnsw_ef\":0}}", 422,
+                 "Validation");
+    expect_error("POST", "/similar", "{\"text\":\"a\",\"params\":{\"hnsw_ef\":1.5}}", 422,
+                 "Validation");
+    expect_error("POST", "/similar", "{\"text\":\"a\",\"params\":{\"hnsw_ef\":10001}}",
+                 422, "Validation");
+    expect_error("POST", "/similar", "{\"text\":\"a\",\"params\":{\"exact\":1}}", 422,
+                 "Validation");
+    expect_error("POST", "/similar", "{\"text\":\"a\",\"params\":{\"quantization\":{}}}",
+                 422, "Validation");
     /* more items than --max-client-batch-size 8 */
     buf b = {0};
     buf_addf(&b, "{\"items\":[");
@@ -2680,6 +2701,399 @@ START_TEST(test_items_persistence)
 }
 END_TEST
 
+
+/* ======================================================================== */
+/* TCase learn: continuous training, the publish gate, versions (own servers) */
+/* ======================================================================== */
+
+/* STS-B train sentences (first column), at most max. */
+static int sts_sentences(char ***out, int max)
+{
+    char path[1024];
+    tu_shared_path(path, sizeof path, "stsb/sts-train.tsv");
+    char *text = tu_read_file(path, NULL);
+    ck_assert_msg(text != NULL, "cannot read %s", path);
+    char **v = calloc((size_t)max, sizeof *v);
+    int n = 0;
+    for (char *line = strtok(text, "\n"); line != NULL && n < max; line = strtok(NULL, "\n")) {
+        char *a = strchr(line, '\t');
+        char *b = a != NULL ? strchr(a + 1, '\t') : NULL;
+        if (b == NULL)
+            continue;
+        *b = '\0';
+        v[n++] = strdup(a + 1);
+    }
+    free(text);
+    *out = v;
+    return n;
+}
+
+static void strings_free(char **v, int n)
+{
+    for (int i = 0; i < n; i++)
+        free(v[i]);
+    free(v);
+}
+
+/* POST /train/samples with texts; returns how many were added. */
+static int learn_feed(int port, char **texts, int n)
+{
+    cJSON *root = cJSON_CreateObject();
+    cJSON *arr = cJSON_AddArrayToObject(root, "texts");
+    for (int i = 0; i < n; i++)
+        cJSON_AddItemToArray(arr, cJSON_CreateString(texts[i]));
+    char *body = cJSON_PrintUnformatted(root);
+    cJSON_Delete(root);
+    cJSON *j = NULL;
+    long st = req_port(port, "POST", "/train/samples", body, &j);
+    free(body);
+    ck_assert_int_eq(st, 200);
+    int added = (int)num_of(j, "added");
+    cJSON_Delete(j);
+    return added;
+}
+
+/* POST /items with texts as items 0..n-1. */
+static void learn_items(int port, char **texts, int n)
+{
+    cJSON *root = cJSON_CreateObject();
+    cJSON *arr = cJSON_AddArrayToObject(root, "items");
+    for (int i = 0; i < n; i++) {
+        cJSON *it = cJSON_CreateObject();
+        cJSON_AddNumberToObject(it, "id", i);
+        cJSON_AddStringToObject(it, "text", texts[i]);
+        cJSON_AddItemToArray(arr, it);
+    }
+    char *body = cJSON_PrintUnformatted(root);
+    cJSON_Delete(root);
+    ck_assert_int_eq(req_port(port, "POST", "/items", body, NULL), 200);
+    free(body);
+}
+
+static cJSON *learn_status(int port)
+{
+    cJSON *j = NULL;
+    ck_assert_int_eq(req_port(port, "GET", "/train/status", NULL, &j), 200);
+    return j;
+}
+
+static double status_num(const cJSON *st, const char *obj, const char *key)
+{
+    const cJSON *o = obj != NULL ? cJSON_GetObjectItemCaseSensitive(st, obj) : st;
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    return cJSON_IsNumber(v) ? v->valuedouble : -1;
+}
+
+/* Polls /train/status until obj.key >= want; returns the status (caller
+ * frees) or fails after timeout_s. */
+static cJSON *learn_wait(int port, const char *obj, const char *key, double want,
+                         double timeout_s)
+{
+    double deadline = now_s() + timeout_s;
+    for (;;) {
+        cJSON *st = learn_status(port);
+        if (status_num(st, obj, key) >= want)
+            return st;
+        char *text = cJSON_PrintUnformatted(st);
+        cJSON_Delete(st);
+        if (now_s() > deadline) {
+            ck_abort_msg("%s.%s did not reach %g in %.0f s: %s\nserver: %s", obj ? obj : "",
+                         key, want, timeout_s, text, tail(s_own.log));
+        }
+        free(text);
+        usleep(100000);
+    }
+}
+
+/* The X-Embedd-Model-Version of POST /embed, and /info's model_version. */
+static void learn_expect_version(int port, int want)
+{
+    http_resp r;
+    ck_assert_int_eq(http_port(port, "POST", "/embed", "{\"inputs\":\"a version probe\"}", NULL,
+                               &r), 200);
+    const char *h = header_value(&r, "X-Embedd-Model-Version");
+    ck_assert_msg(h != NULL && atoi(h) == want, "X-Embedd-Model-Version %s, expected %d",
+                  h != NULL ? h : "(none)", want);
+    resp_free(&r);
+    cJSON *j = NULL;
+    ck_assert_int_eq(req_port(port, "GET", "/info", NULL, &j), 200);
+    ck_assert_int_eq((int)num_of(j, "model_version"), want);
+    cJSON_Delete(j);
+}
+
+static const char *learn_flags[] = {
+    "--publish-every", "6", "--train-min-samples", "16", "--train-batch-size", "8",
+    "--train-max-seq-len", "16", "--train-lr", "2e-4", "--train-max-cpu", "100", NULL};
+
+/* flags + extra (NULL-terminated) into argv (cap 40). */
+static const char **learn_args(const char **argv, const char *data_dir, const char *const *extra)
+{
+    int a = 0;
+    for (int i = 0; learn_flags[i] != NULL; i++)
+        argv[a++] = learn_flags[i];
+    if (data_dir != NULL) {
+        argv[a++] = "--data";
+        argv[a++] = data_dir;
+    }
+    for (int i = 0; extra != NULL && extra[i] != NULL; i++)
+        argv[a++] = extra[i];
+    argv[a] = NULL;
+    return argv;
+}
+
+START_TEST(test_learn_publish_rollback_restart)
+{
+    char dir[256], path[512];
+    tu_mkdtemp(dir, sizeof dir);
+    const char *argv[40];
+    start_own(learn_args(argv, dir, NULL));
+    char **texts;
+    int n = sts_sentences(&texts, 400);
+    learn_items(s_own.port, texts, 20);
+    ck_assert_int_gt(learn_feed(s_own.port, texts, n), 300);
+    cJSON *st = learn_wait(s_own.port, NULL, "published", 1, 120);
+    cJSON_Delete(st);
+    learn_expect_version(s_own.port, 2);
+    snprintf(path, sizeof path, "%s/models/v2/model.safetensors", dir);
+    ck_assert_msg(access(path, R_OK) == 0, "no checkpoint at %s", path);
+    /* the store moves to version 2, then /similar says so */
+    st = learn_wait(s_own.port, "reembed", "store_version", 2, 60);
+    cJSON_Delete(st);
+    cJSON *j = NULL;
+    ck_assert_int_eq(req_port(s_own.port, "GET", "/similar?q=a%20man&k=3", NULL, &j), 200);
+    ck_assert_int_eq((int)num_of(j, "model_version"), 2);
+    cJSON_Delete(j);
+    /* rollback */
+    ck_assert_int_eq(req_port(s_own.port, "POST", "/train/rollback", "{\"version\":1}", NULL), 200);
+    learn_expect_version(s_own.port, 1);
+    http_resp r;
+    http_port(s_own.port, "POST", "/train/rollback", "{\"version\":99}", NULL, &r);
+    check_tei_error(&r, 404, "NotFound", "rollback to an unknown version");
+    http_port(s_own.port, "POST", "/train/rollback", "{\"version\":\"2\"}", NULL, &r);
+    check_tei_error(&r, 422, "Validation", "rollback with a string");
+    kill(s_own.pid, SIGTERM);
+    expect_exit_zero(20.0);
+    /* a restart comes back on the rolled-back version; v2 loads from disk */
+    const char *extra[] = {"--train-paused", NULL};
+    start_own(learn_args(argv, dir, extra));
+    learn_expect_version(s_own.port, 1);
+    ck_assert_int_eq(req_port(s_own.port, "POST", "/train/rollback", "{\"version\":2}", NULL), 200);
+    learn_expect_version(s_own.port, 2);
+    st = learn_wait(s_own.port, "reembed", "store_version", 2, 60);
+    cJSON_Delete(st);
+    kill(s_own.pid, SIGTERM);
+    expect_exit_zero(20.0);
+    start_own(learn_args(argv, dir, extra));
+    learn_expect_version(s_own.port, 2);
+    kill(s_own.pid, SIGTERM);
+    expect_exit_zero(20.0);
+    strings_free(texts, n);
+    char cmd[300];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    ck_assert_int_eq(system(cmd), 0);
+}
+END_TEST
+
+/* The gate on a run whose learning rate blows the weights up: rejected,
+ * nothing published, version 1 still serves. */
+START_TEST(test_learn_gate_rejects_lr_blowup)
+{
+    const char *argv[40];
+    const char *extra[] = {"--train-lr", "5", NULL};
+    start_own(learn_args(argv, NULL, extra));
+    char **texts;
+    int n = sts_sentences(&texts, 400);
+    learn_feed(s_own.port, texts, n);
+    cJSON *st = learn_wait(s_own.port, NULL, "rejected", 1, 120);
+    ck_assert_int_eq((int)status_num(st, NULL, "published"), 0);
+    const cJSON *g = cJSON_GetObjectItemCaseSensitive(st, "last_gate");
+    ck_assert(cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(g, "passed")));
+    cJSON_Delete(st);
+    learn_expect_version(s_own.port, 1);
+    kill(s_own.pid, SIGTERM);
+    expect_exit_zero(20.0);
+    strings_free(texts, n);
+}
+END_TEST
+
+/* A buffer poisoned with one advertisement (numbered, so that it is not
+ * de-duplicated away) trips the collapse alarm: nothing is published. */
+START_TEST(test_learn_gate_rejects_poisoned_buffer)
+{
+    const char *argv[40];
+    start_own(learn_args(argv, NULL, NULL));
+    enum { N = 400 };
+    char **texts = calloc(N, sizeof *texts);
+    for (int i = 0; i < N; i++) {
+        char t[128];
+        snprintf(t, sizeof t, "buy cheap replica watches now at the best price, offer %d", i);
+        texts[i] = strdup(t);
+    }
+    learn_feed(s_own.port, texts, N);
+    cJSON *st = learn_wait(s_own.port, NULL, "rejected", 1, 120);
+    ck_assert_int_eq((int)status_num(st, NULL, "published"), 0);
+    const cJSON *g = cJSON_GetObjectItemCaseSensitive(st, "last_gate");
+    const cJSON *reason = cJSON_GetObjectItemCaseSensitive(g, "reason");
+    ck_assert_msg(cJSON_IsString(reason) && strstr(reason->valuestring, "collapse") != NULL,
+                  "gate reason: %s", cJSON_IsString(reason) ? reason->valuestring : "?");
+    cJSON_Delete(st);
+    learn_expect_version(s_own.port, 1);
+    kill(s_own.pid, SIGTERM);
+    expect_exit_zero(20.0);
+    strings_free(texts, N);
+}
+END_TEST
+
+/* Non-finite steps (forced every 3rd step) are skipped and counted; the
+ * others train, and a version is still published (through the STS gate,
+ * made lenient here: a random tiny model's Spearman is noise). */
+START_TEST(test_learn_nan_steps_skipped)
+{
+    setenv("EMBEDD_DEBUG_NAN_EVERY", "3", 1);
+    char sts[1024];
+    tu_shared_path(sts, sizeof sts, "stsb/sts-dev.tsv");
+    const char *argv[40];
+    const char *extra[] = {"--eval-sts", sts, "--gate-tolerance", "100", NULL};
+    start_own(learn_args(argv, NULL, extra));
+    unsetenv("EMBEDD_DEBUG_NAN_EVERY");
+    char **texts;
+    int n = sts_sentences(&texts, 400);
+    learn_feed(s_own.port, texts, n);
+    cJSON *st = learn_wait(s_own.port, NULL, "published", 1, 180);
+    ck_assert_int_ge((int)status_num(st, NULL, "skipped_steps"), 1);
+    ck_assert_int_ge((int)status_num(st, NULL, "steps"), 6);
+    /* the STS gate ran on both sides */
+    const cJSON *g = cJSON_GetObjectItemCaseSensitive(st, "last_gate");
+    const cJSON *cand = cJSON_GetObjectItemCaseSensitive(g, "candidate");
+    const cJSON *rho = cJSON_GetObjectItemCaseSensitive(cand, "sts_spearman");
+    ck_assert_msg(cJSON_IsNumber(rho) && rho->valuedouble > -100 && rho->valuedouble < 100,
+                  "no STS Spearman in the gate");
+    cJSON_Delete(st);
+    http_resp r;
+    http_port(s_own.port, "GET", "/metrics", NULL, NULL, &r);
+    ck_assert(strstr(r.body.p, "embedd_train_skipped_steps_total") != NULL);
+    resp_free(&r);
+    kill(s_own.pid, SIGTERM);
+    expect_exit_zero(20.0);
+    strings_free(texts, n);
+}
+END_TEST
+
+/* Queries run while a version is published and the store is re-embedded:
+ * a query equal to a stored text must find it with cosine 1, which only
+ * happens when both were embedded by the same version. */
+typedef struct query_stream {
+    int port;
+    char **texts;
+    int n;
+    atomic_int stop;
+    int queries, bad;
+    int versions_seen[8];
+    char first_bad[512];
+} query_stream;
+
+static void *query_stream_main(void *p)
+{
+    query_stream *q = p;
+    for (int i = 0; !atomic_load(&q->stop); i++) {
+        int k = i % q->n;
+        cJSON *body = cJSON_CreateObject();
+        cJSON_AddStringToObject(body, "text", q->texts[k]);
+        cJSON_AddNumberToObject(body, "limit", 1);
+        char *b = cJSON_PrintUnformatted(body);
+        cJSON_Delete(body);
+        http_resp r;
+        long st = http_port(q->port, "POST", "/similar", b, NULL, &r);
+        free(b);
+        cJSON *j = st == 200 ? json_of(&r) : NULL;
+        const cJSON *res = cJSON_GetObjectItemCaseSensitive(j, "result");
+        const cJSON *top = cJSON_GetArrayItem(res, 0);
+        const char *h = header_value(&r, "X-Embedd-Model-Version");
+        int v = (int)num_of(j, "model_version");
+        double score = cJSON_GetObjectItemCaseSensitive(top, "score") != NULL
+                           ? cJSON_GetObjectItemCaseSensitive(top, "score")->valuedouble : -1;
+        int ok = st == 200 && h != NULL && atoi(h) == v && score > 0.9999;
+        if (!ok && q->bad++ == 0)
+            snprintf(q->first_bad, sizeof q->first_bad, "status %ld header %s: %.300s", st,
+                     h ? h : "-", r.body.p);
+        if (v >= 0 && v < 8)
+            q->versions_seen[v]++;
+        q->queries++;
+        cJSON_Delete(j);
+        resp_free(&r);
+    }
+    return NULL;
+}
+
+START_TEST(test_learn_publish_mid_query_stream)
+{
+    const char *argv[40];
+    start_own(learn_args(argv, NULL, NULL));
+    char **texts;
+    int n = sts_sentences(&texts, 400);
+    learn_items(s_own.port, texts, 40);
+    query_stream q = {.port = s_own.port, .texts = texts, .n = 40};
+    atomic_init(&q.stop, 0);
+    pthread_t th;
+    ck_assert_int_eq(pthread_create(&th, NULL, query_stream_main, &q), 0);
+    learn_feed(s_own.port, texts, n);
+    cJSON *st = learn_wait(s_own.port, "reembed", "store_version", 2, 120);
+    cJSON_Delete(st);
+    usleep(500000);
+    atomic_store(&q.stop, 1);
+    pthread_join(th, NULL);
+    ck_assert_msg(q.bad == 0, "%d of %d queries compared across versions or failed; first: %s",
+                  q.bad, q.queries, q.first_bad);
+    ck_assert_msg(q.versions_seen[1] > 0 && q.versions_seen[2] > 0,
+                  "queries saw version 1 %d times, version 2 %d times", q.versions_seen[1],
+                  q.versions_seen[2]);
+    kill(s_own.pid, SIGTERM);
+    expect_exit_zero(20.0);
+    strings_free(texts, n);
+}
+END_TEST
+
+START_TEST(test_learn_off)
+{
+    const char *extra[] = {"--train", "off", NULL};
+    start_own(extra);
+    cJSON *st = learn_status(s_own.port);
+    ck_assert_str_eq(str_of(st, "state"), "off");
+    cJSON_Delete(st);
+    http_resp r;
+    http_port(s_own.port, "POST", "/train/pause", NULL, NULL, &r);
+    check_tei_error(&r, 503, "Unhealthy", "pause with training off");
+    http_port(s_own.port, "POST", "/train/samples", "{\"texts\":[\"a b c d e f g h\"]}", NULL, &r);
+    check_tei_error(&r, 503, "Unhealthy", "samples with training off");
+    kill(s_own.pid, SIGTERM);
+    expect_exit_zero(20.0);
+}
+END_TEST
+
+START_TEST(test_learn_control_errors)
+{
+    const char *argv[40];
+    const char *extra[] = {"--train-paused", NULL};
+    start_own(learn_args(argv, NULL, extra));
+    http_resp r;
+    http_port(s_own.port, "POST", "/train/samples", "{\"texts\":\"not an array\"}", NULL, &r);
+    check_tei_error(&r, 422, "Validation", "samples not an array");
+    http_port(s_own.port, "POST", "/train/samples", "{\"texts\":[1,2]}", NULL, &r);
+    check_tei_error(&r, 422, "Validation", "samples not strings");
+    http_port(s_own.port, "POST", "/train/rollback", "{}", NULL, &r);
+    check_tei_error(&r, 422, "Validation", "rollback without a version");
+    cJSON *st = learn_status(s_own.port);
+    ck_assert_str_eq(str_of(st, "state"), "paused");
+    cJSON_Delete(st);
+    ck_assert_int_eq(req_port(s_own.port, "POST", "/train/resume", NULL, NULL), 200);
+    st = learn_status(s_own.port);
+    ck_assert_str_eq(str_of(st, "state"), "running");
+    cJSON_Delete(st);
+    kill(s_own.pid, SIGTERM);
+    expect_exit_zero(20.0);
+}
+END_TEST
+
 /* ======================================================================== */
 
 static TCase *tcase_with_server(Suite *s, const char *name, void (*setup)(void), int timeout)
@@ -2747,6 +3161,15 @@ int main(void)
     tcase_add_test(tc, test_items_similar);
     tcase_add_test(tc, test_items_errors);
     tcase_add_test(tc, test_items_persistence);
+
+    tc = tcase_with_server(s, "learn", NULL, 300);
+    tcase_add_test(tc, test_learn_publish_rollback_restart);
+    tcase_add_test(tc, test_learn_gate_rejects_lr_blowup);
+    tcase_add_test(tc, test_learn_gate_rejects_poisoned_buffer);
+    tcase_add_test(tc, test_learn_nan_steps_skipped);
+    tcase_add_test(tc, test_learn_publish_mid_query_stream);
+    tcase_add_test(tc, test_learn_off);
+    tcase_add_test(tc, test_learn_control_errors);
 
     tc = tcase_with_server(s, "openai_sdk", setup_sdk, 180);
     tcase_add_test(tc, test_openai_sdk);

@@ -1569,7 +1569,9 @@ END_TEST
 static store *open_mem(int dim, long hnsw_threshold)
 {
     emb_err err = {{0}};
-    store_options opt = {.dim = dim, .hnsw_threshold = hnsw_threshold};
+    /* a narrower build than the default keeps the sanitizer runs short */
+    store_options opt = {.dim = dim, .hnsw_threshold = hnsw_threshold,
+                         .hnsw_ef_construction = 64};
     store *s = store_open(&opt, NULL, &err);
     ck_assert_msg(s != NULL, "%s", err.msg);
     return s;
@@ -1647,9 +1649,13 @@ START_TEST(test_hnsw_matches_exact)
         qv[i] = rng_float();
     for (int at = 0; at < HN_ITEMS; at += 250)
         hn_upsert(a, e, (uint64_t)at, 250, vecs + (size_t)at * HN_DIM);
+    ck_assert(store_wait_index(a) == 1);
+    ck_assert(store_wait_index(e) == 0);
     store_stats st;
     store_get_stats(a, &st);
     ck_assert_int_eq((long)st.hnsw_nodes, HN_ITEMS);
+    ck_assert_int_eq((long)st.hnsw_builds, 1);
+    ck_assert_int_eq(st.hnsw_building, 0);
     store_get_stats(e, &st);
     ck_assert_int_eq((long)st.hnsw_nodes, 0);
 
@@ -1773,6 +1779,7 @@ START_TEST(test_hnsw_rebuild_after_deletes)
         vecs[i] = rng_float();
     for (int at = 0; at < 4000; at += 500)
         hn_upsert(a, e, (uint64_t)at, 500, vecs + (size_t)at * HN_DIM);
+    ck_assert(store_wait_index(a) == 1);
     store_id ids[500];
     emb_err err;
     for (int at = 0; at < 3000; at += 500) {
@@ -1780,9 +1787,23 @@ START_TEST(test_hnsw_rebuild_after_deletes)
             ids[i] = store_id_num((uint64_t)(at + i));
         ck_assert(store_delete(a, ids, 500, NULL, &err) == 0);
         ck_assert(store_delete(e, ids, 500, NULL, &err) == 0);
+        /* while a rebuild runs, the old index serves: never a deleted id */
+        for (int qi = 0; qi < 20; qi++) {
+            store_query q;
+            store_query_init(&q, vecs + (size_t)qi * HN_DIM, HN_DIM);
+            q.limit = 20;
+            store_result ra;
+            ck_assert(store_search(a, &q, &ra, &err) == 0);
+            for (int i = 0; i < ra.n; i++)
+                EXPECT(ra.hits[i].id.num >= (uint64_t)at + 500, "deleted id %llu returned",
+                       (unsigned long long)ra.hits[i].id.num);
+            store_result_free(&ra);
+        }
     }
+    ck_assert(store_wait_index(a) == 1);
     store_stats st;
     store_get_stats(a, &st);
+    ck_assert_msg(st.hnsw_builds >= 2, "%llu builds", (unsigned long long)st.hnsw_builds);
     ck_assert_msg(st.hnsw_deleted < 1500, "%llu deleted nodes kept",
                   (unsigned long long)st.hnsw_deleted);
     double r = hn_recall(a, e, vecs, 100, 10, 0, NULL, -1);
@@ -1790,6 +1811,215 @@ START_TEST(test_hnsw_rebuild_after_deletes)
     free(vecs);
     store_close(a);
     store_close(e);
+}
+END_TEST
+
+
+/* Upserts ids first..first+n-1 (vectors (n, HN_DIM)) into s alone. */
+static void hn_put(store *s, uint64_t first, int n, const float *vecs)
+{
+    store_item items[500];
+    ck_assert(n <= 500);
+    for (int i = 0; i < n; i++)
+        items[i] = (store_item){.id = store_id_num(first + (uint64_t)i),
+                                .vector = vecs + (size_t)i * HN_DIM, .vector_dim = HN_DIM};
+    emb_err err;
+    ck_assert_msg(store_upsert(s, items, n, &err) == 0, "%s", err.msg);
+}
+
+/* The first hit's id for vector v (limit 1), or UINT64_MAX. */
+static uint64_t hn_top(store *s, const float *v, float *score)
+{
+    store_query q;
+    store_query_init(&q, v, HN_DIM);
+    q.limit = 1;
+    store_result r;
+    emb_err err;
+    ck_assert_msg(store_search(s, &q, &r, &err) == 0, "%s", err.msg);
+    uint64_t id = r.n > 0 ? r.hits[0].id.num : UINT64_MAX;
+    *score = r.n > 0 ? r.hits[0].score : -2;
+    store_result_free(&r);
+    return id;
+}
+
+#define BG_ITEMS 20000
+
+/* The build runs in the background: searches meanwhile are exact, and the
+ * upserts, updates and deletes made during it are in the index it swaps in. */
+START_TEST(test_hnsw_writes_during_build)
+{
+    rng = 31337;
+    store *a = open_mem(HN_DIM, BG_ITEMS);
+    store *e = open_mem(HN_DIM, 0);
+    float *vecs = malloc(sizeof(float) * (BG_ITEMS + 1000) * HN_DIM);
+    float *nv = malloc(sizeof(float) * 1000 * HN_DIM);
+    ck_assert(vecs != NULL && nv != NULL);
+    for (int i = 0; i < (BG_ITEMS + 1000) * HN_DIM; i++)
+        vecs[i] = rng_float();
+    for (int i = 0; i < 1000 * HN_DIM; i++)
+        nv[i] = rng_float();
+    for (int at = 0; at < BG_ITEMS; at += 500)
+        hn_upsert(a, e, (uint64_t)at, 500, vecs + (size_t)at * HN_DIM);
+    store_stats st;
+    store_get_stats(a, &st);
+    ck_assert_msg(st.hnsw_building == 1 && st.hnsw_nodes == 0, "building %d, %llu nodes",
+                  st.hnsw_building, (unsigned long long)st.hnsw_nodes);
+    /* meanwhile: exact search */
+    ck_assert(hn_recall(a, e, nv, 20, 10, 0, NULL, -1) == 1.0);
+    /* deletes 0..999, updates 1000..1999, new ids BG_ITEMS.. */
+    store_id ids[500];
+    emb_err err;
+    for (int at = 0; at < 1000; at += 500) {
+        for (int i = 0; i < 500; i++)
+            ids[i] = store_id_num((uint64_t)(at + i));
+        ck_assert(store_delete(a, ids, 500, NULL, &err) == 0);
+        ck_assert(store_delete(e, ids, 500, NULL, &err) == 0);
+    }
+    hn_upsert(a, e, 1000, 500, nv);
+    hn_upsert(a, e, 1500, 500, nv + 500 * HN_DIM);
+    hn_upsert(a, e, BG_ITEMS, 500, vecs + (size_t)BG_ITEMS * HN_DIM);
+    hn_upsert(a, e, BG_ITEMS + 500, 500, vecs + (size_t)(BG_ITEMS + 500) * HN_DIM);
+    store_get_stats(a, &st);
+    int overlapped = st.hnsw_building;
+    ck_assert(store_wait_index(a) == 1);
+    store_get_stats(a, &st);
+    printf("hnsw: writes during the build: %s; %llu nodes, %llu deleted\n",
+           overlapped ? "all overlapped it" : "some came after it",
+           (unsigned long long)st.hnsw_nodes, (unsigned long long)st.hnsw_deleted);
+    fflush(stdout);
+    ck_assert_int_eq((long)st.hnsw_builds, 1);
+    ck_assert_int_eq(store_count(a), BG_ITEMS);
+    for (int i = 0; i < 1000; i++) {
+        float sc;
+        uint64_t id = hn_top(a, vecs + (size_t)i * HN_DIM, &sc);
+        EXPECT(id >= 1000, "deleted id %llu returned", (unsigned long long)id);
+        id = hn_top(a, nv + (size_t)i * HN_DIM, &sc);
+        EXPECT(id == 1000 + (uint64_t)i && sc > 0.999f, "updated %d: got %llu", i,
+               (unsigned long long)id);
+        id = hn_top(a, vecs + (size_t)(1000 + i) * HN_DIM, &sc);
+        EXPECT(!(id == 1000 + (uint64_t)i && sc > 0.999f), "updated %d found by its old vector", i);
+        id = hn_top(a, vecs + (size_t)(BG_ITEMS + i) * HN_DIM, &sc);
+        EXPECT(id == BG_ITEMS + (uint64_t)i, "new %d: got %llu", i, (unsigned long long)id);
+    }
+    double r = hn_recall(a, e, vecs + (size_t)5000 * HN_DIM, 100, 10, 0, NULL, -1);
+    printf("hnsw: recall@10 after the swap %.4f (%d x %d)\n", r, BG_ITEMS, HN_DIM);
+    fflush(stdout);
+    ck_assert_msg(r >= 0.95, "recall@10 %.4f", r);
+    free(vecs);
+    free(nv);
+    store_close(a);
+    store_close(e);
+}
+END_TEST
+
+/* Per query: hnsw_ef widens the search, exact skips the index. */
+START_TEST(test_hnsw_query_params)
+{
+    rng = 99;
+    store *a = open_mem(HN_DIM, 500);
+    store *e = open_mem(HN_DIM, 0);
+    float *vecs = malloc(sizeof(float) * HN_ITEMS * HN_DIM);
+    float *qv = malloc(sizeof(float) * HN_QUERIES * HN_DIM);
+    ck_assert(vecs != NULL && qv != NULL);
+    for (int i = 0; i < HN_ITEMS * HN_DIM; i++)
+        vecs[i] = rng_float();
+    for (int i = 0; i < HN_QUERIES * HN_DIM; i++)
+        qv[i] = rng_float();
+    for (int at = 0; at < HN_ITEMS; at += 500)
+        hn_upsert(a, e, (uint64_t)at, 500, vecs + (size_t)at * HN_DIM);
+    ck_assert(store_wait_index(a) == 1);
+    long found[3] = {0, 0, 0};  /* ef 1 (that is, 2 * limit), ef 400, exact */
+    for (int qi = 0; qi < HN_QUERIES; qi++) {
+        store_query q;
+        store_query_init(&q, qv + (size_t)qi * HN_DIM, HN_DIM);
+        store_result re;
+        emb_err err;
+        ck_assert(store_search(e, &q, &re, &err) == 0);
+        for (int v = 0; v < 3; v++) {
+            q.hnsw_ef = v == 0 ? 1 : 400;
+            q.exact = v == 2;
+            store_result ra;
+            ck_assert_msg(store_search(a, &q, &ra, &err) == 0, "%s", err.msg);
+            ck_assert_int_eq(ra.n, re.n);
+            for (int i = 0; i < ra.n; i++) {
+                for (int j = 0; j < re.n; j++)
+                    found[v] += ra.hits[i].id.num == re.hits[j].id.num;
+                if (v == 2)
+                    EXPECT(ra.hits[i].id.num == re.hits[i].id.num &&
+                           ra.hits[i].score == re.hits[i].score, "exact differs at %d", i);
+            }
+            store_result_free(&ra);
+        }
+        store_result_free(&re);
+    }
+    double total = HN_QUERIES * 10.0;
+    printf("hnsw: recall@10 with ef 20: %.4f, ef 400: %.4f, exact: %.4f\n", found[0] / total,
+           found[1] / total, found[2] / total);
+    fflush(stdout);
+    ck_assert(found[2] == (long)total);
+    ck_assert_msg(found[1] >= found[0] && found[1] / total >= 0.99, "ef 400: %.4f",
+                  found[1] / total);
+    store_query q;
+    store_query_init(&q, qv, HN_DIM);
+    emb_err err;
+    q.hnsw_ef = STORE_MAX_HNSW_EF + 1;
+    ck_assert(store_query_check(a, &q, &err) != 0);
+    q.hnsw_ef = -1;
+    ck_assert(store_query_check(a, &q, &err) != 0);
+    free(vecs);
+    free(qv);
+    store_close(a);
+    store_close(e);
+}
+END_TEST
+
+/* Closing a store whose first build runs stops the build and frees it all
+ * (ASan: no leak); so does closing one reopened over the threshold. */
+START_TEST(test_hnsw_close_during_build)
+{
+    rng = 5;
+    float *vecs = malloc(sizeof(float) * BG_ITEMS * HN_DIM);
+    ck_assert(vecs != NULL);
+    for (int i = 0; i < BG_ITEMS * HN_DIM; i++)
+        vecs[i] = rng_float();
+    store *a = open_mem(HN_DIM, BG_ITEMS);
+    for (int at = 0; at < BG_ITEMS; at += 500)
+        hn_put(a, (uint64_t)at, 500, vecs + (size_t)at * HN_DIM);
+    store_stats st;
+    store_get_stats(a, &st);
+    ck_assert_int_eq(st.hnsw_building, 1);
+    struct timespec t0;
+    struct timespec t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    store_close(a);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    double dt = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) * 1e-9;
+    printf("hnsw: close during a build took %.3f s\n", dt);
+    fflush(stdout);
+    ck_assert_msg(dt < 2.0, "close took %.3f s", dt);
+
+    /* on disk: reopening over the threshold builds in the background */
+    dir_setup();
+    emb_err err = {{0}};
+    store_options opt = {.dir = dir, .dim = HN_DIM, .hnsw_threshold = 1000,
+                         .hnsw_ef_construction = 64};
+    store *d = store_open(&opt, NULL, &err);
+    ck_assert_msg(d != NULL, "%s", err.msg);
+    for (int at = 0; at < 5000; at += 500)
+        hn_put(d, (uint64_t)at, 500, vecs + (size_t)at * HN_DIM);
+    store_close(d);
+    d = store_open(&opt, NULL, &err);
+    ck_assert_msg(d != NULL, "%s", err.msg);
+    store_close(d);            /* at once: the build is cancelled */
+    d = store_open(&opt, NULL, &err);
+    ck_assert_msg(d != NULL, "%s", err.msg);
+    ck_assert(store_wait_index(d) == 1);
+    float sc;
+    for (int i = 0; i < 100; i++)
+        EXPECT(hn_top(d, vecs + (size_t)i * HN_DIM, &sc) == (uint64_t)i, "item %d", i);
+    store_close(d);
+    dir_teardown();
+    free(vecs);
 }
 END_TEST
 
@@ -1830,9 +2060,12 @@ int main(void)
     suite_add_tcase(suite, disk);
 
     TCase *hnsw = tcase_create("hnsw");
-    tcase_set_timeout(hnsw, 120);
+    tcase_set_timeout(hnsw, 900);
     tcase_add_test(hnsw, test_hnsw_matches_exact);
     tcase_add_test(hnsw, test_hnsw_rebuild_after_deletes);
+    tcase_add_test(hnsw, test_hnsw_writes_during_build);
+    tcase_add_test(hnsw, test_hnsw_query_params);
+    tcase_add_test(hnsw, test_hnsw_close_during_build);
     suite_add_tcase(suite, hnsw);
 
     return run_suite(suite);

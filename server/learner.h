@@ -1,0 +1,98 @@
+/* learner.h: continuous self-supervised fine-tuning inside `embedd serve`.
+ *
+ * Data flow
+ *   HTTP threads offer the texts they see (/embed, /v1/embeddings, /items,
+ *   POST /train/samples) to a sample buffer (samples.h): bounded,
+ *   de-duplicated, persisted under --data, with a held-out part.
+ *   The batcher's compute thread, whenever no request waits, calls
+ *   learner_idle, which does one piece of work of about one encoder layer:
+ *     1. re-embedding stored items for a newly current version (first:
+ *        /similar serves the old version until it is done);
+ *     2. a training step (SimCSE and/or MLM on a batch from the buffer),
+ *        split into per-layer pieces; after it, AdamW with clipping and
+ *        L2-SP, NaN steps skipped, and the serving candidate updated as an
+ *        exponential moving average of the trainer's weights;
+ *     3. every --publish-every steps (or seconds), the gate: the candidate
+ *        against the current version on the held-out texts (validation
+ *        loss must improve; the collapse alarm, on mean pairwise cosine
+ *        and per-dimension variance, must stay quiet; with --eval-sts the
+ *        Spearman may drop by at most --gate-tolerance). A pass saves
+ *        DATA/models/v{n} (on a helper thread, off the compute thread) and
+ *        then makes it the current version; a failure is logged and
+ *        counted, and training goes on.
+ *   The duty cycle of training and gate work is capped at --train-max-cpu
+ *   of wall time.
+ *
+ * Threads: learner_idle runs on the compute thread only. learner_offer,
+ * learner_pause/resume/rollback and learner_status are safe from any
+ * thread. learner_stop after batcher_stop. */
+#ifndef EMBEDD_LEARNER_H
+#define EMBEDD_LEARNER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "batcher.h"
+#include "metrics.h"
+#include "store.h"
+#include "strbuf.h"
+#include "versions.h"
+
+typedef struct learner_opts {
+    int enabled;               /* 0 (--train off): only re-embedding, no intake or training */
+    int objective;             /* EMB_OBJ_* */
+    int batch_size;            /* texts per step */
+    int max_seq_len;           /* tokens per training text */
+    float lr;
+    float l2sp;                /* pull toward the starting weights */
+    float ema_decay;           /* serving weights: EMA of the trainer's */
+    float max_cpu;             /* share of wall time for training work */
+    int publish_every_steps;   /* 0: by time only */
+    double publish_every_secs; /* 0: by steps only */
+    int min_samples;           /* training texts needed before the first step */
+    int holdout_eval_max;      /* held-out texts the gate uses */
+    const char *eval_sts;      /* optional score<TAB>s1<TAB>s2 gate file */
+    float gate_tolerance;      /* largest Spearman x100 drop allowed */
+    float collapse_max_cos;    /* alarm above this mean pairwise cosine ... */
+    float collapse_cos_rise;   /* ... that also rose this much over the current's */
+    float collapse_min_var;    /* alarm below this share of the current's variance */
+    int from_embed, from_items, from_explicit; /* intake sources */
+    int paused;                /* start paused */
+    const char *data_dir;      /* NULL: nothing persisted */
+    const char *base_dir;      /* directory of version 1 (tokenizer files, MLM head) */
+    const emb_model *base;     /* version 1's weights: the L2-SP anchor */
+    uint64_t seed;
+    int nan_every;             /* testing: force a NaN loss every n-th step (0: never) */
+} learner_opts;
+
+typedef struct learner learner;
+
+learner *learner_start(const learner_opts *o, versions *v, batcher *b, store *st, metrics *mx,
+                       emb_err *err);
+/* Flushes the sample buffer and frees; the batcher must be stopped. */
+void learner_stop(learner *l);
+
+/* The compute thread's idle work (batcher_set_idle). */
+int learner_idle(void *ctx);
+
+/* A text seen by the server (source: enum samples_source). */
+void learner_offer(learner *l, const char *text, size_t len, int source);
+/* Texts from POST /train/samples: how many were new. */
+int learner_offer_explicit(learner *l, const char *const *texts, const size_t *lens, int n);
+
+/* 0 when started with enabled = 0. */
+int learner_enabled(const learner *l);
+void learner_pause(learner *l);
+void learner_resume(learner *l);
+/* Makes version `id` current again (from memory or DATA/models/v{id}) and
+ * restarts training from it. 0, or -1 with err (404-like when unknown). */
+int learner_rollback(learner *l, uint32_t id, emb_err *err);
+
+/* The state for GET /train/status, as a JSON object. */
+void learner_status_json(learner *l, strbuf *out);
+/* Training texts in the buffer, and whether training is paused. */
+void learner_gauges(learner *l, unsigned long *buffer, int *paused);
+/* Flushes the sample buffer to disk (the server calls it periodically). */
+void learner_flush(learner *l);
+
+#endif

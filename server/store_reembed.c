@@ -1,0 +1,218 @@
+/* store_reembed.c: moving the item store to a new model version (see
+ * store_reembed.h).
+ *
+ * State (store_internal.h, under rw): vec_version is the version searched;
+ * target_version the one being moved to. While they differ, shadow (cap,
+ * dim) holds the new vectors and shadow_ok which rows have one; rows move
+ * and grow together with the matrix (store.c). A row is pending when it
+ * has a text, is not a client vector (version 0) and lacks a target vector:
+ * while moving, !shadow_ok; otherwise, version != vec_version (an upsert
+ * embedded with an older version that raced a switch). The switch copies
+ * the shadow into the matrix under the write lock, drops the approximate
+ * index (rebuilt in the background; search is exact meanwhile) and then
+ * snapshots, so that a restart finds the new vectors. */
+#include "store_reembed.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "store_internal.h"
+
+/* 1 when row r still needs a vector of the target version. Caller holds rw. */
+static int row_pending(const store *s, long r)
+{
+    const store_row *row = &s->rows[r];
+    if (row->text == NULL || row->version == 0)
+        return 0;
+    if (s->target_version != s->vec_version)
+        return !s->shadow_ok[r];
+    return (uint32_t)row->version != s->vec_version;
+}
+
+uint32_t store_vectors_version(store *s)
+{
+    pthread_rwlock_rdlock(&s->rw);
+    uint32_t v = s->vec_version;
+    pthread_rwlock_unlock(&s->rw);
+    return v;
+}
+
+uint32_t store_target_version(store *s)
+{
+    pthread_rwlock_rdlock(&s->rw);
+    uint32_t v = s->target_version;
+    pthread_rwlock_unlock(&s->rw);
+    return v;
+}
+
+/* Grows the shadow arrays to the store's capacity. Caller holds rw
+ * exclusively. */
+int store_shadow_reserve(store *s, emb_err *err)
+{
+    if (s->target_version == s->vec_version || s->shadow_cap >= s->cap)
+        return 0;
+    float *sh = realloc(s->shadow, sizeof(float) * (size_t)s->cap * (size_t)s->dim);
+    if (sh == NULL)
+        return emb_fail(err, "out of memory for re-embedded vectors");
+    s->shadow = sh;
+    unsigned char *ok = realloc(s->shadow_ok, (size_t)s->cap);
+    if (ok == NULL)
+        return emb_fail(err, "out of memory for re-embedded vectors");
+    memset(ok + s->shadow_cap, 0, (size_t)(s->cap - s->shadow_cap));
+    s->shadow_ok = ok;
+    s->shadow_cap = s->cap;
+    return 0;
+}
+
+static void shadow_free(store *s)
+{
+    free(s->shadow);
+    free(s->shadow_ok);
+    s->shadow = NULL;
+    s->shadow_ok = NULL;
+    s->shadow_cap = 0;
+}
+
+int store_reembed_start(store *s, uint32_t version, emb_err *err)
+{
+    int rc = 0;
+    pthread_rwlock_wrlock(&s->rw);
+    if (s->vec_version == 0) {
+        /* no text item yet: adopt the version at once */
+        s->vec_version = s->target_version = version;
+    } else if (version != s->target_version) {
+        shadow_free(s);
+        s->target_version = version;
+        if (version != s->vec_version)
+            rc = store_shadow_reserve(s, err);
+        if (rc != 0)
+            s->target_version = s->vec_version;
+        s->reembed_cursor = 0;
+        s->reembed_dirty = 1;
+    }
+    pthread_rwlock_unlock(&s->rw);
+    return rc;
+}
+
+int store_reembed_take(store *s, int max, store_text_item *out, emb_err *err)
+{
+    int n = 0;
+    pthread_rwlock_wrlock(&s->rw); /* moves the cursor */
+    if (!s->reembed_dirty) {
+        pthread_rwlock_unlock(&s->rw);
+        return 0;
+    }
+    long seen = 0;
+    while (n < max && seen < s->count) {
+        if (s->reembed_cursor >= s->count)
+            s->reembed_cursor = 0;
+        long r = s->reembed_cursor++;
+        seen++;
+        if (!row_pending(s, r))
+            continue;
+        const store_row *row = &s->rows[r];
+        char *text = malloc((size_t)row->text_len + 1);
+        if (text == NULL) {
+            store_text_items_free(out, n);
+            pthread_rwlock_unlock(&s->rw);
+            return emb_fail(err, "out of memory");
+        }
+        memcpy(text, row->text, row->text_len);
+        text[row->text_len] = '\0';
+        out[n].label = row->label;
+        out[n].gen = row->gen;
+        out[n].text = text;
+        out[n].len = row->text_len;
+        n++;
+    }
+    if (n == 0 && s->target_version == s->vec_version)
+        s->reembed_dirty = 0; /* a full pass found nothing */
+    pthread_rwlock_unlock(&s->rw);
+    return n;
+}
+
+/* Row of a taken item if it is unchanged since the take, else -1. */
+static long taken_row(const store *s, const store_text_item *it)
+{
+    if (it->label >= s->label_cap || s->label_row[it->label] == 0)
+        return -1;
+    long r = (long)s->label_row[it->label] - 1;
+    return s->rows[r].gen == it->gen ? r : -1;
+}
+
+int store_reembed_put(store *s, const store_text_item *items, int n, const float *vecs,
+                      uint32_t version, emb_err *err)
+{
+    const size_t bytes = sizeof(float) * (size_t)s->dim;
+    pthread_rwlock_wrlock(&s->rw);
+    if (version != s->target_version) {
+        pthread_rwlock_unlock(&s->rw);
+        return 0; /* a newer move began: these vectors are of no use */
+    }
+    for (int i = 0; i < n; i++) {
+        long r = taken_row(s, &items[i]);
+        if (r < 0)
+            continue;
+        const float *v = vecs + (size_t)i * (size_t)s->dim;
+        if (s->target_version != s->vec_version) {
+            memcpy(s->shadow + (size_t)r * s->dim, v, bytes);
+            s->shadow_ok[r] = 1;
+        } else {
+            store_row_set_vector(s, r, v, (int32_t)version);
+        }
+    }
+    pthread_rwlock_unlock(&s->rw);
+    (void)err;
+    return 0;
+}
+
+int store_reembed_finish(store *s, emb_err *err)
+{
+    pthread_rwlock_wrlock(&s->rw);
+    if (s->target_version == s->vec_version) {
+        pthread_rwlock_unlock(&s->rw);
+        return 0;
+    }
+    for (long r = 0; r < s->count; r++) {
+        if (row_pending(s, r)) {
+            pthread_rwlock_unlock(&s->rw);
+            return 0;
+        }
+    }
+    const size_t bytes = sizeof(float) * (size_t)s->dim;
+    for (long r = 0; r < s->count; r++) {
+        if (s->rows[r].text == NULL || s->rows[r].version == 0)
+            continue;
+        memcpy(s->matrix + (size_t)r * s->dim, s->shadow + (size_t)r * s->dim, bytes);
+        s->rows[r].version = (int32_t)s->target_version;
+    }
+    s->vec_version = s->target_version;
+    shadow_free(s);
+    s->reembed_dirty = 1; /* catch upserts that raced the switch */
+    store_index_reset(s);
+    pthread_rwlock_unlock(&s->rw);
+    if (s->dir != NULL && store_snapshot(s, err) != 0)
+        return -1;
+    return 1;
+}
+
+void store_text_items_free(store_text_item *items, int n)
+{
+    for (int i = 0; i < n; i++)
+        free(items[i].text);
+}
+
+void store_reembed_progress(store *s, long *done, long *total)
+{
+    long d = 0, t = 0;
+    pthread_rwlock_rdlock(&s->rw);
+    for (long r = 0; r < s->count; r++) {
+        if (s->rows[r].text == NULL || s->rows[r].version == 0)
+            continue;
+        t++;
+        d += !row_pending(s, r);
+    }
+    pthread_rwlock_unlock(&s->rw);
+    *done = d;
+    *total = t;
+}

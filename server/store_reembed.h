@@ -1,0 +1,51 @@
+/* store_reembed.h: moving the item store to a new model version.
+ *
+ * Every item records the model version of its vector (0 for vectors given
+ * by the client, which are never re-embedded). The store searches the
+ * vectors of one version, store_vectors_version(); /similar embeds its
+ * query with that version. After a publish, the learner re-embeds every
+ * item that has a text with the new version, in small chunks at the lowest
+ * priority, into vectors kept beside the searched ones; meanwhile searches
+ * keep using the old vectors. When no item is left, store_reembed_finish
+ * switches every search to the new vectors at once (and the log records
+ * it, so that a restart finds the same state). Items written during the
+ * move with the old version are taken again until none is left. */
+#ifndef EMBEDD_STORE_REEMBED_H
+#define EMBEDD_STORE_REEMBED_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "error.h"
+#include "store.h"
+
+typedef struct store_text_item {
+    uint64_t label, gen;     /* identify the item and its state at take time */
+    char *text;              /* copy, NUL-terminated */
+    size_t len;
+} store_text_item;
+
+/* The version whose vectors are searched: after open, the highest version
+ * of any item with a text (0 for a store without one, which adopts the
+ * first version asked for). */
+uint32_t store_vectors_version(store *s);
+/* The version being moved to; equal to store_vectors_version when idle. */
+uint32_t store_target_version(store *s);
+
+/* Starts moving to `version` (a no-op when already there or under way). */
+int store_reembed_start(store *s, uint32_t version, emb_err *err);
+/* Up to max items that still lack a vector of the target version, with
+ * copies of their texts; returns how many (0: none left), or -1. */
+int store_reembed_take(store *s, int max, store_text_item *out, emb_err *err);
+/* Their vectors (n, dim), already normalised, of `version`. Items that
+ * changed or went since the take are skipped. */
+int store_reembed_put(store *s, const store_text_item *items, int n, const float *vecs,
+                      uint32_t version, emb_err *err);
+/* Switches searches to the target version once no item is left; returns 1
+ * when it switched, 0 when items remain, -1 on error. */
+int store_reembed_finish(store *s, emb_err *err);
+void store_text_items_free(store_text_item *items, int n);
+/* Items with a text, and how many of them have a target-version vector. */
+void store_reembed_progress(store *s, long *done, long *total);
+
+#endif
