@@ -3,7 +3,9 @@
 #   make test                 build and run every Check suite
 #   make check                make test, plus the suites under ASan, UBSan and TSan
 #   make SANITIZER=address    the same, into build-address/ (also: undefined, thread)
-#   make bench                scripts/bench.py: embedd against PyTorch, same run
+#   make bench                embedd against PyTorch, same run: inference
+#                             (scripts/bench.py) and SimCSE training steps
+#                             (scripts/bench_train.py)
 CC       ?= cc
 SANITIZER ?=
 BUILD    ?= build$(if $(SANITIZER),-$(SANITIZER),)
@@ -78,17 +80,21 @@ test: $(BUILD)/embedd $(RUN_TESTS)
 	done; \
 	if [ $$fail -ne 0 ]; then echo "some test suites failed"; exit 1; fi
 
-# Everything CI runs: the suites plain, under ASan and UBSan, and the
-# batcher under TSan (one OpenMP thread: libgomp is not instrumented).
+# Everything CI runs: the suites plain, under ASan and UBSan, the batcher
+# and the sample buffer under TSan (one OpenMP thread: libgomp is not
+# instrumented), and the Docker round trip (skipped, saying why, where
+# dockerd cannot start).
 check:
 	$(MAKE) test
 	$(MAKE) test SANITIZER=address
 	$(MAKE) test SANITIZER=undefined
-	OMP_NUM_THREADS=1 CK_FORK=no $(MAKE) test SANITIZER=thread TESTS=batcher
+	OMP_NUM_THREADS=1 CK_FORK=no $(MAKE) test SANITIZER=thread TESTS="batcher samples"
+	scripts/docker-test.sh
 
 bench: $(BUILD)/embedd
 	scripts/install-deps.sh --bench
-	/usr/bin/python3 scripts/bench.py $(BENCH_ARGS)
+	/usr/bin/python3 scripts/bench.py --binary $(BUILD)/embedd $(BENCH_ARGS)
+	/usr/bin/python3 scripts/bench_train.py --binary $(BUILD)/embedd $(BENCH_TRAIN_ARGS)
 
 # scripts/bench_gemm.c: emb_gemm against OpenBLAS on the layer shapes (BENCH_GEMM_ARGS: see its header).
 .PHONY: bench-gemm

@@ -2869,8 +2869,10 @@ START_TEST(test_learn_publish_rollback_restart)
     http_resp r;
     http_port(s_own.port, "POST", "/train/rollback", "{\"version\":99}", NULL, &r);
     check_tei_error(&r, 404, "NotFound", "rollback to an unknown version");
+    resp_free(&r);
     http_port(s_own.port, "POST", "/train/rollback", "{\"version\":\"2\"}", NULL, &r);
     check_tei_error(&r, 422, "Validation", "rollback with a string");
+    resp_free(&r);
     kill(s_own.pid, SIGTERM);
     expect_exit_zero(20.0);
     /* a restart comes back on the rolled-back version; v2 loads from disk */
@@ -3063,8 +3065,10 @@ START_TEST(test_learn_off)
     http_resp r;
     http_port(s_own.port, "POST", "/train/pause", NULL, NULL, &r);
     check_tei_error(&r, 503, "Unhealthy", "pause with training off");
+    resp_free(&r);
     http_port(s_own.port, "POST", "/train/samples", "{\"texts\":[\"a b c d e f g h\"]}", NULL, &r);
     check_tei_error(&r, 503, "Unhealthy", "samples with training off");
+    resp_free(&r);
     kill(s_own.pid, SIGTERM);
     expect_exit_zero(20.0);
 }
@@ -3078,10 +3082,13 @@ START_TEST(test_learn_control_errors)
     http_resp r;
     http_port(s_own.port, "POST", "/train/samples", "{\"texts\":\"not an array\"}", NULL, &r);
     check_tei_error(&r, 422, "Validation", "samples not an array");
+    resp_free(&r);
     http_port(s_own.port, "POST", "/train/samples", "{\"texts\":[1,2]}", NULL, &r);
     check_tei_error(&r, 422, "Validation", "samples not strings");
+    resp_free(&r);
     http_port(s_own.port, "POST", "/train/rollback", "{}", NULL, &r);
     check_tei_error(&r, 422, "Validation", "rollback without a version");
+    resp_free(&r);
     cJSON *st = learn_status(s_own.port);
     ck_assert_str_eq(str_of(st, "state"), "paused");
     cJSON_Delete(st);
