@@ -23,11 +23,13 @@ LDLIBS   += $(shell pkg-config --libs $(PKGS)) -L$(BLAS_DIR) -Wl,-rpath,$(BLAS_D
             -lstdc++ -lmvec -lm -pthread -fopenmp
 ifneq ($(SANITIZER),)
 CFLAGS   += -fsanitize=$(SANITIZER) -fno-omit-frame-pointer -fno-sanitize-recover=all
-# hnswlib reads its u64 labels at 4-byte offsets, and its SSE prefetches read
-# one link past a list's end (harmless, but ASan stops on it).
+# hnswlib reads its u64 labels at 4-byte offsets, its SSE prefetches read
+# one link past a list's end (harmless, but ASan stops on it), and it
+# memcpy()s zero bytes from an empty vector's NULL data() (hnswalg.h,
+# getConnectionsWithLock: harmless, but UBSan's nonnull check stops on it).
 CXXFLAGS += -fsanitize=$(SANITIZER) -fno-omit-frame-pointer -fno-sanitize-recover=all \
             -DNO_MANUAL_VECTORIZATION \
-            $(if $(filter undefined,$(SANITIZER)),-fno-sanitize=alignment)
+            $(if $(filter undefined,$(SANITIZER)),-fno-sanitize=alignment -fno-sanitize=nonnull-attribute)
 LDFLAGS  += -fsanitize=$(SANITIZER)
 OPT      := -O1
 endif
