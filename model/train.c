@@ -624,8 +624,9 @@ static void embed_forward(emb_trainer *t, const emb_batch *b, int use_masks)
         mul_mask_inplace(a->x, a->emb_mask, (long)T * C);
 }
 
-/* Encoder layer l, from x[l] into x[l+1], keeping its activations. */
-static void layer_forward(emb_trainer *t, const emb_batch *b, int l, int use_masks)
+/* Encoder layer l, from x[l] into x[l+1], keeping its activations, in two
+ * halves (part 0: attention block up to LN1; part 1: the FFN block). */
+static void layer_forward(emb_trainer *t, const emb_batch *b, int l, int part, int use_masks)
 {
     emb_train_acts *a = t->acts;
     const emb_config *c = &t->cfg;
@@ -638,15 +639,19 @@ static void layer_forward(emb_trainer *t, const emb_batch *b, int l, int use_mas
     float *ln1_in = a->ln1_in + l * TC, *xmid = a->xmid + l * TC;
     float *ffn_pre = a->ffn_pre + l * TI, *ffn_act = a->ffn_act + l * TI;
     float *ln2_in = a->ln2_in + l * TC;
-    matmul_forward(qkv, xin, w->qkvw + lC * 3 * C, w->qkvb + lC * 3, T, C, 3 * C);
-    attention_forward_train(att, a->probs + l * a->P, qkv, use_masks ? a->amask + l * a->P : NULL,
-                            a->probs_off, b->seq_off, S, C, NH);
-    matmul_forward(ln1_in, att, w->attn_ow + lC * C, w->attn_ob + lC, T, C, C);
-    if (use_masks)
-        mul_mask_inplace(ln1_in, a->mask1 + l * TC, TC);
-    add_inplace(ln1_in, xin, TC);
-    layernorm_forward_train(xmid, a->ln1_mean + (long)l * T, a->ln1_rstd + (long)l * T, ln1_in,
-                            w->ln1w + lC, w->ln1b + lC, T, C, eps);
+    if (part == 0) {
+        matmul_forward(qkv, xin, w->qkvw + lC * 3 * C, w->qkvb + lC * 3, T, C, 3 * C);
+        attention_forward_train(att, a->probs + l * a->P, qkv,
+                                use_masks ? a->amask + l * a->P : NULL, a->probs_off,
+                                b->seq_off, S, C, NH);
+        matmul_forward(ln1_in, att, w->attn_ow + lC * C, w->attn_ob + lC, T, C, C);
+        if (use_masks)
+            mul_mask_inplace(ln1_in, a->mask1 + l * TC, TC);
+        add_inplace(ln1_in, xin, TC);
+        layernorm_forward_train(xmid, a->ln1_mean + (long)l * T, a->ln1_rstd + (long)l * T,
+                                ln1_in, w->ln1w + lC, w->ln1b + lC, T, C, eps);
+        return;
+    }
     matmul_forward(ffn_pre, xmid, w->fcw + (long)l * I * C, w->fcb + (long)l * I, T, C, I);
     memcpy(ffn_act, ffn_pre, sizeof(float) * (size_t)TI);
     bias_gelu_forward(ffn_act, NULL, T, I);
@@ -723,9 +728,11 @@ static double mlm_loss(emb_trainer *t, const float *h, float *dx, float weight)
 
 /* ---- backward ----------------------------------------------------------------- */
 
-/* Backward of layer l: a->dx holds the gradient wrt x[l+1] and gets the
- * one wrt x[l]; accumulates the layer's parameter gradients. */
-static void layer_backward(emb_trainer *t, const emb_batch *b, int l, int use_masks)
+/* Backward of layer l in two halves, the reverse of layer_forward's: part
+ * 1 (the FFN block) takes a->dx, the gradient wrt x[l+1], to a->dmid, the
+ * one wrt xmid; part 0 (the attention block) takes a->dmid to a->dx, the
+ * gradient wrt x[l]. Both accumulate the parameter gradients. */
+static void layer_backward(emb_trainer *t, const emb_batch *b, int l, int part, int use_masks)
 {
     emb_train_acts *a = t->acts;
     const emb_config *c = &t->cfg;
@@ -737,18 +744,22 @@ static void layer_backward(emb_trainer *t, const emb_batch *b, int l, int use_ma
     float *dx = a->dx, *dtmp = a->dtmp, *dmid = a->dmid;
     const float *xin = a->x + l * TC, *qkv = a->qkv + l * 3 * TC, *att = a->att + l * TC;
     const float *xmid = a->xmid + l * TC, *ffn_act = a->ffn_act + l * TI;
-    /* x_out = LN2(xmid + drop(ffn_act W2^T + b2)) */
-    layernorm_backward(dmid, g->ln2w + lC, g->ln2b + lC, dx, a->ln2_in + l * TC,
-                       a->ln2_mean + (long)l * T, a->ln2_rstd + (long)l * T, w->ln2w + lC, T, C);
-    memcpy(dtmp, dmid, sizeof(float) * (size_t)TC);
-    if (use_masks)
-        mul_mask_inplace(dtmp, a->mask2 + l * TC, TC);
-    matmul_backward(a->dffn, g->fc_projw + lC * I, g->fc_projb + lC, dtmp, ffn_act,
-                    w->fc_projw + lC * I, T, I, C);
-    gelu_backward(a->dffn, a->ffn_pre + l * TI, a->dffn, TI);
-    matmul_backward(dtmp, g->fcw + (long)l * I * C, g->fcb + (long)l * I, a->dffn, xmid,
-                    w->fcw + (long)l * I * C, T, C, I);
-    add_inplace(dmid, dtmp, TC);
+    if (part == 1) {
+        /* x_out = LN2(xmid + drop(ffn_act W2^T + b2)) */
+        layernorm_backward(dmid, g->ln2w + lC, g->ln2b + lC, dx, a->ln2_in + l * TC,
+                           a->ln2_mean + (long)l * T, a->ln2_rstd + (long)l * T, w->ln2w + lC,
+                           T, C);
+        memcpy(dtmp, dmid, sizeof(float) * (size_t)TC);
+        if (use_masks)
+            mul_mask_inplace(dtmp, a->mask2 + l * TC, TC);
+        matmul_backward(a->dffn, g->fc_projw + lC * I, g->fc_projb + lC, dtmp, ffn_act,
+                        w->fc_projw + lC * I, T, I, C);
+        gelu_backward(a->dffn, a->ffn_pre + l * TI, a->dffn, TI);
+        matmul_backward(dtmp, g->fcw + (long)l * I * C, g->fcb + (long)l * I, a->dffn, xmid,
+                        w->fcw + (long)l * I * C, T, C, I);
+        add_inplace(dmid, dtmp, TC);
+        return;
+    }
     /* xmid = LN1(xin + drop(att Wo^T + bo)) */
     layernorm_backward(dx, g->ln1w + lC, g->ln1b + lC, dmid, a->ln1_in + l * TC,
                        a->ln1_mean + (long)l * T, a->ln1_rstd + (long)l * T, w->ln1w + lC, T, C);
@@ -821,9 +832,10 @@ static void losses_forward_backward(emb_trainer *t, const emb_batch *b, emb_step
     }
 }
 
-/* The pieces of a step, in order: phase 0 embeddings, 1..L layers forward,
- * L+1 losses, L+2..2L+1 layers backward (last first), 2L+2 embeddings
- * backward and the gradient's norm. */
+/* The pieces of a step, in order: phase 0 embeddings; 1..2L the halves of
+ * each layer forward; 2L+1 the losses; 2L+2..4L+1 the halves of each layer
+ * backward (last layer first); 4L+2 embeddings backward and the gradient's
+ * norm. */
 int emb_train_begin(emb_trainer *t, const emb_batch *b, int dropout, emb_step_stats *st,
                     emb_err *err)
 {
@@ -852,16 +864,17 @@ int emb_train_advance(emb_trainer *t, emb_step_stats *st)
         if (t->cur_backward)
             memset(t->grads, 0, sizeof(float) * t->n_params);
         embed_forward(t, b, m);
-    } else if (ph <= L) {
-        layer_forward(t, b, ph - 1, m);
-    } else if (ph == L + 1) {
+    } else if (ph <= 2 * L) {
+        layer_forward(t, b, (ph - 1) / 2, (ph - 1) % 2, m);
+    } else if (ph == 2 * L + 1) {
         losses_forward_backward(t, b, st);
         if (!t->cur_backward) {
             t->cur_batch = NULL;
             return 0;
         }
-    } else if (ph <= 2 * L + 1) {
-        layer_backward(t, b, 2 * L + 1 - ph, m);
+    } else if (ph <= 4 * L + 1) {
+        int k = 4 * L + 1 - ph; /* 2L-1 .. 0: layer k/2, part k%2 */
+        layer_backward(t, b, k / 2, k % 2, m);
     } else {
         embed_backward(t, b, m);
         st->loss += l2sp_penalty(t);
@@ -895,19 +908,23 @@ int emb_train_loss(emb_trainer *t, const emb_batch *b, int dropout, emb_step_sta
 
 /* ---- AdamW -------------------------------------------------------------------- */
 
-/* torch.optim.AdamW's update, element by element. */
-static void adamw_update(emb_trainer *t, float lr)
+/* torch.optim.AdamW's update, element by element, on [from, to); the
+ * gradient is scaled by the clipping factor on the way in. */
+void emb_train_apply_range(emb_trainer *t, size_t from, size_t to)
 {
     const emb_train_config *tc = &t->tc;
+    const float lr = t->apply_lr, scale = t->apply_scale;
     const double bc1 = 1.0 - pow(tc->beta1, (double)t->step);
     const double bc2 = 1.0 - pow(tc->beta2, (double)t->step);
     const float step_size = (float)(lr / bc1);
     const float bc2_sqrt = (float)sqrt(bc2);
     const float b1 = tc->beta1, b2 = tc->beta2, eps = tc->adam_eps;
     const float decay = lr * tc->weight_decay;
+    if (to > t->n_params)
+        to = t->n_params;
 #pragma omp parallel for simd schedule(static)
-    for (long i = 0; i < (long)t->n_params; i++) {
-        float g = t->grads[i];
+    for (long i = (long)from; i < (long)to; i++) {
+        float g = t->grads[i] * scale;
         float p = t->params[i] * (1.0f - decay * t->decay_mask[i]);
         float m = b1 * t->m[i] + (1.0f - b1) * g;
         float v = b2 * t->v[i] + (1.0f - b2) * g * g;
@@ -917,7 +934,7 @@ static void adamw_update(emb_trainer *t, float lr)
     }
 }
 
-int emb_train_apply(emb_trainer *t, emb_step_stats *st)
+int emb_train_apply_begin(emb_trainer *t, emb_step_stats *st)
 {
     if (!isfinite(st->loss) || !isfinite(st->grad_norm)) {
         t->skipped++;
@@ -925,15 +942,20 @@ int emb_train_apply(emb_trainer *t, emb_step_stats *st)
         st->lr = 0.0f;
         return 1;
     }
-    if (t->tc.clip_norm > 0 && st->grad_norm > t->tc.clip_norm) {
-        const float scale = (float)(t->tc.clip_norm / (st->grad_norm + 1e-6));
-#pragma omp parallel for simd schedule(static)
-        for (long i = 0; i < (long)t->n_params; i++)
-            t->grads[i] *= scale;
-    }
+    t->apply_scale = 1.0f;
+    if (t->tc.clip_norm > 0 && st->grad_norm > t->tc.clip_norm)
+        t->apply_scale = (float)(t->tc.clip_norm / (st->grad_norm + 1e-6));
     t->step++;
     st->lr = emb_lr_at(&t->tc, t->step);
-    adamw_update(t, st->lr);
+    t->apply_lr = st->lr;
+    return 0;
+}
+
+int emb_train_apply(emb_trainer *t, emb_step_stats *st)
+{
+    if (emb_train_apply_begin(t, st) != 0)
+        return 1;
+    emb_train_apply_range(t, 0, t->n_params);
     return 0;
 }
 

@@ -105,6 +105,7 @@ typedef struct emb_trainer {
     /* the step in progress (emb_train_begin / emb_train_advance) */
     const struct emb_batch *cur_batch;
     int cur_phase, cur_masks, cur_backward;
+    float apply_scale, apply_lr; /* the update in progress (emb_train_apply_begin) */
 } emb_trainer;
 
 /* A trainer starting from model's weights. The MLM head comes from
@@ -174,6 +175,12 @@ int emb_train_loss(emb_trainer *t, const emb_batch *b, int dropout, emb_step_sta
 /* Clips, checks for non-finite values and applies AdamW with the learning
  * rate of the next step. Returns 1 when the step was skipped, else 0. */
 int emb_train_apply(emb_trainer *t, emb_step_stats *st);
+
+/* emb_train_apply in pieces: _begin does the checks, the clipping factor,
+ * the step count and the learning rate (1 when skipped, then nothing else
+ * may be called); _range updates parameters [from, to). */
+int emb_train_apply_begin(emb_trainer *t, emb_step_stats *st);
+void emb_train_apply_range(emb_trainer *t, size_t from, size_t to);
 
 /* Copies the trainer's encoder weights into model (same config) and
  * repacks it. */

@@ -30,6 +30,8 @@ struct batcher {
     int (*idle)(void *ctx);
     void *idle_ctx;
     double idle_poll;
+    double idle_delay;
+    double last_busy;          /* mono time of the last job arrival or batch end */
 
     /* Compute thread only. */
     emb_workspace *ws;
@@ -117,6 +119,17 @@ static void run_batch(batcher *b, const emb_model *model, int n_slices, int n_se
         metrics_embedded(b->mx, n_seqs, n_tokens);
 }
 
+/* Waits on the wake condition for at most `seconds`. Lock held. */
+static void wait_until(batcher *b, double seconds)
+{
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    double s = until.tv_sec + until.tv_nsec * 1e-9 + seconds;
+    until.tv_sec = (time_t)s;
+    until.tv_nsec = (long)((s - (double)until.tv_sec) * 1e9);
+    pthread_cond_timedwait(&b->wake, &b->lock, &until);
+}
+
 static void *compute_main(void *arg)
 {
     batcher *b = arg;
@@ -126,6 +139,11 @@ static void *compute_main(void *arg)
         if (b->head == NULL && b->stopping)
             break;
         if (b->head == NULL && b->idle != NULL && (idle_busy || b->woken)) {
+            double quiet = mono_seconds() - b->last_busy;
+            if (quiet < b->idle_delay) {
+                wait_until(b, b->idle_delay - quiet);
+                continue;
+            }
             b->woken = 0;
             pthread_mutex_unlock(&b->lock);
             idle_busy = b->idle(b->idle_ctx);
@@ -134,13 +152,8 @@ static void *compute_main(void *arg)
         }
         if (b->head == NULL) {
             if (b->idle != NULL) {
-                struct timespec until;
-                clock_gettime(CLOCK_REALTIME, &until);
-                double s = until.tv_sec + until.tv_nsec * 1e-9 + b->idle_poll;
-                until.tv_sec = (time_t)s;
-                until.tv_nsec = (long)((s - (double)until.tv_sec) * 1e9);
-                if (pthread_cond_timedwait(&b->wake, &b->lock, &until) != 0)
-                    idle_busy = 1; /* timed out: poll the callback again */
+                wait_until(b, b->idle_poll);
+                idle_busy = 1; /* poll the callback again */
             } else {
                 pthread_cond_wait(&b->wake, &b->lock);
             }
@@ -153,6 +166,7 @@ static void *compute_main(void *arg)
         pthread_mutex_unlock(&b->lock);
         run_batch(b, model, n_slices, n_seqs, n_tokens);
         pthread_mutex_lock(&b->lock);
+        b->last_busy = mono_seconds();
         idle_busy = 1;
     }
     pthread_mutex_unlock(&b->lock);
@@ -232,6 +246,7 @@ int batcher_submit(batcher *b, emb_job *job)
         b->head = job;
     b->tail = job;
     b->queued_seqs += job->n_seqs;
+    b->last_busy = mono_seconds();
     metrics_queue_depth(b->mx, b->queued_seqs);
     pthread_cond_signal(&b->wake);
     pthread_mutex_unlock(&b->lock);
@@ -244,7 +259,16 @@ void batcher_set_idle(batcher *b, int (*idle)(void *ctx), void *ctx, double idle
     b->idle = idle;
     b->idle_ctx = ctx;
     b->idle_poll = idle_poll > 0 ? idle_poll : 0.25;
+    if (b->idle_delay == 0)
+        b->idle_delay = 0.002;
     pthread_cond_signal(&b->wake);
+    pthread_mutex_unlock(&b->lock);
+}
+
+void batcher_set_idle_delay(batcher *b, double seconds)
+{
+    pthread_mutex_lock(&b->lock);
+    b->idle_delay = seconds;
     pthread_mutex_unlock(&b->lock);
 }
 

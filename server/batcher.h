@@ -21,7 +21,8 @@
  *     work (about one layer of a training step) and returns; jobs that
  *     arrive meanwhile run as soon as that piece ends. The callback returns
  *     1 when it has more to do, 0 when idle (the thread then sleeps until a
- *     job arrives, batcher_wake, or idle_poll seconds pass).
+ *     job arrives, batcher_wake, or idle_poll seconds pass). It starts only
+ *     after a short quiet gap (batcher_set_idle_delay).
  *   - Shutdown: batcher_stop lets the thread finish every queued job (each
  *     gets its done call), then joins it. Submissions after stop fail.
  */
@@ -70,6 +71,10 @@ int batcher_submit(batcher *b, emb_job *job);
 /* Sets the idle callback (NULL: none); call before any work is queued, or
  * from the compute thread. */
 void batcher_set_idle(batcher *b, int (*idle)(void *ctx), void *ctx, double idle_poll);
+/* Idle work starts only once no job has arrived or run for this many
+ * seconds (default 0.002), so that back-to-back requests, as under heavy
+ * load, never wait behind it. */
+void batcher_set_idle_delay(batcher *b, double seconds);
 /* Wakes a sleeping compute thread so that it calls the idle callback. */
 void batcher_wake(batcher *b);
 /* Sequences waiting, for /metrics and /info. */

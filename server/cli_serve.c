@@ -66,7 +66,7 @@ static const opt_spec serve_specs[] = {
         "learn continuously from the texts the server sees (off: no training at all)"),
     OPT("train-objective", "EMBEDD_TRAIN_OBJECTIVE", OPT_STRING, train_objective, "simcse", 0, 0,
         "simcse, mlm or both"),
-    OPT("train-batch-size", "EMBEDD_TRAIN_BATCH_SIZE", OPT_INT, train_batch_size, "32", 2, 4096,
+    OPT("train-batch-size", "EMBEDD_TRAIN_BATCH_SIZE", OPT_INT, train_batch_size, "16", 2, 4096,
         "texts per training step"),
     OPT("train-max-seq-len", "EMBEDD_TRAIN_MAX_SEQ_LEN", OPT_INT, train_max_seq_len, "64", 4,
         8192, "tokens per training text (capped by the model's)"),

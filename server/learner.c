@@ -35,7 +35,10 @@
 #define STS_CHUNK 64
 #define DUTY_WINDOW 10.0       /* seconds over which the duty cycle is measured */
 
-enum { PH_IDLE = 0, PH_STEP, PH_GATE, PH_SAVE };
+enum { PH_IDLE = 0, PH_STEP, PH_APPLY, PH_GATE, PH_SAVE };
+
+/* Parameters updated per piece of the optimizer step (a few ms each). */
+#define APPLY_CHUNK ((size_t)1 << 20)
 
 /* One side of the gate: the candidate or the current version. */
 typedef struct gate_side {
@@ -78,6 +81,7 @@ struct learner {
     int phase;
     double last_publish;
     long steps_since_publish;
+    size_t apply_at;           /* next parameter of the update in progress */
     /* duty cycle */
     double window_start, window_busy;
     /* gate */
@@ -246,14 +250,16 @@ static int reembed_chunk(learner *l)
 
 /* ---- training ------------------------------------------------------------------------ */
 
-static void ema_update(learner *l)
+/* EMA of the encoder weights on [from, to). */
+static void ema_update(learner *l, size_t from, size_t to)
 {
     const float d = l->o.ema_decay;
     const float *p = l->t->params;
     float *e = l->ema;
-    const long n = (long)l->t->n_enc;
+    if (to > l->t->n_enc)
+        to = l->t->n_enc;
 #pragma omp parallel for simd schedule(static)
-    for (long i = 0; i < n; i++)
+    for (long i = (long)from; i < (long)to; i++)
         e[i] = d * e[i] + (1.0f - d) * p[i];
 }
 
@@ -289,9 +295,12 @@ static void finish_step(learner *l)
     pthread_mutex_unlock(&l->lock);
     if (l->o.nan_every > 0 && step_no % l->o.nan_every == 0)
         st->loss = NAN;
-    int skipped = emb_train_apply(l->t, st);
-    if (!skipped)
-        ema_update(l);
+    int skipped = emb_train_apply_begin(l->t, st);
+    if (!skipped) {
+        /* the update itself runs in pieces: apply_work */
+        l->apply_at = 0;
+        l->phase = PH_APPLY;
+    }
     pthread_mutex_lock(&l->lock);
     if (skipped) {
         l->skipped++;
@@ -306,7 +315,20 @@ static void finish_step(learner *l)
     metrics_train_step(l->mx, skipped, st->loss, st->tokens);
     if (!skipped)
         l->steps_since_publish++;
-    l->phase = PH_IDLE;
+    else
+        l->phase = PH_IDLE;
+}
+
+/* One piece of AdamW and of the EMA that follows it. */
+static void apply_work(learner *l)
+{
+    size_t to = l->apply_at + APPLY_CHUNK;
+    emb_train_apply_range(l->t, l->apply_at, to);
+    if (l->apply_at < l->t->n_enc)
+        ema_update(l, l->apply_at, to);
+    l->apply_at = to;
+    if (l->apply_at >= l->t->n_params)
+        l->phase = PH_IDLE;
 }
 
 /* ---- the gate ---------------------------------------------------------------------------- */
@@ -767,10 +789,12 @@ int learner_idle(void *ctx)
     learner *l = ctx;
     double t0 = mono_seconds();
     pthread_mutex_lock(&l->lock);
-    int paused = l->paused, rollback = l->rollback_pending, saver_done = l->saver_done;
-    l->rollback_pending = 0;
+    int paused = l->paused, saver_done = l->saver_done;
+    int rollback = l->rollback_pending && l->phase != PH_SAVE; /* after a save completes */
+    if (rollback)
+        l->rollback_pending = 0;
     pthread_mutex_unlock(&l->lock);
-    if (rollback && l->phase != PH_SAVE)
+    if (rollback)
         apply_rollback(l);
     if (reembed_chunk(l))
         return 1;
@@ -782,7 +806,7 @@ int learner_idle(void *ctx)
         finish_save(l);
         return 1;
     }
-    if (paused && l->phase != PH_STEP)
+    if (paused && l->phase != PH_STEP && l->phase != PH_APPLY)
         return 0;
     if (!duty_allows(l, t0))
         return 0;
@@ -792,6 +816,8 @@ int learner_idle(void *ctx)
     } else if (l->phase == PH_STEP) {
         if (emb_train_advance(l->t, &l->step_st) == 0)
             finish_step(l);
+    } else if (l->phase == PH_APPLY) {
+        apply_work(l);
     } else if (gate_due(l)) {
         start_gate(l);
     } else {
