@@ -342,7 +342,9 @@ def main():
         efs = [int(e) for e in args.ann_efs.split(",") if e]
 
         def run_dataset(kind, x, q, ns):
-            srv = Server(args.bin, args.model, big, work, "latency-" + kind)
+            # the exact server never builds an index (the default threshold would)
+            srv = Server(args.bin, args.model, big + ["--hnsw-threshold", "0"], work,
+                         "latency-" + kind)
             ann = None
             if not args.no_ann:
                 ann = Server(args.bin, args.model, big + ["--timeout", "3600", "--hnsw-threshold",
