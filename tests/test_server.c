@@ -2821,9 +2821,12 @@ static void learn_expect_version(int port, int want)
     cJSON_Delete(j);
 }
 
+/* Fast, decisive settings: a gate every 6 steps, and candidates that move
+ * (EMA 0.5) so that a handful of steps changes the validation loss. */
 static const char *learn_flags[] = {
     "--publish-every", "6", "--train-min-samples", "16", "--train-batch-size", "8",
-    "--train-max-seq-len", "16", "--train-lr", "2e-4", "--train-max-cpu", "100", NULL};
+    "--train-max-seq-len", "16", "--train-lr", "2e-4", "--train-max-cpu", "100",
+    "--train-ema", "0.5", NULL};
 
 /* flags + extra (NULL-terminated) into argv (cap 40). */
 static const char **learn_args(const char **argv, const char *data_dir, const char *const *extra)
@@ -3023,6 +3026,7 @@ static void *query_stream_main(void *p)
         q->queries++;
         cJSON_Delete(j);
         resp_free(&r);
+        usleep(3000); /* gaps in which the server may train (slow under sanitizers) */
     }
     return NULL;
 }
