@@ -4,6 +4,7 @@
  * element-wise and attention loops here use OpenMP over rows or over
  * (sequence, head) pairs; they never run at the same time as a BLAS call. */
 #include "ops.h"
+#include "ops_simd.h"
 
 #include <math.h>
 #include <omp.h>
@@ -38,15 +39,6 @@ void matmul_forward(float *out, const float *in, const float *w, const float *bi
                 1.0f, in, IN, w, IN, beta, out, OUT);
 }
 
-/* Hot loops are compiled for several instruction sets and picked at load
- * time (GCC function multiversioning), so one binary runs everywhere and
- * still uses AVX-512 where the CPU has it. Not under ThreadSanitizer: its
- * instrumented ifunc resolvers run before its runtime is up and crash. */
-#if defined(__x86_64__) && defined(__GLIBC__) && !defined(__clang__) && !defined(__SANITIZE_THREAD__)
-#define HOT_CLONES __attribute__((target_clones("avx512f", "avx2,fma", "default")))
-#else
-#define HOT_CLONES
-#endif
 
 /* x = LayerNorm(x + delta + bias) for one row; delta and bias may be NULL. */
 HOT_CLONES static void residual_layernorm_row(float *x, const float *delta, const float *bias,
@@ -62,19 +54,8 @@ HOT_CLONES static void residual_layernorm_row(float *x, const float *delta, cons
         for (int c = 0; c < C; c++)
             x[c] += bias[c];
     }
-    float mean = 0.0f;
-#pragma omp simd reduction(+ : mean)
-    for (int c = 0; c < C; c++)
-        mean += x[c];
-    mean /= (float)C;
-    float var = 0.0f;
-#pragma omp simd reduction(+ : var)
-    for (int c = 0; c < C; c++) {
-        float d = x[c] - mean;
-        var += d * d;
-    }
-    var /= (float)C;
-    float rstd = 1.0f / sqrtf(var + eps);
+    float mean, rstd;
+    row_mean_rstd(x, C, eps, &mean, &rstd);
 #pragma omp simd
     for (int c = 0; c < C; c++)
         x[c] = (x[c] - mean) * rstd * w[c] + b[c];

@@ -9,6 +9,7 @@
  * inside a parallel region the OpenMP build of OpenBLAS runs each call on
  * the calling thread. */
 #include "ops_train.h"
+#include "ops_simd.h"
 
 #include <math.h>
 #include <omp.h>
@@ -16,13 +17,6 @@
 
 #include <cblas.h>
 
-/* Multiversioned hot loops, as in ops.c (not under TSan: its instrumented
- * ifunc resolvers run before its runtime is up). */
-#if defined(__x86_64__) && defined(__GLIBC__) && !defined(__clang__) && !defined(__SANITIZE_THREAD__)
-#define HOT_CLONES __attribute__((target_clones("avx512f", "avx2,fma", "default")))
-#else
-#define HOT_CLONES
-#endif
 
 /* Below this many elements an OpenMP region costs more than the loop. */
 #define PAR_MIN 32768L
@@ -165,19 +159,8 @@ HOT_CLONES static void layernorm_row(float *out, float *mean_out, float *rstd_ou
                                      const float *x, const float *w, const float *b, int C,
                                      float eps)
 {
-    float mean = 0.0f;
-#pragma omp simd reduction(+ : mean)
-    for (int c = 0; c < C; c++)
-        mean += x[c];
-    mean /= (float)C;
-    float var = 0.0f;
-#pragma omp simd reduction(+ : var)
-    for (int c = 0; c < C; c++) {
-        float d = x[c] - mean;
-        var += d * d;
-    }
-    var /= (float)C;
-    const float rstd = 1.0f / sqrtf(var + eps);
+    float mean, rstd;
+    row_mean_rstd(x, C, eps, &mean, &rstd);
 #pragma omp simd
     for (int c = 0; c < C; c++)
         out[c] = (x[c] - mean) * rstd * w[c] + b[c];
