@@ -46,6 +46,22 @@ static char *parent_dir(const char *path)
     return strndup(path, (size_t)(slash - path));
 }
 
+int emb_pwrite_all(int fd, const void *buf, size_t n, uint64_t off)
+{
+    const char *p = buf;
+    while (n > 0) {
+        ssize_t w = pwrite(fd, p, n, (off_t)off);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            return -1;
+        p += w;
+        n -= (size_t)w;
+        off += (uint64_t)w;
+    }
+    return 0;
+}
+
 int emb_commit_file(int fd, const char *tmp, const char *path, emb_err *err)
 {
     int result = -1;

@@ -4,11 +4,16 @@
 #define EMBEDD_FILEIO_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "error.h"
 
 /* Writes n bytes, retrying short writes and EINTR. 0, or -1 with errno. */
 int emb_write_all(int fd, const void *buf, size_t n);
+
+/* pwrite of n bytes at off, retrying short writes and EINTR. 0, or -1
+ * with errno. */
+int emb_pwrite_all(int fd, const void *buf, size_t n, uint64_t off);
 
 /* Finishes an atomic replace of path by tmp, whose data fd has written:
  * fsync(fd), close(fd), rename(tmp, path), fsync of path's directory.

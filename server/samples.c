@@ -13,6 +13,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "fileio.h"
 #include "wal.h" /* wal_crc32c and the little-endian helpers */
 
 #define LOG_NAME "samples.log"
@@ -815,22 +816,6 @@ out:
 
 /* ---- writing the log ------------------------------------------------------- */
 
-static int pwrite_all(int fd, const void *data, size_t n, uint64_t off)
-{
-    const char *p = data;
-    while (n > 0) {
-        ssize_t w = pwrite(fd, p, n, (off_t)off);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0)
-            return -1;
-        p += w;
-        n -= (size_t)w;
-        off += (uint64_t)w;
-    }
-    return 0;
-}
-
 /* Writes a whole new log (header + body) as samples.log.tmp, makes it
  * durable and renames it over samples.log. Returns its fd. */
 static int log_create(samples *s, const buf *body, emb_err *err)
@@ -844,8 +829,8 @@ static int log_create(samples *s, const buf *body, emb_err *err)
         emb_fail(err, "%s/%s: %s", s->dir, LOG_TMP, strerror(errno));
         return -1;
     }
-    if (pwrite_all(fd, h, sizeof h, 0) != 0 ||
-        (body->len > 0 && pwrite_all(fd, body->p, body->len, HEADER_SIZE) != 0) ||
+    if (emb_pwrite_all(fd, h, sizeof h, 0) != 0 ||
+        (body->len > 0 && emb_pwrite_all(fd, body->p, body->len, HEADER_SIZE) != 0) ||
         fsync(fd) != 0) {
         emb_fail(err, "%s/%s: %s", s->dir, LOG_TMP, strerror(errno));
         goto fail;
@@ -871,7 +856,7 @@ static int log_append(samples *s, const buf *b, emb_err *err)
 {
     if (b->len == 0)
         return 0;
-    if (pwrite_all(s->fd, b->p, b->len, s->size) != 0) {
+    if (emb_pwrite_all(s->fd, b->p, b->len, s->size) != 0) {
         emb_fail(err, "%s/%s: write: %s", s->dir, LOG_NAME, strerror(errno));
         if (ftruncate(s->fd, (off_t)s->size) != 0) {
             /* no matter: the rewrite that follows replaces the whole file */

@@ -11,6 +11,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "fileio.h"
+
 static const unsigned char wal_magic[8] = {'E', 'M', 'B', 'D', 'W', 'A', 'L', 0};
 
 struct wal {
@@ -76,22 +78,6 @@ uint32_t wal_crc32c(uint32_t crc, const void *data, size_t n)
 
 /* ---- file helpers ---------------------------------------------------------- */
 
-static int pwrite_all(int fd, const void *buf, size_t n, uint64_t off)
-{
-    const char *p = buf;
-    while (n > 0) {
-        ssize_t w = pwrite(fd, p, n, (off_t)off);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0)
-            return -1;
-        p += w;
-        n -= (size_t)w;
-        off += (uint64_t)w;
-    }
-    return 0;
-}
-
 static void header_encode(unsigned char *h, uint32_t tag, uint64_t base_seq)
 {
     memset(h, 0, WAL_HEADER_SIZE);
@@ -113,7 +99,7 @@ static int log_create(wal *w, uint64_t base_seq, emb_err *err)
         emb_fail(err, "%s/wal.tmp: %s", w->dir, strerror(errno));
         return -1;
     }
-    if (pwrite_all(fd, h, sizeof h, 0) != 0 || fsync(fd) != 0) {
+    if (emb_pwrite_all(fd, h, sizeof h, 0) != 0 || fsync(fd) != 0) {
         emb_fail(err, "%s/wal.tmp: %s", w->dir, strerror(errno));
         goto fail;
     }
@@ -380,8 +366,8 @@ int wal_append(wal *w, const void *payload, size_t len, uint64_t *seq, emb_err *
     crc = wal_crc32c(crc, h + 8, 8);
     crc = wal_crc32c(crc, payload, len);
     wal_put_u32(h + 4, crc);
-    if (pwrite_all(w->fd, h, sizeof h, w->size) != 0 ||
-        pwrite_all(w->fd, payload, len, w->size + sizeof h) != 0) {
+    if (emb_pwrite_all(w->fd, h, sizeof h, w->size) != 0 ||
+        emb_pwrite_all(w->fd, payload, len, w->size + sizeof h) != 0) {
         int e = errno;
         emb_fail(err, "%s/wal: write: %s", w->dir, strerror(e));
         if (ftruncate(w->fd, (off_t)w->size) != 0) {
