@@ -249,6 +249,29 @@ static int load_weights(emb_model *m, const weight_files *wf, emb_err *err)
     return 0;
 }
 
+/* For m->cfg: the tokenizer of tok_dir (no larger than the vocabulary) and
+ * an uninitialised parameter block with m->w pointing into it. */
+static int model_alloc(emb_model *m, const char *tok_dir, emb_err *err)
+{
+    m->tok = emb_tokenizer_load(tok_dir, err);
+    if (m->tok == NULL)
+        return -1;
+    emb_tokenizer_set_st_lowercase(m->tok, m->cfg.do_lower_case);
+    if (emb_tokenizer_vocab_size(m->tok) > m->cfg.vocab_size)
+        return emb_fail(err, "%s: tokenizer has %d tokens but config.json vocab_size is %d",
+                        tok_dir, emb_tokenizer_vocab_size(m->tok), m->cfg.vocab_size);
+    size_t sizes[EMB_N_PARAM_TENSORS];
+    emb_param_sizes(&m->cfg, sizes);
+    m->n_params = 0;
+    for (int i = 0; i < EMB_N_PARAM_TENSORS; i++)
+        m->n_params += sizes[i];
+    m->params = malloc(m->n_params * sizeof(float));
+    if (m->params == NULL)
+        return emb_fail(err, "out of memory for %zu parameters", m->n_params);
+    emb_weights_point(&m->w, m->params, &m->cfg);
+    return 0;
+}
+
 emb_model *emb_model_load(const char *dir, emb_err *err)
 {
     weight_files wf = {.n = 0};
@@ -259,26 +282,8 @@ emb_model *emb_model_load(const char *dir, emb_err *err)
     }
     if (emb_config_load(&m->cfg, dir, err) != 0)
         goto fail;
-    m->tok = emb_tokenizer_load(dir, err);
-    if (m->tok == NULL)
+    if (model_alloc(m, dir, err) != 0)
         goto fail;
-    emb_tokenizer_set_st_lowercase(m->tok, m->cfg.do_lower_case);
-    if (emb_tokenizer_vocab_size(m->tok) > m->cfg.vocab_size) {
-        emb_fail(err, "%s: tokenizer has %d tokens but config.json vocab_size is %d", dir,
-                 emb_tokenizer_vocab_size(m->tok), m->cfg.vocab_size);
-        goto fail;
-    }
-    size_t sizes[EMB_N_PARAM_TENSORS];
-    emb_param_sizes(&m->cfg, sizes);
-    m->n_params = 0;
-    for (int i = 0; i < EMB_N_PARAM_TENSORS; i++)
-        m->n_params += sizes[i];
-    m->params = malloc(m->n_params * sizeof(float));
-    if (m->params == NULL) {
-        emb_fail(err, "out of memory for %zu parameters", m->n_params);
-        goto fail;
-    }
-    emb_weights_point(&m->w, m->params, &m->cfg);
     if (weight_files_open(&wf, dir, err) != 0)
         goto fail;
     if (load_weights(m, &wf, err) != 0)
@@ -331,26 +336,10 @@ emb_model *emb_model_init(const emb_config *cfg, const char *tok_dir, uint64_t s
         return NULL;
     }
     m->cfg = *cfg;
-    m->tok = emb_tokenizer_load(tok_dir, err);
-    if (m->tok == NULL)
+    if (model_alloc(m, tok_dir, err) != 0)
         goto fail;
-    emb_tokenizer_set_st_lowercase(m->tok, m->cfg.do_lower_case);
-    if (emb_tokenizer_vocab_size(m->tok) > cfg->vocab_size) {
-        emb_fail(err, "%s: tokenizer has %d tokens but vocab_size is %d", tok_dir,
-                 emb_tokenizer_vocab_size(m->tok), cfg->vocab_size);
-        goto fail;
-    }
     size_t sizes[EMB_N_PARAM_TENSORS];
     emb_param_sizes(cfg, sizes);
-    m->n_params = 0;
-    for (int i = 0; i < EMB_N_PARAM_TENSORS; i++)
-        m->n_params += sizes[i];
-    m->params = malloc(m->n_params * sizeof(float));
-    if (m->params == NULL) {
-        emb_fail(err, "out of memory for %zu parameters", m->n_params);
-        goto fail;
-    }
-    emb_weights_point(&m->w, m->params, cfg);
     /* emb_weights order: which tensors are matrices/embeddings (normal),
      * LayerNorm weights (1) or biases (0). */
     static const char kind[EMB_N_PARAM_TENSORS] = {'n', 'n', 'n', '1', '0', 'n', '0', 'n', '0',

@@ -48,20 +48,14 @@ import time
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench import gflop_per_text  # noqa: E402  (one FLOP count for every benchmark)
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 PY = "/usr/bin/python3"
 ORT_VERSION = "1.30.0"
 LATENCY_TOKENS = 16      # single-text latency: a text of this many tokens, [CLS]/[SEP] included
-
-
-def gflop_per_text(lens, cfg):
-    """Forward GFLOP of all sequences, as bench.py / bench_torch.py count them."""
-    C, I, L = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"]
-    total = 0.0
-    for n in lens:
-        total += L * (2 * n * (4 * C * C + 2 * C * I) + 4 * n * n * C)
-    return total / 1e9
 
 
 def cpu_has_avx512():
