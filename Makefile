@@ -82,15 +82,15 @@ test: $(BUILD)/embedd $(RUN_TESTS)
 	done; \
 	if [ $$fail -ne 0 ]; then echo "some test suites failed"; exit 1; fi
 
-# Everything CI runs: the suites plain, under ASan and UBSan, the batcher
-# and the sample buffer under TSan (one OpenMP thread: libgomp is not
-# instrumented), and the Docker round trip (skipped, saying why, where
-# dockerd cannot start).
+# Everything CI runs: the suites plain, under ASan and UBSan, the batcher,
+# the sample buffer and the GEMM pool under TSan (one OpenMP thread: libgomp
+# is not instrumented), and the Docker round trip (skipped, saying why,
+# where dockerd cannot start).
 check:
 	$(MAKE) test
 	$(MAKE) test SANITIZER=address
 	$(MAKE) test SANITIZER=undefined
-	OMP_NUM_THREADS=1 CK_FORK=no $(MAKE) test SANITIZER=thread TESTS="batcher samples"
+	OMP_NUM_THREADS=1 CK_FORK=no $(MAKE) test SANITIZER=thread TESTS="batcher samples pool"
 	scripts/docker-test.sh
 
 bench: $(BUILD)/embedd

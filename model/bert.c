@@ -538,16 +538,14 @@ int emb_forward(const emb_model *m, emb_workspace *ws, const int32_t *ids, const
             return emb_fail(err, "token id %d out of range 0..%d", ids[t], c->vocab_size - 1);
     }
 
-    /* A small pass (a single short text) runs on the calling thread alone:
-     * its layers are too small to share, and on a busy host each parallel
-     * region would wait for a second thread the scheduler may not run for
-     * milliseconds (measured: 17 tokens, MiniLM, loaded host: 20 ms on one
-     * thread, 360 ms on two). */
-    const int prev_threads = omp_get_max_threads();
-    if (T <= EMB_SMALL_PASS_TOKENS && prev_threads > 1)
-        omp_set_num_threads(1);
-    const int threads = omp_get_max_threads() < ws->n_threads ? omp_get_max_threads()
-                                                                : ws->n_threads;
+    /* A small pass (a single short text) is too small to share except in
+     * its GEMMs, which run on the calling thread and the pool (gemm.h): on
+     * a busy host an OpenMP region would wait for a second thread that the
+     * scheduler may not run for milliseconds (measured: 17 tokens, MiniLM,
+     * loaded host: 20 ms on one thread, 360 ms on two OpenMP threads). */
+    const int team = omp_get_max_threads() < ws->n_threads ? omp_get_max_threads()
+                                                             : ws->n_threads;
+    const int threads = T <= EMB_SMALL_PASS_TOKENS ? 1 : team;
     embeddings_forward(ws->x, ids, ws->seq_off, n_seqs, w->wte, w->wpe, w->wtt, C);
     residual_layernorm_forward(ws->x, NULL, NULL, w->emb_lnw, w->emb_lnb, T, C, eps);
     for (int l = 0; l < c->num_hidden_layers; l++) {
@@ -564,8 +562,6 @@ int emb_forward(const emb_model *m, emb_workspace *ws, const int32_t *ids, const
         residual_layernorm_forward(ws->x, ws->tmp, w->fc_projb + lC, w->ln2w + lC, w->ln2b + lC,
                                    T, C, eps);
     }
-    if (omp_get_max_threads() != prev_threads)
-        omp_set_num_threads(prev_threads);
     return 0;
 }
 

@@ -93,8 +93,9 @@ typedef struct emb_workspace {
 emb_workspace *emb_workspace_new(const emb_model *m, int max_tokens, emb_err *err);
 void emb_workspace_free(emb_workspace *ws);
 
-/* Passes of at most this many tokens run on the calling thread only. */
-#define EMB_SMALL_PASS_TOKENS 32
+/* Passes of at most this many tokens run attention and LayerNorm on the
+ * calling thread only, and their GEMMs on the pool (gemm.h). */
+#define EMB_SMALL_PASS_TOKENS EMB_GEMM_POOL_ROWS
 
 /* Runs the encoder on n_seqs packed sequences: ids holds their tokens back
  * to back (each already [CLS] ... [SEP]), lens their lengths. The sum of lens

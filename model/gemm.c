@@ -30,6 +30,7 @@
  * Inside an active parallel region the call runs on the calling thread. */
 #include "gemm.h"
 #include "ops.h"
+#include "pool.h"
 
 #include <math.h>
 #include <omp.h>
@@ -387,25 +388,49 @@ static gemm_plan gemm_plan_make(int m, int n, int k, int nt)
     return p;
 }
 
+/* One call's work, cut into tasks (see gemm_fast). */
+typedef struct gemm_job {
+    float *out;
+    const float *in;
+    int m, panels;
+    const emb_gemm_w *pw;
+    const float *bias;
+    int epilogue;
+    gemm_plan p;
+} gemm_job;
+
+static void gemm_task(void *arg, int task)
+{
+    const gemm_job *j = arg;
+    const int blk = task / j->p.row_chunks, r = task % j->p.row_chunks;
+    const int m0 = r * j->p.mc;
+    const int m1 = m0 + j->p.mc < j->m ? m0 + j->p.mc : j->m;
+    const int p0 = blk * j->p.ncp;
+    const int p1 = p0 + j->p.ncp < j->panels ? p0 + j->p.ncp : j->panels;
+    gemm_block(j->out, j->in, m0, m1, p0, p1, j->pw, j->bias, j->epilogue);
+}
+
 static void gemm_fast(float *out, const float *in, int m, const emb_gemm_w *pw,
                       const float *bias, int epilogue)
 {
     const int nt = gemm_threads(m, pw->n, pw->k);
-    const int panels = (pw->n + NR - 1) / NR;
-    const gemm_plan p = gemm_plan_make(m, pw->n, pw->k, nt);
-    const int tasks = p.row_chunks * p.nblocks;
+    gemm_job j = {out, in, m, (pw->n + NR - 1) / NR, pw, bias, epilogue,
+                  gemm_plan_make(m, pw->n, pw->k, nt)};
+    if (nt > 1 && m <= EMB_GEMM_POOL_ROWS) {
+        /* a few rows: one panel per task, on the pool (pool.h), so that a
+         * helper the scheduler has not run yet holds nothing up */
+        j.p.ncp = 1;
+        j.p.nblocks = j.panels;
+        emb_pool_run(nt, j.p.row_chunks * j.p.nblocks, gemm_task, &j);
+        return;
+    }
+    const int tasks = j.p.row_chunks * j.p.nblocks;
     /* Tasks in N-block-major order, first come first served: the threads
      * share one block of W (each from its own L2) while they take row
      * chunks, and a thread that is preempted holds up only its chunk. */
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nt) if (nt > 1)
-    for (int task = 0; task < tasks; task++) {
-        const int blk = task / p.row_chunks, r = task % p.row_chunks;
-        const int m0 = r * p.mc;
-        const int m1 = m0 + p.mc < m ? m0 + p.mc : m;
-        const int p0 = blk * p.ncp;
-        const int p1 = p0 + p.ncp < panels ? p0 + p.ncp : panels;
-        gemm_block(out, in, m0, m1, p0, p1, pw, bias, epilogue);
-    }
+    for (int task = 0; task < tasks; task++)
+        gemm_task(&j, task);
 }
 
 static int pack_panels(emb_gemm_w *pw, emb_err *err)

@@ -23,9 +23,12 @@
  * on the original W, then a scalar bias/GELU pass. The two paths agree to
  * ~2e-6 of |y| + 1 on the encoder's shapes.
  *
- * Threads: emb_gemm uses omp_get_max_threads() OpenMP threads; called from
- * inside an active parallel region it runs on the calling thread only, so
- * several threads may run their own GEMMs at once. An emb_gemm_w is
+ * Threads: emb_gemm uses omp_get_max_threads() threads: an OpenMP team, or,
+ * for at most EMB_GEMM_POOL_ROWS rows (a pass of one short text), the
+ * calling thread and the helpers of pool.h, whose join never waits for a
+ * helper that has not started. Called from inside an active parallel region
+ * it runs on the calling thread only, so several threads may run their own
+ * GEMMs at once. An emb_gemm_w is
  * read-only after emb_gemm_pack and may be shared by any number of threads. */
 #ifndef EMBEDD_GEMM_H
 #define EMBEDD_GEMM_H
@@ -51,6 +54,9 @@ int emb_gemm_pack(emb_gemm_w *pw, const float *w, int n, int k, emb_err *err);
 void emb_gemm_free(emb_gemm_w *pw);
 
 enum { EMB_EPI_NONE = 0, EMB_EPI_GELU = 1 };
+
+/* Calls with at most this many rows run on the pool (see Threads above). */
+#define EMB_GEMM_POOL_ROWS 32
 
 /* out (m, n) = in (m, k) W^T + bias (n, may be NULL), then the epilogue:
  * EMB_EPI_GELU applies 0.5 v (1 + erf(v / sqrt 2)) to every output.

@@ -539,6 +539,38 @@ START_TEST(test_attention_forward)
 }
 END_TEST
 
+/* The inference kernel's edge shapes: one token, lengths off its 16-key
+ * blocks, the longest sequence; head dims 64 and 48 (32 + 16 columns). */
+START_TEST(test_attention_forward_shapes)
+{
+    enum { S = 3, MAX_LEN = 512 };
+    const int seq_off[S + 1] = {0, 1, 18, 18 + MAX_LEN};
+    const int C = _i == 0 ? 128 : 96, NH = 2;
+    const long T = seq_off[S];
+    long off[S + 1];
+    attention_probs_offsets(off, seq_off, S, NH);
+    emb_rng r;
+    emb_rng_seed(&r, 52 + _i);
+    float *qkv = random_floats(T * 3 * C, &r, -1, 1);
+    float *want = nan_floats(T * C);
+    float *probs = nan_floats(off[S]);
+    attention_forward_train(want, probs, qkv, NULL, off, seq_off, S, C, NH);
+
+    const int nt = omp_get_max_threads();
+    float *scratch = nan_floats(attention_scratch_floats(MAX_LEN, C / NH, nt));
+    float *got = nan_floats(T * C);
+    attention_forward(got, qkv, seq_off, S, C, NH, scratch, MAX_LEN, nt);
+    for (long i = 0; i < T * C; i++)
+        ck_assert_msg(fabsf(got[i] - want[i]) <= 1e-5f, "C %d out[%ld] %g vs %g", C, i, got[i],
+                      want[i]);
+    free(got);
+    free(scratch);
+    free(probs);
+    free(want);
+    free(qkv);
+}
+END_TEST
+
 /* _i: 0 without dropout, 1 with a dropout mask on the probabilities. */
 START_TEST(test_attention_backward)
 {
@@ -1092,6 +1124,7 @@ static Suite *backward_suite(void)
     tcase_add_test(tc, test_gelu_derivative_values);
     tcase_add_test(tc, test_attention_offsets);
     tcase_add_test(tc, test_attention_forward);
+    tcase_add_loop_test(tc, test_attention_forward_shapes, 0, 2);
     tcase_add_loop_test(tc, test_attention_backward, 0, 2);
     tcase_add_loop_test(tc, test_pool_backward, 0, 3);
     tcase_add_test(tc, test_l2norm);
