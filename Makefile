@@ -140,5 +140,6 @@ docker-test:
 # bench-out/ort/ on first use), same model, texts and run, A B A B (BENCH_COMPARE_ARGS:
 # --shapes minilm,bge-small --rounds 3 --threads 2; see the script's header).
 .PHONY: bench-compare
-bench-compare: $(BUILD)/embedd
-	/usr/bin/python3 scripts/bench_compare.py --binary $(BUILD)/embedd $(BENCH_COMPARE_ARGS)
+bench-compare: $(BUILD)/embedd $(BUILD)/bench_gemm
+	/usr/bin/python3 scripts/bench_compare.py --binary $(BUILD)/embedd \
+	  --peak-binary $(BUILD)/bench_gemm $(BENCH_COMPARE_ARGS)

@@ -34,7 +34,9 @@ command's environment says; ONNX Runtime picks its own (MLAS).
 
 Prints, per shape, the best of the rounds for each engine: texts/s,
 effective GFLOP/s (encoder FLOPs over real tokens only, as bench.py counts
-them), single-text p50 latency, peak RSS (largest of the engine's processes),
+them) and, with --peak-binary build/bench_gemm (as make bench-compare
+passes), that as a share of the fp32 FMA peak measured at the start of the
+run, single-text p50 latency, peak RSS (largest of the engine's processes),
 the embedd/ORT ratios, and the max |diff| between the two engines'
 embeddings.
 """
@@ -313,21 +315,37 @@ def bench_shape(args, shape, ort_dir, embedd_env):
           "%.1f GFLOP total, best of %d rounds"
           % (shape, cfg["num_hidden_layers"], C, pooling, n_texts, sum(lens) / n_texts, gflop,
              args.rounds))
-    print("| engine | kernel | texts/s | GFLOP/s | p50 ms (%d tokens) | peak RSS MiB |"
-          % LATENCY_TOKENS)
-    print("|---|---|---:|---:|---:|---:|")
+    peak_col = "%% of FMA peak (%.0f) | " % args.peak if args.peak else ""
+    print("| engine | kernel | texts/s | GFLOP/s | %sp50 ms (%d tokens) | peak RSS MiB |"
+          % (peak_col, LATENCY_TOKENS))
+    print("|---|---|---:|---:|%s---:|---:|" % ("---:|" if args.peak else ""))
     names = {"embedd": "embedd", "ort": "onnxruntime-node " + ORT_VERSION}
     for eng in ("embedd", "ort"):
         x = best[eng]
-        print("| %s | %s | %.1f | %.1f | %.2f | %.0f |" % (
-            names[eng], x["kernel"], x["texts_per_s"], x["texts_per_s"] * gflop / n_texts,
-            x["p50_ms"], x["rss"]))
+        gflops = x["texts_per_s"] * gflop / n_texts
+        peak_cell = "%.0f%% | " % (100.0 * gflops / args.peak) if args.peak else ""
+        print("| %s | %s | %.1f | %.1f | %s%.2f | %.0f |" % (
+            names[eng], x["kernel"], x["texts_per_s"], gflops, peak_cell, x["p50_ms"], x["rss"]))
     print("embedd / ORT: throughput %.2fx, p50 latency %.2fx, peak RSS %.2fx" % (
         best["embedd"]["texts_per_s"] / best["ort"]["texts_per_s"],
         best["embedd"]["p50_ms"] / best["ort"]["p50_ms"],
         best["embedd"]["rss"] / best["ort"]["rss"]))
     print("max |diff| between engines' embeddings: %.2g\n" % diff, flush=True)
     return {"shape": shape, "best": best, "diff": diff, "gflop": gflop, "n_texts": n_texts}
+
+
+def measure_fma_peak(binary, threads):
+    """GFLOP/s of bench_gemm -p at `threads` threads, or 0 without a binary or AVX-512."""
+    if not binary:
+        return 0.0
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    out = subprocess.run([binary, "-p"], env=env, check=True, capture_output=True,
+                         text=True).stdout
+    print(out.strip(), flush=True)
+    for line in out.splitlines():
+        if line.startswith("fp32 FMA peak") and (" %d thread" % threads) in line:
+            return float(line.split(":")[1].split()[0])
+    return 0.0
 
 
 def main():
@@ -343,6 +361,9 @@ def main():
                     help="only the first N texts (a quick check of the harness; 0 = all)")
     ap.add_argument("--binary", default=os.path.join(ROOT, "build", "embedd"))
     ap.add_argument("--workdir", default=os.path.join(ROOT, "bench-out"))
+    ap.add_argument("--peak-binary", default="",
+                    help="build/bench_gemm: its -p figure for --threads threads (the fp32 FMA "
+                         "peak) becomes the table's percentage column")
     args = ap.parse_args()
     args.workdir = os.path.abspath(args.workdir)
     os.makedirs(args.workdir, exist_ok=True)
@@ -350,6 +371,7 @@ def main():
     ort_dir = os.path.join(args.workdir, "ort")
     install_ort(ort_dir)
 
+    args.peak = measure_fma_peak(args.peak_binary, args.threads)
     embedd_env = dict(os.environ)
     if cpu_has_avx512():
         embedd_env.pop("OPENBLAS_L2_SIZE", None)

@@ -2,7 +2,7 @@
  *
  *   make bench-gemm [BENCH_GEMM_ARGS="-r 5 512 4096"]
  *   env -u OPENBLAS_L2_SIZE OPENBLAS_CORETYPE=SkylakeX OMP_NUM_THREADS=2 \
- *       build/bench_gemm [-r RUNS] [-w] [-n] [-s K,N[,gelu]]... [M...]
+ *       build/bench_gemm [-p] [-r RUNS] [-w] [-n] [-s K,N[,gelu]]... [M...]
  *
  * For each M (default 512 2048 4096 16384) and shape, the two sides run
  * alternately, REPS times each, and the best time of each side is kept
@@ -10,7 +10,9 @@
  * -r RUNS the whole table is measured RUNS times, round after round, and
  * the medians of the per-run figures (and of the per-run ratios) are
  * printed: the machine is shared and noisy. -s replaces the default shapes
- * (bge-small's four layers) by its own, e.g. -s 768,3072,gelu.
+ * (bge-small's four layers) by its own, e.g. -s 768,3072,gelu. -p only
+ * prints the fp32 FMA peak of one thread and of all (24 chains of AVX-512
+ * FMAs): the clock under AVX-512 load sets it, not the nominal one.
  *
  * Strict alternation means each side starts with caches full of the other
  * side's data (as in the encoder, where other ops run between the GEMMs);
@@ -164,6 +166,56 @@ static void measure(int m, const shape *s, unsigned *seed, result *res, int run)
     free(out_b);
 }
 
+/* ---- -p: the FMA peak --------------------------------------------------- */
+
+/* 24 independent chains of 16-lane FMAs (enough to hide the latency on two
+ * FMA ports), iters steps each; returns a value that depends on all of
+ * them, so nothing is optimised away. */
+__attribute__((target("avx512f,fma"), noinline)) static float fma_chains(long iters)
+{
+    typedef float v16 __attribute__((vector_size(64)));
+    v16 acc[24];
+    const v16 mul = (v16){0} + 1.0000001f, add = (v16){0} + 1e-7f;
+    for (int i = 0; i < 24; i++)
+        acc[i] = (v16){0} + (float)i;
+    for (long it = 0; it < iters; it++) {
+#pragma GCC unroll 24
+        for (int i = 0; i < 24; i++)
+            acc[i] = __builtin_ia32_vfmaddps512_mask(acc[i], mul, add, (short)-1, 4);
+    }
+    float sum = 0.0f;
+    for (int i = 0; i < 24; i++)
+        sum += acc[i][0];
+    return sum;
+}
+
+/* Prints the fp32 FMA peak (AVX-512) of 1 thread and of all OpenMP
+ * threads, best of 5: the ceiling that GFLOP/s figures compare with. The
+ * clock under AVX-512 load, not the nominal one, sets it. */
+static int print_fma_peak(void)
+{
+    if (!__builtin_cpu_supports("avx512f")) {
+        printf("fma peak: no AVX-512 on this CPU\n");
+        return 0;
+    }
+    const long iters = 20000000;
+    const int nt = omp_get_max_threads();
+    for (int threads = 1; threads <= nt; threads = threads == nt ? nt + 1 : nt) {
+        double best = 0.0;
+        float sink = 0.0f;
+        for (int rep = 0; rep < 5; rep++) {
+            double t0 = omp_get_wtime();
+#pragma omp parallel num_threads(threads) reduction(+ : sink)
+            sink += fma_chains(iters);
+            double gf = threads * iters * 24.0 * 32.0 / (omp_get_wtime() - t0) / 1e9;
+            best = gf > best ? gf : best;
+        }
+        printf("fp32 FMA peak, AVX-512, %d thread%s: %.1f GFLOP/s (%g)\n", threads,
+               threads == 1 ? "" : "s", best, (double)sink);
+    }
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     int ms[MAX_M] = {512, 2048, 4096, 16384};
@@ -175,6 +227,8 @@ int main(int argc, char **argv)
                 fprintf(stderr, "-r: 1..%d\n", MAX_RUNS);
                 return 2;
             }
+        } else if (strcmp(argv[i], "-p") == 0) {
+            return print_fma_peak();
         } else if (strcmp(argv[i], "-n") == 0) {
             no_bias = 1;
         } else if (strcmp(argv[i], "-w") == 0) {
@@ -203,7 +257,7 @@ int main(int argc, char **argv)
             custom_m = 1;
             ms[nm++] = atoi(argv[i]);
         } else {
-            fprintf(stderr, "usage: %s [-r RUNS] [-w] [-n] [-s K,N[,gelu]]... [M...]\n", argv[0]);
+            fprintf(stderr, "usage: %s [-p] [-r RUNS] [-w] [-n] [-s K,N[,gelu]]... [M...]\n", argv[0]);
             return 2;
         }
     }
