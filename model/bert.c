@@ -369,6 +369,7 @@ emb_model *emb_model_clone(const emb_model *src, emb_err *err)
         return NULL;
     }
     m->cfg = src->cfg;
+    m->precision = src->precision;
     m->n_params = src->n_params;
     m->params = malloc(m->n_params * sizeof(float));
     if (m->params == NULL) {
@@ -396,6 +397,15 @@ static void free_packed(emb_model *m)
     m->lin = NULL;
 }
 
+/* Packs one dense weight for the model's precision. */
+static int pack_linear(const emb_model *m, emb_gemm_w *lin, const float *w, int n, int k,
+                       emb_err *err)
+{
+    if (m->precision == EMB_PRECISION_INT8)
+        return emb_gemm_pack_int8(lin, w, n, k, err);
+    return emb_gemm_pack(lin, w, n, k, err);
+}
+
 int emb_model_pack(emb_model *m, emb_err *err)
 {
     const int L = m->cfg.num_hidden_layers, C = m->cfg.hidden_size;
@@ -407,14 +417,44 @@ int emb_model_pack(emb_model *m, emb_err *err)
         return emb_fail(err, "out of memory");
     for (int l = 0; l < L; l++) {
         emb_gemm_w *lin = m->lin + (long)l * EMB_LIN_PER_LAYER;
-        if (emb_gemm_pack(&lin[EMB_LIN_QKV], w->qkvw + (long)l * 3 * C * C, 3 * C, C, err) ||
-            emb_gemm_pack(&lin[EMB_LIN_ATTN_OUT], w->attn_ow + (long)l * C * C, C, C, err) ||
-            emb_gemm_pack(&lin[EMB_LIN_FC], w->fcw + (long)l * I * C, I, C, err) ||
-            emb_gemm_pack(&lin[EMB_LIN_FC_PROJ], w->fc_projw + (long)l * C * I, C, I, err)) {
+        if (pack_linear(m, &lin[EMB_LIN_QKV], w->qkvw + (long)l * 3 * C * C, 3 * C, C, err) ||
+            pack_linear(m, &lin[EMB_LIN_ATTN_OUT], w->attn_ow + (long)l * C * C, C, C, err) ||
+            pack_linear(m, &lin[EMB_LIN_FC], w->fcw + (long)l * I * C, I, C, err) ||
+            pack_linear(m, &lin[EMB_LIN_FC_PROJ], w->fc_projw + (long)l * C * I, C, I, err)) {
             free_packed(m);
             return -1;
         }
     }
+    return 0;
+}
+
+int emb_model_set_precision(emb_model *m, emb_precision precision, emb_err *err)
+{
+    if (precision != EMB_PRECISION_FP32 && precision != EMB_PRECISION_INT8)
+        return emb_fail(err, "unknown precision %d", (int)precision);
+    const emb_precision old = m->precision;
+    m->precision = precision;
+    if (emb_model_pack(m, err) == 0)
+        return 0;
+    m->precision = old;
+    emb_err ignored;
+    emb_model_pack(m, &ignored); /* back to the old packing; fp32 needs no VNNI */
+    return -1;
+}
+
+const char *emb_precision_name(emb_precision precision)
+{
+    return precision == EMB_PRECISION_INT8 ? "int8" : "fp32";
+}
+
+int emb_precision_parse(const char *s, emb_precision *out)
+{
+    if (strcmp(s, "fp32") == 0 || strcmp(s, "f32") == 0 || strcmp(s, "float32") == 0)
+        *out = EMB_PRECISION_FP32;
+    else if (strcmp(s, "int8") == 0)
+        *out = EMB_PRECISION_INT8;
+    else
+        return -1;
     return 0;
 }
 

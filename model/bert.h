@@ -45,8 +45,13 @@ typedef struct emb_weights {
 /* The dense layers of one encoder layer, packed for emb_gemm. */
 enum { EMB_LIN_QKV = 0, EMB_LIN_ATTN_OUT, EMB_LIN_FC, EMB_LIN_FC_PROJ, EMB_LIN_PER_LAYER };
 
+/* Arithmetic of the dense layers. fp32 is the reference; int8 quantizes
+ * weights per output and activations per token and call (gemm.h), opt-in. */
+typedef enum emb_precision { EMB_PRECISION_FP32 = 0, EMB_PRECISION_INT8 = 1 } emb_precision;
+
 typedef struct emb_model {
     emb_config cfg;
+    emb_precision precision;   /* of the packed dense weights; clones keep it */
     emb_tokenizer *tok;
     float *params;             /* flat block of n_params floats */
     size_t n_params;
@@ -69,8 +74,15 @@ emb_model *emb_model_init(const emb_config *cfg, const char *tok_dir, uint64_t s
                           emb_err *err);
 /* A copy of src (config, weights, packing) sharing src's tokenizer. */
 emb_model *emb_model_clone(const emb_model *src, emb_err *err);
-/* (Re)packs the dense weights for emb_gemm; call after params change. */
+/* (Re)packs the dense weights for emb_gemm, in m->precision; call after
+ * params change. */
 int emb_model_pack(emb_model *m, emb_err *err);
+/* Repacks m in another precision. On failure (int8 without AVX-512 VNNI,
+ * out of memory) m keeps its old precision and -1 is returned. */
+int emb_model_set_precision(emb_model *m, emb_precision precision, emb_err *err);
+/* "fp32" or "int8"; and back (also "f32", "float32"): 0, or -1 if unknown. */
+const char *emb_precision_name(emb_precision precision);
+int emb_precision_parse(const char *s, emb_precision *out);
 void emb_model_free(emb_model *m);
 
 /* Per-thread activation buffers, grown on demand up to the caps given at

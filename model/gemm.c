@@ -361,12 +361,12 @@ typedef struct gemm_plan {
     int ncp, nblocks;
 } gemm_plan;
 
-static gemm_plan gemm_plan_make(int m, int n, int k, int nt)
+static gemm_plan gemm_plan_make(int m, int n, long per_panel, int nt)
 {
     gemm_plan p;
     const int panels = (n + NR - 1) / NR;
-    /* N block: its packed W (all of K) within the L2 budget; blocks even */
-    long per_panel = (long)k * NR * (long)sizeof(float);
+    /* N block: its packed W (per_panel bytes a panel, all of K) within the
+     * L2 budget; blocks even */
     p.ncp = (int)(L2_BYTES / per_panel);
     if (p.ncp < 1)
         p.ncp = 1;
@@ -397,7 +397,10 @@ typedef struct gemm_job {
     const float *bias;
     int epilogue;
     gemm_plan p;
+    const struct quantized_rows *q; /* int8 path: in, quantized; else NULL */
 } gemm_job;
+
+static void gemm_block_i8(const gemm_job *j, int m0, int m1, int p0, int p1);
 
 static void gemm_task(void *arg, int task)
 {
@@ -407,7 +410,30 @@ static void gemm_task(void *arg, int task)
     const int m1 = m0 + j->p.mc < j->m ? m0 + j->p.mc : j->m;
     const int p0 = blk * j->p.ncp;
     const int p1 = p0 + j->p.ncp < j->panels ? p0 + j->p.ncp : j->panels;
-    gemm_block(j->out, j->in, m0, m1, p0, p1, j->pw, j->bias, j->epilogue);
+    if (j->q != NULL)
+        gemm_block_i8(j, m0, m1, p0, p1);
+    else
+        gemm_block(j->out, j->in, m0, m1, p0, p1, j->pw, j->bias, j->epilogue);
+}
+
+/* Runs j's tasks: on the pool for a few rows, else on an OpenMP team. */
+static void gemm_run(gemm_job *j, int nt)
+{
+    if (nt > 1 && j->m <= EMB_GEMM_POOL_ROWS) {
+        /* a few rows: one panel per task, on the pool (pool.h), so that a
+         * helper the scheduler has not run yet holds nothing up */
+        j->p.ncp = 1;
+        j->p.nblocks = j->panels;
+        emb_pool_run(nt, j->p.row_chunks * j->p.nblocks, gemm_task, j);
+        return;
+    }
+    const int tasks = j->p.row_chunks * j->p.nblocks;
+    /* Tasks in N-block-major order, first come first served: the threads
+     * share one block of W (each from its own L2) while they take row
+     * chunks, and a thread that is preempted holds up only its chunk. */
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nt) if (nt > 1)
+    for (int task = 0; task < tasks; task++)
+        gemm_task(j, task);
 }
 
 static void gemm_fast(float *out, const float *in, int m, const emb_gemm_w *pw,
@@ -415,22 +441,8 @@ static void gemm_fast(float *out, const float *in, int m, const emb_gemm_w *pw,
 {
     const int nt = gemm_threads(m, pw->n, pw->k);
     gemm_job j = {out, in, m, (pw->n + NR - 1) / NR, pw, bias, epilogue,
-                  gemm_plan_make(m, pw->n, pw->k, nt)};
-    if (nt > 1 && m <= EMB_GEMM_POOL_ROWS) {
-        /* a few rows: one panel per task, on the pool (pool.h), so that a
-         * helper the scheduler has not run yet holds nothing up */
-        j.p.ncp = 1;
-        j.p.nblocks = j.panels;
-        emb_pool_run(nt, j.p.row_chunks * j.p.nblocks, gemm_task, &j);
-        return;
-    }
-    const int tasks = j.p.row_chunks * j.p.nblocks;
-    /* Tasks in N-block-major order, first come first served: the threads
-     * share one block of W (each from its own L2) while they take row
-     * chunks, and a thread that is preempted holds up only its chunk. */
-#pragma omp parallel for schedule(dynamic, 1) num_threads(nt) if (nt > 1)
-    for (int task = 0; task < tasks; task++)
-        gemm_task(&j, task);
+                  gemm_plan_make(m, pw->n, (long)pw->k * NR * (long)sizeof(float), nt), NULL};
+    gemm_run(&j, nt);
 }
 
 static int pack_panels(emb_gemm_w *pw, emb_err *err)
@@ -454,6 +466,252 @@ static int pack_panels(emb_gemm_w *pw, emb_err *err)
     pw->packed_floats = floats;
     return 0;
 }
+
+/* ---- int8 path (AVX-512 VNNI) ------------------------------------------- *
+ *
+ * out = in W^T + bias with W quantized once per output row (symmetric:
+ * w8 = round(W / sw), sw = max|W row| / 127) and in quantized per call and
+ * per row (asymmetric: q = round(x / sa) + za in 0..255, the range made to
+ * include 0). vpdpbusd multiplies 4 unsigned bytes of in by 4 signed bytes
+ * of W and adds the 4 products to an int32 lane, so
+ *
+ *   out[r][c] = sa[r] sw[c] (acc[r][c] - za[r] sum_k w8[c][k]) + bias[c]
+ *
+ * exactly, from the int32 sums (at most 255 * 127 * K: no overflow below
+ * K = 66,000). Packed W: panels of NR outputs as in the float path, each
+ * K/4 quads of NR x 4 bytes (output c's 4 consecutive k), zero padded.
+ * Tiles are MR x NR as in the float path; K is never cut (int32 sums). */
+
+#define KERNEL_I8_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,fma")))
+
+/* in, quantized: m rows of k4 bytes (k rounded up to 4, zero padded), and
+ * each row's scale and zero point. */
+typedef struct quantized_rows {
+    uint8_t *q;
+    float *scale;
+    int32_t *zero;
+    int k4;
+} quantized_rows;
+
+/* Quantizes one row of k floats into k4 bytes. */
+KERNEL_I8_TARGET static void quantize_row(const float *x, int k, uint8_t *q, int k4, float *scale,
+                                          int32_t *zero)
+{
+    __m512 lo = _mm512_setzero_ps(), hi = _mm512_setzero_ps(); /* the range includes 0 */
+    for (int i = 0; i < k; i += 16) {
+        const __mmask16 mk = k - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (k - i)) - 1u);
+        const __m512 v = _mm512_maskz_loadu_ps(mk, x + i);
+        lo = _mm512_min_ps(lo, v);
+        hi = _mm512_max_ps(hi, v);
+    }
+    const float l = _mm512_reduce_min_ps(lo), h = _mm512_reduce_max_ps(hi);
+    float s = (h - l) / 255.0f;
+    int z = 0;
+    if (!(s > 0.0f) || !isfinite(s)) {
+        s = 1.0f; /* all zeros (or not finite: garbage in, garbage out, but no UB) */
+    } else {
+        z = (int)lrintf(-l / s);
+        z = z < 0 ? 0 : z > 255 ? 255 : z;
+    }
+    const __m512 inv = _mm512_set1_ps(1.0f / s);
+    const __m512i zv = _mm512_set1_epi32(z), q_max = _mm512_set1_epi32(255);
+    for (int i = 0; i < k4; i += 16) {
+        const __mmask16 in_k = i >= k ? 0 : k - i >= 16 ? (__mmask16)0xffff
+                                                        : (__mmask16)((1u << (k - i)) - 1u);
+        const __mmask16 in_k4 = k4 - i >= 16 ? (__mmask16)0xffff
+                                             : (__mmask16)((1u << (k4 - i)) - 1u);
+        const __m512 v = _mm512_maskz_loadu_ps(in_k, x + i);
+        __m512i qi = _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(v, inv)), zv);
+        qi = _mm512_min_epi32(_mm512_max_epi32(qi, _mm512_setzero_si512()), q_max);
+        qi = _mm512_maskz_mov_epi32(in_k, qi); /* padding: 0 (its weights are 0 too) */
+        _mm_mask_storeu_epi8(q + i, in_k4, _mm512_cvtepi32_epi8(qi));
+    }
+    *scale = s;
+    *zero = z;
+}
+
+static void quantize_rows(const float *in, int m, int k, quantized_rows *qr, int nt)
+{
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1 && m > EMB_GEMM_POOL_ROWS)
+    for (int r = 0; r < m; r++)
+        quantize_row(in + (size_t)r * k, k, qr->q + (size_t)r * qr->k4, qr->k4, &qr->scale[r],
+                     &qr->zero[r]);
+}
+
+typedef struct tile_i8_args {
+    const uint8_t *a;     /* quantized in at row; rows lda bytes apart */
+    long lda;
+    const int8_t *b;      /* the panel */
+    int kq;               /* k4 / 4 */
+    float *c;             /* out at (row, col); rows ldc apart */
+    long ldc;
+    const float *a_scale; /* at row */
+    const int32_t *a_zero;
+    const float *w_scale; /* at col */
+    const int32_t *w_sum;
+    const float *bias;    /* at col, or NULL */
+    int gelu;
+    __mmask16 mask;       /* columns of the last vector that exist */
+} tile_i8_args;
+
+KERNEL_I8_TARGET static inline __attribute__((always_inline)) void
+tile_kernel_i8(const int mr, const int nv, const tile_i8_args *t)
+{
+    const uint8_t *a = t->a;
+    const long lda = t->lda;
+    const int8_t *b = t->b;
+    __m512i acc[MR][NV];
+#pragma GCC unroll 8
+    for (int i = 0; i < mr; i++) {
+#pragma GCC unroll 4
+        for (int v = 0; v < nv; v++)
+            acc[i][v] = _mm512_setzero_si512();
+    }
+    for (int kq = 0; kq < t->kq; kq++) {
+        __m512i bv[NV];
+#pragma GCC unroll 4
+        for (int v = 0; v < nv; v++) {
+            _mm_prefetch((const char *)(b + ((long)kq + PREFETCH_B_K) * NR * 4 + 64 * v),
+                         _MM_HINT_T0);
+            bv[v] = _mm512_load_si512(b + (long)kq * NR * 4 + 64 * v);
+        }
+#pragma GCC unroll 8
+        for (int i = 0; i < mr; i++) {
+            int32_t quad;
+            memcpy(&quad, a + i * lda + 4 * kq, sizeof quad);
+            const __m512i ai = _mm512_set1_epi32(quad);
+#pragma GCC unroll 4
+            for (int v = 0; v < nv; v++)
+                acc[i][v] = _mm512_dpbusd_epi32(acc[i][v], ai, bv[v]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int v = 0; v < nv; v++) {
+        const __mmask16 mk = v == nv - 1 ? t->mask : (__mmask16)0xffff;
+        const __m512 ws = _mm512_loadu_ps(t->w_scale + 16 * v);
+        const __m512i wsum = _mm512_loadu_si512(t->w_sum + 16 * v);
+        const __m512 bias = t->bias != NULL ? _mm512_maskz_loadu_ps(mk, t->bias + 16 * v)
+                                            : _mm512_setzero_ps();
+#pragma GCC unroll 8
+        for (int i = 0; i < mr; i++) {
+            const __m512i corr = _mm512_mullo_epi32(_mm512_set1_epi32(t->a_zero[i]), wsum);
+            const __m512 sum = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[i][v], corr));
+            __m512 x = _mm512_fmadd_ps(sum, _mm512_mul_ps(ws, _mm512_set1_ps(t->a_scale[i])), bias);
+            if (t->gelu)
+                x = gelu16(x);
+            _mm512_mask_storeu_ps(t->c + i * t->ldc + 16 * v, mk, x);
+        }
+    }
+}
+
+#define TILE_I8_FN(R, V)                                                                     \
+    KERNEL_I8_TARGET static void tile_i8_##R##_##V(const tile_i8_args *t)                   \
+    {                                                                                        \
+        tile_kernel_i8(R, V, t);                                                             \
+    }
+#define TILE_I8_FNS(R) TILE_I8_FN(R, 1) TILE_I8_FN(R, 2) TILE_I8_FN(R, 3) TILE_I8_FN(R, 4)
+#define TILE_I8_ROW(R) {tile_i8_##R##_1, tile_i8_##R##_2, tile_i8_##R##_3, tile_i8_##R##_4}
+TILE_I8_FNS(1) TILE_I8_FNS(2) TILE_I8_FNS(3) TILE_I8_FNS(4) TILE_I8_FNS(5) TILE_I8_FNS(6)
+typedef void (*tile_i8_fn)(const tile_i8_args *);
+static tile_i8_fn const tile_i8_fns[MR][NV] = {
+    TILE_I8_ROW(1), TILE_I8_ROW(2), TILE_I8_ROW(3), TILE_I8_ROW(4), TILE_I8_ROW(5), TILE_I8_ROW(6),
+};
+
+/* Rows [m0, m1) x panels [p0, p1) of out, from the quantized rows. */
+static void gemm_block_i8(const gemm_job *j, int m0, int m1, int p0, int p1)
+{
+    const emb_gemm_w *pw = j->pw;
+    const quantized_rows *qr = j->q;
+    const int n = pw->n;
+    tile_i8_args t;
+    t.lda = qr->k4;
+    t.kq = qr->k4 / 4;
+    t.ldc = n;
+    t.gelu = j->epilogue == EMB_EPI_GELU;
+    for (int ir = m0; ir < m1; ir += MR) {
+        const int mr = m1 - ir < MR ? m1 - ir : MR;
+        t.a = qr->q + (size_t)ir * qr->k4;
+        t.a_scale = qr->scale + ir;
+        t.a_zero = qr->zero + ir;
+        for (int jp = p0; jp < p1; jp++) {
+            const int col = jp * NR;
+            const int cols = n - col < NR ? n - col : NR;
+            const int nv = (cols + 15) / 16;
+            const int tail = cols - 16 * (nv - 1);
+            t.mask = (__mmask16)((1u << tail) - 1u);
+            t.b = pw->packed_i8 + (size_t)jp * qr->k4 * NR;
+            t.w_scale = pw->scale_i8 + col;
+            t.w_sum = pw->sum_i8 + col;
+            t.c = j->out + (size_t)ir * n + col;
+            t.bias = j->bias != NULL ? j->bias + col : NULL;
+            tile_i8_fns[mr - 1][nv - 1](&t);
+        }
+    }
+}
+
+/* 0 when done; -1 when the row buffers could not be allocated. */
+static int gemm_int8(float *out, const float *in, int m, const emb_gemm_w *pw, const float *bias,
+                     int epilogue)
+{
+    quantized_rows qr;
+    qr.k4 = (pw->k + 3) & ~3;
+    qr.q = malloc((size_t)m * qr.k4);
+    qr.scale = malloc(sizeof(float) * (size_t)m);
+    qr.zero = malloc(sizeof(int32_t) * (size_t)m);
+    if (qr.q == NULL || qr.scale == NULL || qr.zero == NULL) {
+        free(qr.q);
+        free(qr.scale);
+        free(qr.zero);
+        return -1;
+    }
+    const int nt = gemm_threads(m, pw->n, pw->k);
+    quantize_rows(in, m, pw->k, &qr, nt);
+    gemm_job j = {out, in, m, (pw->n + NR - 1) / NR, pw, bias, epilogue,
+                  gemm_plan_make(m, pw->n, (long)qr.k4 * NR, nt), &qr};
+    gemm_run(&j, nt);
+    free(qr.q);
+    free(qr.scale);
+    free(qr.zero);
+    return 0;
+}
+
+static int pack_int8(emb_gemm_w *pw, emb_err *err)
+{
+    const int n = pw->n, k = pw->k, k4 = (k + 3) & ~3;
+    const size_t panels = ((size_t)n + NR - 1) / NR;
+    const size_t bytes = panels * (size_t)k4 * NR;
+    int8_t *p = aligned_alloc(64, bytes);
+    float *scale = calloc(panels * NR, sizeof(float));
+    int32_t *sum = calloc(panels * NR, sizeof(int32_t));
+    if (p == NULL || scale == NULL || sum == NULL) {
+        free(p);
+        free(scale);
+        free(sum);
+        return emb_fail(err, "gemm: out of memory packing %d x %d int8 weights", n, k);
+    }
+    memset(p, 0, bytes);
+    for (int c = 0; c < n; c++) {
+        const float *row = pw->w + (size_t)c * k;
+        float amax = 0.0f;
+        for (int kk = 0; kk < k; kk++)
+            amax = fabsf(row[kk]) > amax ? fabsf(row[kk]) : amax;
+        const float s = amax > 0.0f && isfinite(amax) ? amax / 127.0f : 1.0f;
+        int8_t *dst = p + (size_t)(c / NR) * k4 * NR + (c % NR) * 4;
+        int32_t total = 0;
+        for (int kk = 0; kk < k; kk++) {
+            long v = isfinite(row[kk]) ? lrintf(row[kk] / s) : 0;
+            v = v < -127 ? -127 : v > 127 ? 127 : v;
+            dst[(size_t)(kk / 4) * NR * 4 + kk % 4] = (int8_t)v;
+            total += (int32_t)v;
+        }
+        scale[c] = s;
+        sum[c] = total;
+    }
+    pw->packed_i8 = p;
+    pw->scale_i8 = scale;
+    pw->sum_i8 = sum;
+    return 0;
+}
 #else
 #define HAVE_KERNEL 0
 #endif
@@ -475,9 +733,38 @@ int emb_gemm_pack(emb_gemm_w *pw, const float *w, int n, int k, emb_err *err)
     return 0;
 }
 
+int emb_gemm_int8_available(void)
+{
+#if HAVE_KERNEL
+    return emb_gemm_fast_path() && __builtin_cpu_supports("avx512vnni");
+#else
+    return 0;
+#endif
+}
+
+int emb_gemm_pack_int8(emb_gemm_w *pw, const float *w, int n, int k, emb_err *err)
+{
+    memset(pw, 0, sizeof *pw);
+    if (w == NULL || n < 1 || k < 1)
+        return emb_fail(err, "gemm: bad weights (%d x %d)", n, k);
+    if (!emb_gemm_int8_available())
+        return emb_fail(err, "int8 needs a CPU with AVX-512 VNNI (and EMBEDD_GEMM unset)");
+    pw->n = n;
+    pw->k = k;
+    pw->w = w;
+#if HAVE_KERNEL
+    return pack_int8(pw, err);
+#else
+    return 0;
+#endif
+}
+
 void emb_gemm_free(emb_gemm_w *pw)
 {
     free(pw->packed);
+    free(pw->packed_i8);
+    free(pw->scale_i8);
+    free(pw->sum_i8);
     memset(pw, 0, sizeof *pw);
 }
 
@@ -487,6 +774,8 @@ void emb_gemm(float *out, const float *in, int m, const emb_gemm_w *pw, const fl
     if (m <= 0)
         return;
 #if HAVE_KERNEL
+    if (pw->packed_i8 != NULL && gemm_int8(out, in, m, pw, bias, epilogue) == 0)
+        return;
     if (pw->packed != NULL) {
         gemm_fast(out, in, m, pw, bias, epilogue);
         return;

@@ -34,6 +34,7 @@
 #define EMBEDD_GEMM_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "error.h"
 
@@ -42,6 +43,9 @@ typedef struct emb_gemm_w {
     const float *w;       /* the original (n, k) weights; not owned, must outlive this */
     float *packed;        /* fast-path layout, owned; NULL: emb_gemm uses OpenBLAS on w */
     size_t packed_floats; /* size of packed */
+    int8_t *packed_i8;    /* int8 layout (emb_gemm_pack_int8), owned, or NULL */
+    float *scale_i8;      /* per output: its weights' scale (max |w| / 127) */
+    int32_t *sum_i8;      /* per output: the sum of its int8 weights */
 } emb_gemm_w;
 
 /* Fills pw for W (n, k), n, k >= 1. Packs a copy of W when the fast path is
@@ -50,7 +54,19 @@ typedef struct emb_gemm_w {
  * packed == NULL is valid too and always takes the OpenBLAS path. */
 int emb_gemm_pack(emb_gemm_w *pw, const float *w, int n, int k, emb_err *err);
 
-/* Frees the packed copy (not w) and zeroes pw. Safe on a zeroed struct. */
+/* Like emb_gemm_pack, but for the int8 path: W quantized per output row
+ * (symmetric, scale max|w| / 127); emb_gemm then quantizes in per row and
+ * per call (asymmetric, 0..255, the range including 0) and multiplies with
+ * AVX-512 VNNI, accumulating in int32 and scaling back to float before the
+ * bias and GELU. About 1% error of an output's typical size; opt-in. Fails
+ * where emb_gemm_int8_available() is 0. If the per-call buffers (m * K
+ * bytes) cannot be allocated, emb_gemm falls back to OpenBLAS in fp32. */
+int emb_gemm_pack_int8(emb_gemm_w *pw, const float *w, int n, int k, emb_err *err);
+
+/* 1 when the int8 path can run: the fast path's CPU features and VNNI. */
+int emb_gemm_int8_available(void);
+
+/* Frees the packed copies (not w) and zeroes pw. Safe on a zeroed struct. */
 void emb_gemm_free(emb_gemm_w *pw);
 
 enum { EMB_EPI_NONE = 0, EMB_EPI_GELU = 1 };

@@ -88,6 +88,7 @@ typedef struct embed_opts {
     int threads;
     int stats;
     int latency;   /* runs of embed --latency, 0 = off */
+    emb_precision precision;
 } embed_opts;
 
 static void embed_usage(FILE *fp, const char *cmd)
@@ -106,7 +107,8 @@ static void embed_usage(FILE *fp, const char *cmd)
                 "  --batch-tokens N     tokens per forward pass (default 16384)\n"
                 "  --stats              print texts, tokens and throughput to stderr at the end\n"
                 "  --latency N          embed the first line N times, one at a time, print it\n"
-                "                       once and its p50/p99 latency (ms) to stderr\n");
+                "                       once and its p50/p99 latency (ms) to stderr\n"
+                "  --precision P        fp32 (default) or int8 (AVX-512 VNNI; approximate)\n");
     fprintf(fp, "  --threads N          compute threads (default: all cores)\n");
 }
 
@@ -121,7 +123,8 @@ static int parse_opts(int argc, char **argv, const char *cmd, embed_opts *o)
         OPT_THREADS,
         OPT_STATS,
         OPT_MODEL_ID,
-        OPT_LATENCY
+        OPT_LATENCY,
+        OPT_PRECISION
     };
     static const struct option longopts[] = {
         {"model", required_argument, NULL, 'm'},
@@ -132,6 +135,7 @@ static int parse_opts(int argc, char **argv, const char *cmd, embed_opts *o)
         {"threads", required_argument, NULL, OPT_THREADS},
         {"stats", no_argument, NULL, OPT_STATS},
         {"latency", required_argument, NULL, OPT_LATENCY},
+        {"precision", required_argument, NULL, OPT_PRECISION},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -183,6 +187,12 @@ static int parse_opts(int argc, char **argv, const char *cmd, embed_opts *o)
             o->latency = (int)strtol(optarg, &end, 10);
             if (*end != '\0' || o->latency < 1 || o->latency > 1000000) {
                 fprintf(stderr, "embedd %s: --latency must be 1..1000000\n", cmd);
+                return 2;
+            }
+            break;
+        case OPT_PRECISION:
+            if (emb_precision_parse(optarg, &o->precision) != 0) {
+                fprintf(stderr, "embedd %s: --precision must be fp32 or int8\n", cmd);
                 return 2;
             }
             break;
@@ -365,6 +375,12 @@ int cli_embed(int argc, char **argv)
     emb_model *m = emb_model_load(model_dir, &err);
     if (m == NULL) {
         fprintf(stderr, "embedd embed: %s\n", err.msg);
+        return 1;
+    }
+    if (o.precision != EMB_PRECISION_FP32 && emb_model_set_precision(m, o.precision, &err) != 0) {
+        fprintf(stderr, "embedd embed: --precision %s: %s\n", emb_precision_name(o.precision),
+                err.msg);
+        emb_model_free(m);
         return 1;
     }
     const int max_len = m->cfg.max_seq_length;

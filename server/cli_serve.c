@@ -45,6 +45,8 @@ static const opt_spec serve_specs[] = {
         "truncate long inputs unless the request says otherwise"),
     OPT("threads", "EMBEDD_THREADS", OPT_INT, threads, "0", 0, 1024,
         "compute threads (0: all cores)"),
+    OPT("precision", "EMBEDD_PRECISION", OPT_STRING, precision, "fp32", 0, 0,
+        "dense-layer arithmetic: fp32, or int8 (AVX-512 VNNI; approximate, see README)"),
     OPT("http-threads", "EMBEDD_HTTP_THREADS", OPT_INT, http_threads, "2", 1, 256,
         "HTTP threads that parse, tokenise and format"),
     OPT("timeout", "EMBEDD_TIMEOUT", OPT_INT, timeout, "30", 1, 3600,

@@ -391,11 +391,19 @@ static uint32_t current_saved_version(const char *data_dir)
     return latest_saved_version(data_dir);
 }
 
-static emb_model *load_saved_version(const char *data_dir, uint32_t id, emb_err *err)
+/* Version id from DATA/models/vN, packed in the served model's precision. */
+static emb_model *load_saved_version(const char *data_dir, uint32_t id, emb_precision precision,
+                                     emb_err *err)
 {
     char path[4096];
     snprintf(path, sizeof path, "%s/models/v%u", data_dir, id);
-    return emb_model_load(path, err);
+    emb_model *m = emb_model_load(path, err);
+    if (m != NULL && precision != EMB_PRECISION_FP32 &&
+        emb_model_set_precision(m, precision, err) != 0) {
+        emb_model_free(m);
+        return NULL;
+    }
+    return m;
 }
 
 /* The registry: the latest saved version when --data has one, else
@@ -407,7 +415,8 @@ static int start_versions(server *srv, emb_err *err)
     uint32_t id = data != NULL ? current_saved_version(data) : 0;
     if (id == 0)
         id = 1;
-    emb_model *cur = id > 1 ? load_saved_version(data, id, err) : emb_model_clone(srv->model, err);
+    emb_model *cur = id > 1 ? load_saved_version(data, id, srv->model->precision, err)
+                            : emb_model_clone(srv->model, err);
     if (cur == NULL)
         return -1;
     srv->versions = versions_new(cur, id, 3);
@@ -440,7 +449,8 @@ static int align_store(server *srv, emb_err *err)
         versions_release(srv->versions, mv);
     } else {
         emb_model *m = have == 1 ? emb_model_clone(srv->model, err)
-                                 : load_saved_version(srv->opts.data_dir, have, err);
+                                 : load_saved_version(srv->opts.data_dir, have,
+                                                      srv->model->precision, err);
         if (m == NULL || versions_add(srv->versions, m, have) != 0)
             return -1;
     }
@@ -566,9 +576,20 @@ int server_run(server_opts *opts)
     signal(SIGPIPE, SIG_IGN);
     cli_set_threads(opts->threads);
 
+    emb_precision precision;
+    if (emb_precision_parse(opts->precision, &precision) != 0) {
+        fprintf(stderr, "embedd serve: --precision must be fp32 or int8, not '%s'\n",
+                opts->precision);
+        return 2;
+    }
     srv.model = emb_model_load(opts->model_dir, &err);
     if (srv.model == NULL) {
         fprintf(stderr, "embedd serve: %s\n", err.msg);
+        return 1;
+    }
+    if (precision != EMB_PRECISION_FP32 && emb_model_set_precision(srv.model, precision, &err) != 0) {
+        fprintf(stderr, "embedd serve: --precision %s: %s\n", opts->precision, err.msg);
+        emb_model_free(srv.model);
         return 1;
     }
     srv.model_name = opts->served_model_name;

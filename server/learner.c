@@ -725,7 +725,13 @@ static emb_model *load_version(learner *l, uint32_t id, emb_err *err)
     struct stat stt;
     if (stat(dir, &stt) != 0)
         return NULL;
-    return emb_model_load(dir, err);
+    emb_model *m = emb_model_load(dir, err);
+    if (m != NULL && m->precision != l->o.base->precision &&
+        emb_model_set_precision(m, l->o.base->precision, err) != 0) {
+        emb_model_free(m);
+        return NULL;
+    }
+    return m;
 }
 
 int learner_rollback(learner *l, uint32_t id, emb_err *err)

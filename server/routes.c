@@ -555,7 +555,7 @@ static route_result handle_info(server *srv, request *rq, reply *rp)
     sb_printf(b, ",\"items\":%ld,\"training\":%s,\"blas_coretype\":", store_count(srv->store),
               learner_enabled(srv->learner) ? "true" : "false");
     sb_json_string(b, openblas_get_corename()); /* the kernel OpenBLAS loaded (main.c) */
-    sb_puts(b, "}");
+    sb_printf(b, ",\"precision\":\"%s\"}", emb_precision_name(srv->model->precision));
     return ROUTE_DONE;
 }
 

@@ -51,6 +51,7 @@ typedef struct server_opts {
     /* continuous learning (learner.h) */
     int train;                 /* 0: off entirely */
     const char *train_objective;
+    const char *precision;         /* "fp32" or "int8" */
     int train_batch_size;
     int train_max_seq_len;
     const char *train_lr;

@@ -365,6 +365,131 @@ START_TEST(test_pack_errors)
 }
 END_TEST
 
+/* ---- int8 path ---------------------------------------------------------- */
+
+/* Inputs on an integer grid the quantizers map exactly (every row of in
+ * spans lo .. lo + 255 with 0 inside: scale 1, zero point -lo; every row of
+ * W reaches +-127: scale 1), integer bias: int8 results must equal the
+ * exact ones, for every tile edge and both epilogues' inputs. */
+START_TEST(test_int8_exact)
+{
+    if (!emb_gemm_int8_available())
+        return;
+    const gemm_case *gc = &cases[_i];
+    unsigned seed = 9000u + (unsigned)_i;
+    float *in = malloc(sizeof(float) * (size_t)gc->m * gc->k + 1);
+    float *w = malloc(sizeof(float) * (size_t)gc->n * gc->k + 1);
+    float *bias = malloc(sizeof(float) * (size_t)gc->n);
+    ck_assert(in != NULL && w != NULL && bias != NULL);
+    for (int r = 0; r < gc->m; r++) {
+        const int lo = -(int)(rand_r(&seed) % 256);
+        float *row = in + (size_t)r * gc->k;
+        for (int kk = 0; kk < gc->k; kk++)
+            row[kk] = (float)(lo + (int)(rand_r(&seed) % 256));
+        row[0] = (float)lo; /* the range: lo .. lo + 255 (0 is inside) */
+        if (gc->k > 1)
+            row[gc->k - 1] = (float)(lo + 255);
+        else if (lo != 0 && lo != -255)
+            row[0] = 0.0f; /* one value: 0 .. 0, nothing to quantize */
+    }
+    for (int c = 0; c < gc->n; c++) {
+        float *row = w + (size_t)c * gc->k;
+        for (int kk = 0; kk < gc->k; kk++)
+            row[kk] = (float)((int)(rand_r(&seed) % 255) - 127);
+        row[rand_r(&seed) % gc->k] = rand_r(&seed) % 2 ? 127.0f : -127.0f;
+        bias[c] = (float)((int)(rand_r(&seed) % 2001) - 1000);
+    }
+    emb_gemm_w pw;
+    emb_err err;
+    ck_assert_int_eq(emb_gemm_pack_int8(&pw, w, gc->n, gc->k, &err), 0);
+    float *out = out_alloc(gc->m, gc->n);
+    emb_gemm(out, in, gc->m, &pw, bias, EMB_EPI_NONE);
+    double *ref = reference(in, w, bias, gc->m, gc->n, gc->k, EMB_EPI_NONE);
+    for (size_t i = 0; i < (size_t)gc->m * gc->n; i++) {
+        /* |sums| stay below 2^24 for these shapes, so float holds them exactly */
+        if (fabs(ref[i]) < 16777216.0)
+            ck_assert_msg(out[i] == (float)ref[i], "%d x %d x %d: out[%zu] %g, exact %g", gc->m,
+                          gc->n, gc->k, i, out[i], ref[i]);
+    }
+    guard_check(out, gc->m, gc->n);
+    emb_gemm_free(&pw);
+    ck_assert_ptr_null(pw.packed_i8);
+    free(out);
+    free(ref);
+    free(in);
+    free(w);
+    free(bias);
+}
+END_TEST
+
+/* Encoder-like values: int8 within a few per cent of the exact result,
+ * measured against the size of the outputs, with bias and GELU; on one
+ * thread, on the pool (few rows) and on the OpenMP team. */
+START_TEST(test_int8_accuracy)
+{
+    if (!emb_gemm_int8_available())
+        return;
+    const int ms[] = {1, 7, 30, 301};
+    const gemm_case shapes[] = {{0, 1152, 384}, {0, 1536, 384}, {0, 384, 1536}, {0, 37, 5}};
+    unsigned seed = 77;
+    for (int si = 0; si < 4; si++) {
+        for (int mi = 0; mi < 4; mi++) {
+            const int m = ms[mi], n = shapes[si].n, k = shapes[si].k;
+            float *in = random_floats((size_t)m * k, &seed, 1.0f);
+            float *w = random_floats((size_t)n * k, &seed, w_scale(k));
+            float *bias = random_floats((size_t)n, &seed, 0.1f);
+            emb_gemm_w pw;
+            emb_err err;
+            ck_assert_int_eq(emb_gemm_pack_int8(&pw, w, n, k, &err), 0);
+            for (int epi = 0; epi < 2; epi++) {
+                double *ref = reference(in, w, bias, m, n, k, epi);
+                float *out = out_alloc(m, n);
+                emb_gemm(out, in, m, &pw, bias, epi);
+                double se = 0.0, sr = 0.0;
+                for (size_t i = 0; i < (size_t)m * n; i++) {
+                    se += (out[i] - ref[i]) * (out[i] - ref[i]);
+                    sr += ref[i] * ref[i];
+                }
+                const double rel = sqrt(se / (sr + 1e-30));
+                ck_assert_msg(rel < 0.03, "%d x %d x %d epi %d: rms error %.4f of rms output", m,
+                              n, k, epi, rel);
+                guard_check(out, m, n);
+                free(out);
+                free(ref);
+            }
+            emb_gemm_free(&pw);
+            free(in);
+            free(w);
+            free(bias);
+        }
+    }
+}
+END_TEST
+
+START_TEST(test_int8_pack_errors)
+{
+    emb_gemm_w pw;
+    emb_err err;
+    float w[4] = {1, 2, 3, 4};
+    ck_assert_int_eq(emb_gemm_pack_int8(&pw, w, 0, 4, &err), -1);
+    ck_assert_int_eq(emb_gemm_pack_int8(&pw, NULL, 2, 2, &err), -1);
+    ck_assert_ptr_null(pw.packed_i8);
+    if (!emb_gemm_int8_available()) {
+        ck_assert_int_eq(emb_gemm_pack_int8(&pw, w, 2, 2, &err), -1);
+        ck_assert_msg(strstr(err.msg, "VNNI") != NULL, "message: %s", err.msg);
+        return;
+    }
+    /* all-zero weights and input rows: scale 1, zero outputs plus bias */
+    float zeros[6] = {0};
+    const float bias[2] = {0.5f, -1.5f};
+    ck_assert_int_eq(emb_gemm_pack_int8(&pw, zeros, 2, 3, &err), 0);
+    float out[4];
+    emb_gemm(out, zeros, 2, &pw, bias, EMB_EPI_NONE);
+    ck_assert(out[0] == 0.5f && out[1] == -1.5f && out[2] == 0.5f && out[3] == -1.5f);
+    emb_gemm_free(&pw);
+}
+END_TEST
+
 static Suite *gemm_suite(void)
 {
     Suite *s = suite_create("gemm");
@@ -385,6 +510,13 @@ static Suite *gemm_suite(void)
 
     tc = tcase_create("api");
     tcase_add_test(tc, test_pack_errors);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("int8");
+    tcase_set_timeout(tc, 120);
+    tcase_add_loop_test(tc, test_int8_exact, 0, N_CASES);
+    tcase_add_test(tc, test_int8_accuracy);
+    tcase_add_test(tc, test_int8_pack_errors);
     suite_add_tcase(s, tc);
     return s;
 }

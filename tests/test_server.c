@@ -2856,15 +2856,24 @@ START_TEST(test_learn_publish_rollback_restart)
     ck_assert_int_gt(learn_feed(s_own.port, texts, n), 300);
     cJSON *st = learn_wait(s_own.port, NULL, "published", 1, 120);
     cJSON_Delete(st);
-    learn_expect_version(s_own.port, 2);
-    snprintf(path, sizeof path, "%s/models/v2/model.safetensors", dir);
-    ck_assert_msg(access(path, R_OK) == 0, "no checkpoint at %s", path);
-    /* the store moves to version 2, then /similar says so */
-    st = learn_wait(s_own.port, "reembed", "store_version", 2, 60);
-    cJSON_Delete(st);
+    /* Pause, so that the version stays put: with steps of a few
+     * milliseconds, more versions may have followed the first by now. A
+     * publish under way when the pause arrives still completes. */
+    ck_assert_int_eq(req_port(s_own.port, "POST", "/train/pause", NULL, NULL), 200);
+    usleep(500000);
     cJSON *j = NULL;
+    ck_assert_int_eq(req_port(s_own.port, "GET", "/info", NULL, &j), 200);
+    const int v = (int)num_of(j, "model_version");
+    cJSON_Delete(j);
+    ck_assert_int_ge(v, 2);
+    learn_expect_version(s_own.port, v);
+    snprintf(path, sizeof path, "%s/models/v%d/model.safetensors", dir, v);
+    ck_assert_msg(access(path, R_OK) == 0, "no checkpoint at %s", path);
+    /* the store moves to version v, then /similar says so */
+    st = learn_wait(s_own.port, "reembed", "store_version", v, 60);
+    cJSON_Delete(st);
     ck_assert_int_eq(req_port(s_own.port, "GET", "/similar?q=a%20man&k=3", NULL, &j), 200);
-    ck_assert_int_eq((int)num_of(j, "model_version"), 2);
+    ck_assert_int_eq((int)num_of(j, "model_version"), v);
     cJSON_Delete(j);
     /* rollback */
     ck_assert_int_eq(req_port(s_own.port, "POST", "/train/rollback", "{\"version\":1}", NULL), 200);
@@ -2878,18 +2887,20 @@ START_TEST(test_learn_publish_rollback_restart)
     resp_free(&r);
     kill(s_own.pid, SIGTERM);
     expect_exit_zero(20.0);
-    /* a restart comes back on the rolled-back version; v2 loads from disk */
+    /* a restart comes back on the rolled-back version; v loads from disk */
     const char *extra[] = {"--train-paused", NULL};
     start_own(learn_args(argv, dir, extra));
     learn_expect_version(s_own.port, 1);
-    ck_assert_int_eq(req_port(s_own.port, "POST", "/train/rollback", "{\"version\":2}", NULL), 200);
-    learn_expect_version(s_own.port, 2);
-    st = learn_wait(s_own.port, "reembed", "store_version", 2, 60);
+    char rollback[64];
+    snprintf(rollback, sizeof rollback, "{\"version\":%d}", v);
+    ck_assert_int_eq(req_port(s_own.port, "POST", "/train/rollback", rollback, NULL), 200);
+    learn_expect_version(s_own.port, v);
+    st = learn_wait(s_own.port, "reembed", "store_version", v, 60);
     cJSON_Delete(st);
     kill(s_own.pid, SIGTERM);
     expect_exit_zero(20.0);
     start_own(learn_args(argv, dir, extra));
-    learn_expect_version(s_own.port, 2);
+    learn_expect_version(s_own.port, v);
     kill(s_own.pid, SIGTERM);
     expect_exit_zero(20.0);
     strings_free(texts, n);
