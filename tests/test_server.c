@@ -53,6 +53,7 @@
 #include <unistd.h>
 #include <arpa/inet.h>
 
+#include "gemm.h"
 #include "run_suite.h"
 #include "testutil.h"
 
@@ -2777,6 +2778,35 @@ static cJSON *learn_status(int port)
     return j;
 }
 
+/* --precision int8 (where the CPU has AVX-512 VNNI): /info says so and
+ * /embed answers with unit vectors of the model's dimension. */
+START_TEST(test_serve_int8)
+{
+    if (!emb_gemm_int8_available())
+        return;
+    const char *args[] = {"--precision", "int8", "--train", "off", NULL};
+    start_own(args);
+    cJSON *j = NULL;
+    ck_assert_int_eq(req_port(s_own.port, "GET", "/info", NULL, &j), 200);
+    const cJSON *p = cJSON_GetObjectItemCaseSensitive(j, "precision");
+    ck_assert_msg(cJSON_IsString(p) && strcmp(p->valuestring, "int8") == 0, "precision");
+    const int dim = (int)num_of(j, "dimension");
+    cJSON_Delete(j);
+    ck_assert_int_eq(req_port(s_own.port, "POST", "/embed", "{\"inputs\":\"an int8 probe\"}",
+                              &j),
+                     200);
+    const cJSON *v = cJSON_GetArrayItem(j, 0);
+    ck_assert_int_eq(cJSON_GetArraySize(v), dim);
+    double norm = 0.0;
+    for (int c = 0; c < dim; c++)
+        norm += cJSON_GetArrayItem(v, c)->valuedouble * cJSON_GetArrayItem(v, c)->valuedouble;
+    ck_assert_msg(fabs(norm - 1.0) < 1e-4, "norm^2 %g", norm);
+    cJSON_Delete(j);
+    kill(s_own.pid, SIGTERM);
+    expect_exit_zero(10.0);
+}
+END_TEST
+
 static double status_num(const cJSON *st, const char *obj, const char *key)
 {
     const cJSON *o = obj != NULL ? cJSON_GetObjectItemCaseSensitive(st, obj) : st;
@@ -3174,6 +3204,7 @@ int main(void)
 
     tc = tcase_with_server(s, "shutdown", NULL, 60);
     tcase_add_test(tc, test_shutdown_idle);
+    tcase_add_test(tc, test_serve_int8);
     tcase_add_test(tc, test_shutdown_graceful);
     tcase_add_test(tc, test_shutdown_503);
     tcase_add_test(tc, test_shutdown_refuses_new_connections);
