@@ -594,13 +594,11 @@ int emb_forward(const emb_model *m, emb_workspace *ws, const int32_t *ids, const
         emb_gemm(ws->qkv, ws->x, T, &lin[EMB_LIN_QKV], w->qkvb + lC * 3, EMB_EPI_NONE);
         attention_forward(ws->att, ws->qkv, ws->seq_off, n_seqs, C, NH, ws->scratch, ws->max_len,
                           threads);
-        emb_gemm(ws->tmp, ws->att, T, &lin[EMB_LIN_ATTN_OUT], NULL, EMB_EPI_NONE);
-        residual_layernorm_forward(ws->x, ws->tmp, w->attn_ob + lC, w->ln1w + lC, w->ln1b + lC,
-                                   T, C, eps);
+        const emb_layernorm ln1 = {ws->x, w->ln1w + lC, w->ln1b + lC, eps};
+        emb_gemm_ln(ws->tmp, ws->att, T, &lin[EMB_LIN_ATTN_OUT], w->attn_ob + lC, &ln1);
         emb_gemm(ws->ffn, ws->x, T, &lin[EMB_LIN_FC], w->fcb + (long)l * I, EMB_EPI_GELU);
-        emb_gemm(ws->tmp, ws->ffn, T, &lin[EMB_LIN_FC_PROJ], NULL, EMB_EPI_NONE);
-        residual_layernorm_forward(ws->x, ws->tmp, w->fc_projb + lC, w->ln2w + lC, w->ln2b + lC,
-                                   T, C, eps);
+        const emb_layernorm ln2 = {ws->x, w->ln2w + lC, w->ln2b + lC, eps};
+        emb_gemm_ln(ws->tmp, ws->ffn, T, &lin[EMB_LIN_FC_PROJ], w->fc_projb + lC, &ln2);
     }
     return 0;
 }

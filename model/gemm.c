@@ -35,6 +35,7 @@
 #include <math.h>
 #include <omp.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -398,6 +399,8 @@ typedef struct gemm_job {
     int epilogue;
     gemm_plan p;
     const struct quantized_rows *q; /* int8 path: in, quantized; else NULL */
+    const emb_layernorm *ln;        /* fused residual LayerNorm (emb_gemm_ln), or NULL */
+    atomic_int *blocks_done;        /* with ln: N blocks finished, per row chunk */
 } gemm_job;
 
 static void gemm_block_i8(const gemm_job *j, int m0, int m1, int p0, int p1);
@@ -414,6 +417,15 @@ static void gemm_task(void *arg, int task)
         gemm_block_i8(j, m0, m1, p0, p1);
     else
         gemm_block(j->out, j->in, m0, m1, p0, p1, j->pw, j->bias, j->epilogue);
+    /* the task that completes a row chunk's last N block normalises its
+     * rows, while they are still in this core's cache (acq_rel: it sees
+     * the other blocks' outputs) */
+    if (j->ln != NULL && atomic_fetch_add_explicit(&j->blocks_done[r], 1, memory_order_acq_rel) +
+                                 1 == j->p.nblocks) {
+        const int n = j->pw->n;
+        residual_layernorm_serial(j->ln->x + (size_t)m0 * n, j->out + (size_t)m0 * n, NULL,
+                                  j->ln->w, j->ln->b, m1 - m0, n, j->ln->eps);
+    }
 }
 
 /* Runs j's tasks: on the pool for a few rows, else on an OpenMP team. */
@@ -436,13 +448,35 @@ static void gemm_run(gemm_job *j, int nt)
         gemm_task(j, task);
 }
 
-static void gemm_fast(float *out, const float *in, int m, const emb_gemm_w *pw,
-                      const float *bias, int epilogue)
+/* Runs j, with ln fused when given; -1 when its counters could not be
+ * allocated (nothing done). */
+static int gemm_run_ln(gemm_job *j, int nt, const emb_layernorm *ln)
+{
+    if (ln == NULL) {
+        gemm_run(j, nt);
+        return 0;
+    }
+    if (nt > 1 && j->m <= EMB_GEMM_POOL_ROWS) { /* as gemm_run will cut it */
+        j->p.ncp = 1;
+        j->p.nblocks = j->panels;
+    }
+    j->blocks_done = calloc((size_t)j->p.row_chunks, sizeof(atomic_int));
+    if (j->blocks_done == NULL)
+        return -1;
+    j->ln = ln;
+    gemm_run(j, nt);
+    free(j->blocks_done);
+    return 0;
+}
+
+static int gemm_fast(float *out, const float *in, int m, const emb_gemm_w *pw, const float *bias,
+                     int epilogue, const emb_layernorm *ln)
 {
     const int nt = gemm_threads(m, pw->n, pw->k);
     gemm_job j = {out, in, m, (pw->n + NR - 1) / NR, pw, bias, epilogue,
-                  gemm_plan_make(m, pw->n, (long)pw->k * NR * (long)sizeof(float), nt), NULL};
-    gemm_run(&j, nt);
+                  gemm_plan_make(m, pw->n, (long)pw->k * NR * (long)sizeof(float), nt), NULL,
+                  NULL, NULL};
+    return gemm_run_ln(&j, nt, ln);
 }
 
 static int pack_panels(emb_gemm_w *pw, emb_err *err)
@@ -651,7 +685,7 @@ static void gemm_block_i8(const gemm_job *j, int m0, int m1, int p0, int p1)
 
 /* 0 when done; -1 when the row buffers could not be allocated. */
 static int gemm_int8(float *out, const float *in, int m, const emb_gemm_w *pw, const float *bias,
-                     int epilogue)
+                     int epilogue, const emb_layernorm *ln)
 {
     quantized_rows qr;
     qr.k4 = (pw->k + 3) & ~3;
@@ -667,12 +701,12 @@ static int gemm_int8(float *out, const float *in, int m, const emb_gemm_w *pw, c
     const int nt = gemm_threads(m, pw->n, pw->k);
     quantize_rows(in, m, pw->k, &qr, nt);
     gemm_job j = {out, in, m, (pw->n + NR - 1) / NR, pw, bias, epilogue,
-                  gemm_plan_make(m, pw->n, (long)qr.k4 * NR, nt), &qr};
-    gemm_run(&j, nt);
+                  gemm_plan_make(m, pw->n, (long)qr.k4 * NR, nt), &qr, NULL, NULL};
+    const int rc = gemm_run_ln(&j, nt, ln);
     free(qr.q);
     free(qr.scale);
     free(qr.zero);
-    return 0;
+    return rc;
 }
 
 static int pack_int8(emb_gemm_w *pw, emb_err *err)
@@ -768,18 +802,31 @@ void emb_gemm_free(emb_gemm_w *pw)
     memset(pw, 0, sizeof *pw);
 }
 
-void emb_gemm(float *out, const float *in, int m, const emb_gemm_w *pw, const float *bias,
-              int epilogue)
+/* out = in W^T + bias (+ epilogue), then, with ln, ln->x = LayerNorm(ln->x + out). */
+static void gemm_dispatch(float *out, const float *in, int m, const emb_gemm_w *pw,
+                          const float *bias, int epilogue, const emb_layernorm *ln)
 {
     if (m <= 0)
         return;
 #if HAVE_KERNEL
-    if (pw->packed_i8 != NULL && gemm_int8(out, in, m, pw, bias, epilogue) == 0)
+    if (pw->packed_i8 != NULL && gemm_int8(out, in, m, pw, bias, epilogue, ln) == 0)
         return;
-    if (pw->packed != NULL) {
-        gemm_fast(out, in, m, pw, bias, epilogue);
+    if (pw->packed != NULL && gemm_fast(out, in, m, pw, bias, epilogue, ln) == 0)
         return;
-    }
 #endif
     gemm_openblas(out, in, m, pw, bias, epilogue);
+    if (ln != NULL)
+        residual_layernorm_forward(ln->x, out, NULL, ln->w, ln->b, m, pw->n, ln->eps);
+}
+
+void emb_gemm(float *out, const float *in, int m, const emb_gemm_w *pw, const float *bias,
+              int epilogue)
+{
+    gemm_dispatch(out, in, m, pw, bias, epilogue, NULL);
+}
+
+void emb_gemm_ln(float *out, const float *in, int m, const emb_gemm_w *pw, const float *bias,
+                 const emb_layernorm *ln)
+{
+    gemm_dispatch(out, in, m, pw, bias, EMB_EPI_NONE, ln);
 }

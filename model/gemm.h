@@ -80,6 +80,21 @@ enum { EMB_EPI_NONE = 0, EMB_EPI_GELU = 1 };
 void emb_gemm(float *out, const float *in, int m, const emb_gemm_w *pw, const float *bias,
               int epilogue);
 
+/* The post-LN residual step of BERT: x (m, n) = LayerNorm(x + y) with
+ * weight w and bias b (n each). */
+typedef struct emb_layernorm {
+    float *x;
+    const float *w, *b;
+    float eps;
+} emb_layernorm;
+
+/* emb_gemm (no epilogue) into out, then ln->x = LayerNorm(ln->x + out) row
+ * by row: each group of rows is normalised by the thread that finishes its
+ * last block of outputs, while they are in its cache, instead of in a
+ * separate pass. ln->x must not overlap out or in. */
+void emb_gemm_ln(float *out, const float *in, int m, const emb_gemm_w *pw, const float *bias,
+                 const emb_layernorm *ln);
+
 /* 1 when emb_gemm_pack packs for the AVX-512 kernel: the CPU has AVX-512
  * F/BW/VL and EMBEDD_GEMM is not "openblas". */
 int emb_gemm_fast_path(void);

@@ -64,6 +64,15 @@ HOT_CLONES static void residual_layernorm_row(float *x, const float *delta, cons
         x[c] = (x[c] - mean) * rstd * w[c] + b[c];
 }
 
+void residual_layernorm_serial(float *x, const float *delta, const float *bias, const float *w,
+                               const float *b, int T, int C, float eps)
+{
+    for (int t = 0; t < T; t++) {
+        const float *d = delta != NULL ? delta + (long)t * C : NULL;
+        residual_layernorm_row(x + (long)t * C, d, bias, w, b, C, eps);
+    }
+}
+
 void residual_layernorm_forward(float *x, const float *delta, const float *bias,
                                 const float *w, const float *b, int T, int C, float eps)
 {

@@ -27,6 +27,11 @@ void matmul_forward(float *out, const float *in, const float *w, const float *bi
 void residual_layernorm_forward(float *x, const float *delta, const float *bias,
                                 const float *w, const float *b, int T, int C, float eps);
 
+/* residual_layernorm_forward on the calling thread only (for callers that
+ * are already one of several threads). */
+void residual_layernorm_serial(float *x, const float *delta, const float *bias, const float *w,
+                               const float *b, int T, int C, float eps);
+
 /* x (T,N) = gelu(x + bias), exact erf GELU, in place; bias may be NULL. */
 void bias_gelu_forward(float *x, const float *bias, int T, int N);
 

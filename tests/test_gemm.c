@@ -11,6 +11,7 @@
 
 #include "run_suite.h"
 #include "gemm.h"
+#include "ops.h"
 
 /* ---- helpers ----------------------------------------------------------- */
 
@@ -490,6 +491,60 @@ START_TEST(test_int8_pack_errors)
 }
 END_TEST
 
+/* emb_gemm_ln equals emb_gemm followed by residual_layernorm_forward: few
+ * rows (the pool), many rows and several N blocks (the team), K > one
+ * chunk, every path (fast, OpenBLAS, int8). */
+START_TEST(test_fused_layernorm)
+{
+    const gemm_case shapes[] = {{5, 384, 384}, {30, 384, 1536}, {301, 384, 1536},
+                                {200, 384, 384}, {97, 130, 3100}};
+    unsigned seed = 31;
+    for (int si = 0; si < 5; si++) {
+        const int m = shapes[si].m, n = shapes[si].n, k = shapes[si].k;
+        float *in = random_floats((size_t)m * k, &seed, 1.0f);
+        float *w = random_floats((size_t)n * k, &seed, w_scale(k));
+        float *bias = random_floats((size_t)n, &seed, 0.5f);
+        float *lw = random_floats((size_t)n, &seed, 1.0f);
+        float *lb = random_floats((size_t)n, &seed, 1.0f);
+        float *x0 = random_floats((size_t)m * n, &seed, 2.0f);
+        for (int path = 0; path < 3; path++) {
+            emb_gemm_w pw = {.n = n, .k = k, .w = w};
+            emb_err err;
+            if (path == 0 && (!emb_gemm_fast_path() || emb_gemm_pack(&pw, w, n, k, &err) != 0))
+                continue;
+            if (path == 2 &&
+                (!emb_gemm_int8_available() || emb_gemm_pack_int8(&pw, w, n, k, &err) != 0))
+                continue;
+            float *want = malloc(sizeof(float) * (size_t)m * n);
+            float *got = malloc(sizeof(float) * (size_t)m * n);
+            float *tmp = out_alloc(m, n);
+            ck_assert(want != NULL && got != NULL);
+            memcpy(want, x0, sizeof(float) * (size_t)m * n);
+            memcpy(got, x0, sizeof(float) * (size_t)m * n);
+            emb_gemm(tmp, in, m, &pw, bias, EMB_EPI_NONE);
+            residual_layernorm_forward(want, tmp, NULL, lw, lb, m, n, 1e-12f);
+            const emb_layernorm ln = {got, lw, lb, 1e-12f};
+            emb_gemm_ln(tmp, in, m, &pw, bias, &ln);
+            guard_check(tmp, m, n);
+            for (size_t i = 0; i < (size_t)m * n; i++)
+                ck_assert_msg(fabsf(got[i] - want[i]) <= 1e-5f * (1.0f + fabsf(want[i])),
+                              "%d x %d x %d path %d: x[%zu] %g vs %g", m, n, k, path, i, got[i],
+                              want[i]);
+            free(want);
+            free(got);
+            free(tmp);
+            emb_gemm_free(&pw);
+        }
+        free(in);
+        free(w);
+        free(bias);
+        free(lw);
+        free(lb);
+        free(x0);
+    }
+}
+END_TEST
+
 static Suite *gemm_suite(void)
 {
     Suite *s = suite_create("gemm");
@@ -500,6 +555,7 @@ static Suite *gemm_suite(void)
     tcase_add_loop_test(tc, test_random_shapes, 0, 12);
     tcase_add_test(tc, test_paths_agree);
     tcase_add_test(tc, test_gelu_range);
+    tcase_add_test(tc, test_fused_layernorm);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("threads");
