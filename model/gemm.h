@@ -7,9 +7,11 @@
  * the encoder:
  *
  *   QKV          emb_gemm(qkv, x,   T, &qkvw,    qkvb, EMB_EPI_NONE)  K=C, N=3C
- *   attn output  emb_gemm(tmp, att, T, &attn_ow, NULL, EMB_EPI_NONE)  K=C, N=C
+ *   attn output  emb_gemm_ln(tmp, att, T, &attn_ow, attn_ob, &ln1)   K=C, N=C
  *   FFN up       emb_gemm(ffn, x,   T, &fcw,     fcb,  EMB_EPI_GELU)  K=C, N=I
- *   FFN down     emb_gemm(tmp, ffn, T, &projw,   NULL, EMB_EPI_NONE)  K=I, N=C
+ *   FFN down     emb_gemm_ln(tmp, ffn, T, &projw, projb, &ln2)        K=I, N=C
+ *
+ * (emb_gemm_ln: then x = LayerNorm(x + tmp), fused; see below.)
  *
  * Fast path: on CPUs with AVX-512 F/BW/VL, emb_gemm_pack copies W once into
  * the micro-kernel's layout (panels of 64 outputs, zero padded: about
