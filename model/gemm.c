@@ -297,20 +297,39 @@ tile_kernel(const int mr, const int nv, const tile_args *t)
     }
 }
 
-#define TILE_FN(R, V)                                                                        \
-    KERNEL_TARGET static void tile_##R##_##V(const tile_args *t)                            \
+/* One function per tile shape (R rows, V vectors) of a kernel NAME_kernel,
+ * so that R and V are constants in each, and a table of them:
+ * NAME_fns[mr - 1][nv - 1]. */
+#define TILE_FN(NAME, TARGET, ARGS, R, V)                                                    \
+    TARGET static void NAME##_##R##_##V(const ARGS *t)                                       \
     {                                                                                        \
-        tile_kernel(R, V, t);                                                                \
+        NAME##_kernel(R, V, t);                                                              \
     }
-#define TILE_FNS(R) TILE_FN(R, 1) TILE_FN(R, 2) TILE_FN(R, 3) TILE_FN(R, 4)
-#define TILE_ROW(R) {tile_##R##_1, tile_##R##_2, tile_##R##_3, tile_##R##_4}
-TILE_FNS(1) TILE_FNS(2) TILE_FNS(3) TILE_FNS(4) TILE_FNS(5) TILE_FNS(6)
-typedef void (*tile_fn)(const tile_args *);
-/* tile_fns[mr - 1][nv - 1] */
-static tile_fn const tile_fns[MR][NV] = {
-    TILE_ROW(1), TILE_ROW(2), TILE_ROW(3), TILE_ROW(4), TILE_ROW(5), TILE_ROW(6),
-};
-_Static_assert(MR == 6 && NV == 4, "tile_fns lists 6 x 4 tile shapes");
+#define TILE_FNS(NAME, TARGET, ARGS, R)                                                      \
+    TILE_FN(NAME, TARGET, ARGS, R, 1)                                                        \
+    TILE_FN(NAME, TARGET, ARGS, R, 2)                                                        \
+    TILE_FN(NAME, TARGET, ARGS, R, 3) TILE_FN(NAME, TARGET, ARGS, R, 4)
+#define TILE_ROW(NAME, R) {NAME##_##R##_1, NAME##_##R##_2, NAME##_##R##_3, NAME##_##R##_4}
+#define TILE_TABLE(NAME, TARGET, ARGS)                                                       \
+    TILE_FNS(NAME, TARGET, ARGS, 1) TILE_FNS(NAME, TARGET, ARGS, 2)                          \
+    TILE_FNS(NAME, TARGET, ARGS, 3) TILE_FNS(NAME, TARGET, ARGS, 4)                          \
+    TILE_FNS(NAME, TARGET, ARGS, 5) TILE_FNS(NAME, TARGET, ARGS, 6)                          \
+    static void (*const NAME##_fns[MR][NV])(const ARGS *) = {                                \
+        TILE_ROW(NAME, 1), TILE_ROW(NAME, 2), TILE_ROW(NAME, 3),                             \
+        TILE_ROW(NAME, 4), TILE_ROW(NAME, 5), TILE_ROW(NAME, 6),                             \
+    };
+TILE_TABLE(tile, KERNEL_TARGET, tile_args)
+_Static_assert(MR == 6 && NV == 4, "TILE_TABLE lists 6 x 4 tile shapes");
+
+/* The output columns col.. of a panel that exist (up to NR of n): how many
+ * 16-lane vectors they take; *mask gets the lanes of the last one. */
+static int panel_vectors(int n, int col, __mmask16 *mask)
+{
+    const int cols = n - col < NR ? n - col : NR;
+    const int nv = (cols + 15) / 16;
+    *mask = (__mmask16)((1u << (cols - 16 * (nv - 1))) - 1u);
+    return nv;
+}
 
 /* K chunk length: all of K, or K cut evenly into chunks <= KC_MAX. */
 static int k_chunk(int k)
@@ -342,10 +361,7 @@ KERNEL_TARGET static void gemm_block(float *out, const float *in, int m0, int m1
                 t.pf = jp == p0 && next_rows > 0 ? t.a + (size_t)mr * k : NULL;
                 t.pf_rows = next_rows;
                 const int col = jp * NR;
-                const int cols = n - col < NR ? n - col : NR;
-                const int nv = (cols + 15) / 16;
-                const int tail = cols - 16 * (nv - 1);
-                t.mask = (__mmask16)((1u << tail) - 1u);
+                const int nv = panel_vectors(n, col, &t.mask);
                 t.b = pw->packed + ((size_t)jp * k + pc) * NR;
                 t.c = out + (size_t)ir * n + col;
                 t.bias = bias != NULL ? bias + col : NULL;
@@ -589,7 +605,7 @@ typedef struct tile_i8_args {
 } tile_i8_args;
 
 KERNEL_I8_TARGET static inline __attribute__((always_inline)) void
-tile_kernel_i8(const int mr, const int nv, const tile_i8_args *t)
+tile_i8_kernel(const int mr, const int nv, const tile_i8_args *t)
 {
     const uint8_t *a = t->a;
     const long lda = t->lda;
@@ -638,18 +654,7 @@ tile_kernel_i8(const int mr, const int nv, const tile_i8_args *t)
     }
 }
 
-#define TILE_I8_FN(R, V)                                                                     \
-    KERNEL_I8_TARGET static void tile_i8_##R##_##V(const tile_i8_args *t)                   \
-    {                                                                                        \
-        tile_kernel_i8(R, V, t);                                                             \
-    }
-#define TILE_I8_FNS(R) TILE_I8_FN(R, 1) TILE_I8_FN(R, 2) TILE_I8_FN(R, 3) TILE_I8_FN(R, 4)
-#define TILE_I8_ROW(R) {tile_i8_##R##_1, tile_i8_##R##_2, tile_i8_##R##_3, tile_i8_##R##_4}
-TILE_I8_FNS(1) TILE_I8_FNS(2) TILE_I8_FNS(3) TILE_I8_FNS(4) TILE_I8_FNS(5) TILE_I8_FNS(6)
-typedef void (*tile_i8_fn)(const tile_i8_args *);
-static tile_i8_fn const tile_i8_fns[MR][NV] = {
-    TILE_I8_ROW(1), TILE_I8_ROW(2), TILE_I8_ROW(3), TILE_I8_ROW(4), TILE_I8_ROW(5), TILE_I8_ROW(6),
-};
+TILE_TABLE(tile_i8, KERNEL_I8_TARGET, tile_i8_args)
 
 /* Rows [m0, m1) x panels [p0, p1) of out, from the quantized rows. */
 static void gemm_block_i8(const gemm_job *j, int m0, int m1, int p0, int p1)
@@ -669,10 +674,7 @@ static void gemm_block_i8(const gemm_job *j, int m0, int m1, int p0, int p1)
         t.a_zero = qr->zero + ir;
         for (int jp = p0; jp < p1; jp++) {
             const int col = jp * NR;
-            const int cols = n - col < NR ? n - col : NR;
-            const int nv = (cols + 15) / 16;
-            const int tail = cols - 16 * (nv - 1);
-            t.mask = (__mmask16)((1u << tail) - 1u);
+            const int nv = panel_vectors(n, col, &t.mask);
             t.b = pw->packed_i8 + (size_t)jp * qr->k4 * NR;
             t.w_scale = pw->scale_i8 + col;
             t.w_sum = pw->sum_i8 + col;
