@@ -442,6 +442,16 @@ int emb_model_set_precision(emb_model *m, emb_precision precision, emb_err *err)
     return -1;
 }
 
+emb_model *emb_model_load_precision(const char *dir, emb_precision precision, emb_err *err)
+{
+    emb_model *m = emb_model_load(dir, err);
+    if (m != NULL && m->precision != precision && emb_model_set_precision(m, precision, err) != 0) {
+        emb_model_free(m);
+        return NULL;
+    }
+    return m;
+}
+
 const char *emb_precision_name(emb_precision precision)
 {
     return precision == EMB_PRECISION_INT8 ? "int8" : "fp32";

@@ -80,6 +80,8 @@ int emb_model_pack(emb_model *m, emb_err *err);
 /* Repacks m in another precision. On failure (int8 without AVX-512 VNNI,
  * out of memory) m keeps its old precision and -1 is returned. */
 int emb_model_set_precision(emb_model *m, emb_precision precision, emb_err *err);
+/* emb_model_load, then emb_model_set_precision. */
+emb_model *emb_model_load_precision(const char *dir, emb_precision precision, emb_err *err);
 /* "fp32" or "int8"; and back (also "f32", "float32"): 0, or -1 if unknown. */
 const char *emb_precision_name(emb_precision precision);
 int emb_precision_parse(const char *s, emb_precision *out);

@@ -372,15 +372,9 @@ int cli_embed(int argc, char **argv)
     cli_set_threads(o.threads);
 
     emb_err err;
-    emb_model *m = emb_model_load(model_dir, &err);
+    emb_model *m = emb_model_load_precision(model_dir, o.precision, &err);
     if (m == NULL) {
         fprintf(stderr, "embedd embed: %s\n", err.msg);
-        return 1;
-    }
-    if (o.precision != EMB_PRECISION_FP32 && emb_model_set_precision(m, o.precision, &err) != 0) {
-        fprintf(stderr, "embedd embed: --precision %s: %s\n", emb_precision_name(o.precision),
-                err.msg);
-        emb_model_free(m);
         return 1;
     }
     const int max_len = m->cfg.max_seq_length;

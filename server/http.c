@@ -397,13 +397,7 @@ static emb_model *load_saved_version(const char *data_dir, uint32_t id, emb_prec
 {
     char path[4096];
     snprintf(path, sizeof path, "%s/models/v%u", data_dir, id);
-    emb_model *m = emb_model_load(path, err);
-    if (m != NULL && precision != EMB_PRECISION_FP32 &&
-        emb_model_set_precision(m, precision, err) != 0) {
-        emb_model_free(m);
-        return NULL;
-    }
-    return m;
+    return emb_model_load_precision(path, precision, err);
 }
 
 /* The registry: the latest saved version when --data has one, else
@@ -582,14 +576,9 @@ int server_run(server_opts *opts)
                 opts->precision);
         return 2;
     }
-    srv.model = emb_model_load(opts->model_dir, &err);
+    srv.model = emb_model_load_precision(opts->model_dir, precision, &err);
     if (srv.model == NULL) {
         fprintf(stderr, "embedd serve: %s\n", err.msg);
-        return 1;
-    }
-    if (precision != EMB_PRECISION_FP32 && emb_model_set_precision(srv.model, precision, &err) != 0) {
-        fprintf(stderr, "embedd serve: --precision %s: %s\n", opts->precision, err.msg);
-        emb_model_free(srv.model);
         return 1;
     }
     srv.model_name = opts->served_model_name;

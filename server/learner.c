@@ -725,13 +725,7 @@ static emb_model *load_version(learner *l, uint32_t id, emb_err *err)
     struct stat stt;
     if (stat(dir, &stt) != 0)
         return NULL;
-    emb_model *m = emb_model_load(dir, err);
-    if (m != NULL && m->precision != l->o.base->precision &&
-        emb_model_set_precision(m, l->o.base->precision, err) != 0) {
-        emb_model_free(m);
-        return NULL;
-    }
-    return m;
+    return emb_model_load_precision(dir, l->o.base->precision, err);
 }
 
 int learner_rollback(learner *l, uint32_t id, emb_err *err)
