@@ -378,6 +378,13 @@ typedef struct gemm_plan {
     int ncp, nblocks;
 } gemm_plan;
 
+/* Calls of a few rows run on the pool (pool.h), so that a helper the
+ * scheduler has not run yet holds nothing up; others on an OpenMP team. */
+static int gemm_on_pool(int m, int nt)
+{
+    return nt > 1 && m <= EMB_GEMM_POOL_ROWS;
+}
+
 static gemm_plan gemm_plan_make(int m, int n, long per_panel, int nt)
 {
     gemm_plan p;
@@ -391,6 +398,12 @@ static gemm_plan gemm_plan_make(int m, int n, long per_panel, int nt)
     p.ncp = (panels + p.nblocks - 1) / p.nblocks;
     p.mc = MC;
     p.row_chunks = (m + p.mc - 1) / p.mc;
+    if (gemm_on_pool(m, nt)) {
+        /* a few rows, on the pool: one panel per task */
+        p.ncp = 1;
+        p.nblocks = panels;
+        return p;
+    }
     /* few rows: cut N finer, so that every thread gets tasks (and reads only
      * part of W) */
     if ((long)p.row_chunks * p.nblocks < 2L * nt) {
@@ -445,42 +458,28 @@ static void gemm_task(void *arg, int task)
 }
 
 /* Runs j's tasks: on the pool for a few rows, else on an OpenMP team. */
-static void gemm_run(gemm_job *j, int nt)
+/* Runs j's tasks, with ln fused when given; -1 when ln's counters could not
+ * be allocated (nothing done). */
+static int gemm_run(gemm_job *j, int nt, const emb_layernorm *ln)
 {
-    if (nt > 1 && j->m <= EMB_GEMM_POOL_ROWS) {
-        /* a few rows: one panel per task, on the pool (pool.h), so that a
-         * helper the scheduler has not run yet holds nothing up */
-        j->p.ncp = 1;
-        j->p.nblocks = j->panels;
-        emb_pool_run(nt, j->p.row_chunks * j->p.nblocks, gemm_task, j);
-        return;
+    if (ln != NULL) {
+        j->blocks_done = calloc((size_t)j->p.row_chunks, sizeof(atomic_int));
+        if (j->blocks_done == NULL)
+            return -1;
+        j->ln = ln;
     }
     const int tasks = j->p.row_chunks * j->p.nblocks;
-    /* Tasks in N-block-major order, first come first served: the threads
-     * share one block of W (each from its own L2) while they take row
-     * chunks, and a thread that is preempted holds up only its chunk. */
+    if (gemm_on_pool(j->m, nt)) {
+        emb_pool_run(nt, tasks, gemm_task, j);
+    } else {
+        /* Tasks in N-block-major order, first come first served: the
+         * threads share one block of W (each from its own L2) while they
+         * take row chunks, and a thread that is preempted holds up only its
+         * chunk. */
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nt) if (nt > 1)
-    for (int task = 0; task < tasks; task++)
-        gemm_task(j, task);
-}
-
-/* Runs j, with ln fused when given; -1 when its counters could not be
- * allocated (nothing done). */
-static int gemm_run_ln(gemm_job *j, int nt, const emb_layernorm *ln)
-{
-    if (ln == NULL) {
-        gemm_run(j, nt);
-        return 0;
+        for (int task = 0; task < tasks; task++)
+            gemm_task(j, task);
     }
-    if (nt > 1 && j->m <= EMB_GEMM_POOL_ROWS) { /* as gemm_run will cut it */
-        j->p.ncp = 1;
-        j->p.nblocks = j->panels;
-    }
-    j->blocks_done = calloc((size_t)j->p.row_chunks, sizeof(atomic_int));
-    if (j->blocks_done == NULL)
-        return -1;
-    j->ln = ln;
-    gemm_run(j, nt);
     free(j->blocks_done);
     return 0;
 }
@@ -492,7 +491,7 @@ static int gemm_fast(float *out, const float *in, int m, const emb_gemm_w *pw, c
     gemm_job j = {out, in, m, (pw->n + NR - 1) / NR, pw, bias, epilogue,
                   gemm_plan_make(m, pw->n, (long)pw->k * NR * (long)sizeof(float), nt), NULL,
                   NULL, NULL};
-    return gemm_run_ln(&j, nt, ln);
+    return gemm_run(&j, nt, ln);
 }
 
 static int pack_panels(emb_gemm_w *pw, emb_err *err)
@@ -704,7 +703,7 @@ static int gemm_int8(float *out, const float *in, int m, const emb_gemm_w *pw, c
     quantize_rows(in, m, pw->k, &qr, nt);
     gemm_job j = {out, in, m, (pw->n + NR - 1) / NR, pw, bias, epilogue,
                   gemm_plan_make(m, pw->n, (long)qr.k4 * NR, nt), &qr, NULL, NULL};
-    const int rc = gemm_run_ln(&j, nt, ln);
+    const int rc = gemm_run(&j, nt, ln);
     free(qr.q);
     free(qr.scale);
     free(qr.zero);
