@@ -45,6 +45,53 @@ void emb_weights_point(emb_weights *w, float *base, const emb_config *cfg)
     }
 }
 
+size_t emb_encoder_floats(const emb_config *cfg)
+{
+    size_t sizes[EMB_N_PARAM_TENSORS];
+    emb_param_sizes(cfg, sizes);
+    size_t n = 0;
+    for (int i = 0; i < EMB_N_PARAM_TENSORS; i++)
+        n += sizes[i];
+    return n;
+}
+
+size_t emb_dense_floats(const emb_config *cfg)
+{
+    size_t n = 0;
+    for (int k = 0; k < cfg->n_dense; k++) {
+        const emb_dense_config *d = &cfg->dense[k];
+        n += (size_t)d->out_features * (size_t)d->in_features;
+        if (d->bias)
+            n += (size_t)d->out_features;
+    }
+    return n;
+}
+
+void emb_dense_point(emb_dense_w *d, float *base, const emb_config *cfg)
+{
+    float *p = base;
+    for (int k = 0; k < cfg->n_dense; k++) {
+        const emb_dense_config *c = &cfg->dense[k];
+        d[k].w = p;
+        p += (size_t)c->out_features * (size_t)c->in_features;
+        d[k].b = c->bias ? p : NULL;
+        if (c->bias)
+            p += c->out_features;
+    }
+}
+
+int emb_model_dim(const emb_model *m)
+{
+    return emb_config_dim(&m->cfg);
+}
+
+/* Points m->w and m->dense into m->params. */
+static void model_point(emb_model *m)
+{
+    emb_weights_point(&m->w, m->params, &m->cfg);
+    emb_dense_point(m->dense, m->params + emb_encoder_floats(&m->cfg), &m->cfg);
+}
+
 /* ---- weight files ------------------------------------------------------ */
 
 #define MAX_SHARDS 64
@@ -156,6 +203,25 @@ static const emb_st_tensor *find_tensor(const weight_files *wf, const char *name
     return NULL;
 }
 
+/* Checks that t has shape (rows[, cols]); file names it in the message. */
+static int check_shape(const emb_st_tensor *t, const char *file, int ndim, long rows, long cols,
+                       emb_err *err)
+{
+    int ok = t->ndim == ndim && t->shape[0] == rows && (ndim == 1 || t->shape[1] == cols);
+    if (ok)
+        return 0;
+    char got[128] = "";
+    size_t used = 0;
+    for (int d = 0; d < t->ndim && used < sizeof got - 24; d++)
+        used += (size_t)snprintf(got + used, sizeof got - used, "%s%lld", d ? ", " : "",
+                                 (long long)t->shape[d]);
+    if (ndim == 1)
+        return emb_fail(err, "%s: tensor '%s' has shape [%s], expected [%ld]", file, t->name, got,
+                        rows);
+    return emb_fail(err, "%s: tensor '%s' has shape [%s], expected [%ld, %ld]", file, t->name,
+                    got, rows, cols);
+}
+
 /* Copies the HF tensor `name` of shape (rows[, cols]) into dst. */
 static int load_tensor(const weight_files *wf, const char *name, int ndim, long rows, long cols,
                        float *dst, emb_err *err)
@@ -164,19 +230,8 @@ static int load_tensor(const weight_files *wf, const char *name, int ndim, long 
     const emb_st_tensor *t = find_tensor(wf, name, &file);
     if (t == NULL)
         return emb_fail(err, "model.safetensors: missing tensor '%s'", name);
-    int ok = t->ndim == ndim && t->shape[0] == rows && (ndim == 1 || t->shape[1] == cols);
-    if (!ok) {
-        char got[128] = "";
-        size_t used = 0;
-        for (int d = 0; d < t->ndim && used < sizeof got - 24; d++)
-            used += (size_t)snprintf(got + used, sizeof got - used, "%s%lld", d ? ", " : "",
-                                     (long long)t->shape[d]);
-        if (ndim == 1)
-            return emb_fail(err, "model.safetensors: tensor '%s' has shape [%s], expected [%ld]",
-                            t->name, got, rows);
-        return emb_fail(err, "model.safetensors: tensor '%s' has shape [%s], expected [%ld, %ld]",
-                        t->name, got, rows, cols);
-    }
+    if (check_shape(t, "model.safetensors", ndim, rows, cols, err) != 0)
+        return -1;
     return emb_st_read_f32(file, t, dst, err);
 }
 
@@ -249,6 +304,71 @@ static int load_weights(emb_model *m, const weight_files *wf, emb_err *err)
     return 0;
 }
 
+/* ---- Dense modules ------------------------------------------------------ */
+
+static int file_exists(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISREG(st.st_mode);
+}
+
+/* Reads one tensor of a Dense module's safetensors file (path). */
+static int dense_tensor(const emb_st_file *f, const char *path, const char *name, int ndim,
+                        long rows, long cols, float *dst, emb_err *err)
+{
+    const emb_st_tensor *t = emb_st_find(f, name);
+    if (t == NULL)
+        return emb_fail(err, "%s: missing tensor '%s'", path, name);
+    if (check_shape(t, path, ndim, rows, cols, err) != 0)
+        return -1;
+    return emb_st_read_f32(f, t, dst, err);
+}
+
+/* A Dense file holds linear.weight and, with a bias, linear.bias; anything
+ * else (a residual projection of a newer sentence-transformers, a bias the
+ * config says is absent) would be silently ignored weights. */
+static int dense_check_names(const emb_st_file *f, const char *path, int bias, emb_err *err)
+{
+    for (int i = 0; i < f->n_tensors; i++) {
+        const char *name = f->tensors[i].name;
+        if (strcmp(name, "linear.weight") == 0 || (bias && strcmp(name, "linear.bias") == 0))
+            continue;
+        return emb_fail(err, "%s: unexpected tensor '%s' (config.json says this Dense module "
+                        "has linear.weight%s)", path, name, bias ? " and linear.bias" : " only");
+    }
+    return 0;
+}
+
+/* Reads Dense module k's weights from <dir>/<folder>/model.safetensors. */
+static int load_dense_weights(emb_model *m, const char *dir, int k, emb_err *err)
+{
+    const emb_dense_config *d = &m->cfg.dense[k];
+    char path[4096 + 160];
+    snprintf(path, sizeof path, "%s/%s/model.safetensors", dir, d->folder);
+    if (!file_exists(path)) {
+        char bin[4096 + 160];
+        snprintf(bin, sizeof bin, "%s/%s/pytorch_model.bin", dir, d->folder);
+        if (file_exists(bin))
+            return emb_fail(err,
+                            "%s: the Dense module's weights are only in pytorch_model.bin, a "
+                            "format embedd does not read; re-save the model with safetensors "
+                            "(sentence-transformers: model.save(path, safe_serialization=True))",
+                            bin);
+        return emb_fail(err, "%s: not found (the weights of Dense module %d)", path, k);
+    }
+    emb_st_file f;
+    if (emb_st_open(&f, path, err) != 0)
+        return -1;
+    const long OUT = d->out_features, IN = d->in_features;
+    int rc = dense_check_names(&f, path, d->bias, err);
+    if (rc == 0)
+        rc = dense_tensor(&f, path, "linear.weight", 2, OUT, IN, m->dense[k].w, err);
+    if (rc == 0 && d->bias)
+        rc = dense_tensor(&f, path, "linear.bias", 1, OUT, 0, m->dense[k].b, err);
+    emb_st_close(&f);
+    return rc;
+}
+
 /* For m->cfg: the tokenizer of tok_dir (no larger than the vocabulary) and
  * an uninitialised parameter block with m->w pointing into it. */
 static int model_alloc(emb_model *m, const char *tok_dir, emb_err *err)
@@ -260,15 +380,11 @@ static int model_alloc(emb_model *m, const char *tok_dir, emb_err *err)
     if (emb_tokenizer_vocab_size(m->tok) > m->cfg.vocab_size)
         return emb_fail(err, "%s: tokenizer has %d tokens but config.json vocab_size is %d",
                         tok_dir, emb_tokenizer_vocab_size(m->tok), m->cfg.vocab_size);
-    size_t sizes[EMB_N_PARAM_TENSORS];
-    emb_param_sizes(&m->cfg, sizes);
-    m->n_params = 0;
-    for (int i = 0; i < EMB_N_PARAM_TENSORS; i++)
-        m->n_params += sizes[i];
+    m->n_params = emb_encoder_floats(&m->cfg) + emb_dense_floats(&m->cfg);
     m->params = malloc(m->n_params * sizeof(float));
     if (m->params == NULL)
         return emb_fail(err, "out of memory for %zu parameters", m->n_params);
-    emb_weights_point(&m->w, m->params, &m->cfg);
+    model_point(m);
     return 0;
 }
 
@@ -289,6 +405,10 @@ emb_model *emb_model_load(const char *dir, emb_err *err)
     if (load_weights(m, &wf, err) != 0)
         goto fail;
     weight_files_close(&wf);
+    for (int k = 0; k < m->cfg.n_dense; k++) {
+        if (load_dense_weights(m, dir, k, err) != 0)
+            goto fail;
+    }
     if (emb_model_pack(m, err) != 0)
         goto fail;
     return m;
@@ -353,6 +473,14 @@ emb_model *emb_model_init(const emb_config *cfg, const char *tok_dir, uint64_t s
             fill_const(p, sizes[i], kind[i] == '1' ? 1.0f : 0.0f);
         p += sizes[i];
     }
+    /* Dense modules like the encoder's matrices: weights N(0, 0.02^2), bias 0 */
+    for (int k = 0; k < cfg->n_dense; k++) {
+        const emb_dense_config *d = &cfg->dense[k];
+        fill_normal(m->dense[k].w, (size_t)d->out_features * (size_t)d->in_features, 0.02f,
+                    &state);
+        if (d->bias)
+            fill_const(m->dense[k].b, (size_t)d->out_features, 0.0f);
+    }
     if (emb_model_pack(m, err) != 0)
         goto fail;
     return m;
@@ -361,25 +489,72 @@ fail:
     return NULL;
 }
 
-emb_model *emb_model_clone(const emb_model *src, emb_err *err)
+/* A model with config cfg whose parameters start as src's (cfg may list
+ * more Dense modules than src's; their floats are left for the caller),
+ * sharing src's tokenizer. Not packed yet. */
+static emb_model *model_copy(const emb_model *src, const emb_config *cfg, emb_err *err)
 {
     emb_model *m = calloc(1, sizeof *m);
     if (m == NULL) {
         emb_fail(err, "out of memory");
         return NULL;
     }
-    m->cfg = src->cfg;
+    m->cfg = *cfg;
     m->precision = src->precision;
-    m->n_params = src->n_params;
+    m->n_params = emb_encoder_floats(cfg) + emb_dense_floats(cfg);
     m->params = malloc(m->n_params * sizeof(float));
     if (m->params == NULL) {
         emb_fail(err, "out of memory for %zu parameters", m->n_params);
         free(m);
         return NULL;
     }
-    memcpy(m->params, src->params, m->n_params * sizeof(float));
+    memcpy(m->params, src->params, src->n_params * sizeof(float));
     m->tok = emb_tokenizer_retain(src->tok);
-    emb_weights_point(&m->w, m->params, &m->cfg);
+    model_point(m);
+    return m;
+}
+
+emb_model *emb_model_clone(const emb_model *src, emb_err *err)
+{
+    emb_model *m = model_copy(src, &src->cfg, err);
+    if (m != NULL && emb_model_pack(m, err) != 0) {
+        emb_model_free(m);
+        return NULL;
+    }
+    return m;
+}
+
+emb_model *emb_model_add_dense(const emb_model *src, const emb_dense_config *d, const float *w,
+                               const float *b, emb_err *err)
+{
+    emb_config cfg = src->cfg;
+    const int dim = emb_config_dim(&cfg);
+    if (cfg.n_dense == EMB_MAX_DENSE) {
+        emb_fail(err, "the model already has %d Dense modules, the most supported", cfg.n_dense);
+        return NULL;
+    }
+    if (d->in_features != dim) {
+        emb_fail(err, "a new Dense module takes in_features %d, the model gives %d",
+                 d->in_features, dim);
+        return NULL;
+    }
+    const int known_act = d->activation == EMB_ACT_IDENTITY || d->activation == EMB_ACT_TANH;
+    if (d->out_features < 1 || !known_act) {
+        emb_fail(err, "a new Dense module needs out_features >= 1 and a known activation");
+        return NULL;
+    }
+    emb_dense_config *nd = &cfg.dense[cfg.n_dense];
+    *nd = *d;
+    nd->bias = d->bias != 0;
+    emb_dense_folder(cfg.n_dense, nd->folder, sizeof nd->folder);
+    cfg.n_dense++;
+    emb_model *m = model_copy(src, &cfg, err);
+    if (m == NULL)
+        return NULL;
+    const int k = cfg.n_dense - 1;
+    memcpy(m->dense[k].w, w, sizeof(float) * (size_t)nd->out_features * (size_t)nd->in_features);
+    if (nd->bias)
+        memcpy(m->dense[k].b, b, sizeof(float) * (size_t)nd->out_features);
     if (emb_model_pack(m, err) != 0) {
         emb_model_free(m);
         return NULL;
@@ -495,6 +670,11 @@ emb_workspace *emb_workspace_new(const emb_model *m, int max_tokens, emb_err *er
     ws->hidden = m->cfg.hidden_size;
     ws->inter = m->cfg.intermediate_size;
     ws->max_len = m->cfg.max_position_embeddings;
+    ws->head_width = m->cfg.n_dense > 0 ? m->cfg.hidden_size : 0;
+    for (int k = 0; k < m->cfg.n_dense; k++) {
+        if (ws->head_width < m->cfg.dense[k].out_features)
+            ws->head_width = m->cfg.dense[k].out_features;
+    }
     ws->n_threads = omp_get_max_threads();
     ws->scratch = malloc(sizeof(float) * attention_scratch_floats(
         ws->max_len, m->cfg.hidden_size / m->cfg.num_attention_heads, ws->n_threads));
@@ -517,6 +697,8 @@ void emb_workspace_free(emb_workspace *ws)
     free(ws->ffn);
     free(ws->scratch);
     free(ws->seq_off);
+    free(ws->pooled);
+    free(ws->dense_tmp);
     free(ws);
 }
 
@@ -540,6 +722,9 @@ static int workspace_reserve(emb_workspace *ws, int T, int S, emb_err *err)
         if (p == NULL)
             return emb_fail(err, "out of memory");
         ws->seq_off = p;
+        size_t head = (size_t)(S + 1) * (size_t)ws->head_width;
+        if (ws->head_width > 0 && (grow(&ws->pooled, head) || grow(&ws->dense_tmp, head)))
+            return emb_fail(err, "out of memory for %d pooled rows", S);
         ws->cap_seqs = S + 1;
     }
     if (T <= ws->cap_tokens)
@@ -618,10 +803,26 @@ int emb_forward(const emb_model *m, emb_workspace *ws, const int32_t *ids, const
  * operands stay in cache), and the activations stay small. */
 #define EMBED_CHUNK_TOKENS 4096
 
+/* The Dense modules on S pooled rows: ws->pooled (S, C) -> out (S, D).
+ * ws->pooled and ws->dense_tmp take turns holding the modules between. */
+static void dense_chain_forward(const emb_model *m, emb_workspace *ws, int S, float *out)
+{
+    const int n = m->cfg.n_dense;
+    float *in = ws->pooled, *other = ws->dense_tmp;
+    for (int k = 0; k < n; k++) {
+        const emb_dense_config *d = &m->cfg.dense[k];
+        float *dst = k == n - 1 ? out : other;
+        dense_forward(dst, in, m->dense[k].w, m->dense[k].b, S, d->in_features, d->out_features,
+                      (int)d->activation);
+        other = in;
+        in = dst;
+    }
+}
+
 int emb_embed_ids(const emb_model *m, emb_workspace *ws, const int32_t *ids, const int *lens,
                   int n_seqs, emb_pooling pooling, int normalize, float *out, emb_err *err)
 {
-    const int C = m->cfg.hidden_size;
+    const int C = m->cfg.hidden_size, D = emb_model_dim(m);
     int s0 = 0;
     long t0 = 0;
     while (s0 < n_seqs) {
@@ -633,11 +834,16 @@ int emb_embed_ids(const emb_model *m, emb_workspace *ws, const int32_t *ids, con
         } while (s1 < n_seqs && tokens + lens[s1] <= EMBED_CHUNK_TOKENS);
         if (emb_forward(m, ws, ids + t0, lens + s0, s1 - s0, err) != 0)
             return -1;
-        pool_forward(out + (long)s0 * C, ws->x, ws->seq_off, s1 - s0, C, (int)pooling);
+        if (m->cfg.n_dense == 0) {
+            pool_forward(out + (long)s0 * D, ws->x, ws->seq_off, s1 - s0, C, (int)pooling);
+        } else {
+            pool_forward(ws->pooled, ws->x, ws->seq_off, s1 - s0, C, (int)pooling);
+            dense_chain_forward(m, ws, s1 - s0, out + (long)s0 * D);
+        }
         t0 += tokens;
         s0 = s1;
     }
     if (normalize)
-        l2norm_forward(out, n_seqs, C);
+        l2norm_forward(out, n_seqs, D);
     return 0;
 }

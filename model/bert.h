@@ -42,6 +42,14 @@ typedef struct emb_weights {
 
 #define EMB_N_PARAM_TENSORS 17
 
+/* One sentence-transformers Dense module's weights (config.h), views into
+ * the model's flat block, after the encoder tensors. IN and OUT are the
+ * module's in_features and out_features. */
+typedef struct emb_dense_w {
+    float *w;          /* (OUT, IN)  linear.weight */
+    float *b;          /* (OUT)      linear.bias, NULL when the module has none */
+} emb_dense_w;
+
 /* The dense layers of one encoder layer, packed for emb_gemm. */
 enum { EMB_LIN_QKV = 0, EMB_LIN_ATTN_OUT, EMB_LIN_FC, EMB_LIN_FC_PROJ, EMB_LIN_PER_LAYER };
 
@@ -53,9 +61,12 @@ typedef struct emb_model {
     emb_config cfg;
     emb_precision precision;   /* of the packed dense weights; clones keep it */
     emb_tokenizer *tok;
-    float *params;             /* flat block of n_params floats */
+    float *params;             /* flat block of n_params floats: the encoder
+                                * tensors (emb_weights order), then each
+                                * Dense module's weight and bias */
     size_t n_params;
     emb_weights w;             /* pointers into params */
+    emb_dense_w dense[EMB_MAX_DENSE]; /* (cfg.n_dense) pointers into params */
     emb_gemm_w *lin;           /* (L, EMB_LIN_PER_LAYER) packed copies of the dense weights */
 } emb_model;
 
@@ -63,8 +74,19 @@ typedef struct emb_model {
 void emb_param_sizes(const emb_config *cfg, size_t sizes[EMB_N_PARAM_TENSORS]);
 /* Points the fields of w into the flat block base, laid out by cfg. */
 void emb_weights_point(emb_weights *w, float *base, const emb_config *cfg);
+/* Floats of the encoder tensors (the sum of emb_param_sizes), which is
+ * where the Dense block starts; and floats of the Dense block. */
+size_t emb_encoder_floats(const emb_config *cfg);
+size_t emb_dense_floats(const emb_config *cfg);
+/* Points d[0..cfg->n_dense) into the Dense block at base: per module its
+ * weight, then its bias when it has one. */
+void emb_dense_point(emb_dense_w *d, float *base, const emb_config *cfg);
 
-/* Loads config, tokenizer and model.safetensors from dir. */
+/* Loads config, tokenizer, model.safetensors and each Dense module's
+ * <folder>/model.safetensors from dir. A Dense folder that holds only
+ * pytorch_model.bin is an error that says to re-save it as safetensors;
+ * missing, mis-shaped and unexpected Dense tensors are errors that name
+ * the file and the tensor. */
 emb_model *emb_model_load(const char *dir, emb_err *err);
 /* A new model from cfg (validated as emb_config_save does) with the
  * tokenizer of tok_dir (tokenizer.json or vocab.txt) and BERT's
@@ -74,6 +96,15 @@ emb_model *emb_model_init(const emb_config *cfg, const char *tok_dir, uint64_t s
                           emb_err *err);
 /* A copy of src (config, weights, packing) sharing src's tokenizer. */
 emb_model *emb_model_clone(const emb_model *src, emb_err *err);
+/* A copy of src with one more Dense module after its own: d (its
+ * in_features must be emb_model_dim(src); its folder is set to
+ * emb_dense_folder's name), weight w (OUT, IN) and bias b (OUT; ignored
+ * unless d->bias). */
+emb_model *emb_model_add_dense(const emb_model *src, const emb_dense_config *d, const float *w,
+                               const float *b, emb_err *err);
+/* The dimension of m's embeddings: the last Dense module's out_features,
+ * else hidden_size (emb_config_dim). */
+int emb_model_dim(const emb_model *m);
 /* (Re)packs the dense weights for emb_gemm, in m->precision; call after
  * params change. */
 int emb_model_pack(emb_model *m, emb_err *err);
@@ -94,6 +125,7 @@ typedef struct emb_workspace {
     int cap_tokens;            /* T the buffers currently hold */
     int cap_seqs;
     int hidden, inter, max_len;  /* C, I and P of the model */
+    int head_width;            /* widest of C and the Dense outputs; 0: no Dense */
     float *x;                  /* (T, C)  hidden states, the residual stream */
     float *qkv;                /* (T, 3C) */
     float *att;                /* (T, C)  attention output, heads concatenated */
@@ -102,6 +134,8 @@ typedef struct emb_workspace {
     float *scratch;            /* attention scratch for n_threads threads */
     int n_threads;             /* OpenMP threads the scratch was sized for */
     int *seq_off;              /* (S + 1) */
+    float *pooled;             /* (S, head_width) pooled rows, then Dense outputs */
+    float *dense_tmp;          /* (S, head_width) the other Dense buffer */
 } emb_workspace;
 
 emb_workspace *emb_workspace_new(const emb_model *m, int max_tokens, emb_err *err);
@@ -118,8 +152,8 @@ void emb_workspace_free(emb_workspace *ws);
 int emb_forward(const emb_model *m, emb_workspace *ws, const int32_t *ids, const int *lens,
                 int n_seqs, emb_err *err);
 
-/* emb_forward, then pooling (and L2 normalisation when normalize) into
- * out (n_seqs, C). */
+/* emb_forward, then pooling, the model's Dense modules (in order) and L2
+ * normalisation when normalize, into out (n_seqs, D), D = emb_model_dim. */
 int emb_embed_ids(const emb_model *m, emb_workspace *ws, const int32_t *ids, const int *lens,
                   int n_seqs, emb_pooling pooling, int normalize, float *out, emb_err *err);
 

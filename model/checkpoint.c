@@ -107,6 +107,30 @@ int emb_save_weights(const char *path, const emb_config *cfg, const float *enc,
     return rc;
 }
 
+/* Each Dense module's weights into <dir>/<2 + k>_Dense/model.safetensors
+ * (the folders emb_config_save made), F32 whatever dtype the encoder is
+ * saved in: they are small, and a whitening transform needs the range. */
+static int save_dense_weights(const char *dir, const emb_config *cfg, const float *enc,
+                              emb_err *err)
+{
+    emb_dense_w d[EMB_MAX_DENSE];
+    emb_dense_point(d, (float *)enc + emb_encoder_floats(cfg), cfg);
+    for (int k = 0; k < cfg->n_dense; k++) {
+        const emb_dense_config *c = &cfg->dense[k];
+        char folder[32], path[PATH_CAP + 64];
+        emb_dense_folder(k, folder, sizeof folder);
+        snprintf(path, sizeof path, "%s/%s/model.safetensors", dir, folder);
+        emb_st_entry e[2];
+        int n = 0;
+        set_entry(&e[n++], "linear.weight", EMB_DT_F32, d[k].w, c->out_features, c->in_features);
+        if (c->bias)
+            set_entry(&e[n++], "linear.bias", EMB_DT_F32, d[k].b, c->out_features, 0);
+        if (emb_st_write(path, e, n, "{\"format\":\"pt\"}", err) != 0)
+            return -1;
+    }
+    return 0;
+}
+
 /* ---- small file helpers ------------------------------------------------------ */
 
 static int copy_file(const char *src, const char *dst, emb_err *err)
@@ -366,7 +390,8 @@ int emb_save_model_dir(const char *out_dir, const emb_config *cfg, const float *
     snprintf(path, sizeof path, "%s/model.safetensors", tmp);
     if (emb_save_weights(path, cfg, enc, head, dtype, err) != 0)
         goto out;
-    if (emb_config_save(cfg, tmp, err) != 0 || copy_tokenizer(tok_dir, tmp, err) != 0)
+    if (emb_config_save(cfg, tmp, err) != 0 || save_dense_weights(tmp, cfg, enc, err) != 0 ||
+        copy_tokenizer(tok_dir, tmp, err) != 0)
         goto out;
     if (t != NULL && save_trainer_state(t, tmp, err) != 0)
         goto out;

@@ -5,8 +5,12 @@
  *   model.safetensors          encoder tensors under their HF names (Q, K
  *                              and V split again), plus cls.predictions.*
  *                              when a head is given; F32, F16 or BF16
- *   config.json, modules.json, 1_Pooling/config.json,
+ *   config.json, modules.json, 1_Pooling/config.json, <2 + k>_Dense/config.json,
  *   sentence_bert_config.json  from the config (emb_config_save)
+ *   <2 + k>_Dense/model.safetensors
+ *                              each Dense module's linear.weight and
+ *                              linear.bias, always F32 (small; a whitening
+ *                              transform needs the range)
  *   tokenizer files            copied from the source model directory
  *   optimizer.safetensors      with a trainer: its AdamW moments (flat, in
  *   trainer_state.json         the parameter layout) and step, skip count,
@@ -21,15 +25,16 @@
 #include "safetensors.h"
 #include "train.h"
 
-/* The tensors of an encoder block (emb_weights layout) and optionally an
- * MLM head (NULL: none) to path, as dtype. */
+/* The encoder tensors of a model block enc (emb_weights layout, as in
+ * emb_model.params) and optionally an MLM head (NULL: none) to path, as
+ * dtype. The Dense block after the encoder tensors is not written here. */
 int emb_save_weights(const char *path, const emb_config *cfg, const float *enc,
                      const float *head, emb_dtype dtype, emb_err *err);
 
-/* A complete model directory at out_dir from cfg and the encoder block enc
- * (and head, may be NULL), with the tokenizer files of tok_dir. When t is
- * not NULL its optimizer state is saved too, and enc/head may be NULL to
- * take the trainer's. */
+/* A complete model directory at out_dir from cfg and the model block enc
+ * (emb_model.params: encoder, then Dense modules) (and head, may be NULL),
+ * with the tokenizer files of tok_dir. When t is not NULL its optimizer
+ * state is saved too, and enc/head may be NULL to take the trainer's. */
 int emb_save_model_dir(const char *out_dir, const emb_config *cfg, const float *enc,
                        const float *head, const char *tok_dir, emb_dtype dtype,
                        const emb_trainer *t, emb_err *err);

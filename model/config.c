@@ -5,8 +5,10 @@
  * every file checked out, so *cfg is never half-filled:
  *   load_bert       config.json: BERT hyperparameters, validated by
  *                   check_bert (the same check guards emb_config_save).
- *   load_modules    modules.json: which folder holds the Pooling config and
- *                   whether a Normalize module follows it.
+ *   load_modules    modules.json: which folder holds the Pooling config,
+ *                   the Dense modules after it (load_dense reads each
+ *                   one's config.json) and whether a Normalize module
+ *                   follows them.
  *   load_pooling    <pooling folder>/config.json: exactly one of cls, mean,
  *                   lasttoken.
  *   load_seq_length sentence_bert_config.json, then tokenizer_config.json,
@@ -34,6 +36,8 @@
 /* Largest JSON file we read (tokenizer_config.json can list many tokens). */
 #define CFG_MAX_FILE (16 * 1024 * 1024)
 #define CFG_MAX_MODULES 64
+/* Widest Dense module input or output we accept. */
+#define DENSE_MAX_FEATURES 65536
 #define CFG_PATH_MAX 4096
 /* Hugging Face stores "no limit" in model_max_length as a huge integer. */
 #define CFG_UNSET_MAX_LENGTH 1e6
@@ -148,6 +152,43 @@ int emb_pooling_parse(const char *s, emb_pooling *out)
         return 0;
     }
     return -1;
+}
+
+/* ---- Dense activations as data ---------------------------------------- */
+
+/* The torch classes sentence-transformers saves as activation_function. */
+typedef struct act_name {
+    const char *path;        /* what sentence-transformers writes (fullname) */
+    const char *short_path;  /* the same class by its public alias */
+    emb_activation act;
+} act_name;
+
+static const act_name act_names[] = {
+    {"torch.nn.modules.linear.Identity", "torch.nn.Identity", EMB_ACT_IDENTITY},
+    {"torch.nn.modules.activation.Tanh", "torch.nn.Tanh", EMB_ACT_TANH},
+};
+
+#define N_ACT_NAMES ((int)(sizeof act_names / sizeof act_names[0]))
+
+const char *emb_activation_name(emb_activation a)
+{
+    for (int i = 0; i < N_ACT_NAMES; i++) {
+        if (act_names[i].act == a)
+            return act_names[i].path;
+    }
+    return "unknown";
+}
+
+void emb_dense_folder(int k, char *out, size_t cap)
+{
+    snprintf(out, cap, "%d_Dense", 2 + k);
+}
+
+int emb_config_dim(const emb_config *cfg)
+{
+    if (cfg->n_dense > 0)
+        return cfg->dense[cfg->n_dense - 1].out_features;
+    return cfg->hidden_size;
 }
 
 /* ---- reading JSON ----------------------------------------------------- */
@@ -414,6 +455,25 @@ static int check_sentence(const emb_config *cfg, const char *where, emb_err *err
     if (cfg->max_seq_length < 1 || cfg->max_seq_length > cfg->max_position_embeddings)
         return emb_fail(err, "%s: max_seq_length %d out of range [1, %d] (max_position_embeddings)",
                         where, cfg->max_seq_length, cfg->max_position_embeddings);
+    if (cfg->n_dense < 0 || cfg->n_dense > EMB_MAX_DENSE)
+        return emb_fail(err, "%s: %d Dense modules, at most %d supported", where, cfg->n_dense,
+                        EMB_MAX_DENSE);
+    int dim = cfg->hidden_size;
+    for (int k = 0; k < cfg->n_dense; k++) {
+        const emb_dense_config *d = &cfg->dense[k];
+        if (d->in_features != dim)
+            return emb_fail(err, "%s: Dense module %d has in_features %d, the module before it "
+                            "gives %d", where, k, d->in_features, dim);
+        if (d->out_features < 1 || d->out_features > DENSE_MAX_FEATURES)
+            return emb_fail(err, "%s: Dense module %d out_features %d out of range [1, %d]", where,
+                            k, d->out_features, DENSE_MAX_FEATURES);
+        if (d->activation != EMB_ACT_IDENTITY && d->activation != EMB_ACT_TANH)
+            return emb_fail(err, "%s: Dense module %d has unknown activation %d", where, k,
+                            (int)d->activation);
+        if (d->bias != 0 && d->bias != 1)
+            return emb_fail(err, "%s: Dense module %d bias must be 0 or 1", where, k);
+        dim = d->out_features;
+    }
     return 0;
 }
 
@@ -519,8 +579,133 @@ static int folder_ok(const char *p)
     return 1;
 }
 
-/* Reads modules.json: sets has_modules_json, normalize and the pooling
- * folder (left as given when no Pooling module is listed). */
+/* The activation_function of a Dense config.json; absent means Tanh, the
+ * sentence-transformers default. */
+static int parse_activation(const char *s, emb_activation *out, const char *file, emb_err *err)
+{
+    if (s == NULL) {
+        *out = EMB_ACT_TANH;
+        return 0;
+    }
+    for (int i = 0; i < N_ACT_NAMES; i++) {
+        if (strcmp(s, act_names[i].path) == 0 || strcmp(s, act_names[i].short_path) == 0) {
+            *out = act_names[i].act;
+            return 0;
+        }
+    }
+    return emb_fail(err, "%s: activation_function \"%s\" is not supported (only %s and %s)",
+                    file, s, act_names[0].path, act_names[1].path);
+}
+
+/* Newer sentence-transformers Dense options that embedd supports at their
+ * defaults only: a residual connection, and reading or writing another
+ * feature than the pooled "sentence_embedding". */
+static int check_dense_defaults(const cJSON *json, const char *file, emb_err *err)
+{
+    int residual = 0;
+    int found = 0;
+    if (get_bool(json, "use_residual", &residual, &found, file, err) != 0)
+        return -1;
+    if (residual)
+        return emb_fail(err, "%s: \"use_residual\": true is not supported", file);
+    static const char *const names[] = {"module_input_name", "module_output_name"};
+    for (int i = 0; i < 2; i++) {
+        int bad = 0;
+        const char *v = get_string(json, names[i], &bad, file, err);
+        if (bad != 0)
+            return -1;
+        if (v != NULL && strcmp(v, "sentence_embedding") != 0)
+            return emb_fail(err, "%s: %s \"%s\" is not supported (only \"sentence_embedding\")",
+                            file, names[i], v);
+    }
+    return 0;
+}
+
+/* Reads <dir>/<folder>/config.json of the Dense module listed at idx into
+ * d. in_dim is the output dimension of the module before it. */
+static int load_dense(emb_dense_config *d, const char *dir, const char *folder, int idx,
+                      int in_dim, emb_err *err)
+{
+    char path[CFG_PATH_MAX];
+    cJSON *json = NULL;
+    int result = -1;
+
+    memset(d, 0, sizeof *d);
+    if (path_join(path, dir, folder, "config.json", err) != 0)
+        return -1;
+    if (json_read(path, 0, &json, err) != 0)
+        return -1;
+    if (!cJSON_IsObject(json)) {
+        emb_fail(err, "%s: not a JSON object", path);
+        goto out;
+    }
+    int found_in = 0, found_out = 0, found_bias = 0;
+    d->bias = 1;
+    if (get_int(json, "in_features", &d->in_features, &found_in, path, err) != 0 ||
+        get_int(json, "out_features", &d->out_features, &found_out, path, err) != 0 ||
+        get_bool(json, "bias", &d->bias, &found_bias, path, err) != 0)
+        goto out;
+    if (!found_in || !found_out) {
+        emb_fail(err, "%s: required field \"%s\" is missing", path,
+                 found_in ? "out_features" : "in_features");
+        goto out;
+    }
+    if (d->in_features != in_dim) {
+        emb_fail(err,
+                 "%s: in_features %d does not match the output dimension %d of the module "
+                 "before it (modules.json module %d)",
+                 path, d->in_features, in_dim, idx);
+        goto out;
+    }
+    if (d->out_features < 1 || d->out_features > DENSE_MAX_FEATURES) {
+        emb_fail(err, "%s: out_features %d out of range [1, %d]", path, d->out_features,
+                 DENSE_MAX_FEATURES);
+        goto out;
+    }
+    int bad = 0;
+    const char *act = get_string(json, "activation_function", &bad, path, err);
+    if (bad != 0 || parse_activation(act, &d->activation, path, err) != 0)
+        goto out;
+    if (check_dense_defaults(json, path, err) != 0)
+        goto out;
+    snprintf(d->folder, sizeof d->folder, "%s", folder);
+    result = 0;
+out:
+    cJSON_Delete(json);
+    return result;
+}
+
+/* A Dense entry of modules.json (module idx, in folder): must follow the
+ * Pooling module and come before Normalize; its config is appended to
+ * cfg->dense. */
+static int add_dense(emb_config *cfg, const char *dir, const char *file, int idx,
+                     const char *folder, int have_pooling, emb_err *err)
+{
+    if (!have_pooling)
+        return emb_fail(err,
+                        "%s: Dense module %d (\"%s\") comes before the Pooling module: only "
+                        "Dense modules on the pooled embedding are supported",
+                        file, idx, folder);
+    if (cfg->normalize)
+        return emb_fail(err,
+                        "%s: Dense module %d (\"%s\") comes after Normalize: not supported "
+                        "(Dense modules must run before Normalize)",
+                        file, idx, folder);
+    if (cfg->n_dense == EMB_MAX_DENSE)
+        return emb_fail(err, "%s: more than %d Dense modules", file, EMB_MAX_DENSE);
+    if (!folder_ok(folder) || strlen(folder) >= sizeof cfg->dense[0].folder)
+        return emb_fail(err, "%s: Dense path \"%s\" is not a folder inside the model", file,
+                        folder);
+    int in_dim = emb_config_dim(cfg);
+    if (load_dense(&cfg->dense[cfg->n_dense], dir, folder, idx, in_dim, err) != 0)
+        return -1;
+    cfg->n_dense++;
+    return 0;
+}
+
+/* Reads modules.json: sets has_modules_json, the Dense modules, normalize
+ * and the pooling folder (left as given when no Pooling module is
+ * listed). */
 static int load_modules(emb_config *cfg, const char *dir, char *pool_dir, size_t pool_size,
                         emb_err *err)
 {
@@ -596,6 +781,9 @@ static int load_modules(emb_config *cfg, const char *dir, char *pool_dir, size_t
                 goto out;
             }
             snprintf(pool_dir, pool_size, "%s", folder);
+        } else if (strcmp(cls, "Dense") == 0) {
+            if (add_dense(cfg, dir, path, i, folder, n_pooling > 0, err) != 0)
+                goto out;
         } else if (strcmp(cls, "Normalize") == 0) {
             if (i == 0) {
                 emb_fail(err, "%s: Normalize cannot be the first module", path);
@@ -604,9 +792,9 @@ static int load_modules(emb_config *cfg, const char *dir, char *pool_dir, size_t
             cfg->normalize = 1;
         } else {
             emb_fail(err,
-                     "%s: module %d type \"%s\" is not supported (only Transformer, Pooling, "
-                     "Normalize)",
-                     path, i, type);
+                     "%s: module %d (path \"%s\") type \"%s\" is not supported (only "
+                     "Transformer, Pooling, Dense, Normalize)",
+                     path, i, folder, type);
             goto out;
         }
         i++;
@@ -939,6 +1127,12 @@ static cJSON *bert_json(const emb_config *cfg)
     return json;
 }
 
+/* Normalize comes after the Dense modules: "<2 + n_dense>_Normalize". */
+static void normalize_folder(const emb_config *cfg, char *out, size_t cap)
+{
+    snprintf(out, cap, "%d_Normalize", 2 + cfg->n_dense);
+}
+
 static int add_module(cJSON *list, int idx, const char *path, const char *type)
 {
     char name[16];
@@ -958,6 +1152,8 @@ static int add_module(cJSON *list, int idx, const char *path, const char *type)
     return 0;
 }
 
+/* Transformer, Pooling, the Dense modules, then Normalize, in folders
+ * named "<idx>_<class>" as sentence-transformers names them. */
 static cJSON *modules_json(const emb_config *cfg)
 {
     cJSON *list = cJSON_CreateArray();
@@ -966,13 +1162,39 @@ static cJSON *modules_json(const emb_config *cfg)
     int rc = add_module(list, 0, "", "sentence_transformers.models.Transformer");
     if (rc == 0)
         rc = add_module(list, 1, "1_Pooling", "sentence_transformers.models.Pooling");
-    if (rc == 0 && cfg->normalize)
-        rc = add_module(list, 2, "2_Normalize", "sentence_transformers.models.Normalize");
+    for (int k = 0; rc == 0 && k < cfg->n_dense; k++) {
+        char folder[32];
+        emb_dense_folder(k, folder, sizeof folder);
+        rc = add_module(list, 2 + k, folder, "sentence_transformers.models.Dense");
+    }
+    if (rc == 0 && cfg->normalize) {
+        char folder[32];
+        normalize_folder(cfg, folder, sizeof folder);
+        rc = add_module(list, 2 + cfg->n_dense, folder, "sentence_transformers.models.Normalize");
+    }
     if (rc != 0) {
         cJSON_Delete(list);
         return NULL;
     }
     return list;
+}
+
+/* The config.json of a Dense module, as sentence-transformers writes it. */
+static cJSON *dense_json(const emb_dense_config *d)
+{
+    cJSON *json = cJSON_CreateObject();
+    if (json == NULL)
+        return NULL;
+    int ok = cJSON_AddNumberToObject(json, "in_features", d->in_features) != NULL &&
+             cJSON_AddNumberToObject(json, "out_features", d->out_features) != NULL &&
+             cJSON_AddBoolToObject(json, "bias", d->bias != 0) != NULL &&
+             cJSON_AddStringToObject(json, "activation_function",
+                                     emb_activation_name(d->activation)) != NULL;
+    if (!ok) {
+        cJSON_Delete(json);
+        return NULL;
+    }
+    return json;
 }
 
 /* The classic boolean format, which every sentence-transformers reads. */
@@ -1025,8 +1247,17 @@ int emb_config_save(const emb_config *cfg, const char *dir, emb_err *err)
         return -1;
     if (write_json(pooling_json(cfg), dir, "1_Pooling", "config.json", err) != 0)
         return -1;
+    for (int k = 0; k < cfg->n_dense; k++) {
+        char folder[32];
+        emb_dense_folder(k, folder, sizeof folder);
+        if (make_dir(dir, folder, err) != 0 ||
+            write_json(dense_json(&cfg->dense[k]), dir, folder, "config.json", err) != 0)
+            return -1;
+    }
     /* sentence-transformers saves Normalize as an empty folder */
-    if (cfg->normalize && make_dir(dir, "2_Normalize", err) != 0)
+    char norm[32];
+    normalize_folder(cfg, norm, sizeof norm);
+    if (cfg->normalize && make_dir(dir, norm, err) != 0)
         return -1;
     if (write_json(sentence_json(cfg), dir, "sentence_bert_config.json", NULL, err) != 0)
         return -1;

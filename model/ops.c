@@ -39,6 +39,15 @@ void matmul_forward(float *out, const float *in, const float *w, const float *bi
                 1.0f, in, IN, w, IN, beta, out, OUT);
 }
 
+void dense_forward(float *out, const float *in, const float *w, const float *bias, int S,
+                   int IN, int OUT, int act)
+{
+    matmul_forward(out, in, w, bias, S, IN, OUT);
+    if (act != 1)
+        return;
+    for (long i = 0; i < (long)S * OUT; i++)
+        out[i] = tanhf(out[i]);
+}
 
 /* Rows up to which residual_layernorm_forward runs on the calling thread. */
 #define LAYERNORM_SERIAL_ROWS 64

@@ -47,6 +47,12 @@ long attention_scratch_floats(int max_len, int head_dim, int n_threads);
  * last token. mode: 0 mean, 1 cls, 2 last (emb_pooling values). */
 void pool_forward(float *out, const float *x, const int *seq_off, int S, int C, int mode);
 
+/* A sentence-transformers Dense module on S rows: out (S,OUT) =
+ * act(in (S,IN) W^T (OUT,IN) + bias (OUT, may be NULL)), act 0 identity
+ * or 1 tanh (emb_activation values). out may not alias in. */
+void dense_forward(float *out, const float *in, const float *w, const float *bias, int S,
+                   int IN, int OUT, int act);
+
 /* Rows of x (S,C) scaled to unit L2 norm in place (zero rows stay zero). */
 void l2norm_forward(float *x, int S, int C);
 

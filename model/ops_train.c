@@ -271,8 +271,9 @@ void matmul_backward(float *din, float *dw, float *db, const float *dout, const 
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, IN, OUT, 1.0f, dout, OUT, w,
                     IN, 0.0f, din, IN);
     }
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, OUT, IN, T, 1.0f, dout, OUT, in, IN,
-                1.0f, dw, IN);
+    if (dw != NULL)
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, OUT, IN, T, 1.0f, dout, OUT, in,
+                    IN, 1.0f, dw, IN);
     if (db == NULL)
         return;
     const int nblocks = (OUT + COL_BLOCK - 1) / COL_BLOCK;
@@ -282,6 +283,18 @@ void matmul_backward(float *din, float *dw, float *db, const float *dout, const 
         int c1 = c0 + COL_BLOCK < OUT ? c0 + COL_BLOCK : OUT;
         column_sums_add(db, dout, T, OUT, c0, c1);
     }
+}
+
+/* ---- Dense ------------------------------------------------------------- */
+
+void dense_backward(float *din, float *dw, float *db, float *dout, const float *in,
+                    const float *out, const float *w, int S, int IN, int OUT, int act)
+{
+    if (act == 1) {
+        for (long i = 0; i < (long)S * OUT; i++)
+            dout[i] *= 1.0f - out[i] * out[i];
+    }
+    matmul_backward(din, dw, db, dout, in, w, S, IN, OUT);
 }
 
 /* ---- GELU -------------------------------------------------------------- */

@@ -50,10 +50,20 @@ void layernorm_backward(float *dinp, float *dw, float *db, const float *dout, co
 
 /* ---- linear ------------------------------------------------------------ */
 /* For out (T,OUT) = in (T,IN) W^T (OUT,IN) + bias:
- * din (T,IN) = dout W (din may be NULL: skipped); dw (OUT,IN) += dout^T in;
- * db (OUT) += column sums of dout (db may be NULL). Uses cblas_sgemm. */
+ * din (T,IN) = dout W (din may be NULL: skipped); dw (OUT,IN) += dout^T in
+ * (dw may be NULL: skipped); db (OUT) += column sums of dout (db may be
+ * NULL). Uses cblas_sgemm. */
 void matmul_backward(float *din, float *dw, float *db, const float *dout, const float *in,
                      const float *w, int T, int IN, int OUT);
+
+/* ---- Dense (sentence-transformers) ------------------------------------- */
+/* For out (S,OUT) = act(in (S,IN) W^T + bias), dense_forward (ops.h), act
+ * 0 identity or 1 tanh: din (S,IN) = the gradient wrt in; dw, db += as in
+ * matmul_backward (either may be NULL: a frozen module). out is the
+ * forward's output (tanh' = 1 - out^2). dout is overwritten with the
+ * gradient wrt the pre-activation. */
+void dense_backward(float *din, float *dw, float *db, float *dout, const float *in,
+                    const float *out, const float *w, int S, int IN, int OUT, int act);
 
 /* ---- GELU (exact erf) -------------------------------------------------- */
 /* dinp (n) = dout * GELU'(inp), inp the pre-activation (bias included).

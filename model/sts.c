@@ -176,7 +176,7 @@ double emb_spearman(const double *x, const double *y, int n)
 static int embed_texts(const emb_model *m, char *const *texts, int n, float *out, emb_err *err)
 {
     const int max_len = m->cfg.max_seq_length;
-    const int C = m->cfg.hidden_size;
+    const int C = emb_model_dim(m);
     int32_t *ids = malloc(sizeof(int32_t) * (size_t)max_len * 64);
     int lens[64];
     emb_workspace *ws = emb_workspace_new(m, max_len * 64, err);
@@ -204,7 +204,7 @@ static int embed_texts(const emb_model *m, char *const *texts, int n, float *out
 
 int emb_sts_eval(const emb_model *m, const emb_sts *s, double *rho, emb_err *err)
 {
-    const int C = m->cfg.hidden_size;
+    const int C = emb_model_dim(m);
     float *ea = malloc(sizeof(float) * (size_t)s->n * C);
     float *eb = malloc(sizeof(float) * (size_t)s->n * C);
     double *cos = malloc(sizeof(double) * (size_t)s->n);

@@ -104,6 +104,8 @@ static void fill_decay_mask(emb_trainer *t)
         for (size_t j = 0; j < enc[i]; j++)
             *p++ = (float)enc_decays[i];
     }
+    for (size_t j = t->dense_at; j < t->n_enc; j++)
+        *p++ = 0.0f; /* the Dense block is frozen: no update at all */
     for (int i = 0; i < EMB_N_HEAD_TENSORS; i++) {
         for (size_t j = 0; j < head[i]; j++)
             *p++ = (float)head_decays[i];
@@ -187,8 +189,11 @@ struct emb_train_acts {
     /* backward */
     float *dx, *dtmp, *dmid, *dqkv, *datt, *dffn, *attn_scratch;
     long attn_scratch_floats;
-    /* SimCSE */
-    float *pooled, *unit, *norms, *dunit, *dpooled, *sim; /* (2B, C) x5, (B, B) */
+    /* SimCSE; W = the widest of C and the Dense outputs, D the model's dimension */
+    float *pooled, *dpooled;                              /* (2B, C) */
+    float *dense_out;                                     /* (2B, sum of Dense outputs) */
+    float *unit, *dunit, *ddense;                         /* (2B, D), (2B, D), (2B, W) */
+    float *norms, *sim;                                   /* (2B), (B, B) */
     /* MLM */
     int *seq_labels;                                      /* (S) InfoNCE targets */
     int *mlm_rows, *mlm_labels;                           /* (M) */
@@ -205,8 +210,8 @@ static void acts_free(emb_train_acts *a)
                       &a->mask1, &a->xmid, &a->ffn_pre, &a->ffn_act, &a->ln2_in, &a->ln2_mean,
                       &a->ln2_rstd, &a->mask2, &a->dx, &a->dtmp, &a->dmid, &a->dqkv, &a->datt,
                       &a->dffn, &a->attn_scratch, &a->pooled, &a->unit, &a->norms, &a->dunit,
-                      &a->dpooled, &a->sim, &a->mh, &a->ma, &a->mg, &a->mn, &a->mmean,
-                      &a->mrstd, &a->dm1, &a->dm2, &a->logits};
+                      &a->dpooled, &a->dense_out, &a->ddense, &a->sim, &a->mh, &a->ma, &a->mg,
+                      &a->mn, &a->mmean, &a->mrstd, &a->dm1, &a->dm2, &a->logits};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         free(*bufs[i]);
     free(a->probs_off);
@@ -257,11 +262,25 @@ static int acts_reserve_tokens(emb_train_acts *a, const emb_config *c, size_t T)
     return 0;
 }
 
+/* The widest of C and the Dense outputs, and the sum of the Dense outputs. */
+static size_t head_width(const emb_config *c, size_t *sum_out)
+{
+    size_t w = (size_t)c->hidden_size;
+    *sum_out = 0;
+    for (int k = 0; k < c->n_dense; k++) {
+        size_t o = (size_t)c->dense[k].out_features;
+        w = o > w ? o : w;
+        *sum_out += o;
+    }
+    return w;
+}
+
 static int acts_reserve_seqs(emb_train_acts *a, const emb_config *c, size_t S)
 {
     if (!grow_cap(&a->cap_S, S))
         return 0;
-    const size_t n = a->cap_S, C = (size_t)c->hidden_size;
+    size_t sum_out = 0;
+    const size_t n = a->cap_S, C = (size_t)c->hidden_size, W = head_width(c, &sum_out);
     long *off = realloc(a->probs_off, sizeof(long) * (n + 1));
     if (off == NULL)
         return -1;
@@ -270,9 +289,12 @@ static int acts_reserve_seqs(emb_train_acts *a, const emb_config *c, size_t S)
     if (labels == NULL)
         return -1;
     a->seq_labels = labels;
-    float **bufs[] = {&a->pooled, &a->unit, &a->dunit, &a->dpooled};
-    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) {
-        if (realloc_floats(bufs[i], n * C) != 0)
+    struct { float **p; size_t n; } want[] = {
+        {&a->pooled, n * C}, {&a->dpooled, n * C}, {&a->dense_out, n * sum_out},
+        {&a->unit, n * W}, {&a->dunit, n * W}, {&a->ddense, n * W},
+    };
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
+        if (realloc_floats(want[i].p, want[i].n) != 0)
             return -1;
     }
     if (realloc_floats(&a->norms, n) != 0 || realloc_floats(&a->sim, n * n) != 0)
@@ -390,6 +412,7 @@ emb_trainer *emb_trainer_new(const emb_model *model, const char *head_dir,
     size_t head[EMB_N_HEAD_TENSORS];
     emb_head_sizes(&t->cfg, head);
     t->n_enc = model->n_params;
+    t->dense_at = emb_encoder_floats(&t->cfg);
     t->n_params = t->n_enc;
     for (int i = 0; i < EMB_N_HEAD_TENSORS; i++)
         t->n_params += head[i];
@@ -407,6 +430,7 @@ emb_trainer *emb_trainer_new(const emb_model *model, const char *head_dir,
     memcpy(t->params, model->params, sizeof(float) * t->n_enc);
     emb_weights_point(&t->w, t->params, &t->cfg);
     emb_weights_point(&t->gw, t->grads, &t->cfg);
+    emb_dense_point(t->dw, t->params + t->dense_at, &t->cfg);
     emb_head_point(&t->hw, t->params + t->n_enc, &t->cfg);
     emb_head_point(&t->ghw, t->grads + t->n_enc, &t->cfg);
     fill_decay_mask(t);
@@ -666,29 +690,78 @@ static void layer_forward(emb_trainer *t, const emb_batch *b, int l, int part, i
 
 /* ---- losses ----------------------------------------------------------------- */
 
-/* InfoNCE over the 2B SimCSE sequences; writes the gradient of
- * weight * loss into dx's rows of those sequences. Returns the loss. */
+/* The model's Dense modules on S pooled rows, keeping each output for the
+ * backward: a->pooled (S, C) -> the returned rows (S, D), a->pooled itself
+ * when there are none. */
+static const float *dense_stack_forward(emb_trainer *t, int S)
+{
+    emb_train_acts *a = t->acts;
+    const float *in = a->pooled;
+    float *out = a->dense_out;
+    for (int k = 0; k < t->cfg.n_dense; k++) {
+        const emb_dense_config *d = &t->cfg.dense[k];
+        dense_forward(out, in, t->dw[k].w, t->dw[k].b, S, d->in_features, d->out_features,
+                      (int)d->activation);
+        in = out;
+        out += (long)S * d->out_features;
+    }
+    return in;
+}
+
+/* The backward of dense_stack_forward into a->dpooled (S, C), for the
+ * input only: the Dense weights are frozen (train.h). dz (S, D) is the
+ * gradient wrt the last output; it and a->ddense are overwritten. */
+static void dense_stack_backward(emb_trainer *t, float *dz, int S)
+{
+    emb_train_acts *a = t->acts;
+    const int n = t->cfg.n_dense;
+    long off[EMB_MAX_DENSE + 1];
+    off[0] = 0;
+    for (int k = 0; k < n; k++)
+        off[k + 1] = off[k] + (long)S * t->cfg.dense[k].out_features;
+    float *dout = dz, *spare = a->ddense;
+    for (int k = n - 1; k >= 0; k--) {
+        const emb_dense_config *d = &t->cfg.dense[k];
+        const float *in = k > 0 ? a->dense_out + off[k - 1] : a->pooled;
+        float *din = k > 0 ? spare : a->dpooled;
+        dense_backward(din, NULL, NULL, dout, in, a->dense_out + off[k], t->dw[k].w, S,
+                       d->in_features, d->out_features, (int)d->activation);
+        spare = dout;
+        dout = din;
+    }
+}
+
+/* InfoNCE over the 2B SimCSE sequences, on z = normalize(Dense(pool(h)));
+ * writes the gradient of weight * loss into dx's rows of those sequences.
+ * Returns the loss. */
 static double simcse_loss(emb_trainer *t, const emb_batch *b, const float *h, float *dx,
                           float weight)
 {
     emb_train_acts *a = t->acts;
     const int B = b->n_texts, C = t->cfg.hidden_size, mode = (int)t->cfg.pooling;
+    const int D = emb_config_dim(&t->cfg);
     const float inv_tau = 1.0f / t->tc.temperature;
     pool_forward(a->pooled, h, b->seq_off, 2 * B, C, mode);
-    l2norm_forward_train(a->unit, a->norms, a->pooled, 2 * B, C);
-    const float *u1 = a->unit, *u2 = a->unit + (long)B * C;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, B, B, C, inv_tau, u1, C, u2, C, 0.0f,
+    const float *z = dense_stack_forward(t, 2 * B);
+    l2norm_forward_train(a->unit, a->norms, z, 2 * B, D);
+    const float *u1 = a->unit, *u2 = a->unit + (long)B * D;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, B, B, D, inv_tau, u1, D, u2, D, 0.0f,
                 a->sim, B);
     for (int i = 0; i < B; i++)
         a->seq_labels[i] = i;
     double loss =
         softmax_cross_entropy(a->sim, a->sim, a->seq_labels, B, B, weight / (float)B) / B;
-    float *du1 = a->dunit, *du2 = a->dunit + (long)B * C;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, B, C, B, inv_tau, a->sim, B, u2, C,
-                0.0f, du1, C);
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, B, C, B, inv_tau, a->sim, B, u1, C,
-                0.0f, du2, C);
-    l2norm_backward(a->dpooled, a->dunit, a->unit, a->norms, 2 * B, C);
+    float *du1 = a->dunit, *du2 = a->dunit + (long)B * D;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, B, D, B, inv_tau, a->sim, B, u2, D,
+                0.0f, du1, D);
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, B, D, B, inv_tau, a->sim, B, u1, D,
+                0.0f, du2, D);
+    if (t->cfg.n_dense == 0) {
+        l2norm_backward(a->dpooled, a->dunit, a->unit, a->norms, 2 * B, C);
+    } else {
+        l2norm_backward(a->dunit, a->dunit, a->unit, a->norms, 2 * B, D);
+        dense_stack_backward(t, a->dunit, 2 * B);
+    }
     pool_backward(dx, a->dpooled, b->seq_off, 2 * B, C, mode);
     return loss;
 }
@@ -910,7 +983,7 @@ int emb_train_loss(emb_trainer *t, const emb_batch *b, int dropout, emb_step_sta
 
 /* torch.optim.AdamW's update, element by element, on [from, to); the
  * gradient is scaled by the clipping factor on the way in. */
-void emb_train_apply_range(emb_trainer *t, size_t from, size_t to)
+static void adamw_range(emb_trainer *t, size_t from, size_t to)
 {
     const emb_train_config *tc = &t->tc;
     const float lr = t->apply_lr, scale = t->apply_scale;
@@ -932,6 +1005,13 @@ void emb_train_apply_range(emb_trainer *t, size_t from, size_t to)
         t->v[i] = v;
         t->params[i] = p - step_size * m / (sqrtf(v) / bc2_sqrt + eps);
     }
+}
+
+void emb_train_apply_range(emb_trainer *t, size_t from, size_t to)
+{
+    /* the frozen Dense block [dense_at, n_enc) is left exactly as it is */
+    adamw_range(t, from, to < t->dense_at ? to : t->dense_at);
+    adamw_range(t, from > t->n_enc ? from : t->n_enc, to);
 }
 
 int emb_train_apply_begin(emb_trainer *t, emb_step_stats *st)

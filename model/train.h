@@ -3,10 +3,11 @@
  * objectives (unsupervised SimCSE and BERT masked-token prediction), an
  * optional L2-SP anchor, and AdamW with warm-up, decay and clipping.
  *
- * One flat block holds every trained parameter: the 17 encoder tensors in
- * emb_weights order (bert.h), then the 5 tensors of the MLM head. The
- * gradients and both AdamW moments are flat blocks of the same size and
- * layout, so "the gradient of tensor X" is the same offset everywhere.
+ * One flat block holds every parameter: the model's own block (the 17
+ * encoder tensors in emb_weights order, then its Dense modules, bert.h),
+ * then the 5 tensors of the MLM head. The gradients and both AdamW moments
+ * are flat blocks of the same size and layout, so "the gradient of tensor
+ * X" is the same offset everywhere.
  *
  * A training step on texts x_1..x_B (each [CLS] ... [SEP]) packs one batch:
  *   SimCSE:  x_1..x_B, then x_1..x_B again (2B sequences; independent
@@ -17,7 +18,17 @@
  *      + mlm_weight * mean cross-entropy over the chosen tokens
  *      + l2sp / 2 * ||theta_enc - theta_enc_0||^2.
  * z is the model's own pooling (mean, cls or last) of the last hidden state,
- * then L2-normalised.
+ * then its Dense modules in order (sentence-transformers Dense, config.h),
+ * then L2-normalised: the embedding the model serves.
+ *
+ * Dense modules are frozen. The loss backpropagates through them into the
+ * encoder, but their weights never change: no gradient is accumulated for
+ * them and AdamW skips their block, so they are saved exactly as loaded.
+ * The reason: the Dense modules embedd meets are fixed maps fitted
+ * outside the SimCSE objective (a projection shipped with a model, or a
+ * whitening transform from `embedd whiten` whose meaning, zero mean and
+ * unit covariance of the corpus, the contrastive loss would not keep).
+ * To retrain a whitening, train the encoder and whiten again.
  *
  * Dropout follows BERT: after the embedding LayerNorm, on the attention
  * probabilities, and on the attention-output and FFN-output projections
@@ -89,7 +100,8 @@ typedef struct emb_trainer {
     emb_config cfg;
     emb_train_config tc;
     emb_special_tokens special;
-    size_t n_enc;            /* encoder floats (emb_weights) */
+    size_t n_enc;            /* the model's floats (emb_model.n_params): encoder, Dense */
+    size_t dense_at;         /* where the Dense block starts: [dense_at, n_enc) is frozen */
     size_t n_params;         /* n_enc + the head */
     float *params;           /* (n_params) */
     float *grads;            /* (n_params) */
@@ -97,6 +109,7 @@ typedef struct emb_trainer {
     float *anchor;           /* (n_enc) L2-SP target, or NULL */
     float *decay_mask;       /* (n_params) 1 where weight decay applies, else 0 */
     emb_weights w, gw;       /* views of params and grads */
+    emb_dense_w dw[EMB_MAX_DENSE]; /* (cfg.n_dense) views of the frozen Dense weights */
     emb_mlm_head hw, ghw;
     long step;               /* optimizer steps applied */
     long skipped;            /* steps skipped for non-finite values */
@@ -173,7 +186,8 @@ int emb_train_loss(emb_trainer *t, const emb_batch *b, int dropout, emb_step_sta
                    emb_err *err);
 
 /* Clips, checks for non-finite values and applies AdamW with the learning
- * rate of the next step. Returns 1 when the step was skipped, else 0. */
+ * rate of the next step (never to the frozen Dense block). Returns 1 when
+ * the step was skipped, else 0. */
 int emb_train_apply(emb_trainer *t, emb_step_stats *st);
 
 /* emb_train_apply in pieces: _begin does the checks, the clipping factor,
@@ -182,8 +196,8 @@ int emb_train_apply(emb_trainer *t, emb_step_stats *st);
 int emb_train_apply_begin(emb_trainer *t, emb_step_stats *st);
 void emb_train_apply_range(emb_trainer *t, size_t from, size_t to);
 
-/* Copies the trainer's encoder weights into model (same config) and
- * repacks it. */
+/* Copies the trainer's model block (encoder and Dense) into model (same
+ * config) and repacks it. */
 int emb_trainer_export(const emb_trainer *t, emb_model *model, emb_err *err);
 
 #endif

@@ -13,6 +13,13 @@ Writes (relative to the repository):
                               names, no Normalize.
   tests/fixtures/reference/   texts.bin, <fixture>.ids.txt, .mean.f32, .cls.f32,
                               .hidden.f32 and README.md (formats are there).
+  tests/fixtures/tiny-dense/  tiny-f16's encoder (its files are symlinks to
+                              ../tiny-f16/) with two sentence-transformers Dense
+                              modules after mean pooling: 2_Dense (32 -> 24,
+                              bias, Tanh, F32) and 3_Dense (24 -> 16, no bias,
+                              Identity, F16), then Normalize.
+  tests/fixtures/reference/   tiny-dense.raw.f32, tiny-dense.f32 and DENSE.md:
+                              its embeddings before and after Normalize.
 
 The reference of each fixture is computed from its stored (rounded) weights in
 float32, with the composite (non-fused) TransformerEncoderLayer path, in
@@ -22,11 +29,23 @@ difference. It first checks its tokenizer against llama.cpp's WordPiece
 vectors and stops unless all 46 pass. Deterministic: runs single-threaded and
 rewrites identical bytes.
 
+The Dense references run sentence-transformers' own definition of the
+module (STDense below: an nn.Linear, then the activation class named in
+config.json, imported by name) on the torch pooled outputs of tiny-f16, read
+back from the stored (rounded) weights; checked against the same math in
+float64 and in plain tensor ops.
+
 Usage: scripts/gen_reference.py [--seed 1234] [--out-root tests/fixtures]
+                                [--part all|encoder|dense]
+--part dense writes only tiny-dense/ and its references, from the tiny-f16
+already in --out-root (the encoder part's float outputs differ in their last
+bits between machines, so it leaves them alone).
 Data: $EMBEDD_SHARED_DATA (default <repo>/../shared/data).
 """
 import argparse
 import hashlib
+import importlib
+import json
 import os
 import struct
 import sys
@@ -149,9 +168,17 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--out-root", default=os.path.join(er.REPO_DIR, "tests", "fixtures"))
+    ap.add_argument("--part", choices=("all", "encoder", "dense"), default="all")
     args = ap.parse_args()
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
+    if args.part in ("all", "encoder"):
+        gen_encoder(args)
+    if args.part in ("all", "dense"):
+        gen_dense(args)
+
+
+def gen_encoder(args):
 
     # 1. Tokenizer against llama.cpp's vectors (HF reference ids).
     tok0 = er.BertWordPiece.from_dir(er.minilm_dir())
@@ -277,6 +304,177 @@ def main():
             size += sum(os.path.getsize(os.path.join(dp, f)) for f in fs)
         total += size
         print("%-40s %9d bytes" % (os.path.relpath(root, er.REPO_DIR), size))
+
+
+# ---- Dense modules ---------------------------------------------------------
+
+DENSE_FIXTURE = "tiny-dense"
+DENSE_BASE = "tiny-f16"
+# (folder, out_features, bias, activation_function, storage dtype)
+DENSE_MODULES = (
+    ("2_Dense", 24, True, "torch.nn.modules.activation.Tanh", "F32"),
+    ("3_Dense", 16, False, "torch.nn.modules.linear.Identity", "F16"),
+)
+# The encoder's files, shared with the base fixture through symlinks.
+DENSE_LINKED = ("config.json", "model.safetensors", "sentence_bert_config.json",
+                "1_Pooling") + er.TOKENIZER_FILES
+
+
+class STDense(torch.nn.Module):
+    """sentence-transformers' Dense module (sentence_transformers/base/modules/
+    dense.py): features["sentence_embedding"] = activation_function(linear(x)),
+    linear = nn.Linear(in_features, out_features, bias), activation_function
+    an instance of the torch class config.json names, imported by name as
+    sentence-transformers' import_from_string does."""
+
+    def __init__(self, in_features, out_features, bias, activation_function):
+        super().__init__()
+        self.linear = torch.nn.Linear(in_features, out_features, bias=bias)
+        module, _, cls = activation_function.rpartition(".")
+        self.activation_function = getattr(importlib.import_module(module), cls)()
+
+    @classmethod
+    def load(cls, folder):
+        with open(os.path.join(folder, "config.json"), encoding="utf-8") as f:
+            cfg = json.load(f)
+        m = cls(**cfg)
+        tensors, _ = er.safetensors_read(os.path.join(folder, "model.safetensors"))
+        m.load_state_dict(tensors, strict=True)
+        return m.eval()
+
+    def forward(self, features):
+        features["sentence_embedding"] = self.activation_function(
+            self.linear(features["sentence_embedding"]))
+        return features
+
+
+def write_dense_fixture(root, seed):
+    """tiny-dense/: symlinks to the base fixture's encoder files, modules.json
+    and one folder per Dense module (config.json as sentence-transformers
+    saves it, model.safetensors with linear.weight [and linear.bias])."""
+    d = os.path.join(root, DENSE_FIXTURE)
+    os.makedirs(d, exist_ok=True)
+    for name in DENSE_LINKED:
+        link = os.path.join(d, name)
+        if os.path.lexists(link):
+            os.remove(link)
+        os.symlink(os.path.join("..", DENSE_BASE, name), link)
+    g = torch.Generator().manual_seed(seed + 1)
+    mods = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+            {"idx": 1, "name": "1", "path": "1_Pooling",
+             "type": "sentence_transformers.models.Pooling"}]
+    in_f = TINY["hidden_size"]
+    for i, (folder, out_f, bias, act, dtype) in enumerate(DENSE_MODULES):
+        os.makedirs(os.path.join(d, folder), exist_ok=True)
+        w = torch.randn((out_f, in_f), generator=g) * (1.5 / in_f ** 0.5)
+        tensors = [("linear.weight", w, dtype)]
+        if bias:
+            tensors.append(("linear.bias", (torch.rand(out_f, generator=g) - 0.5) * 0.4, dtype))
+        er.safetensors_write(os.path.join(d, folder, "model.safetensors"), tensors,
+                             metadata={"format": "pt"})
+        er._write_json(os.path.join(d, folder, "config.json"),
+                       {"in_features": in_f, "out_features": out_f, "bias": bias,
+                        "activation_function": act})
+        # sentence-transformers 5 class path for one, the classic one for the other
+        mtype = ("sentence_transformers.base.modules.dense.Dense" if i == 0
+                 else "sentence_transformers.models.Dense")
+        mods.append({"idx": 2 + i, "name": str(2 + i), "path": folder, "type": mtype})
+        in_f = out_f
+    n = 2 + len(DENSE_MODULES)
+    mods.append({"idx": n, "name": str(n), "path": "%d_Normalize" % n,
+                 "type": "sentence_transformers.models.Normalize"})
+    er._write_json(os.path.join(d, "modules.json"), mods)
+    return d
+
+
+def gen_dense(args):
+    ref_dir = os.path.join(args.out_root, "reference")
+    base = os.path.join(args.out_root, DENSE_BASE)
+    d = write_dense_fixture(args.out_root, args.seed)
+    # The texts and ids exactly as the encoder part wrote them.
+    with open(os.path.join(ref_dir, "texts.bin"), "rb") as f:
+        raw = f.read()
+    (n,) = struct.unpack("<I", raw[:4])
+    texts, pos = [], 4
+    for _ in range(n):
+        (ln,) = struct.unpack("<I", raw[pos:pos + 4])
+        texts.append(raw[pos + 4:pos + 4 + ln])
+        pos += 4 + ln
+    model, tok, info = er.load_model_dir(base)
+    seqs = [tok.encode(t, info["max_seq_length"]) for t in texts]
+    with open(os.path.join(ref_dir, DENSE_BASE + ".ids.txt"), encoding="ascii") as f:
+        want = [[int(x) for x in line.split()] for line in f]
+    assert seqs == want, "tokenizer ids differ from %s.ids.txt" % DENSE_BASE
+    h32 = run(model.set_fastpath(False), seqs, BATCH, torch.float32)
+    pooled32 = pooled(h32, "mean")
+    mods = [STDense.load(os.path.join(d, m[0])) for m in DENSE_MODULES]
+    with torch.no_grad():
+        feats = {"sentence_embedding": pooled32.clone()}
+        for m in mods:
+            feats = m(feats)
+        raw32 = feats["sentence_embedding"]
+        # sentence-transformers' Normalize: F.normalize(x, p=2, dim=1)
+        served32 = torch.nn.functional.normalize(raw32, p=2, dim=1)
+        # The same math in float64 from the stored weights, in plain ops.
+        x = pooled32.double()
+        for folder, _, bias, act, _ in DENSE_MODULES:
+            t, _ = er.safetensors_read(os.path.join(d, folder, "model.safetensors"))
+            x = x @ t["linear.weight"].double().t()
+            if bias:
+                x = x + t["linear.bias"].double()
+            if act.endswith("Tanh"):
+                x = torch.tanh(x)
+        raw64 = x
+    r = {"plain_f64_vs_modules_f32": max_diff(raw64, raw32),
+         "max_abs_raw": float(raw32.abs().max()),
+         "tanh_saturated": float((mods[0].linear(pooled32).abs() > 3).float().mean())}
+    if not r["plain_f64_vs_modules_f32"] <= TOL:
+        sys.exit("tiny-dense: plain f64 vs modules %.3e exceeds %.0e"
+                 % (r["plain_f64_vs_modules_f32"], TOL))
+    with open(os.path.join(ref_dir, DENSE_FIXTURE + ".raw.f32"), "wb") as f:
+        f.write(f32_bytes(raw32))
+    with open(os.path.join(ref_dir, DENSE_FIXTURE + ".f32"), "wb") as f:
+        f.write(f32_bytes(served32))
+    write_dense_readme(ref_dir, args, len(texts), r)
+    print("tiny-dense: %d texts; Dense outputs up to |%.2f|, %.1f%% of tanh inputs past |3|; "
+          "modules f32 vs plain ops f64 %.2e"
+          % (len(texts), r["max_abs_raw"], 100 * r["tanh_saturated"],
+             r["plain_f64_vs_modules_f32"]))
+
+
+def write_dense_readme(ref_dir, args, n, r):
+    L = ["# Reference embeddings of the tiny Dense fixture\n",
+         "Generated by `scripts/gen_reference.py --seed %d --part dense` (Debian python3, "
+         "PyTorch %s); do not edit by hand.\n" % (args.seed, torch.__version__),
+         "`../tiny-dense/` is `../tiny-f16/` (the same files, as symlinks: config, weights, "
+         "tokenizer, mean pooling) followed by two sentence-transformers Dense modules and "
+         "Normalize:\n",
+         "| folder | in | out | bias | activation_function | stored |",
+         "|---|---|---|---|---|---|"]
+    in_f = TINY["hidden_size"]
+    for folder, out_f, bias, act, dtype in DENSE_MODULES:
+        L.append("| %s | %d | %d | %s | %s | %s |" % (folder, in_f, out_f, bias, act, dtype))
+        in_f = out_f
+    L.append("")
+    L.append("Weights are seeded normal (std 1.5/sqrt(in)) and biases uniform in [-0.2, 0.2], "
+             "rounded to the stored dtype. The references apply sentence-transformers' own "
+             "definition of the module (an `nn.Linear`, then an instance of the activation "
+             "class config.json names) to the float32 torch mean pooling of tiny-f16 (the "
+             "composite path, batches of 16), read back from the stored files; float64 plain "
+             "ops on the same stored weights agree to %.1e.\n" % r["plain_f64_vs_modules_f32"])
+    L.append("* `tiny-dense.raw.f32`: %d x %d little-endian float32, the output of the last "
+             "Dense module (before Normalize)." % (n, DENSE_MODULES[-1][1]))
+    L.append("* `tiny-dense.f32`: the same rows L2-normalised (`F.normalize(p=2, dim=1)`): "
+             "the served embedding.")
+    L.append("* Texts and ids: `texts.bin` and `tiny-f16.ids.txt` (checked to be the same).\n")
+    L.append("## sha256\n")
+    for f in (DENSE_FIXTURE + ".raw.f32", DENSE_FIXTURE + ".f32"):
+        L.append("* `%s` %s" % (f, sha256(os.path.join(ref_dir, f))))
+    for folder, *_ in DENSE_MODULES:
+        p = os.path.join(ref_dir, "..", DENSE_FIXTURE, folder, "model.safetensors")
+        L.append("* `../%s/%s/model.safetensors` %s" % (DENSE_FIXTURE, folder, sha256(p)))
+    with open(os.path.join(ref_dir, "DENSE.md"), "w", encoding="utf-8") as f:
+        f.write("\n".join(L) + "\n")
 
 
 def sha256(path):

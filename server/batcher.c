@@ -93,7 +93,7 @@ static int take_batch(batcher *b, int *n_seqs, int *n_tokens, const emb_model **
 static void run_batch(batcher *b, const emb_model *model, int n_slices, int n_seqs,
                       int n_tokens)
 {
-    const int C = model->cfg.hidden_size;
+    const int C = emb_model_dim(model);
     emb_err err;
     double t0 = mono_seconds();
     int rc = emb_embed_ids(model, b->ws, b->ids, b->lens, n_seqs, model->cfg.pooling, 0, b->out,
@@ -205,7 +205,7 @@ batcher *batcher_start(const emb_model *model, int max_batch_tokens, metrics *mx
     size_t n = (size_t)max_batch_tokens;
     b->ids = malloc(sizeof(int32_t) * n);
     b->lens = malloc(sizeof(int) * n);
-    b->out = malloc(sizeof(float) * n * (size_t)model->cfg.hidden_size);
+    b->out = malloc(sizeof(float) * n * (size_t)emb_model_dim(model));
     b->slices = malloc(sizeof(slice) * n);
     b->ws = emb_workspace_new(model, max_batch_tokens, err);
     if (b->ids == NULL || b->lens == NULL || b->out == NULL || b->slices == NULL ||

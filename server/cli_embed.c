@@ -262,7 +262,7 @@ static int flush_batch(const emb_model *m, emb_workspace *ws, batch *b, const em
     if (b->n_seqs == 0)
         return 0;
     emb_err err;
-    const int C = m->cfg.hidden_size;
+    const int C = emb_model_dim(m);
     if (emb_embed_ids(m, ws, b->ids, b->lens, b->n_seqs, pooling, o->normalize, b->out, &err) !=
         0) {
         fprintf(stderr, "embedd embed: %s\n", err.msg);
@@ -340,7 +340,7 @@ static int embed_latency(const emb_model *m, emb_workspace *ws, const embed_opts
         if (r >= 0)
             ms[r] = 1e3 * seconds_since(&t0);
     }
-    json_write_floats(stdout, out, m->cfg.hidden_size);
+    json_write_floats(stdout, out, emb_model_dim(m));
     fputc('\n', stdout);
     if (fflush(stdout) != 0 || ferror(stdout)) {
         fprintf(stderr, "embedd embed: error writing output\n");
@@ -386,7 +386,7 @@ int cli_embed(int argc, char **argv)
     b.cap_seqs = o.batch_tokens;   /* every sequence has at least 2 tokens */
     b.ids = malloc(sizeof(int32_t) * (size_t)o.batch_tokens);
     b.lens = malloc(sizeof(int) * (size_t)b.cap_seqs);
-    b.out = malloc(sizeof(float) * (size_t)b.cap_seqs * m->cfg.hidden_size);
+    b.out = malloc(sizeof(float) * (size_t)b.cap_seqs * emb_model_dim(m));
     int32_t *seq = malloc(sizeof(int32_t) * (size_t)max_len);
     char *line = NULL;
     size_t line_cap = 0;

@@ -603,7 +603,7 @@ int server_run(server_opts *opts)
         goto out;
     }
 
-    store_options so = {.dir = opts->data_dir, .dim = srv.model->cfg.hidden_size,
+    store_options so = {.dir = opts->data_dir, .dim = emb_model_dim(srv.model),
                         .hnsw_threshold = opts->hnsw_threshold, .hnsw_m = opts->hnsw_m,
                         .hnsw_ef_construction = opts->hnsw_ef_construction,
                         .hnsw_ef = opts->hnsw_ef,
@@ -648,7 +648,7 @@ int server_run(server_opts *opts)
     srv.port = info != NULL ? info->port : opts->port;
     atomic_store(&srv.ready, 1);
     fprintf(stderr, "embedd: model %s (%d dims, %s pooling, max %d tokens)\n", srv.model_name,
-            srv.model->cfg.hidden_size, emb_pooling_name(srv.model->cfg.pooling),
+            emb_model_dim(srv.model), emb_pooling_name(srv.model->cfg.pooling),
             srv.model->cfg.max_seq_length);
     fprintf(stderr, "embedd: listening on http://%s:%d\n", opts->host, srv.port);
     fflush(stderr);

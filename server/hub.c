@@ -878,23 +878,65 @@ static cJSON *read_snapshot_json(const fetch *f, const char *name)
     return root;
 }
 
-/* The Pooling module's folder, as modules.json names it ("1_Pooling"
- * without modules.json or when it names none). */
-static void pooling_folder(const fetch *f, char *out, size_t cap)
+/* The class name at the end of a dotted module type. */
+static const char *module_class(const char *type)
 {
-    snprintf(out, cap, "1_Pooling");
+    const char *dot = strrchr(type, '.');
+    return dot != NULL ? dot + 1 : type;
+}
+
+/* A Dense module's config.json and weights (folder from modules.json). */
+static int fetch_dense(fetch *f, const char *folder, emb_err *err)
+{
+    char path[320];
+    snprintf(path, sizeof path, "%s/config.json", folder);
+    int rc = fetch_required(f, path, err);
+    if (rc != 0)
+        return rc;
+    snprintf(path, sizeof path, "%s/model.safetensors", folder);
+    rc = fetch_file(f, path, err);
+    if (rc == 1)
+        return emb_fail(err,
+                        "%s@%s: the Dense module in %s has no model.safetensors; embedd reads "
+                        "safetensors weights only (a pytorch_model.bin must be re-saved as "
+                        "safetensors)",
+                        f->ref.id, f->ref.revision, folder);
+    return rc;
+}
+
+/* The files of the modules modules.json lists after the Transformer: the
+ * Pooling module's config.json (optional) and each Dense module's
+ * config.json and model.safetensors (required). Without modules.json, or
+ * without a Pooling entry in it, 1_Pooling/config.json, as the loader
+ * reads it. Entries with unsafe paths are left to the loader to reject. */
+static int fetch_modules(fetch *f, emb_err *err)
+{
     cJSON *root = read_snapshot_json(f, "modules.json");
     const cJSON *list = cJSON_IsArray(root) ? root : NULL;
+    int rc = 0, have_pooling = 0;
     const cJSON *mod;
     cJSON_ArrayForEach(mod, list) {
         const cJSON *type = cJSON_GetObjectItemCaseSensitive(mod, "type");
         const cJSON *path = cJSON_GetObjectItemCaseSensitive(mod, "path");
-        if (cJSON_IsString(type) && cJSON_IsString(path) &&
-            strcmp(type->valuestring, "sentence_transformers.models.Pooling") == 0 &&
-            safe_path(path->valuestring) && strlen(path->valuestring) + 13 < cap)
-            snprintf(out, cap, "%s", path->valuestring);
+        if (!cJSON_IsString(type) || !cJSON_IsString(path) || !safe_path(path->valuestring) ||
+            strlen(path->valuestring) > 256)
+            continue;
+        const char *cls = module_class(type->valuestring);
+        char file[320];
+        if (strcmp(cls, "Pooling") == 0) {
+            have_pooling = 1;
+            snprintf(file, sizeof file, "%s/config.json", path->valuestring);
+            rc = fetch_file(f, file, err) < 0 ? -1 : 0;
+        } else if (strcmp(cls, "Dense") == 0) {
+            rc = fetch_dense(f, path->valuestring, err);
+        }
+        if (rc != 0)
+            break;
     }
     cJSON_Delete(root);
+    if (rc == 0 && !have_pooling)
+        rc = fetch_file(f, "1_Pooling/config.json", err) < 0 ? -1 : 0;
+    return rc;
 }
 
 /* The shards model.safetensors.index.json names, each once. */
@@ -966,10 +1008,7 @@ static int fetch_all(fetch *f, emb_err *err)
         rc = fetch_file(f, optional[i], err) < 0 ? -1 : 0;
     if (rc != 0)
         return rc;
-    char pool[256], pool_config[300];
-    pooling_folder(f, pool, sizeof pool);
-    snprintf(pool_config, sizeof pool_config, "%s/config.json", pool);
-    if (fetch_file(f, pool_config, err) < 0)
+    if (fetch_modules(f, err) != 0)
         return -1;
     return fetch_weights(f, err);
 }

@@ -186,7 +186,7 @@ static int tokenize_texts(const emb_model *m, char **texts, int n, int max_len, 
     return 0;
 }
 
-/* Embeds n tokenised texts with m into out (n, C), L2-normalised, in chunks
+/* Embeds n tokenised texts with m into out (n, D), L2-normalised, in chunks
  * that fit the workspace. */
 static int embed_ids(learner *l, const emb_model *m, const int32_t *ids, const int *lens, int n,
                      float *out, emb_err *err)
@@ -223,7 +223,7 @@ static int reembed_chunk(learner *l)
             rc = 0;
         }
     } else {
-        const int C = l->cfg.hidden_size, max_len = mv->model->cfg.max_seq_length;
+        const int C = emb_config_dim(&l->cfg), max_len = mv->model->cfg.max_seq_length;
         int32_t *ids = malloc(sizeof(int32_t) * (size_t)n * (size_t)max_len);
         int lens[REEMBED_CHUNK];
         float *vecs = malloc(sizeof(float) * (size_t)n * (size_t)C);
@@ -250,14 +250,16 @@ static int reembed_chunk(learner *l)
 
 /* ---- training ------------------------------------------------------------------------ */
 
-/* EMA of the encoder weights on [from, to). */
+/* EMA of the encoder weights on [from, to). The frozen Dense block after
+ * them (train.h) stays as it is: an average of equal values could still
+ * move it by rounding. */
 static void ema_update(learner *l, size_t from, size_t to)
 {
     const float d = l->o.ema_decay;
     const float *p = l->t->params;
     float *e = l->ema;
-    if (to > l->t->n_enc)
-        to = l->t->n_enc;
+    if (to > l->t->dense_at)
+        to = l->t->dense_at;
 #pragma omp parallel for simd schedule(static)
     for (long i = (long)from; i < (long)to; i++)
         e[i] = d * e[i] + (1.0f - d) * p[i];
@@ -458,7 +460,7 @@ static int gate_val_batch(learner *l, float *w, int k, gate_side *side)
 static int gate_collapse(learner *l, const emb_model *m, gate_side *side)
 {
     emb_err err;
-    const int C = l->cfg.hidden_size, n = l->h_n;
+    const int C = emb_config_dim(&l->cfg), n = l->h_n;
     float *e = malloc(sizeof(float) * (size_t)n * (size_t)C);
     if (e == NULL || embed_ids(l, m, l->h_ids, l->h_lens, n, e, &err) != 0) {
         free(e);
@@ -491,7 +493,7 @@ static int gate_collapse(learner *l, const emb_model *m, gate_side *side)
 static int gate_sts_chunk(learner *l, const emb_model *m, int k, gate_side *side)
 {
     emb_err err;
-    const int C = l->cfg.hidden_size, max_len = m->cfg.max_seq_length;
+    const int C = emb_config_dim(&l->cfg), max_len = m->cfg.max_seq_length;
     const int chunks = (l->sts.n + STS_CHUNK - 1) / STS_CHUNK;
     const int which = k / chunks, c0 = (k % chunks) * STS_CHUNK;
     const int n = l->sts.n - c0 < STS_CHUNK ? l->sts.n - c0 : STS_CHUNK;
@@ -949,7 +951,7 @@ static int load_sts(learner *l, emb_err *err)
     if (emb_sts_load(&l->sts, l->o.eval_sts, err) != 0)
         return -1;
     l->have_sts = 1;
-    const size_t n = (size_t)l->sts.n * (size_t)l->cfg.hidden_size;
+    const size_t n = (size_t)l->sts.n * (size_t)emb_config_dim(&l->cfg);
     l->sts_a = malloc(sizeof(float) * n);
     l->sts_b = malloc(sizeof(float) * n);
     if (l->sts_a == NULL || l->sts_b == NULL)

@@ -214,7 +214,7 @@ static int encode_inputs(server *srv, embed_state *st, const input *in, int trun
     const int max_len = m->cfg.max_seq_length;
     st->ids = malloc(sizeof(int32_t) * (size_t)st->n * (size_t)max_len);
     st->lens = malloc(sizeof(int) * (size_t)st->n);
-    st->out = malloc(sizeof(float) * (size_t)st->n * (size_t)m->cfg.hidden_size);
+    st->out = malloc(sizeof(float) * (size_t)st->n * (size_t)emb_model_dim(m));
     if (st->ids == NULL || st->lens == NULL || st->out == NULL) {
         reply_error(rp, st->api, 500, "Backend", "out of memory");
         return -1;
@@ -304,7 +304,7 @@ static int tei_options(server *srv, const cJSON *root, embed_state *st, int *tru
 {
     st->normalize = get_bool(root, "normalize", 1, st->api, rp);
     *truncate = get_bool(root, "truncate", srv->opts.auto_truncate, st->api, rp);
-    st->dimensions = get_dimensions(root, srv->model->cfg.hidden_size, st->api, rp);
+    st->dimensions = get_dimensions(root, emb_model_dim(srv->model), st->api, rp);
     if (st->normalize < 0 || *truncate < 0 || st->dimensions < 0)
         return -1;
     const cJSON *dir = cJSON_GetObjectItemCaseSensitive(root, "truncation_direction");
@@ -341,7 +341,7 @@ static int openai_options(server *srv, const cJSON *root, embed_state *st, int *
         reply_error(rp, st->api, 422, "Validation", "`model` must be a string");
         return -1;
     }
-    st->dimensions = get_dimensions(root, srv->model->cfg.hidden_size, st->api, rp);
+    st->dimensions = get_dimensions(root, emb_model_dim(srv->model), st->api, rp);
     return st->dimensions < 0 ? -1 : 0;
 }
 
@@ -397,7 +397,7 @@ static route_result handle_openai_embeddings(server *srv, request *rq, reply *rp
  * `dimensions` values, normalised when asked. *dim gets the length. */
 static const float *final_vector(const server *srv, embed_state *st, int i, int *dim)
 {
-    const int C = srv->model->cfg.hidden_size;
+    const int C = emb_model_dim(srv->model);
     const int d = st->dimensions > 0 ? st->dimensions : C;
     float *v = st->out + (long)i * C;
     if (st->normalize)
@@ -542,7 +542,7 @@ static route_result handle_info(server *srv, request *rq, reply *rp)
               "\"max_batch_tokens\":%d,\"max_client_batch_size\":%d,"
               "\"max_concurrent_requests\":%d,\"payload_limit\":%d,\"auto_truncate\":%s,"
               "\"queue_depth\":%d,\"version\":\"%s\",\"store\":\"%s\",\"data_dir\":",
-              versions_current_id(srv->versions), c->hidden_size, emb_pooling_name(c->pooling),
+              versions_current_id(srv->versions), emb_config_dim(c), emb_pooling_name(c->pooling),
               c->normalize ? "true" : "false",
               c->max_seq_length, srv->opts.max_batch_tokens, srv->opts.max_client_batch_size,
               srv->opts.max_concurrent_requests, srv->opts.payload_limit,

@@ -64,7 +64,7 @@ static int text_job_encode(server *srv, text_job *tj, const char *const *texts, 
     tj->n = n;
     tj->ids = malloc(sizeof(int32_t) * (size_t)n * (size_t)max_len);
     tj->lens = malloc(sizeof(int) * (size_t)n);
-    tj->out = malloc(sizeof(float) * (size_t)n * (size_t)m->cfg.hidden_size);
+    tj->out = malloc(sizeof(float) * (size_t)n * (size_t)emb_model_dim(m));
     if (tj->ids == NULL || tj->lens == NULL || tj->out == NULL) {
         reply_error(rp, API_TEI, 500, "Backend", "out of memory");
         return -1;

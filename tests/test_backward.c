@@ -377,6 +377,60 @@ START_TEST(test_matmul_backward)
 }
 END_TEST
 
+/* ---- Dense (sentence-transformers) -------------------------------------- */
+
+typedef struct dense_ctx {
+    mm_ctx mm;
+    int act;
+} dense_ctx;
+
+static double dense_loss(void *p)
+{
+    dense_ctx *c = p;
+    mm_ctx *m = &c->mm;
+    dense_forward(m->out, m->in, m->w, m->bias, m->T, m->IN, m->OUT, c->act);
+    return dot_loss(m->out, m->R, (long)m->T * m->OUT);
+}
+
+START_TEST(test_dense_backward)
+{
+    enum { S = 4, IN = 6, OUT = 5 };
+    for (int act = 0; act <= 1; act++) {
+        emb_rng r;
+        emb_rng_seed(&r, 35 + (uint64_t)act);
+        dense_ctx c = {mm_make(S, IN, OUT, &r), act};
+        dense_loss(&c);
+        float *din = nan_floats((long)S * IN);
+        float *base_w = random_floats((long)OUT * IN, &r, -1, 1);
+        float *base_b = random_floats(OUT, &r, -1, 1);
+        float *dw = copy_floats(base_w, (long)OUT * IN);
+        float *db = copy_floats(base_b, OUT);
+        float *dout = copy_floats(c.mm.R, (long)S * OUT);
+        dense_backward(din, dw, db, dout, c.mm.in, c.mm.out, c.mm.w, S, IN, OUT, act);
+        const char *names[2][3] = {{"identity din", "identity dw", "identity db"},
+                                   {"tanh din", "tanh dw", "tanh db"}};
+        check_grad(names[act][0], din, NULL, c.mm.in, (long)S * IN, dense_loss, &c);
+        check_grad(names[act][1], dw, base_w, c.mm.w, (long)OUT * IN, dense_loss, &c);
+        check_grad(names[act][2], db, base_b, c.mm.bias, OUT, dense_loss, &c);
+
+        /* frozen (dw, db NULL): the same din */
+        float *din2 = nan_floats((long)S * IN);
+        memcpy(dout, c.mm.R, sizeof(float) * S * OUT);
+        dense_backward(din2, NULL, NULL, dout, c.mm.in, c.mm.out, c.mm.w, S, IN, OUT, act);
+        for (long i = 0; i < (long)S * IN; i++)
+            ck_assert(din2[i] == din[i]);
+        free(din2);
+        free(dout);
+        free(din);
+        free(base_w);
+        free(base_b);
+        free(dw);
+        free(db);
+        mm_free(&c.mm);
+    }
+}
+END_TEST
+
 /* ---- GELU -------------------------------------------------------------- */
 
 typedef struct gelu_ctx {
@@ -1120,6 +1174,7 @@ static Suite *backward_suite(void)
     tcase_add_test(tc, test_layernorm_forward);
     tcase_add_test(tc, test_layernorm_backward);
     tcase_add_test(tc, test_matmul_backward);
+    tcase_add_test(tc, test_dense_backward);
     tcase_add_test(tc, test_gelu_backward);
     tcase_add_test(tc, test_gelu_derivative_values);
     tcase_add_test(tc, test_attention_offsets);

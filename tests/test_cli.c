@@ -91,9 +91,9 @@ static void teardown(void)
     tu_run(cmd);
 }
 
-/* Compares each output line (a JSON array) with the reference rows,
- * optionally L2-normalising the reference first. */
-static void compare_output(const char *ref_name, int normalize)
+/* Compares each output line (a JSON array of dim values) with the
+ * reference rows, optionally L2-normalising the reference first. */
+static void compare_output(const char *ref_name, int dim, int normalize)
 {
     char path[512];
     size_t size = 0;
@@ -107,14 +107,15 @@ static void compare_output(const char *ref_name, int normalize)
         ck_assert_msg(nl != NULL, "only %d output lines", i);
         *nl = '\0';
         cJSON *arr = cJSON_Parse(line);
-        ck_assert_msg(cJSON_IsArray(arr) && cJSON_GetArraySize(arr) == C, "line %d: %s", i, line);
+        ck_assert_msg(cJSON_IsArray(arr) && cJSON_GetArraySize(arr) == dim, "line %d: %s", i,
+                      line);
         double norm = 0.0;
-        for (int c = 0; c < C; c++)
-            norm += (double)ref[i * C + c] * ref[i * C + c];
+        for (int c = 0; c < dim; c++)
+            norm += (double)ref[i * dim + c] * ref[i * dim + c];
         norm = normalize ? sqrt(norm) : 1.0;
-        for (int c = 0; c < C; c++) {
+        for (int c = 0; c < dim; c++) {
             double got = cJSON_GetArrayItem(arr, c)->valuedouble;
-            double want = ref[i * C + c] / norm;
+            double want = ref[i * dim + c] / norm;
             ck_assert_msg(fabs(got - want) <= 1e-4, "text %d dim %d: %g vs %g", i, c, got, want);
         }
         cJSON_Delete(arr);
@@ -130,7 +131,20 @@ START_TEST(test_embed_default)
     char in[512];
     snprintf(in, sizeof in, "%s/in.txt", tmpdir);
     ck_assert_int_eq(run("embed --model tests/fixtures/tiny-f16", in), 0);
-    compare_output("tiny-f16.mean.f32", 1);
+    compare_output("tiny-f16.mean.f32", C, 1);
+}
+END_TEST
+
+/* A model with Dense modules writes their out_features floats per line. */
+START_TEST(test_embed_dense)
+{
+    char in[512];
+    snprintf(in, sizeof in, "%s/in.txt", tmpdir);
+    ck_assert_int_eq(run("embed --model tests/fixtures/tiny-dense", in), 0);
+    compare_output("tiny-dense.f32", 16, 0);
+    ck_assert_int_eq(run("embed --model tests/fixtures/tiny-dense --no-normalize "
+                         "--batch-tokens 64 --threads 1", in), 0);
+    compare_output("tiny-dense.raw.f32", 16, 0);
 }
 END_TEST
 
@@ -142,7 +156,7 @@ START_TEST(test_embed_cls_raw)
                          "--batch-tokens 64 --threads 1",
                          in),
                      0);
-    compare_output("tiny-f16.cls.f32", 0);
+    compare_output("tiny-f16.cls.f32", C, 0);
 }
 END_TEST
 
@@ -351,7 +365,7 @@ START_TEST(test_blas_kernel)
     cJSON *j = stderr_json();
     ck_assert_str_eq(json_str(j, "blas_core"), "Haswell");
     cJSON_Delete(j);
-    compare_output("tiny-f16.mean.f32", 1);
+    compare_output("tiny-f16.mean.f32", C, 1);
 
     ck_assert_int_eq(run_env("-u OPENBLAS_CORETYPE -u EMBEDD_BLAS_REEXEC", args, in), 0);
     j = stderr_json();
@@ -361,7 +375,7 @@ START_TEST(test_blas_kernel)
                           strcmp(core, "SapphireRapids") == 0,
                       "AVX-512 CPU, kernel %s", core);
     cJSON_Delete(j);
-    compare_output("tiny-f16.mean.f32", 1);
+    compare_output("tiny-f16.mean.f32", C, 1);
 }
 END_TEST
 
@@ -372,6 +386,7 @@ int main(void)
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, test_embed_default);
+    tcase_add_test(tc, test_embed_dense);
     tcase_add_test(tc, test_embed_cls_raw);
     tcase_add_test(tc, test_tokenize);
     tcase_add_test(tc, test_empty_input);

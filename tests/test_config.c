@@ -180,7 +180,19 @@ typedef struct bad_case {
     const char *tokenizer;   /* tokenizer_config.json text or NULL */
     const char *want1;       /* the message must contain both */
     const char *want2;
+    const char *dense;       /* 2_Dense/config.json text or NULL */
 } bad_case;
+
+/* modules.json: Transformer, Pooling, 2_Dense (a module of type DENSE), then
+ * Normalize. */
+#define MODULES_WITH(DENSE)                                                                 \
+    "!" "[{\"path\":\"\",\"type\":\"sentence_transformers.models.Transformer\"},"            \
+    "{\"path\":\"1_Pooling\",\"type\":\"sentence_transformers.models.Pooling\"},"            \
+    "{\"path\":\"2_Dense\",\"type\":\"" DENSE "\"},"                                          \
+    "{\"path\":\"3_Normalize\",\"type\":\"sentence_transformers.models.Normalize\"}]"
+#define MODULES_DENSE MODULES_WITH("sentence_transformers.models.Dense")
+/* A valid Dense config for the 64-wide BERT_CONFIG, with %s-style extras. */
+#define DENSE_CONFIG(EXTRA) "{\"in_features\": 64, \"out_features\": 16" EXTRA "}"
 
 static const bad_case bad_cases[] = {
     {"missing config.json", NULL, NULL, NULL, NULL, NULL, "config.json: not found", ""},
@@ -241,10 +253,46 @@ static const bad_case bad_cases[] = {
      ""},
     {"modules.json malformed", "", "![{\"type\": ", NULL, NULL, NULL,
      "modules.json: malformed JSON", ""},
-    {"Dense module", "", "!" "[{\"path\":\"\",\"type\":\"sentence_transformers.models.Transformer\"},"
+    {"unknown module type", "", MODULES_WITH("sentence_transformers.models.LayerNorm"), NULL,
+     NULL, NULL, "module 2 (path \"2_Dense\") type \"sentence_transformers.models.LayerNorm\"",
+     "not supported"},
+    {"Dense without its config.json", "", MODULES_DENSE, NULL, NULL, NULL,
+     "2_Dense/config.json: not found", ""},
+    {"Dense in_features mismatch", "", MODULES_DENSE, NULL, NULL, NULL,
+     "2_Dense/config.json: in_features 32 does not match the output dimension 64", "module 2",
+     "{\"in_features\": 32, \"out_features\": 16}"},
+    {"Dense without out_features", "", MODULES_DENSE, NULL, NULL, NULL,
+     "2_Dense/config.json: required field \"out_features\" is missing", "",
+     "{\"in_features\": 64}"},
+    {"Dense out_features zero", "", MODULES_DENSE, NULL, NULL, NULL,
+     "out_features 0 out of range", "", "{\"in_features\": 64, \"out_features\": 0}"},
+    {"Dense ReLU", "", MODULES_DENSE, NULL, NULL, NULL,
+     "activation_function \"torch.nn.modules.activation.ReLU\" is not supported", "Tanh",
+     DENSE_CONFIG(", \"activation_function\": \"torch.nn.modules.activation.ReLU\"")},
+    {"Dense bias a string", "", MODULES_DENSE, NULL, NULL, NULL,
+     "\"bias\" must be true or false", "", DENSE_CONFIG(", \"bias\": \"no\"")},
+    {"Dense residual", "", MODULES_DENSE, NULL, NULL, NULL, "\"use_residual\": true", "",
+     DENSE_CONFIG(", \"use_residual\": true")},
+    {"Dense on token embeddings", "", MODULES_DENSE, NULL, NULL, NULL,
+     "module_input_name \"token_embeddings\" is not supported", "",
+     DENSE_CONFIG(", \"module_input_name\": \"token_embeddings\"")},
+    {"Dense config not an object", "", MODULES_DENSE, NULL, NULL, NULL,
+     "2_Dense/config.json: not a JSON object", "", "[64, 16]"},
+    {"Dense before Pooling", "", "!" "[{\"path\":\"\",\"type\":\"sentence_transformers.models.Transformer\"},"
+     "{\"path\":\"2_Dense\",\"type\":\"sentence_transformers.models.Dense\"},"
+     "{\"path\":\"1_Pooling\",\"type\":\"sentence_transformers.models.Pooling\"}]",
+     NULL, NULL, NULL, "Dense module 1 (\"2_Dense\") comes before the Pooling module", "",
+     DENSE_CONFIG("")},
+    {"Dense after Normalize", "", "!" "[{\"path\":\"\",\"type\":\"sentence_transformers.models.Transformer\"},"
      "{\"path\":\"1_Pooling\",\"type\":\"sentence_transformers.models.Pooling\"},"
+     "{\"path\":\"2_Normalize\",\"type\":\"sentence_transformers.models.Normalize\"},"
      "{\"path\":\"2_Dense\",\"type\":\"sentence_transformers.models.Dense\"}]",
-     NULL, NULL, NULL, "sentence_transformers.models.Dense", "not supported"},
+     NULL, NULL, NULL, "Dense module 3 (\"2_Dense\") comes after Normalize", "",
+     DENSE_CONFIG("")},
+    {"Dense path escapes", "", "!" "[{\"path\":\"\",\"type\":\"sentence_transformers.models.Transformer\"},"
+     "{\"path\":\"1_Pooling\",\"type\":\"sentence_transformers.models.Pooling\"},"
+     "{\"path\":\"../2_Dense\",\"type\":\"sentence_transformers.models.Dense\"}]",
+     NULL, NULL, NULL, "Dense path \"../2_Dense\" is not a folder inside the model", ""},
     {"Pooling path escapes", "", "!" "[{\"path\":\"\",\"type\":\"sentence_transformers.models.Transformer\"},"
      "{\"path\":\"../x\",\"type\":\"sentence_transformers.models.Pooling\"}]",
      NULL, NULL, NULL, "Pooling path \"../x\"", ""},
@@ -290,6 +338,7 @@ START_TEST(test_bad_dir)
     put_file(dir, "1_Pooling/config.json", c->pooling);
     put_file(dir, "sentence_bert_config.json", c->sbert);
     put_file(dir, "tokenizer_config.json", c->tokenizer);
+    put_file(dir, "2_Dense/config.json", c->dense);
 
     emb_config cfg;
     memset(&cfg, 0x5a, sizeof cfg);
@@ -496,6 +545,13 @@ static void assert_same(const emb_config *a, const emb_config *b)
     ck_assert_int_eq(a->normalize, b->normalize);
     ck_assert_int_eq(a->max_seq_length, b->max_seq_length);
     ck_assert_int_eq(a->do_lower_case, b->do_lower_case);
+    ck_assert_int_eq(a->n_dense, b->n_dense);
+    for (int k = 0; k < a->n_dense; k++) {
+        ck_assert_int_eq(a->dense[k].in_features, b->dense[k].in_features);
+        ck_assert_int_eq(a->dense[k].out_features, b->dense[k].out_features);
+        ck_assert_int_eq(a->dense[k].bias, b->dense[k].bias);
+        ck_assert_int_eq(a->dense[k].activation, b->dense[k].activation);
+    }
 }
 
 static void make_cfg(emb_config *c, emb_pooling pooling, int normalize)
@@ -575,6 +631,74 @@ START_TEST(test_roundtrip)
 }
 END_TEST
 
+/* Two Dense modules under the sentence-transformers 5 class names: the
+ * first with the defaults (bias, Tanh), the second Identity without bias. */
+START_TEST(test_dense)
+{
+    char dir[256], out_dir[256];
+    emb_err err = {{0}};
+    emb_config c, back;
+    tmpdir_make(dir, sizeof dir);
+    put_bert(dir, "");
+    put(dir, "modules.json",
+        "[{\"path\":\"\",\"type\":\"sentence_transformers.base.modules.transformer.Transformer\"},"
+        "{\"path\":\"1_Pooling\",\"type\":\"sentence_transformers.sentence_transformer."
+        "modules.pooling.Pooling\"},"
+        "{\"path\":\"2_Dense\",\"type\":\"sentence_transformers.base.modules.dense.Dense\"},"
+        "{\"path\":\"dense_b\",\"type\":\"sentence_transformers.models.Dense\"},"
+        "{\"path\":\"4_Normalize\",\"type\":\"sentence_transformers.base.modules.normalize."
+        "Normalize\"}]");
+    put(dir, "2_Dense/config.json", "{\"in_features\": 64, \"out_features\": 24}");
+    put(dir, "dense_b/config.json",
+        "{\"in_features\": 24, \"out_features\": 8, \"bias\": false, \"activation_function\": "
+        "\"torch.nn.Identity\", \"module_input_name\": \"sentence_embedding\", "
+        "\"use_residual\": false}");
+    load_tmp(dir, &c);
+    ck_assert_int_eq(c.n_dense, 2);
+    ck_assert_int_eq(c.dense[0].in_features, 64);
+    ck_assert_int_eq(c.dense[0].out_features, 24);
+    ck_assert_int_eq(c.dense[0].bias, 1);
+    ck_assert_int_eq(c.dense[0].activation, EMB_ACT_TANH);
+    ck_assert_str_eq(c.dense[0].folder, "2_Dense");
+    ck_assert_int_eq(c.dense[1].in_features, 24);
+    ck_assert_int_eq(c.dense[1].out_features, 8);
+    ck_assert_int_eq(c.dense[1].bias, 0);
+    ck_assert_int_eq(c.dense[1].activation, EMB_ACT_IDENTITY);
+    ck_assert_str_eq(c.dense[1].folder, "dense_b");
+    ck_assert_int_eq(c.normalize, 1);
+    ck_assert_int_eq(emb_config_dim(&c), 8);
+    ck_assert_str_eq(emb_activation_name(EMB_ACT_TANH), "torch.nn.modules.activation.Tanh");
+    ck_assert_str_eq(emb_activation_name(EMB_ACT_IDENTITY), "torch.nn.modules.linear.Identity");
+
+    /* saved in order, under sentence-transformers' "<idx>_<class>" names */
+    tmpdir_make(out_dir, sizeof out_dir);
+    ck_assert_msg(emb_config_save(&c, out_dir, &err) == 0, "%s", err.msg);
+    ck_assert(exists(out_dir, "2_Dense/config.json"));
+    ck_assert(exists(out_dir, "3_Dense/config.json"));
+    ck_assert(exists(out_dir, "4_Normalize"));
+    ck_assert(!exists(out_dir, "2_Normalize"));
+    load_tmp(out_dir, &back);
+    assert_same(&c, &back);
+    ck_assert_str_eq(back.dense[1].folder, "3_Dense");
+    char path[512];
+    snprintf(path, sizeof path, "%s/3_Dense/config.json", out_dir);
+    FILE *fp = fopen(path, "r");
+    char text[512] = "";
+    ck_assert(fp != NULL);
+    size_t n = fread(text, 1, sizeof text - 1, fp);
+    text[n] = '\0';
+    fclose(fp);
+    ck_assert_msg(strstr(text, "\"torch.nn.modules.linear.Identity\"") != NULL, "%s", text);
+    ck_assert_msg(strstr(text, "\"bias\":\tfalse") != NULL, "%s", text);
+
+    /* without Dense modules the dimension is the hidden size */
+    make_cfg(&c, EMB_POOL_MEAN, 1);
+    ck_assert_int_eq(emb_config_dim(&c), 96);
+    tmpdir_remove(dir);
+    tmpdir_remove(out_dir);
+}
+END_TEST
+
 START_TEST(test_save_invalid)
 {
     char dir[256];
@@ -600,6 +724,19 @@ START_TEST(test_save_invalid)
     make_cfg(&c, (emb_pooling)7, 0);
     ck_assert_int_eq(emb_config_save(&c, dir, &err), -1);
     ck_assert_msg(strstr(err.msg, "pooling"), "%s", err.msg);
+
+    /* a Dense chain must fit together */
+    make_cfg(&c, EMB_POOL_MEAN, 1);
+    c.n_dense = 2;
+    c.dense[0] = (emb_dense_config){.in_features = 96, .out_features = 32, .bias = 1};
+    c.dense[1] = (emb_dense_config){.in_features = 31, .out_features = 8, .bias = 0};
+    ck_assert_int_eq(emb_config_save(&c, dir, &err), -1);
+    ck_assert_msg(strstr(err.msg, "Dense module 1 has in_features 31, the module before it "
+                                  "gives 32"), "%s", err.msg);
+    c.dense[1].in_features = 32;
+    c.dense[1].activation = (emb_activation)9;
+    ck_assert_int_eq(emb_config_save(&c, dir, &err), -1);
+    ck_assert_msg(strstr(err.msg, "unknown activation 9"), "%s", err.msg);
 
     /* nothing was written */
     ck_assert(!exists(dir, "config.json"));
@@ -636,6 +773,7 @@ static Suite *config_suite(void)
     tcase_add_test(tc, test_seq_length);
     tcase_add_test(tc, test_pooling_names);
     tcase_add_test(tc, test_roundtrip);
+    tcase_add_test(tc, test_dense);
     tcase_add_test(tc, test_save_invalid);
     suite_add_tcase(s, tc);
     return s;

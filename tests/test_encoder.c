@@ -1,6 +1,7 @@
 /* test_encoder.c: the encoder against the PyTorch reference
- * (scripts/gen_reference.py -> tests/fixtures/reference), batch
- * independence, and broken model directories. */
+ * (scripts/gen_reference.py -> tests/fixtures/reference), with and without
+ * sentence-transformers Dense modules, batch independence, and broken
+ * model directories. */
 #include <check.h>
 #include <math.h>
 #include <stdint.h>
@@ -210,6 +211,61 @@ START_TEST(test_reference_bf16)
 }
 END_TEST
 
+/* tiny-dense: tiny-f16's encoder, mean pooling, Dense 32 -> 24 (Tanh,
+ * bias, F32), Dense 24 -> 16 (Identity, no bias, F16), Normalize; against
+ * torch's nn.Linear + activation, before and after Normalize, to 1e-5. */
+START_TEST(test_reference_dense)
+{
+    emb_err err;
+    emb_model *m = emb_model_load("tests/fixtures/tiny-dense", &err);
+    ck_assert_msg(m != NULL, "load tiny-dense: %s", err.msg);
+    ck_assert_int_eq(m->cfg.n_dense, 2);
+    ck_assert_int_eq(emb_model_dim(m), 16);
+    ck_assert_int_eq(m->cfg.normalize, 1);
+    const int D = emb_model_dim(m);
+    texts t = load_texts();
+    int *lens = malloc(sizeof(int) * t.n);
+    int32_t *ids = encode_all(m, &t, lens);
+    check_ids("tiny-f16", ids, lens, t.n);
+    float *raw = load_f32("tiny-dense", "raw", (size_t)t.n * D);
+    char path[256];
+    size_t size = 0;
+    snprintf(path, sizeof path, REF_DIR "/tiny-dense.f32");
+    float *served = (float *)tu_read_file(path, &size);
+    ck_assert_msg(served != NULL && size == (size_t)t.n * D * 4, "cannot read %s", path);
+    emb_workspace *ws = emb_workspace_new(m, 1 << 16, &err);
+    ck_assert(ws != NULL);
+    float *out = malloc(sizeof(float) * (size_t)t.n * D);
+    const int chunks[] = {1, 7, 1000};
+    for (size_t c = 0; c < sizeof chunks / sizeof chunks[0]; c++) {
+        for (int normalize = 0; normalize <= 1; normalize++) {
+            long off = 0;
+            for (int s = 0; s < t.n; s += chunks[c]) {
+                int k = t.n - s < chunks[c] ? t.n - s : chunks[c];
+                ck_assert_msg(emb_embed_ids(m, ws, ids + off, lens + s, k, m->cfg.pooling,
+                                            normalize, out + (long)s * D, &err) == 0,
+                              "%s", err.msg);
+                for (int j = 0; j < k; j++)
+                    off += lens[s + j];
+            }
+            double d = max_abs_diff(out, normalize ? served : raw, t.n * D);
+            printf("tiny-dense %s, batches of %d: max |diff| %.3g\n",
+                   normalize ? "normalised" : "raw", chunks[c], d);
+            ck_assert_msg(d <= 1e-5, "tiny-dense %s, chunk %d: max |diff| %g",
+                          normalize ? "normalised" : "raw", chunks[c], d);
+        }
+    }
+    free(out);
+    emb_workspace_free(ws);
+    free(raw);
+    free(served);
+    free(ids);
+    free(lens);
+    free_texts(&t);
+    emb_model_free(m);
+}
+END_TEST
+
 /* A text's vector does not depend on its batch neighbours. */
 START_TEST(test_batch_independence)
 {
@@ -300,6 +356,49 @@ START_TEST(test_broken_dir)
     snprintf(cmd, sizeof cmd, "cd %s && %s", dir, broken_dirs[_i].command);
     ck_assert_msg(tu_run(cmd) == 0, "%s: %s failed", broken_dirs[_i].what, cmd);
     expect_load_error(dir, broken_dirs[_i].needle);
+    remove_dir(dir);
+}
+END_TEST
+
+/* Broken copies of tiny-dense (symlinks resolved), as broken_dirs. */
+static const struct {
+    const char *what;
+    const char *command;
+    const char *needle;
+} broken_dense[] = {
+    {"Dense weights only as pytorch_model.bin",
+     "mv 2_Dense/model.safetensors 2_Dense/pytorch_model.bin",
+     "2_Dense/pytorch_model.bin: the Dense module's weights are only in pytorch_model.bin, a "
+     "format embedd does not read; re-save the model with safetensors"},
+    {"Dense weights missing", "rm 3_Dense/model.safetensors",
+     "3_Dense/model.safetensors: not found (the weights of Dense module 1)"},
+    {"Dense weight of the wrong shape",
+     "sed -i 's/\"out_features\": 24/\"out_features\": 20/' 2_Dense/config.json && "
+     "sed -i 's/\"in_features\": 24/\"in_features\": 20/' 3_Dense/config.json",
+     "2_Dense/model.safetensors: tensor 'linear.weight' has shape [24, 32], expected [20, 32]"},
+    {"Dense in_features not the previous output",
+     "sed -i 's/\"in_features\": 24/\"in_features\": 20/' 3_Dense/config.json",
+     "3_Dense/config.json: in_features 20 does not match the output dimension 24"},
+    {"Dense bias missing", "sed -i 's/\"bias\": false/\"bias\": true/' 3_Dense/config.json",
+     "3_Dense/model.safetensors: missing tensor 'linear.bias'"},
+    {"Dense bias the config does not list",
+     "sed -i 's/\"bias\": true/\"bias\": false/' 2_Dense/config.json",
+     "2_Dense/model.safetensors: unexpected tensor 'linear.bias'"},
+    {"unknown module type",
+     "sed -i 's/sentence_transformers.models.Dense/sentence_transformers.models.CNN/' "
+     "modules.json",
+     "module 3 (path \"3_Dense\") type \"sentence_transformers.models.CNN\" is not supported"},
+};
+
+START_TEST(test_broken_dense)
+{
+    char dir[256], cmd[1024];
+    tu_mkdtemp(dir, sizeof dir);
+    ck_assert(dir[0] != '\0');
+    snprintf(cmd, sizeof cmd, "cp -rL tests/fixtures/tiny-dense/. %s/ && cd %s && %s", dir, dir,
+             broken_dense[_i].command);
+    ck_assert_msg(tu_run(cmd) == 0, "%s: %s failed", broken_dense[_i].what, cmd);
+    expect_load_error(dir, broken_dense[_i].needle);
     remove_dir(dir);
 }
 END_TEST
@@ -402,11 +501,14 @@ static Suite *encoder_suite(void)
     tcase_set_timeout(ref, 120);
     tcase_add_test(ref, test_reference_f16);
     tcase_add_test(ref, test_reference_bf16);
+    tcase_add_test(ref, test_reference_dense);
     tcase_add_test(ref, test_batch_independence);
     suite_add_tcase(s, ref);
     TCase *broken = tcase_create("broken");
     tcase_add_loop_test(broken, test_broken_dir, 0,
                         (int)(sizeof broken_dirs / sizeof broken_dirs[0]));
+    tcase_add_loop_test(broken, test_broken_dense, 0,
+                        (int)(sizeof broken_dense / sizeof broken_dense[0]));
     tcase_add_test(broken, test_truncated_weights);
     tcase_add_test(broken, test_unknown_dtype);
     tcase_add_test(broken, test_sharded_weights);

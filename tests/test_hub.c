@@ -4,6 +4,9 @@
  * test process. It serves tests/fixtures/tiny-f16 the way the Hub does:
  *   GET|HEAD /{org}/{name}/resolve/{revision}/{path}
  *     repos: org/tiny (public) and org/private (needs Bearer TOKEN);
+ *     org/dense serves tests/fixtures/tiny-dense (the same weights, two
+ *     Dense modules after pooling) and org/densebin the same without the
+ *     Dense modules' model.safetensors (as if only pytorch_model.bin);
  *     revisions: main -> COMMIT_MAIN, v1.0 -> COMMIT_V1, or a commit itself;
  *     every answer carries X-Repo-Commit; small files answer 200 with an
  *     ETag (tokenizer.json a weak one); model.safetensors answers 302 to
@@ -180,11 +183,12 @@ static enum MHD_Result redirect_lfs(struct MHD_Connection *c, const char *commit
     return ret;
 }
 
-static enum MHD_Result serve_file(struct MHD_Connection *c, const char *commit, const char *path)
+static enum MHD_Result serve_file(struct MHD_Connection *c, const char *commit, const char *dir,
+                                  const char *path)
 {
     char full[512];
     size_t len = 0;
-    snprintf(full, sizeof full, FIXTURE "/%s", path);
+    snprintf(full, sizeof full, "%s/%s", dir, path);
     char *data = strstr(path, "..") == NULL ? tu_read_file(full, &len) : NULL;
     struct stat st;
     if (data == NULL || stat(full, &st) != 0 || !S_ISREG(st.st_mode)) {
@@ -213,7 +217,9 @@ static enum MHD_Result serve_resolve(struct MHD_Connection *c, const char *url)
         return send_error(c, 404, "RepoNotFound");
     const char *auth = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Authorization");
     int authorised = auth != NULL && strcmp(auth, "Bearer " TOKEN) == 0;
-    if (strcmp(org, "org") != 0 || (strcmp(name, "tiny") != 0 && strcmp(name, "private") != 0))
+    const int dense = strcmp(name, "dense") == 0 || strcmp(name, "densebin") == 0;
+    if (strcmp(org, "org") != 0 ||
+        (strcmp(name, "tiny") != 0 && strcmp(name, "private") != 0 && !dense))
         return send_error(c, 404, "RepoNotFound");
     if (strcmp(name, "private") == 0 && !authorised)
         return send_error(c, 401, "RepoNotFound");
@@ -222,8 +228,12 @@ static enum MHD_Result serve_resolve(struct MHD_Connection *c, const char *url)
         return send_error(c, 404, "RevisionNotFound");
     const char *path = url + used;
     if (strcmp(path, "model.safetensors") == 0)
-        return redirect_lfs(c, commit);
-    return serve_file(c, commit, path);
+        return redirect_lfs(c, commit); /* tiny-dense's is tiny-f16's */
+    const char *slash = strchr(path, '/');
+    if (strcmp(name, "densebin") == 0 && slash != NULL &&
+        strcmp(slash, "/model.safetensors") == 0 && strstr(path, "_Dense/") != NULL)
+        return send_error(c, 404, "EntryNotFound");
+    return serve_file(c, commit, dense ? "tests/fixtures/tiny-dense" : FIXTURE, path);
 }
 
 static enum MHD_Result answer(void *cls, struct MHD_Connection *c, const char *url,
@@ -377,7 +387,7 @@ static int embed_one(const char *dir, float *out, int cap)
     ck_assert_int_gt(n, 2);
     emb_workspace *ws = emb_workspace_new(m, 64, &err);
     ck_assert(ws != NULL);
-    int C = m->cfg.hidden_size;
+    int C = emb_model_dim(m);
     ck_assert_int_le(C, cap);
     ck_assert_int_eq(emb_embed_ids(m, ws, ids, &n, 1, m->cfg.pooling, 1, out, &err), 0);
     emb_workspace_free(ws);
@@ -533,6 +543,34 @@ START_TEST(test_not_found)
     ck_assert_msg(strstr(err.msg, "ORG/NAME") != NULL, "%s", err.msg);
     ck_assert_int_ne(fetch("org/../x", dir, &err), 0);
     ck_assert_int_ne(fetch("org/tiny@../../x", dir, &err), 0);
+}
+END_TEST
+
+/* A model with Dense modules: their folders come along; without their
+ * model.safetensors the download says what to do. */
+START_TEST(test_dense_modules)
+{
+    char dir[PATH_MAX], path[PATH_MAX];
+    emb_err err;
+    ck_assert_msg(fetch("org/dense", dir, &err) == 0, "%s", err.msg);
+    static const char *const files[] = {"2_Dense/config.json", "2_Dense/model.safetensors",
+                                        "3_Dense/config.json", "3_Dense/model.safetensors",
+                                        "1_Pooling/config.json", "modules.json"};
+    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
+        char want[PATH_MAX];
+        join(path, sizeof path, dir, files[i]);
+        snprintf(want, sizeof want, "tests/fixtures/tiny-dense/%s", files[i]);
+        assert_same_file(path, want);
+    }
+    float a[256], b[256];
+    ck_assert_int_eq(embed_one(dir, a, 256), 16);
+    ck_assert_int_eq(embed_one("tests/fixtures/tiny-dense", b, 256), 16);
+    ck_assert(memcmp(a, b, sizeof(float) * 16) == 0);
+
+    ck_assert_int_ne(fetch("org/densebin", dir, &err), 0);
+    ck_assert_msg(strstr(err.msg, "org/densebin@main: the Dense module in 2_Dense has no "
+                                  "model.safetensors") != NULL &&
+                  strstr(err.msg, "re-saved as safetensors") != NULL, "%s", err.msg);
 }
 END_TEST
 
@@ -746,6 +784,7 @@ static Suite *hub_suite(void)
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, test_download_layout);
+    tcase_add_test(tc, test_dense_modules);
     tcase_add_test(tc, test_second_run_downloads_nothing);
     tcase_add_test(tc, test_resume_within_one_run);
     tcase_add_test(tc, test_resume_next_run);

@@ -2807,6 +2807,45 @@ START_TEST(test_serve_int8)
 }
 END_TEST
 
+/* A model with Dense modules (tests/fixtures/tiny-dense, 16 dims after
+ * them): /info reports their dimension, /embed answers with it (and
+ * shorter with "dimensions"), and the item store holds vectors of it. */
+START_TEST(test_serve_dense)
+{
+    const char *args[] = {"--model", "tests/fixtures/tiny-dense", "--train", "off", NULL};
+    start_own(args);
+    cJSON *j = NULL;
+    ck_assert_int_eq(req_port(s_own.port, "GET", "/info", NULL, &j), 200);
+    ck_assert_int_eq((int)num_of(j, "dimension"), 16);
+    cJSON_Delete(j);
+    ck_assert_int_eq(req_port(s_own.port, "POST", "/embed",
+                              "{\"inputs\":[\"a dense probe\",\"another one\"]}", &j), 200);
+    ck_assert_int_eq(cJSON_GetArraySize(j), 2);
+    const cJSON *v = cJSON_GetArrayItem(j, 0);
+    ck_assert_int_eq(cJSON_GetArraySize(v), 16);
+    double norm = 0.0;
+    for (int c = 0; c < 16; c++)
+        norm += cJSON_GetArrayItem(v, c)->valuedouble * cJSON_GetArrayItem(v, c)->valuedouble;
+    ck_assert_msg(fabs(norm - 1.0) < 1e-4, "norm^2 %g", norm);
+    cJSON_Delete(j);
+    ck_assert_int_eq(req_port(s_own.port, "POST", "/embed",
+                              "{\"inputs\":\"a dense probe\",\"dimensions\":8}", &j), 200);
+    ck_assert_int_eq(cJSON_GetArraySize(cJSON_GetArrayItem(j, 0)), 8);
+    cJSON_Delete(j);
+    ck_assert_int_eq(req_port(s_own.port, "POST", "/embed",
+                              "{\"inputs\":\"a dense probe\",\"dimensions\":17}", NULL), 422);
+    ck_assert_int_eq(req_port(s_own.port, "POST", "/items",
+                              "{\"items\":[{\"id\":\"a\",\"text\":\"a cat on a mat\"},"
+                              "{\"id\":\"b\",\"text\":\"stock prices fell\"}]}", NULL), 200);
+    ck_assert_int_eq(req_port(s_own.port, "POST", "/similar",
+                              "{\"text\":\"a cat\",\"limit\":2}", &j), 200);
+    ck_assert_int_eq(cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(j, "result")), 2);
+    cJSON_Delete(j);
+    kill(s_own.pid, SIGTERM);
+    expect_exit_zero(10.0);
+}
+END_TEST
+
 static double status_num(const cJSON *st, const char *obj, const char *key)
 {
     const cJSON *o = obj != NULL ? cJSON_GetObjectItemCaseSensitive(st, obj) : st;
@@ -3205,6 +3244,7 @@ int main(void)
     tc = tcase_with_server(s, "shutdown", NULL, 60);
     tcase_add_test(tc, test_shutdown_idle);
     tcase_add_test(tc, test_serve_int8);
+    tcase_add_test(tc, test_serve_dense);
     tcase_add_test(tc, test_shutdown_graceful);
     tcase_add_test(tc, test_shutdown_503);
     tcase_add_test(tc, test_shutdown_refuses_new_connections);
