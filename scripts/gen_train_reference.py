@@ -28,12 +28,23 @@ Two independent torch computations must agree before anything is written:
     RefBert's losses and gradients without dropout to 1e-5, then gives the
     dropout case.
 
+--part dense writes tests/fixtures/train/dense.safetensors instead (and
+nothing else): two frozen sentence-transformers Dense modules for that model
+(dense.0: 32 -> 24, bias, Tanh; dense.1: 24 -> 16, no bias, Identity), and
+for the same batch with SimCSE's z = normalize(Dense(pool(h))) and the MLM
+weight 0 (so that every gradient comes through the Dense modules): losses
+and gradients without dropout (dense.nodrop.*) and with ref.safetensors'
+dropout masks (dense.drop.*), in the layout above (the frozen Dense weights
+get no gradient). Both torch computations must agree without dropout. The
+model and batch are rebuilt from the seed and checked against the
+committed model/ and ref.safetensors first.
+
 Also: --check-checkpoint DIR --texts FILE --embeddings FILE.jsonl loads a
 model directory written by embedd into RefBert and compares its sentence
 embeddings with embedd's (`embedd embed --model DIR < FILE`, one JSON array
 per text line).
 
-Usage: scripts/gen_train_reference.py [--out tests/fixtures/train]
+Usage: scripts/gen_train_reference.py [--out tests/fixtures/train] [--part all|dense]
 """
 import argparse
 import json
@@ -187,10 +198,13 @@ class RefTrainer(torch.nn.Module):
         return x @ self.bert.word_embeddings.weight.t() + self.bias
 
 
-def losses(h, batch, wte, head_fn, st):
-    """(simcse, mlm) from packed last hidden states h (T, C)."""
+def losses(h, batch, wte, head_fn, st, post=None):
+    """(simcse, mlm) from packed last hidden states h (T, C); post (the
+    Dense modules) runs on the pooled rows before normalisation."""
     off, B = batch["seq_off"], batch["n_texts"]
     z = torch.stack([h[off[s]:off[s + 1]].mean(0) for s in range(2 * B)])
+    if post is not None:
+        z = post(z)
     z = F.normalize(z, dim=-1, eps=1e-12)
     sim = z[:B] @ z[B:].t() / st["temperature"]
     simcse = F.cross_entropy(sim, torch.arange(B))
@@ -242,7 +256,7 @@ def functional_hidden(w, cfg, ids, seq_off, masks=None):
     return x
 
 
-def functional_grads(weights, cfg, batch, st, masks=None):
+def functional_grads(weights, cfg, batch, st, masks=None, post=None):
     w = {n: t.clone().requires_grad_(True) for n, t in weights.items()}
     C = cfg["hidden_size"]
     h = functional_hidden(w, cfg, batch["ids"], batch["seq_off"], masks)
@@ -251,7 +265,7 @@ def functional_grads(weights, cfg, batch, st, masks=None):
         x = F.linear(x, w[HEAD[0]], w[HEAD[1]])
         x = F.layer_norm(F.gelu(x), (C,), w[HEAD[2]], w[HEAD[3]], cfg["layer_norm_eps"])
         return x @ w["embeddings.word_embeddings.weight"].t() + w[HEAD[4]]
-    s, m = losses(h, batch, None, head, st)
+    s, m = losses(h, batch, None, head, st, post)
     total = st["simcse_weight"] * s + st["mlm_weight"] * m
     total.backward()
     grads = flatten({n: t.grad for n, t in w.items()}, cfg["num_hidden_layers"])
@@ -338,10 +352,10 @@ def adam_steps(cfg, weights, batch, st):
     return model.flat(), totals, (decay, no_decay)
 
 
-def ref_grads(cfg, weights, batch, st):
+def ref_grads(cfg, weights, batch, st, post=None):
     model = RefTrainer(cfg, weights)
     h = model.hidden(batch["ids"], batch["seq_off"])
-    s, m = losses(h, batch, None, model.mlm_logits, st)
+    s, m = losses(h, batch, None, model.mlm_logits, st, post)
     total = st["simcse_weight"] * s + st["mlm_weight"] * m
     total.backward()
     return [s.item(), m.item(), total.item()], model.flat("grad"), model
@@ -370,20 +384,10 @@ def check_checkpoint(args):
     return 0 if diff < 1e-4 else 1
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "tests",
-                                                  "fixtures", "train"))
-    ap.add_argument("--seed", type=int, default=7)
-    ap.add_argument("--check-checkpoint")
-    ap.add_argument("--texts")
-    ap.add_argument("--embeddings")
-    args = ap.parse_args()
-    torch.set_num_threads(1)
-    if args.check_checkpoint:
-        return check_checkpoint(args)
+def setup(seed):
+    """The settings, the model's weights and the batch, from the seed."""
     cfg, st = config(), dict(SETTINGS)
-    weights = er.random_bert_weights(cfg, args.seed, extra=True)
+    weights = er.random_bert_weights(cfg, seed, extra=True)
     for n in list(weights):
         if n.startswith("pooler."):
             del weights[n]
@@ -391,8 +395,94 @@ def main():
     for n, t in weights.items():
         if t.dim() == 2 and "embeddings" not in n:
             weights[n] = t * (0.02 / (1.5 / math.sqrt(t.shape[1]))) * 10
-    g = torch.Generator().manual_seed(args.seed)
+    g = torch.Generator().manual_seed(seed)
     batch = make_batch(g)
+    return cfg, st, weights, g, batch
+
+
+# ---- frozen Dense modules after pooling ------------------------------------------
+
+# (out_features, bias, activation class), as sentence-transformers' Dense
+# builds them: nn.Linear(in, out, bias), then the activation.
+DENSE = ((24, True, torch.nn.Tanh), (16, False, torch.nn.Identity))
+
+
+def dense_modules(C, seed):
+    g = torch.Generator().manual_seed(seed + 1)
+    mods, in_f = [], C
+    for out_f, bias, act in DENSE:
+        lin = torch.nn.Linear(in_f, out_f, bias=bias)
+        with torch.no_grad():
+            lin.weight.copy_(torch.randn((out_f, in_f), generator=g) * (1.5 / math.sqrt(in_f)))
+            if bias:
+                lin.bias.copy_((torch.rand(out_f, generator=g) - 0.5) * 0.4)
+        lin.requires_grad_(False)
+        mods.append(torch.nn.Sequential(lin, act()))
+        in_f = out_f
+    return mods
+
+
+def gen_dense(args):
+    """dense.safetensors: see the docstring."""
+    cfg, st, weights, _, batch = setup(args.seed)
+    out = os.path.abspath(args.out)
+    stored, _ = er.safetensors_read(os.path.join(out, "model", "model.safetensors"))
+    for n, t in weights.items():
+        assert torch.equal(stored[n], t.float()), "model/ differs from the seed at " + n
+    ref, _ = er.safetensors_read(os.path.join(out, "ref.safetensors"))
+    assert torch.equal(ref["batch.ids"], batch["ids"].float()), "ref.safetensors batch differs"
+    mods = dense_modules(cfg["hidden_size"], args.seed)
+    st["mlm_weight"] = 0.0
+
+    def post(z):
+        for m in mods:
+            z = m(z)
+        return z
+    loss_ref, grads_ref, _ = ref_grads(cfg, weights, batch, st, post)
+    loss_fn, grads_fn = functional_grads(weights, cfg, batch, st, post=post)
+    for a, b in zip(loss_ref, loss_fn):
+        assert abs(a - b) <= 1e-5 * max(1.0, abs(a)), (loss_ref, loss_fn)
+    assert rel(grads_fn, grads_ref) < 1e-5, rel(grads_fn, grads_ref)
+    n_masks = 1 + 3 * cfg["num_hidden_layers"]
+    masks = [ref["drop.mask.%d" % i] for i in range(n_masks)]
+    T, C = len(batch["ids"]), cfg["hidden_size"]
+    masks = [m.view(T, C) if i % 3 != 1 else m for i, m in enumerate(masks)]
+    loss_drop, grads_drop = functional_grads(weights, cfg, batch, st, masks, post)
+    plain = ref_grads(cfg, weights, batch, st)[0]
+    tensors = []
+    for i, m in enumerate(mods):
+        tensors.append(("dense.%d.weight" % i, m[0].weight.detach(), "F32"))
+        if m[0].bias is not None:
+            tensors.append(("dense.%d.bias" % i, m[0].bias.detach(), "F32"))
+    tensors += [("dense.nodrop.loss", torch.tensor(loss_ref), "F32"),
+                ("dense.nodrop.grads", grads_ref, "F32"),
+                ("dense.drop.loss", torch.tensor(loss_drop), "F32"),
+                ("dense.drop.grads", grads_drop, "F32")]
+    er.safetensors_write(os.path.join(out, "dense.safetensors"), tensors,
+                         metadata={"activations": "tanh,identity", "bias": "1,0",
+                                   "mlm_weight": "0.0"})
+    print("wrote %s/dense.safetensors: SimCSE loss %.6f without dropout (%.6f without the Dense "
+          "modules), %.6f with dropout; RefBert vs functional: grads rel %.2g"
+          % (out, loss_ref[0], plain[0], loss_drop[0], rel(grads_fn, grads_ref)))
+    return 0
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "tests",
+                                                  "fixtures", "train"))
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--part", choices=("all", "dense"), default="all")
+    ap.add_argument("--check-checkpoint")
+    ap.add_argument("--texts")
+    ap.add_argument("--embeddings")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    if args.check_checkpoint:
+        return check_checkpoint(args)
+    if args.part == "dense":
+        return gen_dense(args)
+    cfg, st, weights, g, batch = setup(args.seed)
 
     loss_ref, grads_ref, _ = ref_grads(cfg, weights, batch, st)
     loss_fn, grads_fn = functional_grads(weights, cfg, batch, st)
@@ -430,7 +520,7 @@ def main():
         out, ["%.6f" % x for x in loss_ref], ["%.6f" % x for x in loss_drop],
         ["%.5f" % x for x in totals]))
     print("RefBert vs functional: grads rel %.2g" % rel(grads_fn, grads_ref))
-    return 0
+    return gen_dense(args)
 
 
 def write_tiny_dir(mdir, cfg, weights):

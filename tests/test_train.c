@@ -1,8 +1,10 @@
 /* test_train.c: the trainer against PyTorch autograd
  * (scripts/gen_train_reference.py, fixtures in tests/fixtures/train):
  * SimCSE and MLM losses and every parameter gradient without dropout and
- * with torch's dropout masks, parameters after 5 AdamW steps; plus the
- * learning-rate schedule, skipped non-finite steps and batch building. */
+ * with torch's dropout masks, parameters after 5 AdamW steps, the SimCSE
+ * gradient through two frozen Dense modules (dense.safetensors); plus the
+ * learning-rate schedule, skipped non-finite steps, batch building, and a
+ * Dense model through training, checkpoints and `embedd train`. */
 #include <check.h>
 #include <math.h>
 #include <stdio.h>
@@ -230,6 +232,179 @@ START_TEST(test_gradients_with_torch_dropout_masks)
     free(grads);
     emb_batch_free(&b);
     emb_trainer_free(t);
+}
+END_TEST
+
+/* ---- Dense modules ----------------------------------------------------------- */
+
+/* The fixture model with dense.safetensors' two Dense modules after its
+ * pooling: 32 -> 24 (bias, Tanh), 24 -> 16 (no bias, Identity). */
+static emb_model *dense_model(emb_st_file *dense)
+{
+    emb_err err = {{0}};
+    ck_assert_msg(emb_st_open(dense, FIXTURE "/dense.safetensors", &err) == 0, "%s", err.msg);
+    const emb_dense_config d0 = {.in_features = 32, .out_features = 24, .bias = 1,
+                                 .activation = EMB_ACT_TANH};
+    const emb_dense_config d1 = {.in_features = 24, .out_features = 16, .bias = 0,
+                                 .activation = EMB_ACT_IDENTITY};
+    float w0[24 * 32], b0[24], w1[16 * 24];
+    const struct { const char *name; float *dst; long n; } t[] = {
+        {"dense.0.weight", w0, 24 * 32}, {"dense.0.bias", b0, 24}, {"dense.1.weight", w1, 16 * 24},
+    };
+    for (int i = 0; i < 3; i++) {
+        const emb_st_tensor *tt = emb_st_find(dense, t[i].name);
+        ck_assert_msg(tt != NULL && emb_st_numel(tt) == t[i].n, "dense.safetensors: %s",
+                      t[i].name);
+        ck_assert(emb_st_read_f32(dense, tt, t[i].dst, &err) == 0);
+    }
+    emb_model *one = emb_model_add_dense(model, &d0, w0, b0, &err);
+    ck_assert_msg(one != NULL, "%s", err.msg);
+    emb_model *two = emb_model_add_dense(one, &d1, w1, NULL, &err);
+    ck_assert_msg(two != NULL, "%s", err.msg);
+    emb_model_free(one);
+    ck_assert_int_eq(emb_model_dim(two), 16);
+    ck_assert_str_eq(two->cfg.dense[1].folder, "3_Dense");
+    /* one more that does not fit is refused */
+    ck_assert(emb_model_add_dense(two, &d1, w1, NULL, &err) == NULL);
+    ck_assert_msg(strstr(err.msg, "in_features 24, the model gives 16"), "%s", err.msg);
+    return two;
+}
+
+/* A dense.safetensors tensor as floats (caller frees). */
+static float *dense_tensor(const emb_st_file *dense, const char *name)
+{
+    emb_err err;
+    const emb_st_tensor *t = emb_st_find(dense, name);
+    ck_assert_msg(t != NULL, "dense.safetensors has no %s", name);
+    float *out = malloc(sizeof(float) * (size_t)emb_st_numel(t));
+    ck_assert(out != NULL && emb_st_read_f32(dense, t, out, &err) == 0);
+    return out;
+}
+
+/* The trainer's gradients against a reference in the layout without the
+ * Dense block (encoder tensors, then the head); the frozen Dense block
+ * must have none. */
+static void check_dense_grads(const emb_trainer *t, const float *want, const char *what)
+{
+    size_t sizes[EMB_N_PARAM_TENSORS + EMB_N_HEAD_TENSORS];
+    emb_param_sizes(&t->cfg, sizes);
+    emb_head_sizes(&t->cfg, sizes + EMB_N_PARAM_TENSORS);
+    size_t at = 0, ref_at = 0;
+    for (int i = 0; i < EMB_N_PARAM_TENSORS + EMB_N_HEAD_TENSORS; i++) {
+        if (i == EMB_N_PARAM_TENSORS) {
+            ck_assert_uint_eq(at, t->dense_at);
+            for (size_t j = t->dense_at; j < t->n_enc; j++)
+                ck_assert_msg(t->grads[j] == 0.0f, "%s: frozen Dense float %zu has gradient %g",
+                              what, j - t->dense_at, (double)t->grads[j]);
+            at = t->n_enc;
+        }
+        if (i >= EMB_N_PARAM_TENSORS)
+            continue; /* the MLM weight is 0: the head has no gradient to compare */
+        double e = rel_err(t->grads + at, want + ref_at, sizes[i]);
+        ck_assert_msg(e <= 1e-3, "%s: gradient of %s: relative error %.3g", what,
+                      tensor_names[i], e);
+        at += sizes[i];
+        ref_at += sizes[i];
+    }
+}
+
+/* SimCSE through the Dense modules (MLM weight 0), against autograd:
+ * without dropout, and with torch's dropout masks. */
+START_TEST(test_dense_gradients)
+{
+    emb_err err;
+    emb_st_file dense;
+    emb_model *m = dense_model(&dense);
+    emb_train_config tc = fixture_config();
+    tc.mlm_weight = 0.0f;
+    emb_trainer *t = emb_trainer_new(m, FIXTURE "/model", &tc, &err);
+    ck_assert_msg(t != NULL, "%s", err.msg);
+    ck_assert_uint_eq(t->n_enc - t->dense_at, 24 * 32 + 24 + 16 * 24);
+    emb_batch b;
+    fixture_batch(&b);
+    emb_step_stats st;
+    ck_assert_msg(emb_train_forward_backward(t, &b, -1, &st, &err) == 0, "%s", err.msg);
+    float *loss = dense_tensor(&dense, "dense.nodrop.loss");
+    float *grads = dense_tensor(&dense, "dense.nodrop.grads");
+    ck_assert_msg(fabs(st.simcse_loss - loss[0]) <= 1e-4 * fabs(loss[0]),
+                  "simcse loss %.7f, reference %.7f", st.simcse_loss, (double)loss[0]);
+    check_dense_grads(t, grads, "no dropout");
+    free(loss);
+    free(grads);
+
+    const int n_masks = 1 + 3 * t->cfg.num_hidden_layers;
+    float *masks[1 + 3 * 8];
+    long sizes[1 + 3 * 8];
+    ck_assert_msg(emb_train_prepare(t, &b, masks, sizes, &err) == 0, "%s", err.msg);
+    for (int i = 0; i < n_masks; i++) {
+        char name[32];
+        long n;
+        snprintf(name, sizeof name, "drop.mask.%d", i);
+        float *mk = ref_tensor(name, &n);
+        ck_assert_int_eq(n, sizes[i]);
+        memcpy(masks[i], mk, sizeof(float) * (size_t)n);
+        free(mk);
+    }
+    ck_assert_msg(emb_train_forward_backward(t, &b, 0, &st, &err) == 0, "%s", err.msg);
+    loss = dense_tensor(&dense, "dense.drop.loss");
+    grads = dense_tensor(&dense, "dense.drop.grads");
+    ck_assert_msg(fabs(st.simcse_loss - loss[0]) <= 1e-4 * fabs(loss[0]),
+                  "simcse loss with dropout %.7f, reference %.7f", st.simcse_loss,
+                  (double)loss[0]);
+    check_dense_grads(t, grads, "torch dropout masks");
+    free(loss);
+    free(grads);
+    emb_batch_free(&b);
+    emb_trainer_free(t);
+    emb_model_free(m);
+    emb_st_close(&dense);
+}
+END_TEST
+
+/* Training leaves the Dense weights exactly as they were, a checkpoint
+ * keeps them (and the order of the modules), and resuming is exact. */
+START_TEST(test_dense_frozen_through_checkpoint)
+{
+    emb_err err;
+    emb_st_file dense;
+    emb_model *m = dense_model(&dense);
+    emb_train_config tc = fixture_config();
+    emb_trainer *t = emb_trainer_new(m, FIXTURE "/model", &tc, &err);
+    ck_assert_msg(t != NULL, "%s", err.msg);
+    const size_t nd = t->n_enc - t->dense_at;
+    emb_batch b;
+    fixture_batch(&b);
+    emb_step_stats st;
+    for (int i = 0; i < 3; i++) {
+        ck_assert(emb_train_forward_backward(t, &b, 1, &st, &err) == 0);
+        ck_assert_int_eq(emb_train_apply(t, &st), 0);
+    }
+    ck_assert(memcmp(t->params + t->dense_at, m->params + t->dense_at, sizeof(float) * nd) == 0);
+    ck_assert(memcmp(t->params, m->params, sizeof(float) * t->dense_at) != 0);
+    char dir[256], out[300];
+    tu_mkdtemp(dir, sizeof dir);
+    snprintf(out, sizeof out, "%s/ckpt", dir);
+    ck_assert_msg(emb_save_model_dir(out, &t->cfg, NULL, NULL, FIXTURE "/model", EMB_DT_F16, t,
+                                     &err) == 0, "%s", err.msg);
+    emb_model *m2 = emb_model_load(out, &err);
+    ck_assert_msg(m2 != NULL, "%s", err.msg);
+    ck_assert_int_eq(m2->cfg.n_dense, 2);
+    ck_assert_int_eq(m2->cfg.dense[0].activation, EMB_ACT_TANH);
+    ck_assert_int_eq(m2->cfg.dense[1].bias, 0);
+    ck_assert_int_eq(m2->cfg.normalize, 1);
+    /* Dense weights are saved F32 even when the encoder is F16 */
+    ck_assert(memcmp(m2->params + t->dense_at, m->params + t->dense_at, sizeof(float) * nd) == 0);
+    emb_trainer *t2 = emb_trainer_new(m2, out, &tc, &err);
+    ck_assert_msg(t2 != NULL, "%s", err.msg);
+    ck_assert_int_eq(emb_trainer_load_state(t2, out, &err), 0);
+    ck_assert(memcmp(t2->m, t->m, sizeof(float) * t->n_params) == 0);
+    emb_trainer_free(t2);
+    emb_model_free(m2);
+    emb_remove_tree(dir, &err);
+    emb_batch_free(&b);
+    emb_trainer_free(t);
+    emb_model_free(m);
+    emb_st_close(&dense);
 }
 END_TEST
 
@@ -534,6 +709,56 @@ START_TEST(test_cli_train_eval_resume)
 }
 END_TEST
 
+/* `embedd train` on a model with Dense modules: the checkpoint keeps them
+ * in order with the same weights, and embeds at their dimension. */
+START_TEST(test_cli_train_dense)
+{
+    char dir[256], cmd[4096], corpus[300];
+    tu_mkdtemp(dir, sizeof dir);
+    snprintf(corpus, sizeof corpus, "%s/corpus.txt", dir);
+    FILE *fp = fopen(corpus, "w");
+    ck_assert(fp != NULL);
+    for (int i = 0; i < 30; i++)
+        fprintf(fp, "text %d is about %s and a few more words\n", i, i % 2 ? "cats" : "rain");
+    fclose(fp);
+    snprintf(cmd, sizeof cmd,
+             "%s train --model tests/fixtures/tiny-dense --corpus %s --out %s/out --steps 2 "
+             "--batch-size 4 --max-seq-len 16 --lr 1e-3 > %s/log 2>&1", bin(), corpus, dir, dir);
+    ck_assert_int_eq(tu_run(cmd), 0);
+    emb_err err;
+    emb_model *a = emb_model_load("tests/fixtures/tiny-dense", &err);
+    snprintf(cmd, sizeof cmd, "%s/out", dir);
+    emb_model *b = emb_model_load(cmd, &err);
+    ck_assert_msg(a != NULL && b != NULL, "%s", err.msg);
+    ck_assert_int_eq(b->cfg.n_dense, 2);
+    for (int k = 0; k < 2; k++) {
+        const emb_dense_config *x = &a->cfg.dense[k], *y = &b->cfg.dense[k];
+        ck_assert(x->in_features == y->in_features && x->out_features == y->out_features &&
+                  x->bias == y->bias && x->activation == y->activation);
+    }
+    const size_t at = emb_encoder_floats(&a->cfg);
+    ck_assert_uint_eq(a->n_params, b->n_params);
+    ck_assert(memcmp(a->params + at, b->params + at, sizeof(float) * (a->n_params - at)) == 0);
+    ck_assert_int_eq(b->cfg.normalize, 1);
+    snprintf(cmd, sizeof cmd, "grep -q '\"4_Normalize\"' %s/out/modules.json && "
+             "test -d %s/out/4_Normalize", dir, dir);
+    ck_assert_msg(tu_run(cmd) == 0, "Normalize is not the last module");
+    emb_model_free(a);
+    emb_model_free(b);
+    /* eval embeds through the Dense modules too */
+    snprintf(cmd, sizeof cmd, "%s/pairs.tsv", dir);
+    fp = fopen(cmd, "w");
+    ck_assert(fp != NULL);
+    fputs("5.0\ta cat sits\ta cat is sitting\n1.0\ta cat sits\tstocks fell\n"
+          "3.0\train today\tit rains\n0.5\train today\ta red car\n", fp);
+    fclose(fp);
+    snprintf(cmd, sizeof cmd, "%s eval --model %s/out --sts %s/pairs.tsv | "
+             "grep -q '^spearman_x100 .* pairs 4 '", bin(), dir, dir);
+    ck_assert_msg(tu_run(cmd) == 0, "eval of the Dense checkpoint failed");
+    emb_remove_tree(dir, &err);
+}
+END_TEST
+
 static Suite *train_suite(void)
 {
     Suite *s = suite_create("train");
@@ -542,6 +767,8 @@ static Suite *train_suite(void)
     tcase_add_test(tc, test_layout_matches_reference);
     tcase_add_test(tc, test_gradients_without_dropout);
     tcase_add_test(tc, test_gradients_with_torch_dropout_masks);
+    tcase_add_test(tc, test_dense_gradients);
+    tcase_add_test(tc, test_dense_frozen_through_checkpoint);
     tcase_add_test(tc, test_five_adamw_steps);
     tcase_add_test(tc, test_non_finite_step_is_skipped);
     tcase_add_test(tc, test_learning_rate_schedule);
@@ -550,6 +777,7 @@ static Suite *train_suite(void)
     tcase_add_test(tc, test_checkpoint_resume_is_exact);
     tcase_add_test(tc, test_spearman);
     tcase_add_test(tc, test_cli_train_eval_resume);
+    tcase_add_test(tc, test_cli_train_dense);
     suite_add_tcase(s, tc);
     return s;
 }
