@@ -132,9 +132,7 @@ static void init_head(emb_trainer *t)
     memset(t->hw.bias, 0, sizeof(float) * (size_t)t->cfg.vocab_size);
 }
 
-/* Reads the cls.predictions.* tensors from dir/model.safetensors. Returns 1
- * when loaded, 0 when the file or the tensors are absent, -1 on a bad file. */
-static int load_head(emb_trainer *t, const char *dir, emb_err *err)
+int emb_head_load(const char *dir, const emb_config *cfg, float *head, emb_err *err)
 {
     char path[4096];
     snprintf(path, sizeof path, "%s/model.safetensors", dir);
@@ -146,9 +144,10 @@ static int load_head(emb_trainer *t, const char *dir, emb_err *err)
     if (emb_st_open(&f, path, err) != 0)
         return -1;
     size_t sizes[EMB_N_HEAD_TENSORS];
-    emb_head_sizes(&t->cfg, sizes);
-    float *dst[EMB_N_HEAD_TENSORS] = {t->hw.dense_w, t->hw.dense_b, t->hw.ln_w, t->hw.ln_b,
-                                      t->hw.bias};
+    emb_head_sizes(cfg, sizes);
+    emb_mlm_head h;
+    emb_head_point(&h, head, cfg);
+    float *dst[EMB_N_HEAD_TENSORS] = {h.dense_w, h.dense_b, h.ln_w, h.ln_b, h.bias};
     int rc = 1;
     for (int i = 0; i < EMB_N_HEAD_TENSORS && rc == 1; i++) {
         char prefixed[128];
@@ -435,7 +434,7 @@ emb_trainer *emb_trainer_new(const emb_model *model, const char *head_dir,
     emb_head_point(&t->ghw, t->grads + t->n_enc, &t->cfg);
     fill_decay_mask(t);
     emb_rng_seed(&t->rng, tc->seed);
-    int got = head_dir != NULL ? load_head(t, head_dir, err) : 0;
+    int got = head_dir != NULL ? emb_head_load(head_dir, &t->cfg, t->params + t->n_enc, err) : 0;
     if (got < 0)
         goto fail;
     if (got == 0)

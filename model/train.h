@@ -132,6 +132,10 @@ void emb_trainer_free(emb_trainer *t);
 /* Sizes in floats of the head tensors, and pointing views into a block. */
 void emb_head_sizes(const emb_config *cfg, size_t sizes[EMB_N_HEAD_TENSORS]);
 void emb_head_point(emb_mlm_head *h, float *base, const emb_config *cfg);
+/* Reads the cls.predictions.* tensors of dir/model.safetensors into head
+ * (emb_head_sizes layout). Returns 1 when loaded, 0 when the file or the
+ * tensors are absent, -1 on a bad file. */
+int emb_head_load(const char *dir, const emb_config *cfg, float *head, emb_err *err);
 
 /* One optimizer step on n texts (ids back to back, each [CLS] ... [SEP],
  * lens[i] tokens): forward, losses, backward, clip, AdamW. */

@@ -11,6 +11,7 @@ int cli_serve(int argc, char **argv);
 int cli_train(int argc, char **argv);
 int cli_eval(int argc, char **argv);
 int cli_pretrain(int argc, char **argv);
+int cli_whiten(int argc, char **argv);
 
 /* Applies --threads N (0 = leave the libraries' defaults) to OpenBLAS and
  * OpenMP. */

@@ -1,5 +1,6 @@
-/* test_cli.c: `embedd embed` and `embedd tokenize` as a user runs them,
- * checked against the PyTorch reference fixtures. */
+/* test_cli.c: `embedd embed`, `embedd tokenize` and `embedd whiten` as a
+ * user runs them, checked against the PyTorch reference fixtures (and the
+ * whitened model against what whitening promises). */
 #include <check.h>
 #include <cjson/cJSON.h>
 #include <math.h>
@@ -25,17 +26,17 @@ static const char *embedd_bin(void)
     return b != NULL ? b : "build/embedd";
 }
 
-/* Writes the first N_TEXTS reference texts, one per line, to tmpdir/in.txt. */
-static void write_input(void)
+/* Writes the first n reference texts, one per line, to tmpdir/name. */
+static void write_texts(const char *name, int n)
 {
     size_t size = 0;
     char *buf = tu_read_file(REF_DIR "/texts.bin", &size);
     ck_assert(buf != NULL);
     char path[512];
-    snprintf(path, sizeof path, "%s/in.txt", tmpdir);
+    snprintf(path, sizeof path, "%s/%s", tmpdir, name);
     FILE *fp = fopen(path, "wb");
     size_t pos = 4;
-    for (int i = 0; i < N_TEXTS; i++) {
+    for (int i = 0; i < n; i++) {
         uint32_t len;
         memcpy(&len, buf + pos, 4);
         pos += 4;
@@ -46,6 +47,11 @@ static void write_input(void)
     }
     fclose(fp);
     free(buf);
+}
+
+static void write_input(void)
+{
+    write_texts("in.txt", N_TEXTS);
 }
 
 /* Runs `embedd ARGS < in.txt > out.txt 2> err.txt`; returns the exit status. */
@@ -347,6 +353,153 @@ START_TEST(test_embed_latency)
 }
 END_TEST
 
+/* ---- whiten --------------------------------------------------------------- */
+
+/* out.txt as n rows of dim values (caller frees). */
+static double *read_rows(int n, int dim)
+{
+    char *out = read_tmp("out.txt");
+    double *rows = malloc(sizeof(double) * (size_t)n * (size_t)dim);
+    ck_assert(rows != NULL);
+    char *line = out;
+    for (int i = 0; i < n; i++) {
+        char *nl = strchr(line, '\n');
+        ck_assert_msg(nl != NULL, "only %d output lines", i);
+        *nl = '\0';
+        cJSON *arr = cJSON_Parse(line);
+        ck_assert_msg(cJSON_IsArray(arr) && cJSON_GetArraySize(arr) == dim,
+                      "line %d has %d values, expected %d", i, cJSON_GetArraySize(arr), dim);
+        for (int c = 0; c < dim; c++)
+            rows[(long)i * dim + c] = cJSON_GetArrayItem(arr, c)->valuedouble;
+        cJSON_Delete(arr);
+        line = nl + 1;
+    }
+    ck_assert_msg(*line == '\0', "more than %d output lines", n);
+    free(out);
+    return rows;
+}
+
+/* The largest |mean| and |covariance - I| of rows (n, dim). */
+static void whiteness(const double *rows, int n, int dim, double *mean_err, double *cov_err)
+{
+    double *mean = calloc((size_t)dim, sizeof(double));
+    ck_assert(mean != NULL);
+    for (int i = 0; i < n; i++) {
+        for (int c = 0; c < dim; c++)
+            mean[c] += rows[(long)i * dim + c] / n;
+    }
+    *mean_err = 0.0;
+    *cov_err = 0.0;
+    for (int a = 0; a < dim; a++) {
+        *mean_err = fmax(*mean_err, fabs(mean[a]));
+        for (int b = 0; b < dim; b++) {
+            double cov = 0.0;
+            for (int i = 0; i < n; i++)
+                cov += (rows[(long)i * dim + a] - mean[a]) * (rows[(long)i * dim + b] - mean[b]);
+            *cov_err = fmax(*cov_err, fabs(cov / (n - 1) - (a == b ? 1.0 : 0.0)));
+        }
+    }
+    free(mean);
+}
+
+/* embedd whiten on tiny-f16 and 150 lines: the model written embeds them
+ * (before Normalize) with zero mean and identity covariance, in the 31
+ * directions its last LayerNorm leaves; embed, then, writes unit vectors of
+ * that dimension. */
+START_TEST(test_whiten)
+{
+    enum { LINES = 150 };
+    char corpus[512], args[2048];
+    write_texts("corpus.txt", LINES);
+    snprintf(corpus, sizeof corpus, "%s/corpus.txt", tmpdir);
+    snprintf(args, sizeof args, "whiten --model tests/fixtures/tiny-f16 --corpus %s --out %s/w "
+             "--threads 1", corpus, tmpdir);
+    ck_assert_int_eq(run(args, "/dev/null"), 0);
+    char *err = read_tmp("err.txt");
+    ck_assert_msg(strstr(err, "150 texts (of 150 corpus lines), 32 dims -> 31") != NULL &&
+                  strstr(err, "1 without variance") != NULL &&
+                  strstr(err, "Dense module 2_Dense: 32 -> 31, Identity, bias; Normalize") != NULL,
+                  "stderr: %s", err);
+    free(err);
+    char *dense = read_tmp("w/2_Dense/config.json");
+    ck_assert_msg(strstr(dense, "torch.nn.modules.linear.Identity") != NULL, "%s", dense);
+    free(dense);
+    char *modules = read_tmp("w/modules.json");
+    ck_assert_msg(strstr(modules, "3_Normalize") != NULL, "%s", modules);
+    free(modules);
+
+    snprintf(args, sizeof args, "embed --model %s/w --no-normalize", tmpdir);
+    ck_assert_int_eq(run(args, corpus), 0);
+    double *rows = read_rows(LINES, 31);
+    double mean_err, cov_err;
+    whiteness(rows, LINES, 31, &mean_err, &cov_err);
+    ck_assert_msg(mean_err < 1e-3 && cov_err < 1e-3, "whitened corpus: mean %g, covariance %g",
+                  mean_err, cov_err);
+    free(rows);
+    snprintf(args, sizeof args, "embed --model %s/w", tmpdir);
+    char in[512];
+    snprintf(in, sizeof in, "%s/in.txt", tmpdir);
+    ck_assert_int_eq(run(args, in), 0);
+    rows = read_rows(N_TEXTS, 31);
+    for (int i = 0; i < N_TEXTS; i++) {
+        double norm = 0.0;
+        for (int c = 0; c < 31; c++)
+            norm += rows[(long)i * 31 + c] * rows[(long)i * 31 + c];
+        ck_assert_msg(fabs(norm - 1.0) < 1e-4, "text %d: norm^2 %g", i, norm);
+    }
+    free(rows);
+}
+END_TEST
+
+/* --dims, --max-texts, a model that has Dense modules already, and the
+ * refusals. */
+START_TEST(test_whiten_options)
+{
+    char corpus[512], args[2048];
+    write_texts("corpus.txt", 150);
+    snprintf(corpus, sizeof corpus, "%s/corpus.txt", tmpdir);
+    snprintf(args, sizeof args, "whiten --model tests/fixtures/tiny-dense --corpus %s,%s --out "
+             "%s/w --dims 8 --max-texts 100 --seed 3", corpus, corpus, tmpdir);
+    ck_assert_int_eq(run(args, "/dev/null"), 0);
+    char *err = read_tmp("err.txt");
+    ck_assert_msg(strstr(err, "100 texts (of 300 corpus lines), 16 dims -> 8") != NULL &&
+                  strstr(err, "Dense module 4_Dense: 16 -> 8") != NULL, "stderr: %s", err);
+    free(err);
+    char in[512];
+    snprintf(in, sizeof in, "%s/in.txt", tmpdir);
+    snprintf(args, sizeof args, "embed --model %s/w", tmpdir);
+    ck_assert_int_eq(run(args, in), 0);
+    free(read_rows(N_TEXTS, 8));
+
+    static const struct {
+        const char *args;
+        int status;
+        const char *needle;
+    } bad[] = {
+        {"--dims 33", 2, "--dims 33 is more than the model's 32 dimensions"},
+        {"--dims 32", 1, "direction 32 of 32 has no variance"},
+        {"--shrink 1", 2, "--shrink must be a number in [0, 1)"},
+        {"--max-texts 1", 2, "expected an integer in 2.."},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        snprintf(args, sizeof args, "whiten --model tests/fixtures/tiny-f16 --corpus %s --out "
+                 "%s/x %s", corpus, tmpdir, bad[i].args);
+        ck_assert_int_eq(run(args, "/dev/null"), bad[i].status);
+        err = read_tmp("err.txt");
+        ck_assert_msg(strstr(err, bad[i].needle) != NULL, "%s: stderr: %s", bad[i].args, err);
+        free(err);
+    }
+    snprintf(args, sizeof args, "whiten --model tests/fixtures/tiny-f16 --out %s/x", tmpdir);
+    ck_assert_int_eq(run(args, "/dev/null"), 2);
+    snprintf(args, sizeof args, "whiten --model tests/fixtures/tiny-f16 --corpus /dev/null "
+             "--out %s/x", tmpdir);
+    ck_assert_int_eq(run(args, "/dev/null"), 1);
+    err = read_tmp("err.txt");
+    ck_assert_msg(strstr(err, "the corpus has 0 non-blank lines") != NULL, "stderr: %s", err);
+    free(err);
+}
+END_TEST
+
 static int cpu_has_avx512(void)
 {
     __builtin_cpu_init();
@@ -394,6 +547,8 @@ int main(void)
     tcase_add_test(tc, test_bad_flags);
     tcase_add_test(tc, test_embed_int8);
     tcase_add_test(tc, test_embed_latency);
+    tcase_add_test(tc, test_whiten);
+    tcase_add_test(tc, test_whiten_options);
     tcase_add_test(tc, test_blas_kernel);
     suite_add_tcase(s, tc);
     return run_suite(s);
