@@ -53,6 +53,7 @@
 #include <unistd.h>
 #include <arpa/inet.h>
 
+#include "bert.h"
 #include "gemm.h"
 #include "run_suite.h"
 #include "testutil.h"
@@ -2981,6 +2982,65 @@ END_TEST
 
 /* The gate on a run whose learning rate blows the weights up: rejected,
  * nothing published, version 1 still serves. */
+/* The learner on a model with Dense modules (tiny-dense): a published
+ * version keeps them, frozen bit for bit, with the trained encoder, and a
+ * restart serves it at their dimension. */
+START_TEST(test_learn_dense_publish)
+{
+    char dir[256], path[512];
+    tu_mkdtemp(dir, sizeof dir);
+    const char *argv[40];
+    const char *dense[] = {"--model", "tests/fixtures/tiny-dense", NULL};
+    start_own(learn_args(argv, dir, dense));
+    char **texts;
+    int n = sts_sentences(&texts, 400);
+    ck_assert_int_gt(learn_feed(s_own.port, texts, n), 300);
+    cJSON *st = learn_wait(s_own.port, NULL, "published", 1, 120);
+    cJSON_Delete(st);
+    ck_assert_int_eq(req_port(s_own.port, "POST", "/train/pause", NULL, NULL), 200);
+    usleep(500000);
+    cJSON *j = NULL;
+    ck_assert_int_eq(req_port(s_own.port, "GET", "/info", NULL, &j), 200);
+    const int v = (int)num_of(j, "model_version");
+    ck_assert_int_eq((int)num_of(j, "dimension"), 16);
+    cJSON_Delete(j);
+    ck_assert_int_ge(v, 2);
+    kill(s_own.pid, SIGTERM);
+    expect_exit_zero(20.0);
+
+    emb_err err;
+    snprintf(path, sizeof path, "%s/models/v%d", dir, v);
+    emb_model *base = emb_model_load("tests/fixtures/tiny-dense", &err);
+    emb_model *pub = emb_model_load(path, &err);
+    ck_assert_msg(base != NULL && pub != NULL, "%s", err.msg);
+    ck_assert_int_eq(pub->cfg.n_dense, 2);
+    ck_assert_int_eq(pub->cfg.normalize, 1);
+    const size_t at = emb_encoder_floats(&base->cfg);
+    ck_assert_uint_eq(pub->n_params, base->n_params);
+    ck_assert_msg(memcmp(pub->params + at, base->params + at,
+                         sizeof(float) * (base->n_params - at)) == 0,
+                  "the published Dense weights differ from the starting ones");
+    ck_assert_msg(memcmp(pub->params, base->params, sizeof(float) * at) != 0,
+                  "the published encoder did not train");
+    emb_model_free(base);
+    emb_model_free(pub);
+
+    const char *paused[] = {"--model", "tests/fixtures/tiny-dense", "--train-paused", NULL};
+    start_own(learn_args(argv, dir, paused));
+    learn_expect_version(s_own.port, v);
+    ck_assert_int_eq(req_port(s_own.port, "POST", "/embed", "{\"inputs\":\"a probe\"}", &j),
+                     200);
+    ck_assert_int_eq(cJSON_GetArraySize(cJSON_GetArrayItem(j, 0)), 16);
+    cJSON_Delete(j);
+    kill(s_own.pid, SIGTERM);
+    expect_exit_zero(20.0);
+    strings_free(texts, n);
+    char cmd[300];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    ck_assert_int_eq(system(cmd), 0);
+}
+END_TEST
+
 START_TEST(test_learn_gate_rejects_lr_blowup)
 {
     const char *argv[40];
@@ -3257,6 +3317,7 @@ int main(void)
 
     tc = tcase_with_server(s, "learn", NULL, 300);
     tcase_add_test(tc, test_learn_publish_rollback_restart);
+    tcase_add_test(tc, test_learn_dense_publish);
     tcase_add_test(tc, test_learn_gate_rejects_lr_blowup);
     tcase_add_test(tc, test_learn_gate_rejects_poisoned_buffer);
     tcase_add_test(tc, test_learn_nan_steps_skipped);
