@@ -281,8 +281,7 @@ def main():
         "the pairs themselves, and SIF-weighted averages of PPMI+SVD word "
         "vectors learnt from an unlabelled corpus. Prints Spearman x100 of "
         "cosine vs gold score. The module docstring (top of this file) says "
-        "exactly what is computed.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        "exactly what is computed.")
     ap.add_argument("--data", default=default_data,
                     help="shared data directory (default: $EMBEDD_SHARED_DATA "
                     "or ../shared/data relative to the repository root)")
@@ -295,19 +294,22 @@ def main():
     ap.add_argument("--only", choices=["tfidf", "sif"],
                     help="run only one of the two baselines")
     ap.add_argument("--vocab", type=int, default=60000,
-                    help="vocabulary size (most frequent corpus words)")
+                    help="vocabulary size (most frequent corpus words); "
+                    "default %(default)s")
     ap.add_argument("--window", type=int, default=5,
-                    help="symmetric co-occurrence window")
+                    help="symmetric co-occurrence window; default %(default)s")
     ap.add_argument("--cds", type=float, default=0.75,
                     help="context-distribution smoothing exponent alpha "
-                    "(1.0 = plain PPMI)")
-    ap.add_argument("--dim", type=int, default=300, help="SVD dimensions")
+                    "(1.0 = plain PPMI); default %(default)s")
+    ap.add_argument("--dim", type=int, default=300, help="SVD dimensions; default %(default)s")
     ap.add_argument("--eig-power", type=float, default=0.5,
-                    help="word vectors U * S^p (0.5 = U*sqrt(S), 1 = U*S)")
+                    help="word vectors U * S^p (0.5 = U*sqrt(S), 1 = U*S); "
+                    "default %(default)s")
     ap.add_argument("--sif-a", type=float, default=1e-4,
-                    help="SIF weight a / (a + p(w))")
+                    help="SIF weight a / (a + p(w)); default %(default)s")
     ap.add_argument("--seed", type=int, default=0,
-                    help="seed of the fixed ARPACK start vector")
+                    help="seed of the fixed ARPACK start vector; "
+                    "default %(default)s")
     args = ap.parse_args()
 
     data = os.path.normpath(args.data)
