@@ -206,6 +206,8 @@ static int write_text(const char *path, const char *text, emb_err *err)
 
 static const char *objective_name(int obj)
 {
+    if (obj == EMB_OBJ_PAIRS)
+        return "pairs";
     return obj == EMB_OBJ_BOTH ? "both" : obj == EMB_OBJ_MLM ? "mlm" : "simcse";
 }
 

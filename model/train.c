@@ -404,7 +404,8 @@ emb_trainer *emb_trainer_new(const emb_model *model, const char *head_dir,
         emb_fail(err, "masked-token prediction needs a [MASK] token in the vocabulary");
         goto fail;
     }
-    if (t->tc.objective == 0 || (t->tc.objective & ~EMB_OBJ_BOTH)) {
+    if (t->tc.objective != EMB_OBJ_PAIRS &&
+        (t->tc.objective == 0 || (t->tc.objective & ~EMB_OBJ_BOTH))) {
         emb_fail(err, "unknown training objective %d", t->tc.objective);
         goto fail;
     }
@@ -560,19 +561,24 @@ int emb_batch_build(emb_trainer *t, emb_batch *b, const int32_t *ids, const int 
         if (ids[i] < 0 || ids[i] >= t->cfg.vocab_size)
             return emb_fail(err, "token id %d out of range", ids[i]);
     }
+    const int pairs = t->tc.objective == EMB_OBJ_PAIRS;
+    if (pairs && n % 2 != 0)
+        return emb_fail(err, "a pairs batch needs an even number of texts, got %d", n);
     const int simcse = (t->tc.objective & EMB_OBJ_SIMCSE) != 0;
     const int mlm = (t->tc.objective & EMB_OBJ_MLM) != 0;
-    const int copies = 2 * simcse + mlm;
+    const int copies = pairs ? 1 : 2 * simcse + mlm;
     if (total * copies > (1L << 30))
         return emb_fail(err, "training batch too large");
     if (batch_reserve(b, (int)(total * copies), n * copies) != 0)
         return emb_fail(err, "out of memory for a training batch");
-    b->n_texts = n;
-    b->n_simcse = simcse ? 2 * n : 0;
+    b->n_texts = pairs ? n / 2 : n;
+    b->n_simcse = simcse ? 2 * n : pairs ? n : 0;
     b->n_mlm = mlm ? n : 0;
     b->S = 0;
     b->T = 0;
     b->seq_off[0] = 0;
+    if (pairs)
+        batch_append(b, ids, lens, n);
     if (simcse) {
         batch_append(b, ids, lens, n);
         batch_append(b, ids, lens, n);
@@ -730,6 +736,23 @@ static void dense_stack_backward(emb_trainer *t, float *dz, int S)
     }
 }
 
+/* The mean of InfoNCE over the rows of sim (B, B) and over its columns,
+ * the positives on the diagonal; sim becomes the gradient of weight times
+ * that loss. spare holds another B x B floats. */
+static double symmetric_infonce(float *sim, float *spare, const int *labels, int B, float weight)
+{
+    for (int i = 0; i < B; i++)
+        for (int j = 0; j < B; j++)
+            spare[(long)j * B + i] = sim[(long)i * B + j];
+    const float scale = weight / (2.0f * (float)B);
+    double loss = softmax_cross_entropy(sim, sim, labels, B, B, scale) +
+                  softmax_cross_entropy(spare, spare, labels, B, B, scale);
+    for (int i = 0; i < B; i++)
+        for (int j = 0; j < B; j++)
+            sim[(long)i * B + j] += spare[(long)j * B + i];
+    return loss / (2.0 * B);
+}
+
 /* InfoNCE over the 2B SimCSE sequences, on z = normalize(Dense(pool(h)));
  * writes the gradient of weight * loss into dx's rows of those sequences.
  * Returns the loss. */
@@ -748,8 +771,11 @@ static double simcse_loss(emb_trainer *t, const emb_batch *b, const float *h, fl
                 a->sim, B);
     for (int i = 0; i < B; i++)
         a->seq_labels[i] = i;
-    double loss =
-        softmax_cross_entropy(a->sim, a->sim, a->seq_labels, B, B, weight / (float)B) / B;
+    double loss;
+    if (t->tc.objective == EMB_OBJ_PAIRS)
+        loss = symmetric_infonce(a->sim, a->sim + (long)B * B, a->seq_labels, B, weight);
+    else
+        loss = softmax_cross_entropy(a->sim, a->sim, a->seq_labels, B, B, weight / (float)B) / B;
     float *du1 = a->dunit, *du2 = a->dunit + (long)B * D;
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, B, D, B, inv_tau, a->sim, B, u2, D,
                 0.0f, du1, D);
@@ -1008,6 +1034,12 @@ static void adamw_range(emb_trainer *t, size_t from, size_t to)
 
 void emb_train_apply_range(emb_trainer *t, size_t from, size_t to)
 {
+    if (t->tc.word_embeddings_only) {
+        /* emb_weights starts with wte (V, C) */
+        const size_t n_wte = (size_t)t->cfg.vocab_size * (size_t)t->cfg.hidden_size;
+        adamw_range(t, from, to < n_wte ? to : n_wte);
+        return;
+    }
     /* the frozen Dense block [dense_at, n_enc) is left exactly as it is */
     adamw_range(t, from, to < t->dense_at ? to : t->dense_at);
     adamw_range(t, from > t->n_enc ? from : t->n_enc, to);

@@ -54,7 +54,12 @@ typedef struct emb_mlm_head {
 
 #define EMB_N_HEAD_TENSORS 5
 
-enum { EMB_OBJ_SIMCSE = 1, EMB_OBJ_MLM = 2, EMB_OBJ_BOTH = 3 };
+/* PAIRS: contrastive learning on given positive pairs instead of two
+ * dropout views of one text: emb_batch_build takes 2B texts, B anchors then
+ * their B positives, packed like SimCSE's two views, and the InfoNCE loss is
+ * symmetric (anchor -> positive and positive -> anchor, averaged). It is not
+ * combined with the other objectives. */
+enum { EMB_OBJ_SIMCSE = 1, EMB_OBJ_MLM = 2, EMB_OBJ_BOTH = 3, EMB_OBJ_PAIRS = 4 };
 enum { EMB_SCHED_CONSTANT = 0, EMB_SCHED_LINEAR, EMB_SCHED_COSINE };
 
 typedef struct emb_train_config {
@@ -63,6 +68,8 @@ typedef struct emb_train_config {
     float mlm_weight;        /* 1 */
     float temperature;       /* 0.05 */
     float mlm_prob;          /* 0.15 */
+    int word_embeddings_only; /* 1: only the word embeddings learn (the rest is
+                                 frozen, though its gradients are computed) */
     float hidden_dropout;    /* < 0: the model's hidden_dropout_prob */
     float attn_dropout;      /* < 0: the model's attention_probs_dropout_prob */
     float l2sp;              /* L2-SP strength toward the starting weights; 0 off */

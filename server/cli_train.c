@@ -20,17 +20,11 @@
 #include <unistd.h>
 
 #include "checkpoint.h"
+#include "cli_train.h"
 #include "options.h"
 #include "sts.h"
 #include "train.h"
 
-typedef struct train_opts {
-    const char *model_dir, *model_id, *corpus, *objective, *out, *eval_sts, *schedule;
-    const char *lr, *weight_decay, *temperature, *mlm_prob, *mlm_weight, *simcse_weight, *l2sp;
-    const char *save_dtype;
-    int steps, batch_size, max_seq_len, warmup, eval_every, save_every, log_every, seed;
-    int threads, min_tokens, resume;
-} train_opts;
 
 #define OPT(flag, type, field, def, min, max, help) \
     {flag, NULL, type, offsetof(train_opts, field), def, min, max, help}
@@ -39,7 +33,7 @@ static const opt_spec train_specs[] = {
     OPT("model", OPT_STRING, model_dir, NULL, 0, 0, "model directory to start from"),
     OPT("model-id", OPT_STRING, model_id, NULL, 0, 0, "or a Hugging Face model id to download"),
     OPT("corpus", OPT_STRING, corpus, NULL, 0, 0, "text files, one text per line, comma-separated"),
-    OPT("objective", OPT_STRING, objective, "simcse", 0, 0, "simcse, mlm or both"),
+    OPT("objective", OPT_STRING, objective, "simcse", 0, 0, "simcse, mlm, both, or pairs (lines are anchor<TAB>positive)"),
     OPT("steps", OPT_INT, steps, "1000", 1, INT_MAX, "optimizer steps in all"),
     OPT("batch-size", OPT_INT, batch_size, "64", 2, 1 << 16, "texts per step"),
     OPT("max-seq-len", OPT_INT, max_seq_len, "32", 4, 1 << 16, "tokens per text, [CLS] and [SEP] included"),
@@ -52,6 +46,8 @@ static const opt_spec train_specs[] = {
     OPT("simcse-weight", OPT_STRING, simcse_weight, "1", 0, 0, "weight of the SimCSE loss"),
     OPT("mlm-weight", OPT_STRING, mlm_weight, "1", 0, 0, "weight of the MLM loss"),
     OPT("l2sp", OPT_STRING, l2sp, "0", 0, 0, "L2-SP strength toward the starting weights"),
+    OPT("dropout", OPT_STRING, dropout, "model", 0, 0, "hidden and attention dropout (model: the config's)"),
+    OPT("train-only", OPT_STRING, train_only, "all", 0, 0, "what learns: all, or word-embeddings (the rest frozen)"),
     OPT("out", OPT_STRING, out, NULL, 0, 0, "checkpoint directory (resumed when it has one)"),
     OPT("resume", OPT_BOOL, resume, "true", 0, 1, "resume from --out when it holds trainer state"),
     OPT("save-every", OPT_INT, save_every, "500", 0, INT_MAX, "steps between checkpoints (0: only at the end)"),
@@ -199,6 +195,40 @@ static int fill_batch(feeder *f, const emb_tokenizer *tok, long *pos, int B, int
     return 0;
 }
 
+/* fill_batch for the pairs objective: each text is "anchor<TAB>positive"
+ * (lines without a TAB are skipped); ids gets the B anchors back to back,
+ * then their B positives, and lens (2B) their lengths. ids has room for
+ * 2 B max_len ids. */
+static int fill_pairs(feeder *f, const emb_tokenizer *tok, long *pos, int B, int max_len,
+                      int min_tokens, int32_t *ids, int *lens)
+{
+    int32_t *second = ids + (long)B * max_len;
+    long at = 0, at2 = 0;
+    long tries = 0;
+    for (int i = 0; i < B;) {
+        if (++tries > 100L * B + f->c->n)
+            return -1; /* no usable pairs in the corpus */
+        long k = feeder_next(f, (*pos)++);
+        const char *text = f->c->text + f->c->start[k];
+        const char *tab = strchr(text, '\t');
+        if (tab == NULL)
+            continue;
+        int n1 = emb_encode(tok, text, (size_t)(tab - text), max_len, 0, ids + at, NULL);
+        int n2 = emb_encode(tok, tab + 1, strlen(tab + 1), max_len, 0, second + at2, NULL);
+        if (n1 < 0 || n2 < 0)
+            return -1;
+        if (n1 < min_tokens || n2 < min_tokens)
+            continue;
+        lens[i] = n1;
+        lens[B + i] = n2;
+        at += n1;
+        at2 += n2;
+        i++;
+    }
+    memmove(ids + at, second, sizeof(int32_t) * (size_t)at2);
+    return 0;
+}
+
 /* ---- progress ---------------------------------------------------------------------- */
 
 static volatile sig_atomic_t stop_requested;
@@ -293,8 +323,10 @@ static int train_config_from(const train_opts *o, emb_train_config *tc)
         tc->objective = EMB_OBJ_MLM;
     else if (strcmp(o->objective, "both") == 0)
         tc->objective = EMB_OBJ_BOTH;
+    else if (strcmp(o->objective, "pairs") == 0)
+        tc->objective = EMB_OBJ_PAIRS;
     else {
-        fprintf(stderr, "embedd train: --objective must be simcse, mlm or both\n");
+        fprintf(stderr, "embedd train: --objective must be simcse, mlm, both or pairs\n");
         return -1;
     }
     if (strcmp(o->schedule, "linear") == 0)
@@ -315,6 +347,17 @@ static int train_config_from(const train_opts *o, emb_train_config *tc)
         parse_float("mlm-weight", o->mlm_weight, 0, 1e3f, &tc->mlm_weight) ||
         parse_float("l2sp", o->l2sp, 0, 1e6f, &tc->l2sp))
         return -1;
+    if (strcmp(o->dropout, "model") != 0) {
+        if (parse_float("dropout", o->dropout, 0, 0.9f, &tc->hidden_dropout) != 0)
+            return -1;
+        tc->attn_dropout = tc->hidden_dropout;
+    }
+    if (strcmp(o->train_only, "word-embeddings") == 0)
+        tc->word_embeddings_only = 1;
+    else if (strcmp(o->train_only, "all") != 0) {
+        fprintf(stderr, "embedd train: --train-only must be all or word-embeddings\n");
+        return -1;
+    }
     tc->total_steps = o->steps;
     tc->warmup_steps = o->warmup >= 0 ? o->warmup : o->steps / 10;
     tc->seed = (uint64_t)o->seed;
@@ -431,8 +474,10 @@ static int train_loop(train_run *r)
     int max_len = r->o.max_seq_len;
     if (max_len > r->model->cfg.max_position_embeddings)
         max_len = r->model->cfg.max_position_embeddings;
-    int32_t *ids = malloc(sizeof(int32_t) * (size_t)B * (size_t)max_len);
-    int *lens = malloc(sizeof(int) * (size_t)B);
+    const int pairs = r->tc.objective == EMB_OBJ_PAIRS;
+    const int n_texts = pairs ? 2 * B : B; /* sequences per step */
+    int32_t *ids = malloc(sizeof(int32_t) * (size_t)n_texts * (size_t)max_len);
+    int *lens = malloc(sizeof(int) * (size_t)n_texts);
     long *order = malloc(sizeof(long) * (size_t)r->c.n);
     if (ids == NULL || lens == NULL || order == NULL) {
         fprintf(stderr, "embedd train: out of memory\n");
@@ -447,14 +492,18 @@ static int train_loop(train_run *r)
     int rc = 0;
     emb_err err;
     while (r->t->step < r->o.steps && !stop_requested) {
-        if (fill_batch(&f, r->model->tok, &pos, B, max_len, r->o.min_tokens, ids, lens) != 0) {
-            fprintf(stderr, "embedd train: the corpus has no texts of %d tokens or more\n",
-                    r->o.min_tokens);
+        int got = pairs ? fill_pairs(&f, r->model->tok, &pos, B, max_len, r->o.min_tokens, ids,
+                                     lens)
+                        : fill_batch(&f, r->model->tok, &pos, B, max_len, r->o.min_tokens, ids,
+                                     lens);
+        if (got != 0) {
+            fprintf(stderr, "embedd train: the corpus has no %s of %d tokens or more\n",
+                    pairs ? "anchor<TAB>positive pairs" : "texts", r->o.min_tokens);
             rc = 1;
             break;
         }
         emb_step_stats st;
-        if (emb_train_step(r->t, ids, lens, B, &st, &err) != 0) {
+        if (emb_train_step(r->t, ids, lens, n_texts, &st, &err) != 0) {
             progress_line_break(&p);
             fprintf(stderr, "embedd train: %s\n", err.msg);
             rc = 1;
@@ -493,7 +542,7 @@ static int train_loop(train_run *r)
 }
 
 /* Runs one training job described by o; returns an exit status. */
-static int run_training(const train_opts *o)
+int train_run_job(const train_opts *o)
 {
     train_run r;
     memset(&r, 0, sizeof r);
@@ -552,193 +601,20 @@ int cli_train(int argc, char **argv)
         fprintf(stderr, "embedd train: --corpus and --out are required\n");
         return 2;
     }
-    return run_training(&o);
+    return train_run_job(&o);
 }
 
-/* ---- pretrain ------------------------------------------------------------------------- */
-
-typedef struct pretrain_opts {
-    const char *corpus, *simcse_corpus, *vocab, *out, *eval_sts, *lr_mlm, *lr_simcse;
-    int layers, hidden, heads, intermediate, max_position;
-    int mlm_steps, simcse_steps, mlm_batch, simcse_batch, mlm_len, simcse_len;
-    int save_every, eval_every, seed, threads;
-} pretrain_opts;
-
-#define POPT(flag, type, field, def, min, max, help) \
-    {flag, NULL, type, offsetof(pretrain_opts, field), def, min, max, help}
-
-static const opt_spec pretrain_specs[] = {
-    POPT("corpus", OPT_STRING, corpus, NULL, 0, 0, "MLM text files, one text per line, comma-separated"),
-    POPT("simcse-corpus", OPT_STRING, simcse_corpus, NULL, 0, 0, "SimCSE text files (default: --corpus)"),
-    POPT("vocab", OPT_STRING, vocab, NULL, 0, 0, "directory with the tokenizer (vocab.txt or tokenizer.json)"),
-    POPT("out", OPT_STRING, out, NULL, 0, 0, "work directory: init/, mlm/, simcse/ and the final model/"),
-    POPT("layers", OPT_INT, layers, "4", 1, 48, "encoder layers"),
-    POPT("hidden", OPT_INT, hidden, "256", 16, 4096, "hidden size"),
-    POPT("heads", OPT_INT, heads, "4", 1, 64, "attention heads"),
-    POPT("intermediate", OPT_INT, intermediate, "1024", 16, 16384, "FFN size"),
-    POPT("max-position", OPT_INT, max_position, "128", 8, 8192, "position embeddings (longest input)"),
-    POPT("mlm-steps", OPT_INT, mlm_steps, "20000", 0, INT_MAX, "stage 1: masked-token prediction steps"),
-    POPT("simcse-steps", OPT_INT, simcse_steps, "2000", 0, INT_MAX, "stage 2: SimCSE steps"),
-    POPT("mlm-batch", OPT_INT, mlm_batch, "64", 2, 1 << 16, "texts per MLM step"),
-    POPT("simcse-batch", OPT_INT, simcse_batch, "64", 2, 1 << 16, "texts per SimCSE step"),
-    POPT("mlm-len", OPT_INT, mlm_len, "128", 8, 8192, "tokens per MLM text"),
-    POPT("simcse-len", OPT_INT, simcse_len, "32", 8, 8192, "tokens per SimCSE text"),
-    POPT("lr-mlm", OPT_STRING, lr_mlm, "5e-4", 0, 0, "peak learning rate of stage 1"),
-    POPT("lr-simcse", OPT_STRING, lr_simcse, "5e-5", 0, 0, "peak learning rate of stage 2"),
-    POPT("eval-sts", OPT_STRING, eval_sts, NULL, 0, 0, "score<TAB>s1<TAB>s2 file for periodic Spearman"),
-    POPT("eval-every", OPT_INT, eval_every, "1000", 0, INT_MAX, "steps between STS evaluations"),
-    POPT("save-every", OPT_INT, save_every, "250", 0, INT_MAX, "steps between checkpoints"),
-    POPT("seed", OPT_INT, seed, "42", 0, INT_MAX, "random seed"),
-    POPT("threads", OPT_INT, threads, "0", 0, 1024, "compute threads (0: all cores)"),
-};
-
-static int dir_exists(const char *path)
-{
-    struct stat st;
-    return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
-}
-
-/* out/init: the freshly initialised model, written once. */
-static int pretrain_init(const pretrain_opts *p, const char *init_dir)
-{
-    emb_err err;
-    if (dir_exists(init_dir))
-        return 0;
-    emb_config cfg;
-    memset(&cfg, 0, sizeof cfg);
-    snprintf(cfg.model_type, sizeof cfg.model_type, "bert");
-    snprintf(cfg.hidden_act, sizeof cfg.hidden_act, "gelu");
-    emb_tokenizer *tok = emb_tokenizer_load(p->vocab, &err);
-    if (tok == NULL) {
-        fprintf(stderr, "embedd pretrain: %s\n", err.msg);
-        return 1;
-    }
-    cfg.vocab_size = emb_tokenizer_vocab_size(tok);
-    emb_special_tokens sp = emb_tokenizer_specials(tok);
-    emb_tokenizer_free(tok);
-    cfg.hidden_size = p->hidden;
-    cfg.num_hidden_layers = p->layers;
-    cfg.num_attention_heads = p->heads;
-    cfg.intermediate_size = p->intermediate;
-    cfg.max_position_embeddings = p->max_position;
-    cfg.type_vocab_size = 2;
-    cfg.pad_token_id = sp.pad_id >= 0 ? sp.pad_id : 0;
-    cfg.layer_norm_eps = 1e-12f;
-    cfg.hidden_dropout_prob = 0.1f;
-    cfg.attention_probs_dropout_prob = 0.1f;
-    cfg.has_modules_json = 1;
-    cfg.pooling = EMB_POOL_MEAN;
-    cfg.normalize = 1;
-    cfg.max_seq_length = p->max_position;
-    cfg.do_lower_case = 0;
-    emb_model *m = emb_model_init(&cfg, p->vocab, (uint64_t)p->seed, &err);
-    int rc = m != NULL ? 0 : 1;
-    if (rc == 0 && emb_save_model_dir(init_dir, &m->cfg, m->params, NULL, p->vocab, EMB_DT_F32,
-                                      NULL, &err) != 0)
-        rc = 1;
-    if (rc != 0)
-        fprintf(stderr, "embedd pretrain: initialising the model: %s\n", err.msg);
-    else
-        fprintf(stderr, "embedd pretrain: initialised %d layers x %d hidden (%zu parameters) "
-                "in %s\n", p->layers, p->hidden, m->n_params, init_dir);
-    emb_model_free(m);
-    return rc;
-}
-
-/* Options of one stage, from train's defaults. */
-static void stage_opts(train_opts *o, const pretrain_opts *p, const char *from, const char *out)
+void train_opts_defaults(train_opts *o)
 {
     char *argv[] = {"train", NULL};
     memset(o, 0, sizeof *o);
     options_parse(train_specs, (int)(sizeof train_specs / sizeof train_specs[0]), o, 1, argv,
                   "");
-    o->model_dir = from;
-    o->out = out;
-    o->eval_sts = p->eval_sts;
-    o->eval_every = p->eval_every;
-    o->save_every = p->save_every;
-    o->seed = p->seed;
-    o->threads = p->threads;
-    o->log_every = 50;
 }
 
-/* out/model: the final model, F16, with its MLM head, without optimizer state. */
-static int pretrain_export(const char *from, const char *final_dir)
+int train_stop_requested(void)
 {
-    emb_err err;
-    emb_model *m = emb_model_load(from, &err);
-    emb_train_config tc = emb_train_config_default();
-    tc.objective = EMB_OBJ_MLM;
-    emb_trainer *t = m != NULL ? emb_trainer_new(m, from, &tc, &err) : NULL;
-    int rc = t != NULL && emb_save_model_dir(final_dir, &m->cfg, t->params,
-                                             t->params + t->n_enc, from, EMB_DT_F16, NULL,
-                                             &err) == 0 ? 0 : 1;
-    if (rc != 0)
-        fprintf(stderr, "embedd pretrain: exporting %s: %s\n", final_dir, err.msg);
-    else
-        fprintf(stderr, "embedd pretrain: final model (F16) written to %s\n", final_dir);
-    emb_trainer_free(t);
-    emb_model_free(m);
-    return rc;
-}
-
-int cli_pretrain(int argc, char **argv)
-{
-    pretrain_opts p;
-    memset(&p, 0, sizeof p);
-    const int n = (int)(sizeof pretrain_specs / sizeof pretrain_specs[0]);
-    int rc = options_parse(pretrain_specs, n, &p, argc, argv,
-                           "usage: embedd pretrain --corpus FILE[,FILE...] --vocab DIR --out DIR "
-                           "[options]\nTrains a BERT encoder from scratch: masked-token "
-                           "prediction, then SimCSE. Rerun the same command to resume.");
-    if (rc != 0)
-        return rc == 1 ? 0 : 2;
-    if (p.corpus == NULL || p.vocab == NULL || p.out == NULL) {
-        fprintf(stderr, "embedd pretrain: --corpus, --vocab and --out are required\n");
-        return 2;
-    }
-    if (!dir_exists(p.out) && mkdir(p.out, 0755) != 0) {
-        fprintf(stderr, "embedd pretrain: %s: %s\n", p.out, strerror(errno));
-        return 1;
-    }
-    char init_dir[PATH_MAX], mlm_dir[PATH_MAX], simcse_dir[PATH_MAX], final_dir[PATH_MAX];
-    snprintf(init_dir, sizeof init_dir, "%.4000s/init", p.out);
-    snprintf(mlm_dir, sizeof mlm_dir, "%.4000s/mlm", p.out);
-    snprintf(simcse_dir, sizeof simcse_dir, "%.4000s/simcse", p.out);
-    snprintf(final_dir, sizeof final_dir, "%.4000s/model", p.out);
-    if ((rc = pretrain_init(&p, init_dir)) != 0)
-        return rc;
-    train_opts o;
-    const char *last = init_dir;
-    if (p.mlm_steps > 0) {
-        stage_opts(&o, &p, init_dir, mlm_dir);
-        o.corpus = p.corpus;
-        o.objective = "mlm";
-        o.steps = p.mlm_steps;
-        o.batch_size = p.mlm_batch;
-        o.max_seq_len = p.mlm_len;
-        o.lr = p.lr_mlm;
-        o.warmup = p.mlm_steps / 20;
-        fprintf(stderr, "embedd pretrain: stage 1, masked-token prediction, into %s\n", mlm_dir);
-        if ((rc = run_training(&o)) != 0 || stop_requested)
-            return rc;
-        last = mlm_dir;
-    }
-    if (p.simcse_steps > 0) {
-        stage_opts(&o, &p, last, simcse_dir);
-        o.corpus = p.simcse_corpus != NULL ? p.simcse_corpus : p.corpus;
-        o.objective = "simcse";
-        o.steps = p.simcse_steps;
-        o.batch_size = p.simcse_batch;
-        o.max_seq_len = p.simcse_len;
-        o.lr = p.lr_simcse;
-        o.warmup = p.simcse_steps / 10;
-        fprintf(stderr, "embedd pretrain: stage 2, SimCSE, into %s\n", simcse_dir);
-        if ((rc = run_training(&o)) != 0 || stop_requested)
-            return rc;
-        last = simcse_dir;
-    }
-    return pretrain_export(last, final_dir);
+    return stop_requested != 0;
 }
 
 /* ---- eval ---------------------------------------------------------------------------- */
