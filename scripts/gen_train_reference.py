@@ -39,12 +39,24 @@ get no gradient). Both torch computations must agree without dropout. The
 model and batch are rebuilt from the seed and checked against the
 committed model/ and ref.safetensors first.
 
+--part pairs writes tests/fixtures/train/pairs.safetensors instead (and
+nothing else): the pairs objective (train.h, EMB_OBJ_PAIRS) on the same
+model: B = 3 anchors and their 3 positives (pairs.ids, the 2B texts back to
+back, each [CLS] ... [SEP]; pairs.lens), z = normalize(mean pool(h)),
+loss = the mean of cross-entropy over the rows and over the columns of
+cos(z_anchor_i, z_positive_j) / temperature, the positives on the diagonal;
+without dropout: pairs.loss (the unweighted pairs loss, then weight times
+it) and pairs.grads, every gradient in the layout above (the MLM head's
+are 0), for the weight and temperature in the metadata. Both torch
+computations must agree, and the row and column losses must differ (so
+that a one-sided loss cannot pass).
+
 Also: --check-checkpoint DIR --texts FILE --embeddings FILE.jsonl loads a
 model directory written by embedd into RefBert and compares its sentence
 embeddings with embedd's (`embedd embed --model DIR < FILE`, one JSON array
 per text line).
 
-Usage: scripts/gen_train_reference.py [--out tests/fixtures/train] [--part all|dense]
+Usage: scripts/gen_train_reference.py [--out tests/fixtures/train] [--part all|dense|pairs]
 """
 import argparse
 import json
@@ -467,12 +479,88 @@ def gen_dense(args):
     return 0
 
 
+# ---- the pairs objective ----------------------------------------------------------
+
+PAIRS = dict(temperature=0.05, simcse_weight=0.8, n_pairs=3)
+
+
+def pairs_batch(seed):
+    """B anchors, then their B positives: 2B texts [CLS] ... [SEP]."""
+    g = torch.Generator().manual_seed(seed + 2)
+    lens = [6, 9, 4, 8, 5, 11]
+    texts = [torch.cat([torch.tensor([CLS]),
+                        torch.randint(5, TINY["vocab_size"], (n - 2,), generator=g),
+                        torch.tensor([SEP])]) for n in lens]
+    # a positive that shares words with its anchor, as a real pair would
+    texts[3][1:4] = texts[0][1:4]
+    off = [0]
+    for t in texts:
+        off.append(off[-1] + len(t))
+    return {"ids": torch.cat(texts), "lens": lens, "seq_off": off, "n_texts": len(lens) // 2}
+
+
+def pairs_losses(h, batch, tau):
+    """(row loss, column loss) of symmetric InfoNCE on the pooled h."""
+    off, B = batch["seq_off"], batch["n_texts"]
+    z = torch.stack([h[off[s]:off[s + 1]].mean(0) for s in range(2 * B)])
+    z = F.normalize(z, dim=-1, eps=1e-12)
+    sim = z[:B] @ z[B:].t() / tau
+    labels = torch.arange(B)
+    return F.cross_entropy(sim, labels), F.cross_entropy(sim.t(), labels)
+
+
+def gen_pairs(args):
+    """pairs.safetensors: see the docstring."""
+    cfg, _, weights, _, _ = setup(args.seed)
+    out = os.path.abspath(args.out)
+    stored, _ = er.safetensors_read(os.path.join(out, "model", "model.safetensors"))
+    for n, t in weights.items():
+        assert torch.equal(stored[n], t.float()), "model/ differs from the seed at " + n
+    batch = pairs_batch(args.seed)
+    tau, wt = PAIRS["temperature"], PAIRS["simcse_weight"]
+    L = cfg["num_hidden_layers"]
+
+    # RefBert (torch modules)
+    model = RefTrainer(cfg, weights)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    rows, cols = pairs_losses(model.hidden(batch["ids"], batch["seq_off"]), batch, tau)
+    loss = (rows + cols) / 2
+    (wt * loss).backward()
+    grads_ref = model.flat("grad")
+
+    # the functional forward
+    w = {n: t.clone().requires_grad_(True) for n, t in weights.items()}
+    h = functional_hidden(w, cfg, batch["ids"], batch["seq_off"])
+    r2, c2 = pairs_losses(h, batch, tau)
+    (wt * (r2 + c2) / 2).backward()
+    grads_fn = flatten({n: t.grad if t.grad is not None else torch.zeros_like(t)
+                        for n, t in w.items()}, L)
+    assert abs(loss.item() - ((r2 + c2) / 2).item()) <= 1e-5 * loss.item(), (loss, r2, c2)
+    assert rel(grads_fn, grads_ref) < 1e-5, rel(grads_fn, grads_ref)
+    assert abs(rows.item() - cols.item()) > 1e-3, (rows.item(), cols.item())
+    n_head = sum(weights[n].numel() for n in HEAD)
+    assert float(grads_ref[-n_head:].abs().max()) == 0.0
+
+    f32 = lambda t: torch.as_tensor(t).detach().to(torch.float32).reshape(-1)  # noqa: E731
+    tensors = [("pairs.ids", f32(batch["ids"]), "F32"),
+               ("pairs.lens", f32(batch["lens"]), "F32"),
+               ("pairs.loss", f32([loss.item(), wt * loss.item()]), "F32"),
+               ("pairs.grads", grads_ref, "F32")]
+    meta = {k: repr(v) for k, v in PAIRS.items()}
+    er.safetensors_write(os.path.join(out, "pairs.safetensors"), tensors, metadata=meta)
+    print("wrote %s/pairs.safetensors: pairs loss %.6f (rows %.6f, columns %.6f), weight %g; "
+          "RefBert vs functional: grads rel %.2g"
+          % (out, loss.item(), rows.item(), cols.item(), wt, rel(grads_fn, grads_ref)))
+    return 0
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "tests",
                                                   "fixtures", "train"))
     ap.add_argument("--seed", type=int, default=7)
-    ap.add_argument("--part", choices=("all", "dense"), default="all")
+    ap.add_argument("--part", choices=("all", "dense", "pairs"), default="all")
     ap.add_argument("--check-checkpoint")
     ap.add_argument("--texts")
     ap.add_argument("--embeddings")
@@ -482,6 +570,8 @@ def main():
         return check_checkpoint(args)
     if args.part == "dense":
         return gen_dense(args)
+    if args.part == "pairs":
+        return gen_pairs(args)
     cfg, st, weights, g, batch = setup(args.seed)
 
     loss_ref, grads_ref, _ = ref_grads(cfg, weights, batch, st)
@@ -520,7 +610,7 @@ def main():
         out, ["%.6f" % x for x in loss_ref], ["%.6f" % x for x in loss_drop],
         ["%.5f" % x for x in totals]))
     print("RefBert vs functional: grads rel %.2g" % rel(grads_fn, grads_ref))
-    return gen_dense(args)
+    return gen_dense(args) or gen_pairs(args)
 
 
 def write_tiny_dir(mdir, cfg, weights):

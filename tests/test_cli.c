@@ -1,6 +1,7 @@
 /* test_cli.c: `embedd embed`, `embedd tokenize` and `embedd whiten` as a
  * user runs them, checked against the PyTorch reference fixtures (and the
- * whitened model against what whitening promises). */
+ * whitened model against what whitening promises); `embedd pretrain` on a
+ * tiny shape end to end, and `embedd train --objective pairs`. */
 #include <check.h>
 #include <cjson/cJSON.h>
 #include <math.h>
@@ -8,8 +9,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 
+#include "bert.h"
 #include "run_suite.h"
 #include "gemm.h"
 #include "testutil.h"
@@ -500,6 +503,212 @@ START_TEST(test_whiten_options)
 }
 END_TEST
 
+/* ---- embedd pretrain and the pairs objective ---------------------------------- */
+
+/* tmpdir/corpus.txt: the first 300 lines of the shared mixed corpus;
+ * tmpdir/pairs.tsv: 16 anchor<TAB>positive pairs. */
+static void write_pretrain_data(void)
+{
+    char src[512], dst[512];
+    tu_shared_path(src, sizeof src, "corpus/sample-mixed-2k.txt");
+    snprintf(dst, sizeof dst, "%s/corpus.txt", tmpdir);
+    FILE *in = fopen(src, "rb"), *out = fopen(dst, "wb");
+    ck_assert_msg(in != NULL, "cannot read %s", src);
+    ck_assert(out != NULL);
+    char *line = NULL;
+    size_t cap = 0;
+    for (int i = 0; i < 300 && getline(&line, &cap, in) >= 0; i++)
+        fputs(line, out);
+    free(line);
+    fclose(in);
+    fclose(out);
+    static const char *const pairs[] = {
+        "dog\ta domestic animal that barks",          "cat\ta small animal that purrs",
+        "river\ta large natural stream of water",     "mountain\ta very high hill",
+        "bread\tfood made of flour and baked",        "winter\tthe cold season of the year",
+        "teacher\ta person who teaches in a school",  "king\ta man who rules a country",
+        "book\twritten pages bound together",         "ship\ta large boat that crosses the sea",
+        "rain\twater falling from clouds",            "doctor\ta person who treats the sick",
+        "city\ta large town where many people live",  "gold\ta yellow precious metal",
+        "song\ta short piece of music with words",    "garden\ta piece of ground for flowers",
+    };
+    snprintf(dst, sizeof dst, "%s/pairs.tsv", tmpdir);
+    out = fopen(dst, "wb");
+    ck_assert(out != NULL);
+    for (size_t i = 0; i < sizeof pairs / sizeof pairs[0]; i++)
+        fprintf(out, "%s\n", pairs[i]);
+    fclose(out);
+}
+
+/* `embedd pretrain` with the tiny shape, into tmpdir/<out>, plus extra. */
+static int run_pretrain(const char *out, const char *extra)
+{
+    char vocab[512], args[2048];
+    tu_shared_path(vocab, sizeof vocab, "models/all-MiniLM-L6-v2");
+    snprintf(args, sizeof args, "pretrain --corpus %s/corpus.txt --vocab %s --out %s/%s "
+             "--hidden 32 --heads 2 --intermediate 64 --layers 2 --max-position 64 %s",
+             tmpdir, vocab, tmpdir, out, extra);
+    return run(args, "/dev/null");
+}
+
+static double mtime_of(const char *path)
+{
+    struct stat st;
+    ck_assert_msg(stat(path, &st) == 0, "%s is missing", path);
+    return (double)st.st_mtim.tv_sec + st.st_mtim.tv_nsec * 1e-9;
+}
+
+/* `embed` of tmpdir/pt-in.txt (4 lines) with model tmpdir/<dir>/model:
+ * unit vectors of 32 floats; returns the rows (caller frees). */
+static double *embed_pretrained(const char *dir)
+{
+    char in[512], args[1024];
+    snprintf(in, sizeof in, "%s/pt-in.txt", tmpdir);
+    FILE *fp = fopen(in, "wb");
+    ck_assert(fp != NULL);
+    fputs("dogs chase cats\ncats chase dogs\nthe river runs to the sea\nthe king wrote "
+          "a book\n", fp);
+    fclose(fp);
+    snprintf(args, sizeof args, "embed --model %s/%s/model", tmpdir, dir);
+    ck_assert_int_eq(run(args, in), 0);
+    double *rows = read_rows(4, 32);
+    for (int i = 0; i < 4; i++) {
+        double norm = 0.0;
+        for (int c = 0; c < 32; c++)
+            norm += rows[i * 32 + c] * rows[i * 32 + c];
+        ck_assert_msg(fabs(norm - 1.0) < 1e-4, "%s: text %d has norm^2 %g", dir, i, norm);
+    }
+    return rows;
+}
+
+static double row_dot(const double *rows, int a, int b)
+{
+    double dot = 0.0;
+    for (int c = 0; c < 32; c++)
+        dot += rows[a * 32 + c] * rows[b * 32 + c];
+    return dot;
+}
+
+/* pretrain with the bag-of-words start and --pairs: init/ and model/ are
+ * written, model/ embeds (a bag of words: word order does not matter);
+ * rerunning skips init/; --init random works; --init bogus is a usage
+ * error. */
+START_TEST(test_pretrain)
+{
+    write_pretrain_data();
+    char extra[1024], path[1024];
+    snprintf(extra, sizeof extra, "--pairs %s/pairs.tsv --pairs-epochs 1 --pairs-batch 8",
+             tmpdir);
+    ck_assert_int_eq(run_pretrain("bow", extra), 0);
+    char *err = read_tmp("err.txt");
+    ck_assert_msg(strstr(err, "bag of words from") != NULL &&
+                  strstr(err, "word vectors: 16 pairs, 1 epochs of batches of 8") != NULL &&
+                  strstr(err, "word vectors: epoch 1/1 loss") != NULL &&
+                  strstr(err, "initialised 2 layers x 32 hidden") != NULL &&
+                  strstr(err, "final model (F16) written") != NULL, "stderr: %s", err);
+    free(err);
+    emb_err e;
+    snprintf(path, sizeof path, "%s/bow/model", tmpdir);
+    emb_model *m = emb_model_load(path, &e);
+    ck_assert_msg(m != NULL, "%s", e.msg);
+    ck_assert_int_eq(m->cfg.hidden_size, 32);
+    ck_assert_int_eq(m->cfg.num_hidden_layers, 2);
+    ck_assert_int_eq(m->cfg.vocab_size, 30522);
+    ck_assert_int_eq(m->cfg.pooling, EMB_POOL_MEAN);
+    ck_assert_int_eq(m->cfg.normalize, 1);
+    emb_model_free(m);
+    double *rows = embed_pretrained("bow");
+    ck_assert_msg(row_dot(rows, 0, 1) > 0.999, "word order changed the bag of words: cos %g",
+                  row_dot(rows, 0, 1));
+    ck_assert_msg(row_dot(rows, 0, 2) < 0.9, "unrelated texts: cos %g", row_dot(rows, 0, 2));
+    free(rows);
+
+    /* the same command again: init/ is kept as it is */
+    snprintf(path, sizeof path, "%s/bow/init/model.safetensors", tmpdir);
+    const double before = mtime_of(path);
+    ck_assert_int_eq(run_pretrain("bow", extra), 0);
+    err = read_tmp("err.txt");
+    ck_assert_msg(strstr(err, "initialised") == NULL && strstr(err, "bag of words") == NULL &&
+                  strstr(err, "final model (F16) written") != NULL, "rerun: stderr: %s", err);
+    free(err);
+    ck_assert(mtime_of(path) == before);
+
+    ck_assert_int_eq(run_pretrain("random", "--init random"), 0);
+    err = read_tmp("err.txt");
+    ck_assert_msg(strstr(err, "random start") != NULL && strstr(err, "bag of words") == NULL,
+                  "stderr: %s", err);
+    free(err);
+    free(embed_pretrained("random"));
+
+    ck_assert_int_eq(run_pretrain("bogus", "--init bogus"), 2);
+    err = read_tmp("err.txt");
+    ck_assert_msg(strstr(err, "--init must be bow or random") != NULL, "stderr: %s", err);
+    free(err);
+    snprintf(path, sizeof path, "%s/bogus/init", tmpdir);
+    struct stat st;
+    ck_assert(stat(path, &st) != 0);
+}
+END_TEST
+
+/* `embedd train --objective pairs` on anchor<TAB>positive lines, without
+ * dropout and with only the word embeddings learning (--min-tokens 2: the
+ * anchors are single words, [CLS] word [SEP], which the default 4 would
+ * skip on both sides of a pair): the checkpoint
+ * differs from the start in the word embeddings only. Bad values of the
+ * new flags are usage errors; a corpus without pairs is an error. */
+START_TEST(test_train_pairs)
+{
+    write_pretrain_data();
+    char args[2048];
+    snprintf(args, sizeof args, "train --model tests/fixtures/tiny-f16 --corpus %s/pairs.tsv "
+             "--objective pairs --out %s/tp --steps 3 --batch-size 4 --max-seq-len 16 "
+             "--dropout 0 --train-only word-embeddings --lr 1e-3 --threads 1 --min-tokens 2",
+             tmpdir, tmpdir);
+    ck_assert_int_eq(run(args, "/dev/null"), 0);
+    char *err = read_tmp("err.txt");
+    ck_assert_msg(strstr(err, "3 steps done, 0 skipped") != NULL, "stderr: %s", err);
+    free(err);
+    emb_err e;
+    char path[600];
+    snprintf(path, sizeof path, "%s/tp", tmpdir);
+    emb_model *a = emb_model_load("tests/fixtures/tiny-f16", &e);
+    emb_model *b = emb_model_load(path, &e);
+    ck_assert_msg(a != NULL && b != NULL, "%s", e.msg);
+    ck_assert_uint_eq(a->n_params, b->n_params);
+    const size_t n_wte = (size_t)a->cfg.vocab_size * (size_t)a->cfg.hidden_size;
+    ck_assert_msg(memcmp(a->params, b->params, sizeof(float) * n_wte) != 0,
+                  "the word embeddings did not change");
+    ck_assert_msg(memcmp(a->params + n_wte, b->params + n_wte,
+                         sizeof(float) * (a->n_params - n_wte)) == 0,
+                  "--train-only word-embeddings changed other weights");
+    emb_model_free(a);
+    emb_model_free(b);
+
+    char pairs[600];
+    snprintf(pairs, sizeof pairs, "%s/pairs.tsv", tmpdir);
+    static const struct {
+        int own_corpus;  /* 0: pairs.tsv, 1: a file without a TAB */
+        const char *flags;
+        int status;
+        const char *needle;
+    } bad[] = {
+        {0, "--train-only bogus", 2, "--train-only must be all or word-embeddings"},
+        {0, "--dropout 2", 2, "dropout"},
+        {1, "--min-tokens 2", 1, "no anchor<TAB>positive pairs"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        snprintf(args, sizeof args, "train --model tests/fixtures/tiny-f16 --objective pairs "
+                 "--corpus %s --out %s/bad --steps 1 --batch-size 4 %s",
+                 bad[i].own_corpus ? "tests/fixtures/wordinit/vocab.txt" : pairs, tmpdir,
+                 bad[i].flags);
+        ck_assert_int_eq(run(args, "/dev/null"), bad[i].status);
+        err = read_tmp("err.txt");
+        ck_assert_msg(strstr(err, bad[i].needle) != NULL, "%s: stderr: %s", bad[i].flags, err);
+        free(err);
+    }
+}
+END_TEST
+
 static int cpu_has_avx512(void)
 {
     __builtin_cpu_init();
@@ -549,6 +758,8 @@ int main(void)
     tcase_add_test(tc, test_embed_latency);
     tcase_add_test(tc, test_whiten);
     tcase_add_test(tc, test_whiten_options);
+    tcase_add_test(tc, test_pretrain);
+    tcase_add_test(tc, test_train_pairs);
     tcase_add_test(tc, test_blas_kernel);
     suite_add_tcase(s, tc);
     return run_suite(s);

@@ -2,9 +2,11 @@
  * (scripts/gen_train_reference.py, fixtures in tests/fixtures/train):
  * SimCSE and MLM losses and every parameter gradient without dropout and
  * with torch's dropout masks, parameters after 5 AdamW steps, the SimCSE
- * gradient through two frozen Dense modules (dense.safetensors); plus the
- * learning-rate schedule, skipped non-finite steps, batch building, and a
- * Dense model through training, checkpoints and `embedd train`. */
+ * gradient through two frozen Dense modules (dense.safetensors), the
+ * symmetric InfoNCE of the pairs objective (pairs.safetensors); plus the
+ * learning-rate schedule, skipped non-finite steps, batch building,
+ * training the word embeddings only, and a Dense model through training,
+ * checkpoints and `embedd train`. */
 #include <check.h>
 #include <math.h>
 #include <stdio.h>
@@ -232,6 +234,182 @@ START_TEST(test_gradients_with_torch_dropout_masks)
     free(grads);
     emb_batch_free(&b);
     emb_trainer_free(t);
+}
+END_TEST
+
+/* ---- the pairs objective ------------------------------------------------------ */
+
+/* A pairs.safetensors tensor as floats (caller frees); *n gets its size. */
+static float *pairs_tensor(const emb_st_file *f, const char *name, long *n)
+{
+    emb_err err;
+    const emb_st_tensor *t = emb_st_find(f, name);
+    ck_assert_msg(t != NULL, "pairs.safetensors has no %s", name);
+    float *out = malloc(sizeof(float) * (size_t)emb_st_numel(t));
+    ck_assert(out != NULL && emb_st_read_f32(f, t, out, &err) == 0);
+    if (n != NULL)
+        *n = (long)emb_st_numel(t);
+    return out;
+}
+
+static double pairs_setting(const emb_st_file *f, const char *key)
+{
+    uint64_t len;
+    memcpy(&len, f->map, sizeof len);
+    cJSON *root = cJSON_ParseWithLength((const char *)f->map + 8, (size_t)len);
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(
+        cJSON_GetObjectItemCaseSensitive(root, "__metadata__"), key);
+    ck_assert_msg(cJSON_IsString(v), "pairs.safetensors metadata has no %s", key);
+    double out = atof(v->valuestring);
+    cJSON_Delete(root);
+    return out;
+}
+
+/* The 2B texts of pairs.safetensors (B anchors, then their positives). */
+static int pairs_texts(const emb_st_file *f, int32_t **ids, int **lens)
+{
+    long n_ids, n;
+    float *fi = pairs_tensor(f, "pairs.ids", &n_ids);
+    float *fl = pairs_tensor(f, "pairs.lens", &n);
+    *ids = malloc(sizeof(int32_t) * (size_t)n_ids);
+    *lens = malloc(sizeof(int) * (size_t)n);
+    for (long i = 0; i < n_ids; i++)
+        (*ids)[i] = (int32_t)fi[i];
+    long total = 0;
+    for (long i = 0; i < n; i++) {
+        (*lens)[i] = (int)fl[i];
+        total += (*lens)[i];
+    }
+    ck_assert_int_eq(total, n_ids);
+    free(fi);
+    free(fl);
+    return (int)n;
+}
+
+/* EMB_OBJ_PAIRS: emb_batch_build packs the 2B texts as they come, and the
+ * symmetric InfoNCE loss and every gradient match autograd
+ * (gen_train_reference.py --part pairs), without dropout. */
+START_TEST(test_pairs_gradients)
+{
+    emb_err err;
+    emb_st_file pf;
+    ck_assert_msg(emb_st_open(&pf, FIXTURE "/pairs.safetensors", &err) == 0, "%s", err.msg);
+    emb_train_config tc = fixture_config();
+    tc.objective = EMB_OBJ_PAIRS;
+    tc.temperature = (float)pairs_setting(&pf, "temperature");
+    tc.simcse_weight = (float)pairs_setting(&pf, "simcse_weight");
+    emb_trainer *t = emb_trainer_new(model, FIXTURE "/model", &tc, &err);
+    ck_assert_msg(t != NULL, "%s", err.msg);
+    int32_t *ids;
+    int *lens;
+    const int n = pairs_texts(&pf, &ids, &lens);
+    const int B = (int)pairs_setting(&pf, "n_pairs");
+    ck_assert_int_eq(n, 2 * B);
+    emb_batch b = {0};
+    ck_assert_msg(emb_batch_build(t, &b, ids, lens, n, &err) == 0, "%s", err.msg);
+    ck_assert_int_eq(b.n_texts, B);
+    ck_assert_int_eq(b.n_simcse, 2 * B);
+    ck_assert_int_eq(b.n_mlm, 0);
+    ck_assert_int_eq(b.S, 2 * B);
+    ck_assert(memcmp(b.ids, ids, sizeof(int32_t) * (size_t)b.T) == 0);
+    for (int s = 0, at = 0; s < n; s++) {
+        ck_assert_int_eq(b.seq_off[s], at);
+        at += lens[s];
+    }
+    for (int i = 0; i < b.T; i++)
+        ck_assert_int_eq(b.labels[i], -1);
+    emb_step_stats st;
+    ck_assert_msg(emb_train_forward_backward(t, &b, -1, &st, &err) == 0, "%s", err.msg);
+    float *loss = pairs_tensor(&pf, "pairs.loss", NULL);
+    ck_assert_msg(fabs(st.simcse_loss - loss[0]) <= 1e-4 * fabs(loss[0]),
+                  "pairs loss %.7f, reference %.7f", st.simcse_loss, (double)loss[0]);
+    ck_assert_msg(fabs(st.loss - loss[1]) <= 1e-4 * fabs(loss[1]),
+                  "weighted loss %.7f, reference %.7f", st.loss, (double)loss[1]);
+    ck_assert(st.mlm_loss == 0.0 && st.mlm_targets == 0);
+    float *grads = pairs_tensor(&pf, "pairs.grads", NULL);
+    check_grads(t, grads);
+    for (size_t i = t->n_enc; i < t->n_params; i++)
+        ck_assert_msg(t->grads[i] == 0.0f, "MLM head float %zu has a gradient", i - t->n_enc);
+    /* an odd number of texts is no set of pairs */
+    ck_assert_int_eq(emb_batch_build(t, &b, ids, lens, n - 1, &err), -1);
+    ck_assert_msg(strstr(err.msg, "even number of texts") != NULL, "%s", err.msg);
+    free(grads);
+    free(loss);
+    free(ids);
+    free(lens);
+    emb_batch_free(&b);
+    emb_trainer_free(t);
+    emb_st_close(&pf);
+}
+END_TEST
+
+/* word_embeddings_only: gradients are computed for everything, but a step
+ * changes the word embeddings only: the rows of the batch's tokens (no
+ * weight decay here, so the other rows keep their values); the rest of the
+ * encoder, its moments and the MLM head stay exactly as they were. */
+START_TEST(test_word_embeddings_only)
+{
+    emb_err err;
+    emb_st_file pf;
+    ck_assert_msg(emb_st_open(&pf, FIXTURE "/pairs.safetensors", &err) == 0, "%s", err.msg);
+    emb_train_config tc = fixture_config();
+    tc.objective = EMB_OBJ_PAIRS;
+    tc.word_embeddings_only = 1;
+    tc.warmup_steps = 0;
+    tc.weight_decay = 0.0f;
+    emb_trainer *t = emb_trainer_new(model, FIXTURE "/model", &tc, &err);
+    ck_assert_msg(t != NULL, "%s", err.msg);
+    int32_t *ids;
+    int *lens;
+    const int n = pairs_texts(&pf, &ids, &lens);
+    float *before = malloc(sizeof(float) * t->n_params);
+    memcpy(before, t->params, sizeof(float) * t->n_params);
+    const size_t n_wte = (size_t)t->cfg.vocab_size * (size_t)t->cfg.hidden_size;
+    for (int step = 0; step < 2; step++) {
+        emb_step_stats st;
+        ck_assert_msg(emb_train_step(t, ids, lens, n, &st, &err) == 0, "%s", err.msg);
+        ck_assert(!st.skipped && st.lr > 0);
+    }
+    double outside = 0.0;
+    for (size_t i = n_wte; i < t->n_enc; i++)
+        outside += fabs(t->grads[i]);
+    ck_assert_msg(outside > 0, "no gradient outside the word embeddings");
+    ck_assert_msg(memcmp(before + n_wte, t->params + n_wte,
+                         sizeof(float) * (t->n_params - n_wte)) == 0,
+                  "a step changed weights other than the word embeddings");
+    for (size_t i = n_wte; i < t->n_params; i++)
+        ck_assert(t->m[i] == 0.0f && t->v[i] == 0.0f);
+    /* the rows of the batch's tokens moved, and only those */
+    const int C = t->cfg.hidden_size;
+    int total = 0;
+    for (int i = 0; i < n; i++)
+        total += lens[i];
+    int moved = 0;
+    for (int32_t id = 0; id < t->cfg.vocab_size; id++) {
+        int in_batch = 0;
+        for (int i = 0; i < total; i++)
+            in_batch |= ids[i] == id;
+        const int differs = memcmp(before + (size_t)id * C, t->params + (size_t)id * C,
+                                   sizeof(float) * (size_t)C) != 0;
+        ck_assert_msg(differs == in_batch, "row of token %d: %s", id,
+                      in_batch ? "in the batch, did not move" : "not in the batch, moved");
+        moved += differs;
+    }
+    ck_assert(moved > 10);
+    /* the same steps with everything learning change more */
+    tc.word_embeddings_only = 0;
+    emb_trainer *all = emb_trainer_new(model, FIXTURE "/model", &tc, &err);
+    ck_assert_msg(all != NULL, "%s", err.msg);
+    emb_step_stats st;
+    ck_assert(emb_train_step(all, ids, lens, n, &st, &err) == 0);
+    ck_assert(memcmp(before + n_wte, all->params + n_wte,
+                     sizeof(float) * (all->n_enc - n_wte)) != 0);
+    emb_trainer_free(all);
+    free(before);
+    free(ids);
+    free(lens);
+    emb_trainer_free(t);
+    emb_st_close(&pf);
 }
 END_TEST
 
@@ -767,6 +945,8 @@ static Suite *train_suite(void)
     tcase_add_test(tc, test_layout_matches_reference);
     tcase_add_test(tc, test_gradients_without_dropout);
     tcase_add_test(tc, test_gradients_with_torch_dropout_masks);
+    tcase_add_test(tc, test_pairs_gradients);
+    tcase_add_test(tc, test_word_embeddings_only);
     tcase_add_test(tc, test_dense_gradients);
     tcase_add_test(tc, test_dense_frozen_through_checkpoint);
     tcase_add_test(tc, test_five_adamw_steps);
