@@ -138,24 +138,10 @@ static void bow_backward(emb_bow_trainer *t, const int32_t *ids, long from, long
     }
 }
 
-/* The mean of InfoNCE over the rows of sim (B, B) and over its columns;
- * sim becomes d(loss)/d(sim). spare holds B x B floats. */
-static double symmetric_infonce(float *sim, float *spare, const int *labels, int B)
-{
-    for (int i = 0; i < B; i++)
-        for (int j = 0; j < B; j++)
-            spare[(long)j * B + i] = sim[(long)i * B + j];
-    const float scale = 1.0f / (2.0f * (float)B);
-    double loss = softmax_cross_entropy(sim, sim, labels, B, B, scale) +
-                  softmax_cross_entropy(spare, spare, labels, B, B, scale);
-    for (int i = 0; i < B; i++)
-        for (int j = 0; j < B; j++)
-            sim[(long)i * B + j] += spare[(long)j * B + i];
-    return loss / (2.0 * B);
-}
-
 double emb_bow_loss_grad(emb_bow_trainer *t, const emb_text_pairs *p, const long *idx, int B)
 {
+    if (B < 1 || B > t->o.batch)
+        return NAN; /* the step buffers hold o.batch pairs */
     const int D = t->D;
     const float inv_tau = 1.0f / t->o.temperature;
     float *za = t->z, *zb = t->z + (size_t)B * D;
@@ -168,7 +154,7 @@ double emb_bow_loss_grad(emb_bow_trainer *t, const emb_text_pairs *p, const long
     const float *ua = t->unit, *ub = t->unit + (size_t)B * D;
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, B, B, D, inv_tau, ua, D, ub, D, 0.0f,
                 t->sim, B);
-    double loss = symmetric_infonce(t->sim, t->sim + (size_t)B * B, t->labels, B);
+    double loss = infonce_symmetric(t->sim, t->sim + (size_t)B * B, t->labels, B, 1.0f);
     float *dua = t->dunit, *dub = t->dunit + (size_t)B * D;
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, B, D, B, inv_tau, t->sim, B, ub, D,
                 0.0f, dua, D);

@@ -72,7 +72,8 @@ int emb_bow_train_epoch(emb_bow_trainer *t, const emb_text_pairs *p, int epoch,
                         double *mean_loss, emb_err *err);
 
 /* The loss and the gradient of E (into t->grad, overwritten) of pairs
- * idx[0..B-1], without an update: for tests. */
+ * idx[0..B-1], without an update: for tests. B must be in 1..o.batch (NaN
+ * otherwise); the pairs' ids are not checked (emb_bow_train_epoch does). */
 double emb_bow_loss_grad(emb_bow_trainer *t, const emb_text_pairs *p, const long *idx, int B);
 
 #endif

@@ -647,3 +647,17 @@ double softmax_cross_entropy(float *dlogits, const float *logits, const int *lab
     }
     return loss;
 }
+
+double infonce_symmetric(float *sim, float *spare, const int *labels, int B, float weight)
+{
+    for (int i = 0; i < B; i++)
+        for (int j = 0; j < B; j++)
+            spare[(long)j * B + i] = sim[(long)i * B + j];
+    const float scale = weight / (2.0f * (float)B);
+    double loss = softmax_cross_entropy(sim, sim, labels, B, B, scale) +
+                  softmax_cross_entropy(spare, spare, labels, B, B, scale);
+    for (int i = 0; i < B; i++)
+        for (int j = 0; j < B; j++)
+            sim[(long)i * B + j] += spare[(long)j * B + i];
+    return loss / (2.0 * B);
+}

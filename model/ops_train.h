@@ -108,4 +108,10 @@ void l2norm_backward(float *dx, const float *dy, const float *y, const float *no
 double softmax_cross_entropy(float *dlogits, const float *logits, const int *labels, int N,
                              int V, float scale);
 
+/* Symmetric InfoNCE over sim (B,B), the positives at (i, labels[i]) (the
+ * diagonal for labels[i] = i): the mean of the cross-entropy over sim's
+ * rows and over its columns. Returns that loss (mean over the B rows) and
+ * replaces sim by weight times its gradient. spare holds B x B floats. */
+double infonce_symmetric(float *sim, float *spare, const int *labels, int B, float weight);
+
 #endif

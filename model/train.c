@@ -736,23 +736,6 @@ static void dense_stack_backward(emb_trainer *t, float *dz, int S)
     }
 }
 
-/* The mean of InfoNCE over the rows of sim (B, B) and over its columns,
- * the positives on the diagonal; sim becomes the gradient of weight times
- * that loss. spare holds another B x B floats. */
-static double symmetric_infonce(float *sim, float *spare, const int *labels, int B, float weight)
-{
-    for (int i = 0; i < B; i++)
-        for (int j = 0; j < B; j++)
-            spare[(long)j * B + i] = sim[(long)i * B + j];
-    const float scale = weight / (2.0f * (float)B);
-    double loss = softmax_cross_entropy(sim, sim, labels, B, B, scale) +
-                  softmax_cross_entropy(spare, spare, labels, B, B, scale);
-    for (int i = 0; i < B; i++)
-        for (int j = 0; j < B; j++)
-            sim[(long)i * B + j] += spare[(long)j * B + i];
-    return loss / (2.0 * B);
-}
-
 /* InfoNCE over the 2B SimCSE sequences, on z = normalize(Dense(pool(h)));
  * writes the gradient of weight * loss into dx's rows of those sequences.
  * Returns the loss. */
@@ -773,7 +756,7 @@ static double simcse_loss(emb_trainer *t, const emb_batch *b, const float *h, fl
         a->seq_labels[i] = i;
     double loss;
     if (t->tc.objective == EMB_OBJ_PAIRS)
-        loss = symmetric_infonce(a->sim, a->sim + (long)B * B, a->seq_labels, B, weight);
+        loss = infonce_symmetric(a->sim, a->sim + (long)B * B, a->seq_labels, B, weight);
     else
         loss = softmax_cross_entropy(a->sim, a->sim, a->seq_labels, B, B, weight / (float)B) / B;
     float *du1 = a->dunit, *du2 = a->dunit + (long)B * D;

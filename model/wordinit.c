@@ -239,8 +239,8 @@ int emb_word_families(const emb_tokenizer *tok, const emb_token_counts *counts,
 
 emb_bow_init_options emb_bow_init_options_default(void)
 {
-    emb_bow_init_options o = {.sif_a = 1e-3f, .scale = 0.5f, .logit_gain = 80.0f,
-                              .min_logit = -12.0f, .mix = 50.0f};
+    emb_bow_init_options o = {.sif_a = 1e-3f, .scale = 2.0f, .logit_gain = 40.0f,
+                              .min_logit = -7.0f, .mix = 50.0f};
     return o;
 }
 
@@ -304,12 +304,14 @@ int emb_family_vectors(const int32_t *family, int V, int D, uint64_t seed, float
 
 /* The key coordinate a of a token of weight w: the attention logit
  * gain * a must be log(w / r), r = sqrt(1 - Z a^2) being the length left to
- * the word part (a fixed point, reached in a few steps). */
+ * the word part (a fixed point, reached in a few steps). log w is clamped to
+ * [max(min_logit, -top), top], top = gain / (2 sqrt(Z)), so |a| <= 0.5/sqrt(Z). */
 static void logit_coordinate(float w, const emb_bow_init_options *o, float *a, float *r)
 {
     /* |a| <= 0.5 / sqrt(Z) keeps r >= 0.87 */
     const double top = 0.5 * o->logit_gain / sqrt((double)EMB_BOW_Z_DIMS);
-    const double lw = w > 0 ? fmin(fmax(log(w), o->min_logit), top) : o->min_logit;
+    const double floor = fmax(o->min_logit, -top);
+    const double lw = w > 0 ? fmin(fmax(log(w), floor), top) : floor;
     double ra = 1.0, aa = 0.0;
     for (int it = 0; it < 8; it++) {
         aa = (lw - log(ra)) / o->logit_gain;

@@ -88,10 +88,15 @@ int emb_word_families(const emb_tokenizer *tok, const emb_token_counts *counts,
 
 typedef struct emb_bow_init_options {
     float sif_a;        /* SIF's a (1e-3) */
-    float scale;        /* row norm of word_embeddings (0.5: BERT-sized rows, so
-                           a tied MLM decoder starts with moderate logits) */
-    float logit_gain;   /* attention logit per unit of a (80: |a| stays small) */
-    float min_logit;    /* the log-weight floor, for weight 0 (-12) */
+    float scale;        /* row length of word_embeddings (2): an optimizer step of a
+                           given size then moves a row by a small share of it (an
+                           MLM decoder tied to these rows starts with logits of
+                           standard deviation about 2) */
+    float logit_gain;   /* attention logit per unit of a (40): the smaller, the less
+                           a step moves a weight, but |logit| <= gain / (2 sqrt(Z)) */
+    float min_logit;    /* the log-weight floor, for weight 0 (-7: e^-7 = 0.0009,
+                           against 0.02 for "the"); log-weights are also kept
+                           within +-logit_gain / (2 sqrt(Z)) */
     float mix;          /* the pooling layer's output projection scale (50) */
 } emb_bow_init_options;
 

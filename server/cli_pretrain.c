@@ -11,8 +11,7 @@
  *            This stage restarts from the beginning if interrupted (minutes).
  *   mlm/     masked-token prediction on --corpus (--mlm-steps);
  *   simcse/  unsupervised SimCSE on --simcse-corpus (--simcse-steps);
- *   model/   the result in F16, with a whitening Dense module fitted on
- *            --whiten-corpus when given. */
+ *   model/   the result in F16. */
 #include "cli.h"
 
 #include <errno.h>
@@ -30,15 +29,14 @@
 #include "bowtrain.h"
 #include "sts.h"
 #include "train.h"
-#include "whiten.h"
 #include "wordinit.h"
 
 typedef struct pretrain_opts {
-    const char *corpus, *simcse_corpus, *pairs, *whiten_corpus, *vocab, *out, *eval_sts;
+    const char *corpus, *simcse_corpus, *pairs, *vocab, *out, *eval_sts;
     const char *init, *lr_mlm, *lr_simcse, *lr_pairs, *sif_a, *temperature;
     int layers, hidden, heads, intermediate, max_position;
     int mlm_steps, simcse_steps, pairs_epochs, mlm_batch, simcse_batch, pairs_batch;
-    int mlm_len, simcse_len, family_alternations, whiten_texts;
+    int mlm_len, simcse_len, family_alternations;
     int save_every, eval_every, seed, threads;
 } pretrain_opts;
 
@@ -71,8 +69,6 @@ static const opt_spec pretrain_specs[] = {
     POPT("simcse-len", OPT_INT, simcse_len, "32", 8, 8192, "tokens per SimCSE text"),
     POPT("lr-simcse", OPT_STRING, lr_simcse, "5e-5", 0, 0, "peak learning rate of SimCSE"),
     POPT("temperature", OPT_STRING, temperature, "0.05", 0, 0, "contrastive temperature (pairs and SimCSE)"),
-    POPT("whiten-corpus", OPT_STRING, whiten_corpus, NULL, 0, 0, "fit a whitening Dense module on these texts' embeddings"),
-    POPT("whiten-texts", OPT_INT, whiten_texts, "20000", 2, INT_MAX, "texts sampled for whitening"),
     POPT("eval-sts", OPT_STRING, eval_sts, NULL, 0, 0, "score<TAB>s1<TAB>s2 file for periodic Spearman"),
     POPT("eval-every", OPT_INT, eval_every, "1000", 0, INT_MAX, "steps between STS evaluations"),
     POPT("save-every", OPT_INT, save_every, "250", 0, INT_MAX, "steps between checkpoints"),
@@ -336,13 +332,12 @@ static int init_bag_of_words(const pretrain_opts *p, emb_model *m)
 static int pretrain_init(const pretrain_opts *p, const char *init_dir)
 {
     emb_err err;
-    if (dir_exists(init_dir))
+    if (dir_exists(init_dir)) {
+        fprintf(stderr, "embedd pretrain: %s exists and is kept (remove it to start over "
+                "with other start or shape options)\n", init_dir);
         return 0;
-    int bow = strcmp(p->init, "bow") == 0;
-    if (!bow && strcmp(p->init, "random") != 0) {
-        fprintf(stderr, "embedd pretrain: --init must be bow or random\n");
-        return 2;
     }
+    const int bow = strcmp(p->init, "bow") == 0;
     emb_tokenizer *tok = emb_tokenizer_load(p->vocab, &err);
     if (tok == NULL) {
         fprintf(stderr, "embedd pretrain: %s\n", err.msg);
@@ -427,12 +422,16 @@ int cli_pretrain(int argc, char **argv)
                            "usage: embedd pretrain --corpus FILE[,FILE...] --vocab DIR --out DIR "
                            "[options]\nTrains a sentence encoder from scratch in stages: a "
                            "bag-of-words start from corpus statistics (its word vectors trained "
-                           "on --pairs), optional masked-token prediction and SimCSE, then "
-                           "whitening. Rerun the same command to resume.");
+                           "on --pairs), then optional masked-token prediction and SimCSE. "
+                           "Rerun the same command to resume.");
     if (rc != 0)
         return rc == 1 ? 0 : 2;
     if (p.corpus == NULL || p.vocab == NULL || p.out == NULL) {
         fprintf(stderr, "embedd pretrain: --corpus, --vocab and --out are required\n");
+        return 2;
+    }
+    if (strcmp(p.init, "bow") != 0 && strcmp(p.init, "random") != 0) {
+        fprintf(stderr, "embedd pretrain: --init must be bow or random\n");
         return 2;
     }
     if (!dir_exists(p.out) && mkdir(p.out, 0755) != 0) {

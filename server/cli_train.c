@@ -55,7 +55,7 @@ static const opt_spec train_specs[] = {
     OPT("eval-sts", OPT_STRING, eval_sts, NULL, 0, 0, "score<TAB>s1<TAB>s2 file for periodic Spearman"),
     OPT("eval-every", OPT_INT, eval_every, "200", 0, INT_MAX, "steps between STS evaluations"),
     OPT("log-every", OPT_INT, log_every, "10", 1, INT_MAX, "steps between log lines (not on a terminal)"),
-    OPT("min-tokens", OPT_INT, min_tokens, "4", 2, 1 << 16, "skip texts shorter than this"),
+    OPT("min-tokens", OPT_INT, min_tokens, "4", 2, 1 << 16, "skip texts shorter than this (not pairs: a side needs one token)"),
     OPT("seed", OPT_INT, seed, "42", 0, INT_MAX, "random seed (data order, dropout, masking)"),
     OPT("threads", OPT_INT, threads, "0", 0, 1024, "compute threads (0: all cores)"),
 };
@@ -196,11 +196,12 @@ static int fill_batch(feeder *f, const emb_tokenizer *tok, long *pos, int B, int
 }
 
 /* fill_batch for the pairs objective: each text is "anchor<TAB>positive"
- * (lines without a TAB are skipped); ids gets the B anchors back to back,
- * then their B positives, and lens (2B) their lengths. ids has room for
- * 2 B max_len ids. */
+ * (lines without a TAB or with an empty side are skipped; --min-tokens does
+ * not apply, a one-word anchor is normal); ids gets the B anchors back to
+ * back, then their B positives, and lens (2B) their lengths. ids has room
+ * for 2 B max_len ids. */
 static int fill_pairs(feeder *f, const emb_tokenizer *tok, long *pos, int B, int max_len,
-                      int min_tokens, int32_t *ids, int *lens)
+                      int32_t *ids, int *lens)
 {
     int32_t *second = ids + (long)B * max_len;
     long at = 0, at2 = 0;
@@ -217,8 +218,8 @@ static int fill_pairs(feeder *f, const emb_tokenizer *tok, long *pos, int B, int
         int n2 = emb_encode(tok, tab + 1, strlen(tab + 1), max_len, 0, second + at2, NULL);
         if (n1 < 0 || n2 < 0)
             return -1;
-        if (n1 < min_tokens || n2 < min_tokens)
-            continue;
+        if (n1 < 3 || n2 < 3)
+            continue; /* a side without a token of its own */
         lens[i] = n1;
         lens[B + i] = n2;
         at += n1;
@@ -492,13 +493,15 @@ static int train_loop(train_run *r)
     int rc = 0;
     emb_err err;
     while (r->t->step < r->o.steps && !stop_requested) {
-        int got = pairs ? fill_pairs(&f, r->model->tok, &pos, B, max_len, r->o.min_tokens, ids,
-                                     lens)
+        int got = pairs ? fill_pairs(&f, r->model->tok, &pos, B, max_len, ids, lens)
                         : fill_batch(&f, r->model->tok, &pos, B, max_len, r->o.min_tokens, ids,
                                      lens);
         if (got != 0) {
-            fprintf(stderr, "embedd train: the corpus has no %s of %d tokens or more\n",
-                    pairs ? "anchor<TAB>positive pairs" : "texts", r->o.min_tokens);
+            if (pairs)
+                fprintf(stderr, "embedd train: the corpus has no anchor<TAB>positive pairs\n");
+            else
+                fprintf(stderr, "embedd train: the corpus has no texts of %d tokens or more\n",
+                        r->o.min_tokens);
             rc = 1;
             break;
         }
