@@ -189,20 +189,6 @@ static void adam_step(emb_bow_trainer *t)
     }
 }
 
-static void shuffle(long *order, long n, uint64_t seed, int epoch)
-{
-    emb_rng r;
-    emb_rng_seed(&r, seed * 1000003u + (uint64_t)epoch);
-    for (long i = 0; i < n; i++)
-        order[i] = i;
-    for (long i = n - 1; i > 0; i--) {
-        long j = (long)(emb_rng_next(&r) % (uint64_t)(i + 1));
-        long tmp = order[i];
-        order[i] = order[j];
-        order[j] = tmp;
-    }
-}
-
 int emb_bow_train_epoch(emb_bow_trainer *t, const emb_text_pairs *p, int epoch,
                         double *mean_loss, emb_err *err)
 {
@@ -216,7 +202,7 @@ int emb_bow_train_epoch(emb_bow_trainer *t, const emb_text_pairs *p, int epoch,
     }
     if (grow((void **)&t->order, &t->cap_order, p->n, sizeof(long)) != 0)
         return emb_fail(err, "out of memory");
-    shuffle(t->order, p->n, t->o.seed, epoch);
+    emb_shuffle_order(t->order, p->n, t->o.seed, epoch);
     double sum = 0.0;
     long steps = 0;
     for (long at = 0; at + B <= p->n; at += B) {

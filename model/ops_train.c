@@ -40,6 +40,20 @@ static uint64_t rotl64(uint64_t x, int k)
     return (x << k) | (x >> (64 - k));
 }
 
+void emb_shuffle_order(long *order, long n, uint64_t seed, long epoch)
+{
+    emb_rng r;
+    emb_rng_seed(&r, seed * 1000003u + (uint64_t)epoch);
+    for (long i = 0; i < n; i++)
+        order[i] = i;
+    for (long i = n - 1; i > 0; i--) {
+        long j = (long)(emb_rng_next(&r) % (uint64_t)(i + 1));
+        long tmp = order[i];
+        order[i] = order[j];
+        order[j] = tmp;
+    }
+}
+
 void emb_rng_seed(emb_rng *r, uint64_t seed)
 {
     uint64_t x = seed;

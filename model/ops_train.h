@@ -28,6 +28,10 @@ uint64_t emb_rng_next(emb_rng *r);
 /* Uniform in [0, 1). */
 float emb_rng_uniform(emb_rng *r);
 
+/* order (n) = a permutation of 0..n-1, the same for the same seed and
+ * epoch (Fisher-Yates on a generator seeded from both). */
+void emb_shuffle_order(long *order, long n, uint64_t seed, long epoch);
+
 /* mask (n) = 0 with probability p, else 1/(1-p). p <= 0: all ones. */
 void dropout_mask_fill(float *mask, long n, float p, emb_rng *r);
 /* x (n) *= mask (n). Dropout forward and backward alike. mask NULL: no-op. */

@@ -26,6 +26,7 @@
 #include "checkpoint.h"
 #include "cli_train.h"
 #include "options.h"
+#include "textfiles.h"
 #include "bowtrain.h"
 #include "sts.h"
 #include "train.h"
@@ -122,99 +123,84 @@ static void new_config(emb_config *cfg, const pretrain_opts *p, const emb_tokeni
     cfg->do_lower_case = 0;
 }
 
+/* Token counting, line by line: the ids buffer grows to the longest line. */
+typedef struct counter {
+    const emb_tokenizer *tok;
+    emb_token_counts *counts;
+    int32_t *ids;
+    int cap;
+} counter;
+
+static int count_line(const char *line, size_t len, void *ctx)
+{
+    counter *c = ctx;
+    int n = emb_tokenize(c->tok, line, len, c->ids, c->cap);
+    if (n > c->cap) {
+        int32_t *bigger = realloc(c->ids, sizeof(int32_t) * (size_t)n);
+        if (bigger == NULL)
+            n = -1;
+        else {
+            c->ids = bigger;
+            c->cap = n;
+            n = emb_tokenize(c->tok, line, len, c->ids, c->cap);
+        }
+    }
+    if (n < 0) {
+        fprintf(stderr, "embedd pretrain: out of memory tokenising the corpus\n");
+        return -1;
+    }
+    emb_token_counts_add(c->counts, c->ids, n);
+    return 0;
+}
+
 /* Token counts of every line of the comma-separated files, untruncated. */
 static int count_corpus(const char *files, const emb_tokenizer *tok, emb_token_counts *counts)
 {
-    char *list = strdup(files);
-    int cap = 4096, rc = 0;
-    int32_t *ids = malloc(sizeof(int32_t) * (size_t)cap);
-    char *line = NULL;
-    size_t line_cap = 0;
-    if (list == NULL || ids == NULL) {
-        fprintf(stderr, "embedd pretrain: out of memory\n");
-        rc = 1;
-    }
-    char *save = NULL;
-    for (char *path = rc == 0 ? strtok_r(list, ",", &save) : NULL; path != NULL && rc == 0;
-         path = strtok_r(NULL, ",", &save)) {
-        FILE *fp = fopen(path, "rb");
-        if (fp == NULL) {
-            fprintf(stderr, "embedd pretrain: %s: %s\n", path, strerror(errno));
-            rc = 1;
-            break;
-        }
-        ssize_t got;
-        while (rc == 0 && (got = getline(&line, &line_cap, fp)) >= 0) {
-            int n = emb_tokenize(tok, line, (size_t)got, ids, cap);
-            if (n > cap) {
-                int32_t *bigger = realloc(ids, sizeof(int32_t) * (size_t)n);
-                if (bigger == NULL) {
-                    rc = 1;
-                    break;
-                }
-                ids = bigger;
-                cap = n;
-                n = emb_tokenize(tok, line, (size_t)got, ids, cap);
-            }
-            if (n < 0) {
-                fprintf(stderr, "embedd pretrain: out of memory tokenising %s\n", path);
-                rc = 1;
-                break;
-            }
-            emb_token_counts_add(counts, ids, n);
-        }
-        fclose(fp);
-    }
-    free(line);
-    free(ids);
-    free(list);
-    return rc;
+    counter c = {tok, counts, NULL, 0};
+    int rc = textfiles_each_line(files, "pretrain", count_line, &c);
+    free(c.ids);
+    return rc != 0;
 }
 
-/* Each line "anchor<TAB>positive" of the comma-separated files, tokenised
- * (no special tokens, at most 256 tokens a side); other lines are skipped. */
+
+/* A pair per line "anchor<TAB>positive", tokenised without special tokens,
+ * at most PAIR_SIDE_TOKENS a side; other lines are skipped. */
+#define PAIR_SIDE_TOKENS 256
+
+typedef struct pair_reader {
+    const emb_tokenizer *tok;
+    emb_text_pairs *pairs;
+} pair_reader;
+
+static int pair_line(const char *line, size_t len, void *ctx)
+{
+    pair_reader *r = ctx;
+    int32_t a[PAIR_SIDE_TOKENS], b[PAIR_SIDE_TOKENS];
+    const char *tab = memchr(line, '\t', len);
+    if (tab == NULL)
+        return 0;
+    int na = emb_tokenize(r->tok, line, (size_t)(tab - line), a, PAIR_SIDE_TOKENS);
+    int nb = emb_tokenize(r->tok, tab + 1, len - (size_t)(tab + 1 - line), b, PAIR_SIDE_TOKENS);
+    if (na < 0 || nb < 0) {
+        fprintf(stderr, "embedd pretrain: out of memory tokenising the pairs\n");
+        return -1;
+    }
+    na = na < PAIR_SIDE_TOKENS ? na : PAIR_SIDE_TOKENS;
+    nb = nb < PAIR_SIDE_TOKENS ? nb : PAIR_SIDE_TOKENS;
+    emb_err err;
+    if (na > 0 && nb > 0 && emb_text_pairs_add(r->pairs, a, na, b, nb, &err) != 0) {
+        fprintf(stderr, "embedd pretrain: %s\n", err.msg);
+        return -1;
+    }
+    return 0;
+}
+
 static int read_pairs(const char *files, const emb_tokenizer *tok, emb_text_pairs *pairs)
 {
-    enum { SIDE = 256 };
-    char *list = strdup(files);
-    int32_t a[SIDE], b[SIDE];
-    char *line = NULL;
-    size_t line_cap = 0;
-    int rc = list == NULL;
-    emb_err err;
-    char *save = NULL;
-    for (char *path = rc == 0 ? strtok_r(list, ",", &save) : NULL; path != NULL && rc == 0;
-         path = strtok_r(NULL, ",", &save)) {
-        FILE *fp = fopen(path, "rb");
-        if (fp == NULL) {
-            fprintf(stderr, "embedd pretrain: %s: %s\n", path, strerror(errno));
-            rc = 1;
-            break;
-        }
-        ssize_t got;
-        while (rc == 0 && (got = getline(&line, &line_cap, fp)) >= 0) {
-            char *tab = memchr(line, '\t', (size_t)got);
-            if (tab == NULL)
-                continue;
-            int na = emb_tokenize(tok, line, (size_t)(tab - line), a, SIDE);
-            int nb = emb_tokenize(tok, tab + 1, (size_t)(got - (tab + 1 - line)), b, SIDE);
-            if (na < 0 || nb < 0) {
-                rc = 1;
-                break;
-            }
-            na = na < SIDE ? na : SIDE;
-            nb = nb < SIDE ? nb : SIDE;
-            if (na > 0 && nb > 0 && emb_text_pairs_add(pairs, a, na, b, nb, &err) != 0) {
-                fprintf(stderr, "embedd pretrain: %s\n", err.msg);
-                rc = 1;
-            }
-        }
-        fclose(fp);
-    }
-    free(line);
-    free(list);
-    return rc;
+    pair_reader r = {tok, pairs};
+    return textfiles_each_line(files, "pretrain", pair_line, &r) != 0;
 }
+
 
 /* Trains the word vectors E on --pairs (bowtrain.h), reporting each epoch's
  * loss and, with --eval-sts, the STS Spearman of m rewritten from E. */

@@ -22,6 +22,7 @@
 #include "checkpoint.h"
 #include "cli_train.h"
 #include "options.h"
+#include "textfiles.h"
 #include "sts.h"
 #include "train.h"
 
@@ -96,62 +97,25 @@ static int corpus_push(corpus *c, const char *line, size_t n)
     return 0;
 }
 
+static int corpus_line(const char *line, size_t len, void *ctx)
+{
+    if (corpus_push(ctx, line, len) != 0) {
+        fprintf(stderr, "embedd train: out of memory reading the corpus\n");
+        return -1;
+    }
+    return 0;
+}
+
 /* Reads the comma-separated files; keeps non-blank lines, trimmed. */
 static int corpus_load(corpus *c, const char *files)
 {
-    char *list = strdup(files);
-    if (list == NULL)
-        return -1;
-    int rc = 0;
-    char *save = NULL;
-    for (char *path = strtok_r(list, ",", &save); path != NULL && rc == 0;
-         path = strtok_r(NULL, ",", &save)) {
-        FILE *fp = fopen(path, "rb");
-        if (fp == NULL) {
-            fprintf(stderr, "embedd train: %s: %s\n", path, strerror(errno));
-            rc = -1;
-            break;
-        }
-        char *line = NULL;
-        size_t cap = 0;
-        ssize_t got;
-        while (rc == 0 && (got = getline(&line, &cap, fp)) >= 0) {
-            size_t a = 0, b = (size_t)got;
-            while (a < b && (line[a] == ' ' || line[a] == '\t'))
-                a++;
-            while (b > a && (line[b - 1] == '\n' || line[b - 1] == '\r' || line[b - 1] == ' '))
-                b--;
-            if (b > a && corpus_push(c, line + a, b - a) != 0) {
-                fprintf(stderr, "embedd train: out of memory reading %s\n", path);
-                rc = -1;
-            }
-        }
-        free(line);
-        fclose(fp);
-    }
-    free(list);
-    return rc;
+    return textfiles_each_line(files, "train", corpus_line, c);
 }
 
 static void corpus_free(corpus *c)
 {
     free(c->text);
     free(c->start);
-}
-
-/* order (n) = a permutation of 0..n-1 for epoch `epoch`, from seed. */
-static void shuffle_order(long *order, long n, uint64_t seed, long epoch)
-{
-    emb_rng r;
-    emb_rng_seed(&r, seed * 1000003u + (uint64_t)epoch);
-    for (long i = 0; i < n; i++)
-        order[i] = i;
-    for (long i = n - 1; i > 0; i--) {
-        long j = (long)(emb_rng_next(&r) % (uint64_t)(i + 1));
-        long tmp = order[i];
-        order[i] = order[j];
-        order[j] = tmp;
-    }
 }
 
 /* The texts of one step: walks the shuffled corpus from position *pos
@@ -168,7 +132,7 @@ static long feeder_next(feeder *f, long pos)
 {
     long epoch = pos / f->c->n;
     if (epoch != f->epoch) {
-        shuffle_order(f->order, f->c->n, f->seed, epoch);
+        emb_shuffle_order(f->order, f->c->n, f->seed, epoch);
         f->epoch = epoch;
     }
     return f->order[pos % f->c->n];

@@ -28,6 +28,7 @@
 #include "checkpoint.h"
 #include "ops_train.h"
 #include "options.h"
+#include "textfiles.h"
 #include "safetensors.h"
 #include "whiten.h"
 
@@ -111,38 +112,16 @@ static int sample_offer(sample *s, const char *line, size_t len)
     return 0;
 }
 
-/* The lines of one file, trimmed; blank lines are skipped. */
-static int sample_file(sample *s, const char *path)
+/* textfiles_each_line's callback: offers one line (cut at WHITEN_MAX_LINE). */
+static int offer_line(const char *line, size_t len, void *ctx)
 {
-    FILE *fp = fopen(path, "rb");
-    if (fp == NULL) {
-        fprintf(stderr, "embedd whiten: %s: %s\n", path, strerror(errno));
+    if (len > (size_t)WHITEN_MAX_LINE)
+        len = (size_t)WHITEN_MAX_LINE;
+    if (sample_offer(ctx, line, len) != 0) {
+        fprintf(stderr, "embedd whiten: out of memory reading the corpus\n");
         return -1;
     }
-    char *line = NULL;
-    size_t cap = 0;
-    ssize_t got;
-    int rc = 0;
-    while (rc == 0 && (got = getline(&line, &cap, fp)) >= 0) {
-        size_t a = 0, b = (size_t)got;
-        while (a < b && (line[a] == ' ' || line[a] == '\t'))
-            a++;
-        while (b > a && (line[b - 1] == '\n' || line[b - 1] == '\r' || line[b - 1] == ' '))
-            b--;
-        if (b - a > (size_t)WHITEN_MAX_LINE)
-            b = a + (size_t)WHITEN_MAX_LINE;
-        if (b > a && sample_offer(s, line + a, b - a) != 0) {
-            fprintf(stderr, "embedd whiten: out of memory reading %s\n", path);
-            rc = -1;
-        }
-    }
-    if (rc == 0 && ferror(fp)) {
-        fprintf(stderr, "embedd whiten: %s: read error\n", path);
-        rc = -1;
-    }
-    free(line);
-    fclose(fp);
-    return rc;
+    return 0;
 }
 
 /* Samples the comma-separated corpus files into s. */
@@ -151,20 +130,12 @@ static int sample_corpus(sample *s, const char *files, int cap, uint64_t seed)
     memset(s, 0, sizeof *s);
     s->cap = cap;
     s->text = calloc((size_t)cap, sizeof(char *));
-    char *list = strdup(files);
-    if (s->text == NULL || list == NULL) {
-        free(list);
+    if (s->text == NULL) {
         fprintf(stderr, "embedd whiten: out of memory\n");
         return -1;
     }
     emb_rng_seed(&s->rng, seed);
-    int rc = 0;
-    char *save = NULL;
-    for (char *path = strtok_r(list, ",", &save); path != NULL && rc == 0;
-         path = strtok_r(NULL, ",", &save))
-        rc = sample_file(s, path);
-    free(list);
-    return rc;
+    return textfiles_each_line(files, "whiten", offer_line, s);
 }
 
 /* ---- embedding the sample ------------------------------------------------------- */

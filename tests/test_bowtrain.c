@@ -22,6 +22,7 @@
 #include <cjson/cJSON.h>
 
 #include "bowtrain.h"
+#include "reffixture.h"
 #include "run_suite.h"
 #include "safetensors.h"
 
@@ -97,33 +98,6 @@ static void teardown(void)
     emb_st_close(&ref);
 }
 
-static float *ref_tensor(const char *name, long *n)
-{
-    const emb_st_tensor *t = emb_st_find(&ref, name);
-    ck_assert_msg(t != NULL, "fixture has no %s", name);
-    long cnt = (long)emb_st_numel(t);
-    float *out = malloc(sizeof(float) * (size_t)cnt);
-    emb_err err;
-    ck_assert(out != NULL);
-    ck_assert_msg(emb_st_read_f32(&ref, t, out, &err) == 0, "%s", err.msg);
-    if (n != NULL)
-        *n = cnt;
-    return out;
-}
-
-static double ref_setting(const char *key)
-{
-    uint64_t len;
-    memcpy(&len, ref.map, sizeof len);
-    cJSON *root = cJSON_ParseWithLength((const char *)ref.map + 8, (size_t)len);
-    const cJSON *meta = cJSON_GetObjectItemCaseSensitive(root, "__metadata__");
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(meta, key);
-    ck_assert_msg(cJSON_IsString(v), "fixture metadata has no %s", key);
-    double out = atof(v->valuestring);
-    cJSON_Delete(root);
-    return out;
-}
-
 typedef struct problem {
     int V, D, B;
     float *E, *weight;
@@ -134,16 +108,16 @@ typedef struct problem {
 static void load_problem(problem *pb)
 {
     memset(pb, 0, sizeof *pb);
-    pb->V = (int)ref_setting("V");
-    pb->D = (int)ref_setting("D");
-    pb->B = (int)ref_setting("pairs");
+    pb->V = (int)rf_setting(&ref, "V");
+    pb->D = (int)rf_setting(&ref, "D");
+    pb->B = (int)rf_setting(&ref, "pairs");
     long nE, nw, nids, noff;
-    pb->E = ref_tensor("E", &nE);
-    pb->weight = ref_tensor("weight", &nw);
+    pb->E = rf_tensor(&ref, "E", &nE);
+    pb->weight = rf_tensor(&ref, "weight", &nw);
     ck_assert_int_eq(nE, (long)pb->V * pb->D);
     ck_assert_int_eq(nw, pb->V);
-    float *ids = ref_tensor("ids", &nids);
-    float *off = ref_tensor("off", &noff);
+    float *ids = rf_tensor(&ref, "ids", &nids);
+    float *off = rf_tensor(&ref, "off", &noff);
     ck_assert_int_eq(noff, 2 * pb->B + 1);
     emb_err err;
     for (int k = 0; k < pb->B; k++) {
@@ -160,8 +134,8 @@ static void load_problem(problem *pb)
     free(off);
     pb->o = emb_bow_train_options_default();
     pb->o.batch = pb->B;
-    pb->o.temperature = (float)ref_setting("temperature");
-    pb->o.lr = (float)ref_setting("lr");
+    pb->o.temperature = (float)rf_setting(&ref, "temperature");
+    pb->o.lr = (float)rf_setting(&ref, "lr");
 }
 
 static void free_problem(problem *pb)
@@ -182,11 +156,11 @@ START_TEST(test_torch_loss_and_gradient)
     for (int i = 0; i < pb.B; i++)
         idx[i] = i;
     const double loss = emb_bow_loss_grad(t, &pb.pairs, idx, pb.B);
-    float *want_loss = ref_tensor("loss", NULL);
+    float *want_loss = rf_tensor(&ref, "loss", NULL);
     ck_assert_msg(fabs(loss - want_loss[0]) <= 1e-5 * fabs(want_loss[0]),
                   "loss %.8f, torch %.8f", loss, (double)want_loss[0]);
     long n;
-    float *want = ref_tensor("grad", &n);
+    float *want = rf_tensor(&ref, "grad", &n);
     ck_assert_int_eq(n, (long)pb.V * pb.D);
     double num = 0.0, den = 0.0, top = 0.0;
     for (long i = 0; i < n; i++) {
@@ -199,7 +173,7 @@ START_TEST(test_torch_loss_and_gradient)
         ck_assert_msg(fabs(t->grad[i] - want[i]) <= 1e-5 * top, "d loss / d E[%ld][%ld]: %.8g, "
                       "torch %.8g", i / pb.D, i % pb.D, (double)t->grad[i], (double)want[i]);
     /* the loss did not move E */
-    float *E0 = ref_tensor("E", NULL);
+    float *E0 = rf_tensor(&ref, "E", NULL);
     ck_assert(memcmp(E0, pb.E, sizeof(float) * (size_t)n) == 0);
     ck_assert_int_eq(t->step, 0);
     /* the order of the pairs does not change the loss */
@@ -223,8 +197,8 @@ START_TEST(test_torch_adam_steps)
     emb_err err;
     emb_bow_trainer *t = emb_bow_trainer_new(pb.E, pb.weight, pb.V, pb.D, &pb.o, &err);
     ck_assert_msg(t != NULL, "%s", err.msg);
-    const int steps = (int)ref_setting("steps");
-    float *losses = ref_tensor("step_losses", NULL);
+    const int steps = (int)rf_setting(&ref, "steps");
+    float *losses = rf_tensor(&ref, "step_losses", NULL);
     int shuffled = 0;
     for (int s = 0; s < steps; s++) {
         double loss = -1.0;
@@ -238,8 +212,8 @@ START_TEST(test_torch_adam_steps)
     ck_assert_msg(shuffled, "every epoch kept the pairs in order");
     ck_assert_int_eq(t->step, steps);
     long n;
-    float *want = ref_tensor("E3", &n);
-    float *E0 = ref_tensor("E", NULL);
+    float *want = rf_tensor(&ref, "E3", &n);
+    float *E0 = rf_tensor(&ref, "E", NULL);
     double moved = 0.0;
     for (long i = 0; i < n; i++) {
         ck_assert_msg(fabs(pb.E[i] - want[i]) <= 1e-5 * fmax(1.0, fabs(want[i])),

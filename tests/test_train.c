@@ -17,6 +17,7 @@
 #include <cjson/cJSON.h>
 
 #include "checkpoint.h"
+#include "reffixture.h"
 #include "run_suite.h"
 #include "safetensors.h"
 #include "sts.h"
@@ -42,51 +43,21 @@ static void teardown(void)
     emb_st_close(&ref);
 }
 
-/* A reference tensor as floats (caller frees); *n gets its size. */
-static float *ref_tensor(const char *name, long *n)
-{
-    const emb_st_tensor *t = emb_st_find(&ref, name);
-    ck_assert_msg(t != NULL, "fixture has no %s", name);
-    long cnt = (long)emb_st_numel(t);
-    float *out = malloc(sizeof(float) * (size_t)cnt);
-    emb_err err;
-    ck_assert(out != NULL);
-    ck_assert_msg(emb_st_read_f32(&ref, t, out, &err) == 0, "%s", err.msg);
-    if (n != NULL)
-        *n = cnt;
-    return out;
-}
-
-/* A value of the fixture's "__metadata__" (the JSON header after its
- * 8-byte length). */
-static double ref_setting(const char *key)
-{
-    uint64_t len;
-    memcpy(&len, ref.map, sizeof len);
-    cJSON *root = cJSON_ParseWithLength((const char *)ref.map + 8, (size_t)len);
-    const cJSON *meta = cJSON_GetObjectItemCaseSensitive(root, "__metadata__");
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(meta, key);
-    ck_assert_msg(cJSON_IsString(v), "fixture metadata has no %s", key);
-    double out = atof(v->valuestring);
-    cJSON_Delete(root);
-    return out;
-}
-
 static emb_train_config fixture_config(void)
 {
     emb_train_config tc = emb_train_config_default();
     tc.objective = EMB_OBJ_BOTH;
-    tc.temperature = (float)ref_setting("temperature");
-    tc.simcse_weight = (float)ref_setting("simcse_weight");
-    tc.mlm_weight = (float)ref_setting("mlm_weight");
-    tc.lr = (float)ref_setting("lr");
-    tc.weight_decay = (float)ref_setting("weight_decay");
-    tc.beta1 = (float)ref_setting("beta1");
-    tc.beta2 = (float)ref_setting("beta2");
-    tc.adam_eps = (float)ref_setting("adam_eps");
-    tc.clip_norm = (float)ref_setting("clip_norm");
-    tc.warmup_steps = (int)ref_setting("warmup_steps");
-    tc.total_steps = (int)ref_setting("total_steps");
+    tc.temperature = (float)rf_setting(&ref, "temperature");
+    tc.simcse_weight = (float)rf_setting(&ref, "simcse_weight");
+    tc.mlm_weight = (float)rf_setting(&ref, "mlm_weight");
+    tc.lr = (float)rf_setting(&ref, "lr");
+    tc.weight_decay = (float)rf_setting(&ref, "weight_decay");
+    tc.beta1 = (float)rf_setting(&ref, "beta1");
+    tc.beta2 = (float)rf_setting(&ref, "beta2");
+    tc.adam_eps = (float)rf_setting(&ref, "adam_eps");
+    tc.clip_norm = (float)rf_setting(&ref, "clip_norm");
+    tc.warmup_steps = (int)rf_setting(&ref, "warmup_steps");
+    tc.total_steps = (int)rf_setting(&ref, "total_steps");
     tc.schedule = EMB_SCHED_LINEAR;
     return tc;
 }
@@ -95,9 +66,9 @@ static emb_train_config fixture_config(void)
 static void fixture_batch(emb_batch *b)
 {
     long T, S1;
-    float *ids = ref_tensor("batch.ids", &T);
-    float *labels = ref_tensor("batch.labels", NULL);
-    float *off = ref_tensor("batch.seq_off", &S1);
+    float *ids = rf_tensor(&ref, "batch.ids", &T);
+    float *labels = rf_tensor(&ref, "batch.labels", NULL);
+    float *off = rf_tensor(&ref, "batch.seq_off", &S1);
     memset(b, 0, sizeof *b);
     b->ids = malloc(sizeof(int32_t) * (size_t)T);
     b->labels = malloc(sizeof(int) * (size_t)T);
@@ -112,9 +83,9 @@ static void fixture_batch(emb_batch *b)
     b->S = (int)S1 - 1;
     b->cap_T = b->T;
     b->cap_S = b->S + 1;
-    b->n_texts = (int)ref_setting("n_texts");
-    b->n_simcse = (int)ref_setting("n_simcse");
-    b->n_mlm = (int)ref_setting("n_mlm");
+    b->n_texts = (int)rf_setting(&ref, "n_texts");
+    b->n_simcse = (int)rf_setting(&ref, "n_simcse");
+    b->n_mlm = (int)rf_setting(&ref, "n_mlm");
     free(ids);
     free(labels);
     free(off);
@@ -168,7 +139,7 @@ START_TEST(test_layout_matches_reference)
     emb_trainer *t = emb_trainer_new(model, FIXTURE "/model", &tc, &err);
     ck_assert_msg(t != NULL, "%s", err.msg);
     long n;
-    float *init = ref_tensor("init.params", &n);
+    float *init = rf_tensor(&ref, "init.params", &n);
     ck_assert_int_eq(n, (long)t->n_params);
     ck_assert_msg(memcmp(init, t->params, sizeof(float) * (size_t)n) == 0,
                   "trainer parameters (encoder + MLM head) differ from the reference layout");
@@ -187,8 +158,8 @@ START_TEST(test_gradients_without_dropout)
     fixture_batch(&b);
     emb_step_stats st;
     ck_assert_msg(emb_train_forward_backward(t, &b, -1, &st, &err) == 0, "%s", err.msg);
-    float *loss = ref_tensor("nodrop.loss", NULL);
-    float *grads = ref_tensor("nodrop.grads", NULL);
+    float *loss = rf_tensor(&ref, "nodrop.loss", NULL);
+    float *grads = rf_tensor(&ref, "nodrop.grads", NULL);
     check_losses(&st, loss);
     check_grads(t, grads);
     ck_assert_int_eq(st.mlm_targets, 7);
@@ -215,19 +186,19 @@ START_TEST(test_gradients_with_torch_dropout_masks)
         char name[32];
         long n;
         snprintf(name, sizeof name, "drop.mask.%d", i);
-        float *m = ref_tensor(name, &n);
+        float *m = rf_tensor(&ref, name, &n);
         ck_assert_msg(n == sizes[i], "mask %d: torch has %ld values, embedd %ld", i, n, sizes[i]);
         memcpy(masks[i], m, sizeof(float) * (size_t)n);
         free(m);
     }
     emb_step_stats st;
     ck_assert_msg(emb_train_forward_backward(t, &b, 0, &st, &err) == 0, "%s", err.msg);
-    float *loss = ref_tensor("drop.loss", NULL);
-    float *grads = ref_tensor("drop.grads", NULL);
+    float *loss = rf_tensor(&ref, "drop.loss", NULL);
+    float *grads = rf_tensor(&ref, "drop.grads", NULL);
     check_losses(&st, loss);
     check_grads(t, grads);
     /* The masks matter: without them the loss is the no-dropout one. */
-    float *nodrop = ref_tensor("nodrop.loss", NULL);
+    float *nodrop = rf_tensor(&ref, "nodrop.loss", NULL);
     ck_assert(fabs(loss[2] - nodrop[2]) > 1e-3);
     free(nodrop);
     free(loss);
@@ -518,7 +489,7 @@ START_TEST(test_dense_gradients)
         char name[32];
         long n;
         snprintf(name, sizeof name, "drop.mask.%d", i);
-        float *mk = ref_tensor(name, &n);
+        float *mk = rf_tensor(&ref, name, &n);
         ck_assert_int_eq(n, sizes[i]);
         memcpy(masks[i], mk, sizeof(float) * (size_t)n);
         free(mk);
@@ -590,13 +561,13 @@ START_TEST(test_five_adamw_steps)
 {
     emb_err err;
     emb_train_config tc = fixture_config();
-    tc.l2sp = (float)ref_setting("l2sp");
+    tc.l2sp = (float)rf_setting(&ref, "l2sp");
     emb_trainer *t = emb_trainer_new(model, FIXTURE "/model", &tc, &err);
     ck_assert_msg(t != NULL, "%s", err.msg);
     emb_batch b;
     fixture_batch(&b);
-    const int steps = (int)ref_setting("steps");
-    float *losses = ref_tensor("adam.losses", NULL);
+    const int steps = (int)rf_setting(&ref, "steps");
+    float *losses = rf_tensor(&ref, "adam.losses", NULL);
     for (int s = 0; s < steps; s++) {
         emb_step_stats st;
         ck_assert_msg(emb_train_forward_backward(t, &b, -1, &st, &err) == 0, "%s", err.msg);
@@ -607,7 +578,7 @@ START_TEST(test_five_adamw_steps)
     }
     ck_assert_int_eq(t->step, steps);
     long n;
-    float *want = ref_tensor("adam.params", &n);
+    float *want = rf_tensor(&ref, "adam.params", &n);
     ck_assert_int_eq(n, (long)t->n_params);
     double worst = 0.0;
     long at = 0;
