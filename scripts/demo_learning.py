@@ -5,14 +5,16 @@
    --data directory on a free loopback port. /embed inputs do not feed the
    trainer here (--train-from-embed false), so the evaluation below never
    trains on the dev set.
-2. Streams the sentences of STS-B train (text only, no scores) into
-   POST /train/samples, a chunk every few seconds.
-3. Runs for --minutes, printing the STS-B dev Spearman (x100) of the served
-   model at the start and after every publish, plus the gate's verdicts.
+2. Streams the sentences of STS-B train (text only, no scores), or the
+   lines of --stream FILE, into POST /train/samples, a chunk every few
+   seconds.
+3. Runs for --minutes, printing the STS Spearman (x100) of the served
+   model on STS-B dev (or --eval FILE) at the start and after every
+   publish, plus the gate's verdicts.
 4. Stops the server (SIGTERM) and prints the curve.
 
 Usage: scripts/demo_learning.py [--minutes 20] [--model DIR] [--binary build/embedd]
-                                [--extra "--publish-every 100"]
+                                [--extra "--publish-every 100"] [--stream FILE] [--eval FILE]
 Data: $EMBEDD_SHARED_DATA or ../shared/data.
 """
 import argparse
@@ -119,16 +121,25 @@ def main():
     ap.add_argument("--binary", default=os.path.join(ROOT, "build", "embedd"))
     ap.add_argument("--extra", default="", help="more `embedd serve` flags")
     ap.add_argument("--chunk", type=int, default=500, help="sentences per POST /train/samples")
+    ap.add_argument("--stream", help="text file (one text per line) to feed instead of the "
+                    "STS-B train sentences")
+    ap.add_argument("--eval", default=os.path.join(DATA, "stsb", "sts-dev.tsv"),
+                    help="score<TAB>s1<TAB>s2 file to measure on (default: STS-B dev)")
     args = ap.parse_args()
-    train = read_sts(os.path.join(DATA, "stsb", "sts-train.tsv"))
-    dev = read_sts(os.path.join(DATA, "stsb", "sts-dev.tsv"))
-    sentences = [s for _, a, b in train for s in (a, b)]
+    if args.stream:
+        with open(args.stream, encoding="utf-8") as f:
+            sentences = [line.strip() for line in f if line.strip()]
+    else:
+        train = read_sts(os.path.join(DATA, "stsb", "sts-train.tsv"))
+        sentences = [s for _, a, b in train for s in (a, b)]
+    dev = read_sts(args.eval)
+    name = os.path.basename(args.eval)
     data_dir = tempfile.mkdtemp(prefix="embedd-demo-")
     proc, port, log = start_server(args, data_dir)
     curve = []
     try:
         rho, v = sts_eval(port, dev)
-        print("start: version %s, STS-B dev Spearman x100 = %.2f" % (sorted(v), rho), flush=True)
+        print("start: version %s, %s Spearman x100 = %.2f" % (sorted(v), name, rho), flush=True)
         curve.append((0.0, 1, rho))
         t0 = time.time()
         fed, published, rejected = 0, 0, 0
@@ -151,9 +162,10 @@ def main():
                 mins = (time.time() - t0) / 60
                 g = st["last_gate"]
                 print("%6.1f min: step %d published version %d (val loss %.4f vs %.4f): "
-                      "STS-B dev Spearman x100 = %.2f" % (
+                      "%s Spearman x100 = %.2f" % (
                           mins, g["step"], st["versions"]["current"],
-                          g["candidate"]["val_loss"], g["current"]["val_loss"], rho), flush=True)
+                          g["candidate"]["val_loss"], g["current"]["val_loss"], name, rho),
+                      flush=True)
                 curve.append((mins, st["versions"]["current"], rho))
         st, _ = http(port, "GET", "/train/status")
         print("end: %d steps (%d skipped), %d published, %d rejected, buffer %d texts" % (
@@ -162,7 +174,7 @@ def main():
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
-    print("\ncurve (minutes, version, STS-B dev Spearman x100):")
+    print("\ncurve (minutes, version, %s Spearman x100):" % name)
     for mins, ver, rho in curve:
         print("  %6.1f  v%-3d %.2f" % (mins, ver, rho))
     print("data dir: %s" % data_dir)
