@@ -17,7 +17,7 @@ BLAS_DIR ?= /usr/lib/$(shell gcc -print-multiarch)/openblas-openmp
 BLAS_INC ?= /usr/include/$(shell gcc -print-multiarch)/openblas-openmp
 CFLAGS   += $(OPT) -g -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wshadow -Wno-unused-parameter \
             -pthread -fopenmp -I$(BLAS_INC) $(shell pkg-config --cflags $(PKGS))
-# server/*.cpp: the wrapper over Debian's header-only hnswlib (server/hnsw.h).
+# server/store/hnsw.cpp: the wrapper over Debian's header-only hnswlib (server/store/hnsw.h).
 CXXFLAGS += $(OPT) -g -std=c++17 -Wall -Wextra -Wno-unused-parameter -pthread -fopenmp
 LDLIBS   += $(shell pkg-config --libs $(PKGS)) -L$(BLAS_DIR) -Wl,-rpath,$(BLAS_DIR) -lopenblas \
             -lstdc++ -lmvec -lm -pthread -fopenmp
@@ -35,13 +35,13 @@ OPT      := -O1
 endif
 CHECK_LIBS := $(shell pkg-config --libs check)
 
-MODEL_SRC  := $(wildcard model/*.c)
-SERVER_SRC := $(wildcard server/*.c)
+MODEL_SRC  := $(wildcard model/*.c model/base/*.c)
+SERVER_SRC := $(wildcard server/*/*.c)
 TEST_SRC   := $(wildcard tests/test_*.c)
 MODEL_OBJ  := $(MODEL_SRC:%.c=$(BUILD)/%.o)
-SERVER_OBJ := $(SERVER_SRC:%.c=$(BUILD)/%.o) $(patsubst %.cpp,$(BUILD)/%.o,$(wildcard server/*.cpp))
+SERVER_OBJ := $(SERVER_SRC:%.c=$(BUILD)/%.o) $(patsubst %.cpp,$(BUILD)/%.o,$(wildcard server/*/*.cpp))
 # server objects other than main, linkable into tests
-SERVER_LIB_OBJ := $(filter-out $(BUILD)/server/main.o,$(SERVER_OBJ))
+SERVER_LIB_OBJ := $(filter-out $(BUILD)/server/cli/main.o,$(SERVER_OBJ))
 TEST_BIN   := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 # make test TESTS="batcher server" runs only those suites.
 TESTS ?=
@@ -54,6 +54,11 @@ export OPENBLAS_CORETYPE ?= Haswell
 
 .PHONY: all test check bench clean
 all: $(BUILD)/embedd
+
+# The encoder library sees only itself: model/ never includes server/.
+$(BUILD)/model/%.o: model/%.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -Imodel -MMD -MP -c $< -o $@
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -111,7 +116,7 @@ FUZZ_TARGETS := tokenizer safetensors config
 FUZZ_CFLAGS  := -g -O1 -std=c11 -D_GNU_SOURCE -fsanitize=fuzzer,address,undefined -Imodel \
                 $(shell pkg-config --cflags libcjson libutf8proc)
 FUZZ_LIBS    := $(shell pkg-config --libs libcjson libutf8proc) -lm
-FUZZ_MODEL   := model/error.c model/tokenizer.c model/safetensors.c model/config.c
+FUZZ_MODEL   := model/base/error.c model/tokenizer.c model/safetensors.c model/config.c
 .PHONY: fuzz
 build-fuzz/fuzz_%: tests/fuzz/fuzz_%.c $(FUZZ_MODEL)
 	@mkdir -p build-fuzz

@@ -14,7 +14,7 @@
 #include <stdint.h>
 
 #include "config.h"
-#include "error.h"
+#include "base/error.h"
 #include "gemm.h"
 #include "tokenizer.h"
 

@@ -21,7 +21,7 @@
 
 #include <stdint.h>
 
-#include "error.h"
+#include "base/error.h"
 #include "ops_train.h"
 
 /* Tokenised text pairs, back to back. */

@@ -14,7 +14,7 @@
 
 #include <cjson/cJSON.h>
 
-#include "fileio.h"
+#include "base/fileio.h"
 
 #define PATH_CAP 4096
 /* 17 encoder tensors with Q, K, V split, per layer up to 16 names. */

@@ -17,7 +17,7 @@
  * Every error names the file and the field. JSON files are read whole, with
  * a size cap. */
 #include "config.h"
-#include "fileio.h"
+#include "base/fileio.h"
 
 #include <cjson/cJSON.h>
 #include <ctype.h>

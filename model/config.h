@@ -26,7 +26,7 @@
 
 #include <stddef.h>
 
-#include "error.h"
+#include "base/error.h"
 
 typedef enum emb_pooling {
     EMB_POOL_MEAN = 0,

@@ -14,7 +14,7 @@
  *
  * All multi-byte values are little-endian; the host must be too. */
 #include "safetensors.h"
-#include "fileio.h"
+#include "base/fileio.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>

@@ -33,7 +33,7 @@
 #ifndef EMBEDD_WHITEN_H
 #define EMBEDD_WHITEN_H
 
-#include "error.h"
+#include "base/error.h"
 
 /* Running mean and scatter of rows of dimension D. */
 typedef struct emb_moments {

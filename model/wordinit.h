@@ -52,7 +52,7 @@
 #include <stdint.h>
 
 #include "bert.h"
-#include "error.h"
+#include "base/error.h"
 #include "tokenizer.h"
 
 #define EMB_BOW_Z_DIMS 8

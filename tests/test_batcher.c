@@ -12,7 +12,7 @@
 #include <unistd.h>
 
 #include "run_suite.h"
-#include "batcher.h"
+#include "batch/batcher.h"
 #include "bert.h"
 
 #define N_THREADS 8
@@ -202,7 +202,7 @@ END_TEST
 
 START_TEST(test_budget_below_max_len_rejected)
 {
-    emb_err err = {{0}};
+    emb_err err = {0};
     metrics *mx = metrics_new();
     ck_assert(batcher_start(model, 8, mx, &err) == NULL);
     ck_assert_msg(strstr(err.msg, "max_seq_length") != NULL, "%s", err.msg);

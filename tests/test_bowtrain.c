@@ -89,7 +89,7 @@ static emb_st_file ref;
 
 static void setup(void)
 {
-    emb_err err = {{0}};
+    emb_err err = {0};
     ck_assert_msg(emb_st_open(&ref, FIXTURE, &err) == 0, "%s", err.msg);
 }
 

@@ -94,7 +94,7 @@ static const char *modules_mean_norm =
 static void load_real(emb_config *cfg, const char *name)
 {
     char dir[1024];
-    emb_err err = {{0}};
+    emb_err err = {0};
     model_dir(dir, sizeof dir, name);
     int rc = emb_config_load(cfg, dir, &err);
     ck_assert_msg(rc == 0, "%s: %s", name, err.msg);
@@ -323,7 +323,7 @@ START_TEST(test_bad_dir)
 {
     const bad_case *c = &bad_cases[_i];
     char dir[256];
-    emb_err err = {{0}};
+    emb_err err = {0};
     tmpdir_make(dir, sizeof dir);
 
     if (c->config != NULL && c->config[0] == '!')
@@ -360,7 +360,7 @@ END_TEST
 
 static int load_tmp(const char *dir, emb_config *cfg)
 {
-    emb_err err = {{0}};
+    emb_err err = {0};
     int rc = emb_config_load(cfg, dir, &err);
     ck_assert_msg(rc == 0, "load %s: %s", dir, err.msg);
     return rc;
@@ -589,7 +589,7 @@ START_TEST(test_roundtrip)
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         char dir[256];
-        emb_err err = {{0}};
+        emb_err err = {0};
         emb_config in;
         emb_config out;
         tmpdir_make(dir, sizeof dir);
@@ -618,7 +618,7 @@ START_TEST(test_roundtrip)
     /* a real model survives load -> save -> load */
     char src[1024];
     char dir[256];
-    emb_err err = {{0}};
+    emb_err err = {0};
     emb_config a;
     emb_config b;
     model_dir(src, sizeof src, "bge-small-en-v1.5-st5-resave");
@@ -636,7 +636,7 @@ END_TEST
 START_TEST(test_dense)
 {
     char dir[256], out_dir[256];
-    emb_err err = {{0}};
+    emb_err err = {0};
     emb_config c, back;
     tmpdir_make(dir, sizeof dir);
     put_bert(dir, "");
@@ -702,7 +702,7 @@ END_TEST
 START_TEST(test_save_invalid)
 {
     char dir[256];
-    emb_err err = {{0}};
+    emb_err err = {0};
     emb_config c;
     tmpdir_make(dir, sizeof dir);
 

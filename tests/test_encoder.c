@@ -319,7 +319,7 @@ static void remove_dir(const char *dir)
 
 static void expect_load_error(const char *dir, const char *needle)
 {
-    emb_err err = {{0}};
+    emb_err err = {0};
     emb_model *m = emb_model_load(dir, &err);
     ck_assert_msg(m == NULL, "broken model in %s loaded", dir);
     ck_assert_msg(strstr(err.msg, needle) != NULL, "error '%s' does not mention '%s'", err.msg,
@@ -413,7 +413,7 @@ START_TEST(test_truncated_weights)
     ck_assert(buf != NULL);
     ck_assert(tu_write_file(path, buf, size - 1000) == 0);
     free(buf);
-    emb_err err = {{0}};
+    emb_err err = {0};
     ck_assert(emb_model_load(dir, &err) == NULL);
     ck_assert_msg(strstr(err.msg, "model.safetensors") != NULL, "error: %s", err.msg);
     remove_dir(dir);

@@ -1,4 +1,4 @@
-/* test_hub.c: Hugging Face Hub downloads (server/hub.c) against a mock hub.
+/* test_hub.c: Hugging Face Hub downloads (server/hub/hub.c) against a mock hub.
  *
  * The mock is a libmicrohttpd daemon on 127.0.0.1 (a free port) inside the
  * test process. It serves tests/fixtures/tiny-f16 the way the Hub does:
@@ -33,7 +33,7 @@
 #include <microhttpd.h>
 
 #include "bert.h"
-#include "hub.h"
+#include "hub/hub.h"
 #include "run_suite.h"
 #include "testutil.h"
 

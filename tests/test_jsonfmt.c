@@ -1,4 +1,4 @@
-/* test_jsonfmt.c: json_format_float (server/jsonfmt.c) against the exact
+/* test_jsonfmt.c: json_format_float (server/common/jsonfmt.c) against the exact
  * way (snprintf with 8 digits, strtof, else 9): every output reads back as
  * the same float, is valid JSON in printf's %g layout, and is the very
  * string the exact way prints for all but a vanishing share of values. */
@@ -10,7 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "jsonfmt.h"
+#include "common/jsonfmt.h"
 #include "run_suite.h"
 
 static void exact_way(char *buf, float f)

@@ -108,7 +108,7 @@ START_TEST(test_roundtrip)
 {
     char dir[256];
     char path[512];
-    emb_err err = {{0}};
+    emb_err err = {0};
     emb_st_entry e[6];
     tmpdir_make(dir, sizeof dir);
     snprintf(path, sizeof path, "%s/model.safetensors", dir);
@@ -213,7 +213,7 @@ START_TEST(test_empty_file_list)
 {
     char dir[256];
     char path[512];
-    emb_err err = {{0}};
+    emb_err err = {0};
     tmpdir_make(dir, sizeof dir);
     snprintf(path, sizeof path, "%s/none.safetensors", dir);
     ck_assert_int_eq(emb_st_write(path, NULL, 0, NULL, &err), 0);
@@ -509,7 +509,7 @@ START_TEST(test_bad_file)
     const bad_case *c = &bad_cases[_i];
     char dir[256];
     char path[512];
-    emb_err err = {{0}};
+    emb_err err = {0};
     tmpdir_make(dir, sizeof dir);
     snprintf(path, sizeof path, "%s/bad.safetensors", dir);
 
@@ -543,7 +543,7 @@ START_TEST(test_nul_header)
     /* covered in test_bad_file; this checks the message explicitly */
     char dir[256];
     char path[512];
-    emb_err err = {{0}};
+    emb_err err = {0};
     tmpdir_make(dir, sizeof dir);
     snprintf(path, sizeof path, "%s/nul.safetensors", dir);
     unsigned char buf[16];
@@ -562,7 +562,7 @@ START_TEST(test_bad_paths)
 {
     char dir[256];
     char path[512];
-    emb_err err = {{0}};
+    emb_err err = {0};
     emb_st_file f;
     tmpdir_make(dir, sizeof dir);
 
@@ -592,7 +592,7 @@ START_TEST(test_truncated)
 {
     char dir[256];
     char path[512];
-    emb_err err = {{0}};
+    emb_err err = {0};
     emb_st_entry e[6];
     tmpdir_make(dir, sizeof dir);
     snprintf(path, sizeof path, "%s/model.safetensors", dir);
@@ -629,7 +629,7 @@ START_TEST(test_padded_header)
     /* a header padded with spaces (and the odd newline) is fine, gaps too */
     char dir[256];
     char path[512];
-    emb_err err = {{0}};
+    emb_err err = {0};
     tmpdir_make(dir, sizeof dir);
     snprintf(path, sizeof path, "%s/pad.safetensors", dir);
     st_make(path,
@@ -661,7 +661,7 @@ START_TEST(test_write_errors)
     char dir[256];
     char path[512];
     char tmp[600];
-    emb_err err = {{0}};
+    emb_err err = {0};
     float x[4] = {1, 2, 3, 4};
     tmpdir_make(dir, sizeof dir);
     snprintf(path, sizeof path, "%s/out.safetensors", dir);
@@ -753,7 +753,7 @@ static int count_file_maps(const char *name)
 static int open_and_read(const char *path)
 {
     emb_st_file f;
-    emb_err err = {{0}};
+    emb_err err = {0};
     if (emb_st_open(&f, path, &err) != 0) {
         ck_assert_msg(err.msg[0] != '\0', "error without message");
         ck_assert(file_is_zeroed(&f));
@@ -777,7 +777,7 @@ START_TEST(test_mutations)
     char dir[256];
     char path[512];
     char src[512];
-    emb_err err = {{0}};
+    emb_err err = {0};
     emb_st_entry e[6];
     tmpdir_make(dir, sizeof dir);
     snprintf(src, sizeof src, "%s/src.safetensors", dir);

@@ -12,9 +12,9 @@
 #include <unistd.h>
 
 #include "run_suite.h"
-#include "samples.h"
+#include "learn/samples.h"
 #include "testutil.h"
-#include "wal.h"
+#include "store/wal.h"
 
 static char dir[64];
 
@@ -44,7 +44,7 @@ static samples_opts small_opts(void)
 
 static samples *open_ok(const char *d, const samples_opts *o)
 {
-    emb_err err = {{0}};
+    emb_err err = {0};
     samples *s = samples_open(d, o, &err);
     ck_assert_msg(s != NULL, "%s", err.msg);
     return s;
@@ -719,7 +719,7 @@ START_TEST(test_bad_header)
     uint32_t crc = wal_crc32c(0, orig, 12);
     memcpy(orig + 12, &crc, 4); /* little-endian host */
     ck_assert_int_eq(tu_write_file(log_path(dir), orig, len), 0);
-    emb_err err = {{0}};
+    emb_err err = {0};
     ck_assert(samples_open(dir, &o, &err) == NULL);
     ck_assert_msg(strstr(err.msg, "version 99") != NULL, "%s", err.msg);
     ck_assert_int_eq(file_size(log_path(dir)), (long)len);
@@ -731,7 +731,7 @@ START_TEST(test_dir_locked)
 {
     samples_opts o = small_opts();
     samples *s = open_ok(dir, &o);
-    emb_err err = {{0}};
+    emb_err err = {0};
     ck_assert(samples_open(dir, &o, &err) == NULL);
     ck_assert_msg(strstr(err.msg, "in use") != NULL, "%s", err.msg);
     samples_close(s);

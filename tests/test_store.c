@@ -22,9 +22,9 @@
 #include <unistd.h>
 
 #include "run_suite.h"
-#include "store.h"
+#include "store/store.h"
 #include "testutil.h"
-#include "wal.h"
+#include "store/wal.h"
 
 #define MAXD 64
 
@@ -101,7 +101,7 @@ static void dir_teardown(void)
 
 static store *open_store(const char *d, int dim, store_recovery *rec)
 {
-    emb_err err = {{0}};
+    emb_err err = {0};
     store_options opt = {.dir = d, .dim = dim};
     store *s = store_open(&opt, rec, &err);
     ck_assert_msg(s != NULL, "%s", err.msg);
@@ -284,7 +284,7 @@ END_TEST
 
 START_TEST(test_validation)
 {
-    emb_err err = {{0}};
+    emb_err err = {0};
     store *s = open_store(NULL, 4, NULL);
     float v[4] = {1, 2, 3, 4};
     float zero[4] = {0};
@@ -828,7 +828,7 @@ START_TEST(test_filter_errors)
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         cJSON *j = cJSON_Parse(bad[i][0]);
         ck_assert(j != NULL);
-        emb_err err = {{0}};
+        emb_err err = {0};
         ck_assert_msg(store_filter_compile(j, &err) == NULL, "%s compiled", bad[i][0]);
         ck_assert_msg(strstr(err.msg, bad[i][1]) != NULL, "%s: \"%s\" lacks %s", bad[i][0],
                       err.msg, bad[i][1]);
@@ -841,7 +841,7 @@ START_TEST(test_filter_errors)
         cJSON *c = cJSON_Parse("{\"key\": \"a\", \"match\": {\"value\": 1}}");
         cJSON_AddItemToArray(must, c);
     }
-    emb_err err = {{0}};
+    emb_err err = {0};
     ck_assert(store_filter_compile(j, &err) == NULL);
     ck_assert(strstr(err.msg, "limit") != NULL);
     cJSON_Delete(j);
@@ -1568,7 +1568,7 @@ END_TEST
 
 static store *open_mem(int dim, long hnsw_threshold)
 {
-    emb_err err = {{0}};
+    emb_err err = {0};
     /* a narrower build than the default keeps the sanitizer runs short */
     store_options opt = {.dim = dim, .hnsw_threshold = hnsw_threshold,
                          .hnsw_ef_construction = 64};
@@ -2000,7 +2000,7 @@ START_TEST(test_hnsw_close_during_build)
 
     /* on disk: reopening over the threshold builds in the background */
     dir_setup();
-    emb_err err = {{0}};
+    emb_err err = {0};
     store_options opt = {.dir = dir, .dim = HN_DIM, .hnsw_threshold = 1000,
                          .hnsw_ef_construction = 64};
     store *d = store_open(&opt, NULL, &err);

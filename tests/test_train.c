@@ -31,7 +31,7 @@ static emb_model *model;
 
 static void setup(void)
 {
-    emb_err err = {{0}};
+    emb_err err = {0};
     ck_assert_msg(emb_st_open(&ref, FIXTURE "/ref.safetensors", &err) == 0, "%s", err.msg);
     model = emb_model_load(FIXTURE "/model", &err);
     ck_assert_msg(model != NULL, "%s", err.msg);
@@ -390,7 +390,7 @@ END_TEST
  * pooling: 32 -> 24 (bias, Tanh), 24 -> 16 (no bias, Identity). */
 static emb_model *dense_model(emb_st_file *dense)
 {
-    emb_err err = {{0}};
+    emb_err err = {0};
     ck_assert_msg(emb_st_open(dense, FIXTURE "/dense.safetensors", &err) == 0, "%s", err.msg);
     const emb_dense_config d0 = {.in_features = 32, .out_features = 24, .bias = 1,
                                  .activation = EMB_ACT_TANH};

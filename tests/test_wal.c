@@ -12,7 +12,7 @@
 
 #include "run_suite.h"
 #include "testutil.h"
-#include "wal.h"
+#include "store/wal.h"
 
 #define TAG 384
 #define MAX_SEEN 4096
@@ -62,7 +62,7 @@ static void teardown(void)
 
 static wal *open_wal(uint64_t snapshot_seq, seen *sn, wal_recovery *rec)
 {
-    emb_err err = {{0}};
+    emb_err err = {0};
     memset(sn, 0, sizeof *sn);
     sn->reject_seq = -1;
     wal *w = wal_open(dir, dir_fd, TAG, snapshot_seq, collect, sn, rec, &err);

@@ -107,7 +107,7 @@ static void moments_error(const double *y, int n, int k, double *mean_err, doubl
 
 static void fit(const float *x, int n, int k, double shrink, emb_whiten *w)
 {
-    emb_err err = {{0}};
+    emb_err err = {0};
     emb_moments m;
     ck_assert_msg(emb_moments_init(&m, D, &err) == 0, "%s", err.msg);
     ck_assert_msg(emb_moments_add(&m, x, n, &err) == 0, "%s", err.msg);
@@ -289,7 +289,7 @@ START_TEST(test_refusals)
     double q[D * D];
     random_basis(q, &r);
     float *x = sample(4, q, &r);
-    emb_err err = {{0}};
+    emb_err err = {0};
     emb_moments m;
     emb_whiten w;
     ck_assert(emb_moments_init(&m, 0, &err) == -1);

@@ -37,7 +37,7 @@ static int V;
 
 static void setup(void)
 {
-    emb_err err = {{0}};
+    emb_err err = {0};
     tok = emb_tokenizer_load(VOCAB_DIR, &err);
     ck_assert_msg(tok != NULL, "%s", err.msg);
     V = emb_tokenizer_vocab_size(tok);

@@ -20,13 +20,13 @@
 
 #include <microhttpd.h>
 
-#include "batcher.h"
-#include "learner.h"
+#include "batch/batcher.h"
+#include "learn/learner.h"
 #include "bert.h"
-#include "metrics.h"
-#include "store.h"
-#include "strbuf.h"
-#include "versions.h"
+#include "common/metrics.h"
+#include "store/store.h"
+#include "common/strbuf.h"
+#include "learn/versions.h"
 
 typedef struct server_opts {
     const char *model_dir;

@@ -32,7 +32,7 @@
 #include <stdint.h>
 
 #include "bert.h"
-#include "metrics.h"
+#include "common/metrics.h"
 
 typedef struct emb_job emb_job;
 

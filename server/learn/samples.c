@@ -13,8 +13,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "fileio.h"
-#include "wal.h" /* wal_crc32c and the little-endian helpers */
+#include "base/fileio.h"
+#include "store/wal.h" /* wal_crc32c and the little-endian helpers */
 
 #define LOG_NAME "samples.log"
 #define LOG_TMP "samples.log.tmp"

@@ -21,8 +21,8 @@
 #include <omp.h>
 
 #include "bert.h"
-#include "hub.h"
-#include "jsonfmt.h"
+#include "hub/hub.h"
+#include "common/jsonfmt.h"
 
 #define MAX_LINE_BYTES (16L << 20)
 

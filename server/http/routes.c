@@ -13,7 +13,7 @@
 #include <strings.h>
 
 #include "ops.h"
-#include "samples.h"
+#include "learn/samples.h"
 #include "server.h"
 
 #define EMBEDD_VERSION "0.1.0"

@@ -7,7 +7,7 @@
 
 #include "cli.h"
 #include "options.h"
-#include "server.h"
+#include "http/server.h"
 
 /* The server's options plus those that only decide where the model comes
  * from. */

@@ -14,10 +14,10 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "clock.h"
-#include "cli.h"
+#include "common/clock.h"
+#include "cli/cli.h"
 #include "server.h"
-#include "store_reembed.h"
+#include "store/store_reembed.h"
 #include "train.h"
 
 /* ---- replies ------------------------------------------------------------ */

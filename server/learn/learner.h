@@ -32,10 +32,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "batcher.h"
-#include "metrics.h"
-#include "store.h"
-#include "strbuf.h"
+#include "batch/batcher.h"
+#include "common/metrics.h"
+#include "store/store.h"
+#include "common/strbuf.h"
 #include "versions.h"
 
 typedef struct learner_opts {

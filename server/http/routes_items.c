@@ -14,11 +14,11 @@
 #include <string.h>
 #include <time.h>
 
-#include "clock.h"
+#include "common/clock.h"
 #include "ops.h"
-#include "samples.h"
+#include "learn/samples.h"
 #include "server.h"
-#include "store_reembed.h"
+#include "store/store_reembed.h"
 
 static void put_id(strbuf *b, const store_id *id)
 {

@@ -8,7 +8,7 @@
 #include <stdatomic.h>
 
 #include "store.h"
-#include "strbuf.h"
+#include "common/strbuf.h"
 #include "wal.h"
 
 typedef enum field_type {

@@ -77,7 +77,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "error.h"
+#include "base/error.h"
 #include "ops_train.h"
 
 enum samples_source {

@@ -23,10 +23,10 @@
 #include <unistd.h>
 
 #include "checkpoint.h"
-#include "fileio.h"
-#include "clock.h"
+#include "base/fileio.h"
+#include "common/clock.h"
 #include "samples.h"
-#include "store_reembed.h"
+#include "store/store_reembed.h"
 #include "sts.h"
 #include "train.h"
 
@@ -589,7 +589,7 @@ static void save_current(learner *l, uint32_t id)
 static void *saver_main(void *arg)
 {
     learner *l = arg;
-    emb_err err = {{0}};
+    emb_err err = {0};
     char dir[4096];
     int rc = 0;
     if (l->o.data_dir != NULL) {

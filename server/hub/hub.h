@@ -36,7 +36,7 @@
 #include <stddef.h>
 #include <stdio.h>
 
-#include "error.h"
+#include "base/error.h"
 
 typedef struct hub_opts {
     char endpoint[512];        /* HF_ENDPOINT, else https://huggingface.co */

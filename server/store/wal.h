@@ -55,7 +55,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "error.h"
+#include "base/error.h"
 
 #define WAL_VERSION 1
 #define WAL_HEADER_SIZE 32

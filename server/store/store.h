@@ -122,7 +122,7 @@
 
 #include <cjson/cJSON.h>
 
-#include "error.h"
+#include "base/error.h"
 
 /* Hard caps; past them a call fails with a message. */
 #define STORE_MAX_DIM 16384

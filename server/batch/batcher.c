@@ -1,5 +1,5 @@
 /* batcher.c: see batcher.h for the design. */
-#include "clock.h"
+#include "common/clock.h"
 #include "batcher.h"
 
 #include <pthread.h>

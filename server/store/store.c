@@ -429,7 +429,7 @@ static void *build_main(void *p)
 {
     store *s = p;
     const int dim = s->dim;
-    emb_err e = {{0}};
+    emb_err e = {0};
     hnsw_index *h = NULL;
     hnsw_index *old = NULL;
     uint64_t *lbuf = malloc(sizeof(uint64_t) * BUILD_CHUNK);
@@ -961,7 +961,7 @@ static void snapshot_if_due(store *s)
         return;
     wal_get_stats(s->wal, &ws);
     if (ws.bytes > s->snapshot_wal_bytes) {
-        emb_err e = {{0}};
+        emb_err e = {0};
         if (snapshot_locked(s, &e) != 0)
             store_set_error(s, e.msg);
     }

@@ -11,7 +11,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "fileio.h"
+#include "base/fileio.h"
 
 static const unsigned char wal_magic[8] = {'E', 'M', 'B', 'D', 'W', 'A', 'L', 0};
 
@@ -176,7 +176,7 @@ static int replay_records(replay *r, uint64_t snapshot_seq, wal_apply_fn apply, 
         if (seq <= snapshot_seq) {
             rec->skipped++;
         } else {
-            emb_err aerr = {{0}};
+            emb_err aerr = {0};
             int rc = apply(user, seq, rp + WAL_RECORD_HEADER, (size_t)(n - WAL_RECORD_HEADER),
                            &aerr);
             if (rc < 0) {
