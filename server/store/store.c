@@ -1,7 +1,10 @@
-/* store.c: rows, the id table, writes, open and close. See store.h for the
- * design; store_disk.c has the file formats, store_search.c the search. */
+/* store.c: the table of rows (id table, labels, vectors), writes, recovery,
+ * open and close. See store.h for the design; rows.c has the rows,
+ * store_disk.c the file formats, store_index.c the approximate index,
+ * store_search.c the search, store_reembed.c the move to a new version. */
 #include "store_internal.h"
 #include "hnsw.h"
+#include "store_disk.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -12,99 +15,6 @@
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
-
-/* ---- ids ----------------------------------------------------------------- */
-
-store_id store_id_str(const char *s)
-{
-    store_id id = {.kind = STORE_ID_STR, .str = s, .len = strlen(s)};
-    return id;
-}
-
-int store_id_from_json(const cJSON *json, store_id *id, emb_err *err)
-{
-    if (cJSON_IsString(json)) {
-        *id = store_id_str(json->valuestring);
-        if (id->len == 0 || id->len > STORE_MAX_ID_LEN)
-            return emb_fail(err, "a string id must have 1 to %d bytes", STORE_MAX_ID_LEN);
-        return 0;
-    }
-    if (cJSON_IsNumber(json)) {
-        double d = json->valuedouble;
-        if (!(d >= 0) || d > STORE_MAX_JSON_ID || d != floor(d))
-            return emb_fail(err, "a numeric id must be an integer from 0 to 2^53");
-        *id = store_id_num((uint64_t)d);
-        return 0;
-    }
-    return emb_fail(err, "an id must be a string or an unsigned integer");
-}
-
-static int id_check(const store_id *id, emb_err *err)
-{
-    if (id->kind == STORE_ID_NUM)
-        return 0;
-    if (id->kind != STORE_ID_STR)
-        return emb_fail(err, "id has no kind");
-    if (id->str == NULL || id->len == 0 || id->len > STORE_MAX_ID_LEN)
-        return emb_fail(err, "a string id must have 1 to %d bytes", STORE_MAX_ID_LEN);
-    if (memchr(id->str, '\0', id->len) != NULL)
-        return emb_fail(err, "a string id must not contain NUL");
-    return 0;
-}
-
-static uint64_t mix64(uint64_t x)
-{
-    x ^= x >> 30;
-    x *= 0xbf58476d1ce4e5b9ull;
-    x ^= x >> 27;
-    x *= 0x94d049bb133111ebull;
-    x ^= x >> 31;
-    return x;
-}
-
-uint64_t store_id_hash(const store_id *id)
-{
-    if (id->kind == STORE_ID_NUM)
-        return mix64(id->num);
-    uint64_t h = 0xcbf29ce484222325ull; /* FNV-1a */
-    for (size_t i = 0; i < id->len; i++) {
-        h ^= (unsigned char)id->str[i];
-        h *= 0x100000001b3ull;
-    }
-    return mix64(h ^ 0x5354520000000000ull);
-}
-
-store_id store_row_id(const store_row *r)
-{
-    store_id id = {.kind = (store_id_kind)r->id_kind, .num = r->id_num, .str = r->id_str,
-                   .len = r->id_len};
-    return id;
-}
-
-static int row_has_id(const store_row *r, uint64_t hash, const store_id *id)
-{
-    if (r->hash != hash || r->id_kind != (uint32_t)id->kind)
-        return 0;
-    if (id->kind == STORE_ID_NUM)
-        return r->id_num == id->num;
-    return r->id_len == id->len && memcmp(r->id_str, id->str, id->len) == 0;
-}
-
-int store_normalise(const float *v, float *out, int dim, emb_err *err)
-{
-    double sum = 0;
-    for (int i = 0; i < dim; i++) {
-        if (!isfinite(v[i]))
-            return emb_fail(err, "vector element %d is not a finite number", i);
-        sum += (double)v[i] * v[i];
-    }
-    if (sum == 0)
-        return emb_fail(err, "vector is all zeros");
-    double inv = 1.0 / sqrt(sum);
-    for (int i = 0; i < dim; i++)
-        out[i] = (float)(v[i] * inv);
-    return 0;
-}
 
 /* ---- the id table: open addressing, linear probing ----------------------- */
 
@@ -118,7 +28,7 @@ static uint64_t table_probe(const store *s, const store_id *id, uint64_t hash, l
             *row = -1;
             return i;
         }
-        if (row_has_id(&s->rows[v - 1], hash, id)) {
+        if (store_row_has_id(&s->rows[v - 1], hash, id)) {
             *row = (long)v - 1;
             return i;
         }
@@ -183,412 +93,6 @@ static int table_resize(store *s, uint64_t size, emb_err *err)
     return 0;
 }
 
-/* ---- rows ------------------------------------------------------------------ */
-
-/* Counts a payload's fields and the bytes of their strings. */
-static void fields_measure(const cJSON *obj, uint32_t *n, size_t *bytes)
-{
-    const cJSON *m;
-    cJSON_ArrayForEach(m, obj) {
-        size_t key = strlen(m->string) + 1;
-        if (cJSON_IsArray(m)) {
-            const cJSON *el;
-            cJSON_ArrayForEach(el, m) {
-                if (cJSON_IsString(el) || cJSON_IsNumber(el) || cJSON_IsBool(el)) {
-                    (*n)++;
-                    *bytes += key + (cJSON_IsString(el) ? strlen(el->valuestring) + 1 : 0);
-                }
-            }
-        } else if (cJSON_IsString(m) || cJSON_IsNumber(m) || cJSON_IsBool(m)) {
-            (*n)++;
-            *bytes += key + (cJSON_IsString(m) ? strlen(m->valuestring) + 1 : 0);
-        }
-    }
-}
-
-/* Copies s (n bytes) and a NUL to *at; returns the copy. */
-static char *put_string(char **at, const char *s, size_t n)
-{
-    char *p = *at;
-    if (n > 0)
-        memcpy(p, s, n);
-    p[n] = '\0';
-    *at = p + n + 1;
-    return p;
-}
-
-static void field_fill(store_field *f, const char *key, const cJSON *v, char **at)
-{
-    memset(f, 0, sizeof *f);
-    f->key_len = (uint32_t)strlen(key);
-    f->key = put_string(at, key, f->key_len);
-    if (cJSON_IsString(v)) {
-        f->type = FIELD_STR;
-        f->str_len = (uint32_t)strlen(v->valuestring);
-        f->str = put_string(at, v->valuestring, f->str_len);
-    } else if (cJSON_IsNumber(v)) {
-        f->type = FIELD_NUM;
-        f->num = v->valuedouble;
-    } else {
-        f->type = FIELD_BOOL;
-        f->num = cJSON_IsTrue(v) ? 1 : 0;
-    }
-}
-
-static void fields_fill(const cJSON *obj, store_field *fields, char **at)
-{
-    uint32_t k = 0;
-    const cJSON *m;
-    cJSON_ArrayForEach(m, obj) {
-        if (cJSON_IsArray(m)) {
-            const cJSON *el;
-            cJSON_ArrayForEach(el, m) {
-                if (cJSON_IsString(el) || cJSON_IsNumber(el) || cJSON_IsBool(el))
-                    field_fill(&fields[k++], m->string, el, at);
-            }
-        } else if (cJSON_IsString(m) || cJSON_IsNumber(m) || cJSON_IsBool(m)) {
-            field_fill(&fields[k++], m->string, m, at);
-        }
-    }
-}
-
-static int is_json_space(char c)
-{
-    return c == ' ' || c == '\t' || c == '\r' || c == '\n';
-}
-
-/* Parses a payload that must be exactly one JSON object. */
-static cJSON *payload_parse(const char *payload, size_t len, emb_err *err)
-{
-    const char *end = NULL;
-    cJSON *obj = cJSON_ParseWithLengthOpts(payload, len, &end, 0);
-    if (obj == NULL) {
-        emb_fail(err, "payload is not valid JSON");
-        return NULL;
-    }
-    while (end != NULL && end < payload + len && is_json_space(*end))
-        end++;
-    if (!cJSON_IsObject(obj) || end != payload + len) {
-        cJSON_Delete(obj);
-        emb_fail(err, "payload must be one JSON object");
-        return NULL;
-    }
-    return obj;
-}
-
-void store_row_free(store_row *r)
-{
-    free(r->blob);
-    r->blob = NULL;
-}
-
-int store_row_prepare(const store_id *id, int32_t version, const char *text, size_t text_len,
-                      const char *payload, size_t payload_len, store_row *out, emb_err *err)
-{
-    memset(out, 0, sizeof *out);
-    if (id_check(id, err) != 0)
-        return 1;
-    if (text != NULL && text_len > STORE_MAX_TEXT) {
-        emb_fail(err, "text of %zu bytes is over the limit of %d", text_len, STORE_MAX_TEXT);
-        return 1;
-    }
-    if (payload != NULL && payload_len > STORE_MAX_PAYLOAD) {
-        emb_fail(err, "payload of %zu bytes is over the limit of %d", payload_len,
-                 STORE_MAX_PAYLOAD);
-        return 1;
-    }
-    int result = -1;
-    cJSON *obj = NULL;
-    uint32_t n_fields = 0;
-    size_t field_bytes = 0;
-    if (payload != NULL) {
-        obj = payload_parse(payload, payload_len, err);
-        if (obj == NULL) {
-            result = 1;
-            goto out;
-        }
-        fields_measure(obj, &n_fields, &field_bytes);
-    }
-    size_t id_bytes = id->kind == STORE_ID_STR ? id->len + 1 : 0;
-    size_t size = sizeof(store_field) * n_fields + id_bytes + (text ? text_len + 1 : 0) +
-                  (payload ? payload_len + 1 : 0) + field_bytes;
-    out->blob = malloc(size > 0 ? size : 1);
-    if (out->blob == NULL) {
-        emb_fail(err, "out of memory");
-        goto out;
-    }
-    store_field *fields = out->blob;
-    char *at = (char *)(fields + n_fields);
-    out->id_kind = (uint32_t)id->kind;
-    out->id_num = id->kind == STORE_ID_NUM ? id->num : 0;
-    if (id->kind == STORE_ID_STR) {
-        out->id_len = (uint32_t)id->len;
-        out->id_str = put_string(&at, id->str, id->len);
-    }
-    out->hash = store_id_hash(id);
-    out->version = version;
-    if (text != NULL) {
-        out->text_len = (uint32_t)text_len;
-        out->text = put_string(&at, text, text_len);
-    }
-    if (payload != NULL) {
-        out->payload_len = (uint32_t)payload_len;
-        out->payload = put_string(&at, payload, payload_len);
-        fields_fill(obj, fields, &at);
-        out->fields = fields;
-        out->n_fields = n_fields;
-    }
-    result = 0;
-out:
-    cJSON_Delete(obj);
-    return result;
-}
-
-/* ---- the approximate index ---------------------------------------------------- */
-
-#define HNSW_SEED 100
-#define BUILD_CHUNK 1024           /* rows copied per read-lock hold */
-#define BUILD_FINAL 1024           /* log entries left for the swap, under the write lock */
-#define BUILD_LOG_MAX (1u << 26)   /* labels logged during one build; past it, abandoned */
-
-/* An index update failed: search stays exact from now on. Caller holds rw
- * exclusively. */
-static void hnsw_fail(store *s, const emb_err *e)
-{
-    hnsw_free(s->hnsw);
-    s->hnsw = NULL;
-    s->hnsw_off = 1;
-    char msg[512];
-    snprintf(msg, sizeof msg, "approximate index off, search is exact: %.440s", e->msg);
-    store_set_error(s, msg);
-}
-
-/* Records that label's row changed (written, deleted or moved) while a build
- * runs. Caller holds rw exclusively. */
-static void build_log(store *s, uint64_t label)
-{
-    if (!s->building || s->blog_overflow)
-        return;
-    if (s->blog_n == s->blog_cap) {
-        size_t cap = s->blog_cap < 1024 ? 1024 : s->blog_cap * 2;
-        uint64_t *m = cap <= BUILD_LOG_MAX ? realloc(s->blog, sizeof(uint64_t) * cap) : NULL;
-        if (m == NULL) {
-            s->blog_overflow = 1;
-            return;
-        }
-        s->blog = m;
-        s->blog_cap = cap;
-    }
-    s->blog[s->blog_n++] = label;
-}
-
-/* Brings label's node in the new index h up to date with the store: the
- * row's vector v, or deleted when v is NULL. */
-static int build_apply(hnsw_index *h, uint64_t label, const float *v, emb_err *e)
-{
-    if (v != NULL)
-        return hnsw_add(h, label, v, e);
-    return hnsw_mark_delete(h, label, e);
-}
-
-/* Pops up to max logged labels and copies their state: vectors into vbuf
- * (max, dim), live[i] = 0 for a deleted label. Caller holds rw (shared is
- * enough: only the build thread takes from the log). */
-static size_t build_take_log(store *s, uint64_t *lbuf, float *vbuf, int *live, size_t max)
-{
-    size_t m = 0;
-    while (m < max && s->blog_n > 0) {
-        uint64_t label = s->blog[--s->blog_n];
-        uint32_t r = s->label_row[label];
-        lbuf[m] = label;
-        live[m] = r != 0;
-        if (r != 0)
-            memcpy(vbuf + m * (size_t)s->dim, s->matrix + (size_t)(r - 1) * s->dim,
-                   sizeof(float) * (size_t)s->dim);
-        m++;
-    }
-    return m;
-}
-
-static int build_cancelled(store *s)
-{
-    return atomic_load_explicit(&s->build_cancel, memory_order_relaxed);
-}
-
-/* The build thread. It never holds rw while it adds to the index:
- *   1. copies the rows BUILD_CHUNK at a time under the read lock and adds
- *      them to a private index (writes meanwhile log their labels, and so
- *      does a delete for the row it moves into the hole, so a row copied
- *      twice or missed is in the log);
- *   2. drains the log the same way (each label gets the store's current
- *      state: its vector, or a delete mark) until at most BUILD_FINAL
- *      entries remain;
- *   3. takes the write lock, applies the rest and swaps the index in.
- * Searches use the old index (or exact search) until then. */
-static void *build_main(void *p)
-{
-    store *s = p;
-    const int dim = s->dim;
-    emb_err e = {0};
-    hnsw_index *h = NULL;
-    hnsw_index *old = NULL;
-    uint64_t *lbuf = malloc(sizeof(uint64_t) * BUILD_CHUNK);
-    float *vbuf = malloc(sizeof(float) * BUILD_CHUNK * (size_t)dim);
-    int *live = malloc(sizeof(int) * BUILD_CHUNK);
-    int done = 0;              /* building is cleared */
-    if (lbuf == NULL || vbuf == NULL || live == NULL) {
-        snprintf(e.msg, sizeof e.msg, "out of memory for the index build");
-        goto out;
-    }
-    pthread_rwlock_rdlock(&s->rw);
-    size_t n0 = (size_t)s->count;
-    pthread_rwlock_unlock(&s->rw);
-    h = hnsw_create(dim, n0 + n0 / 8 + 1024, s->hnsw_m, s->hnsw_ef_construction, HNSW_SEED, &e);
-    if (h == NULL)
-        goto out;
-    for (long start = 0;; start += BUILD_CHUNK) {
-        pthread_rwlock_rdlock(&s->rw);
-        long m = s->count - start;
-        m = m < BUILD_CHUNK ? m : BUILD_CHUNK;
-        for (long i = 0; i < m; i++)
-            lbuf[i] = s->rows[start + i].label;
-        if (m > 0)
-            memcpy(vbuf, s->matrix + (size_t)start * dim, sizeof(float) * (size_t)m * dim);
-        pthread_rwlock_unlock(&s->rw);
-        if (m <= 0)
-            break;
-        for (long i = 0; i < m; i++) {
-            if (build_cancelled(s))
-                goto out;
-            if (hnsw_add(h, lbuf[i], vbuf + (size_t)i * dim, &e) != 0)
-                goto out;
-        }
-    }
-    for (;;) {
-        pthread_rwlock_rdlock(&s->rw);
-        size_t m = 0;
-        if (s->blog_n > BUILD_FINAL && !s->blog_overflow)
-            m = build_take_log(s, lbuf, vbuf, live, BUILD_CHUNK);
-        pthread_rwlock_unlock(&s->rw);
-        if (m == 0)
-            break;
-        for (size_t i = 0; i < m; i++) {
-            if (build_cancelled(s))
-                goto out;
-            if (build_apply(h, lbuf[i], live[i] ? vbuf + i * (size_t)dim : NULL, &e) != 0)
-                goto out;
-        }
-    }
-    pthread_rwlock_wrlock(&s->rw);
-    int ok = !s->hnsw_off && !s->blog_overflow && !build_cancelled(s);
-    while (ok && s->blog_n > 0) {
-        uint64_t label = s->blog[--s->blog_n];
-        uint32_t r = s->label_row[label];
-        const float *v = r != 0 ? s->matrix + (size_t)(r - 1) * dim : NULL;
-        if (build_apply(h, label, v, &e) != 0) {
-            pthread_rwlock_unlock(&s->rw);
-            goto out;
-        }
-    }
-    if (ok) {                  /* else cancelled, off, or too many writes meanwhile */
-        old = s->hnsw;
-        s->hnsw = h;
-        h = NULL;
-        s->n_builds++;
-    }
-    s->building = 0;
-    s->blog_n = 0;
-    s->blog_overflow = 0;
-    pthread_rwlock_unlock(&s->rw);
-    done = 1;
-out:
-    if (!done) {
-        pthread_rwlock_wrlock(&s->rw);
-        if (e.msg[0] != '\0' && !build_cancelled(s))
-            hnsw_fail(s, &e);
-        s->building = 0;
-        s->blog_n = 0;
-        s->blog_overflow = 0;
-        pthread_rwlock_unlock(&s->rw);
-    }
-    hnsw_free(h);
-    hnsw_free(old);
-    free(lbuf);
-    free(vbuf);
-    free(live);
-    pthread_mutex_lock(&s->build_mu);
-    s->build_done = 1;
-    pthread_cond_broadcast(&s->build_cv);
-    pthread_mutex_unlock(&s->build_mu);
-    return NULL;
-}
-
-/* Joins a finished build thread. Returns 1 when a build still runs. */
-static int build_reap(store *s)
-{
-    pthread_mutex_lock(&s->build_mu);
-    int started = s->build_started;
-    int done = s->build_done;
-    pthread_mutex_unlock(&s->build_mu);
-    if (!started)
-        return 0;
-    if (!done)
-        return 1;
-    pthread_join(s->build_thread, NULL);
-    pthread_mutex_lock(&s->build_mu);
-    s->build_started = 0;
-    pthread_mutex_unlock(&s->build_mu);
-    return 0;
-}
-
-/* Starts a build in the background. Caller holds rw exclusively. */
-static void build_start(store *s)
-{
-    s->building = 1;
-    s->blog_n = 0;
-    s->blog_overflow = 0;
-    pthread_mutex_lock(&s->build_mu);
-    s->build_done = 0;
-    int rc = pthread_create(&s->build_thread, NULL, build_main, s);
-    s->build_started = rc == 0;
-    pthread_mutex_unlock(&s->build_mu);
-    if (rc != 0) {
-        s->building = 0;
-        store_set_error(s, "cannot start the index build thread; search stays exact for now");
-    }
-}
-
-/* Starts a build once the store reaches the threshold, and a rebuild when
- * deleted nodes outnumber live ones (hnswlib 0.6.2 cannot reuse them).
- * Caller holds rw exclusively (or is open, before anyone else has the store). */
-static void hnsw_maintain(store *s)
-{
-    if (s->hnsw_threshold <= 0 || s->hnsw_off || s->building)
-        return;
-    if (build_reap(s))
-        return;
-    if (s->hnsw == NULL) {
-        if (s->count >= s->hnsw_threshold)
-            build_start(s);
-        return;
-    }
-    size_t dead = hnsw_deleted(s->hnsw);
-    if (dead > 1024 && dead > (size_t)s->count)
-        build_start(s);
-}
-
-int store_wait_index(store *s)
-{
-    pthread_mutex_lock(&s->build_mu);
-    while (s->build_started && !s->build_done)
-        pthread_cond_wait(&s->build_cv, &s->build_mu);
-    pthread_mutex_unlock(&s->build_mu);
-    pthread_rwlock_rdlock(&s->rw);
-    int has = s->hnsw != NULL;
-    pthread_rwlock_unlock(&s->rw);
-    return has;
-}
-
 /* Room for `extra` new labels (and nodes in the index). */
 static int labels_reserve(store *s, long extra, emb_err *err)
 {
@@ -607,6 +111,25 @@ static int labels_reserve(store *s, long extra, emb_err *err)
     if (s->hnsw == NULL)
         return 0;
     return hnsw_reserve(s->hnsw, hnsw_count(s->hnsw) + (size_t)extra, err);
+}
+
+/* Grows the shadow arrays to the store's capacity. Caller holds rw
+ * exclusively. */
+int store_shadow_reserve(store *s, emb_err *err)
+{
+    if (s->target_version == s->vec_version || s->shadow_cap >= s->cap)
+        return 0;
+    float *sh = realloc(s->shadow, sizeof(float) * (size_t)s->cap * (size_t)s->dim);
+    if (sh == NULL)
+        return emb_fail(err, "out of memory for re-embedded vectors");
+    s->shadow = sh;
+    unsigned char *ok = realloc(s->shadow_ok, (size_t)s->cap);
+    if (ok == NULL)
+        return emb_fail(err, "out of memory for re-embedded vectors");
+    memset(ok + s->shadow_cap, 0, (size_t)(s->cap - s->shadow_cap));
+    s->shadow_ok = ok;
+    s->shadow_cap = s->cap;
+    return 0;
 }
 
 int store_reserve(store *s, long extra, emb_err *err)
@@ -675,14 +198,14 @@ void store_apply_upsert(store *s, store_row *rows, const float *vecs, int n, voi
                 s->reembed_dirty = 1;
         }
         rows[i].blob = NULL;   /* the store owns it now */
-        build_log(s, s->rows[row].label);
+        store_index_log(s, s->rows[row].label);
         emb_err e;
         /* An existing label is updated in place (hnswlib 0.6.2's addPoint). */
         if (s->hnsw != NULL &&
             hnsw_add(s->hnsw, s->rows[row].label, s->matrix + (size_t)row * s->dim, &e) != 0)
-            hnsw_fail(s, &e);
+            store_index_failed(s, &e);
     }
-    hnsw_maintain(s);
+    store_index_maintain(s);
 }
 
 /* Removes one row: its slot is emptied and the last row moves into the hole. */
@@ -691,18 +214,18 @@ static void row_remove(store *s, long row, uint64_t slot)
     table_remove_slot(s, slot);
     free(s->rows[row].blob);
     s->label_row[s->rows[row].label] = 0;
-    build_log(s, s->rows[row].label);
+    store_index_log(s, s->rows[row].label);
     if (s->hnsw != NULL) {
         emb_err e;
         if (hnsw_mark_delete(s->hnsw, s->rows[row].label, &e) != 0)
-            hnsw_fail(s, &e);
+            store_index_failed(s, &e);
     }
     long last = s->count - 1;
     if (row != last) {
         uint64_t last_slot = table_slot_of(s, last);
         s->rows[row] = s->rows[last];
         s->label_row[s->rows[row].label] = (uint32_t)row + 1;
-        build_log(s, s->rows[row].label);   /* a build may have copied past row */
+        store_index_log(s, s->rows[row].label);   /* a build may have copied past row */
         memcpy(s->matrix + (size_t)row * s->dim, s->matrix + (size_t)last * s->dim,
                sizeof(float) * (size_t)s->dim);
         if (s->shadow_ok != NULL) {
@@ -726,7 +249,7 @@ int store_apply_delete(store *s, const store_id *ids, int n)
         row_remove(s, row, slot);
         deleted++;
     }
-    hnsw_maintain(s);
+    store_index_maintain(s);
     return deleted;
 }
 
@@ -736,22 +259,10 @@ void store_row_set_vector(store *s, long r, const float *v, int32_t version)
     memcpy(dst, v, sizeof(float) * (size_t)s->dim);
     s->rows[r].version = version;
     s->rows[r].gen = ++s->gen_counter;
-    build_log(s, s->rows[r].label);
+    store_index_log(s, s->rows[r].label);
     emb_err e;
     if (s->hnsw != NULL && hnsw_add(s->hnsw, s->rows[r].label, dst, &e) != 0)
-        hnsw_fail(s, &e);
-}
-
-void store_index_reset(store *s)
-{
-    if (s->hnsw != NULL) {
-        hnsw_free(s->hnsw);
-        s->hnsw = NULL;
-    }
-    /* a build under way copied old vectors: everything counts as written */
-    for (long r = 0; r < s->count; r++)
-        build_log(s, s->rows[r].label);
-    hnsw_maintain(s);
+        store_index_failed(s, &e);
 }
 
 void store_set_error(store *s, const char *msg)
@@ -844,6 +355,68 @@ static int locks_init(store *s)
     return rc;
 }
 
+/* ---- recovery: snapshot and WAL replay ------------------------------------ */
+
+static store_files files_of(const store *s)
+{
+    store_files f = {.dir_fd = s->dir_fd, .dir = s->dir, .max_items = s->max_items};
+    return f;
+}
+
+static int sink_reserve(void *user, long count, emb_err *err)
+{
+    return store_reserve(user, count, err);
+}
+
+static void sink_put(void *user, store_row *row, const float *vec)
+{
+    void *old = NULL;
+    store_apply_upsert(user, row, vec, 1, &old);
+    free(old);
+}
+
+static int snapshot_load(store *s, store_recovery *rec, emb_err *err)
+{
+    store_files f = files_of(s);
+    store_snapshot_sink sink = {.user = s, .reserve = sink_reserve, .put = sink_put};
+    uint64_t count = 0;
+    if (store_snapshot_load(&f, s->dim, &sink, &rec->snapshot_seq, &count, err) != 0)
+        return -1;
+    rec->snapshot_items = count;
+    s->seq = rec->snapshot_seq;
+    return 0;
+}
+
+static int replay_upsert(store *s, store_op *op, emb_err *err)
+{
+    void **old = calloc(op->n > 0 ? op->n : 1, sizeof *old);
+    if (old == NULL)
+        return emb_fail_as(err, EMB_ERR_NO_MEMORY, "out of memory replaying %u items", op->n);
+    int rc = store_reserve(s, store_count_new(s, op->rows, (int)op->n), err);
+    if (rc == 0)
+        store_apply_upsert(s, op->rows, op->vecs, (int)op->n, old);
+    for (uint32_t i = 0; i < op->n; i++)
+        free(old[i]);
+    free(old);
+    return rc;
+}
+
+/* wal_apply_fn: applies one logged write. 0, 1 when the record is
+ * malformed, -1 when it cannot be applied (out of memory, full). */
+static int replay_record(void *user, uint64_t seq, const unsigned char *payload, size_t len,
+                         emb_err *err)
+{
+    store *s = user;
+    store_op op;
+    int rc = store_op_decode(payload, len, s->dim, seq, &op, err);
+    if (rc == 0 && op.kind == STORE_OP_UPSERT)
+        rc = replay_upsert(s, &op, err);
+    else if (rc == 0)
+        store_apply_delete(s, op.ids, (int)op.n);
+    store_op_free(&op);
+    return rc;
+}
+
 store *store_open(const store_options *opt, store_recovery *rec, emb_err *err)
 {
     store_recovery local;
@@ -883,11 +456,11 @@ store *store_open(const store_options *opt, store_recovery *rec, emb_err *err)
     }
     if (dir_open(s, opt->dir, err) != 0)
         goto fail;
-    if (store_snapshot_load(s, rec, err) != 0)
+    if (snapshot_load(s, rec, err) != 0)
         goto fail;
     wal_recovery wr;
     s->wal = wal_open(s->dir, s->dir_fd, (uint32_t)s->dim, rec->snapshot_seq,
-                      store_replay_record, s, &wr, err);
+                      replay_record, s, &wr, err);
     if (s->wal == NULL)
         goto fail;
     s->seq = wr.last_seq;
@@ -897,7 +470,7 @@ store *store_open(const store_options *opt, store_recovery *rec, emb_err *err)
     snprintf(rec->message, sizeof rec->message, "%s", wr.message);
     settle_versions(s);
     s->hnsw_threshold = opt->hnsw_threshold;
-    hnsw_maintain(s);   /* in the background, after recovery */
+    store_index_maintain(s);   /* in the background, after recovery */
     return s;
 fail:
     store_free(s);
@@ -908,12 +481,7 @@ void store_close(store *s)
 {
     if (s == NULL)
         return;
-    atomic_store(&s->build_cancel, 1);
-    pthread_mutex_lock(&s->build_mu);
-    int started = s->build_started;
-    pthread_mutex_unlock(&s->build_mu);
-    if (started)
-        pthread_join(s->build_thread, NULL);
+    store_index_stop(s);
     store_free(s);
 }
 
@@ -922,7 +490,10 @@ void store_close(store *s)
 static int snapshot_locked(store *s, emb_err *err)
 {
     pthread_rwlock_rdlock(&s->rw);
-    int rc = store_snapshot_write(s, err);
+    store_files f = files_of(s);
+    store_table_view t = {.dim = s->dim, .seq = s->seq, .rows = s->rows, .matrix = s->matrix,
+                          .count = s->count};
+    int rc = store_snapshot_write(&f, &t, err);
     if (rc == 0)
         rc = wal_rotate(s->wal, s->seq, err);
     pthread_rwlock_unlock(&s->rw);
@@ -1090,7 +661,7 @@ int store_delete(store *s, const store_id *ids, int n, int *n_deleted, emb_err *
         return emb_fail(err, "a delete takes 0 to %d ids, not %d", STORE_MAX_BATCH, n);
     for (int i = 0; i < n; i++) {
         emb_err e;
-        if (id_check(&ids[i], &e) != 0)
+        if (store_id_check(&ids[i], &e) != 0)
             return emb_fail(err, "id %d: %s", i, e.msg);
     }
     int result = -1;
@@ -1140,7 +711,7 @@ out:
 int store_get(store *s, const store_id *id, store_record *out, emb_err *err)
 {
     memset(out, 0, sizeof *out);
-    if (id_check(id, err) != 0)
+    if (store_id_check(id, err) != 0)
         return -1;
     int result = -1;
     pthread_rwlock_rdlock(&s->rw);
@@ -1163,14 +734,14 @@ int store_get(store *s, const store_id *id, store_record *out, emb_err *err)
     char *at = (char *)mem + vec_bytes;
     out->id = store_row_id(r);
     if (r->id_kind == STORE_ID_STR)
-        out->id.str = put_string(&at, r->id_str, r->id_len);
+        out->id.str = store_put_string(&at, r->id_str, r->id_len);
     if (r->text != NULL) {
         out->text_len = r->text_len;
-        out->text = put_string(&at, r->text, r->text_len);
+        out->text = store_put_string(&at, r->text, r->text_len);
     }
     if (r->payload != NULL) {
         out->payload_len = r->payload_len;
-        out->payload = put_string(&at, r->payload, r->payload_len);
+        out->payload = store_put_string(&at, r->payload, r->payload_len);
     }
     out->model_version = r->version;
     result = 1;

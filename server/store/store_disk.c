@@ -1,6 +1,7 @@
 /* store_disk.c: the store's on-disk formats (layouts in store.h): WAL
- * record payloads, their replay, and snapshots. */
-#include "store_internal.h"
+ * record payloads and snapshots (see store_disk.h). */
+#include "store_disk.h"
+#include "wal.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -12,7 +13,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-enum { OP_UPSERT = 1, OP_DELETE = 2 };
 enum { FLAG_TEXT = 1, FLAG_PAYLOAD = 2 };
 
 #define SNAPSHOT_HEADER 40
@@ -88,7 +88,7 @@ static void put_row(strbuf *sb, const store_row *r, const float *vec, int dim)
 
 int store_encode_upsert(strbuf *sb, const store_row *rows, const float *vecs, int n, int dim)
 {
-    put_u8(sb, OP_UPSERT);
+    put_u8(sb, STORE_OP_UPSERT);
     put_u32(sb, (uint32_t)n);
     for (int i = 0; i < n; i++)
         put_row(sb, &rows[i], vecs + (size_t)i * dim, dim);
@@ -97,7 +97,7 @@ int store_encode_upsert(strbuf *sb, const store_row *rows, const float *vecs, in
 
 void store_encode_delete(strbuf *sb, const store_id *ids, int n)
 {
-    put_u8(sb, OP_DELETE);
+    put_u8(sb, STORE_OP_DELETE);
     put_u32(sb, (uint32_t)n);
     for (int i = 0; i < n; i++)
         put_id(sb, &ids[i]);
@@ -236,86 +236,77 @@ static int item_read(reader *r, int dim, store_row *row, float *vec, emb_err *er
                              it.payload_len, row, err);
 }
 
-/* ---- WAL replay ------------------------------------------------------------------ */
+/* ---- WAL records ---------------------------------------------------------------- */
 
-static int replay_upsert(store *s, reader *r, uint32_t n, emb_err *err)
+static int decode_upsert(reader *r, int dim, store_op *op, emb_err *err)
 {
-    int result = -1;
-    store_row *rows = calloc(n, sizeof *rows);
-    void **old = calloc(n, sizeof *old);
-    float *vecs = malloc(sizeof(float) * (size_t)n * (size_t)s->dim);
-    if (rows == NULL || old == NULL || vecs == NULL) {
-        emb_fail(err, "out of memory replaying %u items", n);
-        goto out;
+    op->rows = calloc(op->n > 0 ? op->n : 1, sizeof *op->rows);
+    op->vecs = malloc(sizeof(float) * (size_t)(op->n > 0 ? op->n : 1) * (size_t)dim);
+    if (op->rows == NULL || op->vecs == NULL) {
+        emb_fail_as(err, EMB_ERR_NO_MEMORY, "out of memory replaying %u items", op->n);
+        return -1;
     }
-    for (uint32_t i = 0; i < n; i++) {
-        result = item_read(r, s->dim, &rows[i], vecs + (size_t)i * s->dim, err);
-        if (result != 0)
-            goto out;
+    for (uint32_t i = 0; i < op->n; i++) {
+        int rc = item_read(r, dim, &op->rows[i], op->vecs + (size_t)i * dim, err);
+        if (rc != 0)
+            return rc;
     }
     if (r->p != r->end) {
         emb_fail(err, "%zu bytes after the last item", (size_t)(r->end - r->p));
-        result = 1;
-        goto out;
+        return 1;
     }
-    result = -1;
-    if (store_reserve(s, store_count_new(s, rows, (int)n), err) != 0)
-        goto out;
-    store_apply_upsert(s, rows, vecs, (int)n, old);
-    result = 0;
-out:
-    for (uint32_t i = 0; rows != NULL && i < n; i++)
-        store_row_free(&rows[i]);
-    for (uint32_t i = 0; old != NULL && i < n; i++)
-        free(old[i]);
-    free(rows);
-    free(old);
-    free(vecs);
-    return result;
+    return 0;
 }
 
-static int replay_delete(store *s, reader *r, uint32_t n, emb_err *err)
+static int decode_delete(reader *r, store_op *op, emb_err *err)
 {
-    store_id *ids = calloc(n > 0 ? n : 1, sizeof *ids);
-    if (ids == NULL)
-        return emb_fail(err, "out of memory replaying a delete of %u ids", n);
-    int result = 1;
-    for (uint32_t i = 0; i < n; i++) {
-        if (get_id(r, &ids[i], err) != 0)
-            goto out;
+    op->ids = calloc(op->n > 0 ? op->n : 1, sizeof *op->ids);
+    if (op->ids == NULL) {
+        emb_fail_as(err, EMB_ERR_NO_MEMORY, "out of memory replaying a delete of %u ids", op->n);
+        return -1;
+    }
+    for (uint32_t i = 0; i < op->n; i++) {
+        if (get_id(r, &op->ids[i], err) != 0)
+            return 1;
     }
     if (r->p != r->end) {
         emb_fail(err, "%zu bytes after the last id", (size_t)(r->end - r->p));
-        goto out;
+        return 1;
     }
-    store_apply_delete(s, ids, (int)n);
-    result = 0;
-out:
-    free(ids);
-    return result;
+    return 0;
 }
 
-int store_replay_record(void *user, uint64_t seq, const unsigned char *payload, size_t len,
-                        emb_err *err)
+int store_op_decode(const unsigned char *payload, size_t len, int dim, uint64_t seq,
+                    store_op *op, emb_err *err)
 {
-    store *s = user;
+    memset(op, 0, sizeof *op);
     reader r = {payload, payload + len};
-    unsigned op;
-    uint32_t n;
-    if (get_u8(&r, &op) != 0 || get_u32(&r, &n) != 0) {
+    unsigned kind;
+    if (get_u8(&r, &kind) != 0 || get_u32(&r, &op->n) != 0) {
         emb_fail(err, "record %llu: truncated", (unsigned long long)seq);
         return 1;
     }
-    if (n > STORE_MAX_BATCH) {
-        emb_fail(err, "record %llu: batch of %u", (unsigned long long)seq, n);
+    if (op->n > STORE_MAX_BATCH) {
+        emb_fail(err, "record %llu: batch of %u", (unsigned long long)seq, op->n);
         return 1;
     }
-    if (op == OP_UPSERT)
-        return replay_upsert(s, &r, n, err);
-    if (op == OP_DELETE)
-        return replay_delete(s, &r, n, err);
-    emb_fail(err, "record %llu: unknown op %u", (unsigned long long)seq, op);
+    op->kind = (int)kind;
+    if (kind == STORE_OP_UPSERT)
+        return decode_upsert(&r, dim, op, err);
+    if (kind == STORE_OP_DELETE)
+        return decode_delete(&r, op, err);
+    emb_fail(err, "record %llu: unknown op %u", (unsigned long long)seq, kind);
     return 1;
+}
+
+void store_op_free(store_op *op)
+{
+    for (uint32_t i = 0; op->rows != NULL && i < op->n; i++)
+        store_row_free(&op->rows[i]);
+    free(op->rows);
+    free(op->vecs);
+    free(op->ids);
+    memset(op, 0, sizeof *op);
 }
 
 /* ---- snapshots ------------------------------------------------------------------ */
@@ -374,7 +365,7 @@ static void snapshot_header(unsigned char *h, int dim, uint64_t seq, uint64_t co
 }
 
 /* Writes every row to fd: header, items, trailer. Returns 0 or an errno. */
-static int snapshot_stream(store *s, int fd)
+static int snapshot_stream(const store_table_view *t, int fd)
 {
     file_writer fw = {.fd = fd, .cap = 1 << 20};
     strbuf item;
@@ -383,32 +374,32 @@ static int snapshot_stream(store *s, int fd)
     if (fw.buf == NULL)
         return ENOMEM;
     unsigned char h[SNAPSHOT_HEADER];
-    snapshot_header(h, s->dim, s->seq, (uint64_t)s->count);
+    snapshot_header(h, t->dim, t->seq, (uint64_t)t->count);
     fw_write(&fw, h, sizeof h);
-    for (long r = 0; r < s->count && fw.err_no == 0; r++) {
+    for (long r = 0; r < t->count && fw.err_no == 0; r++) {
         item.len = 0;
-        put_row(&item, &s->rows[r], s->matrix + (size_t)r * s->dim, s->dim);
+        put_row(&item, &t->rows[r], t->matrix + (size_t)r * t->dim, t->dim);
         if (item.failed) {
             fw.err_no = ENOMEM;
             break;
         }
         fw_write(&fw, item.buf, item.len);
     }
-    unsigned char t[SNAPSHOT_TRAILER];
-    wal_put_u32(t, fw.crc);
-    fw_write(&fw, t, sizeof t);
+    unsigned char trailer[SNAPSHOT_TRAILER];
+    wal_put_u32(trailer, fw.crc);
+    fw_write(&fw, trailer, sizeof trailer);
     fw_flush(&fw);
     sb_free(&item);
     free(fw.buf);
     return fw.err_no;
 }
 
-int store_snapshot_write(store *s, emb_err *err)
+int store_snapshot_write(const store_files *s, const store_table_view *t, emb_err *err)
 {
     int fd = openat(s->dir_fd, "snapshot.tmp", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0)
         return emb_fail(err, "%s/snapshot.tmp: %s", s->dir, strerror(errno));
-    int e = snapshot_stream(s, fd);
+    int e = snapshot_stream(t, fd);
     if (e == 0 && fsync(fd) != 0)
         e = errno;
     if (close(fd) != 0 && e == 0)
@@ -425,8 +416,8 @@ int store_snapshot_write(store *s, emb_err *err)
 }
 
 /* Checks a mapped snapshot's header and checksums; returns its count. */
-static int snapshot_check(const store *s, const unsigned char *p, size_t size, uint64_t *count,
-                          emb_err *err)
+static int snapshot_check(const store_files *s, int dim, const unsigned char *p, size_t size,
+                          uint64_t *count, emb_err *err)
 {
     if (size < SNAPSHOT_HEADER + SNAPSHOT_TRAILER)
         return emb_fail(err, "%s/snapshot is damaged: only %zu bytes", s->dir, size);
@@ -435,9 +426,9 @@ static int snapshot_check(const store *s, const unsigned char *p, size_t size, u
     if (wal_get_u32(p + 8) != STORE_SNAPSHOT_VERSION)
         return emb_fail(err, "%s/snapshot has format version %u; this build reads %u", s->dir,
                         wal_get_u32(p + 8), STORE_SNAPSHOT_VERSION);
-    if (wal_get_u32(p + 12) != (uint32_t)s->dim)
+    if (wal_get_u32(p + 12) != (uint32_t)dim)
         return emb_fail(err, "%s/snapshot holds vectors of dimension %u, not %d", s->dir,
-                        wal_get_u32(p + 12), s->dim);
+                        wal_get_u32(p + 12), dim);
     size_t body = size - SNAPSHOT_TRAILER;
     if (wal_crc32c(0, p, body) != wal_get_u32(p + body))
         return emb_fail(err, "%s/snapshot is damaged: checksum mismatch", s->dir);
@@ -448,25 +439,24 @@ static int snapshot_check(const store *s, const unsigned char *p, size_t size, u
     return 0;
 }
 
-/* Decodes count items into the (empty) store. */
-static int snapshot_apply(store *s, reader *r, uint64_t count, emb_err *err)
+/* Decodes count items into the sink. */
+static int snapshot_apply(const store_files *s, int dim, reader *r, uint64_t count,
+                          const store_snapshot_sink *sink, emb_err *err)
 {
-    float *vec = malloc(sizeof(float) * (size_t)s->dim);
+    float *vec = malloc(sizeof(float) * (size_t)dim);
     if (vec == NULL)
-        return emb_fail(err, "out of memory");
+        return emb_fail_as(err, EMB_ERR_NO_MEMORY, "out of memory");
     int result = -1;
-    if (store_reserve(s, (long)count, err) != 0)
+    if (sink->reserve(sink->user, (long)count, err) != 0)
         goto out;
     for (uint64_t i = 0; i < count; i++) {
         store_row row;
         emb_err e;
-        if (item_read(r, s->dim, &row, vec, &e) != 0) {
+        if (item_read(r, dim, &row, vec, &e) != 0) {
             emb_fail(err, "%s/snapshot: item %llu: %s", s->dir, (unsigned long long)i, e.msg);
             goto out;
         }
-        void *old = NULL;
-        store_apply_upsert(s, &row, vec, 1, &old);
-        free(old);
+        sink->put(sink->user, &row, vec);
     }
     if (r->p != r->end) {
         emb_fail(err, "%s/snapshot: bytes after the last item", s->dir);
@@ -478,8 +468,11 @@ out:
     return result;
 }
 
-int store_snapshot_load(store *s, store_recovery *rec, emb_err *err)
+int store_snapshot_load(const store_files *s, int dim, const store_snapshot_sink *sink,
+                        uint64_t *seq, uint64_t *count, emb_err *err)
 {
+    *seq = 0;
+    *count = 0;
     int fd = openat(s->dir_fd, "snapshot", O_RDONLY | O_CLOEXEC);
     if (fd < 0 && errno == ENOENT)
         return 0;
@@ -502,15 +495,12 @@ int store_snapshot_load(store *s, store_recovery *rec, emb_err *err)
     const unsigned char *p = map == MAP_FAILED ? (const unsigned char *)"" : map;
     if (map != MAP_FAILED)
         madvise(map, size, MADV_SEQUENTIAL);
-    uint64_t count = 0;
-    if (snapshot_check(s, p, size, &count, err) != 0)
+    if (snapshot_check(s, dim, p, size, count, err) != 0)
         goto out;
     reader r = {p + SNAPSHOT_HEADER, p + size - SNAPSHOT_TRAILER};
-    if (snapshot_apply(s, &r, count, err) != 0)
+    if (snapshot_apply(s, dim, &r, *count, sink, err) != 0)
         goto out;
-    rec->snapshot_items = count;
-    rec->snapshot_seq = wal_get_u64(p + 16);
-    s->seq = rec->snapshot_seq;
+    *seq = wal_get_u64(p + 16);
     result = 0;
 out:
     if (map != MAP_FAILED)

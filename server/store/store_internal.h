@@ -1,52 +1,18 @@
-/* store_internal.h: the store's private structures, shared by store.c (rows,
- * table, writes), store_disk.c (record and snapshot formats) and
- * store_search.c (filters and search). See store.h for the design. */
+/* store_internal.h: the store's private state, shared by store.c (the
+ * table, writes, recovery), store_index.c (the approximate index),
+ * store_search.c (filters and search) and store_reembed.c (the move to a
+ * new version). rows.h and store_disk.h sit below it and do not include
+ * it: the layers are rows -> disk formats -> table -> index, search,
+ * re-embedding. See store.h for the design. */
 #ifndef EMBEDD_STORE_INTERNAL_H
 #define EMBEDD_STORE_INTERNAL_H
 
 #include <pthread.h>
 #include <stdatomic.h>
 
+#include "rows.h"
 #include "store.h"
-#include "common/strbuf.h"
 #include "wal.h"
-
-typedef enum field_type {
-    FIELD_STR = 1,
-    FIELD_NUM = 2,
-    FIELD_BOOL = 3,
-} field_type;
-
-/* One top-level scalar of a payload (an array gives one per scalar element). */
-typedef struct store_field {
-    const char *key;
-    uint32_t key_len;
-    uint32_t type;             /* field_type */
-    double num;                /* FIELD_NUM; FIELD_BOOL as 0 or 1 */
-    const char *str;           /* FIELD_STR */
-    uint32_t str_len;
-} store_field;
-
-/* One item's metadata. Everything it points to lives in one block, blob:
- * [fields][id string][text][payload][field keys and strings], each string
- * NUL-terminated. */
-typedef struct store_row {
-    uint64_t hash;
-    uint64_t id_num;
-    const char *id_str;
-    uint32_t id_len;
-    uint32_t id_kind;          /* store_id_kind */
-    int32_t version;
-    const char *text;          /* NULL: none */
-    uint32_t text_len;
-    const char *payload;       /* NULL: none */
-    uint32_t payload_len;
-    const store_field *fields;
-    uint32_t n_fields;
-    uint64_t label;            /* key in the HNSW index (valid while there is one) */
-    uint64_t gen;              /* changes with every write of the row (re-embedding) */
-    void *blob;
-} store_row;
 
 struct store_filter {
     int n_must;
@@ -114,22 +80,18 @@ struct store {
     char last_error[512];
 };
 
-/* ---- store.c ---- */
+/* ---- store.c: the table ---- */
 
-uint64_t store_id_hash(const store_id *id);
 /* Row of id, or -1. Caller holds rw. */
 long store_find(const store *s, const store_id *id);
-store_id store_row_id(const store_row *r);
-/* Builds a row (copies everything) from an item's parts. Returns 0, 1 when
- * the input is invalid (err says why), -1 when out of memory. */
-int store_row_prepare(const store_id *id, int32_t version, const char *text, size_t text_len,
-                      const char *payload, size_t payload_len, store_row *out, emb_err *err);
-void store_row_free(store_row *r);
 /* How many of the rows' ids are not in the store (an upper bound on the
  * rows they add). Caller holds rw. */
 long store_count_new(const store *s, const store_row *rows, int n);
 /* Makes room for up to `extra` new rows. Caller holds rw exclusively. */
 int store_reserve(store *s, long extra, emb_err *err);
+/* Grows the shadow arrays (store_reembed.c) with the store while a move
+ * to a new version is under way. Caller holds rw exclusively. */
+int store_shadow_reserve(store *s, emb_err *err);
 /* Applies n prepared rows with their vectors (n, dim); the rows' blobs move
  * into the store and replaced blobs go to old_blobs (n). Cannot fail after
  * store_reserve(s, n). Caller holds rw exclusively. */
@@ -137,32 +99,23 @@ void store_apply_upsert(store *s, store_row *rows, const float *vecs, int n, voi
 /* Returns how many of the ids existed. Caller holds rw exclusively. */
 int store_apply_delete(store *s, const store_id *ids, int n);
 void store_set_error(store *s, const char *msg);
-/* out = v / |v|; fails on a non-finite value or a zero vector. */
-int store_normalise(const float *v, float *out, int dim, emb_err *err);
-
 /* Sets row r's vector (normalised) and version, and updates the index.
  * Caller holds rw exclusively. */
 void store_row_set_vector(store *s, long r, const float *v, int32_t version);
-/* Drops the approximate index after every vector changed and starts a
- * rebuild in the background (search is exact meanwhile). Caller holds rw
- * exclusively. */
+
+/* ---- store_index.c: the approximate index ---- */
+
+/* Row with this label was written (a build under way replays it). */
+void store_index_log(store *s, uint64_t label);
+/* An index update failed: search stays exact from now on. */
+void store_index_failed(store *s, const emb_err *e);
+/* Starts a build at the threshold, or a rebuild when deleted nodes
+ * outnumber live ones. */
+void store_index_maintain(store *s);
+/* Drops the index after every vector changed and starts a rebuild in the
+ * background (search is exact meanwhile). */
 void store_index_reset(store *s);
-
-/* ---- store_reembed.c ---- */
-
-/* Grows the shadow arrays with the store. Caller holds rw exclusively. */
-int store_shadow_reserve(store *s, emb_err *err);
-
-/* ---- store_disk.c ---- */
-
-int store_encode_upsert(strbuf *sb, const store_row *rows, const float *vecs, int n, int dim);
-void store_encode_delete(strbuf *sb, const store_id *ids, int n);
-/* wal_apply_fn: user is the store. */
-int store_replay_record(void *user, uint64_t seq, const unsigned char *payload, size_t len,
-                        emb_err *err);
-/* Loads DIR/snapshot into an empty store; *seq = 0 when there is none. */
-int store_snapshot_load(store *s, store_recovery *rec, emb_err *err);
-/* Writes the state to DIR/snapshot. Caller holds snap_lock and rw shared. */
-int store_snapshot_write(store *s, emb_err *err);
+/* Cancels and joins a build (store_close). */
+void store_index_stop(store *s);
 
 #endif

@@ -45,25 +45,6 @@ uint32_t store_target_version(store *s)
     return v;
 }
 
-/* Grows the shadow arrays to the store's capacity. Caller holds rw
- * exclusively. */
-int store_shadow_reserve(store *s, emb_err *err)
-{
-    if (s->target_version == s->vec_version || s->shadow_cap >= s->cap)
-        return 0;
-    float *sh = realloc(s->shadow, sizeof(float) * (size_t)s->cap * (size_t)s->dim);
-    if (sh == NULL)
-        return emb_fail(err, "out of memory for re-embedded vectors");
-    s->shadow = sh;
-    unsigned char *ok = realloc(s->shadow_ok, (size_t)s->cap);
-    if (ok == NULL)
-        return emb_fail(err, "out of memory for re-embedded vectors");
-    memset(ok + s->shadow_cap, 0, (size_t)(s->cap - s->shadow_cap));
-    s->shadow_ok = ok;
-    s->shadow_cap = s->cap;
-    return 0;
-}
-
 static void shadow_free(store *s)
 {
     free(s->shadow);
