@@ -482,7 +482,7 @@ START_TEST(test_whiten_options)
         {"--dims 33", 2, "--dims 33 is more than the model's 32 dimensions"},
         {"--dims 32", 1, "direction 32 of 32 has no variance"},
         {"--shrink 1", 2, "--shrink must be a number in [0, 1)"},
-        {"--max-texts 1", 2, "expected an integer in 2.."},
+        {"--max-texts 1", 2, "--max-texts must be an integer in 2.."},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         snprintf(args, sizeof args, "whiten --model tests/fixtures/tiny-f16 --corpus %s --out "

@@ -7,7 +7,6 @@
  * one forward pass each, and reports the latency percentiles. */
 #include "cli.h"
 
-#include <getopt.h>
 #include <limits.h>
 #include <math.h>
 #include <stdint.h>
@@ -23,6 +22,7 @@
 #include "bert.h"
 #include "hub/hub.h"
 #include "common/jsonfmt.h"
+#include "options.h"
 
 #define MAX_LINE_BYTES (16L << 20)
 
@@ -82,133 +82,73 @@ typedef struct embed_opts {
     const char *model_dir;
     const char *model_id;
     int normalize;
-    int pooling_set;
-    emb_pooling pooling;
+    int pooling;   /* emb_pooling, or -1: the model's */
     int batch_tokens;
     int threads;
     int stats;
     int latency;   /* runs of embed --latency, 0 = off */
-    emb_precision precision;
+    int precision; /* emb_precision */
 } embed_opts;
 
-static void embed_usage(FILE *fp, const char *cmd)
-{
-    fprintf(fp,
-            "usage: embedd %s [--model DIR | --model-id ORG/NAME[@REV]] [options] < texts.txt\n"
-            "Reads one text per line on stdin and writes one JSON array per line.\n"
-            "  --model DIR          Hugging Face model directory (default: the bundled model)\n"
-            "  --model-id ID        download ORG/NAME[@REVISION] from the Hugging Face Hub\n"
-            "                       (HF_ENDPOINT, HF_TOKEN, HF_HUB_CACHE, HF_HUB_OFFLINE)\n",
-            cmd);
-    if (strcmp(cmd, "embed") == 0)
-        fprintf(fp,
-                "  --no-normalize       do not L2-normalise the embeddings\n"
-                "  --pooling MODE       mean, cls or last (default: the model's)\n"
-                "  --batch-tokens N     tokens per forward pass (default 16384)\n"
-                "  --stats              print texts, tokens and throughput to stderr at the end\n"
-                "  --latency N          embed the first line N times, one at a time, print it\n"
-                "                       once and its p50/p99 latency (ms) to stderr\n"
-                "  --precision P        fp32 (default) or int8 (AVX-512 VNNI; approximate)\n");
-    fprintf(fp, "  --threads N          compute threads (default: all cores)\n");
-}
+static const opt_choice poolings[] = {
+    {"mean", EMB_POOL_MEAN}, {"cls", EMB_POOL_CLS}, {"last", EMB_POOL_LAST},
+    {NULL, 0}};
+static const opt_choice precisions[] = {
+    {"fp32", EMB_PRECISION_FP32}, {"int8", EMB_PRECISION_INT8}, {NULL, 0}};
 
-/* Parses the flags of embed and tokenize; returns 0, or 2 on a usage error
- * (after printing it), or 1 for --help. */
-static int parse_opts(int argc, char **argv, const char *cmd, embed_opts *o)
+#define E_STR(flag, field, help) OPT_STR(embed_opts, flag, NULL, field, NULL, help)
+#define E_INT(flag, field, def, lo, hi, help) \
+    OPT_INTEGER(embed_opts, flag, NULL, field, def, lo, hi, help)
+
+static const opt_spec embed_specs[] = {
+    E_STR("model", model_dir, "Hugging Face model directory (default: the bundled model)"),
+    E_STR("model-id", model_id,
+          "download ORG/NAME[@REVISION] from the Hugging Face Hub (HF_ENDPOINT, HF_TOKEN, "
+          "HF_HUB_CACHE, HF_HUB_OFFLINE)"),
+    OPT_FLAG(embed_opts, "normalize", NULL, normalize, "true",
+             "L2-normalise the embeddings (--no-normalize: do not)"),
+    OPT_ONE_OF(embed_opts, "pooling", NULL, pooling, NULL, poolings,
+               "pooling (default: the model's)"),
+    E_INT("batch-tokens", batch_tokens, "16384", 1, 1 << 24, "tokens per forward pass"),
+    OPT_FLAG(embed_opts, "stats", NULL, stats, "false",
+             "print texts, tokens and throughput to stderr at the end"),
+    E_INT("latency", latency, NULL, 1, 1000000,
+          "embed the first line N times, one at a time, print it once and its p50/p99 "
+          "latency (ms) to stderr"),
+    OPT_ONE_OF(embed_opts, "precision", NULL, precision, "fp32", precisions,
+               "dense-layer arithmetic (int8: AVX-512 VNNI; approximate)"),
+    E_INT("threads", threads, "0", 0, 1024, "compute threads (0: all cores)"),
+};
+
+/* tokenize takes the flags that choose the model (and --threads, accepted
+ * for symmetry with embed). */
+static const opt_spec tokenize_specs[] = {
+    E_STR("model", model_dir, "Hugging Face model directory (default: the bundled model)"),
+    E_STR("model-id", model_id,
+          "download ORG/NAME[@REVISION] from the Hugging Face Hub (HF_ENDPOINT, HF_TOKEN, "
+          "HF_HUB_CACHE, HF_HUB_OFFLINE)"),
+    E_INT("threads", threads, "0", 0, 1024, "compute threads (0: all cores)"),
+};
+
+#define N_SPECS(specs) ((int)(sizeof specs / sizeof specs[0]))
+
+/* Parses the flags of embed or tokenize (argv[0]); returns 0, or 2 on a
+ * usage error (after printing it), or 1 for --help. */
+static int parse_opts(int argc, char **argv, embed_opts *o)
 {
-    enum {
-        OPT_NO_NORMALIZE = 256,
-        OPT_POOLING,
-        OPT_BATCH_TOKENS,
-        OPT_THREADS,
-        OPT_STATS,
-        OPT_MODEL_ID,
-        OPT_LATENCY,
-        OPT_PRECISION
-    };
-    static const struct option longopts[] = {
-        {"model", required_argument, NULL, 'm'},
-        {"model-id", required_argument, NULL, OPT_MODEL_ID},
-        {"no-normalize", no_argument, NULL, OPT_NO_NORMALIZE},
-        {"pooling", required_argument, NULL, OPT_POOLING},
-        {"batch-tokens", required_argument, NULL, OPT_BATCH_TOKENS},
-        {"threads", required_argument, NULL, OPT_THREADS},
-        {"stats", no_argument, NULL, OPT_STATS},
-        {"latency", required_argument, NULL, OPT_LATENCY},
-        {"precision", required_argument, NULL, OPT_PRECISION},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
-    };
     memset(o, 0, sizeof *o);
-    o->normalize = 1;
-    o->batch_tokens = 16384;
-    optind = 1;
-    for (;;) {
-        int c = getopt_long(argc, argv, "m:h", longopts, NULL);
-        if (c == -1)
-            break;
-        char *end = NULL;
-        switch (c) {
-        case 'm':
-            o->model_dir = optarg;
-            break;
-        case OPT_MODEL_ID:
-            o->model_id = optarg;
-            break;
-        case OPT_NO_NORMALIZE:
-            o->normalize = 0;
-            break;
-        case OPT_POOLING:
-            if (emb_pooling_parse(optarg, &o->pooling) != 0) {
-                fprintf(stderr, "embedd %s: --pooling must be mean, cls or last, not '%s'\n", cmd,
-                        optarg);
-                return 2;
-            }
-            o->pooling_set = 1;
-            break;
-        case OPT_BATCH_TOKENS:
-            o->batch_tokens = (int)strtol(optarg, &end, 10);
-            if (*end != '\0' || o->batch_tokens < 1 || o->batch_tokens > (1 << 24)) {
-                fprintf(stderr, "embedd %s: --batch-tokens must be 1..16777216\n", cmd);
-                return 2;
-            }
-            break;
-        case OPT_THREADS:
-            o->threads = (int)strtol(optarg, &end, 10);
-            if (*end != '\0' || o->threads < 0 || o->threads > 1024) {
-                fprintf(stderr, "embedd %s: --threads must be 0..1024\n", cmd);
-                return 2;
-            }
-            break;
-        case OPT_STATS:
-            o->stats = 1;
-            break;
-        case OPT_LATENCY:
-            o->latency = (int)strtol(optarg, &end, 10);
-            if (*end != '\0' || o->latency < 1 || o->latency > 1000000) {
-                fprintf(stderr, "embedd %s: --latency must be 1..1000000\n", cmd);
-                return 2;
-            }
-            break;
-        case OPT_PRECISION:
-            if (emb_precision_parse(optarg, &o->precision) != 0) {
-                fprintf(stderr, "embedd %s: --precision must be fp32 or int8\n", cmd);
-                return 2;
-            }
-            break;
-        case 'h':
-            embed_usage(stdout, cmd);
-            return 1;
-        default:
-            embed_usage(stderr, cmd);
-            return 2;
-        }
-    }
-    if (optind < argc) {
-        fprintf(stderr, "embedd %s: unexpected argument '%s'\n", cmd, argv[optind]);
-        return 2;
-    }
-    return 0;
+    o->pooling = -1;
+    if (strcmp(argv[0], "embed") == 0)
+        return options_parse(embed_specs, N_SPECS(embed_specs), o, argc, argv,
+                             "usage: embedd embed [--model DIR | --model-id ORG/NAME[@REV]] "
+                             "[options] < texts.txt\n"
+                             "Reads one text per line on stdin and writes one JSON array of "
+                             "its embedding per line.");
+    return options_parse(tokenize_specs, N_SPECS(tokenize_specs), o, argc, argv,
+                         "usage: embedd tokenize [--model DIR | --model-id ORG/NAME[@REV]] "
+                         "< texts.txt\n"
+                         "Reads one text per line on stdin and writes one JSON array of its "
+                         "token ids per line.");
 }
 
 /* Reads one line without its '\n'. Returns its length, -1 at EOF, -2 when
@@ -362,7 +302,7 @@ out:
 int cli_embed(int argc, char **argv)
 {
     embed_opts o;
-    int rc = parse_opts(argc, argv, "embed", &o);
+    int rc = parse_opts(argc, argv, &o);
     if (rc != 0)
         return rc == 1 ? 0 : 2;
     char model_dir[PATH_MAX];
@@ -372,7 +312,7 @@ int cli_embed(int argc, char **argv)
     cli_set_threads(o.threads);
 
     emb_err err;
-    emb_model *m = emb_model_load_precision(model_dir, o.precision, &err);
+    emb_model *m = emb_model_load_precision(model_dir, (emb_precision)o.precision, &err);
     if (m == NULL) {
         fprintf(stderr, "embedd embed: %s\n", err.msg);
         return 1;
@@ -380,7 +320,7 @@ int cli_embed(int argc, char **argv)
     const int max_len = m->cfg.max_seq_length;
     if (o.batch_tokens < max_len)
         o.batch_tokens = max_len;
-    emb_pooling pooling = o.pooling_set ? o.pooling : m->cfg.pooling;
+    emb_pooling pooling = o.pooling >= 0 ? (emb_pooling)o.pooling : m->cfg.pooling;
     emb_workspace *ws = emb_workspace_new(m, o.batch_tokens, &err);
     batch b = {0};
     b.cap_seqs = o.batch_tokens;   /* every sequence has at least 2 tokens */
@@ -446,7 +386,7 @@ out:
 int cli_tokenize(int argc, char **argv)
 {
     embed_opts o;
-    int rc = parse_opts(argc, argv, "tokenize", &o);
+    int rc = parse_opts(argc, argv, &o);
     if (rc != 0)
         return rc == 1 ? 0 : 2;
     char model_dir[PATH_MAX];

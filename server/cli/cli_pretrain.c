@@ -34,67 +34,60 @@
 
 typedef struct pretrain_opts {
     const char *corpus, *simcse_corpus, *pairs, *vocab, *out, *eval_sts;
-    const char *init, *lr_mlm, *lr_simcse, *lr_pairs, *sif_a, *temperature;
+    int init;                  /* INIT_BOW or INIT_RANDOM */
+    double lr_mlm, lr_simcse, lr_pairs, sif_a, temperature;
     int layers, hidden, heads, intermediate, max_position;
     int mlm_steps, simcse_steps, pairs_epochs, mlm_batch, simcse_batch, pairs_batch;
     int mlm_len, simcse_len, family_alternations;
     int save_every, eval_every, seed, threads;
 } pretrain_opts;
 
-#define POPT(flag, type, field, def, min, max, help) \
-    {flag, NULL, type, offsetof(pretrain_opts, field), def, min, max, help}
+enum { INIT_BOW, INIT_RANDOM };
+static const opt_choice inits[] = {{"bow", INIT_BOW}, {"random", INIT_RANDOM}, {NULL, 0}};
+
+#define P_STR(flag, field, def, help) OPT_STR(pretrain_opts, flag, NULL, field, def, help)
+#define P_INT(flag, field, def, lo, hi, help) \
+    OPT_INTEGER(pretrain_opts, flag, NULL, field, def, lo, hi, help)
+#define P_NUM(flag, field, def, lo, hi, help) \
+    OPT_NUMBER(pretrain_opts, flag, NULL, field, def, lo, hi, help)
 
 static const opt_spec pretrain_specs[] = {
-    POPT("corpus", OPT_STRING, corpus, NULL, 0, 0, "text files, one text per line, comma-separated: token statistics of the start, and MLM"),
-    POPT("vocab", OPT_STRING, vocab, NULL, 0, 0, "directory with the tokenizer (vocab.txt or tokenizer.json)"),
-    POPT("out", OPT_STRING, out, NULL, 0, 0, "work directory: init/, mlm/, simcse/ and the final model/"),
-    POPT("init", OPT_STRING, init, "bow", 0, 0, "start: bow (bag of words from --corpus statistics) or random (BERT's)"),
-    POPT("sif-a", OPT_STRING, sif_a, "1e-3", 0, 0, "bow start: SIF weight a / (a + frequency)"),
-    POPT("family-alternations", OPT_INT, family_alternations, "150", 0, 100000, "bow start: ending alternations that join word families (0: none)"),
-    POPT("layers", OPT_INT, layers, "4", 1, 48, "encoder layers"),
-    POPT("hidden", OPT_INT, hidden, "256", 16, 4096, "hidden size"),
-    POPT("heads", OPT_INT, heads, "4", 1, 64, "attention heads"),
-    POPT("intermediate", OPT_INT, intermediate, "1024", 16, 16384, "FFN size"),
-    POPT("max-position", OPT_INT, max_position, "128", 8, 8192, "position embeddings (longest input)"),
-    POPT("mlm-steps", OPT_INT, mlm_steps, "0", 0, INT_MAX, "masked-token prediction steps on --corpus"),
-    POPT("mlm-batch", OPT_INT, mlm_batch, "64", 2, 1 << 16, "texts per MLM step"),
-    POPT("mlm-len", OPT_INT, mlm_len, "128", 8, 8192, "tokens per MLM text"),
-    POPT("lr-mlm", OPT_STRING, lr_mlm, "5e-4", 0, 0, "peak learning rate of MLM"),
-    POPT("pairs", OPT_STRING, pairs, NULL, 0, 0, "bow start: text-pair files, anchor<TAB>positive per line, comma-separated, to train the word vectors on"),
-    POPT("pairs-epochs", OPT_INT, pairs_epochs, "6", 0, 1000, "bow start: passes over --pairs"),
-    POPT("pairs-batch", OPT_INT, pairs_batch, "256", 2, 1 << 16, "bow start: pairs per step (in-batch negatives)"),
-    POPT("lr-pairs", OPT_STRING, lr_pairs, "1e-3", 0, 0, "bow start: Adam learning rate on --pairs"),
-    POPT("simcse-corpus", OPT_STRING, simcse_corpus, NULL, 0, 0, "SimCSE text files (default: --corpus)"),
-    POPT("simcse-steps", OPT_INT, simcse_steps, "0", 0, INT_MAX, "unsupervised SimCSE steps"),
-    POPT("simcse-batch", OPT_INT, simcse_batch, "64", 2, 1 << 16, "texts per SimCSE step"),
-    POPT("simcse-len", OPT_INT, simcse_len, "32", 8, 8192, "tokens per SimCSE text"),
-    POPT("lr-simcse", OPT_STRING, lr_simcse, "5e-5", 0, 0, "peak learning rate of SimCSE"),
-    POPT("temperature", OPT_STRING, temperature, "0.05", 0, 0, "contrastive temperature (pairs and SimCSE)"),
-    POPT("eval-sts", OPT_STRING, eval_sts, NULL, 0, 0, "score<TAB>s1<TAB>s2 file for periodic Spearman"),
-    POPT("eval-every", OPT_INT, eval_every, "1000", 0, INT_MAX, "steps between STS evaluations"),
-    POPT("save-every", OPT_INT, save_every, "250", 0, INT_MAX, "steps between checkpoints"),
-    POPT("seed", OPT_INT, seed, "42", 0, INT_MAX, "random seed"),
-    POPT("threads", OPT_INT, threads, "0", 0, 1024, "compute threads (0: all cores)"),
+    P_STR("corpus", corpus, NULL, "text files, one text per line, comma-separated: token statistics of the start, and MLM"),
+    P_STR("vocab", vocab, NULL, "directory with the tokenizer (vocab.txt or tokenizer.json)"),
+    P_STR("out", out, NULL, "work directory: init/, mlm/, simcse/ and the final model/"),
+    OPT_ONE_OF(pretrain_opts, "init", NULL, init, "bow", inits, "start: a bag of words from --corpus statistics (bow) or BERT's random initialisation"),
+    P_NUM("sif-a", sif_a, "1e-3", 1e-9, 1, "bow start: SIF weight a / (a + frequency)"),
+    P_INT("family-alternations", family_alternations, "150", 0, 100000, "bow start: ending alternations that join word families (0: none)"),
+    P_INT("layers", layers, "4", 1, 48, "encoder layers"),
+    P_INT("hidden", hidden, "256", 16, 4096, "hidden size"),
+    P_INT("heads", heads, "4", 1, 64, "attention heads"),
+    P_INT("intermediate", intermediate, "1024", 16, 16384, "FFN size"),
+    P_INT("max-position", max_position, "128", 8, 8192, "position embeddings (longest input)"),
+    P_INT("mlm-steps", mlm_steps, "0", 0, INT_MAX, "masked-token prediction steps on --corpus"),
+    P_INT("mlm-batch", mlm_batch, "64", 2, 1 << 16, "texts per MLM step"),
+    P_INT("mlm-len", mlm_len, "128", 8, 8192, "tokens per MLM text"),
+    P_NUM("lr-mlm", lr_mlm, "5e-4", 0, 1, "peak learning rate of MLM"),
+    P_STR("pairs", pairs, NULL, "bow start: text-pair files, anchor<TAB>positive per line, comma-separated, to train the word vectors on"),
+    P_INT("pairs-epochs", pairs_epochs, "6", 0, 1000, "bow start: passes over --pairs"),
+    P_INT("pairs-batch", pairs_batch, "256", 2, 1 << 16, "bow start: pairs per step (in-batch negatives)"),
+    P_NUM("lr-pairs", lr_pairs, "1e-3", 1e-7, 1, "bow start: Adam learning rate on --pairs"),
+    P_STR("simcse-corpus", simcse_corpus, NULL, "SimCSE text files (default: --corpus)"),
+    P_INT("simcse-steps", simcse_steps, "0", 0, INT_MAX, "unsupervised SimCSE steps"),
+    P_INT("simcse-batch", simcse_batch, "64", 2, 1 << 16, "texts per SimCSE step"),
+    P_INT("simcse-len", simcse_len, "32", 8, 8192, "tokens per SimCSE text"),
+    P_NUM("lr-simcse", lr_simcse, "5e-5", 0, 1, "peak learning rate of SimCSE"),
+    P_NUM("temperature", temperature, "0.05", 1e-4, 100, "contrastive temperature (pairs and SimCSE)"),
+    P_STR("eval-sts", eval_sts, NULL, "score<TAB>s1<TAB>s2 file for periodic Spearman"),
+    P_INT("eval-every", eval_every, "1000", 0, INT_MAX, "steps between STS evaluations"),
+    P_INT("save-every", save_every, "250", 0, INT_MAX, "steps between checkpoints"),
+    P_INT("seed", seed, "42", 0, INT_MAX, "random seed"),
+    P_INT("threads", threads, "0", 0, 1024, "compute threads (0: all cores)"),
 };
 
 static int dir_exists(const char *path)
 {
     struct stat st;
     return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
-}
-
-static int parse_number(const char *flag, const char *s, double lo, double hi, double *out)
-{
-    char *end;
-    errno = 0;
-    double v = strtod(s, &end);
-    if (end == s || *end != '\0' || errno != 0 || !(v >= lo && v <= hi)) {
-        fprintf(stderr, "embedd pretrain: --%s must be a number in [%g, %g], got '%s'\n", flag,
-                lo, hi, s);
-        return -1;
-    }
-    *out = v;
-    return 0;
 }
 
 /* The configuration of a new model: BERT with the requested shape, mean
@@ -211,10 +204,6 @@ static int train_word_vectors(const pretrain_opts *p, emb_model *m, const float 
     emb_text_pairs pairs = {0};
     emb_sts sts;
     int have_sts = 0;
-    double lr, tau;
-    if (parse_number("lr-pairs", p->lr_pairs, 1e-7, 1, &lr) != 0 ||
-        parse_number("temperature", p->temperature, 1e-4, 100, &tau) != 0)
-        return 2;
     if (read_pairs(p->pairs, m->tok, &pairs) != 0)
         return 1;
     if (p->eval_sts != NULL) {
@@ -227,8 +216,8 @@ static int train_word_vectors(const pretrain_opts *p, emb_model *m, const float 
     }
     emb_bow_train_options to = emb_bow_train_options_default();
     to.batch = p->pairs_batch;
-    to.lr = (float)lr;
-    to.temperature = (float)tau;
+    to.lr = (float)p->lr_pairs;
+    to.temperature = (float)p->temperature;
     to.seed = (uint64_t)p->seed;
     emb_bow_trainer *t = emb_bow_trainer_new(E, weight, m->cfg.vocab_size, D, &to, &err);
     int rc = t == NULL;
@@ -266,9 +255,7 @@ static int init_bag_of_words(const pretrain_opts *p, emb_model *m)
 {
     emb_err err;
     emb_token_counts counts;
-    double a;
-    if (parse_number("sif-a", p->sif_a, 1e-9, 1, &a) != 0)
-        return 2;
+    const double a = p->sif_a;
     const int V = m->cfg.vocab_size, D = m->cfg.hidden_size - EMB_BOW_Z_DIMS;
     if (D < EMB_BOW_Z_DIMS) {
         fprintf(stderr, "embedd pretrain: --hidden must be at least %d\n", 2 * EMB_BOW_Z_DIMS);
@@ -323,7 +310,7 @@ static int pretrain_init(const pretrain_opts *p, const char *init_dir)
                 "with other start or shape options)\n", init_dir);
         return 0;
     }
-    const int bow = strcmp(p->init, "bow") == 0;
+    const int bow = p->init == INIT_BOW;
     emb_tokenizer *tok = emb_tokenizer_load(p->vocab, &err);
     if (tok == NULL) {
         fprintf(stderr, "embedd pretrain: %s\n", err.msg);
@@ -345,7 +332,8 @@ static int pretrain_init(const pretrain_opts *p, const char *init_dir)
     }
     if (rc == 0)
         fprintf(stderr, "embedd pretrain: initialised %d layers x %d hidden (%zu parameters, "
-                "%s start) in %s\n", p->layers, p->hidden, m->n_params, p->init, init_dir);
+                "%s start) in %s\n", p->layers, p->hidden, m->n_params,
+                options_choice_name(inits, p->init), init_dir);
     emb_model_free(m);
     return rc;
 }
@@ -416,10 +404,6 @@ int cli_pretrain(int argc, char **argv)
         fprintf(stderr, "embedd pretrain: --corpus, --vocab and --out are required\n");
         return 2;
     }
-    if (strcmp(p.init, "bow") != 0 && strcmp(p.init, "random") != 0) {
-        fprintf(stderr, "embedd pretrain: --init must be bow or random\n");
-        return 2;
-    }
     if (!dir_exists(p.out) && mkdir(p.out, 0755) != 0) {
         fprintf(stderr, "embedd pretrain: %s: %s\n", p.out, strerror(errno));
         return 1;
@@ -437,7 +421,7 @@ int cli_pretrain(int argc, char **argv)
     if (p.mlm_steps > 0) {
         stage_opts(&o, &p, last, mlm_dir);
         o.corpus = p.corpus;
-        o.objective = "mlm";
+        o.objective = EMB_OBJ_MLM;
         o.steps = p.mlm_steps;
         o.batch_size = p.mlm_batch;
         o.max_seq_len = p.mlm_len;
@@ -449,7 +433,7 @@ int cli_pretrain(int argc, char **argv)
     if (p.simcse_steps > 0) {
         stage_opts(&o, &p, last, simcse_dir);
         o.corpus = p.simcse_corpus != NULL ? p.simcse_corpus : p.corpus;
-        o.objective = "simcse";
+        o.objective = EMB_OBJ_SIMCSE;
         o.steps = p.simcse_steps;
         o.batch_size = p.simcse_batch;
         o.max_seq_len = p.simcse_len;

@@ -27,38 +27,59 @@
 #include "train.h"
 
 
-#define OPT(flag, type, field, def, min, max, help) \
-    {flag, NULL, type, offsetof(train_opts, field), def, min, max, help}
+static const opt_choice objectives[] = {
+    {"simcse", EMB_OBJ_SIMCSE}, {"mlm", EMB_OBJ_MLM}, {"both", EMB_OBJ_BOTH},
+    {"pairs", EMB_OBJ_PAIRS}, {NULL, 0}};
+static const opt_choice schedules[] = {
+    {"linear", EMB_SCHED_LINEAR}, {"cosine", EMB_SCHED_COSINE},
+    {"constant", EMB_SCHED_CONSTANT}, {NULL, 0}};
+static const opt_choice trainables[] = {{"all", 0}, {"word-embeddings", 1}, {NULL, 0}};
+static const opt_choice dtypes[] = {
+    {"f32", EMB_DT_F32}, {"f16", EMB_DT_F16}, {"bf16", EMB_DT_BF16}, {NULL, 0}};
+static const opt_choice model_dropout[] = {{"model", -1}, {NULL, 0}};
+
+#define T_STR(flag, field, def, help) OPT_STR(train_opts, flag, NULL, field, def, help)
+#define T_INT(flag, field, def, lo, hi, help) \
+    OPT_INTEGER(train_opts, flag, NULL, field, def, lo, hi, help)
+#define T_NUM(flag, field, def, lo, hi, help) \
+    OPT_NUMBER(train_opts, flag, NULL, field, def, lo, hi, help)
+#define T_ONE_OF(flag, field, def, names, help) \
+    OPT_ONE_OF(train_opts, flag, NULL, field, def, names, help)
 
 static const opt_spec train_specs[] = {
-    OPT("model", OPT_STRING, model_dir, NULL, 0, 0, "model directory to start from"),
-    OPT("model-id", OPT_STRING, model_id, NULL, 0, 0, "or a Hugging Face model id to download"),
-    OPT("corpus", OPT_STRING, corpus, NULL, 0, 0, "text files, one text per line, comma-separated"),
-    OPT("objective", OPT_STRING, objective, "simcse", 0, 0, "simcse, mlm, both, or pairs (lines are anchor<TAB>positive)"),
-    OPT("steps", OPT_INT, steps, "1000", 1, INT_MAX, "optimizer steps in all"),
-    OPT("batch-size", OPT_INT, batch_size, "64", 2, 1 << 16, "texts per step"),
-    OPT("max-seq-len", OPT_INT, max_seq_len, "32", 4, 1 << 16, "tokens per text, [CLS] and [SEP] included"),
-    OPT("lr", OPT_STRING, lr, "3e-5", 0, 0, "peak learning rate"),
-    OPT("warmup", OPT_INT, warmup, "-1", -1, INT_MAX, "warm-up steps (-1: 10% of --steps)"),
-    OPT("schedule", OPT_STRING, schedule, "linear", 0, 0, "after warm-up: linear, cosine or constant"),
-    OPT("weight-decay", OPT_STRING, weight_decay, "0.01", 0, 0, "AdamW decoupled weight decay"),
-    OPT("temperature", OPT_STRING, temperature, "0.05", 0, 0, "SimCSE temperature"),
-    OPT("mlm-prob", OPT_STRING, mlm_prob, "0.15", 0, 0, "share of tokens masked for MLM"),
-    OPT("simcse-weight", OPT_STRING, simcse_weight, "1", 0, 0, "weight of the SimCSE loss"),
-    OPT("mlm-weight", OPT_STRING, mlm_weight, "1", 0, 0, "weight of the MLM loss"),
-    OPT("l2sp", OPT_STRING, l2sp, "0", 0, 0, "L2-SP strength toward the starting weights"),
-    OPT("dropout", OPT_STRING, dropout, "model", 0, 0, "hidden and attention dropout (model: the config's)"),
-    OPT("train-only", OPT_STRING, train_only, "all", 0, 0, "what learns: all, or word-embeddings (the rest frozen)"),
-    OPT("out", OPT_STRING, out, NULL, 0, 0, "checkpoint directory (resumed when it has one)"),
-    OPT("resume", OPT_BOOL, resume, "true", 0, 1, "resume from --out when it holds trainer state"),
-    OPT("save-every", OPT_INT, save_every, "500", 0, INT_MAX, "steps between checkpoints (0: only at the end)"),
-    OPT("save-dtype", OPT_STRING, save_dtype, "f32", 0, 0, "weights in checkpoints: f32, f16 or bf16"),
-    OPT("eval-sts", OPT_STRING, eval_sts, NULL, 0, 0, "score<TAB>s1<TAB>s2 file for periodic Spearman"),
-    OPT("eval-every", OPT_INT, eval_every, "200", 0, INT_MAX, "steps between STS evaluations"),
-    OPT("log-every", OPT_INT, log_every, "10", 1, INT_MAX, "steps between log lines (not on a terminal)"),
-    OPT("min-tokens", OPT_INT, min_tokens, "4", 2, 1 << 16, "skip texts shorter than this (not pairs: a side needs one token)"),
-    OPT("seed", OPT_INT, seed, "42", 0, INT_MAX, "random seed (data order, dropout, masking)"),
-    OPT("threads", OPT_INT, threads, "0", 0, 1024, "compute threads (0: all cores)"),
+    T_STR("model", model_dir, NULL, "model directory to start from"),
+    T_STR("model-id", model_id, NULL, "or a Hugging Face model id to download"),
+    T_STR("corpus", corpus, NULL, "text files, one text per line, comma-separated"),
+    T_ONE_OF("objective", objective, "simcse", objectives,
+             "what to learn (pairs: lines are anchor<TAB>positive)"),
+    T_INT("steps", steps, "1000", 1, INT_MAX, "optimizer steps in all"),
+    T_INT("batch-size", batch_size, "64", 2, 1 << 16, "texts per step"),
+    T_INT("max-seq-len", max_seq_len, "32", 4, 1 << 16, "tokens per text, [CLS] and [SEP] included"),
+    T_NUM("lr", lr, "3e-5", 0, 1, "peak learning rate"),
+    T_INT("warmup", warmup, "-1", -1, INT_MAX, "warm-up steps (-1: 10% of --steps)"),
+    T_ONE_OF("schedule", schedule, "linear", schedules, "after warm-up"),
+    T_NUM("weight-decay", weight_decay, "0.01", 0, 1, "AdamW decoupled weight decay"),
+    T_NUM("temperature", temperature, "0.05", 1e-4, 100, "SimCSE temperature"),
+    T_NUM("mlm-prob", mlm_prob, "0.15", 0.01, 0.9, "share of tokens masked for MLM"),
+    T_NUM("simcse-weight", simcse_weight, "1", 0, 1e3, "weight of the SimCSE loss"),
+    T_NUM("mlm-weight", mlm_weight, "1", 0, 1e3, "weight of the MLM loss"),
+    T_NUM("l2sp", l2sp, "0", 0, 1e6, "L2-SP strength toward the starting weights"),
+    {.flag = "dropout", .type = OPT_FLOAT, .offset = offsetof(train_opts, dropout),
+     .def = "model", .min = 0, .max = 0.9, .choices = model_dropout,
+     .help = "hidden and attention dropout (model: the config's)"},
+    T_ONE_OF("train-only", word_embeddings_only, "all", trainables,
+             "what learns (word-embeddings: the rest frozen)"),
+    T_STR("out", out, NULL, "checkpoint directory (resumed when it has one)"),
+    OPT_FLAG(train_opts, "resume", NULL, resume, "true",
+             "resume from --out when it holds trainer state"),
+    T_INT("save-every", save_every, "500", 0, INT_MAX, "steps between checkpoints (0: only at the end)"),
+    T_ONE_OF("save-dtype", save_dtype, "f32", dtypes, "weights in checkpoints"),
+    T_STR("eval-sts", eval_sts, NULL, "score<TAB>s1<TAB>s2 file for periodic Spearman"),
+    T_INT("eval-every", eval_every, "200", 0, INT_MAX, "steps between STS evaluations"),
+    T_INT("log-every", log_every, "10", 1, INT_MAX, "steps between log lines (not on a terminal)"),
+    T_INT("min-tokens", min_tokens, "4", 2, 1 << 16, "skip texts shorter than this (not pairs: a side needs one token)"),
+    T_INT("seed", seed, "42", 0, INT_MAX, "random seed (data order, dropout, masking)"),
+    T_INT("threads", threads, "0", 0, 1024, "compute threads (0: all cores)"),
 };
 
 /* ---- the corpus ---------------------------------------------------------------- */
@@ -265,81 +286,27 @@ static void progress_line_break(const progress *p)
 
 /* ---- options ---------------------------------------------------------------------- */
 
-static int parse_float(const char *flag, const char *s, float lo, float hi, float *out)
-{
-    char *end;
-    errno = 0;
-    double v = strtod(s, &end);
-    if (end == s || *end != '\0' || errno != 0 || !(v >= lo && v <= hi)) {
-        fprintf(stderr, "embedd train: --%s must be a number in [%g, %g], got '%s'\n", flag,
-                (double)lo, (double)hi, s);
-        return -1;
-    }
-    *out = (float)v;
-    return 0;
-}
-
-static int train_config_from(const train_opts *o, emb_train_config *tc)
+/* The model library's training configuration from the parsed options. */
+static void train_config_from(const train_opts *o, emb_train_config *tc)
 {
     *tc = emb_train_config_default();
-    if (strcmp(o->objective, "simcse") == 0)
-        tc->objective = EMB_OBJ_SIMCSE;
-    else if (strcmp(o->objective, "mlm") == 0)
-        tc->objective = EMB_OBJ_MLM;
-    else if (strcmp(o->objective, "both") == 0)
-        tc->objective = EMB_OBJ_BOTH;
-    else if (strcmp(o->objective, "pairs") == 0)
-        tc->objective = EMB_OBJ_PAIRS;
-    else {
-        fprintf(stderr, "embedd train: --objective must be simcse, mlm, both or pairs\n");
-        return -1;
-    }
-    if (strcmp(o->schedule, "linear") == 0)
-        tc->schedule = EMB_SCHED_LINEAR;
-    else if (strcmp(o->schedule, "cosine") == 0)
-        tc->schedule = EMB_SCHED_COSINE;
-    else if (strcmp(o->schedule, "constant") == 0)
-        tc->schedule = EMB_SCHED_CONSTANT;
-    else {
-        fprintf(stderr, "embedd train: --schedule must be linear, cosine or constant\n");
-        return -1;
-    }
-    if (parse_float("lr", o->lr, 0, 1, &tc->lr) ||
-        parse_float("weight-decay", o->weight_decay, 0, 1, &tc->weight_decay) ||
-        parse_float("temperature", o->temperature, 1e-4f, 100, &tc->temperature) ||
-        parse_float("mlm-prob", o->mlm_prob, 0.01f, 0.9f, &tc->mlm_prob) ||
-        parse_float("simcse-weight", o->simcse_weight, 0, 1e3f, &tc->simcse_weight) ||
-        parse_float("mlm-weight", o->mlm_weight, 0, 1e3f, &tc->mlm_weight) ||
-        parse_float("l2sp", o->l2sp, 0, 1e6f, &tc->l2sp))
-        return -1;
-    if (strcmp(o->dropout, "model") != 0) {
-        if (parse_float("dropout", o->dropout, 0, 0.9f, &tc->hidden_dropout) != 0)
-            return -1;
+    tc->objective = o->objective;
+    tc->schedule = o->schedule;
+    tc->lr = (float)o->lr;
+    tc->weight_decay = (float)o->weight_decay;
+    tc->temperature = (float)o->temperature;
+    tc->mlm_prob = (float)o->mlm_prob;
+    tc->simcse_weight = (float)o->simcse_weight;
+    tc->mlm_weight = (float)o->mlm_weight;
+    tc->l2sp = (float)o->l2sp;
+    if (o->dropout >= 0) {
+        tc->hidden_dropout = (float)o->dropout;
         tc->attn_dropout = tc->hidden_dropout;
     }
-    if (strcmp(o->train_only, "word-embeddings") == 0)
-        tc->word_embeddings_only = 1;
-    else if (strcmp(o->train_only, "all") != 0) {
-        fprintf(stderr, "embedd train: --train-only must be all or word-embeddings\n");
-        return -1;
-    }
+    tc->word_embeddings_only = o->word_embeddings_only;
     tc->total_steps = o->steps;
     tc->warmup_steps = o->warmup >= 0 ? o->warmup : o->steps / 10;
     tc->seed = (uint64_t)o->seed;
-    return 0;
-}
-
-static int parse_dtype(const char *s, emb_dtype *dt)
-{
-    if (strcmp(s, "f32") == 0)
-        *dt = EMB_DT_F32;
-    else if (strcmp(s, "f16") == 0)
-        *dt = EMB_DT_F16;
-    else if (strcmp(s, "bf16") == 0)
-        *dt = EMB_DT_BF16;
-    else
-        return -1;
-    return 0;
 }
 
 /* ---- train ------------------------------------------------------------------------- */
@@ -514,12 +481,8 @@ int train_run_job(const train_opts *o)
     train_run r;
     memset(&r, 0, sizeof r);
     r.o = *o;
-    if (train_config_from(&r.o, &r.tc) != 0)
-        return 2;
-    if (parse_dtype(r.o.save_dtype, &r.dtype) != 0) {
-        fprintf(stderr, "embedd train: --save-dtype must be f32, f16 or bf16\n");
-        return 2;
-    }
+    train_config_from(&r.o, &r.tc);
+    r.dtype = (emb_dtype)r.o.save_dtype;
     cli_set_threads(r.o.threads);
     emb_err err;
     if (r.o.eval_sts != NULL) {
@@ -541,7 +504,8 @@ int train_run_job(const train_opts *o)
                 r.o.steps);
     } else if (rc == 0) {
         fprintf(stderr, "embedd train: %ld texts, %s, %d steps of %d texts x <= %d tokens\n",
-                r.c.n, r.o.objective, r.o.steps, r.o.batch_size, r.o.max_seq_len);
+                r.c.n, options_choice_name(objectives, r.o.objective), r.o.steps, r.o.batch_size,
+                r.o.max_seq_len);
         if (r.have_sts && r.t->step == 0)
             eval_now(&r, 0);
         struct sigaction sa = {0};
@@ -592,13 +556,11 @@ typedef struct eval_opts {
 } eval_opts;
 
 static const opt_spec eval_specs[] = {
-    {"model", NULL, OPT_STRING, offsetof(eval_opts, model_dir), NULL, 0, 0, "model directory"},
-    {"model-id", NULL, OPT_STRING, offsetof(eval_opts, model_id), NULL, 0, 0,
-     "or a Hugging Face model id to download"},
-    {"sts", NULL, OPT_STRING, offsetof(eval_opts, sts), NULL, 0, 0,
-     "score<TAB>sentence1<TAB>sentence2 file"},
-    {"threads", NULL, OPT_INT, offsetof(eval_opts, threads), "0", 0, 1024,
-     "compute threads (0: all cores)"},
+    OPT_STR(eval_opts, "model", NULL, model_dir, NULL, "model directory"),
+    OPT_STR(eval_opts, "model-id", NULL, model_id, NULL, "or a Hugging Face model id to download"),
+    OPT_STR(eval_opts, "sts", NULL, sts, NULL, "score<TAB>sentence1<TAB>sentence2 file"),
+    OPT_INTEGER(eval_opts, "threads", NULL, threads, "0", 0, 1024,
+                "compute threads (0: all cores)"),
 };
 
 int cli_eval(int argc, char **argv)

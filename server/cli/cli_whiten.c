@@ -33,29 +33,31 @@
 #include "whiten.h"
 
 typedef struct whiten_opts {
-    const char *model_dir, *model_id, *corpus, *out, *shrink;
+    const char *model_dir, *model_id, *corpus, *out;
+    double shrink;             /* in [0, 1) */
     int dims, max_texts, max_seq_len, seed, threads;
 } whiten_opts;
 
-#define WOPT(flag, type, field, def, min, max, help) \
-    {flag, NULL, type, offsetof(whiten_opts, field), def, min, max, help}
+#define WOPT_STR(flag, field, help) OPT_STR(whiten_opts, flag, NULL, field, NULL, help)
+#define WOPT_INT(flag, field, def, lo, hi, help) \
+    OPT_INTEGER(whiten_opts, flag, NULL, field, def, lo, hi, help)
 
 static const opt_spec whiten_specs[] = {
-    WOPT("model", OPT_STRING, model_dir, NULL, 0, 0, "model directory (default: the bundled model)"),
-    WOPT("model-id", OPT_STRING, model_id, NULL, 0, 0, "or a Hugging Face model id to download"),
-    WOPT("corpus", OPT_STRING, corpus, NULL, 0, 0, "text files, one text per line, comma-separated"),
-    WOPT("out", OPT_STRING, out, NULL, 0, 0, "directory to write the whitened model to"),
-    WOPT("dims", OPT_INT, dims, "0", 0, 1 << 16,
+    WOPT_STR("model", model_dir, "model directory (default: the bundled model)"),
+    WOPT_STR("model-id", model_id, "or a Hugging Face model id to download"),
+    WOPT_STR("corpus", corpus, "text files, one text per line, comma-separated"),
+    WOPT_STR("out", out, "directory to write the whitened model to"),
+    WOPT_INT("dims", dims, "0", 0, 1 << 16,
          "output dimensions, the directions of largest variance (0: every direction the "
          "texts vary in)"),
-    WOPT("max-texts", OPT_INT, max_texts, "20000", 2, 1 << 24,
+    WOPT_INT("max-texts", max_texts, "20000", 2, 1 << 24,
          "texts to fit on, sampled evenly from the corpus lines"),
-    WOPT("max-seq-len", OPT_INT, max_seq_len, "0", 0, 1 << 16,
+    WOPT_INT("max-seq-len", max_seq_len, "0", 0, 1 << 16,
          "tokens per text, [CLS] and [SEP] included (0: the model's)"),
-    WOPT("shrink", OPT_STRING, shrink, "0", 0, 0,
-         "pull the eigenvalues toward their mean by this share, in [0, 1)"),
-    WOPT("seed", OPT_INT, seed, "42", 0, INT_MAX, "random seed of the sampling"),
-    WOPT("threads", OPT_INT, threads, "0", 0, 1024, "compute threads (0: all cores)"),
+    {.flag = "shrink", .type = OPT_FLOAT, .offset = offsetof(whiten_opts, shrink), .def = "0",
+     .min = 0, .max = 1, .max_open = 1, .help = "pull the eigenvalues toward their mean by this share, in [0, 1)"},
+    WOPT_INT("seed", seed, "42", 0, INT_MAX, "random seed of the sampling"),
+    WOPT_INT("threads", threads, "0", 0, 1024, "compute threads (0: all cores)"),
 };
 
 #define N_WHITEN_SPECS ((int)(sizeof whiten_specs / sizeof whiten_specs[0]))
@@ -204,19 +206,6 @@ static emb_dtype source_dtype(const char *model_dir)
     return dt == EMB_DT_F16 || dt == EMB_DT_BF16 ? dt : EMB_DT_F32;
 }
 
-static int parse_shrink(const char *s, double *out)
-{
-    char *end = NULL;
-    errno = 0;
-    double v = strtod(s, &end);
-    if (end == s || *end != '\0' || errno != 0 || !(v >= 0.0 && v < 1.0)) {
-        fprintf(stderr, "embedd whiten: --shrink must be a number in [0, 1), got '%s'\n", s);
-        return -1;
-    }
-    *out = v;
-    return 0;
-}
-
 static void print_spectrum(const emb_whiten *w, long n_texts, long lines)
 {
     const double top = w->eigenvalues[0], low = w->eigenvalues[w->rank - 1];
@@ -335,8 +324,5 @@ int cli_whiten(int argc, char **argv)
         fprintf(stderr, "embedd whiten: --corpus and --out are required\n");
         return 2;
     }
-    double shrink = 0.0;
-    if (parse_shrink(o.shrink, &shrink) != 0)
-        return 2;
-    return run_whiten(&o, shrink);
+    return run_whiten(&o, o.shrink);
 }

@@ -15,7 +15,6 @@
 #include <unistd.h>
 
 #include "common/clock.h"
-#include "cli/cli.h"
 #include "server.h"
 #include "store/store_reembed.h"
 #include "train.h"
@@ -451,249 +450,71 @@ static int align_store(server *srv, emb_err *err)
     return store_reembed_start(srv->store, want, err);
 }
 
-static int parse_number(const char *name, const char *s, double lo, double hi, double *out,
-                        emb_err *err)
-{
-    char *end;
-    double v = strtod(s, &end);
-    if (end == s || *end != '\0' || !(v >= lo && v <= hi))
-        return emb_fail(err, "--%s must be a number in [%g, %g], got '%s'", name, lo, hi, s);
-    *out = v;
-    return 0;
-}
-
-static int learner_options(const server_opts *o, const server *srv, learner_opts *lo,
-                           emb_err *err)
-{
-    memset(lo, 0, sizeof *lo);
-    if (strcmp(o->train_objective, "simcse") == 0)
-        lo->objective = EMB_OBJ_SIMCSE;
-    else if (strcmp(o->train_objective, "mlm") == 0)
-        lo->objective = EMB_OBJ_MLM;
-    else if (strcmp(o->train_objective, "both") == 0)
-        lo->objective = EMB_OBJ_BOTH;
-    else
-        return emb_fail(err, "--train-objective must be simcse, mlm or both");
-    double lr, l2sp, ema, tol, every;
-    if (parse_number("train-lr", o->train_lr, 0, 10, &lr, err) ||
-        parse_number("train-l2sp", o->train_l2sp, 0, 1e6, &l2sp, err) ||
-        parse_number("train-ema", o->train_ema, 0, 0.999999, &ema, err) ||
-        parse_number("gate-tolerance", o->gate_tolerance, 0, 100, &tol, err))
-        return -1;
-    size_t n = strlen(o->publish_every);
-    int secs = n > 0 && o->publish_every[n - 1] == 's';
-    char buf[64];
-    snprintf(buf, sizeof buf, "%.*s", (int)(secs ? n - 1 : n), o->publish_every);
-    if (parse_number("publish-every", buf, 1, 1e9, &every, err))
-        return -1;
-    lo->lr = (float)lr;
-    lo->l2sp = (float)l2sp;
-    lo->ema_decay = (float)ema;
-    lo->gate_tolerance = (float)tol;
-    lo->publish_every_steps = secs ? 0 : (int)every;
-    lo->publish_every_secs = secs ? every : 0;
-    lo->batch_size = o->train_batch_size;
-    lo->max_seq_len = o->train_max_seq_len < srv->model->cfg.max_seq_length
-                          ? o->train_max_seq_len : srv->model->cfg.max_seq_length;
-    lo->max_cpu = (float)o->train_max_cpu / 100.0f;
-    lo->min_samples = o->train_min_samples;
-    lo->holdout_eval_max = 256;
-    lo->eval_sts = o->eval_sts;
-    lo->collapse_max_cos = 0.98f;
-    lo->collapse_cos_rise = 0.1f;
-    lo->collapse_min_var = 0.5f;
-    lo->from_embed = o->train_from_embed;
-    lo->from_items = o->train_from_items;
-    lo->from_explicit = o->train_from_explicit;
-    lo->paused = o->train_paused;
-    lo->data_dir = o->data_dir;
-    lo->base_dir = o->model_dir;
-    lo->base = srv->model;
-    lo->seed = (uint64_t)o->train_seed;
-    const char *nan_every = getenv("EMBEDD_DEBUG_NAN_EVERY"); /* tests only */
-    lo->nan_every = nan_every != NULL ? atoi(nan_every) : 0;
-    return 0;
-}
-
-/* The learner always runs: with --train off it only re-embeds stored items
- * when the store searches another version than the current one. */
-static int start_learning(server *srv, emb_err *err)
-{
-    learner_opts lo;
-    if (learner_options(&srv->opts, srv, &lo, err) != 0)
-        return -1;
-    lo.enabled = srv->opts.train;
-    srv->learner = learner_start(&lo, srv->versions, srv->batcher, srv->store, srv->mx, err);
-    if (srv->learner == NULL)
-        return -1;
-    batcher_set_idle(srv->batcher, learner_idle, srv->learner, 0.25);
-    return 0;
-}
-
-/* Once a second while serving: persist the sample buffer, update gauges. */
-static void housekeeping(server *srv)
-{
-    long done = 0, total = 0;
-    store_reembed_progress(srv->store, &done, &total);
-    unsigned long buffer = 0;
-    int paused = 1;
-    if (srv->learner != NULL) {
-        learner_flush(srv->learner);
-        learner_gauges(srv->learner, &buffer, &paused);
-    }
-    metrics_train_gauges(srv->mx, versions_current_id(srv->versions), buffer, done, total,
-                         paused);
-}
-
 static void log_mhd(void *cls, const char *fmt, va_list ap)
 {
     fputs("embedd: http: ", stderr);
     vfprintf(stderr, fmt, ap);
 }
 
-int server_run(server_opts *opts)
+/* Starts libmicrohttpd on opts.host:opts.port; see server.h. */
+int http_start(server *srv, emb_err *err)
 {
-    server srv;
-    emb_err err;
-    int rc = 1;
-    memset(&srv, 0, sizeof srv);
-    srv.opts = *opts;
-    atomic_init(&srv.inflight, 0);
-    atomic_init(&srv.ready, 0);
-
-    /* Signals are taken by sigwait below; every thread inherits the mask. */
-    sigset_t sigs;
-    sigemptyset(&sigs);
-    sigaddset(&sigs, SIGINT);
-    sigaddset(&sigs, SIGTERM);
-    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
-    signal(SIGPIPE, SIG_IGN);
-    cli_set_threads(opts->threads);
-
-    emb_precision precision;
-    if (emb_precision_parse(opts->precision, &precision) != 0) {
-        fprintf(stderr, "embedd serve: --precision must be fp32 or int8, not '%s'\n",
-                opts->precision);
-        return 2;
-    }
-    srv.model = emb_model_load_precision(opts->model_dir, precision, &err);
-    if (srv.model == NULL) {
-        fprintf(stderr, "embedd serve: %s\n", err.msg);
-        return 1;
-    }
-    srv.model_name = opts->served_model_name;
-    if (srv.model_name == NULL || srv.model_name[0] == '\0') {
-        const char *slash = strrchr(opts->model_dir, '/');
-        srv.model_name = slash != NULL && slash[1] != '\0' ? slash + 1 : opts->model_dir;
-    }
-    srv.mx = metrics_new();
-    if (srv.mx == NULL) {
-        fprintf(stderr, "embedd serve: out of memory\n");
-        goto out;
-    }
-    if (start_versions(&srv, &err) != 0) {
-        fprintf(stderr, "embedd serve: %s\n", err.msg);
-        goto out;
-    }
-    if (srv.opts.max_batch_tokens < srv.model->cfg.max_seq_length)
-        srv.opts.max_batch_tokens = srv.model->cfg.max_seq_length;
-    srv.batcher = batcher_start(srv.model, srv.opts.max_batch_tokens, srv.mx, &err);
-    if (srv.batcher == NULL) {
-        fprintf(stderr, "embedd serve: %s\n", err.msg);
-        goto out;
-    }
-
-    store_options so = {.dir = opts->data_dir, .dim = emb_model_dim(srv.model),
-                        .hnsw_threshold = opts->hnsw_threshold, .hnsw_m = opts->hnsw_m,
-                        .hnsw_ef_construction = opts->hnsw_ef_construction,
-                        .hnsw_ef = opts->hnsw_ef,
-                        .snapshot_wal_bytes = (uint64_t)opts->snapshot_wal_bytes};
-    store_recovery rec;
-    memset(&rec, 0, sizeof rec);
-    srv.store = store_open(&so, &rec, &err);
-    if (srv.store == NULL) {
-        fprintf(stderr, "embedd serve: %s\n", err.msg);
-        goto out;
-    }
-    if (rec.message[0] != '\0')
-        fprintf(stderr, "embedd: store: %s\n", rec.message);
-    if (align_store(&srv, &err) != 0 || start_learning(&srv, &err) != 0) {
-        fprintf(stderr, "embedd serve: %s\n", err.msg);
-        goto out;
-    }
-
+    const server_opts *opts = &srv->opts;
     struct sockaddr_storage addr;
     socklen_t addr_len = 0;
     int ipv6 = 0;
-    if (resolve_bind(opts->host, opts->port, &addr, &addr_len, &ipv6) != 0) {
-        fprintf(stderr, "embedd serve: cannot resolve host '%s'\n", opts->host);
-        goto out;
-    }
+    if (resolve_bind(opts->host, opts->port, &addr, &addr_len, &ipv6) != 0)
+        return emb_fail(err, "cannot resolve host '%s'", opts->host);
     unsigned flags = MHD_USE_AUTO_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME |
                      MHD_USE_ERROR_LOG | (ipv6 ? MHD_USE_IPv6 : 0);
-    srv.daemon = MHD_start_daemon(
-        flags, (uint16_t)opts->port, NULL, NULL, on_request, &srv,
+    srv->daemon = MHD_start_daemon(
+        flags, (uint16_t)opts->port, NULL, NULL, on_request, srv,
         MHD_OPTION_EXTERNAL_LOGGER, log_mhd, NULL,
         MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr,
         MHD_OPTION_THREAD_POOL_SIZE, (unsigned)opts->http_threads,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)opts->timeout,
         MHD_OPTION_CONNECTION_LIMIT, (unsigned)(opts->max_concurrent_requests + 64),
-        MHD_OPTION_NOTIFY_COMPLETED, on_completed, &srv,
+        MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv,
         MHD_OPTION_END);
-    if (srv.daemon == NULL) {
-        fprintf(stderr, "embedd serve: cannot listen on %s:%d\n", opts->host, opts->port);
-        goto out;
-    }
-    const union MHD_DaemonInfo *info = MHD_get_daemon_info(srv.daemon, MHD_DAEMON_INFO_BIND_PORT);
-    srv.port = info != NULL ? info->port : opts->port;
-    atomic_store(&srv.ready, 1);
-    fprintf(stderr, "embedd: model %s (%d dims, %s pooling, max %d tokens)\n", srv.model_name,
-            emb_model_dim(srv.model), emb_pooling_name(srv.model->cfg.pooling),
-            srv.model->cfg.max_seq_length);
-    fprintf(stderr, "embedd: listening on http://%s:%d\n", opts->host, srv.port);
-    fflush(stderr);
+    if (srv->daemon == NULL)
+        return emb_fail(err, "cannot listen on %s:%d", opts->host, opts->port);
+    const union MHD_DaemonInfo *info = MHD_get_daemon_info(srv->daemon, MHD_DAEMON_INFO_BIND_PORT);
+    srv->port = info != NULL ? info->port : opts->port;
+    atomic_store(&srv->ready, 1);
+    return 0;
+}
 
-    int sig = 0;
-    for (;;) {
-        struct timespec second = {1, 0};
-        sig = sigtimedwait(&sigs, NULL, &second);
-        if (sig == SIGINT || sig == SIGTERM)
-            break;
-        housekeeping(&srv);
-    }
-    fprintf(stderr, "embedd: %s received, finishing in-flight requests\n",
-            sig == SIGTERM ? "SIGTERM" : "SIGINT");
-    atomic_store(&srv.ready, 0);
+void http_quiesce(server *srv)
+{
+    atomic_store(&srv->ready, 0);
+    if (srv->daemon == NULL)
+        return;
     /* Stop accepting: new connections are refused at once instead of
      * waiting in the backlog of a socket nobody reads. */
-    MHD_socket listen_fd = MHD_quiesce_daemon(srv.daemon);
+    MHD_socket listen_fd = MHD_quiesce_daemon(srv->daemon);
     if (listen_fd != MHD_INVALID_SOCKET)
         close(listen_fd);
     /* Every admitted request gets its answer before the daemon stops. */
-    for (int waited_ms = 0; atomic_load(&srv.inflight) > 0 && waited_ms < 120000; waited_ms += 5)
+    for (int waited_ms = 0; atomic_load(&srv->inflight) > 0 && waited_ms < 120000; waited_ms += 5)
         usleep(5000);
-    batcher_stop(srv.batcher);
-    srv.batcher = NULL;
-    learner_stop(srv.learner);
-    srv.learner = NULL;
-    MHD_stop_daemon(srv.daemon);
-    srv.daemon = NULL;
-    /* A snapshot now makes the next start read one file, not the whole log. */
-    if (opts->data_dir != NULL && opts->data_dir[0] != '\0' && store_snapshot(srv.store, &err) != 0)
-        fprintf(stderr, "embedd: snapshot at shutdown failed: %s\n", err.msg);
-    store_close(srv.store);
-    srv.store = NULL;
-    fprintf(stderr, "embedd: stopped\n");
-    rc = 0;
-out:
-    if (srv.daemon != NULL)
-        MHD_stop_daemon(srv.daemon);
-    batcher_stop(srv.batcher);
-    learner_stop(srv.learner);
-    if (srv.store != NULL)
-        store_close(srv.store);
-    metrics_free(srv.mx);
-    versions_free(srv.versions);
-    emb_model_free(srv.model);
-    return rc;
+}
+
+void http_stop(server *srv)
+{
+    atomic_store(&srv->ready, 0);
+    if (srv->daemon != NULL)
+        MHD_stop_daemon(srv->daemon);
+    srv->daemon = NULL;
+}
+
+/* ---- model versions at startup, for serve.c ------------------------------ */
+
+int server_start_versions(server *srv, emb_err *err)
+{
+    return start_versions(srv, err);
+}
+
+int server_align_store(server *srv, emb_err *err)
+{
+    return align_store(srv, err);
 }

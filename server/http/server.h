@@ -10,9 +10,7 @@
  *   - The model is loaded before the daemon starts and is read-only.
  *   - The item store (store.h, `--data`) is opened before the daemon
  *     starts; HTTP threads call it directly (it has its own locks).
- * Shutdown (SIGTERM/SIGINT): stop accepting (quiesce), wait for every
- * in-flight request to be answered, stop the batcher, stop the daemon,
- * close the store. */
+ * Startup and shutdown order: server/cli/serve.h. */
 #ifndef EMBEDD_SERVER_H
 #define EMBEDD_SERVER_H
 
@@ -29,6 +27,8 @@
 #include "learn/versions.h"
 
 typedef struct server_opts {
+    /* Filled by serve's option table (cli_serve.c), which holds every
+     * default; read-only once serve_run starts. */
     const char *model_dir;
     const char *served_model_name;
     const char *host;
@@ -48,23 +48,27 @@ typedef struct server_opts {
     int hnsw_ef_construction;  /* HNSW build width */
     int hnsw_ef;               /* default /similar search width */
     int snapshot_wal_bytes;    /* snapshot when the WAL passes this; 0: never */
+    int precision;             /* emb_precision */
     /* continuous learning (learner.h) */
     int train;                 /* 0: off entirely */
-    const char *train_objective;
-    const char *precision;         /* "fp32" or "int8" */
+    int train_objective;       /* EMB_OBJ_SIMCSE, _MLM or _BOTH */
     int train_batch_size;
-    int train_max_seq_len;
-    const char *train_lr;
-    const char *train_l2sp;
-    const char *train_ema;
+    int train_max_seq_len;     /* capped by the model's at startup */
+    double train_lr;
+    double train_l2sp;
+    double train_ema;
     int train_max_cpu;         /* percent of wall time */
-    const char *publish_every; /* "200" steps or "600s" */
+    int publish_every_steps;   /* publish attempts every n steps (0: by time) ... */
+    double publish_every_secs; /* ... or every n seconds (0: by steps) */
     int train_min_samples;
     const char *eval_sts;
-    const char *gate_tolerance;
+    double gate_tolerance;     /* largest STS Spearman x100 drop */
     int train_from_embed, train_from_items, train_from_explicit;
     int train_paused;
     int train_seed;
+    /* fixed settings of the publish gate (no flag; defaults in the table) */
+    int holdout_eval_max;
+    double collapse_max_cos, collapse_cos_rise, collapse_min_var;
 } server_opts;
 
 typedef struct server {
@@ -166,6 +170,24 @@ void server_job_done(emb_job *job);
  * (job->failed tells whether it worked). */
 void server_submit(server *srv, request *rq, emb_job *job);
 
-int server_run(server_opts *opts);
+/* ---- the daemon (http.c) ----------------------------------------------
+ * serve.c (server/cli/serve.h) fills srv, starts everything the routes
+ * use, then the daemon last; it stops the daemon's intake first. */
+
+/* Starts libmicrohttpd on srv->opts.host:port with http_threads threads,
+ * srv the context of every handler; sets srv->port to the bound port and
+ * srv->ready to 1. 0, or -1 with err ("cannot listen on ..."). */
+int http_start(server *srv, emb_err *err);
+/* Stops accepting (ready 0, listening socket closed) and waits, up to
+ * 120 s, until every admitted request has been answered. The daemon's
+ * threads keep running: suspended requests resume through them. */
+void http_quiesce(server *srv);
+/* Stops the daemon and joins its threads; nothing when it never started. */
+void http_stop(server *srv);
+
+/* Model versions at startup (http.c): the registry from --data's saved
+ * versions (srv->versions), and the store moved to the current version. */
+int server_start_versions(server *srv, emb_err *err);
+int server_align_store(server *srv, emb_err *err);
 
 #endif

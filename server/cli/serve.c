@@ -1,0 +1,224 @@
+/* serve.c: starts and stops the parts of `embedd serve` in the order
+ * serve.h gives. */
+#include "serve.h"
+
+#include <pthread.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "cli.h"
+#include "store/store_reembed.h"
+
+/* Signals are taken by sigtimedwait in wait_for_signal; every thread
+ * started later inherits the mask. */
+static void block_signals(sigset_t *sigs)
+{
+    sigemptyset(sigs);
+    sigaddset(sigs, SIGINT);
+    sigaddset(sigs, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, sigs, NULL);
+    signal(SIGPIPE, SIG_IGN);
+}
+
+static int load_model(server *srv, emb_err *err)
+{
+    const server_opts *o = &srv->opts;
+    srv->model = emb_model_load_precision(o->model_dir, (emb_precision)o->precision, err);
+    if (srv->model == NULL)
+        return -1;
+    srv->model_name = o->served_model_name;
+    if (srv->model_name == NULL || srv->model_name[0] == '\0') {
+        const char *slash = strrchr(o->model_dir, '/');
+        srv->model_name = slash != NULL && slash[1] != '\0' ? slash + 1 : o->model_dir;
+    }
+    return 0;
+}
+
+static int start_batcher(server *srv, emb_err *err)
+{
+    if (srv->opts.max_batch_tokens < srv->model->cfg.max_seq_length)
+        srv->opts.max_batch_tokens = srv->model->cfg.max_seq_length;
+    srv->batcher = batcher_start(srv->model, srv->opts.max_batch_tokens, srv->mx, err);
+    return srv->batcher != NULL ? 0 : -1;
+}
+
+static int open_store(server *srv, emb_err *err)
+{
+    const server_opts *o = &srv->opts;
+    store_options so = {.dir = o->data_dir, .dim = emb_model_dim(srv->model),
+                        .hnsw_threshold = o->hnsw_threshold, .hnsw_m = o->hnsw_m,
+                        .hnsw_ef_construction = o->hnsw_ef_construction,
+                        .hnsw_ef = o->hnsw_ef,
+                        .snapshot_wal_bytes = (uint64_t)o->snapshot_wal_bytes};
+    store_recovery rec;
+    memset(&rec, 0, sizeof rec);
+    srv->store = store_open(&so, &rec, err);
+    if (srv->store == NULL)
+        return -1;
+    if (rec.message[0] != '\0')
+        fprintf(stderr, "embedd: store: %s\n", rec.message);
+    return 0;
+}
+
+/* The learner's options: the serve options as parsed, plus what only the
+ * loaded model knows. */
+static void learner_config(const server *srv, learner_opts *lo)
+{
+    const server_opts *o = &srv->opts;
+    memset(lo, 0, sizeof *lo);
+    lo->enabled = o->train;
+    lo->objective = o->train_objective;
+    lo->lr = (float)o->train_lr;
+    lo->l2sp = (float)o->train_l2sp;
+    lo->ema_decay = (float)o->train_ema;
+    lo->gate_tolerance = (float)o->gate_tolerance;
+    lo->publish_every_steps = o->publish_every_steps;
+    lo->publish_every_secs = o->publish_every_secs;
+    lo->batch_size = o->train_batch_size;
+    lo->max_seq_len = o->train_max_seq_len < srv->model->cfg.max_seq_length
+                          ? o->train_max_seq_len : srv->model->cfg.max_seq_length;
+    lo->max_cpu = (float)o->train_max_cpu / 100.0f;
+    lo->min_samples = o->train_min_samples;
+    lo->holdout_eval_max = o->holdout_eval_max;
+    lo->eval_sts = o->eval_sts;
+    lo->collapse_max_cos = (float)o->collapse_max_cos;
+    lo->collapse_cos_rise = (float)o->collapse_cos_rise;
+    lo->collapse_min_var = (float)o->collapse_min_var;
+    lo->from_embed = o->train_from_embed;
+    lo->from_items = o->train_from_items;
+    lo->from_explicit = o->train_from_explicit;
+    lo->paused = o->train_paused;
+    lo->data_dir = o->data_dir;
+    lo->base_dir = o->model_dir;
+    lo->base = srv->model;
+    lo->seed = (uint64_t)o->train_seed;
+    const char *nan_every = getenv("EMBEDD_DEBUG_NAN_EVERY"); /* tests only */
+    lo->nan_every = nan_every != NULL ? atoi(nan_every) : 0;
+}
+
+/* The learner always runs: with --train off it only re-embeds stored items
+ * when the store searches another version than the current one. */
+static int start_learning(server *srv, emb_err *err)
+{
+    learner_opts lo;
+    learner_config(srv, &lo);
+    srv->learner = learner_start(&lo, srv->versions, srv->batcher, srv->store, srv->mx, err);
+    if (srv->learner == NULL)
+        return -1;
+    batcher_set_idle(srv->batcher, learner_idle, srv->learner, 0.25);
+    return 0;
+}
+
+/* Steps 2 to 9 of serve.h. 0, or -1 after printing why. */
+static int start_all(server *srv)
+{
+    emb_err err;
+    if (load_model(srv, &err) != 0) {
+        fprintf(stderr, "embedd serve: %s\n", err.msg);
+        return -1;
+    }
+    srv->mx = metrics_new();
+    if (srv->mx == NULL) {
+        fprintf(stderr, "embedd serve: out of memory\n");
+        return -1;
+    }
+    if (server_start_versions(srv, &err) != 0 || start_batcher(srv, &err) != 0 ||
+        open_store(srv, &err) != 0 || server_align_store(srv, &err) != 0 ||
+        start_learning(srv, &err) != 0 || http_start(srv, &err) != 0) {
+        fprintf(stderr, "embedd serve: %s\n", err.msg);
+        return -1;
+    }
+    fprintf(stderr, "embedd: model %s (%d dims, %s pooling, max %d tokens)\n", srv->model_name,
+            emb_model_dim(srv->model), emb_pooling_name(srv->model->cfg.pooling),
+            srv->model->cfg.max_seq_length);
+    fprintf(stderr, "embedd: listening on http://%s:%d\n", srv->opts.host, srv->port);
+    fflush(stderr);
+    return 0;
+}
+
+/* Once a second while serving: persist the sample buffer, update gauges. */
+static void housekeeping(server *srv)
+{
+    long done = 0, total = 0;
+    store_reembed_progress(srv->store, &done, &total);
+    unsigned long buffer = 0;
+    int paused = 1;
+    if (srv->learner != NULL) {
+        learner_flush(srv->learner);
+        learner_gauges(srv->learner, &buffer, &paused);
+    }
+    metrics_train_gauges(srv->mx, versions_current_id(srv->versions), buffer, done, total,
+                         paused);
+}
+
+/* Housekeeping until SIGINT or SIGTERM; returns the signal. */
+static int wait_for_signal(server *srv, const sigset_t *sigs)
+{
+    for (;;) {
+        struct timespec second = {1, 0};
+        int sig = sigtimedwait(sigs, NULL, &second);
+        if (sig == SIGINT || sig == SIGTERM)
+            return sig;
+        housekeeping(srv);
+    }
+}
+
+/* The orderly shutdown of serve.h, after a signal. */
+static void stop_serving(server *srv)
+{
+    emb_err err;
+    http_quiesce(srv);
+    batcher_stop(srv->batcher);
+    srv->batcher = NULL;
+    learner_stop(srv->learner);
+    srv->learner = NULL;
+    http_stop(srv);
+    /* A snapshot now makes the next start read one file, not the whole log. */
+    if (srv->opts.data_dir != NULL && srv->opts.data_dir[0] != '\0' &&
+        store_snapshot(srv->store, &err) != 0)
+        fprintf(stderr, "embedd: snapshot at shutdown failed: %s\n", err.msg);
+    store_close(srv->store);
+    srv->store = NULL;
+    fprintf(stderr, "embedd: stopped\n");
+}
+
+/* Frees whatever is still started, in shutdown order (after a failed
+ * startup, everything; after stop_serving, metrics, versions and model). */
+static void free_all(server *srv)
+{
+    http_stop(srv);
+    batcher_stop(srv->batcher);
+    learner_stop(srv->learner);
+    if (srv->store != NULL)
+        store_close(srv->store);
+    metrics_free(srv->mx);
+    versions_free(srv->versions);
+    emb_model_free(srv->model);
+}
+
+int serve_run(const server_opts *opts)
+{
+    server srv;
+    memset(&srv, 0, sizeof srv);
+    srv.opts = *opts;
+    atomic_init(&srv.inflight, 0);
+    atomic_init(&srv.ready, 0);
+    sigset_t sigs;
+    block_signals(&sigs);
+    cli_set_threads(opts->threads);
+
+    int rc = 1;
+    if (start_all(&srv) == 0) {
+        int sig = wait_for_signal(&srv, &sigs);
+        fprintf(stderr, "embedd: %s received, finishing in-flight requests\n",
+                sig == SIGTERM ? "SIGTERM" : "SIGINT");
+        stop_serving(&srv);
+        rc = 0;
+    }
+    free_all(&srv);
+    return rc;
+}

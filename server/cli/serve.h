@@ -1,0 +1,38 @@
+/* serve.h: `embedd serve` from parsed options (cli_serve.c) to a stopped
+ * server. serve_run owns the server struct (http/server.h) and every part
+ * of it, and is the only code that starts or stops them.
+ *
+ * Startup, in this order (each part needs the ones before it):
+ *   1. SIGINT and SIGTERM blocked in every thread (taken by sigtimedwait in
+ *      step 9), SIGPIPE ignored, --threads applied to OpenBLAS and OpenMP;
+ *   2. the model (--model, packed for --precision): version 1, read-only;
+ *   3. the metrics registry;
+ *   4. the versions registry: the current saved version of --data, else a
+ *      copy of version 1;
+ *   5. the batcher and its compute thread (batcher.h);
+ *   6. the item store (store.h): opened and recovered from --data;
+ *   7. the store moved to the current version (re-embedding if needed);
+ *   8. the learner (learner.h), the batcher's idle work; with --train off
+ *      it only re-embeds;
+ *   9. the HTTP daemon (http_start): from here requests arrive; then the
+ *      main thread does housekeeping once a second (sample buffer to disk,
+ *      gauges) until SIGINT or SIGTERM.
+ * Shutdown: the daemon stops accepting and every admitted request is
+ * answered (http_quiesce); the batcher stops (later jobs fail as "shutting
+ * down"); the learner stops and flushes its samples; the daemon stops; the
+ * store is snapshotted (with --data) and closed; then metrics, versions
+ * and the model are freed. A failed step frees what was started, in the
+ * same order, and serve_run returns 1.
+ *
+ * Threads: serve_run runs on the main thread and returns when everything
+ * it started has stopped. */
+#ifndef EMBEDD_SERVE_H
+#define EMBEDD_SERVE_H
+
+#include "http/server.h"
+
+/* Runs the server until SIGINT or SIGTERM. Returns the exit status: 0
+ * after an orderly shutdown, 1 when startup failed (after printing why). */
+int serve_run(const server_opts *opts);
+
+#endif
