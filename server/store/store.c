@@ -26,17 +26,19 @@ int store_id_from_json(const cJSON *json, store_id *id, emb_err *err)
     if (cJSON_IsString(json)) {
         *id = store_id_str(json->valuestring);
         if (id->len == 0 || id->len > STORE_MAX_ID_LEN)
-            return emb_fail(err, "a string id must have 1 to %d bytes", STORE_MAX_ID_LEN);
+            return emb_fail_as(err, EMB_ERR_INVALID, "a string id must have 1 to %d bytes",
+                               STORE_MAX_ID_LEN);
         return 0;
     }
     if (cJSON_IsNumber(json)) {
         double d = json->valuedouble;
         if (!(d >= 0) || d > STORE_MAX_JSON_ID || d != floor(d))
-            return emb_fail(err, "a numeric id must be an integer from 0 to 2^53");
+            return emb_fail_as(err, EMB_ERR_INVALID,
+                               "a numeric id must be an integer from 0 to 2^53");
         *id = store_id_num((uint64_t)d);
         return 0;
     }
-    return emb_fail(err, "an id must be a string or an unsigned integer");
+    return emb_fail_as(err, EMB_ERR_INVALID, "an id must be a string or an unsigned integer");
 }
 
 static int id_check(const store_id *id, emb_err *err)
@@ -44,11 +46,12 @@ static int id_check(const store_id *id, emb_err *err)
     if (id->kind == STORE_ID_NUM)
         return 0;
     if (id->kind != STORE_ID_STR)
-        return emb_fail(err, "id has no kind");
+        return emb_fail_as(err, EMB_ERR_INVALID, "id has no kind");
     if (id->str == NULL || id->len == 0 || id->len > STORE_MAX_ID_LEN)
-        return emb_fail(err, "a string id must have 1 to %d bytes", STORE_MAX_ID_LEN);
+        return emb_fail_as(err, EMB_ERR_INVALID, "a string id must have 1 to %d bytes",
+                           STORE_MAX_ID_LEN);
     if (memchr(id->str, '\0', id->len) != NULL)
-        return emb_fail(err, "a string id must not contain NUL");
+        return emb_fail_as(err, EMB_ERR_INVALID, "a string id must not contain NUL");
     return 0;
 }
 
@@ -95,11 +98,11 @@ int store_normalise(const float *v, float *out, int dim, emb_err *err)
     double sum = 0;
     for (int i = 0; i < dim; i++) {
         if (!isfinite(v[i]))
-            return emb_fail(err, "vector element %d is not a finite number", i);
+            return emb_fail_as(err, EMB_ERR_INVALID, "vector element %d is not a finite number", i);
         sum += (double)v[i] * v[i];
     }
     if (sum == 0)
-        return emb_fail(err, "vector is all zeros");
+        return emb_fail_as(err, EMB_ERR_INVALID, "vector is all zeros");
     double inv = 1.0 / sqrt(sum);
     for (int i = 0; i < dim; i++)
         out[i] = (float)(v[i] * inv);
@@ -173,8 +176,8 @@ static int table_resize(store *s, uint64_t size, emb_err *err)
 {
     uint32_t *slots = calloc(size, sizeof *slots);
     if (slots == NULL)
-        return emb_fail(err, "out of memory for an id table of %llu slots",
-                        (unsigned long long)size);
+        return emb_fail_as(err, EMB_ERR_NO_MEMORY, "out of memory for an id table of %llu slots",
+                           (unsigned long long)size);
     free(s->slots);
     s->slots = slots;
     s->mask = size - 1;
@@ -263,14 +266,14 @@ static cJSON *payload_parse(const char *payload, size_t len, emb_err *err)
     const char *end = NULL;
     cJSON *obj = cJSON_ParseWithLengthOpts(payload, len, &end, 0);
     if (obj == NULL) {
-        emb_fail(err, "payload is not valid JSON");
+        emb_fail_as(err, EMB_ERR_INVALID, "payload is not valid JSON");
         return NULL;
     }
     while (end != NULL && end < payload + len && is_json_space(*end))
         end++;
     if (!cJSON_IsObject(obj) || end != payload + len) {
         cJSON_Delete(obj);
-        emb_fail(err, "payload must be one JSON object");
+        emb_fail_as(err, EMB_ERR_INVALID, "payload must be one JSON object");
         return NULL;
     }
     return obj;
@@ -289,12 +292,13 @@ int store_row_prepare(const store_id *id, int32_t version, const char *text, siz
     if (id_check(id, err) != 0)
         return 1;
     if (text != NULL && text_len > STORE_MAX_TEXT) {
-        emb_fail(err, "text of %zu bytes is over the limit of %d", text_len, STORE_MAX_TEXT);
+        emb_fail_as(err, EMB_ERR_TOO_LARGE, "text of %zu bytes is over the limit of %d", text_len,
+                    STORE_MAX_TEXT);
         return 1;
     }
     if (payload != NULL && payload_len > STORE_MAX_PAYLOAD) {
-        emb_fail(err, "payload of %zu bytes is over the limit of %d", payload_len,
-                 STORE_MAX_PAYLOAD);
+        emb_fail_as(err, EMB_ERR_TOO_LARGE, "payload of %zu bytes is over the limit of %d",
+                    payload_len, STORE_MAX_PAYLOAD);
         return 1;
     }
     int result = -1;
@@ -314,7 +318,7 @@ int store_row_prepare(const store_id *id, int32_t version, const char *text, siz
                   (payload ? payload_len + 1 : 0) + field_bytes;
     out->blob = malloc(size > 0 ? size : 1);
     if (out->blob == NULL) {
-        emb_fail(err, "out of memory");
+        emb_fail_as(err, EMB_ERR_NO_MEMORY, "out of memory");
         goto out;
     }
     store_field *fields = out->blob;
@@ -599,7 +603,8 @@ static int labels_reserve(store *s, long extra, emb_err *err)
             cap *= 2;
         uint32_t *m = realloc(s->label_row, sizeof(uint32_t) * cap);
         if (m == NULL)
-            return emb_fail(err, "out of memory for %llu labels", (unsigned long long)cap);
+            return emb_fail_as(err, EMB_ERR_NO_MEMORY, "out of memory for %llu labels",
+                               (unsigned long long)cap);
         memset(m + s->label_cap, 0, sizeof(uint32_t) * (cap - s->label_cap));
         s->label_row = m;
         s->label_cap = cap;
@@ -623,11 +628,11 @@ int store_reserve(store *s, long extra, emb_err *err)
             cap = s->max_items;
         float *m = realloc(s->matrix, sizeof(float) * (size_t)cap * (size_t)s->dim);
         if (m == NULL)
-            return emb_fail(err, "out of memory for %ld vectors", cap);
+            return emb_fail_as(err, EMB_ERR_NO_MEMORY, "out of memory for %ld vectors", cap);
         s->matrix = m;
         store_row *rows = realloc(s->rows, sizeof(store_row) * (size_t)cap);
         if (rows == NULL)
-            return emb_fail(err, "out of memory for %ld rows", cap);
+            return emb_fail_as(err, EMB_ERR_NO_MEMORY, "out of memory for %ld rows", cap);
         s->rows = rows;
         s->cap = cap;
         if (store_shadow_reserve(s, err) != 0)
@@ -811,7 +816,7 @@ static int dir_open(store *s, const char *dir, emb_err *err)
 {
     s->dir = strdup(dir);
     if (s->dir == NULL)
-        return emb_fail(err, "out of memory");
+        return emb_fail_as(err, EMB_ERR_NO_MEMORY, "out of memory");
     if (mkdir(dir, 0755) != 0 && errno != EEXIST)
         return emb_fail(err, "cannot create data directory %s: %s", dir, strerror(errno));
     s->dir_fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -856,7 +861,7 @@ store *store_open(const store_options *opt, store_recovery *rec, emb_err *err)
     }
     store *s = calloc(1, sizeof *s);
     if (s == NULL) {
-        emb_fail(err, "out of memory");
+        emb_fail_as(err, EMB_ERR_NO_MEMORY, "out of memory");
         return NULL;
     }
     s->dir_fd = -1;
@@ -971,16 +976,16 @@ static void snapshot_if_due(store *s)
 int store_item_check(const store *s, const store_item *it, emb_err *err)
 {
     if (it->vector == NULL || it->vector_dim != s->dim)
-        return emb_fail(err, "vector has %d dimensions, the store has %d",
-                        it->vector == NULL ? 0 : it->vector_dim, s->dim);
+        return emb_fail_as(err, EMB_ERR_INVALID, "vector has %d dimensions, the store has %d",
+                           it->vector == NULL ? 0 : it->vector_dim, s->dim);
     double sum = 0;
     for (int i = 0; i < s->dim; i++) {
         if (!isfinite(it->vector[i]))
-            return emb_fail(err, "vector element %d is not a finite number", i);
+            return emb_fail_as(err, EMB_ERR_INVALID, "vector element %d is not a finite number", i);
         sum += (double)it->vector[i] * it->vector[i];
     }
     if (sum == 0)
-        return emb_fail(err, "vector is all zeros");
+        return emb_fail_as(err, EMB_ERR_INVALID, "vector is all zeros");
     store_row row;
     if (store_row_prepare(&it->id, it->model_version, it->text, it->text_len, it->payload,
                           it->payload_len, &row, err) != 0)
@@ -996,14 +1001,15 @@ static int upsert_prepare(const store *s, const store_item *items, int n, store_
     for (int i = 0; i < n; i++) {
         const store_item *it = &items[i];
         if (it->vector == NULL || it->vector_dim != s->dim)
-            return emb_fail(err, "item %d: vector has %d dimensions, the store has %d", i,
-                            it->vector == NULL ? 0 : it->vector_dim, s->dim);
+            return emb_fail_as(err, EMB_ERR_INVALID,
+                               "item %d: vector has %d dimensions, the store has %d", i,
+                               it->vector == NULL ? 0 : it->vector_dim, s->dim);
         emb_err e;
         if (store_normalise(it->vector, vecs + (size_t)i * s->dim, s->dim, &e) != 0)
-            return emb_fail(err, "item %d: %s", i, e.msg);
+            return emb_fail_as(err, e.kind, "item %d: %s", i, e.msg);
         if (store_row_prepare(&it->id, it->model_version, it->text, it->text_len, it->payload,
                               it->payload_len, &rows[i], &e) != 0)
-            return emb_fail(err, "item %d: %s", i, e.msg);
+            return emb_fail_as(err, e.kind, "item %d: %s", i, e.msg);
     }
     return 0;
 }
@@ -1024,7 +1030,8 @@ long store_count_new(const store *s, const store_row *rows, int n)
 int store_upsert(store *s, const store_item *items, int n, emb_err *err)
 {
     if (n < 1 || n > STORE_MAX_BATCH)
-        return emb_fail(err, "an upsert takes 1 to %d items, not %d", STORE_MAX_BATCH, n);
+        return emb_fail_as(err, EMB_ERR_INVALID, "an upsert takes 1 to %d items, not %d",
+                           STORE_MAX_BATCH, n);
     int result = -1;
     strbuf rec;
     sb_init(&rec, STORE_MAX_RECORD_BYTES);
@@ -1032,14 +1039,14 @@ int store_upsert(store *s, const store_item *items, int n, emb_err *err)
     void **old = calloc((size_t)n, sizeof *old);
     float *vecs = malloc(sizeof(float) * (size_t)n * (size_t)s->dim);
     if (rows == NULL || old == NULL || vecs == NULL) {
-        emb_fail(err, "out of memory for a batch of %d items", n);
+        emb_fail_as(err, EMB_ERR_NO_MEMORY, "out of memory for a batch of %d items", n);
         goto out;
     }
     if (upsert_prepare(s, items, n, rows, vecs, err) != 0)
         goto out;
     if (s->wal != NULL && store_encode_upsert(&rec, rows, vecs, n, s->dim) != 0) {
-        emb_fail(err, "the batch is over %u bytes encoded; send fewer items",
-                 STORE_MAX_RECORD_BYTES);
+        emb_fail_as(err, EMB_ERR_TOO_LARGE, "the batch is over %u bytes encoded; send fewer items",
+                    STORE_MAX_RECORD_BYTES);
         goto out;
     }
     uint64_t seq = 0;
@@ -1087,11 +1094,12 @@ int store_delete(store *s, const store_id *ids, int n, int *n_deleted, emb_err *
     if (n_deleted != NULL)
         *n_deleted = 0;
     if (n < 0 || n > STORE_MAX_BATCH)
-        return emb_fail(err, "a delete takes 0 to %d ids, not %d", STORE_MAX_BATCH, n);
+        return emb_fail_as(err, EMB_ERR_INVALID, "a delete takes 0 to %d ids, not %d",
+                           STORE_MAX_BATCH, n);
     for (int i = 0; i < n; i++) {
         emb_err e;
         if (id_check(&ids[i], &e) != 0)
-            return emb_fail(err, "id %d: %s", i, e.msg);
+            return emb_fail_as(err, e.kind, "id %d: %s", i, e.msg);
     }
     int result = -1;
     strbuf rec;
@@ -1099,7 +1107,7 @@ int store_delete(store *s, const store_id *ids, int n, int *n_deleted, emb_err *
     if (s->wal != NULL) {
         store_encode_delete(&rec, ids, n);
         if (rec.failed) {
-            emb_fail(err, "out of memory for a delete of %d ids", n);
+            emb_fail_as(err, EMB_ERR_NO_MEMORY, "out of memory for a delete of %d ids", n);
             goto out;
         }
     }
@@ -1154,7 +1162,7 @@ int store_get(store *s, const store_id *id, store_record *out, emb_err *err)
     size_t size = vec_bytes + r->id_len + 1 + r->text_len + 1 + r->payload_len + 1;
     void *mem = malloc(size);
     if (mem == NULL) {
-        emb_fail(err, "out of memory");
+        emb_fail_as(err, EMB_ERR_NO_MEMORY, "out of memory");
         goto out;
     }
     out->mem = mem;
