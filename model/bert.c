@@ -383,7 +383,7 @@ static int model_alloc(emb_model *m, const char *tok_dir, emb_err *err)
     m->n_params = emb_encoder_floats(&m->cfg) + emb_dense_floats(&m->cfg);
     m->params = malloc(m->n_params * sizeof(float));
     if (m->params == NULL)
-        return emb_fail(err, "out of memory for %zu parameters", m->n_params);
+        return emb_fail_as(err, EMB_ERR_NO_MEMORY, "out of memory for %zu parameters", m->n_params);
     model_point(m);
     return 0;
 }
@@ -393,7 +393,7 @@ emb_model *emb_model_load(const char *dir, emb_err *err)
     weight_files wf = {.n = 0};
     emb_model *m = calloc(1, sizeof *m);
     if (m == NULL) {
-        emb_fail(err, "out of memory");
+        emb_fail_as(err, EMB_ERR_NO_MEMORY, "out of memory");
         return NULL;
     }
     if (emb_config_load(&m->cfg, dir, err) != 0)
@@ -452,7 +452,7 @@ emb_model *emb_model_init(const emb_config *cfg, const char *tok_dir, uint64_t s
 {
     emb_model *m = calloc(1, sizeof *m);
     if (m == NULL) {
-        emb_fail(err, "out of memory");
+        emb_fail_as(err, EMB_ERR_NO_MEMORY, "out of memory");
         return NULL;
     }
     m->cfg = *cfg;
@@ -496,7 +496,7 @@ static emb_model *model_copy(const emb_model *src, const emb_config *cfg, emb_er
 {
     emb_model *m = calloc(1, sizeof *m);
     if (m == NULL) {
-        emb_fail(err, "out of memory");
+        emb_fail_as(err, EMB_ERR_NO_MEMORY, "out of memory");
         return NULL;
     }
     m->cfg = *cfg;
@@ -504,7 +504,7 @@ static emb_model *model_copy(const emb_model *src, const emb_config *cfg, emb_er
     m->n_params = emb_encoder_floats(cfg) + emb_dense_floats(cfg);
     m->params = malloc(m->n_params * sizeof(float));
     if (m->params == NULL) {
-        emb_fail(err, "out of memory for %zu parameters", m->n_params);
+        emb_fail_as(err, EMB_ERR_NO_MEMORY, "out of memory for %zu parameters", m->n_params);
         free(m);
         return NULL;
     }
@@ -589,7 +589,7 @@ int emb_model_pack(emb_model *m, emb_err *err)
     free_packed(m);
     m->lin = calloc((size_t)L * EMB_LIN_PER_LAYER, sizeof(emb_gemm_w));
     if (m->lin == NULL)
-        return emb_fail(err, "out of memory");
+        return emb_fail_as(err, EMB_ERR_NO_MEMORY, "out of memory");
     for (int l = 0; l < L; l++) {
         emb_gemm_w *lin = m->lin + (long)l * EMB_LIN_PER_LAYER;
         if (pack_linear(m, &lin[EMB_LIN_QKV], w->qkvw + (long)l * 3 * C * C, 3 * C, C, err) ||
@@ -663,7 +663,7 @@ emb_workspace *emb_workspace_new(const emb_model *m, int max_tokens, emb_err *er
     }
     emb_workspace *ws = calloc(1, sizeof *ws);
     if (ws == NULL) {
-        emb_fail(err, "out of memory");
+        emb_fail_as(err, EMB_ERR_NO_MEMORY, "out of memory");
         return NULL;
     }
     ws->max_tokens = max_tokens;
@@ -679,7 +679,7 @@ emb_workspace *emb_workspace_new(const emb_model *m, int max_tokens, emb_err *er
     ws->scratch = malloc(sizeof(float) * attention_scratch_floats(
         ws->max_len, m->cfg.hidden_size / m->cfg.num_attention_heads, ws->n_threads));
     if (ws->scratch == NULL) {
-        emb_fail(err, "out of memory");
+        emb_fail_as(err, EMB_ERR_NO_MEMORY, "out of memory");
         free(ws);
         return NULL;
     }
@@ -715,16 +715,16 @@ static int grow(float **buf, size_t n)
 static int workspace_reserve(emb_workspace *ws, int T, int S, emb_err *err)
 {
     if (T > ws->max_tokens)
-        return emb_fail(err, "batch of %d tokens exceeds the workspace cap of %d", T,
-                        ws->max_tokens);
+        return emb_fail_as(err, EMB_ERR_TOO_LARGE,
+                           "batch of %d tokens exceeds the workspace cap of %d", T, ws->max_tokens);
     if (S + 1 > ws->cap_seqs) {
         int *p = realloc(ws->seq_off, sizeof(int) * (size_t)(S + 1));
         if (p == NULL)
-            return emb_fail(err, "out of memory");
+            return emb_fail_as(err, EMB_ERR_NO_MEMORY, "out of memory");
         ws->seq_off = p;
         size_t head = (size_t)(S + 1) * (size_t)ws->head_width;
         if (ws->head_width > 0 && (grow(&ws->pooled, head) || grow(&ws->dense_tmp, head)))
-            return emb_fail(err, "out of memory for %d pooled rows", S);
+            return emb_fail_as(err, EMB_ERR_NO_MEMORY, "out of memory for %d pooled rows", S);
         ws->cap_seqs = S + 1;
     }
     if (T <= ws->cap_tokens)
@@ -737,7 +737,8 @@ static int workspace_reserve(emb_workspace *ws, int T, int S, emb_err *err)
     size_t n = (size_t)want;
     if (grow(&ws->x, n * ws->hidden) || grow(&ws->qkv, n * 3 * ws->hidden) || grow(&ws->att, n * ws->hidden) ||
         grow(&ws->tmp, n * ws->hidden) || grow(&ws->ffn, n * ws->inter))
-        return emb_fail(err, "out of memory for %ld tokens of activations", want);
+        return emb_fail_as(err, EMB_ERR_NO_MEMORY, "out of memory for %ld tokens of activations",
+                           want);
     ws->cap_tokens = (int)want;
     return 0;
 }
@@ -753,14 +754,14 @@ int emb_forward(const emb_model *m, emb_workspace *ws, const int32_t *ids, const
     const float eps = c->layer_norm_eps;
     long total = 0;
     if (n_seqs < 0)
-        return emb_fail(err, "negative sequence count");
+        return emb_fail_as(err, EMB_ERR_INVALID, "negative sequence count");
     for (int s = 0; s < n_seqs; s++) {
         if (lens[s] < 1 || lens[s] > c->max_position_embeddings)
-            return emb_fail(err, "sequence %d has %d tokens; must be 1..%d", s, lens[s],
-                            c->max_position_embeddings);
+            return emb_fail_as(err, EMB_ERR_INVALID, "sequence %d has %d tokens; must be 1..%d", s,
+                               lens[s], c->max_position_embeddings);
         total += lens[s];
         if (total > INT_MAX)
-            return emb_fail(err, "batch too large");
+            return emb_fail_as(err, EMB_ERR_TOO_LARGE, "batch too large");
     }
     const int T = (int)total;
     if (workspace_reserve(ws, T, n_seqs, err) != 0)
@@ -770,7 +771,8 @@ int emb_forward(const emb_model *m, emb_workspace *ws, const int32_t *ids, const
         ws->seq_off[s + 1] = ws->seq_off[s] + lens[s];
     for (int t = 0; t < T; t++) {
         if (ids[t] < 0 || ids[t] >= c->vocab_size)
-            return emb_fail(err, "token id %d out of range 0..%d", ids[t], c->vocab_size - 1);
+            return emb_fail_as(err, EMB_ERR_INVALID, "token id %d out of range 0..%d", ids[t],
+                               c->vocab_size - 1);
     }
 
     /* A small pass (a single short text) is too small to share except in

@@ -31,7 +31,7 @@ int emb_text_pairs_add(emb_text_pairs *p, const int32_t *a, int na, const int32_
     long at = p->n > 0 ? p->off[2 * p->n] : 0;
     if (grow((void **)&p->ids, &p->cap_ids, at + na + nb, sizeof(int32_t)) != 0 ||
         grow((void **)&p->off, &p->cap_off, 2 * p->n + 3, sizeof(long)) != 0)
-        return emb_fail(err, "out of memory for %ld text pairs", p->n + 1);
+        return emb_fail_as(err, EMB_ERR_NO_MEMORY, "out of memory for %ld text pairs", p->n + 1);
     memcpy(p->ids + at, a, sizeof(int32_t) * (size_t)na);
     memcpy(p->ids + at + na, b, sizeof(int32_t) * (size_t)nb);
     p->off[2 * p->n] = at;
@@ -65,7 +65,7 @@ emb_bow_trainer *emb_bow_trainer_new(float *E, const float *weight, int V, int D
     }
     emb_bow_trainer *t = calloc(1, sizeof *t);
     if (t == NULL) {
-        emb_fail(err, "out of memory");
+        emb_fail_as(err, EMB_ERR_NO_MEMORY, "out of memory");
         return NULL;
     }
     const size_t VD = (size_t)V * (size_t)D, B = (size_t)o->batch;
@@ -86,7 +86,8 @@ emb_bow_trainer *emb_bow_trainer_new(float *E, const float *weight, int V, int D
     if (t->grad == NULL || t->m == NULL || t->v == NULL || t->z == NULL || t->unit == NULL ||
         t->dunit == NULL || t->norms == NULL || t->sim == NULL || t->labels == NULL) {
         emb_bow_trainer_free(t);
-        emb_fail(err, "out of memory for bag-of-words training (%d x %d)", V, D);
+        emb_fail_as(err, EMB_ERR_NO_MEMORY, "out of memory for bag-of-words training (%d x %d)", V,
+                    D);
         return NULL;
     }
     for (int i = 0; i < o->batch; i++)
@@ -201,7 +202,7 @@ int emb_bow_train_epoch(emb_bow_trainer *t, const emb_text_pairs *p, int epoch,
             return emb_fail(err, "bag-of-words training: token id %d out of range", p->ids[i]);
     }
     if (grow((void **)&t->order, &t->cap_order, p->n, sizeof(long)) != 0)
-        return emb_fail(err, "out of memory");
+        return emb_fail_as(err, EMB_ERR_NO_MEMORY, "out of memory");
     emb_shuffle_order(t->order, p->n, t->o.seed, epoch);
     double sum = 0.0;
     long steps = 0;

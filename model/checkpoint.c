@@ -52,7 +52,7 @@ int emb_save_weights(const char *path, const emb_config *cfg, const float *enc,
     if (e == NULL || names == NULL) {
         free(e);
         free(names);
-        return emb_fail(err, "out of memory");
+        return emb_fail_as(err, EMB_ERR_NO_MEMORY, "out of memory");
     }
     int n = 0;
     set_entry(&e[n++], "embeddings.word_embeddings.weight", dtype, w.wte, V, C);
@@ -248,7 +248,7 @@ static int save_trainer_state(const emb_trainer *t, const char *dir, emb_err *er
         return -1;
     char *text = state_json(t);
     if (text == NULL)
-        return emb_fail(err, "out of memory");
+        return emb_fail_as(err, EMB_ERR_NO_MEMORY, "out of memory");
     snprintf(path, sizeof path, "%s/trainer_state.json", dir);
     int rc = write_text(path, text, err);
     free(text);

@@ -236,7 +236,7 @@ static int file_read(const char *path, char **out, size_t *len, emb_err *err)
     size_t size = (size_t)st.st_size;
     buf = malloc(size + 1);
     if (buf == NULL) {
-        emb_fail(err, "%s: out of memory", path);
+        emb_fail_as(err, EMB_ERR_NO_MEMORY, "%s: out of memory", path);
         goto out;
     }
     size_t got = 0;
@@ -1071,14 +1071,14 @@ static int write_json(cJSON *json, const char *dir, const char *a, const char *b
     char *text = NULL;
 
     if (json == NULL) {
-        emb_fail(err, "%s: out of memory building %s", dir, a);
+        emb_fail_as(err, EMB_ERR_NO_MEMORY, "%s: out of memory building %s", dir, a);
         goto out;
     }
     if (path_join(path, dir, a, b, err) != 0)
         goto out;
     text = cJSON_Print(json);
     if (text == NULL) {
-        emb_fail(err, "%s: out of memory printing JSON", path);
+        emb_fail_as(err, EMB_ERR_NO_MEMORY, "%s: out of memory printing JSON", path);
         goto out;
     }
     result = write_text(path, text, err);

@@ -503,7 +503,8 @@ static int pack_panels(emb_gemm_w *pw, emb_err *err)
         return emb_fail(err, "gemm: packed weights (%d x %d) too large", n, k);
     float *p = aligned_alloc(64, floats * sizeof(float));
     if (p == NULL)
-        return emb_fail(err, "gemm: out of memory packing %d x %d weights", n, k);
+        return emb_fail_as(err, EMB_ERR_NO_MEMORY, "gemm: out of memory packing %d x %d weights", n,
+                           k);
     memset(p, 0, floats * sizeof(float));
     for (int j = 0; j < n; j++) {
         const float *row = pw->w + (size_t)j * k;
@@ -722,7 +723,8 @@ static int pack_int8(emb_gemm_w *pw, emb_err *err)
         free(p);
         free(scale);
         free(sum);
-        return emb_fail(err, "gemm: out of memory packing %d x %d int8 weights", n, k);
+        return emb_fail_as(err, EMB_ERR_NO_MEMORY,
+                           "gemm: out of memory packing %d x %d int8 weights", n, k);
     }
     memset(p, 0, bytes);
     for (int c = 0; c < n; c++) {

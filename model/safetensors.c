@@ -331,7 +331,7 @@ static int check_layout(emb_st_file *f, const char *path, emb_err *err)
 
     const emb_st_tensor **order = malloc((size_t)n * sizeof *order);
     if (order == NULL) {
-        emb_fail(err, "%s: out of memory", path);
+        emb_fail_as(err, EMB_ERR_NO_MEMORY, "%s: out of memory", path);
         goto out;
     }
     for (int i = 0; i < n; i++)
@@ -378,7 +378,7 @@ static int load_tensors(emb_st_file *f, const cJSON *header, const char *path, e
     f->tensors = calloc(n > 0 ? (size_t)n : 1, sizeof *f->tensors);
     f->names = malloc(names_len > 0 ? names_len : 1);
     if (f->tensors == NULL || f->names == NULL)
-        return emb_fail(err, "%s: out of memory for %d tensors", path, n);
+        return emb_fail_as(err, EMB_ERR_NO_MEMORY, "%s: out of memory for %d tensors", path, n);
 
     char *name = f->names;
     int i = 0;
@@ -664,7 +664,7 @@ static int build_header(const emb_st_entry *entries, int n, const char *metadata
     result = 0;
     goto out;
 oom:
-    emb_fail(err, "%s: out of memory building the header", path);
+    emb_fail_as(err, EMB_ERR_NO_MEMORY, "%s: out of memory building the header", path);
 out:
     free(text);
     cJSON_Delete(meta);
@@ -716,7 +716,7 @@ int emb_st_write(const char *path, const emb_st_entry *entries, int n_entries,
     size_t plen = strlen(path);
     tmp = malloc(plen + sizeof ".tmp");
     if (tmp == NULL) {
-        emb_fail(err, "%s: out of memory", path);
+        emb_fail_as(err, EMB_ERR_NO_MEMORY, "%s: out of memory", path);
         goto out;
     }
     memcpy(tmp, path, plen);

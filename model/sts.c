@@ -84,9 +84,9 @@ int emb_sts_load(emb_sts *s, const char *path, emb_err *err)
             continue;
         free(a);
         free(b);
-        rc = r == -1 ? emb_fail(err, "%s:%d: expected score<TAB>sentence1<TAB>sentence2", path,
-                                line_no)
-                     : emb_fail(err, "out of memory");
+        rc = r == -1
+                 ? emb_fail(err, "%s:%d: expected score<TAB>sentence1<TAB>sentence2", path, line_no)
+                 : emb_fail_as(err, EMB_ERR_NO_MEMORY, "out of memory");
         break;
     }
     free(line);
@@ -182,7 +182,7 @@ static int embed_texts(const emb_model *m, char *const *texts, int n, float *out
     emb_workspace *ws = emb_workspace_new(m, max_len * 64, err);
     int rc = ids != NULL && ws != NULL ? 0 : -1;
     if (rc != 0 && ws != NULL)
-        emb_fail(err, "out of memory");
+        emb_fail_as(err, EMB_ERR_NO_MEMORY, "out of memory");
     for (int i0 = 0; rc == 0 && i0 < n; i0 += 64) {
         int cnt = n - i0 < 64 ? n - i0 : 64;
         long at = 0;
@@ -190,7 +190,7 @@ static int embed_texts(const emb_model *m, char *const *texts, int n, float *out
             const char *t = texts[i0 + j];
             lens[j] = emb_encode(m->tok, t, strlen(t), max_len, 0, ids + at, NULL);
             if (lens[j] < 0)
-                rc = emb_fail(err, "out of memory tokenising");
+                rc = emb_fail_as(err, EMB_ERR_NO_MEMORY, "out of memory tokenising");
             at += lens[j];
         }
         if (rc == 0)
@@ -210,7 +210,7 @@ int emb_sts_eval(const emb_model *m, const emb_sts *s, double *rho, emb_err *err
     double *cos = malloc(sizeof(double) * (size_t)s->n);
     int rc = -1;
     if (ea == NULL || eb == NULL || cos == NULL) {
-        emb_fail(err, "out of memory for %d pairs", s->n);
+        emb_fail_as(err, EMB_ERR_NO_MEMORY, "out of memory for %d pairs", s->n);
         goto out;
     }
     if (embed_texts(m, s->a, s->n, ea, err) != 0 || embed_texts(m, s->b, s->n, eb, err) != 0)

@@ -1368,30 +1368,31 @@ static int read_file(const char *path, char **out, size_t *out_len, emb_err *err
 
     f = fopen(path, "rb");
     if (f == NULL) {
-        emb_fail(err, "tokenizer: cannot open %s: %s", path, strerror(errno));
+        emb_fail_as(err, EMB_ERR_IO, "tokenizer: cannot open %s: %s", path, strerror(errno));
         goto out;
     }
     if (fseek(f, 0, SEEK_END) != 0) {
-        emb_fail(err, "tokenizer: cannot read %s: %s", path, strerror(errno));
+        emb_fail_as(err, EMB_ERR_IO, "tokenizer: cannot read %s: %s", path, strerror(errno));
         goto out;
     }
     size = ftell(f);
     if (size < 0 || fseek(f, 0, SEEK_SET) != 0) {
-        emb_fail(err, "tokenizer: cannot read %s: %s", path, strerror(errno));
+        emb_fail_as(err, EMB_ERR_IO, "tokenizer: cannot read %s: %s", path, strerror(errno));
         goto out;
     }
     if ((unsigned long)size > TOK_MAX_FILE_BYTES) {
-        emb_fail(err, "tokenizer: %s is %ld bytes, more than the limit of %zu", path, size,
-                 TOK_MAX_FILE_BYTES);
+        emb_fail_as(err, EMB_ERR_TOO_LARGE,
+                    "tokenizer: %s is %ld bytes, more than the limit of %zu", path, size,
+                    TOK_MAX_FILE_BYTES);
         goto out;
     }
     buf = malloc((size_t)size + 1);
     if (buf == NULL) {
-        emb_fail(err, "tokenizer: out of memory reading %s", path);
+        emb_fail_as(err, EMB_ERR_NO_MEMORY, "tokenizer: out of memory reading %s", path);
         goto out;
     }
     if (fread(buf, 1, (size_t)size, f) != (size_t)size) {
-        emb_fail(err, "tokenizer: short read on %s", path);
+        emb_fail_as(err, EMB_ERR_IO, "tokenizer: short read on %s", path);
         goto out;
     }
     buf[size] = '\0';
@@ -1420,9 +1421,9 @@ static cJSON *parse_json_file(const char *path, emb_err *err)
     root = cJSON_ParseWithLengthOpts(text, len, &end, 0);
     if (root == NULL) {
         size_t at = end != NULL && end >= text ? (size_t)(end - text) : 0;
-        emb_fail(err, "tokenizer: %s: invalid JSON near byte %zu", path, at);
+        emb_fail_as(err, EMB_ERR_INVALID, "tokenizer: %s: invalid JSON near byte %zu", path, at);
     } else if (!cJSON_IsObject(root)) {
-        emb_fail(err, "tokenizer: %s: top level is not a JSON object", path);
+        emb_fail_as(err, EMB_ERR_INVALID, "tokenizer: %s: top level is not a JSON object", path);
         cJSON_Delete(root);
         root = NULL;
     }
@@ -1445,7 +1446,8 @@ static int json_bool(const cJSON *obj, const char *key, int def, const char *pat
         return def;
     }
     if (!cJSON_IsBool(item)) {
-        return emb_fail(err, "tokenizer: %s: \"%s\" must be true, false or null", path, key);
+        return emb_fail_as(err, EMB_ERR_INVALID,
+                           "tokenizer: %s: \"%s\" must be true, false or null", path, key);
     }
     return cJSON_IsTrue(item) ? 1 : 0;
 }
@@ -1463,8 +1465,9 @@ static int json_int(const cJSON *obj, const char *key, int def, int lo, int hi, 
     }
     d = cJSON_IsNumber(item) ? item->valuedouble : (double)lo - 1.0;
     if (d < lo || d > hi || d != (double)(long long)d) {
-        return emb_fail(err, "tokenizer: %s: \"%s\" must be an integer in [%d, %d]", path, key,
-                        lo, hi);
+        return emb_fail_as(err, EMB_ERR_INVALID,
+                           "tokenizer: %s: \"%s\" must be an integer in [%d, %d]", path, key, lo,
+                           hi);
     }
     *out = (int)d;
     return 0;
@@ -1500,8 +1503,9 @@ static int add_pass(emb_tokenizer *tok, enum pass_kind kind, int left, int right
                     const char *path, emb_err *err)
 {
     if (tok->npasses >= TOK_MAX_PASSES) {
-        return emb_fail(err, "tokenizer: %s: normalizer has more than %d steps", path,
-                        TOK_MAX_PASSES);
+        return emb_fail_as(err, EMB_ERR_TOO_LARGE,
+                           "tokenizer: %s: normalizer has more than %d steps", path,
+                           TOK_MAX_PASSES);
     }
     tok->passes[tok->npasses].kind = kind;
     tok->passes[tok->npasses].left = left;
@@ -1551,19 +1555,22 @@ static int parse_normalizer(emb_tokenizer *tok, const cJSON *n, int depth, const
         return 0;
     }
     if (depth > TOK_MAX_NORM_DEPTH) {
-        return emb_fail(err, "tokenizer: %s: normalizers nested too deep", path);
+        return emb_fail_as(err, EMB_ERR_TOO_LARGE, "tokenizer: %s: normalizers nested too deep",
+                           path);
     }
     type = json_get(n, "type");
     if (!cJSON_IsObject(n) || !cJSON_IsString(type)) {
-        return emb_fail(err, "tokenizer: %s: a normalizer has no \"type\"", path);
+        return emb_fail_as(err, EMB_ERR_INVALID, "tokenizer: %s: a normalizer has no \"type\"",
+                           path);
     }
     t = type->valuestring;
     if (strcmp(t, "Sequence") == 0) {
         const cJSON *list = json_get(n, "normalizers");
         const cJSON *item;
         if (!cJSON_IsArray(list)) {
-            return emb_fail(err, "tokenizer: %s: Sequence normalizer has no \"normalizers\" list",
-                            path);
+            return emb_fail_as(err, EMB_ERR_INVALID,
+                               "tokenizer: %s: Sequence normalizer has no \"normalizers\" list",
+                               path);
         }
         cJSON_ArrayForEach(item, list) {
             if (parse_normalizer(tok, item, depth + 1, path, err) != 0) {
@@ -1677,23 +1684,24 @@ static int add_added_token(emb_tokenizer *tok, const char *content, int single_w
     if (t == NULL) {
         int32_t id = added_token_id(tok, content);
         if (tok->nadded >= TOK_MAX_ADDED || id >= TOK_MAX_VOCAB) {
-            return emb_fail(err, "tokenizer: %s: more than %d added tokens", path,
-                            TOK_MAX_ADDED);
+            return emb_fail_as(err, EMB_ERR_TOO_LARGE, "tokenizer: %s: more than %d added tokens",
+                               path, TOK_MAX_ADDED);
         }
         if (strlen(content) > TOK_MAX_TOKEN_BYTES) {
-            return emb_fail(err, "tokenizer: %s: added token longer than %d bytes", path,
-                            TOK_MAX_TOKEN_BYTES);
+            return emb_fail_as(err, EMB_ERR_TOO_LARGE,
+                               "tokenizer: %s: added token longer than %d bytes", path,
+                               TOK_MAX_TOKEN_BYTES);
         }
         grown = realloc(tok->added, (tok->nadded + 1) * sizeof *grown);
         if (grown == NULL) {
-            return emb_fail(err, "tokenizer: out of memory");
+            return emb_fail_as(err, EMB_ERR_NO_MEMORY, "tokenizer: out of memory");
         }
         tok->added = grown;
         t = &tok->added[tok->nadded];
         memset(t, 0, sizeof *t);
         t->content = strdup(content);
         if (t->content == NULL) {
-            return emb_fail(err, "tokenizer: out of memory");
+            return emb_fail_as(err, EMB_ERR_NO_MEMORY, "tokenizer: out of memory");
         }
         t->id = id;
         tok->nadded++;
@@ -1720,7 +1728,7 @@ static int build_added_sets(emb_tokenizer *tok, emb_err *err)
     tok->raw_set = calloc(tok->nadded + 1, sizeof *tok->raw_set);
     tok->norm_set = calloc(tok->nadded + 1, sizeof *tok->norm_set);
     if (tok->raw_set == NULL || tok->norm_set == NULL) {
-        emb_fail(err, "tokenizer: out of memory");
+        emb_fail_as(err, EMB_ERR_NO_MEMORY, "tokenizer: out of memory");
         goto out;
     }
     for (i = 0; i < tok->nadded; i++) {
@@ -1728,13 +1736,13 @@ static int build_added_sets(emb_tokenizer *tok, emb_err *err)
         const int32_t *pat = NULL;
         size_t npat = 0;
         if (utf8_decode(t->content, strlen(t->content), &raw) != 0) {
-            emb_fail(err, "tokenizer: out of memory");
+            emb_fail_as(err, EMB_ERR_NO_MEMORY, "tokenizer: out of memory");
             goto out;
         }
         pat = raw.cp;
         npat = raw.len;
         if (t->normalized && normalize(tok, raw.cp, raw.len, bufs, &pat, &npat) != 0) {
-            emb_fail(err, "tokenizer: out of memory");
+            emb_fail_as(err, EMB_ERR_NO_MEMORY, "tokenizer: out of memory");
             goto out;
         }
         if (npat == 0) {
@@ -1742,7 +1750,7 @@ static int build_added_sets(emb_tokenizer *tok, emb_err *err)
         }
         t->cps = malloc(npat * sizeof *t->cps);
         if (t->cps == NULL) {
-            emb_fail(err, "tokenizer: out of memory");
+            emb_fail_as(err, EMB_ERR_NO_MEMORY, "tokenizer: out of memory");
             goto out;
         }
         memcpy(t->cps, pat, npat * sizeof *pat);
@@ -1776,7 +1784,8 @@ static int parse_added_object(emb_tokenizer *tok, const cJSON *item, const char 
     int normalized;
 
     if (!cJSON_IsString(content)) {
-        return emb_fail(err, "tokenizer: %s: an added token has no \"content\"", path);
+        return emb_fail_as(err, EMB_ERR_INVALID, "tokenizer: %s: an added token has no \"content\"",
+                           path);
     }
     special = json_bool(item, "special", 0, path, err);
     single_word = json_bool(item, "single_word", 0, path, err);
@@ -1797,11 +1806,13 @@ static int parse_added_tokens(emb_tokenizer *tok, const cJSON *list, const char 
         return 0;
     }
     if (!cJSON_IsArray(list)) {
-        return emb_fail(err, "tokenizer: %s: \"added_tokens\" is not a list", path);
+        return emb_fail_as(err, EMB_ERR_INVALID, "tokenizer: %s: \"added_tokens\" is not a list",
+                           path);
     }
     cJSON_ArrayForEach(item, list) {
         if (!cJSON_IsObject(item)) {
-            return emb_fail(err, "tokenizer: %s: an added token is not an object", path);
+            return emb_fail_as(err, EMB_ERR_INVALID,
+                               "tokenizer: %s: an added token is not an object", path);
         }
         if (parse_added_object(tok, item, path, err) != 0) {
             return -1;
@@ -1820,15 +1831,17 @@ static int parse_added_decoder(emb_tokenizer *tok, const cJSON *map, const char 
         return 0;
     }
     if (!cJSON_IsObject(map)) {
-        return emb_fail(err, "tokenizer: %s: \"added_tokens_decoder\" is not an object", path);
+        return emb_fail_as(err, EMB_ERR_INVALID,
+                           "tokenizer: %s: \"added_tokens_decoder\" is not an object", path);
     }
     cJSON_ArrayForEach(item, map) {
         char *end = NULL;
         long id = strtol(item->string, &end, 10);
         if (end == item->string || *end != '\0' || id < 0 || id >= TOK_MAX_VOCAB ||
             !cJSON_IsObject(item)) {
-            return emb_fail(err, "tokenizer: %s: bad added_tokens_decoder entry \"%s\"", path,
-                            item->string);
+            return emb_fail_as(err, EMB_ERR_INVALID,
+                               "tokenizer: %s: bad added_tokens_decoder entry \"%s\"", path,
+                               item->string);
         }
         if (parse_added_object(tok, item, path, err) != 0) {
             return -1;
@@ -1849,32 +1862,36 @@ static int parse_vocab_object(emb_tokenizer *tok, const cJSON *obj, const char *
     size_t bytes = 0;
 
     if (!cJSON_IsObject(obj)) {
-        return emb_fail(err, "tokenizer: %s: model.vocab is not an object", path);
+        return emb_fail_as(err, EMB_ERR_INVALID, "tokenizer: %s: model.vocab is not an object",
+                           path);
     }
     cJSON_ArrayForEach(item, obj) {
         size_t n = strlen(item->string);
         if (n > TOK_MAX_TOKEN_BYTES) {
-            return emb_fail(err, "tokenizer: %s: vocabulary entry longer than %d bytes", path,
-                            TOK_MAX_TOKEN_BYTES);
+            return emb_fail_as(err, EMB_ERR_TOO_LARGE,
+                               "tokenizer: %s: vocabulary entry longer than %d bytes", path,
+                               TOK_MAX_TOKEN_BYTES);
         }
         count++;
         bytes += n + 1;
     }
     if (count == 0 || count > TOK_MAX_VOCAB) {
-        return emb_fail(err, "tokenizer: %s: model.vocab has %zu entries (1 to %d allowed)", path,
-                        count, TOK_MAX_VOCAB);
+        return emb_fail_as(err, EMB_ERR_INVALID,
+                           "tokenizer: %s: model.vocab has %zu entries (1 to %d allowed)", path,
+                           count, TOK_MAX_VOCAB);
     }
     if (vocab_init(&tok->vocab, count, bytes) != 0) {
-        return emb_fail(err, "tokenizer: out of memory");
+        return emb_fail_as(err, EMB_ERR_NO_MEMORY, "tokenizer: out of memory");
     }
     cJSON_ArrayForEach(item, obj) {
         double d = cJSON_IsNumber(item) ? item->valuedouble : -1.0;
         if (d < 0 || d >= TOK_MAX_VOCAB || d != (double)(long long)d) {
-            return emb_fail(err, "tokenizer: %s: model.vocab[\"%s\"] is not an id in [0, %d)",
-                            path, item->string, TOK_MAX_VOCAB);
+            return emb_fail_as(err, EMB_ERR_INVALID,
+                               "tokenizer: %s: model.vocab[\"%s\"] is not an id in [0, %d)", path,
+                               item->string, TOK_MAX_VOCAB);
         }
         if (vocab_add(&tok->vocab, item->string, strlen(item->string), (int32_t)d) != 0) {
-            return emb_fail(err, "tokenizer: out of memory");
+            return emb_fail_as(err, EMB_ERR_NO_MEMORY, "tokenizer: out of memory");
         }
     }
     return 0;
@@ -1897,17 +1914,19 @@ static int load_tokenizer_json(emb_tokenizer *tok, const char *path, emb_err *er
     }
     model = json_get(root, "model");
     if (!cJSON_IsObject(model)) {
-        emb_fail(err, "tokenizer: %s: no \"model\" object", path);
+        emb_fail_as(err, EMB_ERR_INVALID, "tokenizer: %s: no \"model\" object", path);
         goto out;
     }
     type = json_get(model, "type");
     if (!cJSON_IsString(type)) {
-        emb_fail(err, "tokenizer: %s: model.type is missing; only WordPiece is supported", path);
+        emb_fail_as(err, EMB_ERR_INVALID,
+                    "tokenizer: %s: model.type is missing; only WordPiece is supported", path);
         goto out;
     }
     if (strcmp(type->valuestring, "WordPiece") != 0) {
-        emb_fail(err, "tokenizer: %s: model.type is \"%s\"; only WordPiece is supported", path,
-                 type->valuestring);
+        emb_fail_as(err, EMB_ERR_INVALID,
+                    "tokenizer: %s: model.type is \"%s\"; only WordPiece is supported", path,
+                    type->valuestring);
         goto out;
     }
     if (parse_vocab_object(tok, json_get(model, "vocab"), path, err) != 0) {
@@ -1916,14 +1935,15 @@ static int load_tokenizer_json(emb_tokenizer *tok, const char *path, emb_err *er
 
     unk = json_get(model, "unk_token");
     if (unk != NULL && !cJSON_IsString(unk)) {
-        emb_fail(err, "tokenizer: %s: model.unk_token is not a string", path);
+        emb_fail_as(err, EMB_ERR_INVALID, "tokenizer: %s: model.unk_token is not a string", path);
         goto out;
     }
     tok->unk_id = vocab_find(&tok->vocab, "", 0, unk != NULL ? unk->valuestring : "[UNK]",
                              strlen(unk != NULL ? unk->valuestring : "[UNK]"));
     if (tok->unk_id < 0) {
-        emb_fail(err, "tokenizer: %s: unk token \"%s\" is not in the vocabulary", path,
-                 unk != NULL ? unk->valuestring : "[UNK]");
+        emb_fail_as(err, EMB_ERR_INVALID,
+                    "tokenizer: %s: unk token \"%s\" is not in the vocabulary", path,
+                    unk != NULL ? unk->valuestring : "[UNK]");
         goto out;
     }
 
@@ -1988,12 +2008,12 @@ static int load_vocab_txt(emb_tokenizer *tok, const char *path, emb_err *err)
         lines++;
     }
     if (lines == 0 || lines > TOK_MAX_VOCAB) {
-        emb_fail(err, "tokenizer: %s has %zu lines (1 to %d allowed)", path, lines,
-                 TOK_MAX_VOCAB);
+        emb_fail_as(err, EMB_ERR_INVALID, "tokenizer: %s has %zu lines (1 to %d allowed)", path,
+                    lines, TOK_MAX_VOCAB);
         goto out;
     }
     if (vocab_init(&tok->vocab, lines, len) != 0) {
-        emb_fail(err, "tokenizer: out of memory");
+        emb_fail_as(err, EMB_ERR_NO_MEMORY, "tokenizer: out of memory");
         goto out;
     }
     i = 0;
@@ -2010,16 +2030,17 @@ static int load_vocab_txt(emb_tokenizer *tok, const char *path, emb_err *err)
         }
         i++;
         if (n > TOK_MAX_TOKEN_BYTES) {
-            emb_fail(err, "tokenizer: %s line %zu is longer than %d bytes", path, lines + 1,
-                     TOK_MAX_TOKEN_BYTES);
+            emb_fail_as(err, EMB_ERR_TOO_LARGE, "tokenizer: %s line %zu is longer than %d bytes",
+                        path, lines + 1, TOK_MAX_TOKEN_BYTES);
             goto out;
         }
         if (!utf8_valid(text + start, n)) {
-            emb_fail(err, "tokenizer: %s line %zu is not valid UTF-8", path, lines + 1);
+            emb_fail_as(err, EMB_ERR_INVALID, "tokenizer: %s line %zu is not valid UTF-8", path,
+                        lines + 1);
             goto out;
         }
         if (vocab_add(&tok->vocab, text + start, n, (int32_t)lines) != 0) {
-            emb_fail(err, "tokenizer: out of memory");
+            emb_fail_as(err, EMB_ERR_NO_MEMORY, "tokenizer: out of memory");
             goto out;
         }
         lines++;
@@ -2068,7 +2089,8 @@ static int configure_vocab_txt(emb_tokenizer *tok, const cJSON *cfg, const char 
     }
     tok->unk_id = vocab_find(&tok->vocab, "", 0, unk, strlen(unk));
     if (tok->unk_id < 0) {
-        return emb_fail(err, "tokenizer: unk token \"%s\" is not in the vocabulary", unk);
+        return emb_fail_as(err, EMB_ERR_INVALID,
+                           "tokenizer: unk token \"%s\" is not in the vocabulary", unk);
     }
     /* Special tokens are never split or normalized. */
     if (cfg != NULL && parse_added_decoder(tok, json_get(cfg, "added_tokens_decoder"), cfg_path,
@@ -2130,7 +2152,7 @@ emb_tokenizer *emb_tokenizer_load(const char *dir, emb_err *err)
     if (tok != NULL)
         atomic_init(&tok->refs, 1);
     if (tok == NULL) {
-        emb_fail(err, "tokenizer: out of memory");
+        emb_fail_as(err, EMB_ERR_NO_MEMORY, "tokenizer: out of memory");
         return NULL;
     }
     tok->opts.strip_accents = -1;
@@ -2158,7 +2180,7 @@ emb_tokenizer *emb_tokenizer_load(const char *dir, emb_err *err)
         goto out;
     }
     if (vocab_index(&tok->vocab) != 0) {
-        emb_fail(err, "tokenizer: out of memory");
+        emb_fail_as(err, EMB_ERR_NO_MEMORY, "tokenizer: out of memory");
         goto out;
     }
     tok->vocab_size = tok->vocab.id_count;

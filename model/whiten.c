@@ -44,7 +44,8 @@ int emb_moments_init(emb_moments *m, int dim, emb_err *err)
     m->chunk = malloc(sizeof(double) * (size_t)m->cap_rows * (size_t)dim);
     if (m->mean == NULL || m->chunk_mean == NULL || m->m2 == NULL || m->chunk == NULL) {
         emb_moments_free(m);
-        return emb_fail(err, "whitening: out of memory for a %d x %d covariance", dim, dim);
+        return emb_fail_as(err, EMB_ERR_NO_MEMORY,
+                           "whitening: out of memory for a %d x %d covariance", dim, dim);
     }
     return 0;
 }
@@ -141,7 +142,7 @@ static int eigen_symmetric(double *a, int D, double *lambda, emb_err *err)
     int *iwork = malloc(sizeof(int) * (size_t)(liwork > 1 ? liwork : 1));
     int rc = 0;
     if (work == NULL || iwork == NULL) {
-        rc = emb_fail(err, "whitening: out of memory for the eigensolver");
+        rc = emb_fail_as(err, EMB_ERR_NO_MEMORY, "whitening: out of memory for the eigensolver");
     } else {
         dsyevd_("V", "U", &D, a, &D, lambda, work, &lwork, iwork, &liwork, &info, 1, 1);
         if (info != 0)
@@ -223,7 +224,7 @@ int emb_whiten_fit(const emb_moments *m, int k, double shrink, emb_whiten *out, 
     out->eigenvalues = malloc(sizeof(double) * (size_t)D);
     int rc = -1;
     if (a == NULL || lambda == NULL || out->eigenvalues == NULL) {
-        emb_fail(err, "whitening: out of memory");
+        emb_fail_as(err, EMB_ERR_NO_MEMORY, "whitening: out of memory");
         goto out;
     }
     if (emb_moments_covariance(m, a, err) != 0 || eigen_symmetric(a, D, lambda, err) != 0)
@@ -233,7 +234,7 @@ int emb_whiten_fit(const emb_moments *m, int k, double shrink, emb_whiten *out, 
     out->w = malloc(sizeof(float) * (size_t)out->k * (size_t)D);
     out->b = malloc(sizeof(float) * (size_t)(out->k > 0 ? out->k : 1));
     if (out->w == NULL || out->b == NULL) {
-        emb_fail(err, "whitening: out of memory");
+        emb_fail_as(err, EMB_ERR_NO_MEMORY, "whitening: out of memory");
         goto out;
     }
     rc = build_transform(out, a, lambda, m->mean, shrink, err);

@@ -15,7 +15,7 @@ int emb_token_counts_init(emb_token_counts *c, int V, emb_err *err)
     memset(c, 0, sizeof *c);
     c->count = calloc((size_t)V, sizeof(double));
     if (c->count == NULL)
-        return emb_fail(err, "out of memory for %d token counts", V);
+        return emb_fail_as(err, EMB_ERR_NO_MEMORY, "out of memory for %d token counts", V);
     c->V = V;
     return 0;
 }
@@ -198,7 +198,7 @@ int emb_word_families(const emb_tokenizer *tok, const emb_token_counts *counts,
     alternation *alt = s != NULL ? count_alternations(s, n_split, &n_alt) : NULL;
     if (alt == NULL) {
         free(s);
-        return emb_fail(err, "word families: out of memory");
+        return emb_fail_as(err, EMB_ERR_NO_MEMORY, "word families: out of memory");
     }
     if (n_alt > o->n_alt)
         n_alt = o->n_alt;

@@ -55,6 +55,7 @@
 
 #include "bert.h"
 #include "gemm.h"
+#include "http/errors.h"
 #include "run_suite.h"
 #include "testutil.h"
 
@@ -3258,11 +3259,87 @@ static TCase *tcase_with_server(Suite *s, const char *name, void (*setup)(void),
     return tc;
 }
 
+/* ---- the error table (no server) ----------------------------------------- */
+
+typedef struct kind_case {
+    emb_err_kind kind;
+    int status;
+    const char *tei_type, *openai_type, *openai_code;
+} kind_case;
+
+/* Every kind's reply; the statuses are the ones the routes sent before
+ * errors carried kinds. */
+static const kind_case kind_cases[] = {
+    {EMB_ERR_FAILED, 500, "Backend", "server_error", NULL},
+    {EMB_ERR_INVALID, 422, "Validation", "invalid_request_error", NULL},
+    {EMB_ERR_TOO_LARGE, 422, "Validation", "invalid_request_error", NULL},
+    {EMB_ERR_NOT_FOUND, 404, "NotFound", "invalid_request_error", "not_found"},
+    {EMB_ERR_CONFLICT, 409, "Conflict", "invalid_request_error", NULL},
+    {EMB_ERR_UNAVAILABLE, 503, "Unhealthy", "server_error", "service_unavailable"},
+    {EMB_ERR_IO, 500, "Backend", "server_error", NULL},
+    {EMB_ERR_NO_MEMORY, 500, "Backend", "server_error", NULL},
+    {EMB_ERR_KIND_COUNT, 500, "Backend", "server_error", NULL}, /* unknown: FAILED's */
+};
+
+static int same_str(const char *a, const char *b)
+{
+    return a == b || (a != NULL && b != NULL && strcmp(a, b) == 0);
+}
+
+START_TEST(test_error_kind_table)
+{
+    const kind_case *c = &kind_cases[_i];
+    const http_error *e = http_error_of_kind(c->kind);
+    ck_assert_msg(e->status == c->status && same_str(e->tei_type, c->tei_type) &&
+                      same_str(e->openai_type, c->openai_type) &&
+                      same_str(e->openai_code, c->openai_code),
+                  "kind %s: %d %s %s %s", emb_err_kind_name(c->kind), e->status, e->tei_type,
+                  e->openai_type, e->openai_code != NULL ? e->openai_code : "null");
+    /* the OpenAI side of a kind is the OpenAI side of its status */
+    const http_error *by_status = http_error_of_status(e->status);
+    ck_assert(same_str(by_status->openai_type, e->openai_type));
+    ck_assert(same_str(by_status->openai_code, e->openai_code));
+}
+END_TEST
+
+/* The statuses the HTTP layer sends without a kind keep their OpenAI
+ * types and codes. */
+START_TEST(test_error_status_table)
+{
+    static const struct {
+        int status;
+        const char *type, *code;
+    } want[] = {
+        {400, "invalid_request_error", NULL},
+        {401, "authentication_error", "invalid_api_key"},
+        {404, "invalid_request_error", "not_found"},
+        {405, "invalid_request_error", "method_not_allowed"},
+        {413, "invalid_request_error", "payload_too_large"},
+        {422, "invalid_request_error", NULL},
+        {429, "rate_limit_error", "rate_limit_exceeded"},
+        {500, "server_error", NULL},
+        {503, "server_error", "service_unavailable"},
+    };
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
+        const http_error *e = http_error_of_status(want[i].status);
+        ck_assert_msg(same_str(e->openai_type, want[i].type) &&
+                          same_str(e->openai_code, want[i].code),
+                      "status %d: %s %s", want[i].status, e->openai_type,
+                      e->openai_code != NULL ? e->openai_code : "null");
+    }
+}
+END_TEST
+
 int main(void)
 {
     curl_global_init(CURL_GLOBAL_DEFAULT);
     signal(SIGPIPE, SIG_IGN);
     Suite *s = suite_create("server");
+    TCase *kinds = tcase_create("error_kinds");
+    tcase_add_loop_test(kinds, test_error_kind_table, 0,
+                        (int)(sizeof kind_cases / sizeof kind_cases[0]));
+    tcase_add_test(kinds, test_error_status_table);
+    suite_add_tcase(s, kinds);
     TCase *tc = tcase_with_server(s, "embed", setup_default, 60);
     tcase_add_test(tc, test_embed_matches_cli);
     tcase_add_test(tc, test_embed_normalize_false);

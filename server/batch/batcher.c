@@ -108,6 +108,7 @@ static void run_batch(batcher *b, const emb_model *model, int n_slices, int n_se
                    sizeof(float) * (size_t)sl->count * C);
         } else {
             job->failed = 1;
+            job->error_kind = err.kind;
             snprintf(job->error, sizeof job->error, "%s", err.msg);
         }
         row += sl->count;
@@ -223,11 +224,21 @@ batcher *batcher_start(const emb_model *model, int max_batch_tokens, metrics *mx
     return b;
 }
 
+/* Marks job refused; returns -1. */
+static int refuse(emb_job *job, emb_err_kind kind, const char *msg)
+{
+    job->failed = 1;
+    job->error_kind = kind;
+    snprintf(job->error, sizeof job->error, "%s", msg);
+    return -1;
+}
+
 int batcher_submit(batcher *b, emb_job *job)
 {
     if (job->n_seqs < 1)
-        return -1;
+        return refuse(job, EMB_ERR_INVALID, "a job needs at least one sequence");
     job->failed = 0;
+    job->error_kind = EMB_ERR_FAILED;
     job->error[0] = '\0';
     job->next_seq = 0;
     job->next_tok = 0;
@@ -238,7 +249,7 @@ int batcher_submit(batcher *b, emb_job *job)
     pthread_mutex_lock(&b->lock);
     if (b->stopping) {
         pthread_mutex_unlock(&b->lock);
-        return -1;
+        return refuse(job, EMB_ERR_UNAVAILABLE, "server is shutting down");
     }
     if (b->tail != NULL)
         b->tail->next = job;

@@ -31,6 +31,7 @@
 
 #include <stdint.h>
 
+#include "base/error.h"
 #include "bert.h"
 #include "common/metrics.h"
 
@@ -47,8 +48,12 @@ struct emb_job {
     void (*done)(emb_job *job);
     void *user;
 
-    /* Set by the batcher before done is called. */
-    int failed;                /* 1 when the forward pass failed */
+    /* Set by the batcher before done is called, or by a refused
+     * batcher_submit. */
+    int failed;                /* 1 when the job failed */
+    emb_err_kind error_kind;   /* why, for the caller's status: the forward
+                                  pass's kind, EMB_ERR_UNAVAILABLE when
+                                  stopping (base/error.h) */
     char error[512];
 
     /* Private to the batcher. */
@@ -65,8 +70,9 @@ typedef struct batcher batcher;
 /* Starts the compute thread. The model (the default for jobs without one,
  * and the shape of every model) must outlive the batcher. */
 batcher *batcher_start(const emb_model *model, int max_batch_tokens, metrics *mx, emb_err *err);
-/* Queues a job; returns -1 (job untouched) once stopping has begun or when
- * n_seqs < 1. */
+/* Queues a job. Returns -1 once stopping has begun (error_kind
+ * EMB_ERR_UNAVAILABLE) or when n_seqs < 1 (EMB_ERR_INVALID), with failed,
+ * error_kind and error set and done not called: the job is the caller's. */
 int batcher_submit(batcher *b, emb_job *job);
 /* Sets the idle callback (NULL: none); call before any work is queued, or
  * from the compute thread. */

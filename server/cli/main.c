@@ -21,7 +21,7 @@
 
 #include "cli.h"
 
-#define EMBEDD_VERSION "0.1.0"
+#include "common/release.h"
 
 static void usage(FILE *fp)
 {

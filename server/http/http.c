@@ -19,73 +19,7 @@
 #include "store/store_reembed.h"
 #include "train.h"
 
-/* ---- replies ------------------------------------------------------------ */
-
-static const char *openai_error_type(int status)
-{
-    switch (status) {
-    case 401:
-        return "authentication_error";
-    case 429:
-        return "rate_limit_error";
-    case 500:
-    case 503:
-        return "server_error";
-    default:
-        return "invalid_request_error";
-    }
-}
-
-static const char *openai_error_code(int status)
-{
-    switch (status) {
-    case 401:
-        return "invalid_api_key";
-    case 404:
-        return "not_found";
-    case 405:
-        return "method_not_allowed";
-    case 413:
-        return "payload_too_large";
-    case 429:
-        return "rate_limit_exceeded";
-    case 503:
-        return "service_unavailable";
-    default:
-        return NULL;
-    }
-}
-
-void reply_error(reply *rp, api_family api, int status, const char *type, const char *fmt, ...)
-{
-    char msg[1024];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    sb_free(&rp->body);
-    rp->status = status;
-    rp->content_type = "application/json";
-    if (api == API_OPENAI) {
-        const char *code = openai_error_code(status);
-        sb_puts(&rp->body, "{\"error\":{\"message\":");
-        sb_json_string(&rp->body, msg);
-        sb_puts(&rp->body, ",\"type\":");
-        sb_json_string(&rp->body, openai_error_type(status));
-        sb_puts(&rp->body, ",\"param\":null,\"code\":");
-        if (code != NULL)
-            sb_json_string(&rp->body, code);
-        else
-            sb_puts(&rp->body, "null");
-        sb_puts(&rp->body, "}}");
-        return;
-    }
-    sb_puts(&rp->body, "{\"error\":");
-    sb_json_string(&rp->body, msg);
-    sb_puts(&rp->body, ",\"error_type\":");
-    sb_json_string(&rp->body, type);
-    sb_putc(&rp->body, '}');
-}
+/* ---- replies (the error replies are in errors.c) --------------------- */
 
 static void reply_init(reply *rp)
 {
@@ -100,7 +34,7 @@ static enum MHD_Result send_reply(request *rq, reply *rp)
     if (rp->body.failed) {
         api_family api = rq->rt != NULL ? rq->rt->api : API_TEI;
         rp->body.failed = 0;
-        reply_error(rp, api, 500, "Backend", "response too large or out of memory");
+        reply_fail(rp, api, EMB_ERR_NO_MEMORY, "response too large or out of memory");
     }
     size_t len = 0;
     char *body = sb_take(&rp->body, &len);
@@ -310,18 +244,16 @@ void server_job_done(emb_job *job)
 }
 
 /* Suspends the connection and queues the job. If the batcher refuses (it
- * is stopping), the job completes at once as failed, through the same path. */
+ * is stopping), the job completes at once as failed, through the same
+ * path, with the batcher's error kind and message. */
 void server_submit(server *srv, request *rq, emb_job *job)
 {
     job->user = rq;
     job->done = server_job_done;
     rq->suspended = 1;
     MHD_suspend_connection(rq->conn);
-    if (batcher_submit(srv->batcher, job) != 0) {
-        job->failed = 1;
-        snprintf(job->error, sizeof job->error, "server is shutting down");
+    if (batcher_submit(srv->batcher, job) != 0)
         server_job_done(job);
-    }
 }
 
 /* ---- start and stop ---------------------------------------------------- */

@@ -12,33 +12,20 @@
 #include <string.h>
 #include <strings.h>
 
+#include "common/release.h"
 #include "ops.h"
 #include "learn/samples.h"
 #include "server.h"
-
-#define EMBEDD_VERSION "0.1.0"
+#include "textjob.h"
 
 /* ---- request parsing helpers ------------------------------------------- */
 
-/* One input: a text, or token ids given by the client. */
-typedef struct input {
-    const char *text;
-    size_t len;
-    const cJSON *ids;          /* array of numbers, when given as token ids */
-} input;
-
 typedef struct embed_state {
-    emb_job job;
-    api_family api;
-    int n;
-    int32_t *ids;              /* (n, max_len) worst case, packed */
-    int *lens;
-    float *out;                /* (n, C) pooled */
-    long prompt_tokens;
+    text_job tj;               /* the inputs and their vectors */
+    int n;                     /* inputs */
     int normalize;
     int dimensions;
     int base64;
-    model_version *mv;         /* the version the job runs on, referenced */
 } embed_state;
 
 static void embed_state_free(void *p)
@@ -46,10 +33,7 @@ static void embed_state_free(void *p)
     embed_state *st = p;
     if (st == NULL)
         return;
-    free(st->ids);
-    free(st->lens);
-    free(st->out);
-    versions_release(NULL, st->mv);
+    textjob_free(&st->tj);
     free(st);
 }
 
@@ -71,16 +55,16 @@ static int all_integers(const cJSON *arr)
 /* Collects the inputs of "inputs" (TEI) or "input" (OpenAI). Returns the
  * count (>= 1), or 0 after filling rp with the error. */
 static int collect_inputs(const cJSON *field, const char *name, int allow_ids, int max_inputs,
-                          api_family api, input **out, reply *rp)
+                          api_family api, textjob_input **out, reply *rp)
 {
     if (field == NULL) {
         reply_error(rp, api, 422, "Validation", "missing field `%s`", name);
         return 0;
     }
     if (cJSON_IsString(field)) {
-        *out = calloc(1, sizeof(input));
+        *out = calloc(1, sizeof(textjob_input));
         if (*out == NULL) {
-            reply_error(rp, api, 500, "Backend", "out of memory");
+            reply_fail(rp, api, EMB_ERR_NO_MEMORY, "out of memory");
             return 0;
         }
         (*out)[0].text = field->valuestring;
@@ -105,9 +89,9 @@ static int collect_inputs(const cJSON *field, const char *name, int allow_ids, i
                         name);
             return 0;
         }
-        *out = calloc(1, sizeof(input));
+        *out = calloc(1, sizeof(textjob_input));
         if (*out == NULL) {
-            reply_error(rp, api, 500, "Backend", "out of memory");
+            reply_fail(rp, api, EMB_ERR_NO_MEMORY, "out of memory");
             return 0;
         }
         (*out)[0].ids = field;
@@ -118,9 +102,9 @@ static int collect_inputs(const cJSON *field, const char *name, int allow_ids, i
                     "batch size %d exceeds the maximum of %d inputs per request", n, max_inputs);
         return 0;
     }
-    input *in = calloc((size_t)n, sizeof(input));
+    textjob_input *in = calloc((size_t)n, sizeof(textjob_input));
     if (in == NULL) {
-        reply_error(rp, api, 500, "Backend", "out of memory");
+        reply_fail(rp, api, EMB_ERR_NO_MEMORY, "out of memory");
         return 0;
     }
     int i = 0;
@@ -143,8 +127,7 @@ static int collect_inputs(const cJSON *field, const char *name, int allow_ids, i
     return n;
 }
 
-/* Optional bool field; returns -1 after filling rp on a wrong type. */
-static int get_bool(const cJSON *root, const char *name, int def, api_family api, reply *rp)
+int route_get_bool(const cJSON *root, const char *name, int def, api_family api, reply *rp)
 {
     const cJSON *f = cJSON_GetObjectItemCaseSensitive(root, name);
     if (f == NULL || cJSON_IsNull(f))
@@ -205,93 +188,16 @@ cJSON *route_parse_body(request *rq, api_family api, reply *rp)
     return root;
 }
 
-/* Tokenises (or copies) every input into st. Returns 0, or -1 after filling
- * rp. */
-static int encode_inputs(server *srv, embed_state *st, const input *in, int truncate,
-                         int truncate_left, reply *rp)
-{
-    const emb_model *m = srv->model;
-    const int max_len = m->cfg.max_seq_length;
-    st->ids = malloc(sizeof(int32_t) * (size_t)st->n * (size_t)max_len);
-    st->lens = malloc(sizeof(int) * (size_t)st->n);
-    st->out = malloc(sizeof(float) * (size_t)st->n * (size_t)emb_model_dim(m));
-    if (st->ids == NULL || st->lens == NULL || st->out == NULL) {
-        reply_error(rp, st->api, 500, "Backend", "out of memory");
-        return -1;
-    }
-    long off = 0;
-    for (int i = 0; i < st->n; i++) {
-        int32_t *dst = st->ids + off;
-        int full = 0;
-        int n = 0;
-        if (in[i].ids != NULL) {
-            full = cJSON_GetArraySize(in[i].ids);
-            if (full == 0) {
-                reply_error(rp, st->api, 400, "Empty", "input %d is empty", i);
-                return -1;
-            }
-            int skip = truncate_left && full > max_len ? full - max_len : 0;
-            int k = 0;
-            const cJSON *el;
-            cJSON_ArrayForEach(el, in[i].ids) {
-                double v = el->valuedouble;
-                if (v < 0 || v >= m->cfg.vocab_size) {
-                    reply_error(rp, st->api, 422, "Validation",
-                                "input %d: token id %.0f is outside the vocabulary (0..%d)", i, v,
-                                m->cfg.vocab_size - 1);
-                    return -1;
-                }
-                if (k >= skip && n < max_len)
-                    dst[n++] = (int32_t)v;
-                k++;
-            }
-        } else {
-            if (in[i].len == 0) {
-                reply_error(rp, st->api, 400, "Empty", "input %d is empty", i);
-                return -1;
-            }
-            n = emb_encode(m->tok, in[i].text, in[i].len, max_len, truncate_left, dst, &full);
-            if (n < 0) {
-                reply_error(rp, st->api, 422, "Tokenizer", "input %d could not be tokenised", i);
-                return -1;
-            }
-        }
-        if (full > max_len && !truncate) {
-            reply_error(rp, st->api, 422, "Validation",
-                        "input %d has %d tokens, more than the maximum of %d; set truncate", i,
-                        full, max_len);
-            return -1;
-        }
-        st->lens[i] = n;
-        st->prompt_tokens += n;
-        off += n;
-    }
-    return 0;
-}
-
 /* ---- /embed and /v1/embeddings ----------------------------------------- */
-
-static route_result submit_embed(server *srv, request *rq, embed_state *st)
-{
-    st->mv = versions_current(srv->versions);
-    st->job.model = st->mv->model;
-    rq->model_version = st->mv->id;
-    st->job.n_seqs = st->n;
-    st->job.ids = st->ids;
-    st->job.lens = st->lens;
-    st->job.out = st->out;
-    server_submit(srv, rq, &st->job);
-    return ROUTE_SUSPEND;
-}
 
 static embed_state *new_embed_state(request *rq, api_family api, reply *rp)
 {
     embed_state *st = calloc(1, sizeof *st);
     if (st == NULL) {
-        reply_error(rp, api, 500, "Backend", "out of memory");
+        reply_fail(rp, api, EMB_ERR_NO_MEMORY, "out of memory");
         return NULL;
     }
-    st->api = api;
+    st->tj.api = api;
     rq->state = st;
     rq->free_state = embed_state_free;
     return st;
@@ -302,9 +208,9 @@ static embed_state *new_embed_state(request *rq, api_family api, reply *rp)
 static int tei_options(server *srv, const cJSON *root, embed_state *st, int *truncate,
                        int *left, reply *rp)
 {
-    st->normalize = get_bool(root, "normalize", 1, st->api, rp);
-    *truncate = get_bool(root, "truncate", srv->opts.auto_truncate, st->api, rp);
-    st->dimensions = get_dimensions(root, emb_model_dim(srv->model), st->api, rp);
+    st->normalize = route_get_bool(root, "normalize", 1, st->tj.api, rp);
+    *truncate = route_get_bool(root, "truncate", srv->opts.auto_truncate, st->tj.api, rp);
+    st->dimensions = get_dimensions(root, emb_model_dim(srv->model), st->tj.api, rp);
     if (st->normalize < 0 || *truncate < 0 || st->dimensions < 0)
         return -1;
     const cJSON *dir = cJSON_GetObjectItemCaseSensitive(root, "truncation_direction");
@@ -316,7 +222,7 @@ static int tei_options(server *srv, const cJSON *root, embed_state *st, int *tru
     }
     if (cJSON_IsString(dir) && strcasecmp(dir->valuestring, "right") == 0)
         return 0;
-    reply_error(rp, st->api, 422, "Validation",
+    reply_error(rp, st->tj.api, 422, "Validation",
                 "`truncation_direction` must be \"right\" or \"left\"");
     return -1;
 }
@@ -331,17 +237,17 @@ static int openai_options(server *srv, const cJSON *root, embed_state *st, int *
         if (cJSON_IsString(fmt) && strcmp(fmt->valuestring, "base64") == 0) {
             st->base64 = 1;
         } else if (!cJSON_IsString(fmt) || strcmp(fmt->valuestring, "float") != 0) {
-            reply_error(rp, st->api, 422, "Validation",
+            reply_error(rp, st->tj.api, 422, "Validation",
                         "`encoding_format` must be \"float\" or \"base64\"");
             return -1;
         }
     }
     const cJSON *model = cJSON_GetObjectItemCaseSensitive(root, "model");
     if (model != NULL && !cJSON_IsNull(model) && !cJSON_IsString(model)) {
-        reply_error(rp, st->api, 422, "Validation", "`model` must be a string");
+        reply_error(rp, st->tj.api, 422, "Validation", "`model` must be a string");
         return -1;
     }
-    st->dimensions = get_dimensions(root, emb_model_dim(srv->model), st->api, rp);
+    st->dimensions = get_dimensions(root, emb_model_dim(srv->model), st->tj.api, rp);
     return st->dimensions < 0 ? -1 : 0;
 }
 
@@ -355,7 +261,7 @@ static route_result handle_embeddings(server *srv, request *rq, reply *rp, api_f
                                       embed_options_fn read_options)
 {
     route_result result = ROUTE_DONE;
-    input *in = NULL;
+    textjob_input *in = NULL;
     cJSON *root = route_parse_body(rq, api, rp);
     if (root == NULL)
         return ROUTE_DONE;
@@ -370,13 +276,15 @@ static route_result handle_embeddings(server *srv, request *rq, reply *rp, api_f
     int left = 0;
     if (read_options(srv, root, st, &truncate, &left, rp) != 0)
         goto out;
-    if (encode_inputs(srv, st, in, truncate, left, rp) != 0)
+    textjob_opts to = {.truncate = truncate, .truncate_left = left, .noun = "input",
+                       .truncate_hint = 1};
+    if (textjob_encode(srv, &st->tj, api, in, st->n, &to, rp) != 0)
         goto out;
     for (int i = 0; i < st->n; i++) {
         if (in[i].ids == NULL)
             learner_offer(srv->learner, in[i].text, in[i].len, SAMPLES_SRC_EMBED);
     }
-    result = submit_embed(srv, rq, st);
+    result = textjob_submit(srv, rq, &st->tj, TEXTJOB_CURRENT);
 out:
     free(in);
     cJSON_Delete(root);
@@ -399,29 +307,17 @@ static const float *final_vector(const server *srv, embed_state *st, int i, int 
 {
     const int C = emb_model_dim(srv->model);
     const int d = st->dimensions > 0 ? st->dimensions : C;
-    float *v = st->out + (long)i * C;
+    float *v = st->tj.out + (long)i * C;
     if (st->normalize)
         l2norm_forward(v, 1, d); /* the same function as embedd embed's */
     *dim = d;
     return v;
 }
 
-/* Common failure handling of finish; returns 1 when rp got an error. */
-static int job_failed(embed_state *st, reply *rp)
-{
-    if (!st->job.failed)
-        return 0;
-    if (strstr(st->job.error, "shutting down") != NULL)
-        reply_error(rp, st->api, 503, "Unhealthy", "%s", st->job.error);
-    else
-        reply_error(rp, st->api, 500, "Backend", "%s", st->job.error);
-    return 1;
-}
-
 static void finish_embed(server *srv, request *rq, reply *rp)
 {
     embed_state *st = rq->state;
-    if (job_failed(st, rp))
+    if (textjob_failed(&st->tj, rp))
         return;
     sb_putc(&rp->body, '[');
     for (int i = 0; i < st->n; i++) {
@@ -437,7 +333,7 @@ static void finish_embed(server *srv, request *rq, reply *rp)
 static void finish_openai_embeddings(server *srv, request *rq, reply *rp)
 {
     embed_state *st = rq->state;
-    if (job_failed(st, rp))
+    if (textjob_failed(&st->tj, rp))
         return;
     sb_puts(&rp->body, "{\"object\":\"list\",\"data\":[");
     for (int i = 0; i < st->n; i++) {
@@ -458,7 +354,7 @@ static void finish_openai_embeddings(server *srv, request *rq, reply *rp)
     sb_puts(&rp->body, "],\"model\":");
     sb_json_string(&rp->body, srv->model_name);
     sb_printf(&rp->body, ",\"usage\":{\"prompt_tokens\":%ld,\"total_tokens\":%ld}}",
-              st->prompt_tokens, st->prompt_tokens);
+              st->tj.tokens, st->tj.tokens);
 }
 
 /* ---- /tokenize ------------------------------------------------------------ */
@@ -467,7 +363,7 @@ static route_result handle_tokenize(server *srv, request *rq, reply *rp)
 {
     const api_family api = API_TEI;
     const emb_model *m = srv->model;
-    input *in = NULL;
+    textjob_input *in = NULL;
     int32_t *ids = NULL;
     cJSON *root = route_parse_body(rq, api, rp);
     if (root == NULL)
@@ -476,13 +372,13 @@ static route_result handle_tokenize(server *srv, request *rq, reply *rp)
                            srv->opts.max_client_batch_size, api, &in, rp);
     if (n == 0)
         goto out;
-    int special = get_bool(root, "add_special_tokens", 1, api, rp);
+    int special = route_get_bool(root, "add_special_tokens", 1, api, rp);
     if (special < 0)
         goto out;
     const int max_len = m->cfg.max_seq_length;
     ids = malloc(sizeof(int32_t) * (size_t)max_len);
     if (ids == NULL) {
-        reply_error(rp, api, 500, "Backend", "out of memory");
+        reply_fail(rp, api, EMB_ERR_NO_MEMORY, "out of memory");
         goto out;
     }
     emb_special_tokens sp = emb_tokenizer_specials(m->tok);
@@ -563,7 +459,7 @@ static route_result handle_metrics(server *srv, request *rq, reply *rp)
 {
     char *text = metrics_render(srv->mx);
     if (text == NULL) {
-        reply_error(rp, API_TEI, 500, "Backend", "out of memory");
+        reply_fail(rp, API_TEI, EMB_ERR_NO_MEMORY, "out of memory");
         return ROUTE_DONE;
     }
     rp->content_type = "text/plain; version=0.0.4; charset=utf-8";

@@ -18,6 +18,7 @@
 #include "ops.h"
 #include "learn/samples.h"
 #include "server.h"
+#include "textjob.h"
 #include "store/store_reembed.h"
 
 static void put_id(strbuf *b, const store_id *id)
@@ -33,94 +34,14 @@ static void put_id(strbuf *b, const store_id *id)
     sb_json_string(b, tmp);
 }
 
-/* ---- texts through the batcher ---------------------------------------- */
-
-/* The embedding part shared by /items and /similar. */
-typedef struct text_job {
-    emb_job job;
-    int n;                     /* texts */
-    int32_t *ids;
-    int *lens;
-    float *out;                /* (n, C) */
-    model_version *mv;         /* the version the job ran on, referenced */
-} text_job;
-
-static void text_job_free(text_job *tj)
+/* Texts are embedded with the version whose vectors the store searches,
+ * at most the server's max_seq_length tokens each (truncated per
+ * --auto-truncate). */
+static int encode_texts(const server *srv, text_job *tj, const textjob_input *texts, int n,
+                        reply *rp)
 {
-    free(tj->ids);
-    free(tj->lens);
-    free(tj->out);
-    versions_release(NULL, tj->mv);
-    tj->mv = NULL;
-}
-
-/* Tokenises n texts (auto-truncate per the server's flag) into tj.
- * Returns 0, or -1 after filling rp. */
-static int text_job_encode(server *srv, text_job *tj, const char *const *texts, int n,
-                           reply *rp)
-{
-    const emb_model *m = srv->model;
-    const int max_len = m->cfg.max_seq_length;
-    tj->n = n;
-    tj->ids = malloc(sizeof(int32_t) * (size_t)n * (size_t)max_len);
-    tj->lens = malloc(sizeof(int) * (size_t)n);
-    tj->out = malloc(sizeof(float) * (size_t)n * (size_t)emb_model_dim(m));
-    if (tj->ids == NULL || tj->lens == NULL || tj->out == NULL) {
-        reply_error(rp, API_TEI, 500, "Backend", "out of memory");
-        return -1;
-    }
-    long off = 0;
-    for (int i = 0; i < n; i++) {
-        size_t len = strlen(texts[i]);
-        int full = 0;
-        if (len == 0) {
-            reply_error(rp, API_TEI, 400, "Empty", "text %d is empty", i);
-            return -1;
-        }
-        int k = emb_encode(m->tok, texts[i], len, max_len, 0, tj->ids + off, &full);
-        if (k < 0) {
-            reply_error(rp, API_TEI, 422, "Tokenizer", "text %d could not be tokenised", i);
-            return -1;
-        }
-        if (full > max_len && !srv->opts.auto_truncate) {
-            reply_error(rp, API_TEI, 422, "Validation",
-                        "text %d has %d tokens, more than the maximum of %d", i, full, max_len);
-            return -1;
-        }
-        tj->lens[i] = k;
-        off += k;
-    }
-    return 0;
-}
-
-/* Texts stored or searched are embedded with the version whose vectors the
- * store searches (the current one until a re-embedding finishes). */
-static route_result text_job_submit(server *srv, request *rq, text_job *tj)
-{
-    versions_release(NULL, tj->mv);
-    uint32_t want = store_vectors_version(srv->store);
-    tj->mv = want != 0 ? versions_get(srv->versions, want) : NULL;
-    if (tj->mv == NULL)
-        tj->mv = versions_current(srv->versions);
-    tj->job.model = tj->mv->model;
-    rq->model_version = tj->mv->id;
-    tj->job.n_seqs = tj->n;
-    tj->job.ids = tj->ids;
-    tj->job.lens = tj->lens;
-    tj->job.out = tj->out;
-    server_submit(srv, rq, &tj->job);
-    return ROUTE_SUSPEND;
-}
-
-static int text_job_failed(const text_job *tj, reply *rp)
-{
-    if (!tj->job.failed)
-        return 0;
-    if (strstr(tj->job.error, "shutting down") != NULL)
-        reply_error(rp, API_TEI, 503, "Unhealthy", "%s", tj->job.error);
-    else
-        reply_error(rp, API_TEI, 500, "Backend", "%s", tj->job.error);
-    return 1;
+    textjob_opts o = {.truncate = srv->opts.auto_truncate, .noun = "text"};
+    return textjob_encode(srv, tj, API_TEI, texts, n, &o, rp);
 }
 
 /* Parses a JSON array of dim numbers into v. Returns 0, or -1 after
@@ -166,7 +87,7 @@ static void items_state_free(void *p)
     items_state *st = p;
     if (st == NULL)
         return;
-    text_job_free(&st->tj);
+    textjob_free(&st->tj);
     if (st->payloads != NULL)
         for (int i = 0; i < st->n; i++)
             free(st->payloads[i]);
@@ -182,7 +103,7 @@ static void items_upsert_reply(server *srv, items_state *st, reply *rp)
 {
     emb_err err;
     if (store_upsert(srv->store, st->items, st->n, &err) != 0) {
-        reply_error(rp, API_TEI, 500, "Backend", "%s", err.msg);
+        reply_fail(rp, API_TEI, err.kind, "%s", err.msg);
         return;
     }
     sb_printf(&rp->body, "{\"status\":\"ok\",\"upserted\":%d}", st->n);
@@ -192,14 +113,14 @@ route_result handle_items_upsert(server *srv, request *rq, reply *rp)
 {
     const int dim = store_dim(srv->store);
     cJSON *root = route_parse_body(rq, API_TEI, rp);
-    const char **texts = NULL;
+    textjob_input *texts = NULL;
     route_result result = ROUTE_DONE;
     if (root == NULL)
         return ROUTE_DONE;
     items_state *st = calloc(1, sizeof *st);
     if (st == NULL) {
         cJSON_Delete(root);
-        reply_error(rp, API_TEI, 500, "Backend", "out of memory");
+        reply_fail(rp, API_TEI, EMB_ERR_NO_MEMORY, "out of memory");
         return ROUTE_DONE;
     }
     st->root = root;
@@ -227,10 +148,10 @@ route_result handle_items_upsert(server *srv, request *rq, reply *rp)
     st->vecs = calloc((size_t)n * (size_t)dim, sizeof(float));
     st->payloads = calloc((size_t)n, sizeof(char *));
     st->text_item = calloc((size_t)n, sizeof(int));
-    texts = calloc((size_t)n, sizeof(char *));
+    texts = calloc((size_t)n, sizeof *texts);
     if (st->items == NULL || st->vecs == NULL || st->payloads == NULL ||
         st->text_item == NULL || texts == NULL) {
-        reply_error(rp, API_TEI, 500, "Backend", "out of memory");
+        reply_fail(rp, API_TEI, EMB_ERR_NO_MEMORY, "out of memory");
         goto out;
     }
     int n_text = 0;
@@ -247,7 +168,7 @@ route_result handle_items_upsert(server *srv, request *rq, reply *rp)
         }
         if (store_id_from_json(cJSON_GetObjectItemCaseSensitive(el, "id"), &it->id, &err) !=
             0) {
-            reply_error(rp, API_TEI, 422, "Validation", "items[%d]: %s", i, err.msg);
+            reply_fail(rp, API_TEI, err.kind, "items[%d]: %s", i, err.msg);
             goto out;
         }
         const cJSON *text = cJSON_GetObjectItemCaseSensitive(el, "text");
@@ -269,7 +190,8 @@ route_result handle_items_upsert(server *srv, request *rq, reply *rp)
             }
             it->text = text->valuestring;
             it->text_len = strlen(text->valuestring);
-            texts[n_text] = text->valuestring;
+            texts[n_text].text = it->text;
+            texts[n_text].len = it->text_len;
             st->text_item[n_text++] = i;
             v[0] = 1.0f; /* a stand-in for store_item_check; replaced once embedded */
         } else {
@@ -289,14 +211,14 @@ route_result handle_items_upsert(server *srv, request *rq, reply *rp)
             }
             st->payloads[i] = cJSON_PrintUnformatted(payload);
             if (st->payloads[i] == NULL) {
-                reply_error(rp, API_TEI, 500, "Backend", "out of memory");
+                reply_fail(rp, API_TEI, EMB_ERR_NO_MEMORY, "out of memory");
                 goto out;
             }
             it->payload = st->payloads[i];
             it->payload_len = strlen(st->payloads[i]);
         }
         if (store_item_check(srv->store, it, &err) != 0) {
-            reply_error(rp, API_TEI, 422, "Validation", "items[%d]: %s", i, err.msg);
+            reply_fail(rp, API_TEI, err.kind, "items[%d]: %s", i, err.msg);
             goto out;
         }
         i++;
@@ -305,9 +227,9 @@ route_result handle_items_upsert(server *srv, request *rq, reply *rp)
         items_upsert_reply(srv, st, rp);
         goto out;
     }
-    if (text_job_encode(srv, &st->tj, texts, n_text, rp) != 0)
+    if (encode_texts(srv, &st->tj, texts, n_text, rp) != 0)
         goto out;
-    result = text_job_submit(srv, rq, &st->tj);
+    result = textjob_submit(srv, rq, &st->tj, TEXTJOB_STORE);
 out:
     free(texts);
     return result;
@@ -317,7 +239,7 @@ void finish_items_upsert(server *srv, request *rq, reply *rp)
 {
     items_state *st = rq->state;
     const int dim = store_dim(srv->store);
-    if (text_job_failed(&st->tj, rp))
+    if (textjob_failed(&st->tj, rp))
         return;
     for (int k = 0; k < st->tj.n; k++) {
         float *v = st->vecs + (long)st->text_item[k] * dim;
@@ -367,7 +289,7 @@ static void not_found(reply *rp, const store_id *id)
     sb_init(&b, 4096);
     put_id(&b, id);
     char *s = sb_take(&b, NULL);
-    reply_error(rp, API_TEI, 404, "NotFound", "item %s not found", s != NULL ? s : "?");
+    reply_fail(rp, API_TEI, EMB_ERR_NOT_FOUND, "item %s not found", s != NULL ? s : "?");
     free(s);
 }
 
@@ -396,7 +318,7 @@ route_result handle_item_get(server *srv, request *rq, reply *rp)
         return ROUTE_DONE;
     int found = store_get(srv->store, &id, &r, &err);
     if (found < 0) {
-        reply_error(rp, API_TEI, 500, "Backend", "%s", err.msg);
+        reply_fail(rp, API_TEI, err.kind, "%s", err.msg);
         return ROUTE_DONE;
     }
     if (found == 0) {
@@ -431,7 +353,7 @@ route_result handle_item_delete(server *srv, request *rq, reply *rp)
     if (id_of_segment(item_segment(rq), &id, rp) != 0)
         return ROUTE_DONE;
     if (store_delete(srv->store, &id, 1, &deleted, &err) != 0) {
-        reply_error(rp, API_TEI, 500, "Backend", "%s", err.msg);
+        reply_fail(rp, API_TEI, err.kind, "%s", err.msg);
         return ROUTE_DONE;
     }
     if (deleted == 0) {
@@ -468,21 +390,21 @@ route_result handle_items_delete(server *srv, request *rq, reply *rp)
     }
     ids = calloc((size_t)n, sizeof *ids);
     if (ids == NULL) {
-        reply_error(rp, API_TEI, 500, "Backend", "out of memory");
+        reply_fail(rp, API_TEI, EMB_ERR_NO_MEMORY, "out of memory");
         goto out;
     }
     int i = 0;
     const cJSON *el;
     cJSON_ArrayForEach(el, arr) {
         if (store_id_from_json(el, &ids[i], &err) != 0) {
-            reply_error(rp, API_TEI, 422, "Validation", "ids[%d]: %s", i, err.msg);
+            reply_fail(rp, API_TEI, err.kind, "ids[%d]: %s", i, err.msg);
             goto out;
         }
         i++;
     }
     int deleted = 0;
     if (store_delete(srv->store, ids, n, &deleted, &err) != 0) {
-        reply_error(rp, API_TEI, 500, "Backend", "%s", err.msg);
+        reply_fail(rp, API_TEI, err.kind, "%s", err.msg);
         goto out;
     }
     sb_printf(&rp->body, "{\"status\":\"ok\",\"deleted\":%d}", deleted);
@@ -522,7 +444,7 @@ static void similar_state_free(void *p)
     similar_state *st = p;
     if (st == NULL)
         return;
-    text_job_free(&st->tj);
+    textjob_free(&st->tj);
     store_filter_free(st->filter);
     free(st->vec);
     free(st);
@@ -535,7 +457,7 @@ static similar_state *new_similar_state(server *srv, request *rq, reply *rp)
         st->vec = calloc((size_t)store_dim(srv->store), sizeof(float));
     if (st == NULL || st->vec == NULL) {
         free(st);
-        reply_error(rp, API_TEI, 500, "Backend", "out of memory");
+        reply_fail(rp, API_TEI, EMB_ERR_NO_MEMORY, "out of memory");
         return NULL;
     }
     rq->state = st;
@@ -550,7 +472,7 @@ static void similar_reply(server *srv, request *rq, similar_state *st, reply *rp
     emb_err err;
     store_result res;
     if (store_query_check(srv->store, &st->q, &err) != 0) {
-        reply_error(rp, API_TEI, 422, "Validation", "%s", err.msg);
+        reply_fail(rp, API_TEI, err.kind, "%s", err.msg);
         return;
     }
     int rc = store_search(srv->store, &st->q, &res, &err);
@@ -558,14 +480,14 @@ static void similar_reply(server *srv, request *rq, similar_state *st, reply *rp
         /* the store switched versions since the query was embedded */
         st->moved++;
         if (st->tj.n > 0 && st->moved < 4) {
-            text_job_submit(srv, rq, &st->tj);
+            textjob_submit(srv, rq, &st->tj, TEXTJOB_STORE);
             return;
         }
-        reply_error(rp, API_TEI, 503, "Unhealthy", "%s; retry", err.msg);
+        reply_fail(rp, API_TEI, err.kind, "%s; retry", err.msg);
         return;
     }
     if (rc != 0) {
-        reply_error(rp, API_TEI, 500, "Backend", "%s", err.msg);
+        reply_fail(rp, API_TEI, err.kind, "%s", err.msg);
         return;
     }
     const int dim = store_dim(srv->store);
@@ -601,9 +523,10 @@ static route_result similar_go(server *srv, request *rq, similar_state *st, cons
         similar_reply(srv, rq, st, rp);
         return ROUTE_DONE;
     }
-    if (text_job_encode(srv, &st->tj, &text, 1, rp) != 0)
+    textjob_input in = {.text = text, .len = strlen(text)};
+    if (encode_texts(srv, &st->tj, &in, 1, rp) != 0)
         return ROUTE_DONE;
-    return text_job_submit(srv, rq, &st->tj);
+    return textjob_submit(srv, rq, &st->tj, TEXTJOB_STORE);
 }
 
 static int get_int(const cJSON *root, const char *name, int def, int min, int max, int *out,
@@ -620,20 +543,6 @@ static int get_int(const cJSON *root, const char *name, int def, int min, int ma
         return -1;
     }
     *out = (int)f->valuedouble;
-    return 0;
-}
-
-static int get_flag(const cJSON *root, const char *name, int def, int *out, reply *rp)
-{
-    const cJSON *f = cJSON_GetObjectItemCaseSensitive(root, name);
-    *out = def;
-    if (f == NULL || cJSON_IsNull(f))
-        return 0;
-    if (!cJSON_IsBool(f)) {
-        reply_error(rp, API_TEI, 422, "Validation", "`%s` must be true or false", name);
-        return -1;
-    }
-    *out = cJSON_IsTrue(f);
     return 0;
 }
 
@@ -657,10 +566,10 @@ static int get_params(const cJSON *root, store_query *q, reply *rp)
             return -1;
         }
     }
-    if (get_int(params, "hnsw_ef", 0, 1, STORE_MAX_HNSW_EF, &q->hnsw_ef, rp) != 0 ||
-        get_flag(params, "exact", 0, &q->exact, rp) != 0)
+    if (get_int(params, "hnsw_ef", 0, 1, STORE_MAX_HNSW_EF, &q->hnsw_ef, rp) != 0)
         return -1;
-    return 0;
+    q->exact = route_get_bool(params, "exact", 0, API_TEI, rp);
+    return q->exact < 0 ? -1 : 0;
 }
 
 route_result handle_similar(server *srv, request *rq, reply *rp)
@@ -690,8 +599,8 @@ route_result handle_similar(server *srv, request *rq, reply *rp)
     }
     if (get_int(root, "limit", 10, 1, STORE_MAX_RESULTS, &st->q.limit, rp) != 0 ||
         get_int(root, "offset", 0, 0, STORE_MAX_RESULTS, &st->q.offset, rp) != 0 ||
-        get_flag(root, "with_payload", 1, &st->q.with_payload, rp) != 0 ||
-        get_flag(root, "with_vector", 0, &st->q.with_vector, rp) != 0 ||
+        (st->q.with_payload = route_get_bool(root, "with_payload", 1, API_TEI, rp)) < 0 ||
+        (st->q.with_vector = route_get_bool(root, "with_vector", 0, API_TEI, rp)) < 0 ||
         get_params(root, &st->q, rp) != 0)
         goto out;
     const cJSON *thr = cJSON_GetObjectItemCaseSensitive(root, "score_threshold");
@@ -707,7 +616,7 @@ route_result handle_similar(server *srv, request *rq, reply *rp)
         err.msg[0] = '\0';
         st->filter = store_filter_compile(filter, &err);
         if (st->filter == NULL) {
-            reply_error(rp, API_TEI, 422, "Validation", "%s", err.msg);
+            reply_fail(rp, API_TEI, err.kind, "%s", err.msg);
             goto out;
         }
         st->q.filter = st->filter;
@@ -727,12 +636,12 @@ route_result handle_similar(server *srv, request *rq, reply *rp)
         store_id id;
         store_record r;
         if (store_id_from_json(idj, &id, &err) != 0) {
-            reply_error(rp, API_TEI, 422, "Validation", "id: %s", err.msg);
+            reply_fail(rp, API_TEI, err.kind, "id: %s", err.msg);
             goto out;
         }
         int found = store_get(srv->store, &id, &r, &err);
         if (found < 0) {
-            reply_error(rp, API_TEI, 500, "Backend", "%s", err.msg);
+            reply_fail(rp, API_TEI, err.kind, "%s", err.msg);
             goto out;
         }
         if (found == 0) {
@@ -777,7 +686,7 @@ void finish_similar(server *srv, request *rq, reply *rp)
 {
     similar_state *st = rq->state;
     const int dim = store_dim(srv->store);
-    if (text_job_failed(&st->tj, rp))
+    if (textjob_failed(&st->tj, rp))
         return;
     memcpy(st->vec, st->tj.out, sizeof(float) * (size_t)dim);
     l2norm_forward(st->vec, 1, dim);

@@ -5,8 +5,12 @@
  *     parse JSON, tokenise and format responses. They never run the model.
  *   - The batcher's compute thread runs every forward pass (batcher.h).
  *   - A request that needs embeddings is suspended after its job is
- *     submitted; the compute thread's done callback resumes it; the HTTP
- *     thread then formats the response (routes.c).
+ *     submitted (textjob.h, the one path for every route with texts); the
+ *     compute thread's done callback resumes it; the HTTP thread then
+ *     formats the response (routes.c, routes_items.c).
+ *   - Errors: a failure that comes as a value carries its kind
+ *     (base/error.h); errors.h is the one table from kind to status and
+ *     TEI/OpenAI error types.
  *   - The model is loaded before the daemon starts and is read-only.
  *   - The item store (store.h, `--data`) is opened before the daemon
  *     starts; HTTP threads call it directly (it has its own locks).
@@ -135,12 +139,21 @@ struct request {
     void (*free_state)(void *state);
 };
 
-/* Error reply in the route family's shape. type is TEI's error_type. */
+/* Error replies in the route family's shape (errors.c). reply_fail takes
+ * the status and error types from the kind, through the table of errors.h:
+ * use it for every error that comes from model/ or server/ as a value.
+ * reply_error is for the HTTP layer's own refusals, which choose a status
+ * (and TEI error_type) themselves. */
+void reply_fail(reply *rp, api_family api, emb_err_kind kind, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
 void reply_error(reply *rp, api_family api, int status, const char *type, const char *fmt, ...)
     __attribute__((format(printf, 5, 6)));
 
 /* Parses the body as one JSON object; NULL after filling rp (routes.c). */
 cJSON *route_parse_body(request *rq, api_family api, reply *rp);
+/* An optional boolean field of root: def when missing or null, -1 after
+ * filling rp (422) when it is not true or false (routes.c). */
+int route_get_bool(const cJSON *root, const char *name, int def, api_family api, reply *rp);
 
 /* Item and search handlers (routes_items.c). */
 route_result handle_items_upsert(server *srv, request *rq, reply *rp);

@@ -18,17 +18,19 @@ int store_id_from_json(const cJSON *json, store_id *id, emb_err *err)
     if (cJSON_IsString(json)) {
         *id = store_id_str(json->valuestring);
         if (id->len == 0 || id->len > STORE_MAX_ID_LEN)
-            return emb_fail(err, "a string id must have 1 to %d bytes", STORE_MAX_ID_LEN);
+            return emb_fail_as(err, EMB_ERR_INVALID, "a string id must have 1 to %d bytes",
+                               STORE_MAX_ID_LEN);
         return 0;
     }
     if (cJSON_IsNumber(json)) {
         double d = json->valuedouble;
         if (!(d >= 0) || d > STORE_MAX_JSON_ID || d != floor(d))
-            return emb_fail(err, "a numeric id must be an integer from 0 to 2^53");
+            return emb_fail_as(err, EMB_ERR_INVALID,
+                               "a numeric id must be an integer from 0 to 2^53");
         *id = store_id_num((uint64_t)d);
         return 0;
     }
-    return emb_fail(err, "an id must be a string or an unsigned integer");
+    return emb_fail_as(err, EMB_ERR_INVALID, "an id must be a string or an unsigned integer");
 }
 
 int store_id_check(const store_id *id, emb_err *err)
@@ -36,11 +38,12 @@ int store_id_check(const store_id *id, emb_err *err)
     if (id->kind == STORE_ID_NUM)
         return 0;
     if (id->kind != STORE_ID_STR)
-        return emb_fail(err, "id has no kind");
+        return emb_fail_as(err, EMB_ERR_INVALID, "id has no kind");
     if (id->str == NULL || id->len == 0 || id->len > STORE_MAX_ID_LEN)
-        return emb_fail(err, "a string id must have 1 to %d bytes", STORE_MAX_ID_LEN);
+        return emb_fail_as(err, EMB_ERR_INVALID, "a string id must have 1 to %d bytes",
+                           STORE_MAX_ID_LEN);
     if (memchr(id->str, '\0', id->len) != NULL)
-        return emb_fail(err, "a string id must not contain NUL");
+        return emb_fail_as(err, EMB_ERR_INVALID, "a string id must not contain NUL");
     return 0;
 }
 
@@ -87,11 +90,11 @@ int store_normalise(const float *v, float *out, int dim, emb_err *err)
     double sum = 0;
     for (int i = 0; i < dim; i++) {
         if (!isfinite(v[i]))
-            return emb_fail(err, "vector element %d is not a finite number", i);
+            return emb_fail_as(err, EMB_ERR_INVALID, "vector element %d is not a finite number", i);
         sum += (double)v[i] * v[i];
     }
     if (sum == 0)
-        return emb_fail(err, "vector is all zeros");
+        return emb_fail_as(err, EMB_ERR_INVALID, "vector is all zeros");
     double inv = 1.0 / sqrt(sum);
     for (int i = 0; i < dim; i++)
         out[i] = (float)(v[i] * inv);
@@ -179,14 +182,14 @@ static cJSON *payload_parse(const char *payload, size_t len, emb_err *err)
     const char *end = NULL;
     cJSON *obj = cJSON_ParseWithLengthOpts(payload, len, &end, 0);
     if (obj == NULL) {
-        emb_fail(err, "payload is not valid JSON");
+        emb_fail_as(err, EMB_ERR_INVALID, "payload is not valid JSON");
         return NULL;
     }
     while (end != NULL && end < payload + len && is_json_space(*end))
         end++;
     if (!cJSON_IsObject(obj) || end != payload + len) {
         cJSON_Delete(obj);
-        emb_fail(err, "payload must be one JSON object");
+        emb_fail_as(err, EMB_ERR_INVALID, "payload must be one JSON object");
         return NULL;
     }
     return obj;
@@ -205,12 +208,13 @@ int store_row_prepare(const store_id *id, int32_t version, const char *text, siz
     if (store_id_check(id, err) != 0)
         return 1;
     if (text != NULL && text_len > STORE_MAX_TEXT) {
-        emb_fail(err, "text of %zu bytes is over the limit of %d", text_len, STORE_MAX_TEXT);
+        emb_fail_as(err, EMB_ERR_TOO_LARGE, "text of %zu bytes is over the limit of %d", text_len,
+                    STORE_MAX_TEXT);
         return 1;
     }
     if (payload != NULL && payload_len > STORE_MAX_PAYLOAD) {
-        emb_fail(err, "payload of %zu bytes is over the limit of %d", payload_len,
-                 STORE_MAX_PAYLOAD);
+        emb_fail_as(err, EMB_ERR_TOO_LARGE, "payload of %zu bytes is over the limit of %d",
+                    payload_len, STORE_MAX_PAYLOAD);
         return 1;
     }
     int result = -1;
@@ -230,7 +234,7 @@ int store_row_prepare(const store_id *id, int32_t version, const char *text, siz
                   (payload ? payload_len + 1 : 0) + field_bytes;
     out->blob = malloc(size > 0 ? size : 1);
     if (out->blob == NULL) {
-        emb_fail(err, "out of memory");
+        emb_fail_as(err, EMB_ERR_NO_MEMORY, "out of memory");
         goto out;
     }
     store_field *fields = out->blob;

@@ -83,8 +83,8 @@ static int table_resize(store *s, uint64_t size, emb_err *err)
 {
     uint32_t *slots = calloc(size, sizeof *slots);
     if (slots == NULL)
-        return emb_fail(err, "out of memory for an id table of %llu slots",
-                        (unsigned long long)size);
+        return emb_fail_as(err, EMB_ERR_NO_MEMORY, "out of memory for an id table of %llu slots",
+                           (unsigned long long)size);
     free(s->slots);
     s->slots = slots;
     s->mask = size - 1;
@@ -103,7 +103,8 @@ static int labels_reserve(store *s, long extra, emb_err *err)
             cap *= 2;
         uint32_t *m = realloc(s->label_row, sizeof(uint32_t) * cap);
         if (m == NULL)
-            return emb_fail(err, "out of memory for %llu labels", (unsigned long long)cap);
+            return emb_fail_as(err, EMB_ERR_NO_MEMORY, "out of memory for %llu labels",
+                               (unsigned long long)cap);
         memset(m + s->label_cap, 0, sizeof(uint32_t) * (cap - s->label_cap));
         s->label_row = m;
         s->label_cap = cap;
@@ -121,11 +122,11 @@ int store_shadow_reserve(store *s, emb_err *err)
         return 0;
     float *sh = realloc(s->shadow, sizeof(float) * (size_t)s->cap * (size_t)s->dim);
     if (sh == NULL)
-        return emb_fail(err, "out of memory for re-embedded vectors");
+        return emb_fail_as(err, EMB_ERR_NO_MEMORY, "out of memory for re-embedded vectors");
     s->shadow = sh;
     unsigned char *ok = realloc(s->shadow_ok, (size_t)s->cap);
     if (ok == NULL)
-        return emb_fail(err, "out of memory for re-embedded vectors");
+        return emb_fail_as(err, EMB_ERR_NO_MEMORY, "out of memory for re-embedded vectors");
     memset(ok + s->shadow_cap, 0, (size_t)(s->cap - s->shadow_cap));
     s->shadow_ok = ok;
     s->shadow_cap = s->cap;
@@ -146,11 +147,11 @@ int store_reserve(store *s, long extra, emb_err *err)
             cap = s->max_items;
         float *m = realloc(s->matrix, sizeof(float) * (size_t)cap * (size_t)s->dim);
         if (m == NULL)
-            return emb_fail(err, "out of memory for %ld vectors", cap);
+            return emb_fail_as(err, EMB_ERR_NO_MEMORY, "out of memory for %ld vectors", cap);
         s->matrix = m;
         store_row *rows = realloc(s->rows, sizeof(store_row) * (size_t)cap);
         if (rows == NULL)
-            return emb_fail(err, "out of memory for %ld rows", cap);
+            return emb_fail_as(err, EMB_ERR_NO_MEMORY, "out of memory for %ld rows", cap);
         s->rows = rows;
         s->cap = cap;
         if (store_shadow_reserve(s, err) != 0)
@@ -322,7 +323,7 @@ static int dir_open(store *s, const char *dir, emb_err *err)
 {
     s->dir = strdup(dir);
     if (s->dir == NULL)
-        return emb_fail(err, "out of memory");
+        return emb_fail_as(err, EMB_ERR_NO_MEMORY, "out of memory");
     if (mkdir(dir, 0755) != 0 && errno != EEXIST)
         return emb_fail(err, "cannot create data directory %s: %s", dir, strerror(errno));
     s->dir_fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -429,7 +430,7 @@ store *store_open(const store_options *opt, store_recovery *rec, emb_err *err)
     }
     store *s = calloc(1, sizeof *s);
     if (s == NULL) {
-        emb_fail(err, "out of memory");
+        emb_fail_as(err, EMB_ERR_NO_MEMORY, "out of memory");
         return NULL;
     }
     s->dir_fd = -1;
@@ -542,16 +543,16 @@ static void snapshot_if_due(store *s)
 int store_item_check(const store *s, const store_item *it, emb_err *err)
 {
     if (it->vector == NULL || it->vector_dim != s->dim)
-        return emb_fail(err, "vector has %d dimensions, the store has %d",
-                        it->vector == NULL ? 0 : it->vector_dim, s->dim);
+        return emb_fail_as(err, EMB_ERR_INVALID, "vector has %d dimensions, the store has %d",
+                           it->vector == NULL ? 0 : it->vector_dim, s->dim);
     double sum = 0;
     for (int i = 0; i < s->dim; i++) {
         if (!isfinite(it->vector[i]))
-            return emb_fail(err, "vector element %d is not a finite number", i);
+            return emb_fail_as(err, EMB_ERR_INVALID, "vector element %d is not a finite number", i);
         sum += (double)it->vector[i] * it->vector[i];
     }
     if (sum == 0)
-        return emb_fail(err, "vector is all zeros");
+        return emb_fail_as(err, EMB_ERR_INVALID, "vector is all zeros");
     store_row row;
     if (store_row_prepare(&it->id, it->model_version, it->text, it->text_len, it->payload,
                           it->payload_len, &row, err) != 0)
@@ -567,14 +568,15 @@ static int upsert_prepare(const store *s, const store_item *items, int n, store_
     for (int i = 0; i < n; i++) {
         const store_item *it = &items[i];
         if (it->vector == NULL || it->vector_dim != s->dim)
-            return emb_fail(err, "item %d: vector has %d dimensions, the store has %d", i,
-                            it->vector == NULL ? 0 : it->vector_dim, s->dim);
+            return emb_fail_as(err, EMB_ERR_INVALID,
+                               "item %d: vector has %d dimensions, the store has %d", i,
+                               it->vector == NULL ? 0 : it->vector_dim, s->dim);
         emb_err e;
         if (store_normalise(it->vector, vecs + (size_t)i * s->dim, s->dim, &e) != 0)
-            return emb_fail(err, "item %d: %s", i, e.msg);
+            return emb_fail_as(err, e.kind, "item %d: %s", i, e.msg);
         if (store_row_prepare(&it->id, it->model_version, it->text, it->text_len, it->payload,
                               it->payload_len, &rows[i], &e) != 0)
-            return emb_fail(err, "item %d: %s", i, e.msg);
+            return emb_fail_as(err, e.kind, "item %d: %s", i, e.msg);
     }
     return 0;
 }
@@ -595,7 +597,8 @@ long store_count_new(const store *s, const store_row *rows, int n)
 int store_upsert(store *s, const store_item *items, int n, emb_err *err)
 {
     if (n < 1 || n > STORE_MAX_BATCH)
-        return emb_fail(err, "an upsert takes 1 to %d items, not %d", STORE_MAX_BATCH, n);
+        return emb_fail_as(err, EMB_ERR_INVALID, "an upsert takes 1 to %d items, not %d",
+                           STORE_MAX_BATCH, n);
     int result = -1;
     strbuf rec;
     sb_init(&rec, STORE_MAX_RECORD_BYTES);
@@ -603,14 +606,14 @@ int store_upsert(store *s, const store_item *items, int n, emb_err *err)
     void **old = calloc((size_t)n, sizeof *old);
     float *vecs = malloc(sizeof(float) * (size_t)n * (size_t)s->dim);
     if (rows == NULL || old == NULL || vecs == NULL) {
-        emb_fail(err, "out of memory for a batch of %d items", n);
+        emb_fail_as(err, EMB_ERR_NO_MEMORY, "out of memory for a batch of %d items", n);
         goto out;
     }
     if (upsert_prepare(s, items, n, rows, vecs, err) != 0)
         goto out;
     if (s->wal != NULL && store_encode_upsert(&rec, rows, vecs, n, s->dim) != 0) {
-        emb_fail(err, "the batch is over %u bytes encoded; send fewer items",
-                 STORE_MAX_RECORD_BYTES);
+        emb_fail_as(err, EMB_ERR_TOO_LARGE, "the batch is over %u bytes encoded; send fewer items",
+                    STORE_MAX_RECORD_BYTES);
         goto out;
     }
     uint64_t seq = 0;
@@ -658,11 +661,12 @@ int store_delete(store *s, const store_id *ids, int n, int *n_deleted, emb_err *
     if (n_deleted != NULL)
         *n_deleted = 0;
     if (n < 0 || n > STORE_MAX_BATCH)
-        return emb_fail(err, "a delete takes 0 to %d ids, not %d", STORE_MAX_BATCH, n);
+        return emb_fail_as(err, EMB_ERR_INVALID, "a delete takes 0 to %d ids, not %d",
+                           STORE_MAX_BATCH, n);
     for (int i = 0; i < n; i++) {
         emb_err e;
         if (store_id_check(&ids[i], &e) != 0)
-            return emb_fail(err, "id %d: %s", i, e.msg);
+            return emb_fail_as(err, e.kind, "id %d: %s", i, e.msg);
     }
     int result = -1;
     strbuf rec;
@@ -670,7 +674,7 @@ int store_delete(store *s, const store_id *ids, int n, int *n_deleted, emb_err *
     if (s->wal != NULL) {
         store_encode_delete(&rec, ids, n);
         if (rec.failed) {
-            emb_fail(err, "out of memory for a delete of %d ids", n);
+            emb_fail_as(err, EMB_ERR_NO_MEMORY, "out of memory for a delete of %d ids", n);
             goto out;
         }
     }
@@ -725,7 +729,7 @@ int store_get(store *s, const store_id *id, store_record *out, emb_err *err)
     size_t size = vec_bytes + r->id_len + 1 + r->text_len + 1 + r->payload_len + 1;
     void *mem = malloc(size);
     if (mem == NULL) {
-        emb_fail(err, "out of memory");
+        emb_fail_as(err, EMB_ERR_NO_MEMORY, "out of memory");
         goto out;
     }
     out->mem = mem;

@@ -96,7 +96,7 @@ int store_reembed_take(store *s, int max, store_text_item *out, emb_err *err)
         if (text == NULL) {
             store_text_items_free(out, n);
             pthread_rwlock_unlock(&s->rw);
-            return emb_fail(err, "out of memory");
+            return emb_fail_as(err, EMB_ERR_NO_MEMORY, "out of memory");
         }
         memcpy(text, row->text, row->text_len);
         text[row->text_len] = '\0';

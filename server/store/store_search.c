@@ -30,37 +30,40 @@ static int count_list(const cJSON *list, const char *name, int *n, emb_err *err)
         return 0;
     }
     if (!cJSON_IsArray(list))
-        return emb_fail(err, "filter.%s must be an array of conditions", name);
+        return emb_fail_as(err, EMB_ERR_INVALID, "filter.%s must be an array of conditions", name);
     *n = cJSON_GetArraySize(list);
     if (*n > STORE_MAX_CONDITIONS)
-        return emb_fail(err, "filter.%s has %d conditions; the limit is %d", name, *n,
-                        STORE_MAX_CONDITIONS);
+        return emb_fail_as(err, EMB_ERR_TOO_LARGE, "filter.%s has %d conditions; the limit is %d",
+                           name, *n, STORE_MAX_CONDITIONS);
     return 0;
 }
 
 static int match_compile(const cJSON *match, const char *where, store_field *out, emb_err *err)
 {
     if (!cJSON_IsObject(match))
-        return emb_fail(err, "%s.match must be an object {\"value\": v}", where);
+        return emb_fail_as(err, EMB_ERR_INVALID, "%s.match must be an object {\"value\": v}",
+                           where);
     const cJSON *value = NULL;
     const cJSON *m;
     cJSON_ArrayForEach(m, match) {
         if (strcmp(m->string, "value") != 0)
-            return emb_fail(err, "%s.match: unknown key \"%.64s\" (only {\"value\": v} is "
-                            "supported)", where, m->string);
+            return emb_fail_as(err, EMB_ERR_INVALID,
+                               "%s.match: unknown key \"%.64s\" (only {\"value\": v} is "
+                               "supported)",
+                               where, m->string);
         value = m;
     }
     if (value == NULL)
-        return emb_fail(err, "%s.match needs a \"value\"", where);
+        return emb_fail_as(err, EMB_ERR_INVALID, "%s.match needs a \"value\"", where);
     if (cJSON_IsString(value)) {
         size_t len = strlen(value->valuestring);
         if (len > STORE_MAX_PAYLOAD)
-            return emb_fail(err, "%s.match.value is too long", where);
+            return emb_fail_as(err, EMB_ERR_TOO_LARGE, "%s.match.value is too long", where);
         out->type = FIELD_STR;
         out->str_len = (uint32_t)len;
         out->str = strdup(value->valuestring);
         if (out->str == NULL)
-            return emb_fail(err, "out of memory");
+            return emb_fail_as(err, EMB_ERR_NO_MEMORY, "out of memory");
         return 0;
     }
     if (cJSON_IsNumber(value)) {
@@ -73,14 +76,15 @@ static int match_compile(const cJSON *match, const char *where, store_field *out
         out->num = cJSON_IsTrue(value) ? 1 : 0;
         return 0;
     }
-    return emb_fail(err, "%s.match.value must be a string, number or bool", where);
+    return emb_fail_as(err, EMB_ERR_INVALID, "%s.match.value must be a string, number or bool",
+                       where);
 }
 
 static int cond_compile(const cJSON *c, const char *where, store_field *out, emb_err *err)
 {
     if (!cJSON_IsObject(c))
-        return emb_fail(err, "%s must be an object {\"key\": k, \"match\": {\"value\": v}}",
-                        where);
+        return emb_fail_as(err, EMB_ERR_INVALID,
+                           "%s must be an object {\"key\": k, \"match\": {\"value\": v}}", where);
     const cJSON *key = NULL;
     const cJSON *match = NULL;
     const cJSON *m;
@@ -90,19 +94,21 @@ static int cond_compile(const cJSON *c, const char *where, store_field *out, emb
         else if (strcmp(m->string, "match") == 0)
             match = m;
         else
-            return emb_fail(err, "%s: unknown key \"%.64s\" (a condition is {\"key\": k, "
-                            "\"match\": {\"value\": v}})", where, m->string);
+            return emb_fail_as(err, EMB_ERR_INVALID,
+                               "%s: unknown key \"%.64s\" (a condition is {\"key\": k, "
+                               "\"match\": {\"value\": v}})",
+                               where, m->string);
     }
     if (!cJSON_IsString(key) || key->valuestring[0] == '\0' ||
         strlen(key->valuestring) > STORE_MAX_ID_LEN)
-        return emb_fail(err, "%s.key must be a string of 1 to %d bytes", where,
-                        STORE_MAX_ID_LEN);
+        return emb_fail_as(err, EMB_ERR_INVALID, "%s.key must be a string of 1 to %d bytes", where,
+                           STORE_MAX_ID_LEN);
     if (match == NULL)
-        return emb_fail(err, "%s needs a \"match\"", where);
+        return emb_fail_as(err, EMB_ERR_INVALID, "%s needs a \"match\"", where);
     out->key_len = (uint32_t)strlen(key->valuestring);
     out->key = strdup(key->valuestring);
     if (out->key == NULL)
-        return emb_fail(err, "out of memory");
+        return emb_fail_as(err, EMB_ERR_NO_MEMORY, "out of memory");
     return match_compile(match, where, out, err);
 }
 
@@ -138,7 +144,8 @@ store_filter *store_filter_compile(const cJSON *json, emb_err *err)
     if (json == NULL || cJSON_IsNull(json))
         return NULL;
     if (!cJSON_IsObject(json)) {
-        emb_fail(err, "filter must be an object {\"must\": [...], \"must_not\": [...]}");
+        emb_fail_as(err, EMB_ERR_INVALID,
+                    "filter must be an object {\"must\": [...], \"must_not\": [...]}");
         return NULL;
     }
     const cJSON *must = NULL;
@@ -150,8 +157,9 @@ store_filter *store_filter_compile(const cJSON *json, emb_err *err)
         } else if (strcmp(m->string, "must_not") == 0) {
             must_not = m;
         } else {
-            emb_fail(err, "filter: unknown key \"%.64s\" (only must and must_not are supported)",
-                     m->string);
+            emb_fail_as(err, EMB_ERR_INVALID,
+                        "filter: unknown key \"%.64s\" (only must and must_not are supported)",
+                        m->string);
             return NULL;
         }
     }
@@ -164,7 +172,7 @@ store_filter *store_filter_compile(const cJSON *json, emb_err *err)
     if (f != NULL)
         f->conds = calloc((size_t)(n_must + n_must_not) + 1, sizeof *f->conds);
     if (f == NULL || f->conds == NULL) {
-        emb_fail(err, "out of memory");
+        emb_fail_as(err, EMB_ERR_NO_MEMORY, "out of memory");
         store_filter_free(f);
         return NULL;
     }
@@ -226,26 +234,28 @@ void store_query_init(store_query *q, const float *vector, int vector_dim)
 int store_query_check(const store *s, const store_query *q, emb_err *err)
 {
     if (q->vector == NULL || q->vector_dim != s->dim)
-        return emb_fail(err, "query vector has %d dimensions, the store has %d",
-                        q->vector == NULL ? 0 : q->vector_dim, s->dim);
+        return emb_fail_as(err, EMB_ERR_INVALID, "query vector has %d dimensions, the store has %d",
+                           q->vector == NULL ? 0 : q->vector_dim, s->dim);
     if (q->limit < 1)
-        return emb_fail(err, "limit must be at least 1");
+        return emb_fail_as(err, EMB_ERR_INVALID, "limit must be at least 1");
     if (q->offset < 0)
-        return emb_fail(err, "offset must not be negative");
+        return emb_fail_as(err, EMB_ERR_INVALID, "offset must not be negative");
     if ((long)q->offset + q->limit > STORE_MAX_RESULTS)
-        return emb_fail(err, "offset + limit must be at most %d", STORE_MAX_RESULTS);
+        return emb_fail_as(err, EMB_ERR_INVALID, "offset + limit must be at most %d",
+                           STORE_MAX_RESULTS);
     if (q->hnsw_ef < 0 || q->hnsw_ef > STORE_MAX_HNSW_EF)
-        return emb_fail(err, "hnsw_ef must be in 0..%d", STORE_MAX_HNSW_EF);
+        return emb_fail_as(err, EMB_ERR_INVALID, "hnsw_ef must be in 0..%d", STORE_MAX_HNSW_EF);
     if (isnan(q->score_threshold))
-        return emb_fail(err, "score_threshold is not a number");
+        return emb_fail_as(err, EMB_ERR_INVALID, "score_threshold is not a number");
     double sum = 0;
     for (int i = 0; i < s->dim; i++) {
         if (!isfinite(q->vector[i]))
-            return emb_fail(err, "query vector element %d is not a finite number", i);
+            return emb_fail_as(err, EMB_ERR_INVALID,
+                               "query vector element %d is not a finite number", i);
         sum += (double)q->vector[i] * q->vector[i];
     }
     if (sum == 0)
-        return emb_fail(err, "query vector is all zeros");
+        return emb_fail_as(err, EMB_ERR_INVALID, "query vector is all zeros");
     return 0;
 }
 
@@ -374,7 +384,7 @@ static int score_all(const store *s, const store_query *qs, const float *Q, int 
         block = n;
     float *scores = malloc(sizeof(float) * (size_t)block * (size_t)nq);
     if (scores == NULL)
-        return emb_fail(err, "out of memory for scores");
+        return emb_fail_as(err, EMB_ERR_NO_MEMORY, "out of memory for scores");
     for (long start = 0; start < n; start += block) {
         long m = n - start < block ? n - start : block;
         const float *M = s->matrix + (size_t)start * dim;   /* (m, dim) */
@@ -460,7 +470,7 @@ static int search_hnsw(const store *s, const store_query *qs, const float *Q, in
     float *Q2 = NULL;
     topk *heaps2 = NULL;
     if (labels == NULL || dists == NULL || slow == NULL) {
-        emb_fail(err, "out of memory for search candidates");
+        emb_fail_as(err, EMB_ERR_NO_MEMORY, "out of memory for search candidates");
         goto out;
     }
     for (int i = 0; i < nq; i++) {
@@ -479,7 +489,7 @@ static int search_hnsw(const store *s, const store_query *qs, const float *Q, in
         Q2 = malloc(sizeof(float) * (size_t)n_slow * (size_t)s->dim);
         heaps2 = malloc(sizeof *heaps2 * (size_t)n_slow);
         if (qs2 == NULL || Q2 == NULL || heaps2 == NULL) {
-            emb_fail(err, "out of memory for %d queries", n_slow);
+            emb_fail_as(err, EMB_ERR_NO_MEMORY, "out of memory for %d queries", n_slow);
             goto out;
         }
         for (int j = 0; j < n_slow; j++) {
@@ -535,7 +545,7 @@ static int result_build(const store *s, const store_query *q, const topk *h, sto
     }
     char *mem = malloc(size);
     if (mem == NULL)
-        return emb_fail(err, "out of memory for %d results", n);
+        return emb_fail_as(err, EMB_ERR_NO_MEMORY, "out of memory for %d results", n);
     store_hit *hits = (store_hit *)mem;
     float *vecs = (float *)(hits + (n > 0 ? n : 1));
     char *at = (char *)vecs + vec_bytes * (size_t)n;
@@ -595,9 +605,10 @@ static int queries_prepare(const store *s, const store_query *qs, int nq, float 
     for (int i = 0; i < nq; i++) {
         emb_err e;
         if (store_query_check(s, &qs[i], &e) != 0)
-            return nq == 1 ? emb_fail(err, "%s", e.msg) : emb_fail(err, "query %d: %s", i, e.msg);
+            return nq == 1 ? emb_fail_as(err, e.kind, "%s", e.msg)
+                           : emb_fail_as(err, e.kind, "query %d: %s", i, e.msg);
         if (store_normalise(qs[i].vector, Q + (size_t)i * s->dim, s->dim, &e) != 0)
-            return emb_fail(err, "query %d: %s", i, e.msg);
+            return emb_fail_as(err, e.kind, "query %d: %s", i, e.msg);
     }
     return 0;
 }
@@ -605,8 +616,8 @@ static int queries_prepare(const store *s, const store_query *qs, int nq, float 
 int store_search_batch(store *s, const store_query *qs, int nq, store_result *outs, emb_err *err)
 {
     if (nq < 1 || nq > STORE_MAX_QUERIES)
-        return emb_fail(err, "a search batch takes 1 to %d queries, not %d", STORE_MAX_QUERIES,
-                        nq);
+        return emb_fail_as(err, EMB_ERR_INVALID, "a search batch takes 1 to %d queries, not %d",
+                           STORE_MAX_QUERIES, nq);
     for (int i = 0; i < nq; i++)
         memset(&outs[i], 0, sizeof outs[i]);
     int result = -1;
@@ -615,14 +626,14 @@ int store_search_batch(store *s, const store_query *qs, int nq, store_result *ou
     topk *heaps = calloc((size_t)nq, sizeof *heaps);
     cand *cands = NULL;
     if (Q == NULL || heaps == NULL) {
-        emb_fail(err, "out of memory for %d queries", nq);
+        emb_fail_as(err, EMB_ERR_NO_MEMORY, "out of memory for %d queries", nq);
         goto out;
     }
     if (queries_prepare(s, qs, nq, Q, err) != 0)
         goto out;
     cands = heaps_alloc(qs, nq, heaps);
     if (cands == NULL) {
-        emb_fail(err, "out of memory for %d queries' results", nq);
+        emb_fail_as(err, EMB_ERR_NO_MEMORY, "out of memory for %d queries' results", nq);
         goto out;
     }
     pthread_rwlock_rdlock(&s->rw);
@@ -630,8 +641,8 @@ int store_search_batch(store *s, const store_query *qs, int nq, store_result *ou
         if (qs[i].model_version != 0 && s->vec_version != 0 &&
             qs[i].model_version != s->vec_version) {
             pthread_rwlock_unlock(&s->rw);
-            emb_fail(err, "the store now searches model version %u, not %u", s->vec_version,
-                     qs[i].model_version);
+            emb_fail_as(err, EMB_ERR_UNAVAILABLE, "the store now searches model version %u, not %u",
+                        s->vec_version, qs[i].model_version);
             result = STORE_VERSION_MOVED;
             goto out;
         }
