@@ -91,7 +91,8 @@ reclog *reclog_open(int dir_fd, const char *dir, const char *name, const reclog_
                     const unsigned char *fresh_extra, const reclog_replay *replay,
                     reclog_recovery *rec, emb_err *err);
 
-/* Appends one record whose body is head (head_len bytes) then payload.
+/* Appends one record whose body is head (head_len <= 64 bytes, the
+ * caller's fixed fields, e.g. the WAL's seq) then payload.
  * On failure the file is cut back to where it was; when even that fails,
  * reclog_damaged turns true. Not durable until reclog_sync. */
 int reclog_append(reclog *l, const void *head, size_t head_len, const void *payload, size_t len,
