@@ -87,15 +87,18 @@ test: $(BUILD)/embedd $(RUN_TESTS)
 	done; \
 	if [ $$fail -ne 0 ]; then echo "some test suites failed"; exit 1; fi
 
-# Everything CI runs: the suites plain, under ASan and UBSan, the batcher,
-# the sample buffer and the GEMM pool under TSan (one OpenMP thread: libgomp
-# is not instrumented), and the Docker round trip (skipped, saying why,
-# where dockerd cannot start).
+# Everything CI runs: the suites plain, a short crash round (five SIGKILLs
+# of a loaded server with torn log tails, about 10 s: scripts/crash_test.py),
+# the suites under ASan and UBSan, the batcher, the sample buffer, the WAL's
+# group commit and the GEMM pool under TSan (one OpenMP thread: libgomp is
+# not instrumented), and the Docker round trip (skipped, saying why, where
+# dockerd cannot start).
 check:
 	$(MAKE) test
+	timeout 120 /usr/bin/python3 scripts/crash_test.py --rounds 5 --clients 4 --max-delay 1.5 --tear 0.6
 	$(MAKE) test SANITIZER=address
 	$(MAKE) test SANITIZER=undefined
-	OMP_NUM_THREADS=1 CK_FORK=no $(MAKE) test SANITIZER=thread TESTS="batcher samples pool"
+	OMP_NUM_THREADS=1 CK_FORK=no $(MAKE) test SANITIZER=thread TESTS="batcher samples wal pool"
 	scripts/docker-test.sh
 
 bench: $(BUILD)/embedd

@@ -133,15 +133,16 @@ static int save_dense_weights(const char *dir, const emb_config *cfg, const floa
 
 /* ---- small file helpers ------------------------------------------------------ */
 
+/* Copies src to dst by replace-by-rename (fileio.h). */
 static int copy_file(const char *src, const char *dst, emb_err *err)
 {
     int in = open(src, O_RDONLY | O_CLOEXEC);
     if (in < 0)
-        return emb_fail(err, "%s: %s", src, strerror(errno));
-    int out = open(dst, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (out < 0) {
+        return emb_fail_as(err, EMB_ERR_IO, "%s: %s", src, strerror(errno));
+    emb_replace r;
+    if (emb_replace_begin(&r, dst, err) != 0) {
         close(in);
-        return emb_fail(err, "%s: %s", dst, strerror(errno));
+        return -1;
     }
     char buf[65536];
     ssize_t got;
@@ -149,17 +150,17 @@ static int copy_file(const char *src, const char *dst, emb_err *err)
     while ((got = read(in, buf, sizeof buf)) != 0) {
         if (got < 0 && errno == EINTR)
             continue;
-        if (got < 0 || emb_write_all(out, buf, (size_t)got) != 0) {
-            rc = emb_fail(err, "copying %s to %s: %s", src, dst, strerror(errno));
+        if (got < 0 || emb_write_all(r.fd, buf, (size_t)got) != 0) {
+            rc = emb_fail_as(err, EMB_ERR_IO, "copying %s to %s: %s", src, dst, strerror(errno));
             break;
         }
     }
     close(in);
-    if (rc == 0 && fsync(out) != 0)
-        rc = emb_fail(err, "%s: fsync: %s", dst, strerror(errno));
-    if (close(out) != 0 && rc == 0)
-        rc = emb_fail(err, "%s: %s", dst, strerror(errno));
-    return rc;
+    if (rc != 0) {
+        emb_replace_abort(&r);
+        return -1;
+    }
+    return emb_replace_commit(&r, NULL, err);
 }
 
 static int file_exists(const char *path)
@@ -191,15 +192,7 @@ static int copy_tokenizer(const char *tok_dir, const char *out, emb_err *err)
 
 static int write_text(const char *path, const char *text, emb_err *err)
 {
-    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0)
-        return emb_fail(err, "%s: %s", path, strerror(errno));
-    int rc = 0;
-    if (emb_write_all(fd, text, strlen(text)) != 0 || fsync(fd) != 0)
-        rc = emb_fail(err, "%s: %s", path, strerror(errno));
-    if (close(fd) != 0 && rc == 0)
-        rc = emb_fail(err, "%s: %s", path, strerror(errno));
-    return rc;
+    return emb_write_file_atomic(path, text, strlen(text), err);
 }
 
 /* ---- trainer state ------------------------------------------------------------ */
@@ -341,19 +334,6 @@ int emb_remove_tree(const char *dir, emb_err *err)
     return rc;
 }
 
-/* The parent directory of path, for fsync ("." when none). */
-static void parent_dir(const char *path, char *out, size_t cap)
-{
-    snprintf(out, cap, "%s", path);
-    char *slash = strrchr(out, '/');
-    if (slash == NULL)
-        snprintf(out, cap, ".");
-    else if (slash == out)
-        out[1] = '\0';
-    else
-        *slash = '\0';
-}
-
 /* Puts the finished tmp directory at out_dir in one rename. */
 static int swap_into_place(const char *tmp, const char *out_dir, emb_err *err)
 {
@@ -367,9 +347,7 @@ static int swap_into_place(const char *tmp, const char *out_dir, emb_err *err)
         if (emb_remove_tree(tmp, err) != 0) /* tmp now holds the old directory */
             return -1;
     }
-    char parent[PATH_CAP];
-    parent_dir(out_dir, parent, sizeof parent);
-    return emb_fsync_dir(parent, err);
+    return emb_fsync_parent(out_dir, err);
 }
 
 int emb_save_model_dir(const char *out_dir, const emb_config *cfg, const float *enc,

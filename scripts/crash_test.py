@@ -15,8 +15,13 @@ deleted, or the last acknowledged version) plus at most one "maybe" state
 from the single unacknowledged request. After the restart the item must be in
 one of those states, and /items/count must equal the number of ids present.
 
+With probability --tear, random bytes are appended to DATA/wal and, on
+their own draw, to DATA/samples.log after a kill (an unacknowledged torn
+write): recovery must cut them off and the server must start.
+
 Usage: scripts/crash_test.py [--rounds 10] [--clients 6] [--seed 1]
-Exits 1 on any failure. Standard library only.
+`make check` runs a short round: --rounds 5 --clients 4 --max-delay 1.5 --tear 0.6
+(about 10 s). Exits 1 on any failure. Standard library only.
 """
 import argparse
 import atexit
@@ -425,13 +430,15 @@ def main():
     ap.add_argument("--max-delay", type=float, default=2.5)
     ap.add_argument("--tear", type=float, default=0.3,
                     help="probability of appending 1-64 random bytes to DATA/wal after a kill "
-                         "(an unacknowledged torn write; recovery must cut it off)")
+                         "(an unacknowledged torn write; recovery must cut it off); drawn "
+                         "again for DATA/samples.log")
     ap.add_argument("--keep", action="store_true", help="keep the data directory")
     args = ap.parse_args()
 
     if not os.path.exists(BIN):
         subprocess.run(["make"], cwd=ROOT, check=True)
     rng = random.Random(args.seed)
+    samples_rng = random.Random(args.seed + 7919)  # its own: rng's rounds stay as they were
     tmp = tempfile.mkdtemp(prefix="embedd-crash-")
     data_dir = os.path.join(tmp, "data")
     log_path = os.path.join(tmp, "server.log")
@@ -497,14 +504,27 @@ def main():
                 torn = rng.randint(1, 64)
                 with open(wal_path, "ab") as f:
                     f.write(bytes(rng.randrange(256) for _ in range(torn)))
+            # The sample log is the same kind of record log (model/base/reclog.h):
+            # its torn tail must be cut off too, and the server must start.
+            samples_path = os.path.join(data_dir, "samples.log")
+            torn_samples = 0
+            if samples_rng.random() < args.tear and os.path.exists(samples_path):
+                torn_samples = samples_rng.randint(1, 64)
+                with open(samples_path, "ab") as f:
+                    f.write(bytes(samples_rng.randrange(256) for _ in range(torn_samples)))
             deadline = time.monotonic() + ROUND_TIMEOUT
             for t in ths:
                 t.join(max(0.1, deadline - time.monotonic()))
             if any(t.is_alive() for t in ths):
                 errors.append("round %d: client threads did not finish" % (rnd + 1))
             inflight = sum(1 for v in model.maybe.values() if v)
+            tears = ""
+            if torn:
+                tears += ", appended %d torn bytes to wal" % torn
+            if torn_samples:
+                tears += ", appended %d torn bytes to samples.log" % torn_samples
             print("round %d: killed after %.2fs%s: acked %d upserts in %d batches, %d deletes; %d ids in flight"
-                  % (rnd + 1, delay, ", appended %d torn bytes to wal" % torn if torn else "", stats["acked_upserts"], stats["acked_batches"],
+                  % (rnd + 1, delay, tears, stats["acked_upserts"], stats["acked_batches"],
                      stats["acked_deletes"], inflight))
             for e in errors[:10]:
                 print("  client error: " + e)

@@ -734,6 +734,9 @@ START_TEST(test_dir_locked)
     emb_err err = {0};
     ck_assert(samples_open(dir, &o, &err) == NULL);
     ck_assert_msg(strstr(err.msg, "in use") != NULL, "%s", err.msg);
+    ck_assert_int_eq(err.kind, EMB_ERR_CONFLICT);
+    ck_assert_msg(strstr(err.msg, "samples.lock is held by this process") != NULL, "%s",
+                  err.msg);
     samples_close(s);
     s = open_ok(dir, &o);
     samples_close(s);
@@ -862,6 +865,52 @@ START_TEST(test_threads)
 }
 END_TEST
 
+/* A log laid out byte by byte as samples.h documents it (the format of
+ * data directories written before the log moved onto reclog) replays. */
+static size_t put_record(unsigned char *r, const unsigned char *head, size_t head_len,
+                         const char *text)
+{
+    size_t tl = text != NULL ? strlen(text) : 0;
+    size_t len = head_len + tl;
+    wal_put_u32(r, (uint32_t)len);
+    memcpy(r + 8, head, head_len);
+    if (tl > 0)
+        memcpy(r + 8 + head_len, text, tl);
+    uint32_t crc = wal_crc32c(0, r, 4);
+    wal_put_u32(r + 4, wal_crc32c(crc, r + 8, len));
+    return 8 + len;
+}
+
+START_TEST(test_documented_layout)
+{
+    static const char *texts[] = {"the first stored text", "the second stored text",
+                                  "the third stored text"};
+    unsigned char f[1024];
+    memcpy(f, "EMBDSMPL", 8);
+    wal_put_u32(f + 8, 1);
+    wal_put_u32(f + 12, wal_crc32c(0, f, 12));
+    size_t off = 16;
+    for (int i = 0; i < 3; i++) {
+        unsigned char head[6] = {1, 0};
+        wal_put_u32(head + 2, (uint32_t)i);
+        off += put_record(f + off, head, sizeof head, texts[i]);
+    }
+    unsigned char drop[6] = {2, 0};
+    wal_put_u32(drop + 2, 0); /* the last slot moves into slot 0 */
+    off += put_record(f + off, drop, sizeof drop, NULL);
+    ck_assert_int_eq(tu_write_file(log_path(dir), f, off), 0);
+    samples_opts o = small_opts();
+    o.holdout_fraction = 0.0;
+    samples *s = open_ok(dir, &o);
+    samples_stats st = stats_of(s);
+    ck_assert_uint_eq(st.replayed, 4);
+    ck_assert_uint_eq(st.truncated_bytes, 0);
+    ck_assert_uint_eq(st.train, 2);
+    ck_assert_uint_eq(st.train_bytes, strlen(texts[1]) + strlen(texts[2]));
+    samples_close(s);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("samples");
@@ -885,6 +934,7 @@ int main(void)
     tcase_add_test(tc, test_flip_every_byte);
     tcase_add_test(tc, test_bad_header);
     tcase_add_test(tc, test_dir_locked);
+    tcase_add_test(tc, test_documented_layout);
     tcase_add_test(tc, test_threads);
     suite_add_tcase(s, tc);
     return run_suite(s);

@@ -364,6 +364,45 @@ START_TEST(test_group_commit)
 }
 END_TEST
 
+/* A log laid out byte by byte as wal.h documents it (the format of data
+ * directories written before the WAL moved onto reclog) opens and replays. */
+START_TEST(test_documented_layout)
+{
+    unsigned char f[WAL_HEADER_SIZE + 3 * 32];
+    memset(f, 0, sizeof f);
+    memcpy(f, "EMBDWAL", 8);
+    wal_put_u32(f + 8, 1);
+    wal_put_u32(f + 12, TAG);
+    wal_put_u64(f + 16, 4); /* base_seq */
+    wal_put_u32(f + 28, wal_crc32c(0, f, 28));
+    size_t off = WAL_HEADER_SIZE;
+    for (int i = 5; i <= 7; i++) {
+        char p[32];
+        int len = snprintf(p, sizeof p, "record %d", i);
+        unsigned char *r = f + off;
+        wal_put_u32(r, (uint32_t)(8 + len));
+        wal_put_u64(r + 8, (uint64_t)i);
+        memcpy(r + 16, p, (size_t)len);
+        uint32_t crc = wal_crc32c(0, r, 4);
+        wal_put_u32(r + 4, wal_crc32c(crc, r + 8, (size_t)(8 + len)));
+        off += 16 + (size_t)len;
+    }
+    ck_assert_int_eq(tu_write_file(wal_path(), f, off), 0);
+    seen sn;
+    wal_recovery rec;
+    wal *w = open_wal(5, &sn, &rec);
+    ck_assert_uint_eq(rec.skipped, 1);
+    ck_assert_uint_eq(rec.records, 2);
+    ck_assert_uint_eq(rec.truncated_bytes, 0);
+    check_seen(&sn, 6, 2);
+    append_n(w, 8, 1);
+    wal_close(w);
+    w = open_wal(4, &sn, &rec);
+    check_seen(&sn, 5, 4);
+    wal_close(w);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("wal");
@@ -377,6 +416,7 @@ int main(void)
     tcase_add_test(tc, test_rotate_and_snapshot_seq);
     tcase_add_test(tc, test_headers);
     tcase_add_test(tc, test_group_commit);
+    tcase_add_test(tc, test_documented_layout);
     suite_add_tcase(s, tc);
     return run_suite(s);
 }

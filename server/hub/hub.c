@@ -17,6 +17,8 @@
 #include <cjson/cJSON.h>
 #include <curl/curl.h>
 
+#include "base/fileio.h"
+
 #define DEFAULT_ENDPOINT "https://huggingface.co"
 #define URL_MAX 4096
 #define MAX_HOPS 5                    /* relative redirects of a renamed repository */
@@ -141,24 +143,12 @@ static long long file_size(const char *path)
     return (long long)st.st_size;
 }
 
-/* Writes text to path through a temporary file and a rename. */
+/* Writes text to path by replace-by-rename (emb_write_file_atomic). */
 static int write_atomic(const char *path, const char *text, emb_err *err)
 {
-    char tmp[PATH_MAX];
-    if (path_fmt(tmp, sizeof tmp, err, "%s.tmp", path) != 0 || make_parent(path, err) != 0)
+    if (make_parent(path, err) != 0)
         return -1;
-    FILE *fp = fopen(tmp, "wb");
-    if (fp == NULL)
-        return emb_fail(err, "cannot write %s: %s", tmp, strerror(errno));
-    size_t len = strlen(text);
-    int ok = fwrite(text, 1, len, fp) == len;
-    ok = (fclose(fp) == 0) && ok;
-    if (!ok || rename(tmp, path) != 0) {
-        emb_fail(err, "cannot write %s: %s", path, strerror(errno));
-        unlink(tmp);
-        return -1;
-    }
-    return 0;
+    return emb_write_file_atomic(path, text, strlen(text), err);
 }
 
 /* Reads a small file (following symlinks); NULL when missing or larger

@@ -7,29 +7,26 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/file.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
-#include "base/fileio.h"
-#include "store/wal.h" /* wal_crc32c and the little-endian helpers */
+#include "base/bytes.h"
+#include "base/dirlock.h"
+#include "base/reclog.h"
 
 #define LOG_NAME "samples.log"
 #define LOG_TMP "samples.log.tmp"
 #define LOCK_NAME "samples.lock"
 #define LOG_VERSION 1
-#define HEADER_SIZE 16
-#define REC_HEADER 8          /* len, crc */
+#define HEADER_SIZE RECLOG_HEADER_FIXED
+#define REC_HEADER RECLOG_FRAME /* len, crc */
 #define SLOT_FIXED 6          /* type, reservoir, slot */
 #define REC_MAX (64u << 20)   /* replay rejects longer payloads */
 #define SLOTS_MAX (1 << 30)   /* slot indices fit in 30 bits of a set value */
 
 enum { REC_SLOT = 1, REC_DROP = 2, REC_COUNTERS = 3 };
 enum { RES_TRAIN = 0, RES_HELD = 1, N_RES = 2 };
-
-static const unsigned char log_magic[8] = {'E', 'M', 'B', 'D', 'S', 'M', 'P', 'L'};
 
 typedef struct slot {
     char *text;               /* NUL-terminated */
@@ -102,9 +99,8 @@ struct samples {
     pthread_mutex_t flush_lock; /* serialises flushes; guards the fields below */
     char *dir;
     int dir_fd;
-    int fd;                   /* samples.log, -1 in memory */
-    int lock_fd;              /* samples.lock, flock'd */
-    uint64_t size;            /* bytes in samples.log */
+    reclog *log;              /* samples.log, NULL in memory */
+    int lock_fd;              /* samples.lock (dirlock.h) */
 };
 
 /* ---- texts ----------------------------------------------------------------- */
@@ -325,12 +321,10 @@ static int buf_record(buf *b, const unsigned char *head, size_t head_len, const 
     if (buf_reserve(b, REC_HEADER + len) != 0)
         return -1;
     unsigned char *r = b->p + b->len;
-    wal_put_u32(r, (uint32_t)len);
     memcpy(r + REC_HEADER, head, head_len);
     if (body_len > 0)
         memcpy(r + REC_HEADER + head_len, body, body_len);
-    uint32_t crc = wal_crc32c(0, r, 4);
-    wal_put_u32(r + 4, wal_crc32c(crc, r + REC_HEADER, len));
+    reclog_frame(r, r + REC_HEADER, len);
     b->len += REC_HEADER + len;
     return 0;
 }
@@ -338,7 +332,7 @@ static int buf_record(buf *b, const unsigned char *head, size_t head_len, const 
 static int encode_slot(buf *b, int r, int i, const char *text, size_t len)
 {
     unsigned char head[SLOT_FIXED] = {REC_SLOT, (unsigned char)r};
-    wal_put_u32(head + 2, (uint32_t)i);
+    emb_put_u32(head + 2, (uint32_t)i);
     return buf_record(b, head, sizeof head, text, len);
 }
 
@@ -360,7 +354,7 @@ static int encode_counters(buf *b, const samples *s)
         v[k++] = s->res[r].seen;
     unsigned char head[1 + 8 * N_COUNTERS] = {REC_COUNTERS};
     for (int i = 0; i < N_COUNTERS; i++)
-        wal_put_u64(head + 1 + 8 * i, v[i]);
+        emb_put_u64(head + 1 + 8 * i, v[i]);
     return buf_record(b, head, sizeof head, NULL, 0);
 }
 
@@ -387,7 +381,7 @@ static void note_drop(samples *s, int r, int i)
     if (!s->persist || s->must_compact)
         return;
     unsigned char head[SLOT_FIXED] = {REC_DROP, (unsigned char)r};
-    wal_put_u32(head + 2, (uint32_t)i);
+    emb_put_u32(head + 2, (uint32_t)i);
     log_note(s, buf_record(&s->pending, head, sizeof head, NULL, 0));
 }
 
@@ -650,18 +644,18 @@ static int decode_counters(samples *s, const unsigned char *p, size_t len)
         return 1;
     p++;
     counters *c = &s->c;
-    c->version = wal_get_u64(p);
-    c->holdout_version = wal_get_u64(p + 8);
-    c->duplicates = wal_get_u64(p + 16);
-    c->ignored = wal_get_u64(p + 24);
-    c->truncated = wal_get_u64(p + 32);
+    c->version = emb_get_u64(p);
+    c->holdout_version = emb_get_u64(p + 8);
+    c->duplicates = emb_get_u64(p + 16);
+    c->ignored = emb_get_u64(p + 24);
+    c->truncated = emb_get_u64(p + 32);
     p += 40;
     for (int i = 0; i < SAMPLES_N_SOURCES; i++, p += 8)
-        c->received[i] = wal_get_u64(p);
+        c->received[i] = emb_get_u64(p);
     for (int i = 0; i < SAMPLES_N_SOURCES; i++, p += 8)
-        c->added[i] = wal_get_u64(p);
+        c->added[i] = emb_get_u64(p);
     for (int r = 0; r < N_RES; r++, p += 8)
-        s->res[r].seen = wal_get_u64(p);
+        s->res[r].seen = emb_get_u64(p);
     return 0;
 }
 
@@ -693,7 +687,7 @@ static int apply_record(samples *s, const unsigned char *p, size_t len)
     if (len < SLOT_FIXED || p[1] >= N_RES)
         return 1;
     int r = p[1];
-    uint32_t i = wal_get_u32(p + 2);
+    uint32_t i = emb_get_u32(p + 2);
     if (p[0] == REC_SLOT)
         return apply_slot(s, r, (int)(i < SLOTS_MAX ? i : SLOTS_MAX), p + SLOT_FIXED,
                           len - SLOT_FIXED);
@@ -704,151 +698,23 @@ static int apply_record(samples *s, const unsigned char *p, size_t len)
     return 1;
 }
 
-/* Why the record at off cannot be used ("" when it can); *n gets its size. */
-static const char *record_check(const unsigned char *p, uint64_t size, uint64_t off,
-                                uint64_t *n)
+/* reclog's record function: one payload. */
+static int replay_record(void *user, const unsigned char *p, size_t len, emb_err *err)
 {
-    uint64_t left = size - off;
-    if (left < REC_HEADER)
-        return "short record header";
-    uint32_t len = wal_get_u32(p + off);
-    if (len == 0 || len > REC_MAX)
-        return "record length out of range";
-    if (len > left - REC_HEADER)
-        return "short record";
-    uint32_t crc = wal_crc32c(0, p + off, 4);
-    if (wal_crc32c(crc, p + off + REC_HEADER, len) != wal_get_u32(p + off + 4))
-        return "checksum mismatch";
-    *n = REC_HEADER + (uint64_t)len;
-    return "";
-}
-
-/* Replays the records of a mapped log. Returns the end of the last good
- * record, or -1 when out of memory; *why says why replay stopped early. */
-static int64_t replay_records(samples *s, const unsigned char *p, uint64_t size,
-                              const char **why)
-{
-    uint64_t off = HEADER_SIZE;
-    *why = "";
-    while (off < size) {
-        uint64_t n = 0;
-        *why = record_check(p, size, off, &n);
-        if ((*why)[0] != '\0')
-            break;
-        int rc = apply_record(s, p + off + REC_HEADER, (size_t)(n - REC_HEADER));
-        if (rc < 0)
-            return -1;
-        if (rc > 0) {
-            *why = "malformed record";
-            break;
-        }
-        s->replayed++;
-        off += n;
-    }
-    return (int64_t)off;
-}
-
-static int header_ok(const unsigned char *p, uint64_t size, const char **why)
-{
-    if (size < HEADER_SIZE) {
-        *why = "short header";
-        return 0;
-    }
-    if (memcmp(p, log_magic, 8) != 0) {
-        *why = "bad magic";
-        return 0;
-    }
-    if (wal_crc32c(0, p, 12) != wal_get_u32(p + 12)) {
-        *why = "header checksum mismatch";
-        return 0;
-    }
-    return 1;
-}
-
-/* Replays DIR/samples.log (open in s->fd). Returns 1 when the file must be
- * replaced by an empty log, 0 when replayed, -1 on a fatal error. */
-static int log_replay(samples *s, emb_err *err)
-{
-    struct stat st;
-    if (fstat(s->fd, &st) != 0)
-        return emb_fail(err, "%s/%s: %s", s->dir, LOG_NAME, strerror(errno));
-    uint64_t size = (uint64_t)st.st_size;
-    if (size == 0)
+    samples *s = user;
+    int rc = apply_record(s, p, len);
+    if (rc < 0)
+        return emb_fail_as(err, EMB_ERR_NO_MEMORY, "%s/%s: out of memory replaying it",
+                           s->dir, LOG_NAME);
+    if (rc > 0) {
+        emb_fail(err, "malformed record");
         return 1;
-    unsigned char *p = mmap(NULL, (size_t)size, PROT_READ, MAP_PRIVATE, s->fd, 0);
-    if (p == MAP_FAILED)
-        return emb_fail(err, "%s/%s: mmap: %s", s->dir, LOG_NAME, strerror(errno));
-    int result = -1;
-    const char *why = "";
-    if (!header_ok(p, size, &why)) {
-        snprintf(s->recovery, sizeof s->recovery,
-                 "%s/%s: %s; its %llu bytes were discarded and a new log started", s->dir,
-                 LOG_NAME, why, (unsigned long long)size);
-        s->truncated_bytes = size;
-        result = 1;
-        goto out;
     }
-    if (wal_get_u32(p + 8) != LOG_VERSION) {
-        emb_fail(err, "%s/%s: format version %u (this build reads %u)", s->dir, LOG_NAME,
-                 wal_get_u32(p + 8), (unsigned)LOG_VERSION);
-        goto out;
-    }
-    int64_t end = replay_records(s, p, size, &why);
-    if (end < 0) {
-        emb_fail(err, "%s/%s: out of memory replaying it", s->dir, LOG_NAME);
-        goto out;
-    }
-    s->size = (uint64_t)end;
-    result = 0;
-    if ((uint64_t)end == size)
-        goto out;
-    s->truncated_bytes = size - (uint64_t)end;
-    snprintf(s->recovery, sizeof s->recovery,
-             "%s/%s: torn tail at offset %lld (%s): %llu bytes cut off", s->dir, LOG_NAME,
-             (long long)end, why, (unsigned long long)s->truncated_bytes);
-    if (ftruncate(s->fd, (off_t)end) != 0 || fsync(s->fd) != 0)
-        result = emb_fail(err, "%s/%s: cannot cut the torn tail: %s", s->dir, LOG_NAME,
-                          strerror(errno));
-out:
-    munmap(p, (size_t)size);
-    return result;
+    s->replayed++;
+    return 0;
 }
 
 /* ---- writing the log ------------------------------------------------------- */
-
-/* Writes a whole new log (header + body) as samples.log.tmp, makes it
- * durable and renames it over samples.log. Returns its fd. */
-static int log_create(samples *s, const buf *body, emb_err *err)
-{
-    unsigned char h[HEADER_SIZE];
-    memcpy(h, log_magic, 8);
-    wal_put_u32(h + 8, LOG_VERSION);
-    wal_put_u32(h + 12, wal_crc32c(0, h, 12));
-    int fd = openat(s->dir_fd, LOG_TMP, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0) {
-        emb_fail(err, "%s/%s: %s", s->dir, LOG_TMP, strerror(errno));
-        return -1;
-    }
-    if (emb_pwrite_all(fd, h, sizeof h, 0) != 0 ||
-        (body->len > 0 && emb_pwrite_all(fd, body->p, body->len, HEADER_SIZE) != 0) ||
-        fsync(fd) != 0) {
-        emb_fail(err, "%s/%s: %s", s->dir, LOG_TMP, strerror(errno));
-        goto fail;
-    }
-    if (renameat(s->dir_fd, LOG_TMP, s->dir_fd, LOG_NAME) != 0) {
-        emb_fail(err, "rename %s/%s: %s", s->dir, LOG_TMP, strerror(errno));
-        goto fail;
-    }
-    if (fsync(s->dir_fd) != 0) {
-        emb_fail(err, "fsync %s: %s", s->dir, strerror(errno));
-        goto fail;
-    }
-    return fd;
-fail:
-    close(fd);
-    unlinkat(s->dir_fd, LOG_TMP, 0);
-    return -1;
-}
 
 /* Appends records to the log and fsyncs. A failed write is undone; the
  * caller makes the next flush rewrite the log. */
@@ -856,17 +722,9 @@ static int log_append(samples *s, const buf *b, emb_err *err)
 {
     if (b->len == 0)
         return 0;
-    if (emb_pwrite_all(s->fd, b->p, b->len, s->size) != 0) {
-        emb_fail(err, "%s/%s: write: %s", s->dir, LOG_NAME, strerror(errno));
-        if (ftruncate(s->fd, (off_t)s->size) != 0) {
-            /* no matter: the rewrite that follows replaces the whole file */
-        }
+    if (reclog_write(s->log, b->p, b->len, err) != 0)
         return -1;
-    }
-    if (fdatasync(s->fd) != 0)
-        return emb_fail(err, "%s/%s: fdatasync: %s", s->dir, LOG_NAME, strerror(errno));
-    s->size += b->len;
-    return 0;
+    return reclog_sync(s->log, err);
 }
 
 /* The size of a log that holds only the live state. */
@@ -909,13 +767,11 @@ static int log_compact(samples *s, emb_err *err)
         s->dirty = 0;
     }
     pthread_mutex_unlock(&s->lock);
-    int fd = rc == 0 ? log_create(s, &state, err) : -1;
+    int done = rc == 0 && reclog_reset(s->log, NULL, state.p, state.len, err) == 0;
     if (rc != 0)
-        emb_fail(err, "out of memory compacting %s/%s", s->dir, LOG_NAME);
-    if (fd >= 0) {
-        close(s->fd);
-        s->fd = fd;
-        s->size = HEADER_SIZE + state.len;
+        emb_fail_as(err, EMB_ERR_NO_MEMORY, "out of memory compacting %s/%s", s->dir, LOG_NAME);
+    if (done) {
+        /* the pending records are in the new log */
     } else if (behind || log_append(s, &rest, err) != 0) {
         pthread_mutex_lock(&s->lock);
         s->must_compact = 1;
@@ -924,7 +780,7 @@ static int log_compact(samples *s, emb_err *err)
     }
     buf_free(&state);
     buf_free(&rest);
-    return fd >= 0 ? 0 : -1;
+    return done ? 0 : -1;
 }
 
 /* Writes the pending records and a counters record. */
@@ -963,7 +819,8 @@ int samples_flush(samples *s, emb_err *err)
         failures++;
     pthread_mutex_lock(&s->lock);
     int compact = s->must_compact ||
-                  (s->size > s->o.compact_min_bytes && s->size > 2 * live_bytes(s));
+                  (reclog_size(s->log) > s->o.compact_min_bytes &&
+                   reclog_size(s->log) > 2 * live_bytes(s));
     pthread_mutex_unlock(&s->lock);
     /* After a failed append, a rewrite into a fresh file may still work. */
     int rc = failures > 0 ? -1 : 0;
@@ -975,7 +832,7 @@ int samples_flush(samples *s, emb_err *err)
     s->flushes++;
     s->compactions += (uint64_t)(compact && rc == 0);
     s->io_errors += (uint64_t)failures;
-    s->log_bytes = s->size;
+    s->log_bytes = reclog_size(s->log);
     pthread_mutex_unlock(&s->lock);
     pthread_mutex_unlock(&s->flush_lock);
     return rc;
@@ -1026,10 +883,8 @@ static void samples_free(samples *s)
     }
     hset_free(&s->set);
     buf_free(&s->pending);
-    if (s->fd >= 0)
-        close(s->fd);
-    if (s->lock_fd >= 0)
-        close(s->lock_fd); /* releases the flock */
+    reclog_close(s->log);
+    emb_dirlock_release(s->lock_fd);
     if (s->dir_fd >= 0)
         close(s->dir_fd);
     pthread_mutex_destroy(&s->lock);
@@ -1063,43 +918,37 @@ static int state_init(samples *s, const samples_opts *o, emb_err *err)
     return 0;
 }
 
+static const reclog_format log_format = {
+    .magic = {'E', 'M', 'B', 'D', 'S', 'M', 'P', 'L'},
+    .version = LOG_VERSION,
+    .extra = 0,
+    .min_len = 1,
+    .max_len = REC_MAX,
+};
+
 /* Opens the directory, takes its lock and replays the log. */
 static int disk_open(samples *s, const char *dir, emb_err *err)
 {
     s->dir = strdup(dir);
     if (s->dir == NULL)
-        return emb_fail(err, "samples: out of memory");
+        return emb_fail_as(err, EMB_ERR_NO_MEMORY, "samples: out of memory");
     if (mkdir(dir, 0755) != 0 && errno != EEXIST)
-        return emb_fail(err, "%s: %s", dir, strerror(errno));
+        return emb_fail_as(err, EMB_ERR_IO, "%s: %s", dir, strerror(errno));
     s->dir_fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (s->dir_fd < 0)
-        return emb_fail(err, "%s: %s", dir, strerror(errno));
-    s->lock_fd = openat(s->dir_fd, LOCK_NAME, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+        return emb_fail_as(err, EMB_ERR_IO, "%s: %s", dir, strerror(errno));
+    s->lock_fd = emb_dirlock_take(s->dir_fd, dir, LOCK_NAME, "sample buffer", err);
     if (s->lock_fd < 0)
-        return emb_fail(err, "%s/%s: %s", dir, LOCK_NAME, strerror(errno));
-    if (flock(s->lock_fd, LOCK_EX | LOCK_NB) != 0)
-        return emb_fail(err, "%s/%s: %s", dir, LOCK_NAME,
-                        errno == EWOULDBLOCK ? "in use by another sample buffer"
-                                             : strerror(errno));
-    unlinkat(s->dir_fd, LOG_TMP, 0); /* a compaction that did not finish */
-    int rc = 1;
-    s->fd = openat(s->dir_fd, LOG_NAME, O_RDWR | O_CLOEXEC);
-    if (s->fd < 0 && errno != ENOENT)
-        return emb_fail(err, "%s/%s: %s", dir, LOG_NAME, strerror(errno));
-    if (s->fd >= 0)
-        rc = log_replay(s, err);
-    if (rc < 0)
         return -1;
-    if (rc == 1) {
-        buf empty = {0};
-        if (s->fd >= 0)
-            close(s->fd);
-        s->fd = log_create(s, &empty, err);
-        if (s->fd < 0)
-            return -1;
-        s->size = HEADER_SIZE;
-    }
-    s->log_bytes = s->size;
+    unlinkat(s->dir_fd, LOG_TMP, 0); /* a compaction that did not finish */
+    reclog_replay fns = {.record = replay_record, .user = s};
+    reclog_recovery rec;
+    s->log = reclog_open(s->dir_fd, dir, LOG_NAME, &log_format, NULL, &fns, &rec, err);
+    if (s->log == NULL)
+        return -1;
+    s->truncated_bytes = rec.truncated_bytes;
+    snprintf(s->recovery, sizeof s->recovery, "%.255s", rec.message);
+    s->log_bytes = reclog_size(s->log);
     return 0;
 }
 
@@ -1119,7 +968,6 @@ samples *samples_open(const char *dir, const samples_opts *o, emb_err *err)
     }
     pthread_mutex_init(&s->lock, NULL);
     pthread_mutex_init(&s->flush_lock, NULL);
-    s->fd = -1;
     s->lock_fd = -1;
     s->dir_fd = -1;
     if (state_init(s, o, err) != 0)

@@ -30,9 +30,11 @@
  *   later as a new one. Remembering evicted hashes would need memory that
  *   grows with everything ever seen; we do not.
  *
- * Persistence (dir given): DIR/samples.log, little-endian
+ * Persistence (dir given): DIR/samples.log, a record log of
+ *   model/base/reclog.h (framing, checksums, torn-tail repair and the
+ *   replace-by-rename of a compacted log are reclog's), little-endian
  *   header, 16 bytes: u8[8] magic "EMBDSMPL", u32 version, u32 CRC-32C of
- *   bytes 0..11
+ *   bytes 0..11 (reclog's header with no extra fields)
  *   records, back to back: u32 len (payload bytes), u32 CRC-32C of the len
  *   field then of the payload, payload:
  *     u8 1 (slot),  u8 reservoir (0 train, 1 held out), u32 slot, text bytes:
@@ -57,8 +59,8 @@
  *   that is not ours is reported and the file replaced by an empty log.
  *   If the caps are now lower than the log's contents, random slots are
  *   evicted down to the caps.
- *   DIR/samples.lock is flock'd while the buffer is open, so two processes
- *   cannot share one log.
+ *   DIR/samples.lock is held (model/base/dirlock.h) while the buffer is
+ *   open, so two processes, or two buffers in one, cannot share one log.
  *
  * Threads
  *   Any number of threads may call samples_add, samples_draw,

@@ -12,9 +12,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+#include "base/dirlock.h"
 
 /* ---- the id table: open addressing, linear probing ----------------------- */
 
@@ -304,8 +305,7 @@ static void store_free(store *s)
     free(s->rows);
     free(s->matrix);
     free(s->slots);
-    if (s->lock_fd >= 0)
-        close(s->lock_fd);
+    emb_dirlock_release(s->lock_fd);
     if (s->dir_fd >= 0)
         close(s->dir_fd);
     free(s->dir);
@@ -329,12 +329,9 @@ static int dir_open(store *s, const char *dir, emb_err *err)
     s->dir_fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (s->dir_fd < 0)
         return emb_fail(err, "cannot open data directory %s: %s", dir, strerror(errno));
-    s->lock_fd = openat(s->dir_fd, "lock", O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    s->lock_fd = emb_dirlock_take(s->dir_fd, dir, "lock", "store", err);
     if (s->lock_fd < 0)
-        return emb_fail(err, "%s/lock: %s", dir, strerror(errno));
-    if (flock(s->lock_fd, LOCK_EX | LOCK_NB) != 0)
-        return emb_fail(err, "data directory %s is in use by another store (%s)", dir,
-                        strerror(errno));
+        return -1;
     unlinkat(s->dir_fd, "snapshot.tmp", 0);
     unlinkat(s->dir_fd, "wal.tmp", 0);
     return 0;

@@ -13,6 +13,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "base/bytes.h"
+#include "base/crc32c.h"
+#include "base/fileio.h"
+
 enum { FLAG_TEXT = 1, FLAG_PAYLOAD = 2 };
 
 #define SNAPSHOT_HEADER 40
@@ -32,14 +36,14 @@ static void put_u8(strbuf *sb, unsigned v)
 static void put_u32(strbuf *sb, uint32_t v)
 {
     unsigned char b[4];
-    wal_put_u32(b, v);
+    emb_put_u32(b, v);
     sb_append(sb, (const char *)b, 4);
 }
 
 static void put_u64(strbuf *sb, uint64_t v)
 {
     unsigned char b[8];
-    wal_put_u64(b, v);
+    emb_put_u64(b, v);
     sb_append(sb, (const char *)b, 8);
 }
 
@@ -133,7 +137,7 @@ static int get_u32(reader *r, uint32_t *v)
     const unsigned char *b = get_bytes(r, 4);
     if (b == NULL)
         return -1;
-    *v = wal_get_u32(b);
+    *v = emb_get_u32(b);
     return 0;
 }
 
@@ -142,7 +146,7 @@ static int get_u64(reader *r, uint64_t *v)
     const unsigned char *b = get_bytes(r, 8);
     if (b == NULL)
         return -1;
-    *v = wal_get_u64(b);
+    *v = emb_get_u64(b);
     return 0;
 }
 
@@ -200,7 +204,7 @@ static int get_vector(reader *r, float *vec, int dim, emb_err *err)
     if (b == NULL)
         return emb_fail(err, "truncated vector");
     for (int i = 0; i < dim; i++) {
-        uint32_t u = wal_get_u32(b + 4 * (size_t)i);
+        uint32_t u = emb_get_u32(b + 4 * (size_t)i);
         memcpy(&vec[i], &u, 4);
         if (!isfinite(vec[i]))
             return emb_fail(err, "vector element %d is not finite", i);
@@ -338,7 +342,7 @@ static void fw_flush(file_writer *fw)
 
 static void fw_write(file_writer *fw, const void *data, size_t n)
 {
-    fw->crc = wal_crc32c(fw->crc, data, n);
+    fw->crc = emb_crc32c(fw->crc, data, n);
     const unsigned char *p = data;
     while (n > 0 && fw->err_no == 0) {
         size_t k = fw->cap - fw->len;
@@ -357,11 +361,11 @@ static void snapshot_header(unsigned char *h, int dim, uint64_t seq, uint64_t co
 {
     memset(h, 0, SNAPSHOT_HEADER);
     memcpy(h, snapshot_magic, 8);
-    wal_put_u32(h + 8, STORE_SNAPSHOT_VERSION);
-    wal_put_u32(h + 12, (uint32_t)dim);
-    wal_put_u64(h + 16, seq);
-    wal_put_u64(h + 24, count);
-    wal_put_u32(h + 36, wal_crc32c(0, h, 36));
+    emb_put_u32(h + 8, STORE_SNAPSHOT_VERSION);
+    emb_put_u32(h + 12, (uint32_t)dim);
+    emb_put_u64(h + 16, seq);
+    emb_put_u64(h + 24, count);
+    emb_put_u32(h + 36, emb_crc32c(0, h, 36));
 }
 
 /* Writes every row to fd: header, items, trailer. Returns 0 or an errno. */
@@ -386,7 +390,7 @@ static int snapshot_stream(const store_table_view *t, int fd)
         fw_write(&fw, item.buf, item.len);
     }
     unsigned char trailer[SNAPSHOT_TRAILER];
-    wal_put_u32(trailer, fw.crc);
+    emb_put_u32(trailer, fw.crc);
     fw_write(&fw, trailer, sizeof trailer);
     fw_flush(&fw);
     sb_free(&item);
@@ -394,25 +398,20 @@ static int snapshot_stream(const store_table_view *t, int fd)
     return fw.err_no;
 }
 
+/* Writes DIR/snapshot by replace-by-rename (fileio.h): a crash leaves the
+ * old snapshot or the new one. */
 int store_snapshot_write(const store_files *s, const store_table_view *t, emb_err *err)
 {
-    int fd = openat(s->dir_fd, "snapshot.tmp", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0)
-        return emb_fail(err, "%s/snapshot.tmp: %s", s->dir, strerror(errno));
-    int e = snapshot_stream(t, fd);
-    if (e == 0 && fsync(fd) != 0)
-        e = errno;
-    if (close(fd) != 0 && e == 0)
-        e = errno;
+    emb_replace r;
+    if (emb_replace_begin_at(&r, s->dir_fd, s->dir, "snapshot", err) != 0)
+        return -1;
+    int e = snapshot_stream(t, r.fd);
     if (e != 0) {
-        unlinkat(s->dir_fd, "snapshot.tmp", 0);
-        return emb_fail(err, "%s/snapshot.tmp: %s", s->dir, strerror(e));
+        emb_replace_abort(&r);
+        return emb_fail_as(err, e == ENOMEM ? EMB_ERR_NO_MEMORY : EMB_ERR_IO,
+                           "%s/snapshot.tmp: %s", s->dir, strerror(e));
     }
-    if (renameat(s->dir_fd, "snapshot.tmp", s->dir_fd, "snapshot") != 0)
-        return emb_fail(err, "rename %s/snapshot.tmp: %s", s->dir, strerror(errno));
-    if (fsync(s->dir_fd) != 0)
-        return emb_fail(err, "fsync %s: %s", s->dir, strerror(errno));
-    return 0;
+    return emb_replace_commit(&r, NULL, err);
 }
 
 /* Checks a mapped snapshot's header and checksums; returns its count. */
@@ -421,18 +420,18 @@ static int snapshot_check(const store_files *s, int dim, const unsigned char *p,
 {
     if (size < SNAPSHOT_HEADER + SNAPSHOT_TRAILER)
         return emb_fail(err, "%s/snapshot is damaged: only %zu bytes", s->dir, size);
-    if (memcmp(p, snapshot_magic, 8) != 0 || wal_crc32c(0, p, 36) != wal_get_u32(p + 36))
+    if (memcmp(p, snapshot_magic, 8) != 0 || emb_crc32c(0, p, 36) != emb_get_u32(p + 36))
         return emb_fail(err, "%s/snapshot is damaged: bad header", s->dir);
-    if (wal_get_u32(p + 8) != STORE_SNAPSHOT_VERSION)
+    if (emb_get_u32(p + 8) != STORE_SNAPSHOT_VERSION)
         return emb_fail(err, "%s/snapshot has format version %u; this build reads %u", s->dir,
-                        wal_get_u32(p + 8), STORE_SNAPSHOT_VERSION);
-    if (wal_get_u32(p + 12) != (uint32_t)dim)
+                        emb_get_u32(p + 8), STORE_SNAPSHOT_VERSION);
+    if (emb_get_u32(p + 12) != (uint32_t)dim)
         return emb_fail(err, "%s/snapshot holds vectors of dimension %u, not %d", s->dir,
-                        wal_get_u32(p + 12), dim);
+                        emb_get_u32(p + 12), dim);
     size_t body = size - SNAPSHOT_TRAILER;
-    if (wal_crc32c(0, p, body) != wal_get_u32(p + body))
+    if (emb_crc32c(0, p, body) != emb_get_u32(p + body))
         return emb_fail(err, "%s/snapshot is damaged: checksum mismatch", s->dir);
-    *count = wal_get_u64(p + 24);
+    *count = emb_get_u64(p + 24);
     if (*count > (uint64_t)s->max_items)
         return emb_fail(err, "%s/snapshot holds %llu items, over max_items %ld", s->dir,
                         (unsigned long long)*count, s->max_items);
@@ -500,7 +499,7 @@ int store_snapshot_load(const store_files *s, int dim, const store_snapshot_sink
     reader r = {p + SNAPSHOT_HEADER, p + size - SNAPSHOT_TRAILER};
     if (snapshot_apply(s, dim, &r, *count, sink, err) != 0)
         goto out;
-    *seq = wal_get_u64(p + 16);
+    *seq = emb_get_u64(p + 16);
     result = 0;
 out:
     if (map != MAP_FAILED)

@@ -2,7 +2,10 @@
  * with group commit. The records' contents are opaque here (the store puts
  * its upsert and delete batches in them).
  *
- * File `DIR/wal`, little-endian:
+ * The file is a record log of model/base/reclog.h (which owns the framing,
+ * the checksums, the torn-tail repair and the replace-by-rename of a new
+ * log); the WAL adds the seq numbers, the tag and base seq in the header,
+ * the snapshot skip and the group commit. File `DIR/wal`, little-endian:
  *   header, 32 bytes
  *     0   u8[8]  magic "EMBDWAL\0"
  *     8   u32    format version (WAL_VERSION)
@@ -40,9 +43,9 @@
  *     publishes synced_seq and wakes everyone. Waiters whose record was
  *     covered return; the others wait for, or lead, the next round. So the
  *     records appended while one fdatasync runs share the next one.
- *   - Ownership: the wal owns its file descriptors; all of its fields are
- *     guarded by `lock`, except that the leader uses fd without it (rotation
- *     and close wait until no sync runs).
+ *   - Ownership: the wal owns its reclog; all of its fields are guarded
+ *     by `lock`, except that the leader calls reclog_sync without it
+ *     (rotation and close wait until no sync runs).
  *   - A failed write is undone with ftruncate; when that, or an fdatasync,
  *     fails, the log is marked failed and every later append and sync fails
  *     (after a failed fsync the page cache can no longer be trusted).
@@ -55,6 +58,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "base/bytes.h"
+#include "base/crc32c.h"
 #include "base/error.h"
 
 #define WAL_VERSION 1
@@ -62,32 +67,31 @@
 #define WAL_RECORD_HEADER 16        /* len, crc, seq */
 #define WAL_MAX_RECORD (256u << 20) /* len field cap */
 
-/* CRC-32C (Castagnoli), table-driven; crc is the running value (0 to start). */
-uint32_t wal_crc32c(uint32_t crc, const void *data, size_t n);
+/* The store's file formats used these names before model/base had them;
+ * they stay as aliases. */
+static inline uint32_t wal_crc32c(uint32_t crc, const void *data, size_t n)
+{
+    return emb_crc32c(crc, data, n);
+}
 
-/* Little-endian field access, shared with the store's file formats. */
 static inline void wal_put_u32(unsigned char *p, uint32_t v)
 {
-    p[0] = (unsigned char)v;
-    p[1] = (unsigned char)(v >> 8);
-    p[2] = (unsigned char)(v >> 16);
-    p[3] = (unsigned char)(v >> 24);
+    emb_put_u32(p, v);
 }
 
 static inline void wal_put_u64(unsigned char *p, uint64_t v)
 {
-    wal_put_u32(p, (uint32_t)v);
-    wal_put_u32(p + 4, (uint32_t)(v >> 32));
+    emb_put_u64(p, v);
 }
 
 static inline uint32_t wal_get_u32(const unsigned char *p)
 {
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+    return emb_get_u32(p);
 }
 
 static inline uint64_t wal_get_u64(const unsigned char *p)
 {
-    return (uint64_t)wal_get_u32(p) | (uint64_t)wal_get_u32(p + 4) << 32;
+    return emb_get_u64(p);
 }
 
 /* Called for each record to replay. Returns 0 when applied, 1 when the
