@@ -347,7 +347,7 @@ static void write_current(versions *v, uint32_t id)
     snprintf(path, sizeof path, "%s/current", dir);
     int n = snprintf(line, sizeof line, "%u\n", id);
     emb_err err;
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666); /* as fopen */
     if (fd < 0) {
         emb_fail_as(&err, EMB_ERR_IO, "%s: %s", tmp, strerror(errno));
     } else if (emb_write_all(fd, line, (size_t)n) != 0) {
