@@ -468,6 +468,15 @@ void emb_trainer_free(emb_trainer *t)
     free(t);
 }
 
+void emb_trainer_reset(emb_trainer *t, const float *weights)
+{
+    if (weights != NULL)
+        memcpy(t->params, weights, sizeof(float) * t->n_enc);
+    memset(t->m, 0, sizeof(float) * t->n_params);
+    memset(t->v, 0, sizeof(float) * t->n_params);
+    t->step = 0;
+}
+
 int emb_trainer_export(const emb_trainer *t, emb_model *model, emb_err *err)
 {
     if (model->n_params != t->n_enc)

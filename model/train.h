@@ -207,6 +207,13 @@ int emb_train_apply(emb_trainer *t, emb_step_stats *st);
 int emb_train_apply_begin(emb_trainer *t, emb_step_stats *st);
 void emb_train_apply_range(emb_trainer *t, size_t from, size_t to);
 
+/* Restarts optimisation from weights (n_enc floats: the model block, as in
+ * emb_model.params; NULL keeps the current ones): the model block takes
+ * them, both AdamW moments go to 0 and the step count to 0, so warm-up
+ * starts again. The MLM head, the L2-SP anchor, the skip count and the
+ * random state are kept. */
+void emb_trainer_reset(emb_trainer *t, const float *weights);
+
 /* Copies the trainer's model block (encoder and Dense) into model (same
  * config) and repacks it. */
 int emb_trainer_export(const emb_trainer *t, emb_model *model, emb_err *err);

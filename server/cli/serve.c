@@ -100,7 +100,16 @@ static void learner_config(const server *srv, learner_opts *lo)
     lo->nan_every = nan_every != NULL ? atoi(nan_every) : 0;
 }
 
-/* The learner always runs: with --train off it only re-embeds stored items
+/* The registry of model versions: the current one saved under --data, or
+ * the loaded model as version 1 (learn/versions.h). */
+static int open_versions(server *srv, emb_err *err)
+{
+    srv->versions = versions_open(srv->opts.data_dir, srv->opts.model_dir, srv->model, 3, err);
+    return srv->versions != NULL ? 0 : -1;
+}
+
+/* The learner always runs (and moves the store to the current version,
+ * versions_align): with --train off it only re-embeds stored items
  * when the store searches another version than the current one. */
 static int start_learning(server *srv, emb_err *err)
 {
@@ -113,7 +122,7 @@ static int start_learning(server *srv, emb_err *err)
     return 0;
 }
 
-/* Steps 2 to 9 of serve.h. 0, or -1 after printing why. */
+/* Steps 2 to 8 of serve.h. 0, or -1 after printing why. */
 static int start_all(server *srv)
 {
     emb_err err;
@@ -126,9 +135,9 @@ static int start_all(server *srv)
         fprintf(stderr, "embedd serve: out of memory\n");
         return -1;
     }
-    if (server_start_versions(srv, &err) != 0 || start_batcher(srv, &err) != 0 ||
-        open_store(srv, &err) != 0 || server_align_store(srv, &err) != 0 ||
-        start_learning(srv, &err) != 0 || http_start(srv, &err) != 0) {
+    if (open_versions(srv, &err) != 0 || start_batcher(srv, &err) != 0 ||
+        open_store(srv, &err) != 0 || start_learning(srv, &err) != 0 ||
+        http_start(srv, &err) != 0) {
         fprintf(stderr, "embedd serve: %s\n", err.msg);
         return -1;
     }

@@ -4,17 +4,18 @@
  *
  * Startup, in this order (each part needs the ones before it):
  *   1. SIGINT and SIGTERM blocked in every thread (taken by sigtimedwait in
- *      step 9), SIGPIPE ignored, --threads applied to OpenBLAS and OpenMP;
+ *      step 8), SIGPIPE ignored, --threads applied to OpenBLAS and OpenMP;
  *   2. the model (--model, packed for --precision): version 1, read-only;
  *   3. the metrics registry;
  *   4. the versions registry: the current saved version of --data, else a
  *      copy of version 1;
  *   5. the batcher and its compute thread (batcher.h);
  *   6. the item store (store.h): opened and recovered from --data;
- *   7. the store moved to the current version (re-embedding if needed);
- *   8. the learner (learner.h), the batcher's idle work; with --train off
- *      it only re-embeds;
- *   9. the HTTP daemon (http_start): from here requests arrive; then the
+ *   7. the learner (learner.h), the batcher's idle work: it moves the
+ *      store to the current version (versions_align, re-embedding if
+ *      needed) and, with --train on, trains; with --train off it only
+ *      re-embeds;
+ *   8. the HTTP daemon (http_start): from here requests arrive; then the
  *      main thread does housekeeping once a second (sample buffer to disk,
  *      gauges) until SIGINT or SIGTERM.
  * Shutdown: the daemon stops accepting and every admitted request is

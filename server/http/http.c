@@ -2,10 +2,7 @@
  * the three-phase access handler, early refusals, replies and metrics.
  * See server.h for threads and ownership. */
 #include <arpa/inet.h>
-#include <dirent.h>
 #include <netdb.h>
-#include <pthread.h>
-#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,8 +13,6 @@
 
 #include "common/clock.h"
 #include "server.h"
-#include "store/store_reembed.h"
-#include "train.h"
 
 /* ---- replies (the error replies are in errors.c) --------------------- */
 
@@ -277,111 +272,6 @@ static int resolve_bind(const char *host, int port, struct sockaddr_storage *ss,
     return 0;
 }
 
-/* ---- model versions and learning ---------------------------------------- */
-
-/* The highest n with DATA/models/vN (a published version), or 0. */
-static uint32_t latest_saved_version(const char *data_dir)
-{
-    char path[4096];
-    snprintf(path, sizeof path, "%s/models", data_dir);
-    DIR *d = opendir(path);
-    if (d == NULL)
-        return 0;
-    uint32_t best = 0;
-    struct dirent *e;
-    while ((e = readdir(d)) != NULL) {
-        unsigned n = 0;
-        char tail;
-        if (sscanf(e->d_name, "v%u%c", &n, &tail) == 1 && n > best)
-            best = n;
-    }
-    closedir(d);
-    return best;
-}
-
-/* The version DATA/models/current names (written at each publish and
- * rollback), or the latest saved one. 1 means the loaded model. */
-static uint32_t current_saved_version(const char *data_dir)
-{
-    char path[4096];
-    snprintf(path, sizeof path, "%s/models/current", data_dir);
-    FILE *fp = fopen(path, "r");
-    unsigned id = 0;
-    if (fp != NULL) {
-        if (fscanf(fp, "%u", &id) != 1)
-            id = 0;
-        fclose(fp);
-    }
-    if (id == 1)
-        return 1;
-    if (id > 1) {
-        snprintf(path, sizeof path, "%s/models/v%u/config.json", data_dir, id);
-        if (access(path, R_OK) == 0)
-            return id;
-    }
-    return latest_saved_version(data_dir);
-}
-
-/* Version id from DATA/models/vN, packed in the served model's precision. */
-static emb_model *load_saved_version(const char *data_dir, uint32_t id, emb_precision precision,
-                                     emb_err *err)
-{
-    char path[4096];
-    snprintf(path, sizeof path, "%s/models/v%u", data_dir, id);
-    return emb_model_load_precision(path, precision, err);
-}
-
-/* The registry: the latest saved version when --data has one, else
- * version 1 (the loaded model). Also the version the store searches, if
- * it is another one. */
-static int start_versions(server *srv, emb_err *err)
-{
-    const char *data = srv->opts.data_dir;
-    uint32_t id = data != NULL ? current_saved_version(data) : 0;
-    if (id == 0)
-        id = 1;
-    emb_model *cur = id > 1 ? load_saved_version(data, id, srv->model->precision, err)
-                            : emb_model_clone(srv->model, err);
-    if (cur == NULL)
-        return -1;
-    srv->versions = versions_new(cur, id, 3);
-    if (srv->versions == NULL) {
-        emb_model_free(cur);
-        return emb_fail(err, "out of memory");
-    }
-    /* numbering goes on after every saved version, whichever is current */
-    uint32_t latest = data != NULL ? latest_saved_version(data) : 0;
-    if (latest > id)
-        versions_note_latest(srv->versions, latest);
-    if (id > 1)
-        fprintf(stderr, "embedd: serving model version %u from %s/models\n", id, data);
-    return 0;
-}
-
-/* Makes sure the version the store searches is in memory (after a restart
- * it may be older than the current one), and starts moving the store to
- * the current version. */
-static int align_store(server *srv, emb_err *err)
-{
-    uint32_t have = store_vectors_version(srv->store);
-    uint32_t want = versions_current_id(srv->versions);
-    if (have == want)
-        return 0;
-    if (have == 0) /* no text item yet: the store adopts the current version */
-        return store_reembed_start(srv->store, want, err);
-    model_version *mv = versions_get(srv->versions, have);
-    if (mv != NULL) {
-        versions_release(srv->versions, mv);
-    } else {
-        emb_model *m = have == 1 ? emb_model_clone(srv->model, err)
-                                 : load_saved_version(srv->opts.data_dir, have,
-                                                      srv->model->precision, err);
-        if (m == NULL || versions_add(srv->versions, m, have) != 0)
-            return -1;
-    }
-    return store_reembed_start(srv->store, want, err);
-}
-
 static void log_mhd(void *cls, const char *fmt, va_list ap)
 {
     fputs("embedd: http: ", stderr);
@@ -437,16 +327,4 @@ void http_stop(server *srv)
     if (srv->daemon != NULL)
         MHD_stop_daemon(srv->daemon);
     srv->daemon = NULL;
-}
-
-/* ---- model versions at startup, for serve.c ------------------------------ */
-
-int server_start_versions(server *srv, emb_err *err)
-{
-    return start_versions(srv, err);
-}
-
-int server_align_store(server *srv, emb_err *err)
-{
-    return align_store(srv, err);
 }

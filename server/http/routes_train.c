@@ -58,7 +58,7 @@ route_result handle_train_rollback(server *srv, request *rq, reply *rp)
     cJSON_Delete(root);
     emb_err err;
     if (learner_rollback(srv->learner, id, &err) != 0) {
-        reply_error(rp, API_TEI, 404, "NotFound", "%s", err.msg);
+        reply_fail(rp, API_TEI, err.kind, "%s", err.msg);
         return ROUTE_DONE;
     }
     sb_printf(&rp->body, "{\"status\":\"ok\",\"current\":%u}", id);

@@ -198,9 +198,4 @@ void http_quiesce(server *srv);
 /* Stops the daemon and joins its threads; nothing when it never started. */
 void http_stop(server *srv);
 
-/* Model versions at startup (http.c): the registry from --data's saved
- * versions (srv->versions), and the store moved to the current version. */
-int server_start_versions(server *srv, emb_err *err);
-int server_align_store(server *srv, emb_err *err);
-
 #endif

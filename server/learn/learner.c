@@ -1,36 +1,35 @@
-/* learner.c: see learner.h for the data flow.
+/* learner.c: the training scheduler; see learner.h for the data flow.
  *
  * Compute-thread state machine (learner_idle):
  *   IDLE  -> STEP  a batch is drawn, tokenised and started
  *   STEP  -> STEP  one piece (embeddings, a layer, the losses, ...)
- *   STEP  -> IDLE  AdamW applied (or skipped), EMA updated
+ *   STEP  -> APPLY the losses are in: AdamW starts (or the step is skipped)
+ *   APPLY -> IDLE  AdamW and the EMA applied in pieces
  *   IDLE  -> GATE  a publish is due: the gate's work list is built
  *   GATE  -> GATE  one piece of gate work (a validation batch, an embedding
  *                  chunk, an STS chunk) for the candidate or the current
- *   GATE  -> SAVE  passed: a helper thread writes DATA/models/v{n}
- *   SAVE  -> IDLE  written: the version is published, re-embedding starts
- * Re-embedding chunks go before all of these. */
+ *   GATE  -> SAVE  passed (gate.h): a helper thread writes DATA/models/v{n}
+ *                  (versions_save)
+ *   SAVE  -> IDLE  written: versions_publish_saved makes it current, which
+ *                  starts re-embedding through the on-change hook
+ * Re-embedding chunks (reembed.h) go before all of these. */
 #include "learner.h"
 
-#include <errno.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <time.h>
-#include <unistd.h>
 
-#include "checkpoint.h"
-#include "base/fileio.h"
 #include "common/clock.h"
+#include "gate.h"
+#include "reembed.h"
 #include "samples.h"
 #include "store/store_reembed.h"
 #include "sts.h"
 #include "train.h"
 
-#define REEMBED_CHUNK 64
 #define GATE_BATCH 32
 #define STS_CHUNK 64
 #define DUTY_WINDOW 10.0       /* seconds over which the duty cycle is measured */
@@ -40,14 +39,7 @@ enum { PH_IDLE = 0, PH_STEP, PH_APPLY, PH_GATE, PH_SAVE };
 /* Parameters updated per piece of the optimizer step (a few ms each). */
 #define APPLY_CHUNK ((size_t)1 << 20)
 
-/* One side of the gate: the candidate or the current version. */
-typedef struct gate_side {
-    double val_loss;
-    int val_batches;
-    double mean_cos, variance;
-    double sts;                /* Spearman x100, NAN when not measured */
-} gate_side;
-
+/* A gate's outcome, as /train/status shows it. */
 typedef struct gate_result {
     int valid;
     int passed;
@@ -58,21 +50,48 @@ typedef struct gate_result {
     double at;                 /* unix seconds */
 } gate_result;
 
+/* The gate's measurements in progress (compute thread). */
+typedef struct gate_run {
+    emb_workspace *ws;         /* embeddings of held-out texts and STS pairs */
+    int task, n_tasks;         /* the work list: see side_tasks */
+    int32_t *h_ids;            /* held-out texts, tokenised */
+    int *h_lens;
+    int h_n;
+    int val_batches[2];        /* batches summed into cand/cur.val_loss */
+    emb_sts sts;
+    int have_sts;
+    float *sts_a, *sts_b;      /* (n, C) embeddings of the pairs, per side */
+    float *scratch;            /* (n_enc) the current version's weights */
+    gate_result res;
+} gate_run;
+
+/* A publish being saved (the compute thread starts and joins the thread;
+ * rc and err are the thread's until done is set under the lock). */
+typedef struct save_run {
+    pthread_t thread;
+    int running;
+    int rc;
+    char err[512];
+    emb_model *model;          /* owned until published */
+    float *head;               /* the MLM head at the time of the save */
+    uint32_t id;
+    int done;                  /* under the learner's lock */
+} save_run;
+
 struct learner {
     learner_opts o;
     versions *v;
     batcher *b;
     store *st;
     metrics *mx;
-    samples *buf;
+    samples *buf;              /* NULL with enabled = 0 */
+    reembedder *re;
     emb_config cfg;
-    emb_special_tokens special;
 
     /* compute thread only */
     emb_trainer *t;
     emb_model *cand;           /* the candidate: EMA weights, packed for inference */
     float *ema;                /* (n_enc) */
-    emb_workspace *ws;
     emb_batch batch;
     emb_step_stats step_st;
     int32_t *ids;
@@ -82,37 +101,18 @@ struct learner {
     double last_publish;
     long steps_since_publish;
     size_t apply_at;           /* next parameter of the update in progress */
-    /* duty cycle */
-    double window_start, window_busy;
-    /* gate */
-    int gate_task, gate_n_tasks;
-    int32_t *h_ids;            /* held-out texts, tokenised */
-    int *h_lens;
-    int h_n;
-    emb_sts sts;
-    int have_sts;
-    float *sts_a, *sts_b;      /* (n, C) embeddings of the pairs, per side */
-    gate_result gate;
-    /* save */
-    pthread_t saver;
-    int saver_running;
-    int saved_rc;
-    char saved_err[512];
-    emb_model *saving;         /* owned until published */
-    float *saving_head;        /* the MLM head at the time of the save */
-    float *scratch;            /* (n_enc) a version's weights for the gate */
-    uint32_t saving_id;
+    double window_start, window_busy; /* duty cycle */
+    gate_run gate;
+    save_run save;
 
     /* shared, under lock */
     pthread_mutex_t lock;
     int paused;
     int rollback_pending;
-    uint32_t rollback_id;
     long steps, skipped, published, rejected;
     double last_loss, last_simcse, last_mlm, loss_ema;
     gate_result last_gate;
     char last_error[256];
-    int saver_done;            /* set by the saver thread */
 };
 
 static double unix_now(void)
@@ -186,66 +186,25 @@ static int tokenize_texts(const emb_model *m, char **texts, int n, int max_len, 
     return 0;
 }
 
-/* Embeds n tokenised texts with m into out (n, D), L2-normalised, in chunks
- * that fit the workspace. */
+/* Embeds n tokenised texts with m into out (n, D), L2-normalised, with the
+ * gate's workspace. */
 static int embed_ids(learner *l, const emb_model *m, const int32_t *ids, const int *lens, int n,
                      float *out, emb_err *err)
 {
-    return emb_embed_ids(m, l->ws, ids, lens, n, m->cfg.pooling, 1, out, err);
+    return emb_embed_ids(m, l->gate.ws, ids, lens, n, m->cfg.pooling, 1, out, err);
 }
 
-/* ---- re-embedding ---------------------------------------------------------------- */
-
-/* One chunk of moving the store to its target version. Returns 1 when it
- * did work, 0 when there is none. */
-static int reembed_chunk(learner *l)
+/* The hooks the registry calls (versions.h): a new current version starts
+ * re-embedding; failures that do not undo a change go to last_error. */
+static int on_version_change(void *ctx, uint32_t id, emb_err *err)
 {
-    if (l->st == NULL)
-        return 0;
-    uint32_t target = store_target_version(l->st);
-    if (target == store_vectors_version(l->st))
-        return 0;
-    emb_err err;
-    model_version *mv = versions_get(l->v, target);
-    if (mv == NULL) {
-        set_error(l, "re-embedding", "the target version is not in memory");
-        return 0;
-    }
-    store_text_item items[REEMBED_CHUNK];
-    int n = store_reembed_take(l->st, REEMBED_CHUNK, items, &err);
-    int rc = 1;
-    if (n < 0) {
-        set_error(l, "re-embedding", err.msg);
-        rc = 0;
-    } else if (n == 0) {
-        if (store_reembed_finish(l->st, &err) < 0) {
-            set_error(l, "re-embedding", err.msg);
-            rc = 0;
-        }
-    } else {
-        const int C = emb_config_dim(&l->cfg), max_len = mv->model->cfg.max_seq_length;
-        int32_t *ids = malloc(sizeof(int32_t) * (size_t)n * (size_t)max_len);
-        int lens[REEMBED_CHUNK];
-        float *vecs = malloc(sizeof(float) * (size_t)n * (size_t)C);
-        long at = 0;
-        int ok = ids != NULL && vecs != NULL;
-        for (int i = 0; ok && i < n; i++) {
-            lens[i] = emb_encode(mv->model->tok, items[i].text, items[i].len, max_len, 0,
-                                 ids + at, NULL);
-            ok = lens[i] > 0;
-            at += ok ? lens[i] : 0;
-        }
-        if (!ok || embed_ids(l, mv->model, ids, lens, n, vecs, &err) != 0 ||
-            store_reembed_put(l->st, items, n, vecs, target, &err) != 0) {
-            set_error(l, "re-embedding", ok ? err.msg : "out of memory");
-            rc = 0;
-        }
-        free(ids);
-        free(vecs);
-        store_text_items_free(items, n);
-    }
-    versions_release(l->v, mv);
-    return rc;
+    learner *l = ctx;
+    return reembedder_start(l->re, id, err);
+}
+
+static void report_error(void *ctx, const char *what, const char *msg)
+{
+    set_error(ctx, what, msg);
 }
 
 /* ---- training ------------------------------------------------------------------------ */
@@ -369,19 +328,20 @@ static int gate_prepare(learner *l)
         return -1;
     }
     int use = n < l->o.holdout_eval_max ? n : l->o.holdout_eval_max;
-    free(l->h_ids);
-    free(l->h_lens);
-    l->h_ids = malloc(sizeof(int32_t) * (size_t)use * (size_t)l->o.max_seq_len);
-    l->h_lens = malloc(sizeof(int) * (size_t)use);
+    free(l->gate.h_ids);
+    free(l->gate.h_lens);
+    l->gate.h_ids = malloc(sizeof(int32_t) * (size_t)use * (size_t)l->o.max_seq_len);
+    l->gate.h_lens = malloc(sizeof(int) * (size_t)use);
     model_version *mv = versions_current(l->v);
-    int rc = (l->h_ids == NULL || l->h_lens == NULL ||
-              tokenize_texts(mv->model, texts, use, l->o.max_seq_len, l->h_ids, l->h_lens) != 0)
+    int rc = (l->gate.h_ids == NULL || l->gate.h_lens == NULL ||
+              tokenize_texts(mv->model, texts, use, l->o.max_seq_len, l->gate.h_ids,
+                             l->gate.h_lens) != 0)
                  ? -1 : 0;
     versions_release(l->v, mv);
     for (int i = 0; i < n; i++)
         free(texts[i]);
     free(texts);
-    l->h_n = rc == 0 ? use : 0;
+    l->gate.h_n = rc == 0 ? use : 0;
     return rc;
 }
 
@@ -389,12 +349,12 @@ static int gate_prepare(learner *l)
  * one collapse measurement, STS chunks. */
 static int val_batches(const learner *l)
 {
-    return (l->h_n + GATE_BATCH - 1) / GATE_BATCH;
+    return (l->gate.h_n + GATE_BATCH - 1) / GATE_BATCH;
 }
 
 static int sts_chunks(const learner *l)
 {
-    return l->have_sts ? 2 * ((l->sts.n + STS_CHUNK - 1) / STS_CHUNK) : 0;
+    return l->gate.have_sts ? 2 * ((l->gate.sts.n + STS_CHUNK - 1) / STS_CHUNK) : 0;
 }
 
 static int side_tasks(const learner *l)
@@ -404,17 +364,18 @@ static int side_tasks(const learner *l)
 
 static void start_gate(learner *l)
 {
-    memset(&l->gate, 0, sizeof l->gate);
+    memset(&l->gate.res, 0, sizeof l->gate.res);
+    l->gate.val_batches[0] = l->gate.val_batches[1] = 0;
     if (gate_prepare(l) != 0) {
         set_error(l, "gate", "fewer than 2 held-out texts: publishing waits for more");
         l->steps_since_publish = 0;
         l->last_publish = mono_seconds();
         return;
     }
-    l->gate.step = l->steps;
-    l->gate.cand.sts = l->gate.cur.sts = NAN;
-    l->gate_task = 0;
-    l->gate_n_tasks = 2 * side_tasks(l);
+    l->gate.res.step = l->steps;
+    l->gate.res.cand.sts = l->gate.res.cur.sts = NAN;
+    l->gate.task = 0;
+    l->gate.n_tasks = 2 * side_tasks(l);
     /* the candidate's packed weights: the EMA */
     memcpy(l->cand->params, l->ema, sizeof(float) * l->t->n_enc);
     emb_err err;
@@ -427,20 +388,20 @@ static void start_gate(learner *l)
 
 /* Validation loss of one held-out batch with fixed dropout masks, for the
  * weights in w (swapped into the trainer for the duration). */
-static int gate_val_batch(learner *l, float *w, int k, gate_side *side)
+static int gate_val_batch(learner *l, float *w, int k, int side_no, gate_side *side)
 {
     emb_err err;
     int first = k * GATE_BATCH;
-    int n = l->h_n - first < GATE_BATCH ? l->h_n - first : GATE_BATCH;
+    int n = l->gate.h_n - first < GATE_BATCH ? l->gate.h_n - first : GATE_BATCH;
     long at = 0;
     for (int i = 0; i < first; i++)
-        at += l->h_lens[i];
+        at += l->gate.h_lens[i];
     emb_rng saved = l->t->rng;
     emb_rng_seed(&l->t->rng, 1234567u + (uint64_t)k);
     emb_batch b = {0};
     emb_step_stats st;
     swap_encoder(l, w);
-    int rc = emb_batch_build(l->t, &b, l->h_ids + at, l->h_lens + first, n, &err);
+    int rc = emb_batch_build(l->t, &b, l->gate.h_ids + at, l->gate.h_lens + first, n, &err);
     if (rc == 0)
         rc = emb_train_loss(l->t, &b, 1, &st, &err);
     swap_encoder(l, w);
@@ -451,42 +412,26 @@ static int gate_val_batch(learner *l, float *w, int k, gate_side *side)
         return -1;
     }
     side->val_loss += st.loss;
-    side->val_batches++;
+    l->gate.val_batches[side_no]++;
     return 0;
 }
 
-/* Mean pairwise cosine and mean per-dimension variance of the held-out
- * embeddings: a collapsed model maps everything to nearly one point. */
+/* The collapse statistics (gate.h) of the held-out embeddings by m. */
 static int gate_collapse(learner *l, const emb_model *m, gate_side *side)
 {
     emb_err err;
-    const int C = emb_config_dim(&l->cfg), n = l->h_n;
+    const int C = emb_config_dim(&l->cfg), n = l->gate.h_n;
     float *e = malloc(sizeof(float) * (size_t)n * (size_t)C);
-    if (e == NULL || embed_ids(l, m, l->h_ids, l->h_lens, n, e, &err) != 0) {
+    if (e == NULL || embed_ids(l, m, l->gate.h_ids, l->gate.h_lens, n, e, &err) != 0) {
         free(e);
         set_error(l, "gate", e == NULL ? "out of memory" : err.msg);
         return -1;
     }
-    double *mean = calloc((size_t)C, sizeof(double));
-    for (int i = 0; i < n; i++)
-        for (int c = 0; c < C; c++)
-            mean[c] += e[(long)i * C + c];
-    double sum2 = 0, var = 0;
-    for (int c = 0; c < C; c++) {
-        mean[c] /= n;
-        sum2 += mean[c] * mean[c];
-    }
-    for (int i = 0; i < n; i++)
-        for (int c = 0; c < C; c++) {
-            double d = e[(long)i * C + c] - mean[c];
-            var += d * d;
-        }
-    /* unit vectors: sum_{i != j} <e_i, e_j> = |sum e|^2 - n */
-    side->mean_cos = (sum2 * n * n - n) / ((double)n * (n - 1));
-    side->variance = var / n / C;
-    free(mean);
+    int rc = gate_collapse_stats(e, n, C, &side->mean_cos, &side->variance);
     free(e);
-    return 0;
+    if (rc != 0)
+        set_error(l, "gate", "out of memory");
+    return rc;
 }
 
 /* One STS chunk: embeddings of pairs [k*STS_CHUNK, ...) of one side. */
@@ -494,11 +439,11 @@ static int gate_sts_chunk(learner *l, const emb_model *m, int k, gate_side *side
 {
     emb_err err;
     const int C = emb_config_dim(&l->cfg), max_len = m->cfg.max_seq_length;
-    const int chunks = (l->sts.n + STS_CHUNK - 1) / STS_CHUNK;
+    const int chunks = (l->gate.sts.n + STS_CHUNK - 1) / STS_CHUNK;
     const int which = k / chunks, c0 = (k % chunks) * STS_CHUNK;
-    const int n = l->sts.n - c0 < STS_CHUNK ? l->sts.n - c0 : STS_CHUNK;
-    char **texts = which == 0 ? l->sts.a : l->sts.b;
-    float *out = (which == 0 ? l->sts_a : l->sts_b) + (long)c0 * C;
+    const int n = l->gate.sts.n - c0 < STS_CHUNK ? l->gate.sts.n - c0 : STS_CHUNK;
+    char **texts = which == 0 ? l->gate.sts.a : l->gate.sts.b;
+    float *out = (which == 0 ? l->gate.sts_a : l->gate.sts_b) + (long)c0 * C;
     int32_t *ids = malloc(sizeof(int32_t) * (size_t)n * (size_t)max_len);
     int lens[STS_CHUNK];
     int rc = ids != NULL ? tokenize_texts(m, texts + c0, n, max_len, ids, lens) : -1;
@@ -510,100 +455,47 @@ static int gate_sts_chunk(learner *l, const emb_model *m, int k, gate_side *side
         return -1;
     }
     if (k == 2 * chunks - 1) {
-        double *cos = malloc(sizeof(double) * (size_t)l->sts.n);
+        double *cos = malloc(sizeof(double) * (size_t)l->gate.sts.n);
         if (cos == NULL)
             return -1;
-        for (int i = 0; i < l->sts.n; i++) {
+        for (int i = 0; i < l->gate.sts.n; i++) {
             double d = 0;
             for (int c = 0; c < C; c++)
-                d += (double)l->sts_a[(long)i * C + c] * l->sts_b[(long)i * C + c];
+                d += (double)l->gate.sts_a[(long)i * C + c] * l->gate.sts_b[(long)i * C + c];
             cos[i] = d;
         }
-        side->sts = 100.0 * emb_spearman(cos, l->sts.score, l->sts.n);
+        side->sts = 100.0 * emb_spearman(cos, l->gate.sts.score, l->gate.sts.n);
         free(cos);
     }
     return 0;
 }
 
 /* The verdict, once both sides are measured. */
-static void gate_decide(learner *l)
+static void gate_finish(learner *l)
 {
-    gate_result *g = &l->gate;
-    gate_side *c = &g->cand, *u = &g->cur;
-    c->val_loss /= c->val_batches > 0 ? c->val_batches : 1;
-    u->val_loss /= u->val_batches > 0 ? u->val_batches : 1;
+    gate_result *g = &l->gate.res;
+    const int *nb = l->gate.val_batches;
+    g->cand.val_loss /= nb[0] > 0 ? nb[0] : 1;
+    g->cur.val_loss /= nb[1] > 0 ? nb[1] : 1;
     g->valid = 1;
     g->at = unix_now();
-    g->passed = 0;
-    if (c->mean_cos > l->o.collapse_max_cos)
-        snprintf(g->reason, sizeof g->reason,
-                 "collapse alarm: held-out embeddings are nearly identical (mean pairwise "
-                 "cosine %.4f > %.2f)", c->mean_cos, (double)l->o.collapse_max_cos);
-    else if (c->mean_cos > u->mean_cos + l->o.collapse_cos_rise)
-        snprintf(g->reason, sizeof g->reason,
-                 "collapse alarm: mean pairwise cosine rose from %.4f to %.4f", u->mean_cos,
-                 c->mean_cos);
-    else if (c->variance < l->o.collapse_min_var * u->variance)
-        snprintf(g->reason, sizeof g->reason,
-                 "collapse alarm: embedding variance %.3g fell below %.2f x the current %.3g",
-                 c->variance, (double)l->o.collapse_min_var, u->variance);
-    else if (!isfinite(c->val_loss))
-        snprintf(g->reason, sizeof g->reason, "candidate validation loss is not finite");
-    else if (!(c->val_loss < u->val_loss))
-        snprintf(g->reason, sizeof g->reason,
-                 "validation loss did not improve (%.5f vs %.5f)", c->val_loss, u->val_loss);
-    else if (l->have_sts && !(c->sts >= u->sts - l->o.gate_tolerance))
-        snprintf(g->reason, sizeof g->reason, "STS Spearman fell from %.2f to %.2f", u->sts,
-                 c->sts);
-    else {
-        g->passed = 1;
-        snprintf(g->reason, sizeof g->reason, "passed");
-    }
+    gate_limits lim = {.max_cos = l->o.collapse_max_cos, .cos_rise = l->o.collapse_cos_rise,
+                       .min_var = l->o.collapse_min_var, .use_sts = l->gate.have_sts,
+                       .sts_tolerance = l->o.gate_tolerance};
+    g->passed = gate_decide(&lim, &g->cand, &g->cur, g->reason, sizeof g->reason);
 }
 
-/* DATA/models/current names the current version, so that a restart comes
- * back on it (after a rollback too). Written atomically. */
-static void save_current(learner *l, uint32_t id)
-{
-    if (l->o.data_dir == NULL)
-        return;
-    char dir[4096], tmp[4200], path[4200];
-    snprintf(dir, sizeof dir, "%s/models", l->o.data_dir);
-    mkdir(dir, 0755);
-    snprintf(tmp, sizeof tmp, "%s/current.tmp", dir);
-    snprintf(path, sizeof path, "%s/current", dir);
-    FILE *fp = fopen(tmp, "w");
-    int ok = fp != NULL && fprintf(fp, "%u\n", id) > 0;
-    if (fp != NULL)
-        ok = fflush(fp) == 0 && fsync(fileno(fp)) == 0 && ok;
-    if (fp != NULL)
-        ok = fclose(fp) == 0 && ok;
-    if (!ok || rename(tmp, path) != 0)
-        set_error(l, "saving the current version", strerror(errno));
-    else {
-        emb_err err;
-        emb_fsync_dir(dir, &err);
-    }
-}
+/* ---- publish -------------------------------------------------------------------------- */
 
 static void *saver_main(void *arg)
 {
     learner *l = arg;
     emb_err err = {0};
-    char dir[4096];
-    int rc = 0;
-    if (l->o.data_dir != NULL) {
-        snprintf(dir, sizeof dir, "%s/models", l->o.data_dir);
-        mkdir(dir, 0755);
-        snprintf(dir, sizeof dir, "%s/models/v%u", l->o.data_dir, l->saving_id);
-        rc = emb_save_model_dir(dir, &l->saving->cfg, l->saving->params,
-                                l->saving_head, l->o.base_dir, EMB_DT_F32, NULL,
-                                &err);
-    }
+    int rc = versions_save(l->v, l->save.id, l->save.model, l->save.head, &err);
     pthread_mutex_lock(&l->lock);
-    l->saved_rc = rc;
-    snprintf(l->saved_err, sizeof l->saved_err, "%s", err.msg);
-    l->saver_done = 1;
+    l->save.rc = rc;
+    snprintf(l->save.err, sizeof l->save.err, "%s", err.msg);
+    l->save.done = 1;
     pthread_mutex_unlock(&l->lock);
     batcher_wake(l->b);
     return NULL;
@@ -613,77 +505,69 @@ static void *saver_main(void *arg)
 static void start_save(learner *l)
 {
     emb_err err;
-    l->saving = emb_model_clone(l->cand, &err);
-    if (l->saving == NULL) {
+    l->save.model = emb_model_clone(l->cand, &err);
+    if (l->save.model == NULL) {
         set_error(l, "publish", err.msg);
         l->phase = PH_IDLE;
         return;
     }
-    memcpy(l->saving_head, l->t->params + l->t->n_enc,
+    memcpy(l->save.head, l->t->params + l->t->n_enc,
            sizeof(float) * (l->t->n_params - l->t->n_enc));
-    l->saving_id = versions_latest_id(l->v) + 1;
-    l->gate.candidate_id = l->saving_id;
+    l->save.id = versions_latest_id(l->v) + 1;
+    l->gate.res.candidate_id = l->save.id;
     pthread_mutex_lock(&l->lock);
-    l->last_gate.candidate_id = l->saving_id;
+    l->last_gate.candidate_id = l->save.id;
     pthread_mutex_unlock(&l->lock);
-    l->saver_done = 0;
-    if (pthread_create(&l->saver, NULL, saver_main, l) != 0) {
+    l->save.done = 0;
+    if (pthread_create(&l->save.thread, NULL, saver_main, l) != 0) {
         set_error(l, "publish", "cannot start the saving thread");
-        emb_model_free(l->saving);
-        l->saving = NULL;
+        emb_model_free(l->save.model);
+        l->save.model = NULL;
         l->phase = PH_IDLE;
         return;
     }
-    l->saver_running = 1;
+    l->save.running = 1;
     l->phase = PH_SAVE;
 }
 
 static void finish_save(learner *l)
 {
-    pthread_join(l->saver, NULL);
-    l->saver_running = 0;
-    if (l->saved_rc != 0) {
-        set_error(l, "publish: saving the checkpoint", l->saved_err);
-        emb_model_free(l->saving);
+    pthread_join(l->save.thread, NULL);
+    l->save.running = 0;
+    emb_err err;
+    if (l->save.rc != 0) {
+        set_error(l, "publish: saving the checkpoint", l->save.err);
+        emb_model_free(l->save.model);
+    } else if (versions_publish_saved(l->v, l->save.model, l->save.id, &err) != 0) {
+        set_error(l, "publish", err.msg);
     } else {
-        model_version *mv = versions_publish(l->v, l->saving, l->saving_id);
-        if (mv == NULL) {
-            set_error(l, "publish", "out of memory");
-            emb_model_free(l->saving);
-        } else {
-            versions_release(l->v, mv);
-            save_current(l, l->saving_id);
-            emb_err err;
-            if (l->st != NULL && store_reembed_start(l->st, l->saving_id, &err) != 0)
-                set_error(l, "re-embedding", err.msg);
-            pthread_mutex_lock(&l->lock);
-            l->published++;
-            pthread_mutex_unlock(&l->lock);
-            metrics_train_publish(l->mx, 1);
-            fprintf(stderr, "embedd: learner: published model version %u (step %ld)\n",
-                    l->saving_id, l->gate.step);
-        }
+        pthread_mutex_lock(&l->lock);
+        l->published++;
+        pthread_mutex_unlock(&l->lock);
+        metrics_train_publish(l->mx, 1);
+        fprintf(stderr, "embedd: learner: published model version %u (step %ld)\n",
+                l->save.id, l->gate.res.step);
     }
-    l->saving = NULL;
+    l->save.model = NULL;
     l->phase = PH_IDLE;
 }
 
 static void end_gate(learner *l)
 {
-    gate_decide(l);
+    gate_finish(l);
     l->steps_since_publish = 0;
     l->last_publish = mono_seconds();
     pthread_mutex_lock(&l->lock);
-    l->last_gate = l->gate;
-    if (!l->gate.passed)
+    l->last_gate = l->gate.res;
+    if (!l->gate.res.passed)
         l->rejected++;
     pthread_mutex_unlock(&l->lock);
-    if (l->gate.passed) {
+    if (l->gate.res.passed) {
         start_save(l);
     } else {
         metrics_train_publish(l->mx, 0);
-        fprintf(stderr, "embedd: learner: candidate at step %ld rejected: %s\n", l->gate.step,
-                l->gate.reason);
+        fprintf(stderr, "embedd: learner: candidate at step %ld rejected: %s\n", l->gate.res.step,
+                l->gate.res.reason);
         l->phase = PH_IDLE;
     }
 }
@@ -692,15 +576,15 @@ static void end_gate(learner *l)
 static void gate_work(learner *l)
 {
     const int per_side = side_tasks(l);
-    const int side_no = l->gate_task / per_side, k = l->gate_task % per_side;
-    gate_side *side = side_no == 0 ? &l->gate.cand : &l->gate.cur;
+    const int side_no = l->gate.task / per_side, k = l->gate.task % per_side;
+    gate_side *side = side_no == 0 ? &l->gate.res.cand : &l->gate.res.cur;
     model_version *cur = side_no == 1 ? versions_current(l->v) : NULL;
     const emb_model *m = side_no == 0 ? l->cand : cur->model;
     int rc;
     if (k < val_batches(l) && side_no == 1)
-        memcpy(l->scratch, cur->model->params, sizeof(float) * l->t->n_enc);
+        memcpy(l->gate.scratch, cur->model->params, sizeof(float) * l->t->n_enc);
     if (k < val_batches(l))
-        rc = gate_val_batch(l, side_no == 0 ? l->ema : l->scratch, k, side);
+        rc = gate_val_batch(l, side_no == 0 ? l->ema : l->gate.scratch, k, side_no, side);
     else if (k == val_batches(l))
         rc = gate_collapse(l, m, side);
     else
@@ -712,47 +596,18 @@ static void gate_work(learner *l)
         l->last_publish = mono_seconds();
         return;
     }
-    if (++l->gate_task == l->gate_n_tasks)
+    if (++l->gate.task == l->gate.n_tasks)
         end_gate(l);
 }
 
 /* ---- rollback ------------------------------------------------------------------------------ */
 
-static emb_model *load_version(learner *l, uint32_t id, emb_err *err)
-{
-    if (l->o.data_dir == NULL)
-        return NULL;
-    char dir[4096];
-    snprintf(dir, sizeof dir, "%s/models/v%u", l->o.data_dir, id);
-    struct stat stt;
-    if (stat(dir, &stt) != 0)
-        return NULL;
-    return emb_model_load_precision(dir, l->o.base->precision, err);
-}
-
 int learner_rollback(learner *l, uint32_t id, emb_err *err)
 {
-    model_version *mv = versions_get(l->v, id);
-    if (mv != NULL) {
-        versions_release(l->v, mv);
-        versions_make_current(l->v, id);
-    } else {
-        emb_model *m = load_version(l, id, err);
-        if (m == NULL)
-            return emb_fail(err, "model version %u is neither in memory nor on disk", id);
-        mv = versions_publish(l->v, m, id);
-        if (mv == NULL) {
-            emb_model_free(m);
-            return emb_fail(err, "out of memory");
-        }
-        versions_release(l->v, mv);
-    }
-    save_current(l, id);
-    if (l->st != NULL && store_reembed_start(l->st, id, err) != 0)
+    if (versions_rollback(l->v, id, err) != 0)
         return -1;
     pthread_mutex_lock(&l->lock);
     l->rollback_pending = 1;
-    l->rollback_id = id;
     pthread_mutex_unlock(&l->lock);
     batcher_wake(l->b);
     return 0;
@@ -762,11 +617,8 @@ int learner_rollback(learner *l, uint32_t id, emb_err *err)
 static void apply_rollback(learner *l)
 {
     model_version *mv = versions_current(l->v);
-    memcpy(l->t->params, mv->model->params, sizeof(float) * l->t->n_enc);
+    emb_trainer_reset(l->t, mv->model->params);
     memcpy(l->ema, mv->model->params, sizeof(float) * l->t->n_enc);
-    memset(l->t->m, 0, sizeof(float) * l->t->n_params);
-    memset(l->t->v, 0, sizeof(float) * l->t->n_params);
-    l->t->step = 0;
     versions_release(l->v, mv);
     l->phase = PH_IDLE;
     l->steps_since_publish = 0;
@@ -791,14 +643,14 @@ int learner_idle(void *ctx)
     learner *l = ctx;
     double t0 = mono_seconds();
     pthread_mutex_lock(&l->lock);
-    int paused = l->paused, saver_done = l->saver_done;
+    int paused = l->paused, saver_done = l->save.done;
     int rollback = l->rollback_pending && l->phase != PH_SAVE; /* after a save completes */
     if (rollback)
         l->rollback_pending = 0;
     pthread_mutex_unlock(&l->lock);
     if (rollback)
         apply_rollback(l);
-    if (reembed_chunk(l))
+    if (reembedder_work(l->re))
         return 1;
     if (!l->o.enabled)
         return 0;
@@ -948,13 +800,13 @@ static int load_sts(learner *l, emb_err *err)
 {
     if (l->o.eval_sts == NULL)
         return 0;
-    if (emb_sts_load(&l->sts, l->o.eval_sts, err) != 0)
+    if (emb_sts_load(&l->gate.sts, l->o.eval_sts, err) != 0)
         return -1;
-    l->have_sts = 1;
-    const size_t n = (size_t)l->sts.n * (size_t)emb_config_dim(&l->cfg);
-    l->sts_a = malloc(sizeof(float) * n);
-    l->sts_b = malloc(sizeof(float) * n);
-    if (l->sts_a == NULL || l->sts_b == NULL)
+    l->gate.have_sts = 1;
+    const size_t n = (size_t)l->gate.sts.n * (size_t)emb_config_dim(&l->cfg);
+    l->gate.sts_a = malloc(sizeof(float) * n);
+    l->gate.sts_b = malloc(sizeof(float) * n);
+    if (l->gate.sts_a == NULL || l->gate.sts_b == NULL)
         return emb_fail(err, "out of memory for the STS gate");
     return 0;
 }
@@ -976,22 +828,31 @@ learner *learner_start(const learner_opts *o, versions *v, batcher *b, store *st
     pthread_mutex_init(&l->lock, NULL);
     l->last_publish = mono_seconds();
     l->window_start = mono_seconds();
+    /* the re-embedder first: the registry's hook starts it, and the store
+     * may already have to catch up with the current version */
+    l->re = reembedder_new(v, st, report_error, l, err);
+    if (l->re == NULL) {
+        learner_stop(l);
+        return NULL;
+    }
+    versions_hooks hooks = {.on_change = on_version_change, .report = report_error, .ctx = l};
+    versions_set_hooks(v, &hooks);
+    if (st != NULL && versions_align(v, store_vectors_version(st), err) != 0) {
+        learner_stop(l);
+        return NULL;
+    }
+    if (!o->enabled)
+        return l; /* re-embedding only */
     model_version *mv = versions_current(v);
     l->cfg = mv->model->cfg;
     int ws_tokens = o->holdout_eval_max * o->max_seq_len;
     if (ws_tokens < STS_CHUNK * l->cfg.max_seq_length)
         ws_tokens = STS_CHUNK * l->cfg.max_seq_length;
-    if (ws_tokens < REEMBED_CHUNK * l->cfg.max_seq_length)
-        ws_tokens = REEMBED_CHUNK * l->cfg.max_seq_length;
-    l->ws = emb_workspace_new(mv->model, ws_tokens, err);
-    if (!o->enabled || l->ws == NULL) {
-        /* re-embedding only */
+    l->gate.ws = emb_workspace_new(mv->model, ws_tokens, err);
+    if (l->gate.ws == NULL) {
         versions_release(v, mv);
-        if (l->ws == NULL) {
-            learner_stop(l);
-            return NULL;
-        }
-        return l;
+        learner_stop(l);
+        return NULL;
     }
     samples_opts so;
     samples_opts_init(&so);
@@ -1016,8 +877,8 @@ learner *learner_start(const learner_opts *o, versions *v, batcher *b, store *st
     if (l->t != NULL) {
         l->cand = emb_model_clone(mv->model, err);
         l->ema = malloc(sizeof(float) * l->t->n_enc);
-        l->scratch = malloc(sizeof(float) * l->t->n_enc);
-        l->saving_head = malloc(sizeof(float) * (l->t->n_params - l->t->n_enc));
+        l->gate.scratch = malloc(sizeof(float) * l->t->n_enc);
+        l->save.head = malloc(sizeof(float) * (l->t->n_params - l->t->n_enc));
         l->ids = malloc(sizeof(int32_t) * (size_t)B * (size_t)o->max_seq_len);
         l->lens = malloc(sizeof(int) * (size_t)B);
         l->texts = calloc((size_t)B, sizeof(char *));
@@ -1025,9 +886,9 @@ learner *learner_start(const learner_opts *o, versions *v, batcher *b, store *st
             memcpy(l->ema, mv->model->params, sizeof(float) * l->t->n_enc);
     }
     versions_release(v, mv);
-    if (l->t == NULL || l->cand == NULL || l->ema == NULL || l->scratch == NULL ||
-        l->saving_head == NULL || l->ids == NULL || l->lens == NULL ||
-        l->texts == NULL || l->ws == NULL || load_sts(l, err) != 0) {
+    if (l->t == NULL || l->cand == NULL || l->ema == NULL || l->gate.scratch == NULL ||
+        l->save.head == NULL || l->ids == NULL || l->lens == NULL ||
+        l->texts == NULL || l->gate.ws == NULL || load_sts(l, err) != 0) {
         if (l->t != NULL && (l->ema == NULL || l->ids == NULL || l->texts == NULL))
             emb_fail(err, "out of memory for the learner");
         learner_stop(l);
@@ -1040,9 +901,12 @@ void learner_stop(learner *l)
 {
     if (l == NULL)
         return;
-    if (l->saver_running)
-        pthread_join(l->saver, NULL);
-    emb_model_free(l->saving);
+    versions_hooks none = {0};
+    if (l->re != NULL)
+        versions_set_hooks(l->v, &none);
+    if (l->save.running)
+        pthread_join(l->save.thread, NULL);
+    emb_model_free(l->save.model);
     if (l->buf != NULL) {
         emb_err err;
         if (samples_flush(l->buf, &err) != 0)
@@ -1051,20 +915,21 @@ void learner_stop(learner *l)
     }
     emb_trainer_free(l->t);
     emb_model_free(l->cand);
-    emb_workspace_free(l->ws);
+    emb_workspace_free(l->gate.ws);
+    reembedder_free(l->re);
     emb_batch_free(&l->batch);
     free(l->ema);
-    free(l->scratch);
-    free(l->saving_head);
+    free(l->gate.scratch);
+    free(l->save.head);
     free(l->ids);
     free(l->lens);
     free(l->texts);
-    free(l->h_ids);
-    free(l->h_lens);
-    if (l->have_sts)
-        emb_sts_free(&l->sts);
-    free(l->sts_a);
-    free(l->sts_b);
+    free(l->gate.h_ids);
+    free(l->gate.h_lens);
+    if (l->gate.have_sts)
+        emb_sts_free(&l->gate.sts);
+    free(l->gate.sts_a);
+    free(l->gate.sts_b);
     pthread_mutex_destroy(&l->lock);
     free(l);
 }

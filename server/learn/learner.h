@@ -1,4 +1,5 @@
-/* learner.h: continuous self-supervised fine-tuning inside `embedd serve`.
+/* learner.h: continuous self-supervised fine-tuning inside `embedd serve`:
+ * the training scheduler, and the owner of the learning workers.
  *
  * Data flow
  *   HTTP threads offer the texts they see (/embed, /v1/embeddings, /items,
@@ -6,26 +7,47 @@
  *   de-duplicated, persisted under --data, with a held-out part.
  *   The batcher's compute thread, whenever no request waits, calls
  *   learner_idle, which does one piece of work of about one encoder layer:
- *     1. re-embedding stored items for a newly current version (first:
- *        /similar serves the old version until it is done);
+ *     1. re-embedding stored items for a newly current version (reembed.h;
+ *        first: /similar serves the old version until it is done);
  *     2. a training step (SimCSE and/or MLM on a batch from the buffer),
  *        split into per-layer pieces; after it, AdamW with clipping and
  *        L2-SP, NaN steps skipped, and the serving candidate updated as an
  *        exponential moving average of the trainer's weights;
  *     3. every --publish-every steps (or seconds), the gate: the candidate
- *        against the current version on the held-out texts (validation
- *        loss must improve; the collapse alarm, on mean pairwise cosine
- *        and per-dimension variance, must stay quiet; with --eval-sts the
- *        Spearman may drop by at most --gate-tolerance). A pass saves
- *        DATA/models/v{n} (on a helper thread, off the compute thread) and
- *        then makes it the current version; a failure is logged and
- *        counted, and training goes on.
+ *        and the current version are measured on the held-out texts
+ *        (validation loss, collapse statistics, with --eval-sts the STS
+ *        Spearman) and gate_decide (gate.h) compares them. A pass saves
+ *        DATA/models/v{n} (versions_save, on a helper thread, off the
+ *        compute thread) and then hands it over (versions_publish_saved:
+ *        current, DATA/models/current, re-embedding); a failure is logged
+ *        and counted, and training goes on.
  *   The duty cycle of training and gate work is capped at --train-max-cpu
  *   of wall time.
  *
- * Threads: learner_idle runs on the compute thread only. learner_offer,
- * learner_pause/resume/rollback and learner_status are safe from any
- * thread. learner_stop after batcher_stop. */
+ * Ownership
+ *   The learner owns the sample buffer, the trainer (emb_trainer, with the
+ *   candidate and its EMA weights), the gate's measurements and workspace,
+ *   the publish in progress, and the re-embedder (with its own workspace).
+ *   It borrows the registry (versions.h: the one owner of DATA/models), the
+ *   batcher, the store and the metrics, which all outlive it. learner_start
+ *   sets the registry's hooks to itself: on a change of the current version
+ *   the re-embedder starts, and failures that undo nothing go to
+ *   last_error (/train/status); learner_stop clears them.
+ *
+ * Threads
+ *   learner_idle runs on the compute thread only, and with it every piece
+ *   of training, gate and re-embedding work. The saving thread runs
+ *   versions_save for one publish at a time; the compute thread joins it.
+ *   learner_offer, learner_pause/resume/rollback, learner_status_json,
+ *   learner_gauges and learner_flush are safe from any thread. A rollback
+ *   (an HTTP thread) makes the version current at once and leaves a note;
+ *   the compute thread then resets the trainer (emb_trainer_reset) at its
+ *   next idle call, after a save in progress has finished.
+ *
+ * Shutdown: batcher_stop first (no idle call can be running any more),
+ * then learner_stop (clears the hooks, joins the saving thread, flushes
+ * the sample buffer, frees the workers); the store and the registry are
+ * closed after it (versions_free last). */
 #ifndef EMBEDD_LEARNER_H
 #define EMBEDD_LEARNER_H
 
@@ -67,6 +89,10 @@ typedef struct learner_opts {
 
 typedef struct learner learner;
 
+/* Starts the re-embedder, hooks it to v, and aligns the store with the
+ * current version (versions_align: a restart may find it searching an
+ * older one); with o->enabled also the buffer, the trainer and the gate.
+ * st may be NULL (nothing to re-embed). NULL with err. */
 learner *learner_start(const learner_opts *o, versions *v, batcher *b, store *st, metrics *mx,
                        emb_err *err);
 /* Flushes the sample buffer and frees; the batcher must be stopped. */
@@ -84,8 +110,10 @@ int learner_offer_explicit(learner *l, const char *const *texts, const size_t *l
 int learner_enabled(const learner *l);
 void learner_pause(learner *l);
 void learner_resume(learner *l);
-/* Makes version `id` current again (from memory or DATA/models/v{id}) and
- * restarts training from it. 0, or -1 with err (404-like when unknown). */
+/* Makes version `id` current again (versions_rollback: from memory or
+ * DATA/models/v{id}; re-embedding starts) and restarts training from it.
+ * 0, or -1 with err: EMB_ERR_NOT_FOUND when the version is unknown, else
+ * the failure's own kind (I/O, no memory, ...). */
 int learner_rollback(learner *l, uint32_t id, emb_err *err);
 
 /* The state for GET /train/status, as a JSON object. */

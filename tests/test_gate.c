@@ -1,0 +1,351 @@
+/* test_gate.c: the learner's pieces that run without a server:
+ *   - the publish gate's decision (server/learn/gate.h) over a table of
+ *     measured sides and tolerances: which check fails first, and the
+ *     reason it gives;
+ *   - the collapse statistics on vectors whose answer is known;
+ *   - the versions registry as the owner of DATA/models (versions.h):
+ *     open, save and publish, rollback (with the kind of each failure),
+ *     `current` on disk, the on-change hook, and a restart that aligns. */
+#include <check.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "learn/gate.h"
+#include "learn/versions.h"
+#include "run_suite.h"
+#include "testutil.h"
+
+/* ---- the decision ------------------------------------------------------- */
+
+static const gate_limits LIMITS = {.max_cos = 0.98, .cos_rise = 0.1, .min_var = 0.5,
+                                   .use_sts = 0, .sts_tolerance = 0.5};
+
+typedef struct gate_case {
+    const char *name;
+    gate_side cand, cur;
+    int use_sts;
+    int passed;
+    const char *reason;        /* the expected reason, exactly */
+} gate_case;
+
+/* val_loss, mean_cos, variance, sts */
+static const gate_case CASES[] = {
+    {"better loss passes", {1.0, 0.30, 0.010, NAN}, {1.2, 0.30, 0.010, NAN}, 0, 1, "passed"},
+    {"equal loss fails", {1.2, 0.30, 0.010, NAN}, {1.2, 0.30, 0.010, NAN}, 0, 0,
+     "validation loss did not improve (1.20000 vs 1.20000)"},
+    {"worse loss fails", {1.3, 0.30, 0.010, NAN}, {1.2, 0.30, 0.010, NAN}, 0, 0,
+     "validation loss did not improve (1.30000 vs 1.20000)"},
+    {"NaN loss fails", {NAN, 0.30, 0.010, NAN}, {1.2, 0.30, 0.010, NAN}, 0, 0,
+     "candidate validation loss is not finite"},
+    {"infinite loss fails", {INFINITY, 0.30, 0.010, NAN}, {1.2, 0.30, 0.010, NAN}, 0, 0,
+     "candidate validation loss is not finite"},
+    {"current NaN loss: no improvement", {1.0, 0.30, 0.010, NAN}, {NAN, 0.30, 0.010, NAN}, 0,
+     0, "validation loss did not improve (1.00000 vs nan)"},
+    {"collapsed: cosine above the ceiling", {0.5, 0.985, 0.010, NAN},
+     {1.2, 0.97, 0.010, NAN}, 0, 0,
+     "collapse alarm: held-out embeddings are nearly identical (mean pairwise cosine 0.9850 "
+     "> 0.98)"},
+    {"cosine at the ceiling is allowed", {1.0, 0.98, 0.010, NAN}, {1.2, 0.95, 0.010, NAN}, 0,
+     1, "passed"},
+    {"cosine rose too much", {1.0, 0.45, 0.010, NAN}, {1.2, 0.30, 0.010, NAN}, 0, 0,
+     "collapse alarm: mean pairwise cosine rose from 0.3000 to 0.4500"},
+    {"cosine rose within the limit", {1.0, 0.39, 0.010, NAN}, {1.2, 0.30, 0.010, NAN}, 0, 1,
+     "passed"},
+    {"variance halved and more", {1.0, 0.30, 0.004, NAN}, {1.2, 0.30, 0.010, NAN}, 0, 0,
+     "collapse alarm: embedding variance 0.004 fell below 0.50 x the current 0.01"},
+    {"variance at half is allowed", {1.0, 0.30, 0.005, NAN}, {1.2, 0.30, 0.010, NAN}, 0, 1,
+     "passed"},
+    {"collapse is checked before the loss", {NAN, 0.99, 0.0, NAN}, {1.2, 0.30, 0.010, NAN},
+     0, 0,
+     "collapse alarm: held-out embeddings are nearly identical (mean pairwise cosine 0.9900 "
+     "> 0.98)"},
+    {"STS within the tolerance", {1.0, 0.30, 0.010, 79.6}, {1.2, 0.30, 0.010, 80.0}, 1, 1,
+     "passed"},
+    {"STS fell too far", {1.0, 0.30, 0.010, 79.0}, {1.2, 0.30, 0.010, 80.0}, 1, 0,
+     "STS Spearman fell from 80.00 to 79.00"},
+    {"STS not measured on the candidate", {1.0, 0.30, 0.010, NAN}, {1.2, 0.30, 0.010, 80.0},
+     1, 0, "STS Spearman fell from 80.00 to nan"},
+    {"STS ignored without --eval-sts", {1.0, 0.30, 0.010, 10.0}, {1.2, 0.30, 0.010, 80.0}, 0,
+     1, "passed"},
+    {"loss is checked before STS", {1.3, 0.30, 0.010, 10.0}, {1.2, 0.30, 0.010, 80.0}, 1, 0,
+     "validation loss did not improve (1.30000 vs 1.20000)"},
+};
+
+START_TEST(test_gate_table)
+{
+    const gate_case *c = &CASES[_i];
+    gate_limits lim = LIMITS;
+    lim.use_sts = c->use_sts;
+    char reason[256];
+    memset(reason, 'x', sizeof reason);
+    int passed = gate_decide(&lim, &c->cand, &c->cur, reason, sizeof reason);
+    ck_assert_msg(passed == c->passed, "%s: passed %d, want %d (%s)", c->name, passed,
+                  c->passed, reason);
+    ck_assert_msg(strcmp(reason, c->reason) == 0, "%s: reason '%s', want '%s'", c->name,
+                  reason, c->reason);
+}
+END_TEST
+
+/* A short buffer cuts the reason but keeps the verdict. */
+START_TEST(test_gate_short_reason)
+{
+    const gate_case *c = &CASES[2];
+    char reason[8];
+    ck_assert_int_eq(gate_decide(&LIMITS, &c->cand, &c->cur, reason, sizeof reason), 0);
+    ck_assert_str_eq(reason, "validat");
+}
+END_TEST
+
+/* ---- the collapse statistics --------------------------------------------- */
+
+START_TEST(test_collapse_identical)
+{
+    const int n = 5, C = 3;
+    float e[5 * 3];
+    for (int i = 0; i < n; i++) {
+        e[i * C] = 0.6f;
+        e[i * C + 1] = 0.8f;
+        e[i * C + 2] = 0.0f;
+    }
+    double cos = 0, var = 1;
+    ck_assert_int_eq(gate_collapse_stats(e, n, C, &cos, &var), 0);
+    ck_assert_double_eq_tol(cos, 1.0, 1e-6);
+    ck_assert_double_eq_tol(var, 0.0, 1e-12);
+}
+END_TEST
+
+/* The basis vectors: orthogonal (cosine 0); each dimension holds one 1
+ * among n values, variance (1/n)(1 - 1/n). */
+START_TEST(test_collapse_orthogonal)
+{
+    enum { N = 4 };
+    float e[N * N] = {0};
+    for (int i = 0; i < N; i++)
+        e[i * N + i] = 1.0f;
+    double cos = 1, var = 0;
+    ck_assert_int_eq(gate_collapse_stats(e, N, N, &cos, &var), 0);
+    ck_assert_double_eq_tol(cos, 0.0, 1e-12);
+    ck_assert_double_eq_tol(var, (1.0 / N) * (1.0 - 1.0 / N), 1e-12);
+}
+END_TEST
+
+/* Two opposite vectors: cosine -1, the mean is 0, variance 1/C. */
+START_TEST(test_collapse_opposite)
+{
+    const float e[2 * 2] = {1.0f, 0.0f, -1.0f, 0.0f};
+    double cos = 0, var = 0;
+    ck_assert_int_eq(gate_collapse_stats(e, 2, 2, &cos, &var), 0);
+    ck_assert_double_eq_tol(cos, -1.0, 1e-12);
+    ck_assert_double_eq_tol(var, 0.5, 1e-12);
+}
+END_TEST
+
+/* ---- versions and DATA/models -------------------------------------------- */
+
+#define TINY "tests/fixtures/tiny-dense"
+
+static char dir[64];
+static emb_model *base;
+
+/* What the on-change hook saw. */
+typedef struct hook_log {
+    int calls;
+    uint32_t last;
+    int fail;                  /* 1: the hook fails */
+    int reports;
+    char report[512];
+} hook_log;
+
+static int on_change(void *ctx, uint32_t id, emb_err *err)
+{
+    hook_log *h = ctx;
+    h->calls++;
+    h->last = id;
+    if (h->fail)
+        return emb_fail_as(err, EMB_ERR_IO, "the hook failed");
+    return 0;
+}
+
+static void on_report(void *ctx, const char *what, const char *msg)
+{
+    hook_log *h = ctx;
+    h->reports++;
+    snprintf(h->report, sizeof h->report, "%s: %s", what, msg);
+}
+
+static void versions_setup(void)
+{
+    emb_err err;
+    tu_mkdtemp(dir, sizeof dir);
+    ck_assert(dir[0] != '\0');
+    base = emb_model_load(TINY, &err);
+    ck_assert_msg(base != NULL, "%s", err.msg);
+}
+
+static void versions_teardown(void)
+{
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    tu_run(cmd);
+    emb_model_free(base);
+}
+
+static versions *open_with_hooks(const char *data, hook_log *h)
+{
+    emb_err err;
+    versions *v = versions_open(data, TINY, base, 3, &err);
+    ck_assert_msg(v != NULL, "%s", err.msg);
+    memset(h, 0, sizeof *h);
+    versions_hooks hooks = {.on_change = on_change, .report = on_report, .ctx = h};
+    versions_set_hooks(v, &hooks);
+    return v;
+}
+
+static unsigned read_current(void)
+{
+    char path[128];
+    snprintf(path, sizeof path, "%s/models/current", dir);
+    size_t len = 0;
+    char *s = tu_read_file(path, &len);
+    ck_assert_msg(s != NULL, "no %s", path);
+    unsigned id = (unsigned)strtoul(s, NULL, 10);
+    ck_assert_msg(len > 0 && s[len - 1] == '\n', "current has no newline");
+    free(s);
+    return id;
+}
+
+/* A new version: base's weights with one changed, saved then published. */
+static void save_and_publish(versions *v, uint32_t id)
+{
+    emb_err err;
+    emb_model *m = emb_model_clone(base, &err);
+    ck_assert_msg(m != NULL, "%s", err.msg);
+    m->params[0] += 0.25f * (float)id;
+    ck_assert_msg(emb_model_pack(m, &err) == 0, "%s", err.msg);
+    ck_assert_msg(versions_save(v, id, m, NULL, &err) == 0, "%s", err.msg);
+    ck_assert_msg(versions_publish_saved(v, m, id, &err) == 0, "%s", err.msg);
+}
+
+START_TEST(test_versions_memory_only)
+{
+    hook_log h;
+    emb_err err;
+    versions *v = open_with_hooks(NULL, &h);
+    ck_assert_uint_eq(versions_current_id(v), 1);
+    ck_assert_uint_eq(versions_latest_id(v), 1);
+    save_and_publish(v, 2);    /* nothing on disk, still published */
+    ck_assert_uint_eq(versions_current_id(v), 2);
+    ck_assert_int_eq(h.calls, 1);
+    ck_assert_uint_eq(h.last, 2);
+    ck_assert_int_eq(versions_rollback(v, 1, &err), 0);
+    ck_assert_uint_eq(versions_current_id(v), 1);
+    ck_assert_int_eq(versions_rollback(v, 7, &err), -1);
+    ck_assert_int_eq(err.kind, EMB_ERR_NOT_FOUND);
+    ck_assert_msg(strstr(err.msg, "neither in memory nor on disk") != NULL, "%s", err.msg);
+    ck_assert_uint_eq(versions_current_id(v), 1);
+    ck_assert_int_eq(h.reports, 0);
+    versions_free(v);
+}
+END_TEST
+
+START_TEST(test_versions_on_disk)
+{
+    hook_log h;
+    emb_err err;
+    char path[160];
+    versions *v = open_with_hooks(dir, &h);
+    ck_assert_uint_eq(versions_current_id(v), 1);
+    save_and_publish(v, 2);
+    save_and_publish(v, 3);
+    ck_assert_uint_eq(read_current(), 3);
+    snprintf(path, sizeof path, "%s/models/v2/config.json", dir);
+    ck_assert_msg(access(path, R_OK) == 0, "no %s", path);
+    ck_assert_int_eq(h.calls, 2);
+    ck_assert_uint_eq(h.last, 3);
+
+    /* rollback to one in memory: current on disk and the hook follow */
+    ck_assert_msg(versions_rollback(v, 2, &err) == 0, "%s", err.msg);
+    ck_assert_uint_eq(versions_current_id(v), 2);
+    ck_assert_uint_eq(read_current(), 2);
+    ck_assert_uint_eq(h.last, 2);
+    /* unknown: not found, nothing changes */
+    ck_assert_int_eq(versions_rollback(v, 9, &err), -1);
+    ck_assert_int_eq(err.kind, EMB_ERR_NOT_FOUND);
+    ck_assert_uint_eq(read_current(), 2);
+    /* on disk but unreadable: the loader's kind, not "not found" */
+    snprintf(path, sizeof path, "%s/models/v5", dir);
+    ck_assert_int_eq(mkdir(path, 0755), 0);
+    snprintf(path, sizeof path, "%s/models/v5/config.json", dir);
+    ck_assert_int_eq(tu_write_file(path, "{not json", 9), 0);
+    ck_assert_int_eq(versions_rollback(v, 5, &err), -1);
+    ck_assert_int_ne(err.kind, EMB_ERR_NOT_FOUND);
+    ck_assert_msg(strstr(err.msg, "model version 5") != NULL, "%s", err.msg);
+    ck_assert_uint_eq(versions_current_id(v), 2);
+    snprintf(path, sizeof path, "rm -rf %s/models/v5", dir);
+    tu_run(path);
+    /* the hook's failure is the rollback's (the version is current anyway) */
+    h.fail = 1;
+    ck_assert_int_eq(versions_rollback(v, 3, &err), -1);
+    ck_assert_int_eq(err.kind, EMB_ERR_IO);
+    ck_assert_uint_eq(versions_current_id(v), 3);
+    /* ... and is reported, not returned, after a publish */
+    save_and_publish(v, 4);
+    ck_assert_int_eq(h.reports, 1);
+    ck_assert_str_eq(h.report, "re-embedding: the hook failed");
+    h.fail = 0;
+    ck_assert_msg(versions_rollback(v, 2, &err) == 0, "%s", err.msg);
+    versions_free(v);
+
+    /* a restart comes back on `current`, numbers after the latest saved,
+     * and loads a version it must not be current for */
+    v = open_with_hooks(dir, &h);
+    ck_assert_uint_eq(versions_current_id(v), 2);
+    ck_assert_uint_eq(versions_latest_id(v), 4);
+    ck_assert_msg(versions_align(v, 3, &err) == 0, "%s", err.msg);
+    model_version *mv = versions_get(v, 3);
+    ck_assert_ptr_nonnull(mv);
+    ck_assert_float_eq(mv->model->params[0], base->params[0] + 0.75f);
+    versions_release(v, mv);
+    ck_assert_int_eq(h.calls, 1);
+    ck_assert_uint_eq(h.last, 2);
+    /* a store already on the current version: no call */
+    ck_assert_msg(versions_align(v, 2, &err) == 0, "%s", err.msg);
+    ck_assert_int_eq(h.calls, 1);
+    /* an empty store adopts the current version */
+    ck_assert_msg(versions_align(v, 0, &err) == 0, "%s", err.msg);
+    ck_assert_int_eq(h.calls, 2);
+    versions_free(v);
+
+    /* a version 4 that has gone from disk: rollback after a restart fails */
+    snprintf(path, sizeof path, "rm -rf %s/models/v4", dir);
+    tu_run(path);
+    v = open_with_hooks(dir, &h);
+    ck_assert_int_eq(versions_rollback(v, 4, &err), -1);
+    ck_assert_int_eq(err.kind, EMB_ERR_NOT_FOUND);
+    ck_assert_msg(versions_rollback(v, 3, &err) == 0, "%s", err.msg);
+    ck_assert_uint_eq(read_current(), 3);
+    versions_free(v);
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("gate");
+    TCase *tc = tcase_create("decision");
+    tcase_add_loop_test(tc, test_gate_table, 0, (int)(sizeof CASES / sizeof CASES[0]));
+    tcase_add_test(tc, test_gate_short_reason);
+    tcase_add_test(tc, test_collapse_identical);
+    tcase_add_test(tc, test_collapse_orthogonal);
+    tcase_add_test(tc, test_collapse_opposite);
+    suite_add_tcase(s, tc);
+    TCase *tv = tcase_create("versions");
+    tcase_add_checked_fixture(tv, versions_setup, versions_teardown);
+    tcase_add_test(tv, test_versions_memory_only);
+    tcase_add_test(tv, test_versions_on_disk);
+    suite_add_tcase(s, tv);
+    return run_suite(s);
+}
