@@ -87,13 +87,14 @@ test: $(BUILD)/embedd $(RUN_TESTS)
 	done; \
 	if [ $$fail -ne 0 ]; then echo "some test suites failed"; exit 1; fi
 
-# Everything CI runs: the suites plain, a short crash round (five SIGKILLs
+# Everything CI runs: the folder layering (scripts/check_layers.py), the suites plain, a short crash round (five SIGKILLs
 # of a loaded server with torn log tails, about 10 s: scripts/crash_test.py),
 # the suites under ASan and UBSan, the batcher, the sample buffer, the WAL's
 # group commit and the GEMM pool under TSan (one OpenMP thread: libgomp is
 # not instrumented), and the Docker round trip (skipped, saying why, where
 # dockerd cannot start).
 check:
+	/usr/bin/python3 scripts/check_layers.py > /dev/null
 	$(MAKE) test
 	timeout 120 /usr/bin/python3 scripts/crash_test.py --rounds 5 --clients 4 --max-delay 1.5 --tear 0.6
 	$(MAKE) test SANITIZER=address

@@ -151,6 +151,18 @@ static int parse_opts(int argc, char **argv, embed_opts *o)
                          "token ids per line.");
 }
 
+/* Parses the options of `embed` or `tokenize` (argv[0]) and finds the
+ * model's directory (downloading --model-id). -1 to go on, or the exit
+ * status. */
+static int parse_and_locate(int argc, char **argv, embed_opts *o, char *model_dir, size_t size)
+{
+    int rc = parse_opts(argc, argv, o);
+    if (rc != 0)
+        return rc == 1 ? 0 : 2;
+    rc = cli_model_dir(o->model_dir, o->model_id, model_dir, size, argv[0]);
+    return rc != 0 ? rc : -1;
+}
+
 /* Reads one line without its '\n'. Returns its length, -1 at EOF, -2 when
  * longer than MAX_LINE_BYTES. */
 static long read_line(char **buf, size_t *cap, FILE *fp)
@@ -302,12 +314,9 @@ out:
 int cli_embed(int argc, char **argv)
 {
     embed_opts o;
-    int rc = parse_opts(argc, argv, &o);
-    if (rc != 0)
-        return rc == 1 ? 0 : 2;
     char model_dir[PATH_MAX];
-    rc = cli_model_dir(o.model_dir, o.model_id, model_dir, sizeof model_dir, "embed");
-    if (rc != 0)
+    int rc = parse_and_locate(argc, argv, &o, model_dir, sizeof model_dir);
+    if (rc >= 0)
         return rc;
     cli_set_threads(o.threads);
 
@@ -386,12 +395,9 @@ out:
 int cli_tokenize(int argc, char **argv)
 {
     embed_opts o;
-    int rc = parse_opts(argc, argv, &o);
-    if (rc != 0)
-        return rc == 1 ? 0 : 2;
     char model_dir[PATH_MAX];
-    rc = cli_model_dir(o.model_dir, o.model_id, model_dir, sizeof model_dir, "tokenize");
-    if (rc != 0)
+    int rc = parse_and_locate(argc, argv, &o, model_dir, sizeof model_dir);
+    if (rc >= 0)
         return rc;
     emb_err err;
     emb_config cfg;
