@@ -109,6 +109,77 @@ static void items_upsert_reply(server *srv, items_state *st, reply *rp)
     sb_printf(&rp->body, "{\"status\":\"ok\",\"upserted\":%d}", st->n);
 }
 
+/* Reads items[i] (el) into st->items[i]: its id, its text (queued in
+ * texts for embedding) or vector, and its payload, checked against the
+ * store. 0, or -1 after replying. */
+static int parse_item(server *srv, const cJSON *el, int i, items_state *st,
+                      textjob_input *texts, int *n_text, reply *rp)
+{
+    const int dim = store_dim(srv->store);
+    char what[64];
+    emb_err err;
+    store_item *it = &st->items[i];
+    float *v = st->vecs + (long)i * dim;
+    if (!cJSON_IsObject(el)) {
+        reply_error(rp, API_TEI, 422, "Validation", "items[%d] must be an object", i);
+        return -1;
+    }
+    if (store_id_from_json(cJSON_GetObjectItemCaseSensitive(el, "id"), &it->id, &err) != 0) {
+        reply_fail(rp, API_TEI, err.kind, "items[%d]: %s", i, err.msg);
+        return -1;
+    }
+    const cJSON *text = cJSON_GetObjectItemCaseSensitive(el, "text");
+    const cJSON *vec = cJSON_GetObjectItemCaseSensitive(el, "vector");
+    if (cJSON_IsNull(text))
+        text = NULL;
+    if (cJSON_IsNull(vec))
+        vec = NULL;
+    if ((text == NULL) == (vec == NULL)) {
+        reply_error(rp, API_TEI, 422, "Validation",
+                    "items[%d] needs exactly one of `text` and `vector`", i);
+        return -1;
+    }
+    if (text != NULL) {
+        if (!cJSON_IsString(text)) {
+            reply_error(rp, API_TEI, 422, "Validation", "items[%d].text must be a string", i);
+            return -1;
+        }
+        it->text = text->valuestring;
+        it->text_len = strlen(text->valuestring);
+        texts[*n_text].text = it->text;
+        texts[*n_text].len = it->text_len;
+        st->text_item[(*n_text)++] = i;
+        v[0] = 1.0f; /* a stand-in for store_item_check; replaced once embedded */
+    } else {
+        snprintf(what, sizeof what, "items[%d].vector", i);
+        if (parse_vector(vec, dim, v, what, rp) != 0)
+            return -1;
+    }
+    it->vector = v;
+    it->vector_dim = dim;
+    it->model_version = 0; /* a client's vector; texts get theirs once embedded */
+    const cJSON *payload = cJSON_GetObjectItemCaseSensitive(el, "payload");
+    if (payload != NULL && !cJSON_IsNull(payload)) {
+        if (!cJSON_IsObject(payload)) {
+            reply_error(rp, API_TEI, 422, "Validation",
+                        "items[%d].payload must be an object", i);
+            return -1;
+        }
+        st->payloads[i] = cJSON_PrintUnformatted(payload);
+        if (st->payloads[i] == NULL) {
+            reply_fail(rp, API_TEI, EMB_ERR_NO_MEMORY, "out of memory");
+            return -1;
+        }
+        it->payload = st->payloads[i];
+        it->payload_len = strlen(st->payloads[i]);
+    }
+    if (store_item_check(srv->store, it, &err) != 0) {
+        reply_fail(rp, API_TEI, err.kind, "items[%d]: %s", i, err.msg);
+        return -1;
+    }
+    return 0;
+}
+
 route_result handle_items_upsert(server *srv, request *rq, reply *rp)
 {
     const int dim = store_dim(srv->store);
@@ -158,69 +229,8 @@ route_result handle_items_upsert(server *srv, request *rq, reply *rp)
     int i = 0;
     const cJSON *el;
     cJSON_ArrayForEach(el, arr) {
-        char what[64];
-        emb_err err;
-        store_item *it = &st->items[i];
-        float *v = st->vecs + (long)i * dim;
-        if (!cJSON_IsObject(el)) {
-            reply_error(rp, API_TEI, 422, "Validation", "items[%d] must be an object", i);
+        if (parse_item(srv, el, i, st, texts, &n_text, rp) != 0)
             goto out;
-        }
-        if (store_id_from_json(cJSON_GetObjectItemCaseSensitive(el, "id"), &it->id, &err) !=
-            0) {
-            reply_fail(rp, API_TEI, err.kind, "items[%d]: %s", i, err.msg);
-            goto out;
-        }
-        const cJSON *text = cJSON_GetObjectItemCaseSensitive(el, "text");
-        const cJSON *vec = cJSON_GetObjectItemCaseSensitive(el, "vector");
-        if (cJSON_IsNull(text))
-            text = NULL;
-        if (cJSON_IsNull(vec))
-            vec = NULL;
-        if ((text == NULL) == (vec == NULL)) {
-            reply_error(rp, API_TEI, 422, "Validation",
-                        "items[%d] needs exactly one of `text` and `vector`", i);
-            goto out;
-        }
-        if (text != NULL) {
-            if (!cJSON_IsString(text)) {
-                reply_error(rp, API_TEI, 422, "Validation", "items[%d].text must be a string",
-                            i);
-                goto out;
-            }
-            it->text = text->valuestring;
-            it->text_len = strlen(text->valuestring);
-            texts[n_text].text = it->text;
-            texts[n_text].len = it->text_len;
-            st->text_item[n_text++] = i;
-            v[0] = 1.0f; /* a stand-in for store_item_check; replaced once embedded */
-        } else {
-            snprintf(what, sizeof what, "items[%d].vector", i);
-            if (parse_vector(vec, dim, v, what, rp) != 0)
-                goto out;
-        }
-        it->vector = v;
-        it->vector_dim = dim;
-        it->model_version = 0; /* a client's vector; texts get theirs once embedded */
-        const cJSON *payload = cJSON_GetObjectItemCaseSensitive(el, "payload");
-        if (payload != NULL && !cJSON_IsNull(payload)) {
-            if (!cJSON_IsObject(payload)) {
-                reply_error(rp, API_TEI, 422, "Validation",
-                            "items[%d].payload must be an object", i);
-                goto out;
-            }
-            st->payloads[i] = cJSON_PrintUnformatted(payload);
-            if (st->payloads[i] == NULL) {
-                reply_fail(rp, API_TEI, EMB_ERR_NO_MEMORY, "out of memory");
-                goto out;
-            }
-            it->payload = st->payloads[i];
-            it->payload_len = strlen(st->payloads[i]);
-        }
-        if (store_item_check(srv->store, it, &err) != 0) {
-            reply_fail(rp, API_TEI, err.kind, "items[%d]: %s", i, err.msg);
-            goto out;
-        }
         i++;
     }
     if (n_text == 0) {

@@ -340,24 +340,14 @@ static void write_current(versions *v, uint32_t id)
 {
     if (v->data_dir == NULL)
         return;
-    char dir[4096], tmp[4200], path[4200], line[16];
+    char dir[4096], path[4200], line[16];
     snprintf(dir, sizeof dir, "%s/models", v->data_dir);
     mkdir(dir, 0755);
-    snprintf(tmp, sizeof tmp, "%s/current.tmp", dir);
     snprintf(path, sizeof path, "%s/current", dir);
     int n = snprintf(line, sizeof line, "%u\n", id);
     emb_err err;
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666); /* as fopen */
-    if (fd < 0) {
-        emb_fail_as(&err, EMB_ERR_IO, "%s: %s", tmp, strerror(errno));
-    } else if (emb_write_all(fd, line, (size_t)n) != 0) {
-        emb_fail_as(&err, EMB_ERR_IO, "%s: %s", tmp, strerror(errno));
-        close(fd);
-        unlink(tmp);
-    } else if (emb_commit_file(fd, tmp, path, &err) == 0) {
-        return;
-    }
-    report(v, "saving the current version", err.msg);
+    if (emb_write_file_atomic(path, line, (size_t)n, &err) != 0)
+        report(v, "saving the current version", err.msg);
 }
 
 /* The one hand-over, with v->change held: `current` on disk, then the
