@@ -10,8 +10,9 @@
  *                  chunk, an STS chunk) for the candidate or the current
  *   GATE  -> SAVE  passed (gate.h): a helper thread writes DATA/models/v{n}
  *                  (versions_save)
- *   SAVE  -> IDLE  written: versions_publish_saved makes it current, which
- *                  starts re-embedding through the on-change hook
+ *   SAVE  -> IDLE  written: versions_candidate makes it current (which
+ *                  starts re-embedding through the on-change hook) or,
+ *                  with --publish manual, pending (publish_or_hold)
  * Re-embedding chunks (reembed.h) go before all of these. */
 #include "learner.h"
 
