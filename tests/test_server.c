@@ -3373,6 +3373,20 @@ START_TEST(test_learn_manual_pins_feed)
     sse e;
     sse_open(&e, port);
     sse_expect(&e, "event: current", "\"version\":1", 10);
+    /* at most 16 streams: the 17th is refused */
+    sse more[15];
+    for (int i = 0; i < 15; i++) {
+        sse_open(&more[i], port);
+        sse_expect(&more[i], "event: current", NULL, 10);
+    }
+    http_resp r;
+    http_port(port, "GET", "/train/versions/stream", NULL, NULL, &r);
+    check_tei_error(&r, 503, "Unhealthy", "a 17th version stream");
+    resp_free(&r);
+    for (int i = 0; i < 15; i++) {
+        close(more[i].fd);
+        free(more[i].acc.p);
+    }
     ck_assert_int_eq(req_port(port, "POST", "/train/promote", NULL, &j), 200);
     ck_assert_int_eq((int)num_of(j, "current"), p);
     cJSON_Delete(j);
@@ -3387,7 +3401,6 @@ START_TEST(test_learn_manual_pins_feed)
     ck_assert_str_eq(again, tei1);
     free(again);
     const char *hdr[] = {"X-Embedd-Model-Version: 1", NULL};
-    http_resp r;
     ck_assert_int_eq(http_port(port, "POST", "/embed", "{\"inputs\":\"a pinned probe\"}", hdr, &r),
                      200);
     ck_assert_str_eq(r.body.p, tei1);

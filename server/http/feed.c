@@ -4,6 +4,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "common/strbuf.h"
 
@@ -14,6 +15,7 @@ typedef struct subscriber {
     strbuf out;                /* text not yet handed to libmicrohttpd */
     size_t off;
     int waiting;               /* suspended until the next event */
+    int ping;                  /* a keep-alive comment is due */
     struct subscriber *next;
 } subscriber;
 
@@ -23,7 +25,12 @@ struct feed {
     subscriber *subs;
     int n_subs, max_subs;
     int closing;
+    pthread_cond_t tick;       /* wakes the heartbeat thread at close */
+    pthread_t heartbeat;
+    int heartbeat_running;
 };
+
+#define HEARTBEAT_SECONDS 15
 
 /* The registry's listener: wakes the waiting readers. */
 static void on_event(void *ctx)
@@ -39,14 +46,41 @@ static void on_event(void *ctx)
     pthread_mutex_unlock(&f->lock);
 }
 
+/* Every HEARTBEAT_SECONDS, each stream gets a comment line, so that a
+ * client that went away is noticed (the write fails, libmicrohttpd closes
+ * the connection, the slot frees) and proxies keep the stream open. */
+static void *heartbeat_main(void *arg)
+{
+    feed *f = arg;
+    pthread_mutex_lock(&f->lock);
+    while (!f->closing) {
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_sec += HEARTBEAT_SECONDS;
+        if (pthread_cond_timedwait(&f->tick, &f->lock, &until) == 0 || f->closing)
+            continue;
+        for (subscriber *s = f->subs; s != NULL; s = s->next) {
+            s->ping = 1;
+            if (s->waiting) {
+                s->waiting = 0;
+                MHD_resume_connection(s->conn);
+            }
+        }
+    }
+    pthread_mutex_unlock(&f->lock);
+    return NULL;
+}
+
 feed *feed_new(versions *v, int max_subscribers)
 {
     feed *f = calloc(1, sizeof *f);
     if (f == NULL)
         return NULL;
     pthread_mutex_init(&f->lock, NULL);
+    pthread_cond_init(&f->tick, NULL);
     f->v = v;
     f->max_subs = max_subscribers;
+    f->heartbeat_running = pthread_create(&f->heartbeat, NULL, heartbeat_main, f) == 0;
     versions_set_listener(v, on_event, f);
     return f;
 }
@@ -57,8 +91,12 @@ void feed_close(feed *f)
         return;
     pthread_mutex_lock(&f->lock);
     f->closing = 1;
+    pthread_cond_broadcast(&f->tick);
     pthread_mutex_unlock(&f->lock);
     on_event(f);
+    if (f->heartbeat_running)
+        pthread_join(f->heartbeat, NULL);
+    f->heartbeat_running = 0;
 }
 
 void feed_free(feed *f)
@@ -66,6 +104,8 @@ void feed_free(feed *f)
     if (f == NULL)
         return;
     versions_set_listener(f->v, NULL, NULL);
+    feed_close(f);
+    pthread_cond_destroy(&f->tick);
     pthread_mutex_destroy(&f->lock);
     free(f);
 }
@@ -112,9 +152,12 @@ static ssize_t reader(void *cls, uint64_t pos, char *buf, size_t max)
             put_event(&s->out, &ev[i]);
             s->seen = ev[i].seq;
         }
+        if (n == 0 && s->ping)
+            sb_puts(&s->out, ": keep-alive\n\n");
+        s->ping = 0;
         if (s->out.failed) {
             rc = MHD_CONTENT_READER_END_WITH_ERROR;
-        } else if (n > 0) {
+        } else if (s->out.len > 0) {
             rc = drain(s, buf, max);
         } else {
             /* nothing new: sleep until on_event or feed_close */

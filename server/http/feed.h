@@ -14,7 +14,9 @@
  * made the change, resumes the waiting connections (under the same lock)
  * and returns: it never blocks on a client. feed_close resumes them all
  * and makes every reader end its stream, so that shutdown never waits for
- * a subscriber. At most max_subscribers streams are open at once.
+ * a subscriber. At most max_subscribers streams are open at once; a
+ * heartbeat thread gives each stream a comment line every 15 s, so that a
+ * client that went away frees its slot.
  *
  * Threads: feed_subscribe and the readers run on HTTP threads, the
  * listener on any thread; one mutex guards the subscribers. Order:
