@@ -3300,8 +3300,8 @@ static void expect_openai_model(const char *body, const char *want)
 {
     cJSON *j = cJSON_Parse(body);
     const cJSON *m = cJSON_GetObjectItemCaseSensitive(j, "model");
-    ck_assert_msg(cJSON_IsString(m) && strcmp(m->valuestring, want) == 0, "model in %.200s, want %s",
-                  body, want);
+    ck_assert_msg(cJSON_IsString(m) && strcmp(m->valuestring, want) == 0,
+                  "model in %.200s, want %s", body, want);
     cJSON_Delete(j);
 }
 
@@ -3332,8 +3332,8 @@ START_TEST(test_learn_manual_pins_feed)
 {
     char dir[256], path[512], cmd[700];
     tu_mkdtemp(dir, sizeof dir);
-    snprintf(cmd, sizeof cmd, "mkdir -p '%s/models/v77.tmp-4242' && touch '%s/models/v77.tmp-4242/x'",
-             dir, dir);
+    snprintf(cmd, sizeof cmd,
+             "mkdir -p '%s/models/v77.tmp-4242' && touch '%s/models/v77.tmp-4242/x'", dir, dir);
     ck_assert_int_eq(system(cmd), 0);
     const char *argv[40];
     const char *extra[] = {"--publish", "manual", "--keep-versions", "2", NULL};
@@ -3459,7 +3459,8 @@ START_TEST(test_learn_manual_pins_feed)
     resp_free(&r);
     snprintf(body, sizeof body, "{\"input\":\"x\",\"model\":\"%s@1\"}", name);
     http_port(port, "POST", "/v1/embeddings", body, NULL, &r);
-    check_openai_error(&r, 410, "invalid_request_error", "gone", "an OpenAI pin to a retired version");
+    check_openai_error(&r, 410, "invalid_request_error", "gone",
+                       "an OpenAI pin to a retired version");
     resp_free(&r);
     /* the list */
     ck_assert_int_eq(req_port(port, "GET", "/train/versions", NULL, &j), 200);

@@ -331,14 +331,16 @@ int http_start(server *srv, emb_err *err)
 void http_quiesce(server *srv)
 {
     atomic_store(&srv->ready, 0);
-    feed_close(srv->feed); /* version streams end now */
-    if (srv->daemon == NULL)
+    if (srv->daemon == NULL) {
+        feed_close(srv->feed);
         return;
+    }
     /* Stop accepting: new connections are refused at once instead of
      * waiting in the backlog of a socket nobody reads. */
     MHD_socket listen_fd = MHD_quiesce_daemon(srv->daemon);
     if (listen_fd != MHD_INVALID_SOCKET)
         close(listen_fd);
+    feed_close(srv->feed); /* version streams end now (after the socket: not to delay it) */
     /* Every admitted request gets its answer before the daemon stops. */
     for (int waited_ms = 0; atomic_load(&srv->inflight) > 0 && waited_ms < 120000; waited_ms += 5)
         usleep(5000);

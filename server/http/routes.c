@@ -157,7 +157,8 @@ static uint32_t parse_version(const char *s)
 int route_get_pin(request *rq, const cJSON *root, api_family api, uint32_t *id, reply *rp)
 {
     *id = 0;
-    const char *h = MHD_lookup_connection_value(rq->conn, MHD_HEADER_KIND, "X-Embedd-Model-Version");
+    const char *h =
+        MHD_lookup_connection_value(rq->conn, MHD_HEADER_KIND, "X-Embedd-Model-Version");
     uint32_t from_header = 0;
     if (h != NULL && (from_header = parse_version(h)) == 0) {
         reply_error(rp, api, 422, "Validation",
