@@ -16,6 +16,7 @@
 
 #include "learn/gate.h"
 #include "learn/versions.h"
+#include "safetensors.h"
 #include "run_suite.h"
 #include "testutil.h"
 
@@ -308,7 +309,9 @@ START_TEST(test_versions_on_disk)
     ck_assert_msg(versions_align(v, 3, &err) == 0, "%s", err.msg);
     model_version *mv = versions_get(v, 3);
     ck_assert_ptr_nonnull(mv);
-    ck_assert_float_eq(mv->model->params[0], base->params[0] + 0.75f);
+    /* saved (and served) in the fixture's F16 */
+    ck_assert_float_eq(mv->model->params[0],
+                       emb_f16_to_f32(emb_f32_to_f16(base->params[0] + 0.75f)));
     versions_release(v, mv);
     ck_assert_int_eq(h.calls, 1);
     ck_assert_uint_eq(h.last, 2);
@@ -320,14 +323,193 @@ START_TEST(test_versions_on_disk)
     ck_assert_int_eq(h.calls, 2);
     versions_free(v);
 
-    /* a version 4 that has gone from disk: rollback after a restart fails */
+    /* a version 4 that has gone from disk: rollback after a restart fails,
+     * as gone (it existed: DATA/models/latest says 4) */
     snprintf(path, sizeof path, "rm -rf %s/models/v4", dir);
     tu_run(path);
     v = open_with_hooks(dir, &h);
     ck_assert_int_eq(versions_rollback(v, 4, &err), -1);
+    ck_assert_int_eq(err.kind, EMB_ERR_GONE);
+    ck_assert_int_eq(versions_rollback(v, 6, &err), -1);
     ck_assert_int_eq(err.kind, EMB_ERR_NOT_FOUND);
     ck_assert_msg(versions_rollback(v, 3, &err) == 0, "%s", err.msg);
     ck_assert_uint_eq(read_current(), 3);
+    versions_free(v);
+}
+END_TEST
+
+/* A candidate: base's weights with one changed, saved, then handed over
+ * by the registry's publish mode. Returns versions_candidate's result. */
+static int save_candidate(versions *v, uint32_t id)
+{
+    emb_err err;
+    emb_model *m = emb_model_clone(base, &err);
+    ck_assert_msg(m != NULL, "%s", err.msg);
+    m->params[0] += 0.25f * (float)id;
+    ck_assert_msg(emb_model_pack(m, &err) == 0, "%s", err.msg);
+    ck_assert_msg(versions_save(v, id, m, NULL, &err) == 0, "%s", err.msg);
+    int rc = versions_candidate(v, m, id, versions_current_id(v), "passed", &err);
+    ck_assert_msg(rc >= 0, "%s", err.msg);
+    return rc;
+}
+
+static int has_dir(uint32_t id)
+{
+    char path[160];
+    snprintf(path, sizeof path, "%s/models/v%u", dir, id);
+    struct stat st;
+    return stat(path, &st) == 0;
+}
+
+/* The kind of pinning id (0 when it is servable). */
+static int pin_kind(versions *v, uint32_t id, emb_err *err)
+{
+    model_version *mv = NULL;
+    if (versions_pin(v, id, &mv, err) != 0) {
+        ck_assert_ptr_null(mv);
+        return (int)err->kind;
+    }
+    ck_assert_uint_eq(mv->id, id);
+    versions_release(v, mv);
+    return 0;
+}
+
+static int listened;
+static void on_listen(void *ctx)
+{
+    (void)ctx;
+    listened++;
+}
+
+/* Retention (--keep-versions 2), manual publishing and promotion, pins of
+ * retired and unknown versions, events, pruning on disk, stale temporary
+ * directories, and saves in the model's F16. */
+START_TEST(test_versions_keep_manual)
+{
+    hook_log h;
+    emb_err err;
+    char path[256];
+    /* a save killed half-way left these */
+    snprintf(path, sizeof path, "mkdir -p %s/models/v9.tmp-4242 && touch %s/models/v9.tmp-4242/x",
+             dir, dir);
+    ck_assert_int_eq(tu_run(path), 0);
+    versions *v = versions_open(dir, TINY, base, 2, &err);
+    ck_assert_msg(v != NULL, "%s", err.msg);
+    memset(&h, 0, sizeof h);
+    versions_hooks hooks = {.on_change = on_change, .report = on_report, .ctx = &h};
+    versions_set_hooks(v, &hooks);
+    listened = 0;
+    versions_set_listener(v, on_listen, NULL);
+    snprintf(path, sizeof path, "%s/models/v9.tmp-4242", dir);
+    ck_assert_msg(access(path, F_OK) != 0, "stale %s not removed", path);
+    ck_assert_int_eq(versions_get_publish(v), VERSIONS_PUBLISH_MANUAL);
+
+    /* manual: a candidate waits, the current one stays */
+    ck_assert_int_eq(save_candidate(v, 2), 0);
+    ck_assert_uint_eq(versions_current_id(v), 1);
+    ck_assert_uint_eq(versions_pending_id(v), 2);
+    ck_assert_int_eq(h.calls, 0);
+    ck_assert_int_eq(pin_kind(v, 2, &err), 0);   /* a pending version can be pinned */
+    /* a newer candidate replaces it; the replaced one is retired and deleted */
+    ck_assert_int_eq(save_candidate(v, 3), 0);
+    ck_assert_uint_eq(versions_pending_id(v), 3);
+    ck_assert_int_eq(pin_kind(v, 2, &err), EMB_ERR_GONE);
+    ck_assert_msg(strstr(err.msg, "available: 3 (pending), 1 (current)") != NULL, "%s",
+                  err.msg);
+    ck_assert_int_eq(pin_kind(v, 9, &err), EMB_ERR_NOT_FOUND);
+    ck_assert_int_eq(pin_kind(v, 0, &err), EMB_ERR_NOT_FOUND);
+    ck_assert(!has_dir(2) && has_dir(3));
+    /* promote: only the pending one */
+    uint32_t got = 0;
+    ck_assert_int_eq(versions_promote(v, 2, &got, &err), -1);
+    ck_assert_int_eq(err.kind, EMB_ERR_CONFLICT);
+    ck_assert_msg(versions_promote(v, 0, &got, &err) == 0, "%s", err.msg);
+    ck_assert_uint_eq(got, 3);
+    ck_assert_uint_eq(versions_current_id(v), 3);
+    ck_assert_uint_eq(versions_pending_id(v), 0);
+    ck_assert_uint_eq(read_current(), 3);
+    ck_assert_int_eq(h.calls, 1);
+    ck_assert_int_eq(versions_promote(v, 0, &got, &err), -1);
+    ck_assert_int_eq(err.kind, EMB_ERR_CONFLICT);
+    /* keep 2: {3, 1} servable */
+    ck_assert_int_eq(pin_kind(v, 1, &err), 0);
+
+    /* auto: current at once; 1 falls out of the window */
+    versions_set_publish(v, VERSIONS_PUBLISH_AUTO);
+    ck_assert_int_eq(save_candidate(v, 4), 1);
+    ck_assert_uint_eq(versions_current_id(v), 4);
+    ck_assert_int_eq(pin_kind(v, 1, &err), EMB_ERR_GONE);
+    ck_assert_int_eq(pin_kind(v, 3, &err), 0);
+    ck_assert_int_eq(save_candidate(v, 5), 1);
+    ck_assert(!has_dir(3) && has_dir(4) && has_dir(5));
+    ck_assert_int_eq(pin_kind(v, 3, &err), EMB_ERR_GONE);
+
+    /* the events, in order, and the listener told of each */
+    versions_event ev[16];
+    uint64_t last = 0;
+    int n = versions_events(v, 0, ev, 16, &last);
+    ck_assert_int_eq(n, 5);
+    ck_assert_int_eq(listened, 5);
+    ck_assert_uint_eq(last, 5);
+    const versions_event_kind kinds[] = {VERSIONS_EV_PENDING, VERSIONS_EV_PENDING,
+                                         VERSIONS_EV_PROMOTE, VERSIONS_EV_PUBLISH,
+                                         VERSIONS_EV_PUBLISH};
+    const uint32_t ids[] = {2, 3, 3, 4, 5};
+    for (int i = 0; i < n; i++) {
+        ck_assert_int_eq(ev[i].kind, kinds[i]);
+        ck_assert_uint_eq(ev[i].id, ids[i]);
+        ck_assert_uint_eq(ev[i].seq, (uint64_t)i + 1);
+    }
+    ck_assert_int_eq(versions_events(v, 3, ev, 16, NULL), 2);
+    ck_assert_uint_eq(ev[0].id, 4);
+    ck_assert_msg(versions_rollback(v, 4, &err) == 0, "%s", err.msg);
+    ck_assert_int_eq(versions_events(v, 5, ev, 16, NULL), 1);
+    ck_assert_int_eq(ev[0].kind, VERSIONS_EV_ROLLBACK);
+    ck_assert_uint_eq(ev[0].previous, 5);
+
+    /* the list */
+    strbuf b;
+    sb_init(&b, 1 << 20);
+    versions_list_json(v, &b);
+    ck_assert_msg(strstr(b.buf, "{\"id\":5,\"status\":\"servable\"") != NULL &&
+                      strstr(b.buf, "{\"id\":4,\"status\":\"current\"") != NULL &&
+                      strstr(b.buf, "{\"id\":2,\"status\":\"retired\"") != NULL &&
+                      strstr(b.buf, "\"gate\":\"passed\"") != NULL,
+                  "%s", b.buf);
+    sb_free(&b);
+    versions_set_listener(v, NULL, NULL);
+    versions_free(v);
+
+    /* saved in the loaded model's precision (the fixture is F16) */
+    emb_st_file f;
+    snprintf(path, sizeof path, "%s/models/v5/model.safetensors", dir);
+    ck_assert_msg(emb_st_open(&f, path, &err) == 0, "%s", err.msg);
+    for (int i = 0; i < f.n_tensors; i++)
+        ck_assert_msg(f.tensors[i].dtype == EMB_DT_F16, "%s is %s", f.tensors[i].name,
+                      emb_dtype_name(f.tensors[i].dtype));
+    emb_st_close(&f);
+
+    /* a restart: the window {4 current, 5} loads; numbers go on after 5 */
+    v = versions_open(dir, TINY, base, 2, &err);
+    ck_assert_msg(v != NULL, "%s", err.msg);
+    ck_assert_uint_eq(versions_current_id(v), 4);
+    ck_assert_uint_eq(versions_latest_id(v), 5);
+    ck_assert_int_eq(pin_kind(v, 5, &err), 0);
+    ck_assert_int_eq(pin_kind(v, 3, &err), EMB_ERR_GONE);
+    ck_assert_int_eq(pin_kind(v, 6, &err), EMB_ERR_NOT_FOUND);
+    versions_free(v);
+
+    /* a pending version survives a restart, still pending */
+    v = versions_open(dir, TINY, base, 2, &err);
+    ck_assert_msg(v != NULL, "%s", err.msg);
+    ck_assert_int_eq(save_candidate(v, 6), 0);
+    versions_free(v);
+    v = versions_open(dir, TINY, base, 2, &err);
+    ck_assert_msg(v != NULL, "%s", err.msg);
+    ck_assert_uint_eq(versions_current_id(v), 4);
+    ck_assert_uint_eq(versions_pending_id(v), 6);
+    ck_assert_int_eq(pin_kind(v, 5, &err), 0);
+    ck_assert(has_dir(4) && has_dir(5) && has_dir(6));
     versions_free(v);
 }
 END_TEST
@@ -346,6 +528,7 @@ int main(void)
     tcase_add_checked_fixture(tv, versions_setup, versions_teardown);
     tcase_add_test(tv, test_versions_memory_only);
     tcase_add_test(tv, test_versions_on_disk);
+    tcase_add_test(tv, test_versions_keep_manual);
     suite_add_tcase(s, tv);
     return run_suite(s);
 }

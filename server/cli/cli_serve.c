@@ -21,6 +21,8 @@ typedef struct serve_cli {
 
 static const opt_choice objectives[] = {
     {"simcse", EMB_OBJ_SIMCSE}, {"mlm", EMB_OBJ_MLM}, {"both", EMB_OBJ_BOTH}, {NULL, 0}};
+static const opt_choice publish_modes[] = {
+    {"manual", VERSIONS_PUBLISH_MANUAL}, {"auto", VERSIONS_PUBLISH_AUTO}, {NULL, 0}};
 static const opt_choice precisions[] = {
     {"fp32", EMB_PRECISION_FP32}, {"int8", EMB_PRECISION_INT8}, {NULL, 0}};
 
@@ -93,6 +95,12 @@ static const opt_spec serve_specs[] = {
     {.flag = "publish-every", .env = "EMBEDD_PUBLISH_EVERY", .type = OPT_PERIOD,
      .offset = offsetof(serve_cli, publish_every), .def = "200", .min = 1, .max = 1e9, .help =
      "training steps (N) or seconds (Ns) between publish attempts"},
+    OPT_ONE_OF(serve_cli, "publish", "EMBEDD_PUBLISH", srv.publish_mode, "manual", publish_modes,
+               "a candidate that passes the gate waits for POST /train/promote (manual) or "
+               "is served at once (auto)"),
+    S_INT("keep-versions", "EMBEDD_KEEP_VERSIONS", keep_versions, "3", 1, 1000,
+          "model versions that stay servable (pinned by clients; the current one included); "
+          "older ones are retired and deleted from DATA/models"),
     S_INT("train-min-samples", "EMBEDD_TRAIN_MIN_SAMPLES", train_min_samples, "64", 2, 1 << 30,
           "texts in the buffer before training starts"),
     S_STR("eval-sts", "EMBEDD_EVAL_STS", eval_sts, NULL,

@@ -106,8 +106,12 @@ static void learner_config(const server *srv, learner_opts *lo)
  * the loaded model as version 1 (learn/versions.h). */
 static int open_versions(server *srv, emb_err *err)
 {
-    srv->versions = versions_open(srv->opts.data_dir, srv->opts.model_dir, srv->model, 3, err);
-    return srv->versions != NULL ? 0 : -1;
+    srv->versions = versions_open(srv->opts.data_dir, srv->opts.model_dir, srv->model,
+                                  srv->opts.keep_versions, err);
+    if (srv->versions == NULL)
+        return -1;
+    versions_set_publish(srv->versions, (versions_publish)srv->opts.publish_mode);
+    return 0;
 }
 
 /* The learner always runs (and moves the store to the current version,

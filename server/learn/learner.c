@@ -10,8 +10,9 @@
  *                  chunk, an STS chunk) for the candidate or the current
  *   GATE  -> SAVE  passed (gate.h): a helper thread writes DATA/models/v{n}
  *                  (versions_save)
- *   SAVE  -> IDLE  written: versions_publish_saved makes it current, which
- *                  starts re-embedding through the on-change hook
+ *   SAVE  -> IDLE  written: versions_candidate makes it current (which
+ *                  starts re-embedding through the on-change hook) or,
+ *                  with --publish manual, pending (publish_or_hold)
  * Re-embedding chunks (reembed.h) go before all of these. */
 #include "learner.h"
 
@@ -537,23 +538,39 @@ static void start_save(learner *l)
     l->phase = PH_SAVE;
 }
 
+/* The gate passed and the candidate is saved: by the publish mode
+ * (versions.h), it becomes current or waits for POST /train/promote. The
+ * trainer goes on from its own state either way. */
+static void publish_or_hold(learner *l)
+{
+    const gate_result *g = &l->gate.res;
+    char summary[160];
+    snprintf(summary, sizeof summary, "%.64s at step %ld: validation loss %.6g vs %.6g", g->reason,
+             g->step, (double)g->cand.val_loss, (double)g->cur.val_loss);
+    emb_err err;
+    int rc = versions_candidate(l->v, l->save.model, l->save.id, versions_current_id(l->v),
+                                summary, &err);
+    if (rc < 0) {
+        set_error(l, "publish", err.msg);
+        return;
+    }
+    pthread_mutex_lock(&l->lock);
+    l->published += rc;
+    pthread_mutex_unlock(&l->lock);
+    metrics_train_publish(l->mx, 1);
+    fprintf(stderr, "embedd: learner: %s model version %u (step %ld)\n",
+            rc == 1 ? "published" : "saved (pending, POST /train/promote)", l->save.id, g->step);
+}
+
 static void finish_save(learner *l)
 {
     pthread_join(l->save.thread, NULL);
     l->save.running = 0;
-    emb_err err;
     if (l->save.rc != 0) {
         set_error(l, "publish: saving the checkpoint", l->save.err);
         emb_model_free(l->save.model);
-    } else if (versions_publish_saved(l->v, l->save.model, l->save.id, &err) != 0) {
-        set_error(l, "publish", err.msg);
     } else {
-        pthread_mutex_lock(&l->lock);
-        l->published++;
-        pthread_mutex_unlock(&l->lock);
-        metrics_train_publish(l->mx, 1);
-        fprintf(stderr, "embedd: learner: published model version %u (step %ld)\n",
-                l->save.id, l->gate.res.step);
+        publish_or_hold(l);
     }
     l->save.model = NULL;
     l->phase = PH_IDLE;
