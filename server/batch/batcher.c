@@ -28,6 +28,7 @@ struct batcher {
     emb_job *head, *tail;      /* jobs with sequences not yet taken */
     int queued_seqs;
     int stopping;
+    int halted;                /* batcher_halt joined the thread */
     int woken;                 /* batcher_wake since the last idle call */
     pthread_t thread;
     int (*idle)(void *ctx);
@@ -374,14 +375,22 @@ int batcher_queue_depth(batcher *b)
     return n;
 }
 
-void batcher_stop(batcher *b)
+void batcher_halt(batcher *b)
 {
-    if (b == NULL)
+    if (b == NULL || b->halted)
         return;
     pthread_mutex_lock(&b->lock);
     b->stopping = 1;
     pthread_cond_signal(&b->wake);
     pthread_mutex_unlock(&b->lock);
     pthread_join(b->thread, NULL);
+    b->halted = 1;
+}
+
+void batcher_stop(batcher *b)
+{
+    if (b == NULL)
+        return;
+    batcher_halt(b);
     batcher_free(b);
 }

@@ -105,7 +105,12 @@ void batcher_set_idle_delay(batcher *b, double seconds);
 void batcher_wake(batcher *b);
 /* Sequences waiting, for /metrics and /info. */
 int batcher_queue_depth(batcher *b);
-/* Finishes all queued work, stops the thread and frees the batcher. */
+/* Finishes all queued work and stops the thread; the batcher stays
+ * allocated, so that threads that may still call batcher_wake or
+ * batcher_submit (the learner's saving thread, an HTTP thread; a submit
+ * then fails as "shutting down") are safe until batcher_stop. */
+void batcher_halt(batcher *b);
+/* batcher_halt (if not done yet), then frees the batcher. */
 void batcher_stop(batcher *b);
 
 #endif

@@ -188,8 +188,7 @@ static void stop_serving(server *srv)
 {
     emb_err err;
     http_quiesce(srv);
-    batcher_stop(srv->batcher);
-    srv->batcher = NULL;
+    batcher_halt(srv->batcher);   /* freed in free_all, after the learner's threads */
     learner_stop(srv->learner);
     srv->learner = NULL;
     http_stop(srv);
@@ -207,8 +206,9 @@ static void stop_serving(server *srv)
 static void free_all(server *srv)
 {
     http_stop(srv);
-    batcher_stop(srv->batcher);
+    batcher_halt(srv->batcher);
     learner_stop(srv->learner);
+    batcher_stop(srv->batcher);
     if (srv->store != NULL)
         store_close(srv->store);
     metrics_free(srv->mx);
