@@ -202,11 +202,15 @@ static int embed_ids(learner *l, const emb_model *m, const int32_t *ids, const i
 }
 
 /* The hooks the registry calls (versions.h): a new current version starts
- * re-embedding; failures that do not undo a change go to last_error. */
+ * re-embedding and wakes a resting compute thread (a promote or rollback
+ * comes from an HTTP thread); failures that do not undo a change go to
+ * last_error. */
 static int on_version_change(void *ctx, uint32_t id, emb_err *err)
 {
     learner *l = ctx;
-    return reembedder_start(l->re, id, err);
+    int rc = reembedder_start(l->re, id, err);
+    batcher_wake(l->b);
+    return rc;
 }
 
 static void report_error(void *ctx, const char *what, const char *msg)
