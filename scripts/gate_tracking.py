@@ -139,11 +139,13 @@ def side(lib, binary, model, hold):
     return s
 
 
-def make_candidates(binary, name, base, stream, work, quick):
-    """[(label, kind, dir)]: made once, reused when the directory exists."""
+def make_candidates(binary, name, base, dim, stream, work, quick):
+    """[(label, kind, dir)]: made once, reused when the directory exists. Whitening keeps
+    the dimension (--dims), as the learner's stage does; a shrink of 0.01 is its floor when
+    the texts span fewer directions than that."""
     cands = []
     sizes = [300, 2000] if quick else [300, 1000, 4000, 12000]
-    shrinks = [0.0, 0.3] if quick else [0.0, 0.1, 0.3, 0.6]
+    shrinks = [0.01, 0.3] if quick else [0.01, 0.3, 0.6]
     rng = random.Random(7)
     for size in sizes:
         sub = os.path.join(work, "sub-%d.txt" % size)
@@ -154,11 +156,11 @@ def make_candidates(binary, name, base, stream, work, quick):
             d = os.path.join(work, "%s-whiten-%d-%g" % (name, size, shrink))
             if not os.path.exists(os.path.join(d, "modules.json")):
                 run([binary, "whiten", "--model", base, "--corpus", sub, "--shrink", str(shrink),
-                     "--out", d])
+                     "--dims", str(dim), "--out", d])
             cands.append(("whiten %d texts shrink %g" % (size, shrink), "whiten", d))
     corpus = os.path.join(work, "stream.txt")
-    grid = [("simcse", 1e-5, 60), ("simcse", 1e-4, 60), ("simcse", 1e-3, 60),
-            ("mlm", 1e-4, 60), ("mlm", 1e-3, 60), ("simcse", 3e-3, 60)]
+    grid = [("simcse", 1e-5, 40), ("simcse", 1e-4, 40), ("simcse", 1e-3, 40),
+            ("mlm", 1e-4, 40), ("mlm", 1e-3, 40), ("simcse", 5e-3, 40)]
     if quick:
         grid = grid[1:3]
     for obj, lr, steps in grid:
@@ -209,10 +211,11 @@ def main():
         name, base = spec.split("=", 1)
         hold = Holdout(lib, args.binary, base, held)
         cur = side(lib, args.binary, base, hold)
+        dim = len(json.loads(run([args.binary, "embed", "--model", base], "x\n")[0]))
         base_sts = sts_train(args.binary, base)
         print("%s: STS-B train %.2f, lexical agreement %.2f, mean cos %.3f, uniformity %.3f" % (
             name, base_sts, cur.lex, cur.mean_cos, cur.uniformity), flush=True)
-        for label, kind, d in make_candidates(args.binary, name, base, stream, args.work,
+        for label, kind, d in make_candidates(args.binary, name, base, dim, stream, args.work,
                                               args.quick):
             c = side(lib, args.binary, d, hold)
             lim = GateLimits(max_cos=0.98, cos_rise=0.1, min_var=0.5, use_sts=0,
