@@ -88,6 +88,13 @@ static void learner_config(const server *srv, learner_opts *lo)
     lo->collapse_max_cos = (float)o->collapse_max_cos;
     lo->collapse_cos_rise = (float)o->collapse_cos_rise;
     lo->collapse_min_var = (float)o->collapse_min_var;
+    lo->gate_lex = o->gate_lex;
+    lo->gate_lex_tolerance = (float)o->gate_lex_tolerance;
+    lo->gate_lex_gain = (float)o->gate_lex_gain;
+    lo->whiten = o->train_whiten;
+    lo->whiten_shrink = (float)o->train_whiten_shrink;
+    lo->whiten_min_texts = o->train_whiten_min_texts;
+    lo->whiten_max_texts = o->train_whiten_max_texts;
     lo->from_embed = o->train_from_embed;
     lo->from_items = o->train_from_items;
     lo->from_explicit = o->train_from_explicit;

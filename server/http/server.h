@@ -78,6 +78,8 @@ typedef struct server_opts {
     /* fixed settings of the publish gate (no flag; defaults in the table) */
     int holdout_eval_max;
     double collapse_max_cos, collapse_cos_rise, collapse_min_var;
+    int gate_lex, train_whiten, train_whiten_min_texts, train_whiten_max_texts; /* learner.h */
+    double gate_lex_tolerance, gate_lex_gain, train_whiten_shrink;
 } server_opts;
 
 typedef struct server {
