@@ -90,8 +90,8 @@ int batcher_submit(batcher *b, emb_job *job);
 void batcher_set_idle(batcher *b, int (*idle)(void *ctx), void *ctx, double idle_poll);
 /* The idle callback's answers (see Idle work above). */
 enum { BATCHER_IDLE_LATER = 0, BATCHER_IDLE_MORE = 1, BATCHER_IDLE_REST = 2 };
-/* The least share of wall time (0..1) idle work gets while jobs keep
- * coming (default 0: idle work only in gaps). */
+/* The least share (0..1) of the compute thread's working time that idle
+ * work gets while jobs keep coming (default 0: idle work only in gaps). */
 void batcher_set_idle_share(batcher *b, double share);
 /* Seconds spent in idle calls, and how many of them ran ahead of waiting
  * jobs because of the minimum share (for tests and /metrics). */

@@ -135,7 +135,7 @@ static const opt_spec serve_specs[] = {
           "times, on average, each buffered text is trained on; then training rests until "
           "new texts come (0: no limit)"),
     S_NUM("train-min-share", "EMBEDD_TRAIN_MIN_SHARE", train_min_share, "0.1", 0, 1,
-          "least share of wall time background work (training, gate, re-embedding) gets "
+          "least share of the compute time background work (training, gate, re-embedding) gets "
           "under steady load (0: only when no request waits)"),
     S_BOOL("train-persist-samples", "EMBEDD_TRAIN_PERSIST_SAMPLES", train_persist_samples,
            "true", "keep training texts in DATA/samples.log, mode 0600 (false: in memory only)"),
