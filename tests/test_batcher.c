@@ -224,15 +224,16 @@ END_TEST
 typedef struct idle_probe {
     atomic_int calls;
     atomic_int answer;          /* what the callback returns */
-    int work_us;                /* each call's wall time */
+    atomic_int work_us;         /* each call's wall time */
 } idle_probe;
 
 static int probe_idle(void *ctx)
 {
     idle_probe *p = ctx;
     atomic_fetch_add(&p->calls, 1);
-    if (p->work_us > 0)
-        usleep((useconds_t)p->work_us);
+    int us = atomic_load(&p->work_us);
+    if (us > 0)
+        usleep((useconds_t)us);
     return atomic_load(&p->answer);
 }
 
@@ -255,7 +256,8 @@ START_TEST(test_idle_rest_until_woken)
     metrics *mx = metrics_new();
     batcher *b = batcher_start(model, 1024, mx, &err);
     ck_assert_msg(b != NULL, "%s", err.msg);
-    idle_probe p = {.work_us = 0};
+    idle_probe p;
+    atomic_init(&p.work_us, 0);
     atomic_init(&p.calls, 0);
     atomic_init(&p.answer, BATCHER_IDLE_REST);
     batcher_set_idle(b, probe_idle, &p, 0.02);
@@ -286,7 +288,8 @@ static void backlog_with_share(double share, double *busy_share, long *forced)
     metrics *mx = metrics_new();
     batcher *b = batcher_start(model, model->cfg.max_seq_length, mx, &err);
     ck_assert_msg(b != NULL, "%s", err.msg);
-    idle_probe p = {.work_us = 0};
+    idle_probe p;
+    atomic_init(&p.work_us, 0);
     atomic_init(&p.calls, 0);
     batcher_set_idle_delay(b, 0.05); /* no gaps: the backlog is queued at once */
     batcher_set_idle_share(b, share);
@@ -300,7 +303,7 @@ static void backlog_with_share(double share, double *busy_share, long *forced)
     atomic_store(&p.answer, BATCHER_IDLE_REST);
     batcher_wake(b);
     usleep(50000);
-    p.work_us = 2000;          /* read by the compute thread after the wake below */
+    atomic_store(&p.work_us, 2000);
     /* Queue the backlog first, then let the idle work in: idle time spent
      * while the queue is still empty would not be the share under load. */
     double t0 = now_s();
