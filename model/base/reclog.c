@@ -529,10 +529,11 @@ int reclog_salvage(int dir_fd, const char *dir, const char *name, const reclog_f
                         size, fns, rep, err);
     if (rc == 0 && rep->rewritten)
         snprintf(rep->message, sizeof rep->message,
-                 "%s/%s: kept %llu records, dropped %llu bytes in %llu places%s%s; the damaged "
+                 "%s/%s: kept %llu records, dropped %llu bytes in %llu place%s%s%s; the damaged "
                  "file is %s/%s",
                  dir, name, (unsigned long long)rep->records_kept,
                  (unsigned long long)rep->bytes_dropped, (unsigned long long)rep->ranges_dropped,
+                 rep->ranges_dropped == 1 ? "" : "s",
                  rep->header_bad ? ", rebuilt the header" : "",
                  rep->records_dropped > 0 ? ", left out records already elsewhere" : "", dir,
                  rep->kept_as);
