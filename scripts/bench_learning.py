@@ -11,9 +11,18 @@ and measures, against each, for --seconds:
               server has idle gaps that training fills: p50 and p99 latency;
   saturation: --sat-clients threads without think time: requests/s.
 Prints the best of the rounds for each mode and the ratios against the
-targets (p50 on <= 1.25 x off; throughput on >= 0.8 x off).
+targets (p50 on <= 1.25 x off; throughput on >= 0.8 x off), and the
+training steps taken during each load (under saturation they come from
+--train-min-share, default 0.1; pass --extra "--train-min-share 0" to see
+the trainer starve).
+
+--idle-cpu S: instead, the resting trainer: start with training on, feed
+--idle-texts texts, wait until /train/status says "resting" (every text used
+--train-max-epochs times), then read utime+stime of the server from
+/proc/PID/stat over S seconds (the issue's bound: below 1 s over 60 s).
 
 Usage: scripts/bench_learning.py [--model DIR] [--rounds 2] [--seconds 20]
+       scripts/bench_learning.py --idle-cpu 60 [--model DIR] [--idle-texts 3000]
 Loopback only; every run is bounded in time.
 """
 import argparse
@@ -88,6 +97,48 @@ def load(port, sentences, clients, think_ms, seconds):
             "rps": done[0] / (time.time() - t0), "n": len(lat)}
 
 
+def status(port):
+    with urllib.request.urlopen("http://127.0.0.1:%d/train/status" % port) as r:
+        return json.loads(r.read())
+
+
+def cpu_seconds(pid):
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def idle_cpu(args, sentences):
+    d = tempfile.mkdtemp(prefix="embedd-bench-idle-")
+    proc, port = start(args, True, d)
+    try:
+        texts = sentences[:args.idle_texts]
+        for i in range(0, len(texts), 500):
+            post(port, "/train/samples", {"texts": texts[i:i + 500]})
+        t0 = time.time()
+        while True:
+            st = status(port)
+            if st.get("resting"):
+                break
+            if time.time() - t0 > args.idle_wait:
+                sys.exit("not resting after %.0f s: %s" % (args.idle_wait, st))
+            time.sleep(1)
+        print("resting after %.0f s: %d steps, %d texts in the buffer" % (
+            time.time() - t0, st["steps"], st["buffer"]["train"]), flush=True)
+        time.sleep(2)   # a gate or save in flight settles
+        c0 = cpu_seconds(proc.pid)
+        time.sleep(args.idle_cpu)
+        used = cpu_seconds(proc.pid) - c0
+        st2 = status(port)
+        print("idle CPU: %.2f s over %.0f s (target < 1 s over 60 s); steps %d -> %d" % (
+            used, args.idle_cpu, st["steps"], st2["steps"]))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+        subprocess.run(["rm", "-rf", d])
+    return 0
+
+
 def run(args, train, sentences):
     d = tempfile.mkdtemp(prefix="embedd-bench-learn-")
     proc, port = start(args, train, d)
@@ -96,17 +147,20 @@ def run(args, train, sentences):
             for i in range(0, 4000, 500):
                 post(port, "/train/samples", {"texts": sentences[i:i + 500]})
             time.sleep(2)   # training under way
+        s0 = status(port)["steps"] if train else 0
         light = load(port, sentences, args.clients, args.think, args.seconds)
+        s1 = status(port)["steps"] if train else 0
         sat = load(port, sentences, args.sat_clients, 0, args.seconds)
-        status = None
+        st = None
         if train:
-            with urllib.request.urlopen("http://127.0.0.1:%d/train/status" % port) as r:
-                status = json.loads(r.read())
+            st = status(port)
+            st["light_steps"] = s1 - s0
+            st["sat_steps"] = st["steps"] - s1
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
         subprocess.run(["rm", "-rf", d])
-    return light, sat, status
+    return light, sat, st
 
 
 def main():
@@ -120,6 +174,11 @@ def main():
     ap.add_argument("--think", type=float, default=50, help="mean think time, ms")
     ap.add_argument("--sat-clients", type=int, default=16)
     ap.add_argument("--extra", default="")
+    ap.add_argument("--idle-cpu", type=float, default=0,
+                    help="measure the resting server's CPU over this many seconds instead")
+    ap.add_argument("--idle-texts", type=int, default=3000)
+    ap.add_argument("--idle-wait", type=float, default=1800,
+                    help="longest wait for the trainer to rest, s")
     args = ap.parse_args()
     sentences = []
     with open(os.path.join(DATA, "stsb", "sts-train.tsv"), encoding="utf-8") as f:
@@ -127,6 +186,8 @@ def main():
             p = line.rstrip("\n").split("\t")
             if len(p) >= 3:
                 sentences += [p[1], p[2]]
+    if args.idle_cpu > 0:
+        return idle_cpu(args, sentences)
     best = {}
     for r in range(args.rounds):
         for train in (False, True):
@@ -134,8 +195,9 @@ def main():
             mode = "on" if train else "off"
             extra = ""
             if status:
-                extra = " (training: %d steps, %d published during the run)" % (
-                    status["steps"], status["published"])
+                extra = (" (training: %d steps under light load, %d under saturation, "
+                         "%d published)" % (status["light_steps"], status["sat_steps"],
+                                            status["published"]))
             print("round %d training %-3s: light p50 %.2f ms p99 %.2f ms (%.0f req/s); "
                   "saturated %.0f req/s%s" % (r + 1, mode, light["p50"], light["p99"],
                                               light["rps"], sat["rps"], extra), flush=True)

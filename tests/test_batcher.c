@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "run_suite.h"
@@ -43,6 +44,13 @@ typedef struct test_job {
 } test_job;
 
 static float reference[N_SENT][64];
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
 
 static void on_done(emb_job *job)
 {
@@ -210,6 +218,134 @@ START_TEST(test_budget_below_max_len_rejected)
 }
 END_TEST
 
+
+/* ---- idle work: rest and minimum share ---------------------------------------- */
+
+typedef struct idle_probe {
+    atomic_int calls;
+    atomic_int answer;          /* what the callback returns */
+    int work_us;                /* each call's wall time */
+} idle_probe;
+
+static int probe_idle(void *ctx)
+{
+    idle_probe *p = ctx;
+    atomic_fetch_add(&p->calls, 1);
+    if (p->work_us > 0)
+        usleep((useconds_t)p->work_us);
+    return atomic_load(&p->answer);
+}
+
+static void run_one_job(batcher *b)
+{
+    test_job *tj = calloc(1, sizeof *tj);
+    make_job(tj, 0, 2);
+    ck_assert(batcher_submit(b, &tj->job) == 0);
+    while (!atomic_load(&tj->done))
+        usleep(1000);
+    check_job(tj);
+    free(tj);
+}
+
+/* A callback that answers REST is not called again, neither by time nor
+ * after jobs, until batcher_wake; one that answers LATER is polled. */
+START_TEST(test_idle_rest_until_woken)
+{
+    emb_err err;
+    metrics *mx = metrics_new();
+    batcher *b = batcher_start(model, 1024, mx, &err);
+    ck_assert_msg(b != NULL, "%s", err.msg);
+    idle_probe p = {.work_us = 0};
+    atomic_init(&p.calls, 0);
+    atomic_init(&p.answer, BATCHER_IDLE_REST);
+    batcher_set_idle(b, probe_idle, &p, 0.02);
+    usleep(300000);
+    ck_assert_int_eq(atomic_load(&p.calls), 1);
+    run_one_job(b);
+    usleep(200000);
+    ck_assert_int_eq(atomic_load(&p.calls), 1);
+    batcher_wake(b);
+    usleep(200000);
+    ck_assert_int_eq(atomic_load(&p.calls), 2);
+    atomic_store(&p.answer, BATCHER_IDLE_LATER);
+    batcher_wake(b);
+    usleep(300000);
+    int polled = atomic_load(&p.calls);
+    ck_assert_msg(polled >= 6, "LATER polled %d times in 0.3 s at 0.02 s", polled - 2);
+    atomic_store(&p.answer, BATCHER_IDLE_REST);
+    batcher_stop(b);
+    metrics_free(mx);
+}
+END_TEST
+
+/* Queues n ready jobs at once and waits for all; returns the seconds the
+ * queue took, and the batcher's idle statistics at that moment. */
+static double run_backlog(batcher *b, test_job *jobs, int n, double *idle_s, long *forced)
+{
+    double t0 = now_s();
+    for (int j = 0; j < n; j++)
+        ck_assert(batcher_submit(b, &jobs[j].job) == 0);
+    for (int j = 0; j < n; j++)
+        while (!atomic_load(&jobs[j].done))
+            usleep(200);
+    double t = now_s() - t0;
+    batcher_idle_stats(b, idle_s, forced);
+    for (int j = 0; j < n; j++)
+        check_job(&jobs[j]);
+    return t;
+}
+
+/* Under a backlog that never empties, idle work runs only with a minimum
+ * share, and then takes about that share of the wall time. */
+static void backlog_with_share(double share, double *busy_share, long *forced)
+{
+    emb_err err;
+    metrics *mx = metrics_new();
+    batcher *b = batcher_start(model, model->cfg.max_seq_length, mx, &err);
+    ck_assert_msg(b != NULL, "%s", err.msg);
+    idle_probe p = {.work_us = 0};
+    atomic_init(&p.calls, 0);
+    batcher_set_idle_delay(b, 0.05); /* no gaps: the backlog is queued at once */
+    batcher_set_idle_share(b, share);
+    enum { N_JOBS = 40 };
+    test_job *jobs = calloc(N_JOBS, sizeof *jobs);
+    atomic_store(&p.answer, BATCHER_IDLE_LATER);
+    batcher_set_idle(b, probe_idle, &p, 0.001);
+    usleep(100000);
+    for (int j = 0; j < N_JOBS; j++)
+        make_job(&jobs[j], j, MAX_SEQS);
+    atomic_store(&p.answer, BATCHER_IDLE_REST);
+    batcher_wake(b);
+    usleep(50000);
+    p.work_us = 2000;          /* read by the compute thread after the wake below */
+    double s0;
+    long f0;
+    batcher_idle_stats(b, &s0, &f0);
+    atomic_store(&p.answer, BATCHER_IDLE_MORE);
+    batcher_wake(b);
+    double s1;
+    double t = run_backlog(b, jobs, N_JOBS, &s1, forced);
+    *forced -= f0;
+    *busy_share = (s1 - s0) / t;
+    atomic_store(&p.answer, BATCHER_IDLE_REST);
+    batcher_stop(b);
+    free(jobs);
+    metrics_free(mx);
+}
+
+START_TEST(test_idle_min_share_under_backlog)
+{
+    double busy;
+    long forced;
+    backlog_with_share(0, &busy, &forced);
+    ck_assert_msg(forced == 0, "share 0: %ld idle calls ran ahead of jobs", forced);
+    backlog_with_share(0.3, &busy, &forced);
+    ck_assert_msg(forced >= 5, "share 0.3: only %ld idle calls ran ahead of jobs", forced);
+    ck_assert_msg(busy > 0.1 && busy < 0.6, "share 0.3: idle work took %.2f of the time",
+                  busy);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("batcher");
@@ -221,5 +357,11 @@ int main(void)
     tcase_add_test(tc, test_submit_after_stop_fails);
     tcase_add_test(tc, test_budget_below_max_len_rejected);
     suite_add_tcase(s, tc);
+    TCase *idle = tcase_create("idle");
+    tcase_add_checked_fixture(idle, setup, teardown);
+    tcase_set_timeout(idle, 120);
+    tcase_add_test(idle, test_idle_rest_until_woken);
+    tcase_add_test(idle, test_idle_min_share_under_backlog);
+    suite_add_tcase(s, idle);
     return run_suite(s);
 }

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 int emb_write_all(int fd, const void *buf, size_t n)
@@ -91,7 +92,7 @@ static void replace_release(emb_replace *r)
 
 /* Fills r and creates the temp file; own: r closes dir_fd at the end. */
 static int replace_open(emb_replace *r, int dir_fd, int own, const char *dir, const char *name,
-                        emb_err *err)
+                        unsigned mode, emb_err *err)
 {
     r->fd = -1;
     r->dir_fd = dir_fd;
@@ -104,7 +105,13 @@ static int replace_open(emb_replace *r, int dir_fd, int own, const char *dir, co
         replace_release(r);
         return emb_fail_as(err, EMB_ERR_INVALID, "%s/%s: path too long", dir, name);
     }
-    r->fd = openat(dir_fd, r->tmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    r->fd = openat(dir_fd, r->tmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, (mode_t)mode);
+    if (r->fd >= 0 && mode != 0644 && fchmod(r->fd, (mode_t)mode) != 0) {
+        int e = errno;
+        close(r->fd);
+        r->fd = -1;
+        errno = e;
+    }
     if (r->fd < 0) {
         int e = errno;
         replace_release(r);
@@ -116,7 +123,13 @@ static int replace_open(emb_replace *r, int dir_fd, int own, const char *dir, co
 int emb_replace_begin_at(emb_replace *r, int dir_fd, const char *dir, const char *name,
                          emb_err *err)
 {
-    return replace_open(r, dir_fd, 0, dir, name, err);
+    return replace_open(r, dir_fd, 0, dir, name, 0644, err);
+}
+
+int emb_replace_begin_at_mode(emb_replace *r, int dir_fd, const char *dir, const char *name,
+                              unsigned mode, emb_err *err)
+{
+    return replace_open(r, dir_fd, 0, dir, name, mode, err);
 }
 
 int emb_replace_begin(emb_replace *r, const char *path, emb_err *err)
@@ -131,7 +144,7 @@ int emb_replace_begin(emb_replace *r, const char *path, emb_err *err)
     int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (dfd < 0)
         return emb_fail_as(err, EMB_ERR_IO, "%s: %s", dir, strerror(errno));
-    return replace_open(r, dfd, 1, dir, name, err);
+    return replace_open(r, dfd, 1, dir, name, 0644, err);
 }
 
 int emb_replace_commit(emb_replace *r, int *keep_fd, emb_err *err)

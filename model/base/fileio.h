@@ -50,6 +50,12 @@ typedef struct emb_replace {
 int emb_replace_begin_at(emb_replace *r, int dir_fd, const char *dir, const char *name,
                          emb_err *err);
 
+/* The same, with the temp file (and so the target) given permission bits
+ * mode: created with them (less the umask) and, when a stale temp file
+ * already existed, set to them by fchmod. begin_at uses 0644. */
+int emb_replace_begin_at_mode(emb_replace *r, int dir_fd, const char *dir, const char *name,
+                              unsigned mode, emb_err *err);
+
 /* The same for a path: its directory is opened for the rename and fsync. */
 int emb_replace_begin(emb_replace *r, const char *path, emb_err *err);
 

@@ -61,7 +61,8 @@ static int log_create(reclog *l, const unsigned char *extra, const void *body, s
     size_t hs = header_size(&l->f);
     header_encode(&l->f, extra, h);
     emb_replace r;
-    if (emb_replace_begin_at(&r, l->dir_fd, l->dir, l->name, err) != 0)
+    if (emb_replace_begin_at_mode(&r, l->dir_fd, l->dir, l->name,
+                                  l->f.file_mode != 0 ? l->f.file_mode : 0644, err) != 0)
         return -1;
     if (emb_pwrite_all(r.fd, h, hs, 0) != 0 ||
         (n > 0 && emb_pwrite_all(r.fd, body, n, hs) != 0)) {
@@ -292,6 +293,9 @@ static int log_open_existing(reclog *l, const reclog_replay *replay, reclog_reco
     struct stat st;
     if (fstat(l->fd, &st) != 0)
         return emb_fail_as(err, EMB_ERR_IO, "%s/%s: %s", l->dir, l->name, strerror(errno));
+    if (l->f.file_mode != 0 && (st.st_mode & 07777) != l->f.file_mode &&
+        fchmod(l->fd, (mode_t)l->f.file_mode) != 0)
+        return emb_fail_as(err, EMB_ERR_IO, "%s/%s: chmod: %s", l->dir, l->name, strerror(errno));
     uint64_t size = (uint64_t)st.st_size;
     if (size == 0) {
         snprintf(rec->message, sizeof rec->message, "%s/%s: empty file; a new log started",

@@ -64,6 +64,8 @@ typedef struct reclog_format {
     uint32_t extra;           /* caller's header bytes, <= RECLOG_EXTRA_MAX */
     uint32_t min_len;         /* record body length range */
     uint32_t max_len;
+    uint32_t file_mode;       /* permission bits of the file (0: 0644 less the
+                                 umask); an existing log is set to them at open */
 } reclog_format;
 
 typedef struct reclog_recovery {

@@ -2,6 +2,7 @@
 #include "common/clock.h"
 #include "batcher.h"
 
+#include <math.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -9,6 +10,8 @@
 #include <time.h>
 
 #include "bert.h"
+
+#define IDLE_SHARE_WINDOW 2.0 /* seconds over which the idle share is measured */
 
 typedef struct slice {
     emb_job *job;
@@ -32,6 +35,12 @@ struct batcher {
     double idle_poll;
     double idle_delay;
     double last_busy;          /* mono time of the last job arrival or batch end */
+    double idle_at;            /* mono time the idle callback is due: 0 now,
+                                  INFINITY only after batcher_wake (it rests) */
+    double idle_share;         /* least share of wall time for idle work */
+    double share_start, share_busy; /* the share's window and idle seconds in it */
+    double idle_seconds;       /* all idle calls, for batcher_idle_stats */
+    long forced;               /* idle calls run ahead of waiting jobs */
 
     /* Compute thread only. */
     emb_workspace *ws;
@@ -131,33 +140,80 @@ static void wait_until(batcher *b, double seconds)
     pthread_cond_timedwait(&b->wake, &b->lock, &until);
 }
 
+/* Slides the share's window to end at now, halving the history for each
+ * half window passed (so that the share is smooth). Lock held. */
+static void share_slide(batcher *b, double now)
+{
+    if (now - b->share_start > 20 * IDLE_SHARE_WINDOW) {
+        b->share_busy = 0;     /* a long quiet time: nothing of it counts */
+        b->share_start = now - IDLE_SHARE_WINDOW * 0.5;
+    }
+    while (now - b->share_start > IDLE_SHARE_WINDOW) {
+        b->share_busy *= 0.5;
+        b->share_start += IDLE_SHARE_WINDOW * 0.5;
+    }
+}
+
+/* 1 when idle work is owed its minimum share now. Lock held. */
+static int share_owed(batcher *b, double now)
+{
+    if (b->idle_share <= 0)
+        return 0;
+    share_slide(b, now);
+    return b->share_busy < b->idle_share * (now - b->share_start);
+}
+
+/* One idle call, unlocked; its answer decides when the next is due. Lock
+ * held on entry and exit. */
+static void run_idle(batcher *b)
+{
+    b->woken = 0;
+    pthread_mutex_unlock(&b->lock);
+    double t0 = mono_seconds();
+    int rc = b->idle(b->idle_ctx);
+    double t1 = mono_seconds();
+    pthread_mutex_lock(&b->lock);
+    share_slide(b, t1);
+    b->share_busy += t1 - t0;
+    b->idle_seconds += t1 - t0;
+    if (rc == BATCHER_IDLE_MORE)
+        b->idle_at = 0;
+    else if (rc == BATCHER_IDLE_REST)
+        b->idle_at = INFINITY;
+    else
+        b->idle_at = t1 + b->idle_poll;
+    if (b->woken)
+        b->idle_at = 0;        /* woken during the call */
+}
+
 static void *compute_main(void *arg)
 {
     batcher *b = arg;
     pthread_mutex_lock(&b->lock);
-    int idle_busy = 1;         /* the idle callback said it has more to do */
     for (;;) {
         if (b->head == NULL && b->stopping)
             break;
-        if (b->head == NULL && b->idle != NULL && (idle_busy || b->woken)) {
-            double quiet = mono_seconds() - b->last_busy;
+        double now = mono_seconds();
+        int due = b->idle != NULL && (b->woken || now >= b->idle_at);
+        if (b->head != NULL && due && share_owed(b, now)) {
+            b->forced++;
+            run_idle(b);       /* one piece ahead of the waiting jobs */
+            continue;
+        }
+        if (b->head == NULL && due) {
+            double quiet = now - b->last_busy;
             if (quiet < b->idle_delay) {
                 wait_until(b, b->idle_delay - quiet);
                 continue;
             }
-            b->woken = 0;
-            pthread_mutex_unlock(&b->lock);
-            idle_busy = b->idle(b->idle_ctx);
-            pthread_mutex_lock(&b->lock);
+            run_idle(b);
             continue;
         }
         if (b->head == NULL) {
-            if (b->idle != NULL) {
-                wait_until(b, b->idle_poll);
-                idle_busy = 1; /* poll the callback again */
-            } else {
-                pthread_cond_wait(&b->wake, &b->lock);
-            }
+            if (b->idle != NULL && isfinite(b->idle_at))
+                wait_until(b, b->idle_at - now);
+            else
+                pthread_cond_wait(&b->wake, &b->lock); /* no idle work: rest */
             continue;
         }
         int n_seqs = 0, n_tokens = 0;
@@ -168,7 +224,8 @@ static void *compute_main(void *arg)
         run_batch(b, model, n_slices, n_seqs, n_tokens);
         pthread_mutex_lock(&b->lock);
         b->last_busy = mono_seconds();
-        idle_busy = 1;
+        if (isfinite(b->idle_at))
+            b->idle_at = 0;    /* a waiting callback is asked again after the gap */
     }
     pthread_mutex_unlock(&b->lock);
     return NULL;
@@ -272,6 +329,7 @@ void batcher_set_idle(batcher *b, int (*idle)(void *ctx), void *ctx, double idle
     b->idle_poll = idle_poll > 0 ? idle_poll : 0.25;
     if (b->idle_delay == 0)
         b->idle_delay = 0.002;
+    b->idle_at = 0;
     pthread_cond_signal(&b->wake);
     pthread_mutex_unlock(&b->lock);
 }
@@ -280,6 +338,23 @@ void batcher_set_idle_delay(batcher *b, double seconds)
 {
     pthread_mutex_lock(&b->lock);
     b->idle_delay = seconds;
+    pthread_mutex_unlock(&b->lock);
+}
+
+void batcher_set_idle_share(batcher *b, double share)
+{
+    pthread_mutex_lock(&b->lock);
+    b->idle_share = share > 0 ? (share < 1 ? share : 1) : 0;
+    b->share_start = mono_seconds();
+    b->share_busy = 0;
+    pthread_mutex_unlock(&b->lock);
+}
+
+void batcher_idle_stats(batcher *b, double *seconds, long *forced)
+{
+    pthread_mutex_lock(&b->lock);
+    *seconds = b->idle_seconds;
+    *forced = b->forced;
     pthread_mutex_unlock(&b->lock);
 }
 

@@ -20,9 +20,20 @@
  *     callback (batcher_set_idle), which does one small piece of background
  *     work (about one layer of a training step) and returns; jobs that
  *     arrive meanwhile run as soon as that piece ends. The callback returns
- *     1 when it has more to do, 0 when idle (the thread then sleeps until a
- *     job arrives, batcher_wake, or idle_poll seconds pass). It starts only
- *     after a short quiet gap (batcher_set_idle_delay).
+ *     BATCHER_IDLE_MORE (1) when it has more to do at once,
+ *     BATCHER_IDLE_LATER (0) when it may have work later (the thread sleeps
+ *     until a job arrives and ends, batcher_wake, or idle_poll seconds
+ *     pass), or BATCHER_IDLE_REST (2) when it has nothing to do until told:
+ *     the thread then blocks (no timer, no CPU) until batcher_wake, and
+ *     jobs alone do not call it again. It starts only after a short quiet
+ *     gap (batcher_set_idle_delay).
+ *   - Minimum share (batcher_set_idle_share): under steady load no gap ever
+ *     comes, so idle work would starve. The thread measures the wall time
+ *     its idle calls take over a sliding window (2 s, its
+ *     history halved as it slides); while the callback has work
+ *     (MORE, or LATER once idle_poll has passed) and that time is below
+ *     share x the window, one idle call runs between two batches, even with
+ *     jobs waiting. A job's extra wait is at most one piece of idle work.
  *   - Shutdown: batcher_stop lets the thread finish every queued job (each
  *     gets its done call), then joins it. Submissions after stop fail.
  */
@@ -77,11 +88,20 @@ int batcher_submit(batcher *b, emb_job *job);
 /* Sets the idle callback (NULL: none); call before any work is queued, or
  * from the compute thread. */
 void batcher_set_idle(batcher *b, int (*idle)(void *ctx), void *ctx, double idle_poll);
+/* The idle callback's answers (see Idle work above). */
+enum { BATCHER_IDLE_LATER = 0, BATCHER_IDLE_MORE = 1, BATCHER_IDLE_REST = 2 };
+/* The least share of wall time (0..1) idle work gets while jobs keep
+ * coming (default 0: idle work only in gaps). */
+void batcher_set_idle_share(batcher *b, double share);
+/* Seconds spent in idle calls, and how many of them ran ahead of waiting
+ * jobs because of the minimum share (for tests and /metrics). */
+void batcher_idle_stats(batcher *b, double *seconds, long *forced);
 /* Idle work starts only once no job has arrived or run for this many
  * seconds (default 0.002), so that back-to-back requests, as under heavy
  * load, never wait behind it. */
 void batcher_set_idle_delay(batcher *b, double seconds);
-/* Wakes a sleeping compute thread so that it calls the idle callback. */
+/* Wakes a sleeping (or resting) compute thread so that it calls the idle
+ * callback. */
 void batcher_wake(batcher *b);
 /* Sequences waiting, for /metrics and /info. */
 int batcher_queue_depth(batcher *b);

@@ -109,6 +109,14 @@ static const opt_spec serve_specs[] = {
            "start with training paused (POST /train/resume starts it)"),
     S_INT("train-seed", "EMBEDD_TRAIN_SEED", train_seed, "42", 0, 1 << 30,
           "random seed of training"),
+    S_INT("train-max-epochs", "EMBEDD_TRAIN_MAX_EPOCHS", train_max_epochs, "4", 0, 1 << 20,
+          "times, on average, each buffered text is trained on; then training rests until "
+          "new texts come (0: no limit)"),
+    S_NUM("train-min-share", "EMBEDD_TRAIN_MIN_SHARE", train_min_share, "0.1", 0, 1,
+          "least share of wall time background work (training, gate, re-embedding) gets "
+          "under steady load (0: only when no request waits)"),
+    S_BOOL("train-persist-samples", "EMBEDD_TRAIN_PERSIST_SAMPLES", train_persist_samples,
+           "true", "keep training texts in DATA/samples.log, mode 0600 (false: in memory only)"),
     /* fixed settings of the publish gate (learner.h): no flag */
     S_INT(NULL, NULL, holdout_eval_max, "256", 1, 1 << 20, "held-out texts the gate embeds"),
     S_NUM(NULL, NULL, collapse_max_cos, "0.98", 0, 1,

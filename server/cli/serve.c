@@ -92,6 +92,8 @@ static void learner_config(const server *srv, learner_opts *lo)
     lo->from_items = o->train_from_items;
     lo->from_explicit = o->train_from_explicit;
     lo->paused = o->train_paused;
+    lo->max_epochs = o->train_max_epochs;
+    lo->persist_samples = o->train_persist_samples;
     lo->data_dir = o->data_dir;
     lo->base_dir = o->model_dir;
     lo->base = srv->model;
@@ -119,6 +121,7 @@ static int start_learning(server *srv, emb_err *err)
     if (srv->learner == NULL)
         return -1;
     batcher_set_idle(srv->batcher, learner_idle, srv->learner, 0.25);
+    batcher_set_idle_share(srv->batcher, srv->opts.train_min_share);
     return 0;
 }
 

@@ -424,6 +424,26 @@ static route_result handle_health(server *srv, request *rq, reply *rp)
     return ROUTE_DONE;
 }
 
+/* Where the training texts (request texts) are kept: "disk" with the
+ * sample log's path (mode 0600), "memory" (lost at exit), or "none" when
+ * training is off and nothing is kept. */
+static void info_train_samples(server *srv, strbuf *b)
+{
+    const server_opts *o = &srv->opts;
+    const int on = learner_enabled(srv->learner);
+    const int disk = on && o->data_dir != NULL && o->train_persist_samples;
+    sb_printf(b, ",\"train_samples\":{\"kept\":\"%s\",\"persist\":%s,\"path\":",
+              !on ? "none" : disk ? "disk" : "memory", disk ? "true" : "false");
+    if (disk) {
+        char path[4200];
+        snprintf(path, sizeof path, "%s/samples.log", o->data_dir);
+        sb_json_string(b, path);
+    } else {
+        sb_puts(b, "null");
+    }
+    sb_puts(b, "}");
+}
+
 static route_result handle_info(server *srv, request *rq, reply *rp)
 {
     const emb_config *c = &srv->model->cfg;
@@ -448,8 +468,10 @@ static route_result handle_info(server *srv, request *rq, reply *rp)
         sb_json_string(b, srv->opts.data_dir);
     else
         sb_puts(b, "null");
-    sb_printf(b, ",\"items\":%ld,\"training\":%s,\"blas_coretype\":", store_count(srv->store),
+    sb_printf(b, ",\"items\":%ld,\"training\":%s", store_count(srv->store),
               learner_enabled(srv->learner) ? "true" : "false");
+    info_train_samples(srv, b);
+    sb_puts(b, ",\"blas_coretype\":");
     sb_json_string(b, openblas_get_corename()); /* the kernel OpenBLAS loaded (main.c) */
     sb_printf(b, ",\"precision\":\"%s\"}", emb_precision_name(srv->model->precision));
     return ROUTE_DONE;

@@ -70,6 +70,9 @@ typedef struct server_opts {
     int train_from_embed, train_from_items, train_from_explicit;
     int train_paused;
     int train_seed;
+    int train_max_epochs;      /* uses per buffered text before the trainer rests; 0: no limit */
+    double train_min_share;    /* least share of wall time for idle work under load; 0: none */
+    int train_persist_samples; /* 0: training texts stay in memory (no DATA/samples.log) */
     /* fixed settings of the publish gate (no flag; defaults in the table) */
     int holdout_eval_max;
     double collapse_max_cos, collapse_cos_rise, collapse_min_var;

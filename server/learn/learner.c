@@ -22,6 +22,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "budget.h"
 #include "common/clock.h"
 #include "gate.h"
 #include "reembed.h"
@@ -87,6 +88,7 @@ struct learner {
     samples *buf;              /* NULL with enabled = 0 */
     reembedder *re;
     emb_config cfg;
+    train_budget budget;       /* text uses left before the trainer rests */
 
     /* compute thread only */
     emb_trainer *t;
@@ -137,8 +139,10 @@ void learner_offer(learner *l, const char *text, size_t len, int source)
         (source == SAMPLES_SRC_ITEMS && !l->o.from_items) ||
         (source == SAMPLES_SRC_EXPLICIT && !l->o.from_explicit))
         return;
-    if (samples_add(l->buf, text, len, source) == 1)
+    if (samples_add(l->buf, text, len, source) == 1) {
+        budget_earn(&l->budget, 1);
         batcher_wake(l->b);
+    }
 }
 
 int learner_offer_explicit(learner *l, const char *const *texts, const size_t *lens, int n)
@@ -146,8 +150,10 @@ int learner_offer_explicit(learner *l, const char *const *texts, const size_t *l
     int added = 0;
     for (int i = 0; i < n; i++)
         added += samples_add(l->buf, texts[i], lens[i], SAMPLES_SRC_EXPLICIT) == 1;
-    if (added > 0)
+    if (added > 0) {
+        budget_earn(&l->budget, added);
         batcher_wake(l->b);
+    }
     return added;
 }
 
@@ -234,6 +240,7 @@ static int start_step(learner *l)
             free(l->texts[i]);
         return 0;
     }
+    budget_spend(&l->budget, got);
     model_version *mv = versions_current(l->v);
     int rc = tokenize_texts(mv->model, l->texts, got, l->o.max_seq_len, l->ids, l->lens);
     versions_release(l->v, mv);
@@ -638,6 +645,16 @@ static int duty_allows(learner *l, double now)
     return l->window_busy <= l->o.max_cpu * (now - l->window_start);
 }
 
+/* What to tell the batcher when there is nothing to do now: rest until
+ * woken, unless re-embedding is unfinished (a failed chunk is retried) or
+ * a gate comes due by time. */
+static int idle_answer(learner *l, int rest)
+{
+    if (l->st != NULL && store_vectors_version(l->st) != store_target_version(l->st))
+        return BATCHER_IDLE_LATER;
+    return rest ? BATCHER_IDLE_REST : BATCHER_IDLE_LATER;
+}
+
 int learner_idle(void *ctx)
 {
     learner *l = ctx;
@@ -651,20 +668,20 @@ int learner_idle(void *ctx)
     if (rollback)
         apply_rollback(l);
     if (reembedder_work(l->re))
-        return 1;
+        return BATCHER_IDLE_MORE;
     if (!l->o.enabled)
-        return 0;
+        return idle_answer(l, 1);
     if (l->phase == PH_SAVE) {
         if (!saver_done)
-            return 0;
+            return idle_answer(l, 1); /* the saving thread wakes us */
         finish_save(l);
-        return 1;
+        return BATCHER_IDLE_MORE;
     }
     if (paused && l->phase != PH_STEP && l->phase != PH_APPLY)
-        return 0;
+        return idle_answer(l, 1); /* learner_resume wakes us */
     if (!duty_allows(l, t0))
-        return 0;
-    int more = 1;
+        return BATCHER_IDLE_LATER;
+    int more = BATCHER_IDLE_MORE;
     if (l->phase == PH_GATE) {
         gate_work(l);
     } else if (l->phase == PH_STEP) {
@@ -677,7 +694,14 @@ int learner_idle(void *ctx)
     } else {
         samples_stats ss;
         samples_stats_get(l->buf, &ss);
-        more = (long)ss.train >= l->o.min_samples && start_step(l);
+        if ((long)ss.train < l->o.min_samples)
+            more = idle_answer(l, 1); /* new texts wake us */
+        else if (!budget_allows(&l->budget))
+            /* every text used up: rest until new ones come (a gate due by
+             * time still runs) */
+            more = idle_answer(l, !(l->steps_since_publish > 0 && l->o.publish_every_secs > 0));
+        else if (!start_step(l))
+            more = BATCHER_IDLE_LATER;
     }
     l->window_busy += mono_seconds() - t0;
     return more;
@@ -777,6 +801,10 @@ void learner_status_json(learner *l, strbuf *b)
               (unsigned long long)ss.holdout,
               (unsigned long long)(ss.train_bytes + ss.holdout_bytes),
               (unsigned long long)ss.seen, (unsigned long long)ss.duplicates);
+    /* resting: every buffered text used --train-max-epochs times */
+    sb_printf(b, ",\"resting\":%s,\"text_uses_left\":%lld",
+              l->o.enabled && !budget_allows(&l->budget) ? "true" : "false",
+              l->o.enabled ? budget_left(&l->budget) : 0LL);
     long done = 0, total = 0;
     uint32_t vec_version = 0, target = 0;
     if (l->st != NULL) {
@@ -860,7 +888,12 @@ learner *learner_start(const learner_opts *o, versions *v, batcher *b, store *st
     char dir[4096];
     if (o->data_dir != NULL)
         snprintf(dir, sizeof dir, "%s", o->data_dir);
-    l->buf = samples_open(o->data_dir != NULL ? dir : NULL, &so, err);
+    l->buf = samples_open(o->data_dir != NULL && o->persist_samples ? dir : NULL, &so, err);
+    if (l->buf != NULL) {
+        samples_stats ss;
+        samples_stats_get(l->buf, &ss);
+        budget_init(&l->budget, o->max_epochs, (long long)ss.train);
+    }
     emb_train_config tc = emb_train_config_default();
     tc.objective = o->objective;
     tc.lr = o->lr;

@@ -24,6 +24,15 @@
  *   The duty cycle of training and gate work is capped at --train-max-cpu
  *   of wall time.
  *
+ * Rest and share
+ *   Each new text earns --train-max-epochs uses (budget.h); once they are
+ *   spent the trainer rests: learner_idle answers BATCHER_IDLE_REST and the
+ *   compute thread blocks without a timer until batcher_wake, which new
+ *   texts (learner_offer), a resume, a rollback or a finished save send.
+ *   Re-embedding still runs first, and a gate due by time still comes.
+ *   Under steady load the batcher gives idle work at least
+ *   --train-min-share of wall time (batcher_set_idle_share).
+ *
  * Ownership
  *   The learner owns the sample buffer, the trainer (emb_trainer, with the
  *   candidate and its EMA weights), the gate's measurements and workspace,
@@ -80,6 +89,9 @@ typedef struct learner_opts {
     float collapse_min_var;    /* alarm below this share of the current's variance */
     int from_embed, from_items, from_explicit; /* intake sources */
     int paused;                /* start paused */
+    int max_epochs;            /* uses each new text earns before the trainer rests
+                                  (budget.h); 0: no limit */
+    int persist_samples;       /* 0: the sample buffer stays in memory (no samples.log) */
     const char *data_dir;      /* NULL: nothing persisted */
     const char *base_dir;      /* directory of version 1 (tokenizer files, MLM head) */
     const emb_model *base;     /* version 1's weights: the L2-SP anchor */

@@ -924,6 +924,7 @@ static const reclog_format log_format = {
     .extra = 0,
     .min_len = 1,
     .max_len = REC_MAX,
+    .file_mode = 0600,         /* request texts: readable by the server's user only */
 };
 
 /* Opens the directory, takes its lock and replays the log. */
