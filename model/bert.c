@@ -711,6 +711,24 @@ static int grow(float **buf, size_t n)
     return 0;
 }
 
+/* Widens the pooled-row buffers when m has wider Dense modules than the
+ * model the workspace was made for (a server's workspace outlives the
+ * version it was made with; a new version may have gained a Dense module). */
+static int workspace_fit_head(emb_workspace *ws, const emb_model *m, emb_err *err)
+{
+    int need = m->cfg.n_dense > 0 ? m->cfg.hidden_size : 0;
+    for (int k = 0; k < m->cfg.n_dense; k++)
+        if (need < m->cfg.dense[k].out_features)
+            need = m->cfg.dense[k].out_features;
+    if (need <= ws->head_width)
+        return 0;
+    size_t head = (size_t)(ws->cap_seqs > 0 ? ws->cap_seqs : 1) * (size_t)need;
+    if (grow(&ws->pooled, head) || grow(&ws->dense_tmp, head))
+        return emb_fail_as(err, EMB_ERR_NO_MEMORY, "out of memory for pooled rows");
+    ws->head_width = need;
+    return 0;
+}
+
 /* Makes room for T tokens in S sequences. Buffers only grow. */
 static int workspace_reserve(emb_workspace *ws, int T, int S, emb_err *err)
 {
@@ -827,6 +845,8 @@ int emb_embed_ids(const emb_model *m, emb_workspace *ws, const int32_t *ids, con
     const int C = m->cfg.hidden_size, D = emb_model_dim(m);
     int s0 = 0;
     long t0 = 0;
+    if (workspace_fit_head(ws, m, err) != 0)
+        return -1;
     while (s0 < n_seqs) {
         int s1 = s0;
         long tokens = 0;

@@ -278,23 +278,6 @@ START_TEST(test_idle_rest_until_woken)
 }
 END_TEST
 
-/* Queues n ready jobs at once and waits for all; returns the seconds the
- * queue took, and the batcher's idle statistics at that moment. */
-static double run_backlog(batcher *b, test_job *jobs, int n, double *idle_s, long *forced)
-{
-    double t0 = now_s();
-    for (int j = 0; j < n; j++)
-        ck_assert(batcher_submit(b, &jobs[j].job) == 0);
-    for (int j = 0; j < n; j++)
-        while (!atomic_load(&jobs[j].done))
-            usleep(200);
-    double t = now_s() - t0;
-    batcher_idle_stats(b, idle_s, forced);
-    for (int j = 0; j < n; j++)
-        check_job(&jobs[j]);
-    return t;
-}
-
 /* Under a backlog that never empties, idle work runs only with a minimum
  * share, and then takes about that share of the wall time. */
 static void backlog_with_share(double share, double *busy_share, long *forced)
@@ -318,13 +301,24 @@ static void backlog_with_share(double share, double *busy_share, long *forced)
     batcher_wake(b);
     usleep(50000);
     p.work_us = 2000;          /* read by the compute thread after the wake below */
+    /* Queue the backlog first, then let the idle work in: idle time spent
+     * while the queue is still empty would not be the share under load. */
+    double t0 = now_s();
+    for (int j = 0; j < N_JOBS; j++)
+        ck_assert(batcher_submit(b, &jobs[j].job) == 0);
     double s0;
     long f0;
     batcher_idle_stats(b, &s0, &f0);
     atomic_store(&p.answer, BATCHER_IDLE_MORE);
     batcher_wake(b);
+    for (int j = 0; j < N_JOBS; j++)
+        while (!atomic_load(&jobs[j].done))
+            usleep(200);
+    double t = now_s() - t0;
     double s1;
-    double t = run_backlog(b, jobs, N_JOBS, &s1, forced);
+    batcher_idle_stats(b, &s1, forced);
+    for (int j = 0; j < N_JOBS; j++)
+        check_job(&jobs[j]);
     *forced -= f0;
     *busy_share = (s1 - s0) / t;
     atomic_store(&p.answer, BATCHER_IDLE_REST);

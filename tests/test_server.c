@@ -55,6 +55,7 @@
 
 #include "bert.h"
 #include "gemm.h"
+#include "safetensors.h"
 #include "http/errors.h"
 #include "run_suite.h"
 #include "testutil.h"
@@ -1250,7 +1251,8 @@ static void openai_vectors(const http_resp *r, int n, int dims, int base64, floa
     ck_assert_msg(r->status == 200, "status %ld: %.300s", r->status, r->body.p);
     cJSON *j = json_of(r);
     ck_assert_str_eq(cJSON_GetObjectItem(j, "object")->valuestring, "list");
-    ck_assert_str_eq(cJSON_GetObjectItem(j, "model")->valuestring, "test-model");
+    /* the served name @ the version that made the vectors */
+    ck_assert_str_eq(cJSON_GetObjectItem(j, "model")->valuestring, "test-model@1");
     const cJSON *data = cJSON_GetObjectItem(j, "data");
     ck_assert_int_eq(cJSON_GetArraySize(data), n);
     for (int i = 0; i < n; i++) {
@@ -2899,18 +2901,26 @@ static const char *learn_flags[] = {
     "--train-max-seq-len", "16", "--train-lr", "2e-4", "--train-max-cpu", "100",
     "--train-ema", "0.5", NULL};
 
-/* flags + extra (NULL-terminated) into argv (cap 40). */
+/* flags + extra (NULL-terminated) into argv (cap 40). These tests expect
+ * gate-passing candidates served at once: --publish auto, unless extra
+ * says otherwise. */
 static const char **learn_args(const char **argv, const char *data_dir, const char *const *extra)
 {
-    int a = 0;
+    int a = 0, publish = 0;
     for (int i = 0; learn_flags[i] != NULL; i++)
         argv[a++] = learn_flags[i];
     if (data_dir != NULL) {
         argv[a++] = "--data";
         argv[a++] = data_dir;
     }
-    for (int i = 0; extra != NULL && extra[i] != NULL; i++)
+    for (int i = 0; extra != NULL && extra[i] != NULL; i++) {
+        publish |= strcmp(extra[i], "--publish") == 0;
         argv[a++] = extra[i];
+    }
+    if (!publish) {
+        argv[a++] = "--publish";
+        argv[a++] = "auto";
+    }
     argv[a] = NULL;
     return argv;
 }
@@ -3200,6 +3210,321 @@ START_TEST(test_learn_publish_mid_query_stream)
 }
 END_TEST
 
+/* ---- pins, the version feed, manual promotion ------------------------------ */
+
+/* GET /train/versions/stream on a raw connection; what it read so far. */
+typedef struct sse {
+    int fd;
+    buf acc;
+    size_t from;               /* where the next expect searches */
+} sse;
+
+static void sse_open(sse *e, int port)
+{
+    memset(e, 0, sizeof *e);
+    e->fd = raw_connect(port);
+    const char *rq = "GET /train/versions/stream HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+    raw_send(e->fd, rq, strlen(rq));
+}
+
+/* Reads until `a` and then `b` (may be NULL) appear after what the last
+ * call matched; fails after timeout_s. */
+static void sse_expect(sse *e, const char *a, const char *b, double timeout_s)
+{
+    double deadline = now_s() + timeout_s;
+    for (;;) {
+        const char *at = e->acc.p != NULL ? strstr(e->acc.p + e->from, a) : NULL;
+        const char *bt = at != NULL && b != NULL ? strstr(at, b) : at;
+        if (bt != NULL) {
+            /* the whole event (up to its blank line) counts as read */
+            const char *end = strstr(bt, "\n\n");
+            e->from = (size_t)((end != NULL ? end : bt) - e->acc.p);
+            return;
+        }
+        int left_ms = (int)((deadline - now_s()) * 1000);
+        struct pollfd pfd = {.fd = e->fd, .events = POLLIN};
+        ck_assert_msg(left_ms > 0 && poll(&pfd, 1, left_ms) > 0,
+                      "no \"%s\" %s in the version stream after %.0f s: %s", a, b ? b : "",
+                      timeout_s, e->acc.p != NULL ? e->acc.p : "");
+        char chunk[4096];
+        ssize_t n = recv(e->fd, chunk, sizeof chunk, 0);
+        ck_assert_msg(n > 0, "the version stream closed: %s", e->acc.p ? e->acc.p : "");
+        buf_add(&e->acc, chunk, (size_t)n);
+    }
+}
+
+/* GET /train/versions's "pending" (0: null). */
+static int versions_pending(int port)
+{
+    cJSON *j = NULL;
+    ck_assert_int_eq(req_port(port, "GET", "/train/versions", NULL, &j), 200);
+    const cJSON *p = cJSON_GetObjectItemCaseSensitive(j, "pending");
+    int id = cJSON_IsNumber(p) ? (int)p->valuedouble : 0;
+    cJSON_Delete(j);
+    return id;
+}
+
+/* Waits for a pending version above `above`, then pauses training and
+ * returns the pending one (a save under way when the pause came may have
+ * replaced it). */
+static int learn_pending_then_pause(int port, int above, double timeout_s)
+{
+    double deadline = now_s() + timeout_s;
+    while (versions_pending(port) <= above) {
+        ck_assert_msg(now_s() < deadline, "no pending version above %d after %.0f s: %s", above,
+                      timeout_s, tail(s_own.log));
+        usleep(100000);
+    }
+    ck_assert_int_eq(req_port(port, "POST", "/train/pause", NULL, NULL), 200);
+    usleep(500000);
+    return versions_pending(port);
+}
+
+/* The body of a 200 answer (caller frees); hdr_version gets the
+ * X-Embedd-Model-Version header (0: none). */
+static char *post_body(int port, const char *path, const char *body, int *hdr_version)
+{
+    http_resp r;
+    long st = http_port(port, "POST", path, body, NULL, &r);
+    ck_assert_msg(st == 200, "%s %s: %ld %.300s", path, body, st, r.body.p);
+    const char *h = header_value(&r, "X-Embedd-Model-Version");
+    if (hdr_version != NULL)
+        *hdr_version = h != NULL ? atoi(h) : 0;
+    char *out = strdup(r.body.p);
+    resp_free(&r);
+    return out;
+}
+
+/* The "model" of an OpenAI embeddings answer. */
+static void expect_openai_model(const char *body, const char *want)
+{
+    cJSON *j = cJSON_Parse(body);
+    const cJSON *m = cJSON_GetObjectItemCaseSensitive(j, "model");
+    ck_assert_msg(cJSON_IsString(m) && strcmp(m->valuestring, want) == 0,
+                  "model in %.200s, want %s", body, want);
+    cJSON_Delete(j);
+}
+
+/* The v{n} directories under dir/models, as "n,n," newest first. */
+static void model_dirs(const char *dir, char *out, size_t cap)
+{
+    char path[300];
+    snprintf(path, sizeof path, "%s/models", dir);
+    out[0] = '\0';
+    for (int id = 200; id >= 1; id--) {
+        char d[400];
+        struct stat st;
+        snprintf(d, sizeof d, "%s/v%d", path, id);
+        if (stat(d, &st) == 0)
+            snprintf(out + strlen(out), cap - strlen(out), "%d,", id);
+    }
+}
+
+/* Manual publishing (the default) with --keep-versions 2: candidates wait
+ * for POST /train/promote; answers pinned to a version are byte-identical
+ * before and after a promotion; the OpenAI model field and the TEI header
+ * name the version; unknown pins are 404, retired ones 410, both listing
+ * the servable versions; /similar refuses a pin other than the store's;
+ * the event stream reports promotions and rollbacks and ends at
+ * shutdown; retired directories and stale temporary ones are deleted and
+ * versions are saved in the model's F16. */
+START_TEST(test_learn_manual_pins_feed)
+{
+    char dir[256], path[512], cmd[700];
+    tu_mkdtemp(dir, sizeof dir);
+    snprintf(cmd, sizeof cmd,
+             "mkdir -p '%s/models/v77.tmp-4242' && touch '%s/models/v77.tmp-4242/x'", dir, dir);
+    ck_assert_int_eq(system(cmd), 0);
+    const char *argv[40];
+    const char *extra[] = {"--publish", "manual", "--keep-versions", "2", NULL};
+    start_own(learn_args(argv, dir, extra));
+    const int port = s_own.port;
+    snprintf(path, sizeof path, "%s/models/v77.tmp-4242", dir);
+    ck_assert_msg(access(path, F_OK) != 0, "stale %s not removed at start", path);
+    cJSON *j = NULL;
+    ck_assert_int_eq(req_port(port, "GET", "/info", NULL, &j), 200);
+    char name[100], want[260];
+    snprintf(name, sizeof name, "%s", str_of(j, "model_id"));
+    cJSON_Delete(j);
+
+    char **texts;
+    int n = sts_sentences(&texts, 400);
+    learn_items(port, texts, 20);
+    ck_assert_int_gt(learn_feed(port, texts, n), 300);
+    const int p = learn_pending_then_pause(port, 1, 120);
+    ck_assert_int_ge(p, 2);
+    learn_expect_version(port, 1); /* nothing published: still version 1 */
+
+    /* answers under pins before the promotion */
+    char body[400];
+    int hv = 0;
+    char *tei1 = post_body(port, "/embed", "{\"inputs\":\"a pinned probe\",\"model_version\":1}",
+                           &hv);
+    ck_assert_int_eq(hv, 1);
+    snprintf(body, sizeof body, "{\"input\":\"a pinned probe\",\"model\":\"%s@1\"}", name);
+    char *oai1 = post_body(port, "/v1/embeddings", body, NULL);
+    snprintf(want, sizeof want, "%s@1", name);
+    expect_openai_model(oai1, want);
+    snprintf(body, sizeof body, "{\"inputs\":\"a pinned probe\",\"model_version\":%d}", p);
+    char *teip = post_body(port, "/embed", body, &hv); /* a pending version can be pinned */
+    ck_assert_int_eq(hv, p);
+    ck_assert_str_ne(tei1, teip);
+
+    sse e;
+    sse_open(&e, port);
+    sse_expect(&e, "event: current", "\"version\":1", 10);
+    /* at most 16 streams: the 17th is refused */
+    sse more[15];
+    for (int i = 0; i < 15; i++) {
+        sse_open(&more[i], port);
+        sse_expect(&more[i], "event: current", NULL, 10);
+    }
+    http_resp r;
+    http_port(port, "GET", "/train/versions/stream", NULL, NULL, &r);
+    check_tei_error(&r, 503, "Unhealthy", "a 17th version stream");
+    resp_free(&r);
+    for (int i = 0; i < 15; i++) {
+        close(more[i].fd);
+        free(more[i].acc.p);
+    }
+    ck_assert_int_eq(req_port(port, "POST", "/train/promote", NULL, &j), 200);
+    ck_assert_int_eq((int)num_of(j, "current"), p);
+    cJSON_Delete(j);
+    char ver[32];
+    snprintf(ver, sizeof ver, "\"version\":%d,", p);
+    sse_expect(&e, "event: promote", ver, 10);
+    learn_expect_version(port, p);
+
+    /* after: pinned answers byte for byte as before; unpinned is version p */
+    char *again = post_body(port, "/embed", "{\"inputs\":\"a pinned probe\",\"model_version\":1}",
+                            &hv);
+    ck_assert_str_eq(again, tei1);
+    free(again);
+    const char *hdr[] = {"X-Embedd-Model-Version: 1", NULL};
+    ck_assert_int_eq(http_port(port, "POST", "/embed", "{\"inputs\":\"a pinned probe\"}", hdr, &r),
+                     200);
+    ck_assert_str_eq(r.body.p, tei1);
+    resp_free(&r);
+    snprintf(body, sizeof body, "{\"input\":\"a pinned probe\",\"model\":\"%s@1\"}", name);
+    again = post_body(port, "/v1/embeddings", body, NULL);
+    ck_assert_str_eq(again, oai1);
+    free(again);
+    again = post_body(port, "/embed", "{\"inputs\":\"a pinned probe\"}", &hv);
+    ck_assert_int_eq(hv, p);
+    ck_assert_str_eq(again, teip);
+    free(again);
+    snprintf(body, sizeof body, "{\"input\":\"a pinned probe\",\"model\":\"%s\"}", name);
+    again = post_body(port, "/v1/embeddings", body, NULL);
+    snprintf(want, sizeof want, "%s@%d", name, p);
+    expect_openai_model(again, want);
+    free(again);
+    /* unknown: 404 with the servable versions */
+    http_port(port, "POST", "/embed", "{\"inputs\":\"x\",\"model_version\":999}", NULL, &r);
+    check_tei_error(&r, 404, "NotFound", "a pin to an unknown version");
+    ck_assert_msg(strstr(r.body.p, "available") != NULL, "%s", r.body.p);
+    resp_free(&r);
+    http_port(port, "POST", "/embed", "{\"inputs\":\"x\",\"model_version\":\"2\"}", NULL, &r);
+    check_tei_error(&r, 422, "Validation", "a pin that is a string");
+    resp_free(&r);
+
+    /* /similar: the store holds version p's vectors once re-embedded */
+    cJSON *st = learn_wait(port, "reembed", "store_version", p, 60);
+    cJSON_Delete(st);
+    http_port(port, "POST", "/similar", "{\"text\":\"a man\",\"model_version\":1}", NULL, &r);
+    check_tei_error(&r, 409, "Conflict", "a /similar pin other than the store's");
+    resp_free(&r);
+    snprintf(body, sizeof body, "{\"text\":\"a man\",\"limit\":3,\"model_version\":%d}", p);
+    ck_assert_int_eq(req_port(port, "POST", "/similar", body, &j), 200);
+    ck_assert_int_eq((int)num_of(j, "model_version"), p);
+    cJSON_Delete(j);
+    snprintf(path, sizeof path, "/similar?q=a%%20man&k=2&model_version=%d", p);
+    ck_assert_int_eq(req_port(port, "GET", path, NULL, &j), 200);
+    cJSON_Delete(j);
+
+    /* a second candidate, promoted by number: version 1 leaves the window */
+    ck_assert_int_eq(req_port(port, "POST", "/train/resume", NULL, NULL), 200);
+    const int q = learn_pending_then_pause(port, p, 120);
+    snprintf(body, sizeof body, "{\"version\":%d}", p);
+    http_port(port, "POST", "/train/promote", body, NULL, &r);
+    check_tei_error(&r, 409, "Conflict", "promoting a version that is not pending");
+    resp_free(&r);
+    snprintf(body, sizeof body, "{\"version\":%d}", q);
+    ck_assert_int_eq(req_port(port, "POST", "/train/promote", body, NULL), 200);
+    snprintf(ver, sizeof ver, "\"version\":%d,", q);
+    sse_expect(&e, "event: promote", ver, 10);
+    http_port(port, "POST", "/embed", "{\"inputs\":\"x\",\"model_version\":1}", NULL, &r);
+    check_tei_error(&r, 410, "Gone", "a pin to a retired version");
+    snprintf(want, sizeof want, "available: %d (current), %d", q, p);
+    ck_assert_msg(strstr(r.body.p, want) != NULL, "%s", r.body.p);
+    resp_free(&r);
+    snprintf(body, sizeof body, "{\"input\":\"x\",\"model\":\"%s@1\"}", name);
+    http_port(port, "POST", "/v1/embeddings", body, NULL, &r);
+    check_openai_error(&r, 410, "invalid_request_error", "gone",
+                       "an OpenAI pin to a retired version");
+    resp_free(&r);
+    /* the list */
+    ck_assert_int_eq(req_port(port, "GET", "/train/versions", NULL, &j), 200);
+    ck_assert_int_eq((int)num_of(j, "current"), q);
+    ck_assert_int_eq((int)num_of(j, "keep"), 2);
+    ck_assert_str_eq(str_of(j, "publish"), "manual");
+    const cJSON *list = cJSON_GetObjectItemCaseSensitive(j, "versions");
+    const cJSON *it;
+    int seen_current = 0, seen_servable = 0, seen_retired = 0;
+    cJSON_ArrayForEach(it, list) {
+        int id = (int)num_of(it, "id");
+        const char *status = str_of(it, "status");
+        if (id == q) {
+            ck_assert_str_eq(status, "current");
+            ck_assert_int_eq((int)num_of(it, "parent"), p);
+            ck_assert_msg(strstr(str_of(it, "gate"), "passed") != NULL, "gate %s",
+                          str_of(it, "gate"));
+            seen_current = 1;
+        } else if (id == p) {
+            ck_assert_str_eq(status, "servable");
+            seen_servable = 1;
+        } else {
+            ck_assert_str_eq(status, "retired");
+            seen_retired += id == 1;
+        }
+    }
+    ck_assert(seen_current && seen_servable && seen_retired);
+    cJSON_Delete(j);
+    /* on disk: the two servable versions, no other */
+    char dirs[256], want_dirs[64];
+    model_dirs(dir, dirs, sizeof dirs);
+    snprintf(want_dirs, sizeof want_dirs, "%d,%d,", q, p);
+    ck_assert_str_eq(dirs, want_dirs);
+    /* saved in the served F16 */
+    emb_st_file f;
+    emb_err err;
+    snprintf(path, sizeof path, "%s/models/v%d/model.safetensors", dir, q);
+    ck_assert_msg(emb_st_open(&f, path, &err) == 0, "%s", err.msg);
+    for (int i = 0; i < f.n_tensors; i++)
+        ck_assert_msg(f.tensors[i].dtype == EMB_DT_F16, "%s is %s", f.tensors[i].name,
+                      emb_dtype_name(f.tensors[i].dtype));
+    emb_st_close(&f);
+
+    /* a rollback is an event too */
+    snprintf(body, sizeof body, "{\"version\":%d}", p);
+    ck_assert_int_eq(req_port(port, "POST", "/train/rollback", body, NULL), 200);
+    snprintf(ver, sizeof ver, "\"version\":%d,", p);
+    sse_expect(&e, "event: rollback", ver, 10);
+
+    /* shutdown ends the stream, and does not wait for it */
+    kill(s_own.pid, SIGTERM);
+    ck_assert_msg(raw_wait_closed(e.fd, 20) >= 0, "the version stream outlived the server");
+    close(e.fd);
+    free(e.acc.p);
+    expect_exit_zero(20.0);
+    free(tei1);
+    free(oai1);
+    free(teip);
+    strings_free(texts, n);
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    ck_assert_int_eq(system(cmd), 0);
+}
+END_TEST
+
 START_TEST(test_learn_off)
 {
     const char *extra[] = {"--train", "off", NULL};
@@ -3278,6 +3603,7 @@ static const kind_case kind_cases[] = {
     {EMB_ERR_UNAVAILABLE, 503, "Unhealthy", "server_error", "service_unavailable"},
     {EMB_ERR_IO, 500, "Backend", "server_error", NULL},
     {EMB_ERR_NO_MEMORY, 500, "Backend", "server_error", NULL},
+    {EMB_ERR_GONE, 410, "Gone", "invalid_request_error", "gone"},
     {EMB_ERR_KIND_COUNT, 500, "Backend", "server_error", NULL}, /* unknown: FAILED's */
 };
 
@@ -3660,6 +3986,7 @@ int main(void)
     tcase_add_test(tc, test_learn_gate_rejects_poisoned_buffer);
     tcase_add_test(tc, test_learn_nan_steps_skipped);
     tcase_add_test(tc, test_learn_publish_mid_query_stream);
+    tcase_add_test(tc, test_learn_manual_pins_feed);
     tcase_add_test(tc, test_learn_off);
     tcase_add_test(tc, test_learn_control_errors);
 

@@ -38,6 +38,7 @@ const char *emb_err_kind_name(emb_err_kind kind)
         [EMB_ERR_TOO_LARGE] = "too large", [EMB_ERR_NOT_FOUND] = "not found",
         [EMB_ERR_CONFLICT] = "conflict",   [EMB_ERR_UNAVAILABLE] = "unavailable",
         [EMB_ERR_IO] = "i/o",              [EMB_ERR_NO_MEMORY] = "no memory",
+        [EMB_ERR_GONE] = "gone",
     };
     return (unsigned)kind < EMB_ERR_KIND_COUNT ? names[kind] : "failed";
 }

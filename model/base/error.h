@@ -17,6 +17,7 @@ typedef enum emb_err_kind {
     EMB_ERR_UNAVAILABLE,  /* shutting down or overloaded: retry later */
     EMB_ERR_IO,           /* the disk or a file system call failed */
     EMB_ERR_NO_MEMORY,    /* an allocation failed */
+    EMB_ERR_GONE,         /* it existed but was retired (an old model version) */
     EMB_ERR_KIND_COUNT
 } emb_err_kind;
 

@@ -28,6 +28,7 @@ struct batcher {
     emb_job *head, *tail;      /* jobs with sequences not yet taken */
     int queued_seqs;
     int stopping;
+    int halted;                /* batcher_halt joined the thread */
     int woken;                 /* batcher_wake since the last idle call */
     pthread_t thread;
     int (*idle)(void *ctx);
@@ -39,6 +40,7 @@ struct batcher {
                                   INFINITY only after batcher_wake (it rests) */
     double idle_share;         /* least share of wall time for idle work */
     double share_start, share_busy; /* the share's window and idle seconds in it */
+    double share_total;        /* seconds of work (batches and idle calls) in it */
     double idle_seconds;       /* all idle calls, for batcher_idle_stats */
     long forced;               /* idle calls run ahead of waiting jobs */
 
@@ -146,21 +148,26 @@ static void share_slide(batcher *b, double now)
 {
     if (now - b->share_start > 20 * IDLE_SHARE_WINDOW) {
         b->share_busy = 0;     /* a long quiet time: nothing of it counts */
+        b->share_total = 0;
         b->share_start = now - IDLE_SHARE_WINDOW * 0.5;
     }
     while (now - b->share_start > IDLE_SHARE_WINDOW) {
         b->share_busy *= 0.5;
+        b->share_total *= 0.5;
         b->share_start += IDLE_SHARE_WINDOW * 0.5;
     }
 }
 
-/* 1 when idle work is owed its minimum share now. Lock held. */
+/* 1 when idle work is owed its minimum share now: of the compute
+ * thread's working time in the window (batches and idle calls; time with
+ * nothing to do does not count, so a quiet spell builds no debt), idle
+ * calls had less than the share. Lock held. */
 static int share_owed(batcher *b, double now)
 {
     if (b->idle_share <= 0)
         return 0;
     share_slide(b, now);
-    return b->share_busy < b->idle_share * (now - b->share_start);
+    return b->share_busy <= b->idle_share * b->share_total;
 }
 
 /* One idle call, unlocked; its answer decides when the next is due. Lock
@@ -175,6 +182,7 @@ static void run_idle(batcher *b)
     pthread_mutex_lock(&b->lock);
     share_slide(b, t1);
     b->share_busy += t1 - t0;
+    b->share_total += t1 - t0;
     b->idle_seconds += t1 - t0;
     if (rc == BATCHER_IDLE_MORE)
         b->idle_at = 0;
@@ -221,9 +229,12 @@ static void *compute_main(void *arg)
         int n_slices = take_batch(b, &n_seqs, &n_tokens, &model);
         metrics_queue_depth(b->mx, b->queued_seqs);
         pthread_mutex_unlock(&b->lock);
+        double t0 = mono_seconds();
         run_batch(b, model, n_slices, n_seqs, n_tokens);
         pthread_mutex_lock(&b->lock);
         b->last_busy = mono_seconds();
+        share_slide(b, b->last_busy);
+        b->share_total += b->last_busy - t0;
         if (isfinite(b->idle_at))
             b->idle_at = 0;    /* a waiting callback is asked again after the gap */
     }
@@ -347,6 +358,7 @@ void batcher_set_idle_share(batcher *b, double share)
     b->idle_share = share > 0 ? (share < 1 ? share : 1) : 0;
     b->share_start = mono_seconds();
     b->share_busy = 0;
+    b->share_total = 0;
     pthread_mutex_unlock(&b->lock);
 }
 
@@ -374,14 +386,22 @@ int batcher_queue_depth(batcher *b)
     return n;
 }
 
-void batcher_stop(batcher *b)
+void batcher_halt(batcher *b)
 {
-    if (b == NULL)
+    if (b == NULL || b->halted)
         return;
     pthread_mutex_lock(&b->lock);
     b->stopping = 1;
     pthread_cond_signal(&b->wake);
     pthread_mutex_unlock(&b->lock);
     pthread_join(b->thread, NULL);
+    b->halted = 1;
+}
+
+void batcher_stop(batcher *b)
+{
+    if (b == NULL)
+        return;
+    batcher_halt(b);
     batcher_free(b);
 }

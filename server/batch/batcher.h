@@ -90,8 +90,8 @@ int batcher_submit(batcher *b, emb_job *job);
 void batcher_set_idle(batcher *b, int (*idle)(void *ctx), void *ctx, double idle_poll);
 /* The idle callback's answers (see Idle work above). */
 enum { BATCHER_IDLE_LATER = 0, BATCHER_IDLE_MORE = 1, BATCHER_IDLE_REST = 2 };
-/* The least share of wall time (0..1) idle work gets while jobs keep
- * coming (default 0: idle work only in gaps). */
+/* The least share (0..1) of the compute thread's working time that idle
+ * work gets while jobs keep coming (default 0: idle work only in gaps). */
 void batcher_set_idle_share(batcher *b, double share);
 /* Seconds spent in idle calls, and how many of them ran ahead of waiting
  * jobs because of the minimum share (for tests and /metrics). */
@@ -105,7 +105,12 @@ void batcher_set_idle_delay(batcher *b, double seconds);
 void batcher_wake(batcher *b);
 /* Sequences waiting, for /metrics and /info. */
 int batcher_queue_depth(batcher *b);
-/* Finishes all queued work, stops the thread and frees the batcher. */
+/* Finishes all queued work and stops the thread; the batcher stays
+ * allocated, so that threads that may still call batcher_wake or
+ * batcher_submit (the learner's saving thread, an HTTP thread; a submit
+ * then fails as "shutting down") are safe until batcher_stop. */
+void batcher_halt(batcher *b);
+/* batcher_halt (if not done yet), then frees the batcher. */
 void batcher_stop(batcher *b);
 
 #endif

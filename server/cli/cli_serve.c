@@ -21,6 +21,8 @@ typedef struct serve_cli {
 
 static const opt_choice objectives[] = {
     {"simcse", EMB_OBJ_SIMCSE}, {"mlm", EMB_OBJ_MLM}, {"both", EMB_OBJ_BOTH}, {NULL, 0}};
+static const opt_choice publish_modes[] = {
+    {"manual", VERSIONS_PUBLISH_MANUAL}, {"auto", VERSIONS_PUBLISH_AUTO}, {NULL, 0}};
 static const opt_choice precisions[] = {
     {"fp32", EMB_PRECISION_FP32}, {"int8", EMB_PRECISION_INT8}, {NULL, 0}};
 
@@ -93,12 +95,32 @@ static const opt_spec serve_specs[] = {
     {.flag = "publish-every", .env = "EMBEDD_PUBLISH_EVERY", .type = OPT_PERIOD,
      .offset = offsetof(serve_cli, publish_every), .def = "200", .min = 1, .max = 1e9, .help =
      "training steps (N) or seconds (Ns) between publish attempts"},
+    OPT_ONE_OF(serve_cli, "publish", "EMBEDD_PUBLISH", srv.publish_mode, "manual", publish_modes,
+               "a candidate that passes the gate waits for POST /train/promote (manual) or "
+               "is served at once (auto)"),
+    S_INT("keep-versions", "EMBEDD_KEEP_VERSIONS", keep_versions, "3", 1, 1000,
+          "model versions that stay servable (pinned by clients; the current one included); "
+          "older ones are retired and deleted from DATA/models"),
     S_INT("train-min-samples", "EMBEDD_TRAIN_MIN_SAMPLES", train_min_samples, "64", 2, 1 << 30,
           "texts in the buffer before training starts"),
     S_STR("eval-sts", "EMBEDD_EVAL_STS", eval_sts, NULL,
           "score<TAB>s1<TAB>s2 file: the publish gate also checks STS Spearman"),
     S_NUM("gate-tolerance", "EMBEDD_GATE_TOLERANCE", gate_tolerance, "0.5", 0, 100,
           "largest drop of STS Spearman x100 a published version may have"),
+    S_BOOL("gate-lexical", "EMBEDD_GATE_LEXICAL", gate_lex, "true",
+           "the publish gate checks agreement with a TF-IDF baseline on held-out pairs"),
+    S_NUM("gate-lexical-tolerance", "EMBEDD_GATE_LEXICAL_TOLERANCE", gate_lex_tolerance, "0.5",
+          0, 100, "largest drop of that agreement (Spearman x100) a published version may have"),
+    S_NUM("gate-lexical-gain", "EMBEDD_GATE_LEXICAL_GAIN", gate_lex_gain, "0.5", 0, 100,
+          "rise of that agreement a whitening refit needs to be published"),
+    S_BOOL("train-whiten", "EMBEDD_TRAIN_WHITEN", train_whiten, "true",
+           "refit a whitening module on the buffered texts (a candidate the gate checks)"),
+    S_NUM("train-whiten-shrink", "EMBEDD_TRAIN_WHITEN_SHRINK", train_whiten_shrink, "0.1", 0,
+          0.99, "eigenvalue shrinkage of the whitening refit, in [0, 1)"),
+    S_INT("train-whiten-min-texts", "EMBEDD_TRAIN_WHITEN_MIN_TEXTS", train_whiten_min_texts,
+          "1000", 2, 1 << 30, "training texts before the first refit (then: each doubling)"),
+    S_INT("train-whiten-max-texts", "EMBEDD_TRAIN_WHITEN_MAX_TEXTS", train_whiten_max_texts,
+          "8192", 2, 1 << 24, "texts one refit embeds"),
     S_BOOL("train-from-embed", "EMBEDD_TRAIN_FROM_EMBED", train_from_embed, "true",
            "learn from /embed and /v1/embeddings inputs"),
     S_BOOL("train-from-items", "EMBEDD_TRAIN_FROM_ITEMS", train_from_items, "true",
@@ -113,7 +135,7 @@ static const opt_spec serve_specs[] = {
           "times, on average, each buffered text is trained on; then training rests until "
           "new texts come (0: no limit)"),
     S_NUM("train-min-share", "EMBEDD_TRAIN_MIN_SHARE", train_min_share, "0.1", 0, 1,
-          "least share of wall time background work (training, gate, re-embedding) gets "
+          "least share of the compute time background work (training, gate, re-embedding) gets "
           "under steady load (0: only when no request waits)"),
     S_BOOL("train-persist-samples", "EMBEDD_TRAIN_PERSIST_SAMPLES", train_persist_samples,
            "true", "keep training texts in DATA/samples.log, mode 0600 (false: in memory only)"),

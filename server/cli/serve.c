@@ -88,6 +88,13 @@ static void learner_config(const server *srv, learner_opts *lo)
     lo->collapse_max_cos = (float)o->collapse_max_cos;
     lo->collapse_cos_rise = (float)o->collapse_cos_rise;
     lo->collapse_min_var = (float)o->collapse_min_var;
+    lo->gate_lex = o->gate_lex;
+    lo->gate_lex_tolerance = (float)o->gate_lex_tolerance;
+    lo->gate_lex_gain = (float)o->gate_lex_gain;
+    lo->whiten = o->train_whiten;
+    lo->whiten_shrink = (float)o->train_whiten_shrink;
+    lo->whiten_min_texts = o->train_whiten_min_texts;
+    lo->whiten_max_texts = o->train_whiten_max_texts;
     lo->from_embed = o->train_from_embed;
     lo->from_items = o->train_from_items;
     lo->from_explicit = o->train_from_explicit;
@@ -106,8 +113,12 @@ static void learner_config(const server *srv, learner_opts *lo)
  * the loaded model as version 1 (learn/versions.h). */
 static int open_versions(server *srv, emb_err *err)
 {
-    srv->versions = versions_open(srv->opts.data_dir, srv->opts.model_dir, srv->model, 3, err);
-    return srv->versions != NULL ? 0 : -1;
+    srv->versions = versions_open(srv->opts.data_dir, srv->opts.model_dir, srv->model,
+                                  srv->opts.keep_versions, err);
+    if (srv->versions == NULL)
+        return -1;
+    versions_set_publish(srv->versions, (versions_publish)srv->opts.publish_mode);
+    return 0;
 }
 
 /* The learner always runs (and moves the store to the current version,
@@ -184,8 +195,7 @@ static void stop_serving(server *srv)
 {
     emb_err err;
     http_quiesce(srv);
-    batcher_stop(srv->batcher);
-    srv->batcher = NULL;
+    batcher_halt(srv->batcher);   /* freed in free_all, after the learner's threads */
     learner_stop(srv->learner);
     srv->learner = NULL;
     http_stop(srv);
@@ -203,8 +213,9 @@ static void stop_serving(server *srv)
 static void free_all(server *srv)
 {
     http_stop(srv);
-    batcher_stop(srv->batcher);
+    batcher_halt(srv->batcher);
     learner_stop(srv->learner);
+    batcher_stop(srv->batcher);
     if (srv->store != NULL)
         store_close(srv->store);
     metrics_free(srv->mx);

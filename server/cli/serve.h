@@ -19,9 +19,11 @@
  *      main thread does housekeeping once a second (sample buffer to disk,
  *      gauges) until SIGINT or SIGTERM.
  * Shutdown: the daemon stops accepting and every admitted request is
- * answered (http_quiesce); the batcher stops (later jobs fail as "shutting
- * down"); the learner stops and flushes its samples; the daemon stops; the
- * store is snapshotted (with --data) and closed; then metrics, versions
+ * answered (http_quiesce); the batcher's thread stops (batcher_halt:
+ * later jobs fail as "shutting down"); the learner stops and flushes its
+ * samples; the daemon stops; the store is snapshotted (with --data) and
+ * closed; then the batcher (which the learner's saving thread and the
+ * daemon's threads may touch until they have stopped), metrics, versions
  * and the model are freed. A failed step frees what was started, in the
  * same order, and serve_run returns 1.
  *

@@ -20,6 +20,7 @@ static const row rows[] = {
     {EMB_ERR_INVALID,         {422, "Validation", "invalid_request_error", NULL}},
     {EMB_ERR_TOO_LARGE,       {422, "Validation", "invalid_request_error", NULL}},
     {EMB_ERR_NOT_FOUND,       {404, "NotFound", "invalid_request_error", "not_found"}},
+    {EMB_ERR_GONE,            {410, "Gone", "invalid_request_error", "gone"}},
     {EMB_ERR_CONFLICT,        {409, "Conflict", "invalid_request_error", NULL}},
     {EMB_ERR_UNAVAILABLE,     {503, "Unhealthy", "server_error", "service_unavailable"}},
     {EMB_ERR_FAILED,          {500, "Backend", "server_error", NULL}},

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "common/clock.h"
+#include "feed.h"
 #include "server.h"
 
 /* ---- replies (the error replies are in errors.c) --------------------- */
@@ -24,8 +25,24 @@ static void reply_init(reply *rp)
     sb_init(&rp->body, (size_t)1 << 30);
 }
 
+/* An event stream (feed.h): its own response, no body. */
+static enum MHD_Result send_stream(request *rq, reply *rp)
+{
+    struct MHD_Response *resp = rp->stream;
+    rp->stream = NULL;
+    sb_free(&rp->body);
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
+    rq->status = 200;
+    enum MHD_Result ret = MHD_queue_response(rq->conn, MHD_HTTP_OK, resp);
+    MHD_destroy_response(resp);
+    return ret;
+}
+
 static enum MHD_Result send_reply(request *rq, reply *rp)
 {
+    if (rp->stream != NULL)
+        return send_stream(rq, rp);
     if (rp->body.failed) {
         api_family api = rq->rt != NULL ? rq->rt->api : API_TEI;
         rp->body.failed = 0;
@@ -253,6 +270,8 @@ void server_submit(server *srv, request *rq, emb_job *job)
 
 /* ---- start and stop ---------------------------------------------------- */
 
+#define FEED_MAX_SUBSCRIBERS 16
+
 static int resolve_bind(const char *host, int port, struct sockaddr_storage *ss, socklen_t *len,
                         int *ipv6)
 {
@@ -287,6 +306,9 @@ int http_start(server *srv, emb_err *err)
     int ipv6 = 0;
     if (resolve_bind(opts->host, opts->port, &addr, &addr_len, &ipv6) != 0)
         return emb_fail(err, "cannot resolve host '%s'", opts->host);
+    srv->feed = feed_new(srv->versions, FEED_MAX_SUBSCRIBERS);
+    if (srv->feed == NULL)
+        return emb_fail_as(err, EMB_ERR_NO_MEMORY, "out of memory");
     unsigned flags = MHD_USE_AUTO_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME |
                      MHD_USE_ERROR_LOG | (ipv6 ? MHD_USE_IPv6 : 0);
     srv->daemon = MHD_start_daemon(
@@ -309,13 +331,16 @@ int http_start(server *srv, emb_err *err)
 void http_quiesce(server *srv)
 {
     atomic_store(&srv->ready, 0);
-    if (srv->daemon == NULL)
+    if (srv->daemon == NULL) {
+        feed_close(srv->feed);
         return;
+    }
     /* Stop accepting: new connections are refused at once instead of
      * waiting in the backlog of a socket nobody reads. */
     MHD_socket listen_fd = MHD_quiesce_daemon(srv->daemon);
     if (listen_fd != MHD_INVALID_SOCKET)
         close(listen_fd);
+    feed_close(srv->feed); /* version streams end now (after the socket: not to delay it) */
     /* Every admitted request gets its answer before the daemon stops. */
     for (int waited_ms = 0; atomic_load(&srv->inflight) > 0 && waited_ms < 120000; waited_ms += 5)
         usleep(5000);
@@ -324,7 +349,10 @@ void http_quiesce(server *srv)
 void http_stop(server *srv)
 {
     atomic_store(&srv->ready, 0);
+    feed_close(srv->feed); /* no stream may stay suspended */
     if (srv->daemon != NULL)
         MHD_stop_daemon(srv->daemon);
     srv->daemon = NULL;
+    feed_free(srv->feed);
+    srv->feed = NULL;
 }

@@ -26,6 +26,7 @@ typedef struct embed_state {
     int normalize;
     int dimensions;
     int base64;
+    uint32_t pin;              /* the client's model version; 0: the current one */
 } embed_state;
 
 static void embed_state_free(void *p)
@@ -139,6 +140,51 @@ int route_get_bool(const cJSON *root, const char *name, int def, api_family api,
     return cJSON_IsTrue(f);
 }
 
+/* A positive version number from text (all digits); 0 when it is not. */
+static uint32_t parse_version(const char *s)
+{
+    if (s == NULL || *s < '0' || *s > '9')
+        return 0;
+    unsigned long long v = 0;
+    for (; *s >= '0' && *s <= '9'; s++) {
+        v = v * 10 + (unsigned)(*s - '0');
+        if (v > 4294967295ull)
+            return 0;
+    }
+    return *s == '\0' ? (uint32_t)v : 0;
+}
+
+int route_get_pin(request *rq, const cJSON *root, api_family api, uint32_t *id, reply *rp)
+{
+    *id = 0;
+    const char *h =
+        MHD_lookup_connection_value(rq->conn, MHD_HEADER_KIND, "X-Embedd-Model-Version");
+    uint32_t from_header = 0;
+    if (h != NULL && (from_header = parse_version(h)) == 0) {
+        reply_error(rp, api, 422, "Validation",
+                    "X-Embedd-Model-Version must be a positive integer");
+        return -1;
+    }
+    const cJSON *f = root != NULL ? cJSON_GetObjectItemCaseSensitive(root, "model_version") : NULL;
+    uint32_t from_body = 0;
+    if (f != NULL && !cJSON_IsNull(f)) {
+        if (!cJSON_IsNumber(f) || f->valuedouble != floor(f->valuedouble) || f->valuedouble < 1 ||
+            f->valuedouble > 4294967295.0) {
+            reply_error(rp, api, 422, "Validation", "`model_version` must be a positive integer");
+            return -1;
+        }
+        from_body = (uint32_t)f->valuedouble;
+    }
+    if (from_header != 0 && from_body != 0 && from_header != from_body) {
+        reply_error(rp, api, 422, "Validation",
+                    "`model_version` %u and X-Embedd-Model-Version %u disagree", from_body,
+                    from_header);
+        return -1;
+    }
+    *id = from_body != 0 ? from_body : from_header;
+    return 0;
+}
+
 /* Optional "dimensions": 0 for none, -1 after an error. */
 static int get_dimensions(const cJSON *root, int C, api_family api, reply *rp)
 {
@@ -247,6 +293,14 @@ static int openai_options(server *srv, const cJSON *root, embed_state *st, int *
         reply_error(rp, st->tj.api, 422, "Validation", "`model` must be a string");
         return -1;
     }
+    /* "name@N" pins version N; a name without it is the current version */
+    const char *at = cJSON_IsString(model) ? strrchr(model->valuestring, '@') : NULL;
+    if (at != NULL && (st->pin = parse_version(at + 1)) == 0) {
+        reply_error(rp, st->tj.api, 422, "Validation",
+                    "`model` \"%.100s\": the part after @ must be a version number",
+                    model->valuestring);
+        return -1;
+    }
     st->dimensions = get_dimensions(root, emb_model_dim(srv->model), st->tj.api, rp);
     return st->dimensions < 0 ? -1 : 0;
 }
@@ -276,6 +330,12 @@ static route_result handle_embeddings(server *srv, request *rq, reply *rp, api_f
     int left = 0;
     if (read_options(srv, root, st, &truncate, &left, rp) != 0)
         goto out;
+    /* TEI: "model_version" or the header; OpenAI: "model": "name@N" or the header */
+    uint32_t pin = 0;
+    if (route_get_pin(rq, api == API_TEI ? root : NULL, api, &pin, rp) != 0)
+        goto out;
+    if (st->pin == 0)
+        st->pin = pin;
     textjob_opts to = {.truncate = truncate, .truncate_left = left, .noun = "input",
                        .truncate_hint = 1};
     if (textjob_encode(srv, &st->tj, api, in, st->n, &to, rp) != 0)
@@ -284,7 +344,9 @@ static route_result handle_embeddings(server *srv, request *rq, reply *rp, api_f
         if (in[i].ids == NULL)
             learner_offer(srv->learner, in[i].text, in[i].len, SAMPLES_SRC_EMBED);
     }
-    result = textjob_submit(srv, rq, &st->tj, TEXTJOB_CURRENT);
+    if (st->pin != 0 && textjob_pin(srv, &st->tj, st->pin, rp) != 0)
+        goto out;
+    result = textjob_submit(srv, rq, &st->tj, st->pin != 0 ? TEXTJOB_PINNED : TEXTJOB_CURRENT);
 out:
     free(in);
     cJSON_Delete(root);
@@ -351,8 +413,11 @@ static void finish_openai_embeddings(server *srv, request *rq, reply *rp)
         }
         sb_putc(&rp->body, '}');
     }
+    /* the version that made these vectors: "name@N" */
+    char model[512];
+    snprintf(model, sizeof model, "%s@%u", srv->model_name, st->tj.mv->id);
     sb_puts(&rp->body, "],\"model\":");
-    sb_json_string(&rp->body, srv->model_name);
+    sb_json_string(&rp->body, model);
     sb_printf(&rp->body, ",\"usage\":{\"prompt_tokens\":%ld,\"total_tokens\":%ld}}",
               st->tj.tokens, st->tj.tokens);
 }
@@ -522,6 +587,10 @@ static const route routes[] = {
     {"POST", "/train/resume", "train_resume", API_TEI, 1, 0, handle_train_resume, NULL, 0},
     {"POST", "/train/rollback", "train_rollback", API_TEI, 1, 0, handle_train_rollback, NULL, 0},
     {"POST", "/train/samples", "train_samples", API_TEI, 1, 0, handle_train_samples, NULL, 0},
+    {"POST", "/train/promote", "train_promote", API_TEI, 1, 0, handle_train_promote, NULL, 0},
+    {"GET", "/train/versions", "train_versions", API_TEI, 1, 0, handle_train_versions, NULL, 0},
+    {"GET", "/train/versions/stream", "train_versions_stream", API_TEI, 1, 0,
+     handle_train_versions_stream, NULL, 0},
 };
 
 static int route_matches(const route *rt, const char *path, int prefix)

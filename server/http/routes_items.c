@@ -447,6 +447,7 @@ typedef struct similar_state {
     store_filter *filter;
     float *vec;                /* (dim) */
     int moved;                 /* times the store switched versions under the query */
+    uint32_t pin;              /* the client's model version; 0: the store's */
 } similar_state;
 
 static void similar_state_free(void *p)
@@ -489,6 +490,13 @@ static void similar_reply(server *srv, request *rq, similar_state *st, reply *rp
     if (rc == STORE_VERSION_MOVED) {
         /* the store switched versions since the query was embedded */
         st->moved++;
+        if (st->pin != 0) {
+            reply_fail(rp, API_TEI, EMB_ERR_CONFLICT,
+                       "the store moved to model version %u during the query; the query "
+                       "pinned version %u",
+                       store_vectors_version(srv->store), st->pin);
+            return;
+        }
         if (st->tj.n > 0 && st->moved < 4) {
             textjob_submit(srv, rq, &st->tj, TEXTJOB_STORE);
             return;
@@ -525,10 +533,25 @@ static void similar_reply(server *srv, request *rq, similar_state *st, reply *rp
     store_result_free(&res);
 }
 
+/* The store holds one version's vectors: a pin to another is refused
+ * (409). 0, or -1 after filling rp. */
+static int similar_check_pin(server *srv, const similar_state *st, reply *rp)
+{
+    uint32_t have = store_vectors_version(srv->store);
+    if (st->pin == 0 || have == 0 || have == st->pin)
+        return 0;
+    reply_fail(rp, API_TEI, EMB_ERR_CONFLICT,
+               "the store searches vectors of model version %u, not %u: pin %u or none", have,
+               st->pin, have);
+    return -1;
+}
+
 /* Starts the text query's job, or answers at once. */
 static route_result similar_go(server *srv, request *rq, similar_state *st, const char *text,
                                reply *rp)
 {
+    if (similar_check_pin(srv, st, rp) != 0)
+        return ROUTE_DONE;
     if (text == NULL) {
         similar_reply(srv, rq, st, rp);
         return ROUTE_DONE;
@@ -536,7 +559,9 @@ static route_result similar_go(server *srv, request *rq, similar_state *st, cons
     textjob_input in = {.text = text, .len = strlen(text)};
     if (encode_texts(srv, &st->tj, &in, 1, rp) != 0)
         return ROUTE_DONE;
-    return textjob_submit(srv, rq, &st->tj, TEXTJOB_STORE);
+    if (st->pin != 0 && textjob_pin(srv, &st->tj, st->pin, rp) != 0)
+        return ROUTE_DONE;
+    return textjob_submit(srv, rq, &st->tj, st->pin != 0 ? TEXTJOB_PINNED : TEXTJOB_STORE);
 }
 
 static int get_int(const cJSON *root, const char *name, int def, int min, int max, int *out,
@@ -611,7 +636,7 @@ route_result handle_similar(server *srv, request *rq, reply *rp)
         get_int(root, "offset", 0, 0, STORE_MAX_RESULTS, &st->q.offset, rp) != 0 ||
         (st->q.with_payload = route_get_bool(root, "with_payload", 1, API_TEI, rp)) < 0 ||
         (st->q.with_vector = route_get_bool(root, "with_vector", 0, API_TEI, rp)) < 0 ||
-        get_params(root, &st->q, rp) != 0)
+        get_params(root, &st->q, rp) != 0 || route_get_pin(rq, root, API_TEI, &st->pin, rp) != 0)
         goto out;
     const cJSON *thr = cJSON_GetObjectItemCaseSensitive(root, "score_threshold");
     if (thr != NULL && !cJSON_IsNull(thr)) {
@@ -688,6 +713,21 @@ route_result handle_similar_get(server *srv, request *rq, reply *rp)
             return ROUTE_DONE;
         }
         st->q.limit = (int)v;
+    }
+    const char *pin = MHD_lookup_connection_value(rq->conn, MHD_GET_ARGUMENT_KIND, "model_version");
+    if (route_get_pin(rq, NULL, API_TEI, &st->pin, rp) != 0)
+        return ROUTE_DONE;
+    if (pin != NULL) {
+        char *end = NULL;
+        unsigned long v = strtoul(pin, &end, 10);
+        if (end == pin || *end != '\0' || v < 1 || v > 4294967295ul ||
+            (st->pin != 0 && st->pin != v)) {
+            reply_error(rp, API_TEI, 422, "Validation",
+                        "`model_version` must be a positive integer (and agree with "
+                        "X-Embedd-Model-Version)");
+            return ROUTE_DONE;
+        }
+        st->pin = (uint32_t)v;
     }
     return similar_go(srv, rq, st, q, rp);
 }

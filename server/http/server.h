@@ -73,9 +73,13 @@ typedef struct server_opts {
     int train_max_epochs;      /* uses per buffered text before the trainer rests; 0: no limit */
     double train_min_share;    /* least share of wall time for idle work under load; 0: none */
     int train_persist_samples; /* 0: training texts stay in memory (no DATA/samples.log) */
+    int publish_mode;          /* versions_publish: 0 manual, 1 auto */
+    int keep_versions;         /* servable versions, the current one included */
     /* fixed settings of the publish gate (no flag; defaults in the table) */
     int holdout_eval_max;
     double collapse_max_cos, collapse_cos_rise, collapse_min_var;
+    int gate_lex, train_whiten, train_whiten_min_texts, train_whiten_max_texts; /* learner.h */
+    double gate_lex_tolerance, gate_lex_gain, train_whiten_shrink;
 } server_opts;
 
 typedef struct server {
@@ -88,6 +92,7 @@ typedef struct server {
     store *store;              /* items; open from before the daemon starts until after the batcher stops */
     metrics *mx;
     struct MHD_Daemon *daemon;
+    struct feed *feed;         /* GET /train/versions/stream (feed.h); from http_start to http_stop */
     int port;                  /* the bound port */
     atomic_int inflight;       /* admitted requests not yet completed */
     atomic_int ready;          /* 1 while serving, 0 while starting or stopping */
@@ -102,6 +107,7 @@ typedef struct reply {
     const char *content_type;
     strbuf body;
     const char *allow;         /* Allow header for 405 */
+    struct MHD_Response *stream; /* set: sent instead of body (an event stream, feed.h) */
 } reply;
 
 /* Per-request state; allocated on the first call of the access handler,
@@ -154,6 +160,11 @@ void reply_error(reply *rp, api_family api, int status, const char *type, const 
 
 /* Parses the body as one JSON object; NULL after filling rp (routes.c). */
 cJSON *route_parse_body(request *rq, api_family api, reply *rp);
+/* The model version a client pins: the JSON field "model_version" of root
+ * (may be NULL) or the request header X-Embedd-Model-Version; 0 for none.
+ * -1 after filling rp (422) when it is not a positive integer or the two
+ * disagree (routes.c). */
+int route_get_pin(request *rq, const cJSON *root, api_family api, uint32_t *id, reply *rp);
 /* An optional boolean field of root: def when missing or null, -1 after
  * filling rp (422) when it is not true or false (routes.c). */
 int route_get_bool(const cJSON *root, const char *name, int def, api_family api, reply *rp);
@@ -175,6 +186,9 @@ route_result handle_train_pause(server *srv, request *rq, reply *rp);
 route_result handle_train_resume(server *srv, request *rq, reply *rp);
 route_result handle_train_rollback(server *srv, request *rq, reply *rp);
 route_result handle_train_samples(server *srv, request *rq, reply *rp);
+route_result handle_train_promote(server *srv, request *rq, reply *rp);
+route_result handle_train_versions(server *srv, request *rq, reply *rp);
+route_result handle_train_versions_stream(server *srv, request *rq, reply *rp);
 
 /* The route table and its lookup (routes.c). */
 const route *routes_find(const char *path, const char *method, int *path_known,

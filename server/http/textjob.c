@@ -105,10 +105,23 @@ static model_version *take_version(server *srv, textjob_version policy)
     return versions_current(srv->versions);
 }
 
+int textjob_pin(server *srv, text_job *tj, uint32_t id, reply *rp)
+{
+    emb_err err;
+    versions_release(NULL, tj->mv);
+    tj->mv = NULL;
+    if (versions_pin(srv->versions, id, &tj->mv, &err) == 0)
+        return 0;
+    reply_fail(rp, tj->api, err.kind, "%s", err.msg);
+    return -1;
+}
+
 route_result textjob_submit(server *srv, request *rq, text_job *tj, textjob_version policy)
 {
-    versions_release(NULL, tj->mv);
-    tj->mv = take_version(srv, policy);
+    if (policy != TEXTJOB_PINNED || tj->mv == NULL) {
+        versions_release(NULL, tj->mv);
+        tj->mv = take_version(srv, policy);
+    }
     tj->job.model = tj->mv->model;
     rq->model_version = tj->mv->id;
     tj->job.n_seqs = tj->n;

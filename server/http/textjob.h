@@ -36,6 +36,8 @@ typedef enum textjob_version {
     TEXTJOB_STORE,             /* the version whose vectors the store searches
                                   (the current one until a re-embedding
                                   finishes): /items, /similar */
+    TEXTJOB_PINNED,            /* the version textjob_pin took: a client's
+                                  pin (model "name@N", model_version) */
 } textjob_version;
 
 /* One input: a text, or the token ids a client sent. */
@@ -68,6 +70,11 @@ typedef struct text_job {
  * rp. */
 int textjob_encode(const server *srv, text_job *tj, api_family api, const textjob_input *in,
                    int n, const textjob_opts *opts, reply *rp);
+
+/* Takes version id for the job (a client's pin); 0, or -1 after filling
+ * rp: 404 for a number never made, 410 for a retired one (versions_pin).
+ * Then submit with TEXTJOB_PINNED. */
+int textjob_pin(server *srv, text_job *tj, uint32_t id, reply *rp);
 
 /* Takes a version by policy, names it in rq's reply header and queues the
  * job (server_submit). Returns ROUTE_SUSPEND. */

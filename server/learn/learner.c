@@ -10,8 +10,15 @@
  *                  chunk, an STS chunk) for the candidate or the current
  *   GATE  -> SAVE  passed (gate.h): a helper thread writes DATA/models/v{n}
  *                  (versions_save)
- *   SAVE  -> IDLE  written: versions_publish_saved makes it current, which
- *                  starts re-embedding through the on-change hook
+ *   SAVE  -> IDLE  written: versions_candidate makes it current (which
+ *                  starts re-embedding through the on-change hook) or,
+ *                  with --publish manual, pending (publish_or_hold)
+ *   IDLE  -> WHITEN a whitening refit is due (stages.h): buffer texts are
+ *                  embedded a chunk per call, then the refitted model goes
+ *                  to the gate (GATE) as the candidate, without the
+ *                  validation loss; once it is current (published, or
+ *                  promoted later), training restarts from it (the trainer
+ *                  is rebuilt when the layout changed)
  * Re-embedding chunks (reembed.h) go before all of these. */
 #include "learner.h"
 
@@ -27,6 +34,7 @@
 #include "gate.h"
 #include "reembed.h"
 #include "samples.h"
+#include "stages.h"
 #include "store/store_reembed.h"
 #include "sts.h"
 #include "train.h"
@@ -35,7 +43,7 @@
 #define STS_CHUNK 64
 #define DUTY_WINDOW 10.0       /* seconds over which the duty cycle is measured */
 
-enum { PH_IDLE = 0, PH_STEP, PH_APPLY, PH_GATE, PH_SAVE };
+enum { PH_IDLE = 0, PH_STEP, PH_APPLY, PH_GATE, PH_SAVE, PH_WHITEN };
 
 /* Parameters updated per piece of the optimizer step (a few ms each). */
 #define APPLY_CHUNK ((size_t)1 << 20)
@@ -46,6 +54,7 @@ typedef struct gate_result {
     int passed;
     uint32_t candidate_id;
     long step;
+    const char *stage;         /* "gradient" or "whiten" */
     gate_side cand, cur;
     char reason[256];
     double at;                 /* unix seconds */
@@ -63,6 +72,9 @@ typedef struct gate_run {
     int have_sts;
     float *sts_a, *sts_b;      /* (n, C) embeddings of the pairs, per side */
     float *scratch;            /* (n_enc) the current version's weights */
+    int *lex_a, *lex_b;        /* (2 h_n) the lexical pairs (gate.h) */
+    double *lex_sim;           /* (2 h_n) their TF-IDF cosines */
+    emb_model *stage_cand;     /* a stage's candidate (stages.h), else NULL: the EMA */
     gate_result res;
 } gate_run;
 
@@ -106,16 +118,25 @@ struct learner {
     double window_start, window_busy; /* duty cycle */
     gate_run gate;
     save_run save;
+    whiten_stage *whiten;      /* NULL: the whitening stage is off */
+    long whiten_next;          /* buffer size at which the next refit is due */
+    int restart_after_save;    /* a stage's candidate was published: reset the trainer */
+    uint32_t whiten_pending;   /* a stage's candidate left pending (manual): restart
+                                  from it once it is promoted; 0: none */
+    model_version *whiten_mv;  /* the version a refit in progress starts from (a reference) */
 
     /* shared, under lock */
     pthread_mutex_t lock;
     int paused;
     int rollback_pending;
+    int version_changed;       /* the on-change hook ran (a promote, from any thread) */
     long steps, skipped, published, rejected;
     double last_loss, last_simcse, last_mlm, loss_ema;
     gate_result last_gate;
     char last_error[256];
 };
+
+static void restart_from_current(learner *l);
 
 static double unix_now(void)
 {
@@ -201,11 +222,18 @@ static int embed_ids(learner *l, const emb_model *m, const int32_t *ids, const i
 }
 
 /* The hooks the registry calls (versions.h): a new current version starts
- * re-embedding; failures that do not undo a change go to last_error. */
+ * re-embedding and wakes a resting compute thread (a promote or rollback
+ * comes from an HTTP thread); failures that do not undo a change go to
+ * last_error. */
 static int on_version_change(void *ctx, uint32_t id, emb_err *err)
 {
     learner *l = ctx;
-    return reembedder_start(l->re, id, err);
+    int rc = reembedder_start(l->re, id, err);
+    pthread_mutex_lock(&l->lock);
+    l->version_changed = 1;
+    pthread_mutex_unlock(&l->lock);
+    batcher_wake(l->b);
+    return rc;
 }
 
 static void report_error(void *ctx, const char *what, const char *msg)
@@ -323,6 +351,38 @@ static int gate_due(learner *l)
     return l->o.publish_every_secs > 0 && mono_seconds() - l->last_publish >= l->o.publish_every_secs;
 }
 
+/* The lexical pairs of the held-out texts and their TF-IDF cosines (gate.h),
+ * on the word pieces without [CLS] and [SEP]. */
+static int lexical_prepare(learner *l, int vocab)
+{
+    gate_run *g = &l->gate;
+    const int n = g->h_n;
+    free(g->lex_a);
+    free(g->lex_b);
+    free(g->lex_sim);
+    g->lex_a = malloc(sizeof(int) * 2 * (size_t)n);
+    g->lex_b = malloc(sizeof(int) * 2 * (size_t)n);
+    g->lex_sim = malloc(sizeof(double) * 2 * (size_t)n);
+    int *ids = malloc(sizeof(int) * (size_t)n * (size_t)l->o.max_seq_len);
+    int *lens = malloc(sizeof(int) * (size_t)n);
+    int rc = -1;
+    if (g->lex_a != NULL && g->lex_b != NULL && g->lex_sim != NULL && ids != NULL &&
+        lens != NULL && n >= 3) {
+        long at = 0, to = 0;
+        for (int i = 0; i < n; i++) {
+            const int len = g->h_lens[i];
+            lens[i] = len > 2 ? len - 2 : 0;
+            for (int k = 1; k + 1 < len; k++)
+                ids[to++] = g->h_ids[at + k];
+            at += len;
+        }
+        rc = gate_lexical_pairs(ids, lens, n, vocab, 0, g->lex_a, g->lex_b, g->lex_sim);
+    }
+    free(ids);
+    free(lens);
+    return rc;
+}
+
 /* Tokenises the held-out texts for the gate. */
 static int gate_prepare(learner *l)
 {
@@ -344,11 +404,14 @@ static int gate_prepare(learner *l)
               tokenize_texts(mv->model, texts, use, l->o.max_seq_len, l->gate.h_ids,
                              l->gate.h_lens) != 0)
                  ? -1 : 0;
+    const int vocab = mv->model->cfg.vocab_size;
     versions_release(l->v, mv);
     for (int i = 0; i < n; i++)
         free(texts[i]);
     free(texts);
     l->gate.h_n = rc == 0 ? use : 0;
+    if (rc == 0 && l->o.gate_lex)
+        rc = lexical_prepare(l, vocab);
     return rc;
 }
 
@@ -356,6 +419,8 @@ static int gate_prepare(learner *l)
  * one collapse measurement, STS chunks. */
 static int val_batches(const learner *l)
 {
+    if (l->gate.stage_cand != NULL)
+        return 0; /* a stage's candidate has no loss to compare */
     return (l->gate.h_n + GATE_BATCH - 1) / GATE_BATCH;
 }
 
@@ -380,15 +445,20 @@ static void start_gate(learner *l)
         return;
     }
     l->gate.res.step = l->steps;
+    l->gate.res.stage = l->gate.stage_cand != NULL ? "whiten" : "gradient";
     l->gate.res.cand.sts = l->gate.res.cur.sts = NAN;
+    l->gate.res.cand.lex = l->gate.res.cur.lex = NAN;
+    l->gate.res.cand.val_loss = l->gate.res.cur.val_loss = l->gate.stage_cand != NULL ? NAN : 0;
     l->gate.task = 0;
     l->gate.n_tasks = 2 * side_tasks(l);
-    /* the candidate's packed weights: the EMA */
-    memcpy(l->cand->params, l->ema, sizeof(float) * l->t->n_enc);
-    emb_err err;
-    if (emb_model_pack(l->cand, &err) != 0) {
-        set_error(l, "gate", err.msg);
-        return;
+    if (l->gate.stage_cand == NULL) {
+        /* the candidate's packed weights: the EMA */
+        memcpy(l->cand->params, l->ema, sizeof(float) * l->t->n_enc);
+        emb_err err;
+        if (emb_model_pack(l->cand, &err) != 0) {
+            set_error(l, "gate", err.msg);
+            return;
+        }
     }
     l->phase = PH_GATE;
 }
@@ -435,6 +505,10 @@ static int gate_collapse(learner *l, const emb_model *m, gate_side *side)
         return -1;
     }
     int rc = gate_collapse_stats(e, n, C, &side->mean_cos, &side->variance);
+    side->uniformity = gate_uniformity(e, n, C);
+    if (l->gate.lex_a != NULL && l->o.gate_lex)
+        side->lex = gate_lexical_agreement(e, C, l->gate.lex_a, l->gate.lex_b, l->gate.lex_sim,
+                                           2 * n);
     free(e);
     if (rc != 0)
         set_error(l, "gate", "out of memory");
@@ -488,7 +562,10 @@ static void gate_finish(learner *l)
     g->at = unix_now();
     gate_limits lim = {.max_cos = l->o.collapse_max_cos, .cos_rise = l->o.collapse_cos_rise,
                        .min_var = l->o.collapse_min_var, .use_sts = l->gate.have_sts,
-                       .sts_tolerance = l->o.gate_tolerance};
+                       .sts_tolerance = l->o.gate_tolerance,
+                       .use_val_loss = l->gate.stage_cand == NULL, .use_lex = l->o.gate_lex,
+                       .lex_tolerance = l->o.gate_lex_tolerance,
+                       .lex_min_gain = l->o.gate_lex_gain};
     g->passed = gate_decide(&lim, &g->cand, &g->cur, g->reason, sizeof g->reason);
 }
 
@@ -512,7 +589,8 @@ static void *saver_main(void *arg)
 static void start_save(learner *l)
 {
     emb_err err;
-    l->save.model = emb_model_clone(l->cand, &err);
+    l->save.model = emb_model_clone(l->gate.stage_cand != NULL ? l->gate.stage_cand : l->cand,
+                                    &err);
     if (l->save.model == NULL) {
         set_error(l, "publish", err.msg);
         l->phase = PH_IDLE;
@@ -537,24 +615,46 @@ static void start_save(learner *l)
     l->phase = PH_SAVE;
 }
 
+/* The gate passed and the candidate is saved: by the publish mode
+ * (versions.h), it becomes current or waits for POST /train/promote. The
+ * trainer goes on from its own state either way. */
+static int publish_or_hold(learner *l)
+{
+    const gate_result *g = &l->gate.res;
+    char summary[160];
+    snprintf(summary, sizeof summary, "%.64s at step %ld: validation loss %.6g vs %.6g", g->reason,
+             g->step, (double)g->cand.val_loss, (double)g->cur.val_loss);
+    emb_err err;
+    int rc = versions_candidate(l->v, l->save.model, l->save.id, versions_current_id(l->v),
+                                summary, &err);
+    if (rc < 0) {
+        set_error(l, "publish", err.msg);
+        return -1;
+    }
+    pthread_mutex_lock(&l->lock);
+    l->published += rc;
+    pthread_mutex_unlock(&l->lock);
+    metrics_train_publish(l->mx, 1);
+    fprintf(stderr, "embedd: learner: %s model version %u (step %ld)\n",
+            rc == 1 ? "published" : "saved (pending, POST /train/promote)", l->save.id, g->step);
+    return rc;
+}
+
 static void finish_save(learner *l)
 {
     pthread_join(l->save.thread, NULL);
     l->save.running = 0;
-    emb_err err;
     if (l->save.rc != 0) {
         set_error(l, "publish: saving the checkpoint", l->save.err);
         emb_model_free(l->save.model);
-    } else if (versions_publish_saved(l->v, l->save.model, l->save.id, &err) != 0) {
-        set_error(l, "publish", err.msg);
     } else {
-        pthread_mutex_lock(&l->lock);
-        l->published++;
-        pthread_mutex_unlock(&l->lock);
-        metrics_train_publish(l->mx, 1);
-        fprintf(stderr, "embedd: learner: published model version %u (step %ld)\n",
-                l->save.id, l->gate.res.step);
+        int rc = publish_or_hold(l);
+        if (rc == 1 && l->restart_after_save)
+            restart_from_current(l);
+        else if (rc == 0) /* a newer candidate replaces a pending one */
+            l->whiten_pending = l->restart_after_save ? l->save.id : 0;
     }
+    l->restart_after_save = 0;
     l->save.model = NULL;
     l->phase = PH_IDLE;
 }
@@ -562,6 +662,7 @@ static void finish_save(learner *l)
 static void end_gate(learner *l)
 {
     gate_finish(l);
+    l->restart_after_save = l->gate.stage_cand != NULL;
     l->steps_since_publish = 0;
     l->last_publish = mono_seconds();
     pthread_mutex_lock(&l->lock);
@@ -573,10 +674,12 @@ static void end_gate(learner *l)
         start_save(l);
     } else {
         metrics_train_publish(l->mx, 0);
-        fprintf(stderr, "embedd: learner: candidate at step %ld rejected: %s\n", l->gate.res.step,
-                l->gate.res.reason);
+        fprintf(stderr, "embedd: learner: candidate at step %ld (%s) rejected: %s\n",
+                l->gate.res.step, l->gate.res.stage, l->gate.res.reason);
         l->phase = PH_IDLE;
     }
+    emb_model_free(l->gate.stage_cand); /* start_save kept a copy */
+    l->gate.stage_cand = NULL;
 }
 
 /* One piece of gate work. */
@@ -586,7 +689,8 @@ static void gate_work(learner *l)
     const int side_no = l->gate.task / per_side, k = l->gate.task % per_side;
     gate_side *side = side_no == 0 ? &l->gate.res.cand : &l->gate.res.cur;
     model_version *cur = side_no == 1 ? versions_current(l->v) : NULL;
-    const emb_model *m = side_no == 0 ? l->cand : cur->model;
+    const emb_model *m = side_no == 1           ? cur->model
+                         : l->gate.stage_cand != NULL ? l->gate.stage_cand : l->cand;
     int rc;
     if (k < val_batches(l) && side_no == 1)
         memcpy(l->gate.scratch, cur->model->params, sizeof(float) * l->t->n_enc);
@@ -598,6 +702,8 @@ static void gate_work(learner *l)
         rc = gate_sts_chunk(l, m, k - val_batches(l) - 1, side);
     versions_release(l->v, cur);
     if (rc != 0) {
+        emb_model_free(l->gate.stage_cand);
+        l->gate.stage_cand = NULL;
         l->phase = PH_IDLE;
         l->steps_since_publish = 0;
         l->last_publish = mono_seconds();
@@ -605,6 +711,73 @@ static void gate_work(learner *l)
     }
     if (++l->gate.task == l->gate.n_tasks)
         end_gate(l);
+}
+
+/* ---- the whitening stage (stages.h) ------------------------------------------------------- */
+
+static void stop_whiten(learner *l)
+{
+    if (l->whiten != NULL)
+        whiten_stage_cancel(l->whiten);
+    versions_release(l->v, l->whiten_mv);
+    l->whiten_mv = NULL;
+}
+
+/* A refit is due when the training texts reached whiten_next (at first
+ * --train-whiten-min-texts, then twice the texts of the last refit). */
+static int whiten_due(learner *l)
+{
+    if (l->whiten == NULL)
+        return 0;
+    samples_stats ss;
+    samples_stats_get(l->buf, &ss);
+    return (long)ss.train >= l->whiten_next;
+}
+
+static void start_whiten(learner *l)
+{
+    emb_err err;
+    const int cap = l->o.whiten_max_texts;
+    char **texts = calloc((size_t)cap, sizeof(char *));
+    int n = texts != NULL ? samples_draw(l->buf, cap, &l->t->rng, texts, cap) : -1;
+    samples_stats ss;
+    samples_stats_get(l->buf, &ss);
+    l->whiten_next = 2 * (long)ss.train;
+    if (n < 2) {
+        for (int i = 0; i < n; i++)
+            free(texts[i]);
+        free(texts);
+        return;
+    }
+    l->whiten_mv = versions_current(l->v);
+    if (whiten_stage_begin(l->whiten, l->whiten_mv->model, texts, n, &err) != 0) {
+        set_error(l, "whitening stage", err.msg);
+        stop_whiten(l);
+        return;
+    }
+    l->phase = PH_WHITEN;
+}
+
+/* One chunk of the refit; at the end the candidate goes to the gate. */
+static void whiten_work(learner *l)
+{
+    emb_err err;
+    int rc = whiten_stage_work(l->whiten, &err);
+    if (rc == 1)
+        return;
+    emb_model *c = rc == 0 ? whiten_stage_finish(l->whiten, &err) : NULL;
+    stop_whiten(l);
+    l->phase = PH_IDLE;
+    if (c == NULL) {
+        set_error(l, "whitening stage", err.msg);
+        return;
+    }
+    l->gate.stage_cand = c;
+    start_gate(l);
+    if (l->phase != PH_GATE) {
+        emb_model_free(l->gate.stage_cand);
+        l->gate.stage_cand = NULL;
+    }
 }
 
 /* ---- rollback ------------------------------------------------------------------------------ */
@@ -623,10 +796,10 @@ int learner_rollback(learner *l, uint32_t id, emb_err *err)
 /* On the compute thread: training restarts from the current version. */
 static void apply_rollback(learner *l)
 {
-    model_version *mv = versions_current(l->v);
-    emb_trainer_reset(l->t, mv->model->params);
-    memcpy(l->ema, mv->model->params, sizeof(float) * l->t->n_enc);
-    versions_release(l->v, mv);
+    stop_whiten(l);
+    emb_model_free(l->gate.stage_cand);
+    l->gate.stage_cand = NULL;
+    restart_from_current(l);
     l->phase = PH_IDLE;
     l->steps_since_publish = 0;
     l->last_publish = mono_seconds();
@@ -664,12 +837,20 @@ int learner_idle(void *ctx)
     int rollback = l->rollback_pending && l->phase != PH_SAVE; /* after a save completes */
     if (rollback)
         l->rollback_pending = 0;
+    int changed = l->version_changed && l->phase != PH_SAVE;
+    if (changed)
+        l->version_changed = 0;
     pthread_mutex_unlock(&l->lock);
-    if (rollback)
+    /* a pending whitening candidate was promoted: train on from it */
+    if (changed && l->whiten_pending != 0 && versions_current_id(l->v) == l->whiten_pending) {
+        rollback = 1;
+        l->whiten_pending = 0;
+    }
+    if (rollback && l->t != NULL)
         apply_rollback(l);
     if (reembedder_work(l->re))
         return BATCHER_IDLE_MORE;
-    if (!l->o.enabled)
+    if (!l->o.enabled || l->t == NULL)
         return idle_answer(l, 1);
     if (l->phase == PH_SAVE) {
         if (!saver_done)
@@ -689,8 +870,12 @@ int learner_idle(void *ctx)
             finish_step(l);
     } else if (l->phase == PH_APPLY) {
         apply_work(l);
+    } else if (l->phase == PH_WHITEN) {
+        whiten_work(l);
     } else if (gate_due(l)) {
         start_gate(l);
+    } else if (whiten_due(l)) {
+        start_whiten(l);
     } else {
         samples_stats ss;
         samples_stats_get(l->buf, &ss);
@@ -754,6 +939,10 @@ static void side_json(strbuf *b, const char *name, const gate_side *s)
     sb_double(b, s->variance);
     sb_puts(b, ",\"sts_spearman\":");
     sb_double(b, s->sts);
+    sb_puts(b, ",\"lexical_agreement\":");
+    sb_double(b, s->lex);
+    sb_puts(b, ",\"uniformity\":");
+    sb_double(b, s->uniformity);
     sb_puts(b, "}");
 }
 
@@ -782,8 +971,8 @@ void learner_status_json(learner *l, strbuf *b)
     if (!g->valid) {
         sb_puts(b, "null");
     } else {
-        sb_printf(b, "{\"passed\":%s,\"step\":%ld,\"reason\":", g->passed ? "true" : "false",
-                  g->step);
+        sb_printf(b, "{\"passed\":%s,\"step\":%ld,\"stage\":\"%s\",\"reason\":",
+                  g->passed ? "true" : "false", g->step, g->stage != NULL ? g->stage : "gradient");
         sb_json_string(b, g->reason);
         if (g->passed)
             sb_printf(b, ",\"version\":%u", g->candidate_id);
@@ -839,6 +1028,80 @@ static int load_sts(learner *l, emb_err *err)
     return 0;
 }
 
+/* Frees what make_workers made. */
+static void free_workers(learner *l)
+{
+    emb_trainer_free(l->t);
+    emb_model_free(l->cand);
+    emb_workspace_free(l->gate.ws);
+    free(l->ema);
+    free(l->gate.scratch);
+    free(l->save.head);
+    l->t = NULL;
+    l->cand = NULL;
+    l->gate.ws = NULL;
+    l->ema = l->gate.scratch = l->save.head = NULL;
+}
+
+/* The trainer, the candidate and its EMA, the gate's workspace and buffers
+ * for model m: at start, and when a stage changed the model's layout (a
+ * whitening module appended). 0, or -1 with err. */
+static int make_workers(learner *l, const emb_model *m, emb_err *err)
+{
+    const learner_opts *o = &l->o;
+    l->cfg = m->cfg;
+    int ws_tokens = o->holdout_eval_max * o->max_seq_len;
+    if (ws_tokens < STS_CHUNK * l->cfg.max_seq_length)
+        ws_tokens = STS_CHUNK * l->cfg.max_seq_length;
+    l->gate.ws = emb_workspace_new(m, ws_tokens, err);
+    if (l->gate.ws == NULL)
+        return -1;
+    emb_train_config tc = emb_train_config_default();
+    tc.objective = o->objective;
+    tc.lr = o->lr;
+    tc.l2sp = o->l2sp;
+    tc.warmup_steps = 20;
+    tc.schedule = EMB_SCHED_CONSTANT;
+    tc.seed = o->seed;
+    l->t = emb_trainer_new(m, o->base_dir, &tc, err);
+    if (l->t == NULL)
+        return -1;
+    if (l->t->anchor != NULL && o->base != NULL && o->base->n_params == l->t->n_enc)
+        memcpy(l->t->anchor, o->base->params, sizeof(float) * l->t->n_enc);
+    l->cand = emb_model_clone(m, err);
+    l->ema = malloc(sizeof(float) * l->t->n_enc);
+    l->gate.scratch = malloc(sizeof(float) * l->t->n_enc);
+    l->save.head = malloc(sizeof(float) * (l->t->n_params - l->t->n_enc));
+    if (l->cand == NULL)
+        return -1;
+    if (l->ema == NULL || l->gate.scratch == NULL || l->save.head == NULL)
+        return emb_fail_as(err, EMB_ERR_NO_MEMORY, "out of memory for the learner");
+    memcpy(l->ema, m->params, sizeof(float) * l->t->n_enc);
+    return 0;
+}
+
+/* Training restarts from the current version: the trainer is reset to its
+ * weights, or rebuilt when its layout differs (a stage appended a Dense
+ * module, or a rollback went back before one). */
+static void restart_from_current(learner *l)
+{
+    model_version *mv = versions_current(l->v);
+    emb_err err;
+    if (mv->model->n_params == l->t->n_enc) {
+        emb_trainer_reset(l->t, mv->model->params);
+        memcpy(l->ema, mv->model->params, sizeof(float) * l->t->n_enc);
+        memcpy(l->cand->params + l->t->dense_at, mv->model->params + l->t->dense_at,
+               sizeof(float) * (l->t->n_enc - l->t->dense_at)); /* its Dense block */
+    } else {
+        free_workers(l);
+        if (make_workers(l, mv->model, &err) != 0) {
+            set_error(l, "restarting training", err.msg);
+            free_workers(l);
+        }
+    }
+    versions_release(l->v, mv);
+}
+
 learner *learner_start(const learner_opts *o, versions *v, batcher *b, store *st, metrics *mx,
                        emb_err *err)
 {
@@ -872,16 +1135,6 @@ learner *learner_start(const learner_opts *o, versions *v, batcher *b, store *st
     if (!o->enabled)
         return l; /* re-embedding only */
     model_version *mv = versions_current(v);
-    l->cfg = mv->model->cfg;
-    int ws_tokens = o->holdout_eval_max * o->max_seq_len;
-    if (ws_tokens < STS_CHUNK * l->cfg.max_seq_length)
-        ws_tokens = STS_CHUNK * l->cfg.max_seq_length;
-    l->gate.ws = emb_workspace_new(mv->model, ws_tokens, err);
-    if (l->gate.ws == NULL) {
-        versions_release(v, mv);
-        learner_stop(l);
-        return NULL;
-    }
     samples_opts so;
     samples_opts_init(&so);
     so.seed = o->seed;
@@ -894,35 +1147,18 @@ learner *learner_start(const learner_opts *o, versions *v, batcher *b, store *st
         samples_stats_get(l->buf, &ss);
         budget_init(&l->budget, o->max_epochs, (long long)ss.train);
     }
-    emb_train_config tc = emb_train_config_default();
-    tc.objective = o->objective;
-    tc.lr = o->lr;
-    tc.l2sp = o->l2sp;
-    tc.warmup_steps = 20;
-    tc.schedule = EMB_SCHED_CONSTANT;
-    tc.seed = o->seed;
     const int B = o->batch_size;
-    if (l->buf != NULL)
-        l->t = emb_trainer_new(mv->model, o->base_dir, &tc, err);
-    if (l->t != NULL && l->t->anchor != NULL && o->base != NULL &&
-        o->base->n_params == l->t->n_enc)
-        memcpy(l->t->anchor, o->base->params, sizeof(float) * l->t->n_enc);
-    if (l->t != NULL) {
-        l->cand = emb_model_clone(mv->model, err);
-        l->ema = malloc(sizeof(float) * l->t->n_enc);
-        l->gate.scratch = malloc(sizeof(float) * l->t->n_enc);
-        l->save.head = malloc(sizeof(float) * (l->t->n_params - l->t->n_enc));
-        l->ids = malloc(sizeof(int32_t) * (size_t)B * (size_t)o->max_seq_len);
-        l->lens = malloc(sizeof(int) * (size_t)B);
-        l->texts = calloc((size_t)B, sizeof(char *));
-        if (l->ema != NULL)
-            memcpy(l->ema, mv->model->params, sizeof(float) * l->t->n_enc);
-    }
+    int rc = l->buf != NULL ? make_workers(l, mv->model, err) : -1;
     versions_release(v, mv);
-    if (l->t == NULL || l->cand == NULL || l->ema == NULL || l->gate.scratch == NULL ||
-        l->save.head == NULL || l->ids == NULL || l->lens == NULL ||
-        l->texts == NULL || l->gate.ws == NULL || load_sts(l, err) != 0) {
-        if (l->t != NULL && (l->ema == NULL || l->ids == NULL || l->texts == NULL))
+    l->ids = malloc(sizeof(int32_t) * (size_t)B * (size_t)o->max_seq_len);
+    l->lens = malloc(sizeof(int) * (size_t)B);
+    l->texts = calloc((size_t)B, sizeof(char *));
+    if (o->whiten && rc == 0)
+        l->whiten = whiten_stage_new(o->whiten_shrink, o->max_seq_len, err);
+    l->whiten_next = o->whiten_min_texts;
+    if (rc != 0 || (o->whiten && l->whiten == NULL) || l->ids == NULL || l->lens == NULL ||
+        l->texts == NULL || load_sts(l, err) != 0) {
+        if (rc == 0 && (l->ids == NULL || l->texts == NULL || l->lens == NULL))
             emb_fail(err, "out of memory for the learner");
         learner_stop(l);
         return NULL;
@@ -934,6 +1170,8 @@ void learner_stop(learner *l)
 {
     if (l == NULL)
         return;
+    if (l->whiten_mv != NULL)
+        stop_whiten(l);
     versions_hooks none = {0};
     if (l->re != NULL)
         versions_set_hooks(l->v, &none);
@@ -946,14 +1184,14 @@ void learner_stop(learner *l)
             fprintf(stderr, "embedd: learner: flushing the sample buffer: %s\n", err.msg);
         samples_close(l->buf);
     }
-    emb_trainer_free(l->t);
-    emb_model_free(l->cand);
-    emb_workspace_free(l->gate.ws);
+    free_workers(l);
+    whiten_stage_free(l->whiten);
+    emb_model_free(l->gate.stage_cand);
+    free(l->gate.lex_a);
+    free(l->gate.lex_b);
+    free(l->gate.lex_sim);
     reembedder_free(l->re);
     emb_batch_free(&l->batch);
-    free(l->ema);
-    free(l->gate.scratch);
-    free(l->save.head);
     free(l->ids);
     free(l->lens);
     free(l->texts);

@@ -21,6 +21,11 @@
  *        compute thread) and then hands it over (versions_publish_saved:
  *        current, DATA/models/current, re-embedding); a failure is logged
  *        and counted, and training goes on.
+ *   Before the first gradient step with --train-whiten-min-texts texts, and
+ *   again each time the buffer has doubled, the whitening stage (stages.h)
+ *   refits the whitening module on up to --train-whiten-max-texts buffer
+ *   texts and offers it to the gate as a candidate (no validation loss:
+ *   the lexical agreement must rise); published, training restarts from it.
  *   The duty cycle of training and gate work is capped at --train-max-cpu
  *   of wall time.
  *
@@ -87,6 +92,13 @@ typedef struct learner_opts {
     float collapse_max_cos;    /* alarm above this mean pairwise cosine ... */
     float collapse_cos_rise;   /* ... that also rose this much over the current's */
     float collapse_min_var;    /* alarm below this share of the current's variance */
+    int gate_lex;              /* the gate checks agreement with TF-IDF (gate.h) */
+    float gate_lex_tolerance;  /* largest lexical agreement x100 drop allowed */
+    float gate_lex_gain;       /* rise a stage without a loss (whitening) must show */
+    int whiten;                /* the whitening stage (stages.h) runs */
+    float whiten_shrink;       /* its eigenvalue shrinkage */
+    int whiten_min_texts;      /* training texts before the first refit */
+    int whiten_max_texts;      /* texts one refit embeds */
     int from_embed, from_items, from_explicit; /* intake sources */
     int paused;                /* start paused */
     int max_epochs;            /* uses each new text earns before the trainer rests

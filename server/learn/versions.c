@@ -1,8 +1,10 @@
-/* versions.c: see versions.h. One mutex guards the list; references are
- * atomic so that releasing is cheap. A second one serialises hand-overs
- * (publish, rollback, align), so that `current` on disk and the hook's
- * calls follow the order of the changes. Nothing slow (loading or saving a
- * model) runs under either. */
+/* versions.c: see versions.h. One mutex (lock) guards the list, the
+ * event ring and what is known of each number; references are atomic so
+ * that releasing is cheap. A second one (change) serialises hand-overs
+ * (candidate, promote, rollback, align), so that the files on disk, the
+ * hook's calls and the events follow the order of the changes. Nothing
+ * slow (loading or saving a model) runs under either; deleting retired
+ * directories runs under `change` only. */
 #include "versions.h"
 
 #include <dirent.h>
@@ -17,18 +19,37 @@
 
 #include "base/fileio.h"
 #include "checkpoint.h"
+#include "safetensors.h"
+
+/* What is known of a number made or found this run, for the list. */
+typedef struct version_info {
+    uint32_t id;
+    double created;           /* unix seconds; 0: unknown */
+    uint32_t parent;          /* 0: unknown */
+    char gate[160];           /* the gate's verdict; "": unknown */
+} version_info;
 
 struct versions {
     pthread_mutex_t lock;
     model_version *head;      /* newest first */
     model_version *current;
     uint32_t latest;
-    int keep;
+    uint32_t hold;            /* the store's version while it re-embeds (versions_align) */
+    int keep;                 /* servable versions, the current one included */
+    versions_publish publish;
+    version_info *known;      /* (n_known) */
+    int n_known, cap_known;
+    versions_event ring[VERSIONS_EVENTS];
+    uint64_t seq;             /* the last event's */
     /* set at open, read-only after */
     char *data_dir;           /* NULL: nothing on disk */
     const char *base_dir;     /* borrowed */
     const emb_model *base;    /* borrowed; NULL for versions_new */
+    emb_dtype save_dtype;     /* the loaded model's file precision */
+    /* under change */
     versions_hooks hooks;
+    void (*listener)(void *ctx);
+    void *listener_ctx;
     pthread_mutex_t change;   /* serialises hand-overs */
 };
 
@@ -73,6 +94,7 @@ versions *versions_new(emb_model *model, uint32_t id, int keep)
     v->head = v->current = mv;
     v->latest = id;
     v->keep = keep < 1 ? 1 : keep;
+    v->save_dtype = EMB_DT_F32;
     return v;
 }
 
@@ -88,6 +110,7 @@ void versions_free(versions *v)
     }
     pthread_mutex_destroy(&v->lock);
     pthread_mutex_destroy(&v->change);
+    free(v->known);
     free(v->data_dir);
     free(v);
 }
@@ -101,12 +124,27 @@ model_version *versions_current(versions *v)
     return mv;
 }
 
-model_version *versions_get(versions *v, uint32_t id)
+/* The version id in memory, or NULL; with the lock held. */
+static model_version *find(versions *v, uint32_t id)
 {
-    pthread_mutex_lock(&v->lock);
     model_version *mv = v->head;
     while (mv != NULL && mv->id != id)
         mv = mv->next;
+    return mv;
+}
+
+static model_version *find_pending(versions *v)
+{
+    model_version *mv = v->head;
+    while (mv != NULL && !mv->pending)
+        mv = mv->next;
+    return mv;
+}
+
+model_version *versions_get(versions *v, uint32_t id)
+{
+    pthread_mutex_lock(&v->lock);
+    model_version *mv = find(v, id);
     if (mv != NULL)
         atomic_fetch_add(&mv->refs, 1);
     pthread_mutex_unlock(&v->lock);
@@ -136,16 +174,32 @@ uint32_t versions_latest_id(versions *v)
     return id;
 }
 
-/* Drops the registry's reference to versions beyond the newest `keep`
- * non-current ones. Called with the lock held. */
+uint32_t versions_pending_id(versions *v)
+{
+    pthread_mutex_lock(&v->lock);
+    model_version *mv = find_pending(v);
+    uint32_t id = mv != NULL ? mv->id : 0;
+    pthread_mutex_unlock(&v->lock);
+    return id;
+}
+
+/* 1 when mv stays in memory whatever its age. */
+static int always_kept(const versions *v, const model_version *mv)
+{
+    return mv == v->current || mv->pending || (v->hold != 0 && mv->id == v->hold);
+}
+
+/* Drops the registry's reference to versions beyond the newest keep - 1
+ * others (by number). Called with the lock held. */
 static void trim(versions *v)
 {
-    int kept = 0;
     model_version **link = &v->head;
     while (*link != NULL) {
         model_version *mv = *link;
-        if (mv == v->current || kept < v->keep) {
-            kept += mv != v->current;
+        int newer = 0;
+        for (model_version *o = v->head; o != NULL; o = o->next)
+            newer += !always_kept(v, o) && o->id > mv->id;
+        if (always_kept(v, mv) || newer < v->keep - 1) {
             link = &mv->next;
             continue;
         }
@@ -154,21 +208,25 @@ static void trim(versions *v)
     }
 }
 
-static model_version *versions_publish(versions *v, emb_model *model, uint32_t id)
+/* Puts mv in the list (the registry's reference); with the lock held. */
+static void insert(versions *v, model_version *mv)
 {
-    model_version *mv = version_new(model, id);
-    if (mv == NULL)
-        return NULL;
-    atomic_fetch_add(&mv->refs, 1); /* the caller's */
-    pthread_mutex_lock(&v->lock);
     mv->next = v->head;
     v->head = mv;
-    v->current = mv;
-    if (id > v->latest)
-        v->latest = id;
-    trim(v);
-    pthread_mutex_unlock(&v->lock);
-    return mv;
+    if (mv->id > v->latest)
+        v->latest = mv->id;
+}
+
+/* Takes mv out of the list and drops the registry's reference. */
+static void unlink_version(versions *v, model_version *gone)
+{
+    for (model_version **link = &v->head; *link != NULL; link = &(*link)->next) {
+        if (*link == gone) {
+            *link = gone->next;
+            version_unref(gone);
+            return;
+        }
+    }
 }
 
 static int versions_add(versions *v, emb_model *model, uint32_t id)
@@ -177,33 +235,10 @@ static int versions_add(versions *v, emb_model *model, uint32_t id)
     if (mv == NULL)
         return -1;
     pthread_mutex_lock(&v->lock);
-    mv->next = v->head;
-    v->head = mv;
-    if (id > v->latest)
-        v->latest = id;
+    insert(v, mv);
     trim(v);
     pthread_mutex_unlock(&v->lock);
     return 0;
-}
-
-static int versions_make_current(versions *v, uint32_t id)
-{
-    pthread_mutex_lock(&v->lock);
-    model_version *mv = v->head;
-    while (mv != NULL && mv->id != id)
-        mv = mv->next;
-    if (mv != NULL)
-        v->current = mv;
-    pthread_mutex_unlock(&v->lock);
-    return mv != NULL ? 0 : -1;
-}
-
-static void versions_note_latest(versions *v, uint32_t id)
-{
-    pthread_mutex_lock(&v->lock);
-    if (id > v->latest)
-        v->latest = id;
-    pthread_mutex_unlock(&v->lock);
 }
 
 int versions_list(versions *v, uint32_t *ids, int cap)
@@ -223,7 +258,232 @@ void versions_set_hooks(versions *v, const versions_hooks *h)
     pthread_mutex_unlock(&v->change);
 }
 
+void versions_set_publish(versions *v, versions_publish mode)
+{
+    pthread_mutex_lock(&v->lock);
+    v->publish = mode;
+    pthread_mutex_unlock(&v->lock);
+}
+
+versions_publish versions_get_publish(versions *v)
+{
+    pthread_mutex_lock(&v->lock);
+    versions_publish mode = v->publish;
+    pthread_mutex_unlock(&v->lock);
+    return mode;
+}
+
+void versions_set_listener(versions *v, void (*fn)(void *ctx), void *ctx)
+{
+    pthread_mutex_lock(&v->change);
+    v->listener = fn;
+    v->listener_ctx = ctx;
+    pthread_mutex_unlock(&v->change);
+}
+
+/* ---- what is known of each number, and events --------------------------------------- */
+
+/* The record of id, made when missing; with the lock held. NULL when out
+ * of memory (the list then lacks the details). */
+static version_info *info_of(versions *v, uint32_t id)
+{
+    for (int i = 0; i < v->n_known; i++) {
+        if (v->known[i].id == id)
+            return &v->known[i];
+    }
+    if (v->n_known == v->cap_known) {
+        int cap = v->cap_known > 0 ? 2 * v->cap_known : 16;
+        version_info *k = realloc(v->known, sizeof *k * (size_t)cap);
+        if (k == NULL)
+            return NULL;
+        v->known = k;
+        v->cap_known = cap;
+    }
+    version_info *in = &v->known[v->n_known++];
+    memset(in, 0, sizeof *in);
+    in->id = id;
+    return in;
+}
+
+static void note_info(versions *v, uint32_t id, double created, uint32_t parent,
+                      const char *gate)
+{
+    pthread_mutex_lock(&v->lock);
+    version_info *in = info_of(v, id);
+    if (in != NULL) {
+        if (created > 0)
+            in->created = created;
+        if (parent != 0)
+            in->parent = parent;
+        if (gate != NULL)
+            snprintf(in->gate, sizeof in->gate, "%s", gate);
+    }
+    pthread_mutex_unlock(&v->lock);
+}
+
+/* Records an event and tells the listener; with v->change held. */
+static void emit(versions *v, versions_event_kind kind, uint32_t id, uint32_t previous)
+{
+    pthread_mutex_lock(&v->lock);
+    versions_event *e = &v->ring[v->seq % VERSIONS_EVENTS];
+    e->seq = ++v->seq;
+    e->kind = kind;
+    e->id = id;
+    e->previous = previous;
+    e->at = unix_now();
+    pthread_mutex_unlock(&v->lock);
+    if (v->listener != NULL)
+        v->listener(v->listener_ctx);
+}
+
+int versions_events(versions *v, uint64_t after, versions_event *out, int cap, uint64_t *last)
+{
+    pthread_mutex_lock(&v->lock);
+    uint64_t first = v->seq > VERSIONS_EVENTS ? v->seq - VERSIONS_EVENTS + 1 : 1;
+    if (after + 1 > first)
+        first = after + 1;
+    int n = 0;
+    for (uint64_t s = first; s <= v->seq && n < cap; s++)
+        out[n++] = v->ring[(s - 1) % VERSIONS_EVENTS];
+    if (last != NULL)
+        *last = v->seq;
+    pthread_mutex_unlock(&v->lock);
+    return n;
+}
+
+const char *versions_event_name(versions_event_kind kind)
+{
+    switch (kind) {
+    case VERSIONS_EV_PENDING: return "pending";
+    case VERSIONS_EV_PUBLISH: return "publish";
+    case VERSIONS_EV_PROMOTE: return "promote";
+    case VERSIONS_EV_ROLLBACK: return "rollback";
+    }
+    return "change";
+}
+
+/* ---- servable versions and pins ----------------------------------------------------- */
+
+/* With the lock held. */
+static void available_locked(versions *v, char *buf, size_t cap)
+{
+    size_t n = 0;
+    buf[0] = '\0';
+    uint32_t ids[64];
+    int k = 0;
+    for (model_version *mv = v->head; mv != NULL && k < 64; mv = mv->next)
+        ids[k++] = mv->id;
+    /* newest first */
+    for (int i = 1; i < k; i++) {
+        for (int j = i; j > 0 && ids[j] > ids[j - 1]; j--) {
+            uint32_t t = ids[j];
+            ids[j] = ids[j - 1];
+            ids[j - 1] = t;
+        }
+    }
+    for (int i = 0; i < k && n < cap; i++) {
+        model_version *mv = find(v, ids[i]);
+        int w = snprintf(buf + n, cap - n, "%s%u%s", i > 0 ? ", " : "", ids[i],
+                         mv == v->current ? " (current)" : mv->pending ? " (pending)" : "");
+        if (w < 0)
+            break;
+        n += (size_t)w;
+    }
+}
+
+void versions_available(versions *v, char *buf, size_t cap)
+{
+    pthread_mutex_lock(&v->lock);
+    available_locked(v, buf, cap);
+    pthread_mutex_unlock(&v->lock);
+}
+
+int versions_pin(versions *v, uint32_t id, model_version **out, emb_err *err)
+{
+    char avail[256];
+    pthread_mutex_lock(&v->lock);
+    model_version *mv = find(v, id);
+    if (mv != NULL) {
+        atomic_fetch_add(&mv->refs, 1);
+        pthread_mutex_unlock(&v->lock);
+        *out = mv;
+        return 0;
+    }
+    uint32_t latest = v->latest;
+    available_locked(v, avail, sizeof avail);
+    pthread_mutex_unlock(&v->lock);
+    *out = NULL;
+    if (id == 0 || id > latest)
+        return emb_fail_as(err, EMB_ERR_NOT_FOUND,
+                           "model version %u does not exist; available: %s", id, avail);
+    return emb_fail_as(err, EMB_ERR_GONE,
+                       "model version %u was retired (--keep-versions); available: %s", id,
+                       avail);
+}
+
+/* The status of id: "current", "pending", "servable" or "retired". With
+ * the lock held. */
+static const char *status_of(versions *v, uint32_t id)
+{
+    model_version *mv = find(v, id);
+    if (mv == NULL)
+        return "retired";
+    return mv == v->current ? "current" : mv->pending ? "pending" : "servable";
+}
+
+void versions_list_json(versions *v, strbuf *b)
+{
+    pthread_mutex_lock(&v->lock);
+    model_version *pend = find_pending(v);
+    sb_printf(b, "{\"current\":%u,\"pending\":", v->current->id);
+    if (pend != NULL)
+        sb_printf(b, "%u", pend->id);
+    else
+        sb_puts(b, "null");
+    sb_printf(b, ",\"latest\":%u,\"keep\":%d,\"publish\":\"%s\",\"versions\":[", v->latest,
+              v->keep, v->publish == VERSIONS_PUBLISH_AUTO ? "auto" : "manual");
+    uint32_t stop = v->latest > 100 ? v->latest - 100 : 0;
+    for (uint32_t id = v->latest; id > stop; id--) {
+        const version_info *in = NULL;
+        for (int i = 0; i < v->n_known; i++) {
+            if (v->known[i].id == id)
+                in = &v->known[i];
+        }
+        model_version *mv = find(v, id);
+        sb_printf(b, "%s{\"id\":%u,\"status\":\"%s\",\"created\":", id == v->latest ? "" : ",",
+                  id, status_of(v, id));
+        double created = in != NULL && in->created > 0 ? in->created
+                         : mv != NULL                  ? mv->published_at
+                                                       : 0;
+        if (created > 0)
+            sb_printf(b, "%.3f", created);
+        else
+            sb_puts(b, "null");
+        sb_puts(b, ",\"parent\":");
+        if (in != NULL && in->parent != 0)
+            sb_printf(b, "%u", in->parent);
+        else
+            sb_puts(b, "null");
+        sb_puts(b, ",\"gate\":");
+        if (in != NULL && in->gate[0] != '\0')
+            sb_json_string(b, in->gate);
+        else
+            sb_puts(b, "null");
+        sb_putc(b, '}');
+    }
+    sb_puts(b, "]}");
+    pthread_mutex_unlock(&v->lock);
+}
+
 /* ---- DATA/models ------------------------------------------------------------------ */
+
+/* n when name is "v{n}" (a version directory), else 0. */
+static uint32_t version_dir_id(const char *name)
+{
+    unsigned n = 0;
+    char tail;
+    return sscanf(name, "v%u%c", &n, &tail) == 1 ? n : 0;
+}
 
 /* The highest n with DATA/models/vN (a published version), or 0. */
 static uint32_t latest_saved_version(const char *data_dir)
@@ -236,21 +496,19 @@ static uint32_t latest_saved_version(const char *data_dir)
     uint32_t best = 0;
     struct dirent *e;
     while ((e = readdir(d)) != NULL) {
-        unsigned n = 0;
-        char tail;
-        if (sscanf(e->d_name, "v%u%c", &n, &tail) == 1 && n > best)
+        uint32_t n = version_dir_id(e->d_name);
+        if (n > best)
             best = n;
     }
     closedir(d);
     return best;
 }
 
-/* The version DATA/models/current names (written at each publish and
- * rollback), or the latest saved one. 1 means the loaded model. */
-static uint32_t current_saved_version(const char *data_dir)
+/* The number in DATA/models/<name>, or 0. */
+static uint32_t read_number(const char *data_dir, const char *name)
 {
     char path[4096];
-    snprintf(path, sizeof path, "%s/models/current", data_dir);
+    snprintf(path, sizeof path, "%s/models/%s", data_dir, name);
     FILE *fp = fopen(path, "r");
     unsigned id = 0;
     if (fp != NULL) {
@@ -258,14 +516,27 @@ static uint32_t current_saved_version(const char *data_dir)
             id = 0;
         fclose(fp);
     }
+    return id;
+}
+
+static int version_on_disk(const char *data_dir, uint32_t id)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/models/v%u/config.json", data_dir, id);
+    return access(path, R_OK) == 0;
+}
+
+/* The version DATA/models/current names (written at each publish and
+ * rollback), or the latest saved one. 1 means the loaded model. */
+static uint32_t current_saved_version(const char *data_dir, uint32_t pending)
+{
+    uint32_t id = read_number(data_dir, "current");
     if (id == 1)
         return 1;
-    if (id > 1) {
-        snprintf(path, sizeof path, "%s/models/v%u/config.json", data_dir, id);
-        if (access(path, R_OK) == 0)
-            return id;
-    }
-    return latest_saved_version(data_dir);
+    if (id > 1 && version_on_disk(data_dir, id))
+        return id;
+    id = latest_saved_version(data_dir);
+    return id == pending ? 1 : id; /* a pending version is not current */
 }
 
 /* Version id from DATA/models/vN, packed in the served model's precision;
@@ -284,12 +555,198 @@ static emb_model *load_saved_version(const char *data_dir, const emb_model *base
     return emb_model_load_precision(path, base->precision, err);
 }
 
+/* Removes DATA/models/v{n}.tmp-* left by a save that never finished. */
+static void remove_stale_temps(const char *data_dir)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/models", data_dir);
+    DIR *d = opendir(path);
+    if (d == NULL)
+        return;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        unsigned n = 0;
+        int used = 0;
+        if (sscanf(e->d_name, "v%u.tmp-%n", &n, &used) != 1 || used == 0)
+            continue;
+        char tmp[4400];
+        snprintf(tmp, sizeof tmp, "%s/%s", path, e->d_name);
+        emb_err err;
+        if (emb_remove_tree(tmp, &err) == 0)
+            fprintf(stderr, "embedd: removed %s (a save that did not finish)\n", tmp);
+    }
+    closedir(d);
+}
+
+/* The precision of base_dir/model.safetensors (of its largest tensor):
+ * versions are saved in it. F32 when it cannot be read. */
+static emb_dtype file_dtype(const char *base_dir)
+{
+    if (base_dir == NULL)
+        return EMB_DT_F32;
+    char path[4096];
+    snprintf(path, sizeof path, "%s/model.safetensors", base_dir);
+    emb_st_file f;
+    emb_err err;
+    if (emb_st_open(&f, path, &err) != 0)
+        return EMB_DT_F32;
+    emb_dtype dt = EMB_DT_F32;
+    size_t best = 0;
+    for (int i = 0; i < f.n_tensors; i++) {
+        size_t bytes = f.tensors[i].end - f.tensors[i].begin;
+        if (bytes > best) {
+            best = bytes;
+            dt = f.tensors[i].dtype;
+        }
+    }
+    emb_st_close(&f);
+    return dt == EMB_DT_F16 || dt == EMB_DT_BF16 ? dt : EMB_DT_F32;
+}
+
+/* Deletes DATA/models/v{n} of every number up to latest that is not in
+ * memory (retired). With v->change held. */
+static void prune_disk(versions *v)
+{
+    if (v->data_dir == NULL)
+        return;
+    char path[4096];
+    snprintf(path, sizeof path, "%s/models", v->data_dir);
+    DIR *d = opendir(path);
+    if (d == NULL)
+        return;
+    uint32_t gone[64];
+    int n = 0;
+    struct dirent *e;
+    pthread_mutex_lock(&v->lock);
+    while ((e = readdir(d)) != NULL && n < 64) {
+        uint32_t id = version_dir_id(e->d_name);
+        if (id >= 2 && id <= v->latest && find(v, id) == NULL)
+            gone[n++] = id;
+    }
+    pthread_mutex_unlock(&v->lock);
+    closedir(d);
+    for (int i = 0; i < n; i++) {
+        char dir[4200];
+        snprintf(dir, sizeof dir, "%s/v%u", path, gone[i]);
+        emb_err err;
+        if (emb_remove_tree(dir, &err) != 0)
+            fprintf(stderr, "embedd: cannot delete retired version %s: %s\n", dir, err.msg);
+    }
+}
+
+static void report(versions *v, const char *what, const char *msg)
+{
+    if (v->hooks.report != NULL)
+        v->hooks.report(v->hooks.ctx, what, msg);
+}
+
+/* DATA/models/<name> holds id, replaced atomically; a failure is reported
+ * and changes nothing else. */
+static void write_number(versions *v, const char *name, uint32_t id)
+{
+    if (v->data_dir == NULL)
+        return;
+    char dir[4096], path[4200], line[16];
+    snprintf(dir, sizeof dir, "%s/models", v->data_dir);
+    mkdir(dir, 0755);
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    int n = snprintf(line, sizeof line, "%u\n", id);
+    emb_err err;
+    if (emb_write_file_atomic(path, line, (size_t)n, &err) != 0) {
+        char what[64];
+        snprintf(what, sizeof what, "saving the %s version", name);
+        report(v, what, err.msg);
+    }
+}
+
+/* The kept window from disk at open: the keep - 1 newest saved versions
+ * besides current (and 1, the base), and the pending one. A version that
+ * does not load is left out with a message. */
+static void load_window(versions *v, uint32_t pending)
+{
+    uint32_t ids[64];
+    int n = 0;
+    char path[4096];
+    snprintf(path, sizeof path, "%s/models", v->data_dir);
+    DIR *d = opendir(path);
+    if (d != NULL) {
+        struct dirent *e;
+        while ((e = readdir(d)) != NULL && n < 63) {
+            uint32_t id = version_dir_id(e->d_name);
+            if (id >= 2 && id != pending && version_on_disk(v->data_dir, id))
+                ids[n++] = id;
+        }
+        closedir(d);
+    }
+    ids[n++] = 1;
+    if (pending >= 2 && version_on_disk(v->data_dir, pending))
+        ids[n++] = pending;
+    uint32_t cur = v->current->id;
+    int others = 0;
+    for (;;) {
+        /* the newest not yet taken, pending first */
+        int best = -1;
+        for (int i = 0; i < n; i++) {
+            if (ids[i] == 0 || ids[i] == cur)
+                continue;
+            if (best < 0 || ids[i] == pending ||
+                (ids[best] != pending && ids[i] > ids[best]))
+                best = i;
+        }
+        if (best < 0)
+            break;
+        uint32_t id = ids[best];
+        ids[best] = 0;
+        int is_pending = id == pending;
+        if (!is_pending && others >= v->keep - 1)
+            continue;
+        emb_err err;
+        emb_model *m = load_saved_version(v->data_dir, v->base, id, &err);
+        if (m == NULL) {
+            fprintf(stderr, "embedd: model version %u not loaded: %s\n", id, err.msg);
+            continue;
+        }
+        model_version *mv = version_new(m, id);
+        if (mv == NULL) {
+            emb_model_free(m);
+            break;
+        }
+        mv->pending = is_pending;
+        pthread_mutex_lock(&v->lock);
+        insert(v, mv);
+        pthread_mutex_unlock(&v->lock);
+        others += !is_pending;
+    }
+    /* what the list can say about numbers on disk */
+    snprintf(path, sizeof path, "%s/models", v->data_dir);
+    d = opendir(path);
+    if (d != NULL) {
+        struct dirent *e;
+        while ((e = readdir(d)) != NULL) {
+            uint32_t id = version_dir_id(e->d_name);
+            struct stat st;
+            char dir[4400];
+            snprintf(dir, sizeof dir, "%s/%s", path, e->d_name);
+            if (id >= 2 && stat(dir, &st) == 0)
+                note_info(v, id, (double)st.st_mtime, 0, NULL);
+        }
+        closedir(d);
+    }
+}
+
 versions *versions_open(const char *data_dir, const char *base_dir, const emb_model *base,
                         int keep, emb_err *err)
 {
-    uint32_t id = data_dir != NULL ? current_saved_version(data_dir) : 0;
+    uint32_t pending = 0, id = 0;
+    if (data_dir != NULL) {
+        remove_stale_temps(data_dir);
+        pending = read_number(data_dir, "pending");
+        id = current_saved_version(data_dir, pending);
+    }
     if (id == 0)
         id = 1;
+    if (pending == id)
+        pending = 0;
     emb_model *cur = load_saved_version(data_dir, base, id, err);
     if (cur == NULL)
         return NULL;
@@ -301,92 +758,190 @@ versions *versions_open(const char *data_dir, const char *base_dir, const emb_mo
     }
     v->base = base;
     v->base_dir = base_dir;
+    v->save_dtype = file_dtype(base_dir);
     if (data_dir != NULL && (v->data_dir = strdup(data_dir)) == NULL) {
         versions_free(v);
         emb_fail_as(err, EMB_ERR_NO_MEMORY, "out of memory");
         return NULL;
     }
-    /* numbering goes on after every saved version, whichever is current */
-    uint32_t latest = data_dir != NULL ? latest_saved_version(data_dir) : 0;
-    if (latest > id)
-        versions_note_latest(v, latest);
+    if (data_dir != NULL) {
+        /* numbering goes on after every number ever made, whichever is current */
+        uint32_t latest = latest_saved_version(data_dir);
+        uint32_t noted = read_number(data_dir, "latest");
+        pthread_mutex_lock(&v->lock);
+        if (latest > v->latest)
+            v->latest = latest;
+        if (noted > v->latest)
+            v->latest = noted;
+        pthread_mutex_unlock(&v->lock);
+        load_window(v, pending);
+        pthread_mutex_lock(&v->change);
+        prune_disk(v);
+        pthread_mutex_unlock(&v->change);
+    }
     if (id > 1)
         fprintf(stderr, "embedd: serving model version %u from %s/models\n", id, data_dir);
+    if (versions_pending_id(v) != 0)
+        fprintf(stderr, "embedd: model version %u is pending (POST /train/promote)\n",
+                versions_pending_id(v));
     return v;
 }
 
-int versions_save(versions *v, uint32_t id, const emb_model *m, const float *head,
-                  emb_err *err)
+/* Rounds the encoder floats of m to dt (F16 or BF16) and repacks, so that
+ * the version served is the one saved. */
+static int round_to(emb_model *m, emb_dtype dt, emb_err *err)
 {
+    const size_t n = emb_encoder_floats(&m->cfg);
+    float *p = m->params;
+    for (size_t i = 0; i < n; i++)
+        p[i] = dt == EMB_DT_F16 ? emb_f16_to_f32(emb_f32_to_f16(p[i]))
+                                : emb_bf16_to_f32(emb_f32_to_bf16(p[i]));
+    return emb_model_pack(m, err);
+}
+
+int versions_save(versions *v, uint32_t id, emb_model *m, const float *head, emb_err *err)
+{
+    if (v->save_dtype != EMB_DT_F32 && round_to(m, v->save_dtype, err) != 0)
+        return -1;
     if (v->data_dir == NULL)
         return 0;
     char dir[4096];
     snprintf(dir, sizeof dir, "%s/models", v->data_dir);
     mkdir(dir, 0755);
     snprintf(dir, sizeof dir, "%s/models/v%u", v->data_dir, id);
-    return emb_save_model_dir(dir, &m->cfg, m->params, head, v->base_dir, EMB_DT_F32, NULL, err);
-}
-
-static void report(versions *v, const char *what, const char *msg)
-{
-    if (v->hooks.report != NULL)
-        v->hooks.report(v->hooks.ctx, what, msg);
-}
-
-/* DATA/models/current names the current version, so that a restart comes
- * back on it (after a rollback too). Replaced atomically; a failure is
- * reported and changes nothing else. */
-static void write_current(versions *v, uint32_t id)
-{
-    if (v->data_dir == NULL)
-        return;
-    char dir[4096], path[4200], line[16];
-    snprintf(dir, sizeof dir, "%s/models", v->data_dir);
-    mkdir(dir, 0755);
-    snprintf(path, sizeof path, "%s/current", dir);
-    int n = snprintf(line, sizeof line, "%u\n", id);
-    emb_err err;
-    if (emb_write_file_atomic(path, line, (size_t)n, &err) != 0)
-        report(v, "saving the current version", err.msg);
+    return emb_save_model_dir(dir, &m->cfg, m->params, head, v->base_dir, v->save_dtype, NULL,
+                              err);
 }
 
 /* The one hand-over, with v->change held: `current` on disk, then the
- * hook. Returns the hook's result. */
-static int hand_over(versions *v, uint32_t id, emb_err *err)
+ * hook, then the event and retention. Returns the hook's result. */
+static int hand_over(versions *v, uint32_t id, uint32_t previous, versions_event_kind kind,
+                     emb_err *err)
 {
-    write_current(v, id);
-    if (v->hooks.on_change == NULL)
-        return 0;
-    return v->hooks.on_change(v->hooks.ctx, id, err);
+    write_number(v, "current", id);
+    int rc = 0;
+    if (v->hooks.on_change != NULL)
+        rc = v->hooks.on_change(v->hooks.ctx, id, err);
+    pthread_mutex_lock(&v->lock);
+    trim(v);
+    pthread_mutex_unlock(&v->lock);
+    prune_disk(v);
+    emit(v, kind, id, previous);
+    return rc;
 }
 
-int versions_publish_saved(versions *v, emb_model *m, uint32_t id, emb_err *err)
+/* Makes the version id in memory current (promoting it when pending);
+ * 0, or -1 when it is not in memory. *previous gets the current one. */
+static int make_current(versions *v, uint32_t id, uint32_t *previous, int *was_pending)
+{
+    pthread_mutex_lock(&v->lock);
+    model_version *mv = find(v, id);
+    *previous = v->current->id;
+    *was_pending = 0;
+    if (mv != NULL) {
+        *was_pending = mv->pending;
+        mv->pending = 0;
+        v->current = mv;
+    }
+    pthread_mutex_unlock(&v->lock);
+    if (mv != NULL && *was_pending)
+        write_number(v, "pending", 0);
+    return mv != NULL ? 0 : -1;
+}
+
+/* versions_candidate in a given mode (manual: pending). */
+static int hand_candidate(versions *v, emb_model *m, uint32_t id, uint32_t parent,
+                          const char *gate, int manual, emb_err *err)
 {
     pthread_mutex_lock(&v->change);
-    model_version *mv = versions_publish(v, m, id);
+    model_version *mv = version_new(m, id);
     if (mv == NULL) {
         pthread_mutex_unlock(&v->change);
         emb_model_free(m);
         return emb_fail_as(err, EMB_ERR_NO_MEMORY, "out of memory");
     }
-    versions_release(v, mv);
-    emb_err herr;
-    if (hand_over(v, id, &herr) != 0)
-        report(v, "re-embedding", herr.msg);
+    pthread_mutex_lock(&v->lock);
+    uint32_t previous = v->current->id;
+    model_version *old = find_pending(v);
+    if (old != NULL && manual) {
+        old->pending = 0;             /* replaced, never promoted: retired */
+        unlink_version(v, old);
+    }
+    mv->pending = manual;
+    insert(v, mv);
+    if (!manual)
+        v->current = mv;
+    uint32_t latest = v->latest;
+    pthread_mutex_unlock(&v->lock);
+    note_info(v, id, mv->published_at, parent, gate);
+    write_number(v, "latest", latest);
+    if (manual) {
+        write_number(v, "pending", id);
+        pthread_mutex_lock(&v->lock);
+        trim(v);
+        pthread_mutex_unlock(&v->lock);
+        prune_disk(v);
+        emit(v, VERSIONS_EV_PENDING, id, previous);
+    } else {
+        emb_err herr;
+        if (hand_over(v, id, previous, VERSIONS_EV_PUBLISH, &herr) != 0)
+            report(v, "re-embedding", herr.msg);
+    }
     pthread_mutex_unlock(&v->change);
-    return 0;
+    return manual ? 0 : 1;
 }
 
-/* Version id from DATA/models/v{id}, or NULL with err. */
+int versions_candidate(versions *v, emb_model *m, uint32_t id, uint32_t parent,
+                       const char *gate, emb_err *err)
+{
+    int manual = versions_get_publish(v) == VERSIONS_PUBLISH_MANUAL;
+    return hand_candidate(v, m, id, parent, gate, manual, err);
+}
+
+int versions_publish_saved(versions *v, emb_model *m, uint32_t id, emb_err *err)
+{
+    return hand_candidate(v, m, id, versions_current_id(v), NULL, 0, err) < 0 ? -1 : 0;
+}
+
+int versions_promote(versions *v, uint32_t id, uint32_t *out, emb_err *err)
+{
+    pthread_mutex_lock(&v->change);
+    uint32_t pending = versions_pending_id(v);
+    int rc;
+    if (pending == 0) {
+        rc = emb_fail_as(err, EMB_ERR_CONFLICT, "no model version is pending (current: %u)",
+                         versions_current_id(v));
+    } else if (id != 0 && id != pending) {
+        rc = emb_fail_as(err, EMB_ERR_CONFLICT,
+                         "model version %u is not pending (pending: %u)", id, pending);
+    } else {
+        uint32_t previous;
+        int was_pending;
+        make_current(v, pending, &previous, &was_pending);
+        *out = pending;
+        rc = hand_over(v, pending, previous, VERSIONS_EV_PROMOTE, err);
+    }
+    pthread_mutex_unlock(&v->change);
+    return rc;
+}
+
+/* Version id from DATA/models/v{id} (or base for 1), or NULL with err. */
 static emb_model *load_for_rollback(versions *v, uint32_t id, emb_err *err)
 {
+    if (id == 1 && v->base != NULL)
+        return emb_model_clone(v->base, err);
     char dir[4096];
     struct stat stt;
     if (v->data_dir != NULL)
         snprintf(dir, sizeof dir, "%s/models/v%u", v->data_dir, id);
     if (v->data_dir == NULL || v->base == NULL || id < 2 || stat(dir, &stt) != 0) {
-        emb_fail_as(err, EMB_ERR_NOT_FOUND,
-                    "model version %u is neither in memory nor on disk", id);
+        uint32_t latest = versions_latest_id(v);
+        if (id >= 1 && id <= latest && v->data_dir != NULL)
+            emb_fail_as(err, EMB_ERR_GONE,
+                        "model version %u was retired and deleted (--keep-versions)", id);
+        else
+            emb_fail_as(err, EMB_ERR_NOT_FOUND,
+                        "model version %u is neither in memory nor on disk", id);
         return NULL;
     }
     emb_err lerr;
@@ -398,10 +953,12 @@ static emb_model *load_for_rollback(versions *v, uint32_t id, emb_err *err)
 
 int versions_rollback(versions *v, uint32_t id, emb_err *err)
 {
+    uint32_t previous;
+    int was_pending;
     /* the common case: still in memory */
     pthread_mutex_lock(&v->change);
-    if (versions_make_current(v, id) == 0) {
-        int rc = hand_over(v, id, err);
+    if (make_current(v, id, &previous, &was_pending) == 0) {
+        int rc = hand_over(v, id, previous, VERSIONS_EV_ROLLBACK, err);
         pthread_mutex_unlock(&v->change);
         return rc;
     }
@@ -412,17 +969,21 @@ int versions_rollback(versions *v, uint32_t id, emb_err *err)
         return -1;
     pthread_mutex_lock(&v->change);
     int rc;
-    if (versions_make_current(v, id) == 0) { /* loaded meanwhile by another rollback */
+    if (make_current(v, id, &previous, &was_pending) == 0) { /* loaded meanwhile */
         emb_model_free(m);
-        rc = hand_over(v, id, err);
+        rc = hand_over(v, id, previous, VERSIONS_EV_ROLLBACK, err);
     } else {
-        model_version *mv = versions_publish(v, m, id);
+        model_version *mv = version_new(m, id);
         if (mv == NULL) {
             emb_model_free(m);
             rc = emb_fail_as(err, EMB_ERR_NO_MEMORY, "out of memory");
         } else {
-            versions_release(v, mv);
-            rc = hand_over(v, id, err);
+            pthread_mutex_lock(&v->lock);
+            previous = v->current->id;
+            insert(v, mv);
+            v->current = mv;
+            pthread_mutex_unlock(&v->lock);
+            rc = hand_over(v, id, previous, VERSIONS_EV_ROLLBACK, err);
         }
     }
     pthread_mutex_unlock(&v->change);
@@ -435,6 +996,9 @@ int versions_align(versions *v, uint32_t have, emb_err *err)
     uint32_t want = versions_current_id(v);
     int rc = 0;
     if (have != want && have != 0) {
+        pthread_mutex_lock(&v->lock);
+        v->hold = have; /* kept while the store searches it */
+        pthread_mutex_unlock(&v->lock);
         model_version *mv = versions_get(v, have);
         if (mv != NULL) {
             versions_release(v, mv);

@@ -1,34 +1,53 @@
 /* versions.h: the served model versions, in memory and on disk. This
  * module is the one owner of DATA/models: nothing else reads or writes it.
  *
- * In memory: each published version is an immutable emb_model with a number
- * (1 is the model embedd started from); exactly one is current. Readers take
- * a reference for as long as they use a version (a batch, a query), so a
- * publish or a rollback never pulls a model out from under a forward pass:
- * the old one is freed when its last reference goes.
+ * In memory: each version is an immutable emb_model with a number (1 is
+ * the model embedd started from, numbers are never reused); exactly one is
+ * current. Readers take a reference for as long as they use a version (a
+ * batch, a query), so a publish or a rollback never pulls a model out from
+ * under a forward pass: the old one is freed when its last reference goes.
  *
- * Retention: the current version and the `keep` most recent others stay in
- * memory; an older one is freed once unreferenced (its checkpoint on disk,
- * if any, lets a rollback load it again).
+ * Retention (--keep-versions N): the current version and the N - 1 newest
+ * others (by number) stay in memory and are servable (clients pin them:
+ * versions_pin); so does a pending version, and the version the item store
+ * searches while it re-embeds (versions_align). Any other version below
+ * the latest number is retired: pinning it is EMB_ERR_GONE (410), a number
+ * never made is EMB_ERR_NOT_FOUND (404), both with the servable list.
+ *
+ * Publish mode: a candidate that passed the gate (versions_candidate) is
+ * made current at once (VERSIONS_PUBLISH_AUTO), or saved as the one
+ * pending version (VERSIONS_PUBLISH_MANUAL) that versions_promote makes
+ * current; a newer candidate replaces an unpromoted one (which is retired).
  *
  * On disk (with --data):
- *   DATA/models/v{n}/   a published version n >= 2 (a full model directory,
- *                       written by versions_save before it is published);
- *   DATA/models/current the number of the current version, replaced
- *                       atomically at each publish and rollback, so that a
- *                       restart comes back on it.
- * versions_open reads them, versions_save writes v{n}; every change of the
- * current version (versions_publish_saved, versions_rollback) goes through
- * one hand-over: make it current, write `current`, call the on-change hook.
- * The hook is how the item store is moved to the new version (the learner
- * sets it to start its re-embedder, reembed.h); versions_align calls it at
- * start-up when the store searches an older version.
+ *   DATA/models/v{n}/   version n >= 2 (a full model directory, written by
+ *                       versions_save in the served precision: F16 or BF16
+ *                       when the loaded model's file is, else F32);
+ *   DATA/models/current the number of the current version;
+ *   DATA/models/pending the pending version's number (0: none);
+ *   DATA/models/latest  the highest number ever made (so that a pruned
+ *                       number is never made again);
+ * each replaced atomically. Directories of retired versions are deleted
+ * (never the current or the pending one), and so are stale temporary
+ * directories (v{n}.tmp-*, left by a kill during a save) at open.
+ * versions_open reads them; every change of the current version
+ * (versions_candidate in auto mode, versions_promote, versions_rollback)
+ * goes through one hand-over: make it current, write `current`, call the
+ * on-change hook. The hook is how the item store is moved to the new
+ * version (the learner sets it to start its re-embedder, reembed.h);
+ * versions_align calls it at start-up when the store searches an older
+ * version.
+ *
+ * Events: each change (a pending version, a publish, a promotion, a
+ * rollback) is numbered and kept in a ring of the last VERSIONS_EVENTS;
+ * versions_events reads them, and the listener (the HTTP feed of
+ * GET /train/versions/stream) is told after each one.
  *
  * Threads: every function is safe from any thread. Hand-overs are
- * serialised among themselves; the hooks run on the caller's thread,
- * inside that serialisation, and must not call back into the hand-over
- * functions. versions_save touches no shared state (it runs on the
- * learner's saving thread). */
+ * serialised among themselves; the hooks and the listener run on the
+ * caller's thread, inside that serialisation, and must not call back into
+ * the hand-over functions (the listener must not block). versions_save
+ * touches no shared state (it runs on the learner's saving thread). */
 #ifndef EMBEDD_VERSIONS_H
 #define EMBEDD_VERSIONS_H
 
@@ -37,17 +56,42 @@
 #include <stdint.h>
 
 #include "base/error.h"
+#include "common/strbuf.h"
 #include "bert.h"
 
 typedef struct model_version {
     uint32_t id;
     emb_model *model;
     atomic_int refs;          /* readers + 1 while retained by the registry */
-    double published_at;      /* unix seconds */
+    double published_at;      /* unix seconds it was made (or loaded) */
+    int pending;              /* waits for versions_promote (under the registry's lock) */
     struct model_version *next;
 } model_version;
 
 typedef struct versions versions;
+
+typedef enum versions_publish {
+    VERSIONS_PUBLISH_MANUAL = 0, /* candidates wait for versions_promote */
+    VERSIONS_PUBLISH_AUTO,       /* candidates become current at once */
+} versions_publish;
+
+/* One change, as the feed reports it. */
+typedef enum versions_event_kind {
+    VERSIONS_EV_PENDING = 0,  /* id saved, waiting for a promotion */
+    VERSIONS_EV_PUBLISH,      /* id made current by the learner (auto mode) */
+    VERSIONS_EV_PROMOTE,      /* id made current by versions_promote */
+    VERSIONS_EV_ROLLBACK,     /* id made current again by versions_rollback */
+} versions_event_kind;
+
+#define VERSIONS_EVENTS 64
+
+typedef struct versions_event {
+    uint64_t seq;             /* 1, 2, ... in order */
+    versions_event_kind kind;
+    uint32_t id;
+    uint32_t previous;        /* the current version before (for PENDING: the current one) */
+    double at;                /* unix seconds */
+} versions_event;
 
 /* What a hand-over calls. Both may be NULL. */
 typedef struct versions_hooks {
@@ -75,6 +119,12 @@ versions *versions_open(const char *data_dir, const char *base_dir, const emb_mo
 void versions_free(versions *v);    /* every reference must be released */
 /* Sets the hooks (copied); call before any hand-over can happen. */
 void versions_set_hooks(versions *v, const versions_hooks *h);
+/* The publish mode (default manual). */
+void versions_set_publish(versions *v, versions_publish mode);
+versions_publish versions_get_publish(versions *v);
+/* Called after each event (fn NULL: none); fn must return quickly. Waits
+ * for a call in progress, so ctx may be freed once this returns. */
+void versions_set_listener(versions *v, void (*fn)(void *ctx), void *ctx);
 
 /* The current version, referenced. Never NULL. */
 model_version *versions_current(versions *v);
@@ -86,21 +136,53 @@ uint32_t versions_current_id(versions *v);
 uint32_t versions_latest_id(versions *v);
 /* Ids in memory, newest first, into ids (cap); returns how many. */
 int versions_list(versions *v, uint32_t *ids, int cap);
+/* The pending version's id, 0 when none. */
+uint32_t versions_pending_id(versions *v);
+
+/* A client's pinned version: referenced into *out, or -1 with err:
+ * EMB_ERR_NOT_FOUND for a number never made (0 included), EMB_ERR_GONE for
+ * a retired one; the message lists the servable versions. */
+int versions_pin(versions *v, uint32_t id, model_version **out, emb_err *err);
+/* The servable versions as text, "4 (current), 5 (pending), 3, 2". */
+void versions_available(versions *v, char *buf, size_t cap);
+/* Events with seq > after, oldest first, into out (cap); returns how many.
+ * *last gets the newest seq (0: none yet). Older ones than the ring holds
+ * are skipped. */
+int versions_events(versions *v, uint64_t after, versions_event *out, int cap, uint64_t *last);
+const char *versions_event_name(versions_event_kind kind);
+/* GET /train/versions's body: {"current": n, "pending": n|null, "latest":
+ * n, "keep": n, "publish": "auto"|"manual", "versions": [{"id", "status":
+ * current|pending|servable|retired, "created" (unix s|null), "parent"
+ * (n|null), "gate" (text|null)}, ...]} newest first, at most 100. */
+void versions_list_json(versions *v, strbuf *b);
 
 /* Writes m (the model block) and head (the MLM head floats, or NULL) as
  * DATA/models/v{id}; a no-op without --data. Does not publish. Any thread;
  * the slow part of a publish, so the learner runs it off the compute
  * thread. 0, or -1 with err. */
-int versions_save(versions *v, uint32_t id, const emb_model *m, const float *head,
+int versions_save(versions *v, uint32_t id, emb_model *m, const float *head,
                   emb_err *err);
+/* The hand-over of a saved candidate (m owned, freed on failure), made
+ * while version `parent` was current, with the gate's verdict `gate` (may
+ * be NULL): by the publish mode, current at once (as versions_publish_saved)
+ * or pending. Returns 1 when published, 0 when pending, -1 with err (out of
+ * memory). */
+int versions_candidate(versions *v, emb_model *m, uint32_t id, uint32_t parent,
+                       const char *gate, emb_err *err);
+/* Makes the pending version current (id 0: whichever is pending), with the
+ * hand-over. *out gets its id. -1 with err: EMB_ERR_CONFLICT when nothing
+ * is pending or id is not the pending one, or on_change's error (the
+ * version is then current). */
+int versions_promote(versions *v, uint32_t id, uint32_t *out, emb_err *err);
 /* The hand-over after versions_save: m (owned, freed on failure) becomes
  * version id and current, `current` names it, on_change(id) runs (its
  * failure goes to report as "re-embedding"). 0, or -1 with err when it
  * was not published (out of memory). */
 int versions_publish_saved(versions *v, emb_model *m, uint32_t id, emb_err *err);
-/* Makes version id current again, from memory or DATA/models/v{id}, with
- * the same hand-over. -1 with err: EMB_ERR_NOT_FOUND when id is neither in
- * memory nor on disk, the loader's kind when it is there but unreadable,
+/* Makes version id current again, from memory or DATA/models/v{id} (or
+ * base for 1), with the same hand-over (a pending id is promoted). -1 with
+ * err: EMB_ERR_NOT_FOUND when id was never made and is not on disk,
+ * EMB_ERR_GONE when it was retired and deleted, the loader's kind when it is there but unreadable,
  * EMB_ERR_NO_MEMORY, or on_change's error (the version is then current,
  * but the store is not moving to it). */
 int versions_rollback(versions *v, uint32_t id, emb_err *err);

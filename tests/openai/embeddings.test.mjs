@@ -57,7 +57,7 @@ test('string input: default (base64) and float agree', async () => {
   });
   for (const r of [b, f]) {
     assert.equal(r.object, 'list');
-    assert.equal(r.model, info.model_id);
+    assert.equal(r.model, `${info.model_id}@${info.model_version}`); // name@version
     assert.equal(r.data.length, 1);
     assert.equal(r.data[0].index, 0);
     assert.equal(r.data[0].embedding.length, info.dimension);
