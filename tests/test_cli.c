@@ -4,6 +4,7 @@
  * tiny shape end to end, and `embedd train --objective pairs`. */
 #include <check.h>
 #include <cjson/cJSON.h>
+#include <fcntl.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -11,11 +12,14 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include "bert.h"
 #include "run_suite.h"
 #include "gemm.h"
 #include "testutil.h"
+#include "base/dirlock.h"
+#include "store/wal.h"
 
 #define REF_DIR "tests/fixtures/reference"
 #define N_TEXTS 40  /* the first STS-B dev sentences: one line each */
@@ -741,6 +745,81 @@ START_TEST(test_blas_kernel)
 }
 END_TEST
 
+/* ---- repair ----------------------------------------------------------------- */
+
+static int collect_payload(void *user, uint64_t seq, const unsigned char *payload, size_t len,
+                           emb_err *err)
+{
+    int *n = user;
+    ck_assert_uint_eq(seq, (uint64_t)(*n + 1));
+    (*n)++;
+    return 0;
+}
+
+/* A WAL of 6 records with one flipped byte in record 3: the open refuses;
+ * `embedd repair` keeps the other 5 and the damaged file; while a store
+ * holds the directory it refuses to touch it. */
+START_TEST(test_repair)
+{
+    char data[512];
+    snprintf(data, sizeof data, "%s/data", tmpdir);
+    ck_assert(mkdir(data, 0755) == 0);
+    int dfd = open(data, O_RDONLY | O_DIRECTORY);
+    emb_err err;
+    wal_recovery rec;
+    int n = 0;
+    wal *w = wal_open(data, dfd, 8, 0, collect_payload, &n, &rec, &err);
+    ck_assert_msg(w != NULL, "%s", err.msg);
+    for (int i = 0; i < 6; i++) {
+        char payload[64];
+        int len = snprintf(payload, sizeof payload, "record %d, and some bytes", i + 1);
+        uint64_t seq;
+        ck_assert(wal_append(w, payload, (size_t)len, &seq, &err) == 0);
+        ck_assert(wal_sync(w, seq, &err) == 0);
+    }
+    wal_close(w);
+    char path[600];
+    snprintf(path, sizeof path, "%s/wal", data);
+    size_t size = 0;
+    char *buf = tu_read_file(path, &size);
+    const size_t rec_size = (size - WAL_HEADER_SIZE) / 6;
+    buf[WAL_HEADER_SIZE + 2 * rec_size + 20] ^= 0x40;
+    ck_assert(tu_write_file(path, buf, size) == 0);
+    free(buf);
+    n = 0;
+    ck_assert(wal_open(data, dfd, 8, 0, collect_payload, &n, &rec, &err) == NULL);
+    ck_assert_msg(strstr(err.msg, "embedd repair") != NULL, "%s", err.msg);
+
+    /* a running store holds the directory's lock: repair leaves it alone */
+    char args[700];
+    snprintf(args, sizeof args, "repair --data %s", data);
+    int lock = emb_dirlock_take(dfd, data, "lock", "store", &err);
+    ck_assert_int_ge(lock, 0);
+    ck_assert_int_eq(run(args, "/dev/null"), 1);
+    char *e = read_tmp("err.txt");
+    ck_assert_msg(strstr(e, "stop the server first") != NULL, "%s", e);
+    free(e);
+    emb_dirlock_release(lock);
+
+    ck_assert_int_eq(run(args, "/dev/null"), 0);
+    char *out = read_tmp("out.txt");
+    ck_assert_msg(strstr(out, "kept 5 records") != NULL, "%s", out);
+    ck_assert_msg(strstr(out, "wal.damaged-") != NULL, "%s", out);
+    free(out);
+    n = 0;
+    w = wal_open(data, dfd, 8, 0, collect_payload, &n, &rec, &err);
+    ck_assert_msg(w != NULL, "%s", err.msg);
+    ck_assert_int_eq(n, 5);
+    wal_close(w);
+    /* a second run finds everything whole */
+    ck_assert_int_eq(run(args, "/dev/null"), 0);
+    out = read_tmp("out.txt");
+    ck_assert_msg(strstr(out, "verifies") != NULL, "%s", out);
+    free(out);
+    close(dfd);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("cli");
@@ -761,6 +840,7 @@ int main(void)
     tcase_add_test(tc, test_pretrain);
     tcase_add_test(tc, test_train_pairs);
     tcase_add_test(tc, test_blas_kernel);
+    tcase_add_test(tc, test_repair);
     suite_add_tcase(s, tc);
     return run_suite(s);
 }

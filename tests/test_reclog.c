@@ -309,25 +309,36 @@ START_TEST(test_bad_headers)
     ck_assert_msg(strstr(err.msg, "666") != NULL, "%s", err.msg);
     free(bad);
 
-    /* not ours: bad magic, header checksum, short header, empty file */
-    const char *why[] = {"bad magic", "header checksum mismatch", "short header", "empty file"};
-    for (int k = 0; k < 4; k++) {
+    /* a damaged header with records after it that verify: corrupt, not
+     * torn; the open fails and changes nothing */
+    const char *corrupt[] = {"bad magic", "header checksum mismatch"};
+    for (int k = 0; k < 2; k++) {
         char *c = malloc(n);
         memcpy(c, whole, n);
-        size_t len = n;
         if (k == 0)
             c[0] = 'X';
-        else if (k == 1)
-            c[13] ^= 1;
-        else if (k == 2)
-            len = 10;
         else
-            len = 0;
-        ck_assert(tu_write_file(log_path, c, len) == 0);
+            c[13] ^= 1;
+        ck_assert(tu_write_file(log_path, c, n) == 0);
+        l = open_log(&s, 5, &rec, &err);
+        ck_assert(l == NULL);
+        ck_assert_msg(strstr(err.msg, corrupt[k]) != NULL, "%s", err.msg);
+        ck_assert_msg(strstr(err.msg, "damaged at offset 0") != NULL, "%s", err.msg);
+        ck_assert_msg(strstr(err.msg, "records after it verify") != NULL, "%s", err.msg);
+        ck_assert_msg(strstr(err.msg, "embedd repair") != NULL, "%s", err.msg);
+        ck_assert_int_eq(file_size(log_path), (long)n);
+        free(c);
+    }
+
+    /* not a log: a short header or an empty file (nothing can follow) */
+    const char *why[] = {"short header", "empty file"};
+    for (int k = 0; k < 2; k++) {
+        size_t len = k == 0 ? 10 : 0;
+        ck_assert(tu_write_file(log_path, whole, len) == 0);
         l = open_log(&s, 5, &rec, &err);
         ck_assert_msg(l != NULL, "%s", err.msg);
         ck_assert_int_eq(rec.restarted, 1);
-        ck_assert_uint_eq(rec.truncated_bytes, k == 3 ? 0 : len);
+        ck_assert_uint_eq(rec.truncated_bytes, len);
         ck_assert_msg(strstr(rec.message, why[k]) != NULL, "%s", rec.message);
         ck_assert_msg(strstr(rec.message, "new log") != NULL, "%s", rec.message);
         ck_assert_int_eq(s.n, 0);
@@ -337,8 +348,75 @@ START_TEST(test_bad_headers)
         ck_assert_uint_eq(s.extra, 5);
         ck_assert_int_eq(rec.restarted, 0);
         reclog_close(l);
+    }
+    free(whole);
+}
+END_TEST
+
+/* One flipped byte at every offset of every record: a flip in the last
+ * record is a torn tail (cut, the other records kept); any other is
+ * corruption: the open fails with the file untouched, and reclog_salvage
+ * keeps every other record, the damaged file beside it. Nothing that
+ * verifies is ever dropped silently. */
+START_TEST(test_flip_every_record_byte)
+{
+    seen s;
+    reclog_recovery rec;
+    emb_err err;
+    reclog *l = open_log(&s, 7, &rec, &err);
+    append_records(l, 0, 6);
+    reclog_close(l);
+    size_t n = 0;
+    char *whole = tu_read_file(log_path, &n);
+    ck_assert(whole != NULL);
+    const size_t hs = RECLOG_HEADER_FIXED + 8;
+    const size_t last = n - (RECLOG_FRAME + 17);   /* record 5: 3 * 5 + 2 bytes */
+    for (size_t off = hs; off < n; off++) {
+        char *c = malloc(n);
+        memcpy(c, whole, n);
+        c[off] ^= 0x5a;
+        ck_assert(tu_write_file(log_path, c, n) == 0);
+        int hit = 0;   /* the record the flip is in */
+        for (size_t at = hs; at + RECLOG_FRAME + (size_t)(3 * hit + 2) <= off; hit++)
+            at += RECLOG_FRAME + (size_t)(3 * hit + 2);
+        l = open_log(&s, 7, &rec, &err);
+        if (off >= last) {
+            ck_assert_msg(l != NULL, "offset %zu: %s", off, err.msg);
+            check_records(&s, 5);
+            reclog_close(l);
+        } else {
+            ck_assert_msg(l == NULL, "offset %zu opened with %d records", off, s.n);
+            ck_assert_msg(strstr(err.msg, "embedd repair") != NULL, "%s", err.msg);
+            ck_assert_int_eq(file_size(log_path), (long)n);
+            reclog_salvage_report rep;
+            ck_assert_msg(reclog_salvage(dir_fd, dir, "log", &fmt, NULL, &rep, &err) == 0, "%s",
+                          err.msg);
+            ck_assert_int_eq(rep.rewritten, 1);
+            ck_assert_uint_eq(rep.records_kept, 5);
+            char kept[256];
+            snprintf(kept, sizeof kept, "%s/%s", dir, rep.kept_as);
+            ck_assert_int_eq(file_size(kept), (long)n);
+            unlink(kept);
+            l = open_log(&s, 7, &rec, &err);
+            ck_assert_msg(l != NULL, "%s", err.msg);
+            ck_assert_int_eq(s.n, 5);
+            ck_assert_uint_eq(s.extra, 7);
+            for (int i = 0, j = 0; i < 6; i++) {
+                if (i == hit)
+                    continue;
+                ck_assert_uint_eq(s.first[j], (unsigned)i);
+                j++;
+            }
+            reclog_close(l);
+        }
         free(c);
     }
+    /* a log that verifies is left alone */
+    ck_assert(tu_write_file(log_path, whole, n) == 0);
+    reclog_salvage_report rep;
+    ck_assert(reclog_salvage(dir_fd, dir, "log", &fmt, NULL, &rep, &err) == 0);
+    ck_assert_int_eq(rep.rewritten, 0);
+    ck_assert_uint_eq(rep.records_kept, 6);
     free(whole);
 }
 END_TEST
@@ -365,16 +443,26 @@ START_TEST(test_refused_and_failed_records)
     ck_assert_str_eq(err.msg, "failed by the test");
     ck_assert_int_eq(file_size(log_path), (long)full);
 
-    /* a refused record in the middle: today everything from it on goes */
+    /* a refused record in the middle, records that verify after it: the
+     * open fails and nothing is cut */
     memset(&s, 0, sizeof s);
     s.refuse_at = 2;
     s.fail_at = -1;
     l = reclog_open(dir_fd, dir, "log", &fmt, x, &fns, &rec, &err);
-    ck_assert(l != NULL);
-    ck_assert_int_eq(s.n, 2);
+    ck_assert(l == NULL);
+    ck_assert_msg(strstr(err.msg, "refused by the test") != NULL, "%s", err.msg);
+    ck_assert_msg(strstr(err.msg, "2 records after it verify") != NULL, "%s", err.msg);
+    ck_assert_int_eq(file_size(log_path), (long)full);
+
+    /* the last record refused: nothing verifies after it, so it is cut */
+    memset(&s, 0, sizeof s);
+    s.refuse_at = 4;
+    s.fail_at = -1;
+    l = reclog_open(dir_fd, dir, "log", &fmt, x, &fns, &rec, &err);
+    ck_assert_msg(l != NULL, "%s", err.msg);
+    ck_assert_int_eq(s.n, 4);
     ck_assert_msg(strstr(rec.message, "refused by the test") != NULL, "%s", rec.message);
-    ck_assert_uint_eq(reclog_size(l), RECLOG_HEADER_FIXED + 8 + (RECLOG_FRAME + 2) +
-                                          (RECLOG_FRAME + 5));
+    ck_assert_uint_eq(reclog_size(l), full - (RECLOG_FRAME + 14));
     reclog_close(l);
 }
 END_TEST
@@ -531,6 +619,7 @@ int main(void)
     tcase_add_test(tc, test_torn_tail_every_offset);
     tcase_add_test(tc, test_garbage_after_records);
     tcase_add_test(tc, test_bad_headers);
+    tcase_add_test(tc, test_flip_every_record_byte);
     tcase_add_test(tc, test_refused_and_failed_records);
     tcase_add_test(tc, test_limits_and_reset);
     tcase_add_test(tc, test_dirlock_same_process);

@@ -200,21 +200,36 @@ START_TEST(test_corrupt_middle_record)
     buf[WAL_HEADER_SIZE + 2 * rec_size + 20] ^= 1;   /* inside record 3's payload */
     ck_assert(tu_write_file(wal_path(), buf, len) == 0);
     free(buf);
-    w = open_wal(0, &sn, &rec);
-    check_seen(&sn, 1, 2);
-    ck_assert_uint_eq(rec.truncated_bytes, 3 * rec_size);
-    ck_assert(strstr(rec.message, "checksum") != NULL);
-    wal_close(w);
-    /* The caller can call a record malformed too. */
-    w = open_wal(0, &sn, &rec);
-    append_n(w, 3, 3);
-    wal_close(w);
+    /* records verify after it: corrupt, not torn; the open fails and
+     * nothing is cut */
     emb_err err;
+    memset(&sn, 0, sizeof sn);
+    ck_assert(wal_open(dir, dir_fd, TAG, 0, collect, &sn, &rec, &err) == NULL);
+    ck_assert_msg(strstr(err.msg, "damaged at offset") != NULL, "%s", err.msg);
+    ck_assert_msg(strstr(err.msg, "2 records after it verify") != NULL, "%s", err.msg);
+    struct stat st;
+    ck_assert(stat(wal_path(), &st) == 0);
+    ck_assert_int_eq(st.st_size, (long)len);
+    /* wal_repair keeps the other four, renumbered without a gap */
+    reclog_salvage_report rep;
+    ck_assert_msg(wal_repair(dir, dir_fd, TAG, 0, &rep, &err) == 0, "%s", err.msg);
+    ck_assert_int_eq(rep.rewritten, 1);
+    ck_assert_uint_eq(rep.records_kept, 4);
+    w = open_wal(0, &sn, &rec);
+    ck_assert_int_eq(sn.n, 4);
+    const char *want[] = {"record 1", "record 2", "record 4", "record 5"};
+    for (int i = 0; i < 4; i++) {
+        ck_assert_uint_eq(sn.seq[i], (uint64_t)(i + 1));
+        ck_assert_str_eq(sn.payload[i], want[i]);
+    }
+    wal_close(w);
+    /* The caller can call a record malformed too: the last one is a torn
+     * tail and is cut. */
     memset(&sn, 0, sizeof sn);
     sn.reject_seq = 4;
     w = wal_open(dir, dir_fd, TAG, 0, collect, &sn, &rec, &err);
     ck_assert(w != NULL);
-    check_seen(&sn, 1, 3);
+    ck_assert_int_eq(sn.n, 3);
     ck_assert(strstr(rec.message, "rejected by the test") != NULL);
     wal_close(w);
 }
@@ -283,13 +298,19 @@ START_TEST(test_headers)
     ck_assert(tu_write_file(wal_path(), buf, len) == 0);
     ck_assert(wal_open(dir, dir_fd, TAG, 0, collect, &sn, &rec, &err) == NULL);
     ck_assert(strstr(err.msg, "version") != NULL);
-    /* A damaged header: start over and say so. */
+    /* A damaged header with records after it: refuse; wal_repair rebuilds
+     * the header (tag from the caller, base from the first record). */
     buf[3] ^= 1;
     ck_assert(tu_write_file(wal_path(), buf, len) == 0);
+    ck_assert(wal_open(dir, dir_fd, TAG, 0, collect, &sn, &rec, &err) == NULL);
+    ck_assert_msg(strstr(err.msg, "bad magic") != NULL, "%s", err.msg);
+    reclog_salvage_report rep;
+    ck_assert(wal_repair(dir, dir_fd, 0, 0, &rep, &err) != 0);   /* no tag known */
+    ck_assert_msg(strstr(err.msg, "dimension is unknown") != NULL, "%s", err.msg);
+    ck_assert_msg(wal_repair(dir, dir_fd, TAG, 0, &rep, &err) == 0, "%s", err.msg);
+    ck_assert_int_eq(rep.header_bad, 1);
     w = open_wal(0, &sn, &rec);
-    ck_assert(rec.restarted);
-    ck_assert(strstr(rec.message, "bad magic") != NULL);
-    append_n(w, 1, 1);
+    check_seen(&sn, 1, 2);
     wal_close(w);
     /* An empty file. */
     ck_assert(tu_write_file(wal_path(), "", 0) == 0);

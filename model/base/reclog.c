@@ -8,6 +8,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "bytes.h"
@@ -162,9 +163,75 @@ static const char *header_problem(const reclog_format *f, const unsigned char *h
     return NULL;
 }
 
-/* The torn tail: everything from off on is cut off. The one place that
- * decides what a bad record costs (a later change may keep the good
- * records after a bad one in the middle of the log). */
+/* Checksum bytes spent looking for records after a bad one. A real torn
+ * tail is a partial record plus perhaps some garbage, far below this. */
+#define RESYNC_BUDGET ((uint64_t)1 << 30)
+
+/* 1 when a whole record that verifies starts at off; *n = its size. */
+static int frame_at(const reclog_format *f, const unsigned char *p, uint64_t size, uint64_t off,
+                    uint64_t *n, uint64_t *spent)
+{
+    if (size - off < RECLOG_FRAME)
+        return 0;
+    uint32_t len = emb_get_u32(p + off);
+    if (len < f->min_len || len > f->max_len || len > size - off - RECLOG_FRAME)
+        return 0;
+    *spent += len;
+    uint32_t crc = emb_crc32c(0, p + off, 4);
+    if (emb_crc32c(crc, p + off + RECLOG_FRAME, len) != emb_get_u32(p + off + 4))
+        return 0;
+    *n = (uint64_t)len + RECLOG_FRAME;
+    return 1;
+}
+
+/* Records that verify from `from` on, trying every offset (one that
+ * verifies is skipped whole); *first is the first one's offset. -1 when the
+ * budget ran out before the end of the file. */
+static long verifiable_records(const reclog_format *f, const unsigned char *p, uint64_t size,
+                               uint64_t from, uint64_t *first)
+{
+    long count = 0;
+    uint64_t spent = 0, off = from, n = 0;
+    while (off < size && size - off >= RECLOG_FRAME) {
+        if (spent > RESYNC_BUDGET)
+            return -1;
+        if (frame_at(f, p, size, off, &n, &spent)) {
+            if (count++ == 0)
+                *first = off;
+            off += n;
+        } else {
+            off++;
+        }
+    }
+    return count;
+}
+
+/* A bad record (or header) at off is corruption, not a torn tail, when a
+ * record that verifies follows it: then nothing is cut and the open fails,
+ * naming the file, the offset and what would have been lost. */
+static int refuse_if_corrupt(const reclog *l, const unsigned char *p, uint64_t size,
+                             uint64_t off, uint64_t from, const char *why, emb_err *err)
+{
+    uint64_t first = 0;
+    long n = verifiable_records(&l->f, p, size, from, &first);
+    if (n == 0)
+        return 0;
+    char after[160];
+    if (n > 0)
+        snprintf(after, sizeof after, "%ld record%s after it verif%s (the first at offset %llu)",
+                 n, n == 1 ? "" : "s", n == 1 ? "ies" : "y", (unsigned long long)first);
+    else
+        snprintf(after, sizeof after, "the %llu bytes after it could not all be checked",
+                 (unsigned long long)(size - off));
+    return emb_fail_as(err, EMB_ERR_INVALID,
+                       "%s/%s is damaged at offset %llu (%s) and %s: refusing to open it "
+                       "rather than drop them; `embedd repair --data %s` moves the file aside "
+                       "and keeps every record that verifies",
+                       l->dir, l->name, (unsigned long long)off, why, after, l->dir);
+}
+
+/* The torn tail: a bad record with no record that verifies after it
+ * (refuse_if_corrupt has checked); it and everything after it are cut. */
 static int tail_cut(reclog *l, const scan *s, reclog_recovery *rec, emb_err *err)
 {
     rec->truncated_at = s->off;
@@ -189,6 +256,9 @@ static int log_recover(reclog *l, const unsigned char *p, uint64_t size,
     if (problem != NULL && fatal)
         return emb_fail_as(err, EMB_ERR_INVALID, "%s/%s: %s", l->dir, l->name, problem);
     if (problem != NULL) {
+        size_t hs = header_size(&l->f);
+        if (size > hs && refuse_if_corrupt(l, p, size, 0, hs, problem, err) != 0)
+            return -1;
         snprintf(rec->message, sizeof rec->message,
                  "%s/%s: %s; its %llu bytes were discarded and a new log started", l->dir,
                  l->name, problem, (unsigned long long)size);
@@ -201,7 +271,8 @@ static int log_recover(reclog *l, const unsigned char *p, uint64_t size,
     scan s = {.p = p, .size = size, .off = header_size(&l->f)};
     if (scan_records(&l->f, &s, replay, rec, err) != 0)
         return -1;
-    if (s.off < size && tail_cut(l, &s, rec, err) != 0)
+    if (s.off < size && (refuse_if_corrupt(l, p, size, s.off, s.off + 1, s.why, err) != 0 ||
+                         tail_cut(l, &s, rec, err) != 0))
         return -1;
     l->size = s.off;
     return 0;
@@ -284,6 +355,200 @@ reclog *reclog_open(int dir_fd, const char *dir, const char *name, const reclog_
 fail:
     reclog_close(l);
     return NULL;
+}
+
+/* ---- salvage ------------------------------------------------------------- */
+
+typedef struct outbuf {
+    unsigned char *p;
+    size_t n, cap;
+} outbuf;
+
+static int out_put(outbuf *o, const void *data, size_t n)
+{
+    if (o->n + n > o->cap) {
+        size_t cap = o->cap > 0 ? o->cap : 1 << 16;
+        while (cap < o->n + n)
+            cap *= 2;
+        unsigned char *q = realloc(o->p, cap);
+        if (q == NULL)
+            return -1;
+        o->p = q;
+        o->cap = cap;
+    }
+    memcpy(o->p + o->n, data, n);
+    o->n += n;
+    return 0;
+}
+
+/* Scans every offset after the header; the records kept go to out (as
+ * framed records). 1 when anything changed, 0 when not, -1 on failure. */
+static int salvage_scan(const reclog_format *f, const unsigned char *p, uint64_t size,
+                        uint64_t from, const reclog_salvage_fns *fns,
+                        reclog_salvage_report *rep, outbuf *out, emb_err *err)
+{
+    int changed = 0, in_gap = 0;
+    uint64_t off = from, n = 0, spent = 0;
+    unsigned char *body = NULL;
+    while (off < size) {
+        if (!frame_at(f, p, size, off, &n, &spent)) {
+            rep->bytes_dropped++;
+            rep->ranges_dropped += !in_gap;
+            in_gap = 1;
+            changed = 1;
+            off++;
+            continue;
+        }
+        in_gap = 0;
+        size_t len = (size_t)(n - RECLOG_FRAME);
+        unsigned char *b = realloc(body, len > 0 ? len : 1);
+        if (b == NULL) {
+            free(body);
+            return emb_fail_as(err, EMB_ERR_NO_MEMORY, "out of memory");
+        }
+        body = b;
+        memcpy(body, p + off + RECLOG_FRAME, len);
+        int keep = fns != NULL && fns->record != NULL ? fns->record(fns->user, body, len, err) : 1;
+        if (keep < 0) {
+            free(body);
+            return -1;
+        }
+        if (keep == 0 || memcmp(body, p + off + RECLOG_FRAME, len) != 0)
+            changed = 1;
+        if (keep == 0) {
+            rep->records_dropped++;
+        } else {
+            unsigned char frame[RECLOG_FRAME];
+            reclog_frame(frame, body, len);
+            if (out_put(out, frame, sizeof frame) != 0 || out_put(out, body, len) != 0) {
+                free(body);
+                return emb_fail_as(err, EMB_ERR_NO_MEMORY, "out of memory");
+            }
+            rep->records_kept++;
+        }
+        off += n;
+    }
+    free(body);
+    return changed;
+}
+
+/* Keeps the damaged file as NAME.damaged-<time>[-k] (a hard link). */
+static int keep_damaged(int dir_fd, const char *dir, const char *name,
+                        reclog_salvage_report *rep, emb_err *err)
+{
+    long t = (long)time(NULL);
+    for (int k = 0; k < 100; k++) {
+        if (k == 0)
+            snprintf(rep->kept_as, sizeof rep->kept_as, "%s.damaged-%ld", name, t);
+        else
+            snprintf(rep->kept_as, sizeof rep->kept_as, "%s.damaged-%ld-%d", name, t, k);
+        if (linkat(dir_fd, name, dir_fd, rep->kept_as, 0) == 0)
+            return emb_fsync_dir(dir, err);
+        if (errno != EEXIST)
+            return emb_fail_as(err, EMB_ERR_IO, "%s/%s: cannot keep it as %s: %s", dir, name,
+                               rep->kept_as, strerror(errno));
+    }
+    return emb_fail_as(err, EMB_ERR_IO, "%s/%s: no free name to keep it under", dir, name);
+}
+
+/* Writes the new log: header (extra) and the kept records. */
+static int salvage_write(int dir_fd, const char *dir, const char *name, const reclog_format *f,
+                         const unsigned char *extra, const outbuf *out, emb_err *err)
+{
+    unsigned char h[RECLOG_HEADER_FIXED + RECLOG_EXTRA_MAX];
+    size_t hs = header_size(f);
+    header_encode(f, extra, h);
+    emb_replace r;
+    if (emb_replace_begin_at(&r, dir_fd, dir, name, err) != 0)
+        return -1;
+    if (emb_pwrite_all(r.fd, h, hs, 0) != 0 ||
+        (out->n > 0 && emb_pwrite_all(r.fd, out->p, out->n, hs) != 0)) {
+        emb_fail_as(err, EMB_ERR_IO, "%s/%s: %s", r.dir, r.tmp, strerror(errno));
+        emb_replace_abort(&r);
+        return -1;
+    }
+    return emb_replace_commit(&r, NULL, err);
+}
+
+static int salvage_mapped(int dir_fd, const char *dir, const char *name, const reclog_format *f,
+                          const unsigned char *p, uint64_t size, const reclog_salvage_fns *fns,
+                          reclog_salvage_report *rep, emb_err *err)
+{
+    char buf[128];
+    int fatal = 0;
+    const char *problem = header_problem(f, p, size, &fatal, buf, sizeof buf);
+    if (problem != NULL && fatal)
+        return emb_fail_as(err, EMB_ERR_INVALID, "%s/%s: %s", dir, name, problem);
+    rep->header_bad = problem != NULL;
+    if (fns != NULL && fns->begin != NULL)
+        fns->begin(fns->user, problem == NULL ? p + 12 : NULL);
+    size_t hs = header_size(f);
+    outbuf out = {0};
+    int changed = salvage_scan(f, p, size, size < hs ? size : hs, fns, rep, &out, err);
+    unsigned char extra[RECLOG_EXTRA_MAX] = {0};
+    if (problem == NULL && f->extra > 0)
+        memcpy(extra, p + 12, f->extra);
+    int rc = changed < 0 ? -1 : 0;
+    if (rc == 0 && fns != NULL && fns->header != NULL)
+        rc = fns->header(fns->user, extra, err);
+    if (rc == 0 && (changed > 0 || rep->header_bad)) {
+        rc = keep_damaged(dir_fd, dir, name, rep, err);
+        if (rc == 0)
+            rc = salvage_write(dir_fd, dir, name, f, extra, &out, err);
+        rep->rewritten = rc == 0;
+    }
+    free(out.p);
+    return rc;
+}
+
+int reclog_salvage(int dir_fd, const char *dir, const char *name, const reclog_format *f,
+                   const reclog_salvage_fns *fns, reclog_salvage_report *rep, emb_err *err)
+{
+    memset(rep, 0, sizeof *rep);
+    if (format_check(f, err) != 0)
+        return -1;
+    int fd = openat(dir_fd, name, O_RDONLY | O_CLOEXEC);
+    if (fd < 0 && errno == ENOENT) {
+        snprintf(rep->message, sizeof rep->message, "%s/%s: no file", dir, name);
+        return 0;
+    }
+    if (fd < 0)
+        return emb_fail_as(err, EMB_ERR_IO, "%s/%s: %s", dir, name, strerror(errno));
+    rep->found = 1;
+    struct stat st;
+    int rc = -1;
+    void *map = MAP_FAILED;
+    if (fstat(fd, &st) != 0) {
+        emb_fail_as(err, EMB_ERR_IO, "%s/%s: %s", dir, name, strerror(errno));
+        goto out;
+    }
+    uint64_t size = (uint64_t)st.st_size;
+    if (size > 0)
+        map = mmap(NULL, (size_t)size, PROT_READ, MAP_PRIVATE, fd, 0);
+    if (size > 0 && map == MAP_FAILED) {
+        emb_fail_as(err, EMB_ERR_IO, "%s/%s: mmap: %s", dir, name, strerror(errno));
+        goto out;
+    }
+    rc = salvage_mapped(dir_fd, dir, name, f, map == MAP_FAILED ? (const unsigned char *)"" : map,
+                        size, fns, rep, err);
+    if (rc == 0 && rep->rewritten)
+        snprintf(rep->message, sizeof rep->message,
+                 "%s/%s: kept %llu records, dropped %llu bytes in %llu place%s%s%s; the damaged "
+                 "file is %s/%s",
+                 dir, name, (unsigned long long)rep->records_kept,
+                 (unsigned long long)rep->bytes_dropped, (unsigned long long)rep->ranges_dropped,
+                 rep->ranges_dropped == 1 ? "" : "s",
+                 rep->header_bad ? ", rebuilt the header" : "",
+                 rep->records_dropped > 0 ? ", left out records already elsewhere" : "", dir,
+                 rep->kept_as);
+    else if (rc == 0)
+        snprintf(rep->message, sizeof rep->message, "%s/%s: verifies (%llu records); unchanged",
+                 dir, name, (unsigned long long)rep->records_kept);
+out:
+    if (map != MAP_FAILED)
+        munmap(map, (size_t)size);
+    close(fd);
+    return rc;
 }
 
 /* ---- writing ---------------------------------------------------------------- */

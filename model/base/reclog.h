@@ -17,18 +17,22 @@
  * Opening (reclog_open) maps the file and replays it:
  *   - no file: a fresh log (header only) is created; rec->created.
  *   - an empty file, a short header, a bad magic or a header checksum
- *     mismatch: not a log of ours; it is replaced by a fresh log and the
- *     lost bytes reported (rec->restarted, rec->truncated_bytes).
+ *     mismatch with no record after it that verifies: it is replaced by a
+ *     fresh log and the lost bytes reported (rec->restarted,
+ *     rec->truncated_bytes).
  *   - an intact header with another version, or header fields the caller's
  *     header function rejects: open fails, the file is left as it is.
  *   - then each record in order goes to the caller's record function. The
  *     first record that is short, has a length out of range, a bad checksum,
- *     or that the record function refuses (returns 1), starts the torn
- *     tail: it and everything after it are cut off (ftruncate + fsync) and
- *     reported. A torn tail never fails the open; I/O errors and a record
- *     function's fatal error (-1) do. What happens to a bad record is
- *     decided in one place, tail_cut in reclog.c: today, whether it is the
- *     last record or in the middle of the log, everything from it on goes.
+ *     or that the record function refuses (returns 1) is bad. When no
+ *     record that verifies follows it (every later offset is tried), it is
+ *     a torn tail: it and everything after it are cut off (ftruncate +
+ *     fsync) and reported, and the open goes on. When one does, the log is
+ *     corrupt, not torn: the open fails (EMB_ERR_INVALID) naming the file,
+ *     the offset and the records after it, and nothing is cut;
+ *     reclog_salvage (`embedd repair`) rewrites it.
+ *   - the same for an unusable header: a fresh log replaces it only when no
+ *     record after it verifies.
  * A fresh log, and every reclog_reset, is written by replace-by-rename
  * (fileio.h), so DIR/NAME is always a whole, valid log.
  *
@@ -115,6 +119,46 @@ int reclog_sync(reclog *l, emb_err *err);
  * untouched and still open. */
 int reclog_reset(reclog *l, const unsigned char *extra, const void *body, size_t n,
                  emb_err *err);
+
+/* ---- salvage: what `embedd repair` does with a corrupt log ---- */
+
+/* Callbacks of reclog_salvage, each given user.
+ * begin: before the scan, with the old header's fields when the header
+ *   verifies (else NULL). May be NULL.
+ * record: each record that verifies, in file order; may rewrite the body
+ *   in place (same length). Returns 1 to keep it, 0 to drop it (counted in
+ *   records_dropped), -1 to fail (err set). NULL keeps every record.
+ * header: after the scan, the header fields of the rewritten log (f->extra
+ *   bytes); 0, or -1 (err set) to fail. NULL: the old fields, or zeros when
+ *   the old header did not verify. */
+typedef struct reclog_salvage_fns {
+    void (*begin)(void *user, const unsigned char *old_extra);
+    int (*record)(void *user, unsigned char *body, size_t len, emb_err *err);
+    int (*header)(void *user, unsigned char *extra, emb_err *err);
+    void *user;
+} reclog_salvage_fns;
+
+typedef struct reclog_salvage_report {
+    int found;                 /* the file exists */
+    int rewritten;             /* it did not verify and was rewritten */
+    int header_bad;            /* its header did not verify */
+    uint64_t records_kept;
+    uint64_t records_dropped;  /* by the record callback */
+    uint64_t bytes_dropped;    /* bytes in no record that verifies */
+    uint64_t ranges_dropped;   /* runs of such bytes */
+    char kept_as[256];         /* the damaged file's new name (in dir) */
+    char message[512];
+} reclog_salvage_report;
+
+/* Checks dir/name from end to end, trying every offset for records that
+ * verify. A log that verifies whole (header, every record, no bytes
+ * between or after) is left alone (unless the record callback drops or
+ * rewrites records, when it is rewritten too). Otherwise the damaged file
+ * is kept, never deleted, as NAME.damaged-<unix time> (a hard link made
+ * before anything changes), and NAME is replaced by replace-by-rename with
+ * a valid log of the records kept. The log must not be open. */
+int reclog_salvage(int dir_fd, const char *dir, const char *name, const reclog_format *f,
+                   const reclog_salvage_fns *fns, reclog_salvage_report *rep, emb_err *err);
 
 uint64_t reclog_size(const reclog *l);      /* bytes in the file */
 int reclog_damaged(const reclog *l);        /* a failed write could not be undone */

@@ -12,6 +12,7 @@ int cli_train(int argc, char **argv);
 int cli_eval(int argc, char **argv);
 int cli_pretrain(int argc, char **argv);
 int cli_whiten(int argc, char **argv);
+int cli_repair(int argc, char **argv);
 
 /* Applies --threads N (0 = leave the libraries' defaults) to OpenBLAS and
  * OpenMP. */

@@ -36,6 +36,7 @@ static void usage(FILE *fp)
             "  eval       STS Spearman of a model on scored sentence pairs\n"
             "  pretrain   train a small encoder from scratch (MLM, then SimCSE)\n"
             "  whiten     add a whitening transform (a Dense module) fitted on a corpus\n"
+            "  repair     keep every verifiable record of a damaged data directory's logs\n"
             "  version    print the version\n"
             "Run 'embedd COMMAND --help' for a command's options.\n",
             EMBEDD_VERSION);
@@ -123,6 +124,8 @@ int main(int argc, char **argv)
         return cli_eval(argc - 1, argv + 1);
     if (strcmp(cmd, "whiten") == 0)
         return cli_whiten(argc - 1, argv + 1);
+    if (strcmp(cmd, "repair") == 0)
+        return cli_repair(argc - 1, argv + 1);
     if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
         printf("embedd %s\n", EMBEDD_VERSION);
         return 0;

@@ -1000,3 +1000,32 @@ void samples_close(samples *s)
     samples_flush(s, &err);
     samples_free(s);
 }
+
+/* Replays each record that verifies into a scratch buffer in memory and
+ * keeps those it accepts. A lost slot record leaves a gap in the slot
+ * numbers: the next ones close it (their numbers shift, so a later drop may
+ * hit a neighbour: this is a sample of texts, not a store). */
+static int salvage_record(void *user, unsigned char *p, size_t len, emb_err *err)
+{
+    samples *scratch = user;
+    if (len >= SLOT_FIXED && p[0] == REC_SLOT && p[1] < N_RES) {
+        uint32_t n = (uint32_t)scratch->res[p[1]].n;
+        if (emb_get_u32(p + 2) > n)
+            emb_put_u32(p + 2, n);
+    }
+    int rc = apply_record(scratch, p, len);
+    if (rc < 0)
+        return emb_fail_as(err, EMB_ERR_NO_MEMORY, "out of memory repairing the sample log");
+    return rc == 0;
+}
+
+int samples_repair(const char *dir, int dir_fd, reclog_salvage_report *rep, emb_err *err)
+{
+    samples *scratch = samples_open(NULL, NULL, err);
+    if (scratch == NULL)
+        return -1;
+    reclog_salvage_fns fns = {.record = salvage_record, .user = scratch};
+    int rc = reclog_salvage(dir_fd, dir, LOG_NAME, &log_format, &fns, rep, err);
+    samples_free(scratch);
+    return rc;
+}

@@ -80,6 +80,7 @@
 #include <stdint.h>
 
 #include "base/error.h"
+#include "base/reclog.h"
 #include "ops_train.h"
 
 enum samples_source {
@@ -161,5 +162,10 @@ void samples_stats_get(samples *s, samples_stats *st);
  * shutdown. No-op without a dir. After a failed flush the next one
  * rewrites the whole log. */
 int samples_flush(samples *s, emb_err *err);
+
+/* `embedd repair` for DIR/samples.log, which must not be open
+ * (reclog_salvage: keeps every record that verifies; the damaged file is
+ * kept as samples.log.damaged-<time>). */
+int samples_repair(const char *dir, int dir_fd, reclog_salvage_report *rep, emb_err *err);
 
 #endif

@@ -467,43 +467,76 @@ out:
     return result;
 }
 
+/* DIR/snapshot, mapped and checked (dim 0: any). 1 when there is none. */
+typedef struct snapshot_map {
+    int fd;
+    void *map;
+    size_t size;
+    const unsigned char *p;
+} snapshot_map;
+
+static void snapshot_unmap(snapshot_map *m)
+{
+    if (m->map != MAP_FAILED)
+        munmap(m->map, m->size);
+    if (m->fd >= 0)
+        close(m->fd);
+}
+
+static int snapshot_map_checked(const store_files *s, int dim, snapshot_map *m, uint64_t *count,
+                                emb_err *err)
+{
+    m->map = MAP_FAILED;
+    m->size = 0;
+    m->fd = openat(s->dir_fd, "snapshot", O_RDONLY | O_CLOEXEC);
+    if (m->fd < 0 && errno == ENOENT)
+        return 1;
+    if (m->fd < 0)
+        return emb_fail_as(err, EMB_ERR_IO, "%s/snapshot: %s", s->dir, strerror(errno));
+    struct stat st;
+    if (fstat(m->fd, &st) != 0)
+        return emb_fail_as(err, EMB_ERR_IO, "%s/snapshot: %s", s->dir, strerror(errno));
+    m->size = (size_t)st.st_size;
+    if (m->size > 0)
+        m->map = mmap(NULL, m->size, PROT_READ, MAP_PRIVATE, m->fd, 0);
+    if (m->size > 0 && m->map == MAP_FAILED)
+        return emb_fail_as(err, EMB_ERR_IO, "%s/snapshot: mmap: %s", s->dir, strerror(errno));
+    m->p = m->map == MAP_FAILED ? (const unsigned char *)"" : m->map;
+    if (m->map != MAP_FAILED)
+        madvise(m->map, m->size, MADV_SEQUENTIAL);
+    if (dim == 0 && m->size >= SNAPSHOT_HEADER)
+        dim = (int)emb_get_u32(m->p + 12);
+    return snapshot_check(s, dim, m->p, m->size, count, err);
+}
+
 int store_snapshot_load(const store_files *s, int dim, const store_snapshot_sink *sink,
                         uint64_t *seq, uint64_t *count, emb_err *err)
 {
     *seq = 0;
     *count = 0;
-    int fd = openat(s->dir_fd, "snapshot", O_RDONLY | O_CLOEXEC);
-    if (fd < 0 && errno == ENOENT)
-        return 0;
-    if (fd < 0)
-        return emb_fail(err, "%s/snapshot: %s", s->dir, strerror(errno));
-    int result = -1;
-    void *map = MAP_FAILED;
-    struct stat st;
-    if (fstat(fd, &st) != 0) {
-        emb_fail(err, "%s/snapshot: %s", s->dir, strerror(errno));
-        goto out;
+    snapshot_map m;
+    int rc = snapshot_map_checked(s, dim, &m, count, err);
+    if (rc == 0) {
+        reader r = {m.p + SNAPSHOT_HEADER, m.p + m.size - SNAPSHOT_TRAILER};
+        rc = snapshot_apply(s, dim, &r, *count, sink, err);
+        if (rc == 0)
+            *seq = emb_get_u64(m.p + 16);
     }
-    size_t size = (size_t)st.st_size;
-    if (size > 0)
-        map = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
-    if (size > 0 && map == MAP_FAILED) {
-        emb_fail(err, "%s/snapshot: mmap: %s", s->dir, strerror(errno));
-        goto out;
+    snapshot_unmap(&m);
+    return rc == 1 ? 0 : rc;
+}
+
+int store_snapshot_peek(const store_files *s, int *dim, uint64_t *seq, emb_err *err)
+{
+    *dim = 0;
+    *seq = 0;
+    snapshot_map m;
+    uint64_t count = 0;
+    int rc = snapshot_map_checked(s, 0, &m, &count, err);
+    if (rc == 0) {
+        *dim = (int)emb_get_u32(m.p + 12);
+        *seq = emb_get_u64(m.p + 16);
     }
-    const unsigned char *p = map == MAP_FAILED ? (const unsigned char *)"" : map;
-    if (map != MAP_FAILED)
-        madvise(map, size, MADV_SEQUENTIAL);
-    if (snapshot_check(s, dim, p, size, count, err) != 0)
-        goto out;
-    reader r = {p + SNAPSHOT_HEADER, p + size - SNAPSHOT_TRAILER};
-    if (snapshot_apply(s, dim, &r, *count, sink, err) != 0)
-        goto out;
-    *seq = emb_get_u64(p + 16);
-    result = 0;
-out:
-    if (map != MAP_FAILED)
-        munmap(map, size);
-    close(fd);
-    return result;
+    snapshot_unmap(&m);
+    return rc;
 }

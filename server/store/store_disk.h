@@ -66,4 +66,8 @@ typedef struct store_snapshot_sink {
 int store_snapshot_load(const store_files *f, int dim, const store_snapshot_sink *sink,
                         uint64_t *seq, uint64_t *count, emb_err *err);
 
+/* Checks DIR/snapshot whole (header and checksum) and reads its dimension
+ * and last seq: 0, 1 when there is none, -1 when it does not verify. */
+int store_snapshot_peek(const store_files *f, int *dim, uint64_t *seq, emb_err *err);
+
 #endif

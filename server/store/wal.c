@@ -272,6 +272,67 @@ void wal_get_stats(wal *w, wal_stats *out)
     pthread_mutex_unlock(&w->lock);
 }
 
+/* ---- repair ---------------------------------------------------------------------- */
+
+typedef struct repair {
+    uint32_t tag;
+    uint64_t snapshot_seq;
+    uint64_t base;
+    int have_tag, have_base;
+    uint64_t next;             /* the next kept record's seq; 0 before the first */
+} repair;
+
+static void repair_begin(void *user, const unsigned char *old)
+{
+    repair *r = user;
+    if (old == NULL)
+        return;
+    r->tag = emb_get_u32(old);
+    r->base = emb_get_u64(old + 4);
+    r->have_tag = r->have_base = 1;
+}
+
+/* Leaves out what the snapshot holds; renumbers the rest without gaps. */
+static int repair_record(void *user, unsigned char *body, size_t len, emb_err *err)
+{
+    repair *r = user;
+    uint64_t seq = emb_get_u64(body);
+    if (seq <= r->snapshot_seq)
+        return 0;
+    if (r->next == 0) {
+        if (!r->have_base)
+            r->base = seq - 1;
+        if (r->base < r->snapshot_seq)
+            r->base = r->snapshot_seq;
+        r->have_base = 1;
+        r->next = r->base + 1;
+    }
+    emb_put_u64(body, r->next++);
+    return 1;
+}
+
+static int repair_header(void *user, unsigned char *extra, emb_err *err)
+{
+    repair *r = user;
+    if (!r->have_tag)
+        return emb_fail_as(err, EMB_ERR_INVALID,
+                           "the wal's header is damaged and the store's dimension is unknown "
+                           "(no snapshot to read it from)");
+    if (!r->have_base || r->base < r->snapshot_seq)
+        r->base = r->snapshot_seq;
+    header_extra(extra, r->tag, r->base);
+    return 0;
+}
+
+int wal_repair(const char *dir, int dir_fd, uint32_t tag, uint64_t snapshot_seq,
+               reclog_salvage_report *rep, emb_err *err)
+{
+    repair r = {.tag = tag, .have_tag = tag != 0, .snapshot_seq = snapshot_seq};
+    reclog_salvage_fns fns = {.begin = repair_begin, .record = repair_record,
+                              .header = repair_header, .user = &r};
+    return reclog_salvage(dir_fd, dir, "wal", &wal_format, &fns, rep, err);
+}
+
 void wal_close(wal *w)
 {
     if (w == NULL)

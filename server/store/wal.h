@@ -21,13 +21,15 @@
  *
  * Recovery (wal_open) reads every record in order. Records with seq <= the
  * snapshot's seq are already in the snapshot and are skipped; the others go
- * to the caller's apply function. The first record that is short, has a
- * length out of range, a bad checksum, a seq out of order, or that the
- * caller calls malformed, starts the torn tail: it and everything after it
- * is cut off (ftruncate + fsync) and reported in wal_recovery. Recovery never
- * fails because of a torn tail; it fails only on I/O errors, on a header
- * with another version or tag, or when records between the snapshot and the
- * log are missing.
+ * to the caller's apply function. A record that is short, has a length out
+ * of range, a bad checksum, a seq out of order, or that the caller calls
+ * malformed is bad. With no record that verifies after it, it is a torn
+ * tail: it and everything after it is cut off (ftruncate + fsync) and
+ * reported in wal_recovery. With one after it, the log is corrupt and
+ * wal_open fails naming the offset (reclog.h); wal_repair (`embedd
+ * repair`) keeps every record that verifies. Recovery also fails on I/O
+ * errors, on a header with another version or tag, and when records
+ * between the snapshot and the log are missing.
  *
  * A new log (first start, or wal_rotate after a snapshot) is written as
  * `DIR/wal.tmp`, fsync'd, renamed over `DIR/wal`, and the directory fsync'd,
@@ -61,6 +63,7 @@
 #include "base/bytes.h"
 #include "base/crc32c.h"
 #include "base/error.h"
+#include "base/reclog.h"
 
 #define WAL_VERSION 1
 #define WAL_HEADER_SIZE 32
@@ -138,5 +141,14 @@ int wal_sync(wal *w, uint64_t seq, emb_err *err);
 int wal_rotate(wal *w, uint64_t base_seq, emb_err *err);
 void wal_get_stats(wal *w, wal_stats *out);
 void wal_close(wal *w);
+
+/* `embedd repair` for DIR/wal, which must not be open (reclog_salvage:
+ * the damaged file is kept as wal.damaged-<time>). Records the snapshot
+ * already holds (seq <= snapshot_seq) are left out and the rest renumbered
+ * without gaps after max(the log's base seq, snapshot_seq), so that the
+ * repaired log replays. tag: the store's dimension (from its snapshot; 0
+ * when unknown), used when the log's own header does not verify. */
+int wal_repair(const char *dir, int dir_fd, uint32_t tag, uint64_t snapshot_seq,
+               reclog_salvage_report *rep, emb_err *err);
 
 #endif

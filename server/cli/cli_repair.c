@@ -1,0 +1,122 @@
+/* cli_repair.c: `embedd repair --data DIR`, for a data directory whose
+ * logs the server refuses to open because a damaged record is followed by
+ * records that verify (model/base/reclog.h).
+ *
+ * With the directory's locks held (so no server can be using it), it
+ * checks the snapshot whole, then rewrites DIR/wal and DIR/samples.log
+ * when they do not verify: every record that verifies is kept, the damaged
+ * file is kept beside it as NAME.damaged-<time> (never deleted), and what
+ * was dropped is reported. A damaged snapshot is reported, not rewritten
+ * (it has one checksum over the whole file, so what it held cannot be
+ * told from what it did not). Exit status 0 when every file verifies or
+ * was repaired, 1 when one could not be, 2 on bad usage. */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "base/dirlock.h"
+#include "cli.h"
+#include "learn/samples.h"
+#include "options.h"
+#include "store/store_disk.h"
+#include "store/wal.h"
+
+typedef struct repair_opts {
+    const char *data_dir;
+} repair_opts;
+
+static const opt_spec repair_specs[] = {
+    OPT_STR(repair_opts, "data", "EMBEDD_DATA", data_dir, NULL,
+            "the data directory to check and repair (the server must be stopped)"),
+};
+
+static const char repair_usage[] =
+    "usage: embedd repair --data DIR\n"
+    "Checks a stopped server's data directory and rewrites a damaged item log (wal) or\n"
+    "sample log (samples.log), keeping every record that verifies; the damaged file is\n"
+    "kept beside it as NAME.damaged-<time>.";
+
+static void report(const char *what, const reclog_salvage_report *rep)
+{
+    if (rep->found)
+        printf("%s: %s\n", what, rep->message);
+    else
+        printf("%s: none\n", what);
+}
+
+/* The snapshot's dimension and last seq (0 and 0 without one). */
+static int check_snapshot(int dir_fd, const char *dir, int *dim, uint64_t *seq)
+{
+    store_files f = {.dir_fd = dir_fd, .dir = dir, .max_items = LONG_MAX};
+    emb_err err;
+    int rc = store_snapshot_peek(&f, dim, seq, &err);
+    if (rc < 0) {
+        printf("snapshot: %s; not repaired: restore it from a backup (the wal is left as it "
+               "is too, since its records follow the snapshot)\n", err.msg);
+        return -1;
+    }
+    if (rc == 1)
+        printf("snapshot: none\n");
+    else
+        printf("snapshot: verifies (dimension %d, up to seq %llu)\n", *dim,
+               (unsigned long long)*seq);
+    return 0;
+}
+
+static int repair_dir(int dir_fd, const char *dir)
+{
+    int dim = 0, status = 0;
+    uint64_t seq = 0;
+    emb_err err;
+    reclog_salvage_report rep;
+    if (check_snapshot(dir_fd, dir, &dim, &seq) != 0) {
+        status = 1;
+    } else if (wal_repair(dir, dir_fd, (uint32_t)dim, seq, &rep, &err) != 0) {
+        printf("wal: %s\n", err.msg);
+        status = 1;
+    } else {
+        report("wal", &rep);
+    }
+    if (samples_repair(dir, dir_fd, &rep, &err) != 0) {
+        printf("samples.log: %s\n", err.msg);
+        status = 1;
+    } else {
+        report("samples.log", &rep);
+    }
+    return status;
+}
+
+int cli_repair(int argc, char **argv)
+{
+    repair_opts o = {0};
+    int rc = options_parse(repair_specs, (int)(sizeof repair_specs / sizeof repair_specs[0]), &o,
+                           argc, argv, repair_usage);
+    if (rc != 0)
+        return rc == 1 ? 0 : 2;
+    if (o.data_dir == NULL) {
+        fprintf(stderr, "embedd repair: --data is required\n");
+        return 2;
+    }
+    int dir_fd = open(o.data_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dir_fd < 0) {
+        fprintf(stderr, "embedd repair: %s: %s\n", o.data_dir, strerror(errno));
+        return 1;
+    }
+    emb_err err;
+    int store_lock = emb_dirlock_take(dir_fd, o.data_dir, "lock", "store", &err);
+    int samples_lock = store_lock < 0 ? -1
+                                      : emb_dirlock_take(dir_fd, o.data_dir, "samples.lock",
+                                                         "sample buffer", &err);
+    int status = 1;
+    if (store_lock < 0 || samples_lock < 0)
+        fprintf(stderr, "embedd repair: %s (stop the server first)\n", err.msg);
+    else
+        status = repair_dir(dir_fd, o.data_dir);
+    emb_dirlock_release(samples_lock);
+    emb_dirlock_release(store_lock);
+    close(dir_fd);
+    return status;
+}
