@@ -405,8 +405,9 @@ static unsigned read_current(void)
     return id;
 }
 
-/* A new version: base's weights with one changed, saved then published. */
-static void save_and_publish(versions *v, uint32_t id)
+/* Version id: base's weights with one changed, saved to the registry's
+ * directory (not yet handed over). */
+static emb_model *save_version(versions *v, uint32_t id)
 {
     emb_err err;
     emb_model *m = emb_model_clone(base, &err);
@@ -414,6 +415,14 @@ static void save_and_publish(versions *v, uint32_t id)
     m->params[0] += 0.25f * (float)id;
     ck_assert_msg(emb_model_pack(m, &err) == 0, "%s", err.msg);
     ck_assert_msg(versions_save(v, id, m, NULL, &err) == 0, "%s", err.msg);
+    return m;
+}
+
+/* A new version, saved then published. */
+static void save_and_publish(versions *v, uint32_t id)
+{
+    emb_err err;
+    emb_model *m = save_version(v, id);
     ck_assert_msg(versions_publish_saved(v, m, id, &err) == 0, "%s", err.msg);
 }
 
@@ -529,11 +538,7 @@ END_TEST
 static int save_candidate(versions *v, uint32_t id)
 {
     emb_err err;
-    emb_model *m = emb_model_clone(base, &err);
-    ck_assert_msg(m != NULL, "%s", err.msg);
-    m->params[0] += 0.25f * (float)id;
-    ck_assert_msg(emb_model_pack(m, &err) == 0, "%s", err.msg);
-    ck_assert_msg(versions_save(v, id, m, NULL, &err) == 0, "%s", err.msg);
+    emb_model *m = save_version(v, id);
     int rc = versions_candidate(v, m, id, versions_current_id(v), "passed", &err);
     ck_assert_msg(rc >= 0, "%s", err.msg);
     return rc;

@@ -393,7 +393,7 @@ START_TEST(test_flip_every_record_byte)
                           err.msg);
             ck_assert_int_eq(rep.rewritten, 1);
             ck_assert_uint_eq(rep.records_kept, 5);
-            char kept[256];
+            char kept[400];
             snprintf(kept, sizeof kept, "%s/%s", dir, rep.kept_as);
             ck_assert_int_eq(file_size(kept), (long)n);
             unlink(kept);

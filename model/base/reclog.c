@@ -366,16 +366,8 @@ typedef struct outbuf {
 
 static int out_put(outbuf *o, const void *data, size_t n)
 {
-    if (o->n + n > o->cap) {
-        size_t cap = o->cap > 0 ? o->cap : 1 << 16;
-        while (cap < o->n + n)
-            cap *= 2;
-        unsigned char *q = realloc(o->p, cap);
-        if (q == NULL)
-            return -1;
-        o->p = q;
-        o->cap = cap;
-    }
+    if (emb_bytes_reserve(&o->p, &o->cap, o->n + n, 1 << 16) != 0)
+        return -1;
     memcpy(o->p + o->n, data, n);
     o->n += n;
     return 0;

@@ -294,17 +294,7 @@ static void hset_del(hset *h, uint64_t key)
 
 static int buf_reserve(buf *b, size_t more)
 {
-    if (b->len + more <= b->cap)
-        return 0;
-    size_t cap = b->cap > 0 ? b->cap : 4096;
-    while (cap < b->len + more)
-        cap *= 2;
-    unsigned char *p = realloc(b->p, cap);
-    if (p == NULL)
-        return -1;
-    b->p = p;
-    b->cap = cap;
-    return 0;
+    return emb_bytes_reserve(&b->p, &b->cap, b->len + more, 4096);
 }
 
 static void buf_free(buf *b)
