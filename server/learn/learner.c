@@ -24,6 +24,7 @@
 
 #include <math.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -130,6 +131,8 @@ struct learner {
     int paused;
     int rollback_pending;
     int version_changed;       /* the on-change hook ran (a promote, from any thread) */
+    atomic_int resting;        /* every text used up and nothing in flight
+                                  (set and cleared by the compute thread) */
     long steps, skipped, published, rejected;
     double last_loss, last_simcse, last_mlm, loss_ema;
     gate_result last_gate;
@@ -162,6 +165,7 @@ void learner_offer(learner *l, const char *text, size_t len, int source)
         return;
     if (samples_add(l->buf, text, len, source) == 1) {
         budget_earn(&l->budget, 1);
+        atomic_store(&l->resting, 0);
         batcher_wake(l->b);
     }
 }
@@ -173,6 +177,7 @@ int learner_offer_explicit(learner *l, const char *const *texts, const size_t *l
         added += samples_add(l->buf, texts[i], lens[i], SAMPLES_SRC_EXPLICIT) == 1;
     if (added > 0) {
         budget_earn(&l->budget, added);
+        atomic_store(&l->resting, 0);
         batcher_wake(l->b);
     }
     return added;
@@ -881,12 +886,16 @@ int learner_idle(void *ctx)
         samples_stats_get(l->buf, &ss);
         if ((long)ss.train < l->o.min_samples)
             more = idle_answer(l, 1); /* new texts wake us */
-        else if (!budget_allows(&l->budget))
+        else if (!budget_allows(&l->budget)) {
             /* every text used up: rest until new ones come (a gate due by
              * time still runs) */
+            atomic_store(&l->resting, 1);
             more = idle_answer(l, !(l->steps_since_publish > 0 && l->o.publish_every_secs > 0));
-        else if (!start_step(l))
+        } else if (!start_step(l)) {
             more = BATCHER_IDLE_LATER;
+        } else {
+            atomic_store(&l->resting, 0);
+        }
     }
     l->window_busy += mono_seconds() - t0;
     return more;
@@ -990,9 +999,10 @@ void learner_status_json(learner *l, strbuf *b)
               (unsigned long long)ss.holdout,
               (unsigned long long)(ss.train_bytes + ss.holdout_bytes),
               (unsigned long long)ss.seen, (unsigned long long)ss.duplicates);
-    /* resting: every buffered text used --train-max-epochs times */
+    /* resting: every buffered text used --train-max-epochs times, and the
+     * last step, gate and save are done */
     sb_printf(b, ",\"resting\":%s,\"text_uses_left\":%lld",
-              l->o.enabled && !budget_allows(&l->budget) ? "true" : "false",
+              l->o.enabled && atomic_load(&l->resting) ? "true" : "false",
               l->o.enabled ? budget_left(&l->budget) : 0LL);
     long done = 0, total = 0;
     uint32_t vec_version = 0, target = 0;
