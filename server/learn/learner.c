@@ -938,20 +938,23 @@ static void sb_double(strbuf *b, double v)
         sb_puts(b, "null");
 }
 
+/* "name":value pairs, comma-separated (non-finite values as null). */
+static void json_numbers(strbuf *b, const char *const *names, const double *v, int n)
+{
+    for (int i = 0; i < n; i++) {
+        sb_printf(b, "%s\"%s\":", i > 0 ? "," : "", names[i]);
+        sb_double(b, v[i]);
+    }
+}
+
 static void side_json(strbuf *b, const char *name, const gate_side *s)
 {
-    sb_printf(b, "\"%s\":{\"val_loss\":", name);
-    sb_double(b, s->val_loss);
-    sb_puts(b, ",\"mean_cos\":");
-    sb_double(b, s->mean_cos);
-    sb_puts(b, ",\"variance\":");
-    sb_double(b, s->variance);
-    sb_puts(b, ",\"sts_spearman\":");
-    sb_double(b, s->sts);
-    sb_puts(b, ",\"lexical_agreement\":");
-    sb_double(b, s->lex);
-    sb_puts(b, ",\"uniformity\":");
-    sb_double(b, s->uniformity);
+    static const char *const names[] = {"val_loss",          "mean_cos",  "variance",
+                                        "sts_spearman",      "lexical_agreement",
+                                        "uniformity"};
+    const double v[] = {s->val_loss, s->mean_cos, s->variance, s->sts, s->lex, s->uniformity};
+    sb_printf(b, "\"%s\":{", name);
+    json_numbers(b, names, v, 6);
     sb_puts(b, "}");
 }
 
@@ -966,15 +969,10 @@ void learner_status_json(learner *l, strbuf *b)
     pthread_mutex_lock(&l->lock);
     const char *state = !l->o.enabled ? "off" : l->paused ? "paused" : "running";
     sb_printf(b, "{\"state\":\"%s\",\"steps\":%ld,\"skipped_steps\":%ld,\"published\":%ld,"
-              "\"rejected\":%ld,\"loss\":", state, l->steps, l->skipped, l->published,
-              l->rejected);
-    sb_double(b, l->last_loss);
-    sb_puts(b, ",\"loss_avg\":");
-    sb_double(b, l->loss_ema);
-    sb_puts(b, ",\"simcse_loss\":");
-    sb_double(b, l->last_simcse);
-    sb_puts(b, ",\"mlm_loss\":");
-    sb_double(b, l->last_mlm);
+              "\"rejected\":%ld,", state, l->steps, l->skipped, l->published, l->rejected);
+    static const char *const loss_names[] = {"loss", "loss_avg", "simcse_loss", "mlm_loss"};
+    const double losses[] = {l->last_loss, l->loss_ema, l->last_simcse, l->last_mlm};
+    json_numbers(b, loss_names, losses, 4);
     sb_puts(b, ",\"last_gate\":");
     const gate_result *g = &l->last_gate;
     if (!g->valid) {
