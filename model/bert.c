@@ -840,26 +840,16 @@ static void dense_chain_forward(const emb_model *m, emb_workspace *ws, int S, fl
     }
 }
 
-/* The index of the first NaN or infinity among n floats, or -1. The
- * comparison is false for NaN, so one test catches both; the inner loop is
- * branch-free and vectorises: one pass over the outputs, nothing next to
- * the forward pass that made them. */
-static long first_non_finite(const float *x, long n)
+/* 1 when any of the n floats is NaN or infinite. The comparison is false
+ * for NaN, so one test catches both; the loop is branch-free and
+ * vectorises: one pass over the outputs, nothing next to the forward pass
+ * that made them. */
+static int any_non_finite(const float *x, long n)
 {
-    const long block = 256;
-    for (long i0 = 0; i0 < n; i0 += block) {
-        long i1 = i0 + block < n ? i0 + block : n;
-        int bad = 0;
-        for (long i = i0; i < i1; i++)
-            bad |= !(fabsf(x[i]) <= FLT_MAX);
-        if (!bad)
-            continue;
-        for (long i = i0; i < i1; i++) {
-            if (!(fabsf(x[i]) <= FLT_MAX))
-                return i;
-        }
-    }
-    return -1;
+    int bad = 0;
+    for (long i = 0; i < n; i++)
+        bad |= !(fabsf(x[i]) <= FLT_MAX);
+    return bad;
 }
 
 int emb_embed_ids(const emb_model *m, emb_workspace *ws, const int32_t *ids, const int *lens,
@@ -891,11 +881,8 @@ int emb_embed_ids(const emb_model *m, emb_workspace *ws, const int32_t *ids, con
     /* Weights holding NaN or Inf (a corrupt file, a diverged training run)
      * make every vector NaN; that is the model's fault, never a number to
      * hand out (JSON would print it as 0, base64 as NaN bytes). */
-    long bad = first_non_finite(out, (long)n_seqs * D);
-    if (bad >= 0)
-        return emb_fail_as(err, EMB_ERR_FAILED,
-                           "model produced non-finite values (sequence %ld of %d)", bad / D + 1,
-                           n_seqs);
+    if (any_non_finite(out, (long)n_seqs * D))
+        return emb_fail_as(err, EMB_ERR_FAILED, "model produced non-finite values");
     if (normalize)
         l2norm_forward(out, n_seqs, D);
     return 0;
