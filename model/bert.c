@@ -2,6 +2,7 @@
  * See bert.h for the parameter layout and ops.h for the kernels. */
 #include "bert.h"
 
+#include <float.h>
 #include <limits.h>
 #include <math.h>
 #include <stdio.h>
@@ -839,6 +840,18 @@ static void dense_chain_forward(const emb_model *m, emb_workspace *ws, int S, fl
     }
 }
 
+/* 1 when any of the n floats is NaN or infinite. The comparison is false
+ * for NaN, so one test catches both; the loop is branch-free and
+ * vectorises: one pass over the outputs, nothing next to the forward pass
+ * that made them. */
+static int any_non_finite(const float *x, long n)
+{
+    int bad = 0;
+    for (long i = 0; i < n; i++)
+        bad |= !(fabsf(x[i]) <= FLT_MAX);
+    return bad;
+}
+
 int emb_embed_ids(const emb_model *m, emb_workspace *ws, const int32_t *ids, const int *lens,
                   int n_seqs, emb_pooling pooling, int normalize, float *out, emb_err *err)
 {
@@ -865,6 +878,11 @@ int emb_embed_ids(const emb_model *m, emb_workspace *ws, const int32_t *ids, con
         t0 += tokens;
         s0 = s1;
     }
+    /* Weights holding NaN or Inf (a corrupt file, a diverged training run)
+     * make every vector NaN; that is the model's fault, never a number to
+     * hand out (JSON would print it as 0, base64 as NaN bytes). */
+    if (any_non_finite(out, (long)n_seqs * D))
+        return emb_fail_as(err, EMB_ERR_FAILED, "model produced non-finite values");
     if (normalize)
         l2norm_forward(out, n_seqs, D);
     return 0;

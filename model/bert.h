@@ -153,7 +153,9 @@ int emb_forward(const emb_model *m, emb_workspace *ws, const int32_t *ids, const
                 int n_seqs, emb_err *err);
 
 /* emb_forward, then pooling, the model's Dense modules (in order) and L2
- * normalisation when normalize, into out (n_seqs, D), D = emb_model_dim. */
+ * normalisation when normalize, into out (n_seqs, D), D = emb_model_dim.
+ * A NaN or infinity in the outputs (broken weights) is EMB_ERR_FAILED,
+ * "model produced non-finite values", never vectors. */
 int emb_embed_ids(const emb_model *m, emb_workspace *ws, const int32_t *ids, const int *lens,
                   int n_seqs, emb_pooling pooling, int normalize, float *out, emb_err *err);
 

@@ -136,7 +136,14 @@ int textjob_failed(const text_job *tj, reply *rp)
 {
     if (!tj->job.failed)
         return 0;
-    reply_fail(rp, tj->api, tj->job.error_kind, "%s", tj->job.error);
+    /* A forward pass that failed inside (non-finite outputs of broken
+     * weights) is the version's fault: name it, so the operator knows what
+     * to roll back. */
+    if (tj->job.error_kind == EMB_ERR_FAILED && tj->mv != NULL)
+        reply_fail(rp, tj->api, tj->job.error_kind, "%s (model version %u)", tj->job.error,
+                   tj->mv->id);
+    else
+        reply_fail(rp, tj->api, tj->job.error_kind, "%s", tj->job.error);
     return 1;
 }
 

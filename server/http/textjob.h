@@ -12,7 +12,9 @@
  * and resumes the connection; the route's finish then runs on an HTTP
  * thread and calls
  *   textjob_failed   which answers a failed job with the status of its
- *                    error kind (errors.h) and returns 1, else 0.
+ *                    error kind (errors.h) and returns 1, else 0; a
+ *                    failure inside the forward pass (EMB_ERR_FAILED, e.g.
+ *                    non-finite outputs) is a 500 naming the version.
  * A route may submit the same job again (a retry) after it finished.
  *
  * Ownership: a text_job lives inside the route's request state, zeroed by

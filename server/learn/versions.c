@@ -17,6 +17,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <cjson/cJSON.h>
+
+#include "base/crc32c.h"
 #include "base/fileio.h"
 #include "checkpoint.h"
 #include "safetensors.h"
@@ -46,6 +49,9 @@ struct versions {
     const char *base_dir;     /* borrowed */
     const emb_model *base;    /* borrowed; NULL for versions_new */
     emb_dtype save_dtype;     /* the loaded model's file precision */
+    uint32_t broken[16];      /* saved versions that failed to load at open:
+                                 never pruned, so their files stay for a look */
+    int n_broken;
     /* under change */
     versions_hooks hooks;
     void (*listener)(void *ctx);
@@ -477,6 +483,8 @@ void versions_list_json(versions *v, strbuf *b)
 
 /* ---- DATA/models ------------------------------------------------------------------ */
 
+#define MANIFEST "version.json"
+
 /* n when name is "v{n}" (a version directory), else 0. */
 static uint32_t version_dir_id(const char *name)
 {
@@ -519,28 +527,283 @@ static uint32_t read_number(const char *data_dir, const char *name)
     return id;
 }
 
+/* A complete version directory has its metadata: version.json (written
+ * into the staging directory before the rename that publishes it), or,
+ * saved by a build from before checksums, config.json. Anything else (an
+ * empty vN left by a crash or by hand) is incomplete. */
 static int version_on_disk(const char *data_dir, uint32_t id)
 {
     char path[4096];
+    snprintf(path, sizeof path, "%s/models/v%u/" MANIFEST, data_dir, id);
+    if (access(path, R_OK) == 0)
+        return 1;
     snprintf(path, sizeof path, "%s/models/v%u/config.json", data_dir, id);
     return access(path, R_OK) == 0;
 }
 
-/* The version DATA/models/current names (written at each publish and
- * rollback), or the latest saved one. 1 means the loaded model. */
-static uint32_t current_saved_version(const char *data_dir, uint32_t pending)
+/* The newest complete saved version that is not `pending`, or 0. */
+static uint32_t newest_complete(const char *data_dir, uint32_t pending)
 {
-    uint32_t id = read_number(data_dir, "current");
-    if (id == 1)
-        return 1;
-    if (id > 1 && version_on_disk(data_dir, id))
-        return id;
-    id = latest_saved_version(data_dir);
-    return id == pending ? 1 : id; /* a pending version is not current */
+    char path[4096];
+    snprintf(path, sizeof path, "%s/models", data_dir);
+    DIR *d = opendir(path);
+    if (d == NULL)
+        return 0;
+    uint32_t best = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        uint32_t n = version_dir_id(e->d_name);
+        if (n > best && n != pending && version_on_disk(data_dir, n))
+            best = n;
+    }
+    closedir(d);
+    return best;
 }
 
-/* Version id from DATA/models/vN, packed in the served model's precision;
- * a copy of base for 1. */
+/* The complete saved versions, newest first, as "4, 3" (for messages). */
+static void saved_list(const char *data_dir, char *buf, size_t cap)
+{
+    uint32_t ids[64];
+    int n = 0;
+    char path[4096];
+    snprintf(path, sizeof path, "%s/models", data_dir);
+    DIR *d = opendir(path);
+    if (d != NULL) {
+        struct dirent *e;
+        while ((e = readdir(d)) != NULL && n < 64) {
+            uint32_t id = version_dir_id(e->d_name);
+            if (id >= 2 && version_on_disk(data_dir, id))
+                ids[n++] = id;
+        }
+        closedir(d);
+    }
+    for (int i = 1; i < n; i++) {
+        for (int j = i; j > 0 && ids[j] > ids[j - 1]; j--) {
+            uint32_t t = ids[j];
+            ids[j] = ids[j - 1];
+            ids[j - 1] = t;
+        }
+    }
+    size_t at = 0;
+    buf[0] = '\0';
+    for (int i = 0; i < n && at < cap; i++) {
+        int w = snprintf(buf + at, cap - at, "%s%u", i > 0 ? ", " : "", ids[i]);
+        if (w < 0)
+            break;
+        at += (size_t)w;
+    }
+}
+
+/* ---- checksums: DATA/models/vN/version.json ---------------------------------------- */
+
+/* Test-only fault seam: EMBEDD_FAULT_FILE_REPLACE lists names (comma
+ * separated: current, pending, latest, version.json) whose atomic replace
+ * fails with EIO. The tests run as root, so permissions cannot make a
+ * directory unwritable; this makes "the write failed" deterministic. */
+static int fault_injected(const char *name)
+{
+    const char *list = getenv("EMBEDD_FAULT_FILE_REPLACE");
+    size_t n = strlen(name);
+    while (list != NULL && *list != '\0') {
+        const char *end = strchr(list, ',');
+        size_t len = end != NULL ? (size_t)(end - list) : strlen(list);
+        if (len == n && strncmp(list, name, n) == 0)
+            return 1;
+        list = end != NULL ? end + 1 : NULL;
+    }
+    return 0;
+}
+
+/* dir/name replaced atomically by n bytes (fsync of file and directory),
+ * or -1 with err (EMB_ERR_IO). */
+static int replace_file(const char *dir, const char *name, const void *data, size_t n,
+                        emb_err *err)
+{
+    char path[4400];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    if (fault_injected(name))
+        return emb_fail_as(err, EMB_ERR_IO, "%s: %s (EMBEDD_FAULT_FILE_REPLACE)", path,
+                           strerror(EIO));
+    return emb_write_file_atomic(path, data, n, err);
+}
+
+/* CRC-32C and size of the file at path. 0, or -1 with err (EMB_ERR_IO). */
+static int sum_file(const char *path, uint64_t *bytes, uint32_t *crc, emb_err *err)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return emb_fail_as(err, EMB_ERR_IO, "%s: %s", path, strerror(errno));
+    const size_t cap = 1 << 20;
+    char *buf = malloc(cap);
+    if (buf == NULL) {
+        close(fd);
+        return emb_fail_as(err, EMB_ERR_NO_MEMORY, "out of memory");
+    }
+    *bytes = 0;
+    *crc = 0;
+    int rc = 0;
+    for (;;) {
+        ssize_t got = read(fd, buf, cap);
+        if (got < 0 && errno == EINTR)
+            continue;
+        if (got < 0) {
+            rc = emb_fail_as(err, EMB_ERR_IO, "%s: %s", path, strerror(errno));
+            break;
+        }
+        if (got == 0)
+            break;
+        *crc = emb_crc32c(*crc, buf, (size_t)got);
+        *bytes += (uint64_t)got;
+    }
+    free(buf);
+    close(fd);
+    return rc;
+}
+
+/* Adds {"name", "bytes", "crc32c"} for every regular file of dir/sub (sub
+ * "" for dir itself; one level of subdirectories: the Dense modules) to
+ * files, the manifest itself excepted. 0, or -1 with err. */
+static int sum_tree(const char *dir, const char *sub, cJSON *files, emb_err *err)
+{
+    char path[4400];
+    snprintf(path, sizeof path, "%s%s%s", dir, sub[0] != '\0' ? "/" : "", sub);
+    DIR *d = opendir(path);
+    if (d == NULL)
+        return emb_fail_as(err, EMB_ERR_IO, "%s: %s", path, strerror(errno));
+    int rc = 0;
+    struct dirent *e;
+    while (rc == 0 && (e = readdir(d)) != NULL) {
+        if (e->d_name[0] == '.' || (sub[0] == '\0' && strcmp(e->d_name, MANIFEST) == 0))
+            continue;
+        char name[600], full[5100];
+        snprintf(name, sizeof name, "%s%s%s", sub, sub[0] != '\0' ? "/" : "", e->d_name);
+        snprintf(full, sizeof full, "%s/%s", dir, name);
+        struct stat st;
+        if (lstat(full, &st) != 0) {
+            rc = emb_fail_as(err, EMB_ERR_IO, "%s: %s", full, strerror(errno));
+        } else if (S_ISDIR(st.st_mode) && sub[0] == '\0') {
+            rc = sum_tree(dir, e->d_name, files, err);
+        } else if (S_ISREG(st.st_mode)) {
+            uint64_t bytes;
+            uint32_t crc;
+            char hex[16];
+            rc = sum_file(full, &bytes, &crc, err);
+            snprintf(hex, sizeof hex, "%08x", crc);
+            cJSON *f = cJSON_CreateObject();
+            if (rc == 0 && (f == NULL || !cJSON_AddStringToObject(f, "name", name) ||
+                            !cJSON_AddNumberToObject(f, "bytes", (double)bytes) ||
+                            !cJSON_AddStringToObject(f, "crc32c", hex) ||
+                            !cJSON_AddItemToArray(files, f)))
+                rc = emb_fail_as(err, EMB_ERR_NO_MEMORY, "out of memory");
+        }
+    }
+    closedir(d);
+    return rc;
+}
+
+/* Writes dir/version.json: {"format": 1, "id", "created", "files": [{"name",
+ * "bytes", "crc32c" (hex)}]}, the size and CRC-32C of every file of the
+ * version, atomically. 0, or -1 with err. */
+static int write_manifest(const char *dir, uint32_t id, emb_err *err)
+{
+    cJSON *root = cJSON_CreateObject();
+    cJSON *files = cJSON_CreateArray();
+    if (root == NULL || files == NULL || !cJSON_AddItemToObject(root, "files", files)) {
+        cJSON_Delete(root);
+        cJSON_Delete(files);
+        return emb_fail_as(err, EMB_ERR_NO_MEMORY, "out of memory");
+    }
+    cJSON_AddNumberToObject(root, "format", 1);
+    cJSON_AddNumberToObject(root, "id", id);
+    cJSON_AddNumberToObject(root, "created", (double)(long long)unix_now());
+    int rc = sum_tree(dir, "", files, err);
+    char *text = rc == 0 ? cJSON_Print(root) : NULL;
+    cJSON_Delete(root);
+    if (rc != 0)
+        return -1;
+    if (text == NULL)
+        return emb_fail_as(err, EMB_ERR_NO_MEMORY, "out of memory");
+    rc = replace_file(dir, MANIFEST, text, strlen(text), err);
+    free(text);
+    return rc;
+}
+
+/* Checks one manifest entry against the file it names. */
+static int verify_entry(const char *dir, const cJSON *f, emb_err *err)
+{
+    const cJSON *name = cJSON_GetObjectItemCaseSensitive(f, "name");
+    const cJSON *bytes = cJSON_GetObjectItemCaseSensitive(f, "bytes");
+    const cJSON *crc = cJSON_GetObjectItemCaseSensitive(f, "crc32c");
+    if (!cJSON_IsString(name) || !cJSON_IsNumber(bytes) || !cJSON_IsString(crc) ||
+        name->valuestring[0] == '/' || strstr(name->valuestring, "..") != NULL)
+        return emb_fail_as(err, EMB_ERR_IO, "%s/" MANIFEST ": a file entry is malformed", dir);
+    char path[5100];
+    snprintf(path, sizeof path, "%s/%s", dir, name->valuestring);
+    uint64_t got_bytes;
+    uint32_t got_crc;
+    if (sum_file(path, &got_bytes, &got_crc, err) != 0)
+        return -1;
+    if ((double)got_bytes != bytes->valuedouble)
+        return emb_fail_as(err, EMB_ERR_IO,
+                           "%s: size mismatch (expected %.0f bytes, got %llu)", path,
+                           bytes->valuedouble, (unsigned long long)got_bytes);
+    char hex[16];
+    snprintf(hex, sizeof hex, "%08x", got_crc);
+    if (strcmp(hex, crc->valuestring) != 0)
+        return emb_fail_as(err, EMB_ERR_IO, "%s: checksum mismatch (expected %s, got %s)",
+                           path, crc->valuestring, hex);
+    return 0;
+}
+
+/* Checks every file DATA/models/v{id}/version.json lists against its size
+ * and CRC-32C. 0 when all match, 1 when the version has no manifest (saved
+ * before checksums were recorded: accepted, with a log line), -1 with err
+ * (EMB_ERR_IO: a mismatch, naming the file, or an unreadable manifest). */
+static int verify_version(const char *data_dir, uint32_t id, emb_err *err)
+{
+    char dir[4096], path[4400];
+    snprintf(dir, sizeof dir, "%s/models/v%u", data_dir, id);
+    snprintf(path, sizeof path, "%s/" MANIFEST, dir);
+    size_t len = 0;
+    char *text = NULL;
+    FILE *fp = fopen(path, "rb");
+    if (fp == NULL && errno == ENOENT) {
+        fprintf(stderr,
+                "embedd: model version %u has no checksums (saved by an older embedd): "
+                "loading it unverified\n", id);
+        return 1;
+    }
+    if (fp != NULL) {
+        text = malloc(1 << 20);
+        if (text != NULL)
+            len = fread(text, 1, (1 << 20) - 1, fp);
+        fclose(fp);
+    }
+    if (text == NULL)
+        return emb_fail_as(err, EMB_ERR_IO, "%s: %s", path,
+                           fp == NULL ? strerror(errno) : "out of memory");
+    text[len] = '\0';
+    cJSON *root = cJSON_Parse(text);
+    free(text);
+    const cJSON *files = cJSON_GetObjectItemCaseSensitive(root, "files");
+    int rc = 0;
+    if (!cJSON_IsArray(files) || cJSON_GetArraySize(files) == 0) {
+        rc = emb_fail_as(err, EMB_ERR_IO, "%s: not a version manifest", path);
+    } else {
+        const cJSON *f;
+        cJSON_ArrayForEach(f, files) {
+            if ((rc = verify_entry(dir, f, err)) != 0)
+                break;
+        }
+    }
+    cJSON_Delete(root);
+    return rc;
+}
+
+/* Version id from DATA/models/vN, its files checked against their
+ * checksums first, packed in the served model's precision; a copy of base
+ * for 1. A file that does not load is the disk's fault, never a client's:
+ * its "invalid" becomes EMB_ERR_IO. */
 static emb_model *load_saved_version(const char *data_dir, const emb_model *base, uint32_t id,
                                      emb_err *err)
 {
@@ -550,9 +813,44 @@ static emb_model *load_saved_version(const char *data_dir, const emb_model *base
         emb_fail_as(err, EMB_ERR_NOT_FOUND, "model version %u: no data directory", id);
         return NULL;
     }
+    if (verify_version(data_dir, id, err) < 0)
+        return NULL;
     char path[4096];
     snprintf(path, sizeof path, "%s/models/v%u", data_dir, id);
-    return emb_model_load_precision(path, base->precision, err);
+    emb_model *m = emb_model_load_precision(path, base->precision, err);
+    if (m == NULL && (err->kind == EMB_ERR_INVALID || err->kind == EMB_ERR_TOO_LARGE))
+        err->kind = EMB_ERR_IO;
+    return m;
+}
+
+/* Moves DATA/models/vN directories without metadata (version_on_disk)
+ * aside to vN.incomplete-<time>, with a log line: a stray directory is
+ * never fatal and never taken for a version. */
+static void set_aside_incomplete(const char *data_dir)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/models", data_dir);
+    DIR *d = opendir(path);
+    if (d == NULL)
+        return;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        uint32_t id = version_dir_id(e->d_name);
+        char from[4400], to[4500];
+        struct stat st;
+        snprintf(from, sizeof from, "%s/%s", path, e->d_name);
+        if (id < 2 || stat(from, &st) != 0 || !S_ISDIR(st.st_mode) ||
+            version_on_disk(data_dir, id))
+            continue;
+        snprintf(to, sizeof to, "%s.incomplete-%ld", from, (long)time(NULL));
+        if (rename(from, to) == 0)
+            fprintf(stderr, "embedd: %s has no version metadata (a save that did not "
+                    "finish?): moved aside to %s\n", from, to);
+        else
+            fprintf(stderr, "embedd: %s has no version metadata: ignored (%s)\n", from,
+                    strerror(errno));
+    }
+    closedir(d);
 }
 
 /* Removes DATA/models/v{n}.tmp-* left by a save that never finished. */
@@ -603,8 +901,19 @@ static emb_dtype file_dtype(const char *base_dir)
     return dt == EMB_DT_F16 || dt == EMB_DT_BF16 ? dt : EMB_DT_F32;
 }
 
+/* 1 when id failed to load at open; with the lock held. */
+static int is_broken(const versions *v, uint32_t id)
+{
+    for (int i = 0; i < v->n_broken; i++) {
+        if (v->broken[i] == id)
+            return 1;
+    }
+    return 0;
+}
+
 /* Deletes DATA/models/v{n} of every number up to latest that is not in
- * memory (retired). With v->change held. */
+ * memory (retired), except those that failed to load (kept for a look).
+ * With v->change held. */
 static void prune_disk(versions *v)
 {
     if (v->data_dir == NULL)
@@ -620,7 +929,7 @@ static void prune_disk(versions *v)
     pthread_mutex_lock(&v->lock);
     while ((e = readdir(d)) != NULL && n < 64) {
         uint32_t id = version_dir_id(e->d_name);
-        if (id >= 2 && id <= v->latest && find(v, id) == NULL)
+        if (id >= 2 && id <= v->latest && find(v, id) == NULL && !is_broken(v, id))
             gone[n++] = id;
     }
     pthread_mutex_unlock(&v->lock);
@@ -640,23 +949,43 @@ static void report(versions *v, const char *what, const char *msg)
         v->hooks.report(v->hooks.ctx, what, msg);
 }
 
-/* DATA/models/<name> holds id, replaced atomically; a failure is reported
- * and changes nothing else. */
-static void write_number(versions *v, const char *name, uint32_t id)
+/* DATA/models/<name> holds id, replaced atomically (fsync of the file
+ * and the directory). 0, or -1 with err (EMB_ERR_IO); nothing without
+ * --data. */
+static int write_number(versions *v, const char *name, uint32_t id, emb_err *err)
 {
     if (v->data_dir == NULL)
-        return;
-    char dir[4096], path[4200], line[16];
+        return 0;
+    char dir[4096], line[16];
     snprintf(dir, sizeof dir, "%s/models", v->data_dir);
     mkdir(dir, 0755);
-    snprintf(path, sizeof path, "%s/%s", dir, name);
     int n = snprintf(line, sizeof line, "%u\n", id);
+    return replace_file(dir, name, line, (size_t)n, err);
+}
+
+/* write_number where a failure undoes nothing (`latest`, or `pending`
+ * cleared after a promotion: a restart ignores a pending number equal to
+ * current): reported. */
+static void write_number_reported(versions *v, const char *name, uint32_t id)
+{
     emb_err err;
-    if (emb_write_file_atomic(path, line, (size_t)n, &err) != 0) {
+    if (write_number(v, name, id, &err) != 0) {
         char what[64];
         snprintf(what, sizeof what, "saving the %s version", name);
         report(v, what, err.msg);
     }
+}
+
+/* Writes `current` = id before anything switches: a change the disk does
+ * not hold is neither served nor acknowledged (a restart would undo it).
+ * 0, or -1 with err naming what stays served. */
+static int save_current(versions *v, uint32_t id, emb_err *err)
+{
+    emb_err werr;
+    if (write_number(v, "current", id, &werr) == 0)
+        return 0;
+    return emb_fail_as(err, werr.kind, "model version %u not made current (still serving %u): %s",
+                       id, versions_current_id(v), werr.msg);
 }
 
 /* The kept window from disk at open: the keep - 1 newest saved versions
@@ -704,6 +1033,10 @@ static void load_window(versions *v, uint32_t pending)
         emb_model *m = load_saved_version(v->data_dir, v->base, id, &err);
         if (m == NULL) {
             fprintf(stderr, "embedd: model version %u not loaded: %s\n", id, err.msg);
+            pthread_mutex_lock(&v->lock);
+            if (v->n_broken < (int)(sizeof v->broken / sizeof v->broken[0]))
+                v->broken[v->n_broken++] = id;
+            pthread_mutex_unlock(&v->lock);
             continue;
         }
         model_version *mv = version_new(m, id);
@@ -734,22 +1067,54 @@ static void load_window(versions *v, uint32_t pending)
     }
 }
 
+/* The version to serve at open: the one DATA/models/current names (else
+ * the newest complete saved one, else 1), loaded and verified. Never
+ * silently another: when it is missing or fails its checksums, NULL with
+ * err naming the file and what the operator can do. */
+static emb_model *load_current(const char *data_dir, const emb_model *base, uint32_t pending,
+                               uint32_t *id, emb_err *err)
+{
+    uint32_t named = data_dir != NULL ? read_number(data_dir, "current") : 0;
+    *id = named != 0 ? named : data_dir != NULL ? newest_complete(data_dir, pending) : 0;
+    if (*id == 0)
+        *id = 1;
+    if (*id == 1)
+        return emb_model_clone(base, err);
+    char saved[256];
+    saved_list(data_dir, saved, sizeof saved);
+    if (!version_on_disk(data_dir, *id)) {
+        emb_fail_as(err, EMB_ERR_NOT_FOUND,
+                    "%s/models/current names model version %u, but %s/models/v%u does not "
+                    "exist; write the number of a version to serve into it (saved: %s%s1, "
+                    "the loaded model)",
+                    data_dir, *id, data_dir, *id, saved, saved[0] != '\0' ? ", " : "");
+        return NULL;
+    }
+    emb_err lerr;
+    emb_model *m = load_saved_version(data_dir, base, *id, &lerr);
+    if (m == NULL)
+        emb_fail_as(err, lerr.kind,
+                    "%s model version %u cannot be served: %s; write the number of another "
+                    "version into %s/models/current to serve it (saved: %s%s1, the loaded model)",
+                    named != 0 ? "the current" : "the newest saved", *id, lerr.msg, data_dir,
+                    saved, saved[0] != '\0' ? ", " : "");
+    return m;
+}
+
 versions *versions_open(const char *data_dir, const char *base_dir, const emb_model *base,
                         int keep, emb_err *err)
 {
     uint32_t pending = 0, id = 0;
     if (data_dir != NULL) {
         remove_stale_temps(data_dir);
+        set_aside_incomplete(data_dir);
         pending = read_number(data_dir, "pending");
-        id = current_saved_version(data_dir, pending);
     }
-    if (id == 0)
-        id = 1;
-    if (pending == id)
-        pending = 0;
-    emb_model *cur = load_saved_version(data_dir, base, id, err);
+    emb_model *cur = load_current(data_dir, base, pending, &id, err);
     if (cur == NULL)
         return NULL;
+    if (pending == id)
+        pending = 0;
     versions *v = versions_new(cur, id, keep);
     if (v == NULL) {
         emb_model_free(cur);
@@ -805,20 +1170,33 @@ int versions_save(versions *v, uint32_t id, emb_model *m, const float *head, emb
         return -1;
     if (v->data_dir == NULL)
         return 0;
-    char dir[4096];
+    /* Staged under a temporary name (removed at open if a crash leaves it),
+     * manifest included, then renamed: a vN directory is always complete. */
+    char dir[4096], stage[4200], final[4200];
     snprintf(dir, sizeof dir, "%s/models", v->data_dir);
     mkdir(dir, 0755);
-    snprintf(dir, sizeof dir, "%s/models/v%u", v->data_dir, id);
-    return emb_save_model_dir(dir, &m->cfg, m->params, head, v->base_dir, v->save_dtype, NULL,
-                              err);
+    snprintf(stage, sizeof stage, "%s/v%u.tmp-%ld-stage", dir, id, (long)getpid());
+    snprintf(final, sizeof final, "%s/v%u", dir, id);
+    if (emb_save_model_dir(stage, &m->cfg, m->params, head, v->base_dir, v->save_dtype, NULL,
+                           err) != 0)
+        return -1;
+    int rc = write_manifest(stage, id, err);
+    if (rc == 0 && rename(stage, final) != 0)
+        rc = emb_fail_as(err, EMB_ERR_IO, "rename %s -> %s: %s", stage, final, strerror(errno));
+    if (rc != 0) {
+        emb_err ignored;
+        emb_remove_tree(stage, &ignored);
+        return -1;
+    }
+    return emb_fsync_dir(dir, err);
 }
 
-/* The one hand-over, with v->change held: `current` on disk, then the
- * hook, then the event and retention. Returns the hook's result. */
+/* The one hand-over, with v->change held, once `current` on disk names id
+ * (save_current) and memory serves it: the hook, then the event and
+ * retention. Returns the hook's result. */
 static int hand_over(versions *v, uint32_t id, uint32_t previous, versions_event_kind kind,
                      emb_err *err)
 {
-    write_number(v, "current", id);
     int rc = 0;
     if (v->hooks.on_change != NULL)
         rc = v->hooks.on_change(v->hooks.ctx, id, err);
@@ -831,7 +1209,8 @@ static int hand_over(versions *v, uint32_t id, uint32_t previous, versions_event
 }
 
 /* Makes the version id in memory current (promoting it when pending);
- * 0, or -1 when it is not in memory. *previous gets the current one. */
+ * 0, or -1 when it is not in memory. *previous gets the current one. The
+ * caller has written `current` (save_current). */
 static int make_current(versions *v, uint32_t id, uint32_t *previous, int *was_pending)
 {
     pthread_mutex_lock(&v->lock);
@@ -845,7 +1224,7 @@ static int make_current(versions *v, uint32_t id, uint32_t *previous, int *was_p
     }
     pthread_mutex_unlock(&v->lock);
     if (mv != NULL && *was_pending)
-        write_number(v, "pending", 0);
+        write_number_reported(v, "pending", 0);
     return mv != NULL ? 0 : -1;
 }
 
@@ -860,6 +1239,22 @@ static int hand_candidate(versions *v, emb_model *m, uint32_t id, uint32_t paren
         emb_model_free(m);
         return emb_fail_as(err, EMB_ERR_NO_MEMORY, "out of memory");
     }
+    /* the number is used (its directory is on disk) whatever happens next */
+    pthread_mutex_lock(&v->lock);
+    if (id > v->latest)
+        v->latest = id;
+    uint32_t latest = v->latest;
+    pthread_mutex_unlock(&v->lock);
+    write_number_reported(v, "latest", latest);
+    /* the pointer on disk first: if it cannot be written, nothing switches */
+    emb_err werr;
+    int rc = manual ? write_number(v, "pending", id, &werr) : save_current(v, id, &werr);
+    if (rc != 0) {
+        pthread_mutex_unlock(&v->change);
+        version_unref(mv);
+        return emb_fail_as(err, werr.kind, "model version %u saved but not %s: %s", id,
+                           manual ? "held pending" : "published", werr.msg);
+    }
     pthread_mutex_lock(&v->lock);
     uint32_t previous = v->current->id;
     model_version *old = find_pending(v);
@@ -871,12 +1266,9 @@ static int hand_candidate(versions *v, emb_model *m, uint32_t id, uint32_t paren
     insert(v, mv);
     if (!manual)
         v->current = mv;
-    uint32_t latest = v->latest;
     pthread_mutex_unlock(&v->lock);
     note_info(v, id, mv->published_at, parent, gate);
-    write_number(v, "latest", latest);
     if (manual) {
-        write_number(v, "pending", id);
         pthread_mutex_lock(&v->lock);
         trim(v);
         pthread_mutex_unlock(&v->lock);
@@ -917,15 +1309,28 @@ int versions_promote(versions *v, uint32_t id, uint32_t *out, emb_err *err)
     } else {
         uint32_t previous;
         int was_pending;
-        make_current(v, pending, &previous, &was_pending);
-        *out = pending;
-        rc = hand_over(v, pending, previous, VERSIONS_EV_PROMOTE, err);
+        rc = save_current(v, pending, err);
+        if (rc == 0) {
+            make_current(v, pending, &previous, &was_pending);
+            *out = pending;
+            rc = hand_over(v, pending, previous, VERSIONS_EV_PROMOTE, err);
+        }
     }
     pthread_mutex_unlock(&v->change);
     return rc;
 }
 
-/* Version id from DATA/models/v{id} (or base for 1), or NULL with err. */
+/* 1 when version id is in memory. */
+static int in_memory(versions *v, uint32_t id)
+{
+    pthread_mutex_lock(&v->lock);
+    int yes = find(v, id) != NULL;
+    pthread_mutex_unlock(&v->lock);
+    return yes;
+}
+
+/* Version id from DATA/models/v{id} (or base for 1), verified, or NULL
+ * with err: the real reason (a checksum mismatch names the file). */
 static emb_model *load_for_rollback(versions *v, uint32_t id, emb_err *err)
 {
     if (id == 1 && v->base != NULL)
@@ -945,7 +1350,7 @@ static emb_model *load_for_rollback(versions *v, uint32_t id, emb_err *err)
         return NULL;
     }
     emb_err lerr;
-    emb_model *m = emb_model_load_precision(dir, v->base->precision, &lerr);
+    emb_model *m = load_saved_version(v->data_dir, v->base, id, &lerr);
     if (m == NULL)
         emb_fail_as(err, lerr.kind, "model version %u: %s", id, lerr.msg);
     return m;
@@ -957,8 +1362,12 @@ int versions_rollback(versions *v, uint32_t id, emb_err *err)
     int was_pending;
     /* the common case: still in memory */
     pthread_mutex_lock(&v->change);
-    if (make_current(v, id, &previous, &was_pending) == 0) {
-        int rc = hand_over(v, id, previous, VERSIONS_EV_ROLLBACK, err);
+    if (in_memory(v, id)) {
+        int rc = save_current(v, id, err);
+        if (rc == 0) {
+            make_current(v, id, &previous, &was_pending);
+            rc = hand_over(v, id, previous, VERSIONS_EV_ROLLBACK, err);
+        }
         pthread_mutex_unlock(&v->change);
         return rc;
     }
@@ -968,8 +1377,10 @@ int versions_rollback(versions *v, uint32_t id, emb_err *err)
     if (m == NULL)
         return -1;
     pthread_mutex_lock(&v->change);
-    int rc;
-    if (make_current(v, id, &previous, &was_pending) == 0) { /* loaded meanwhile */
+    int rc = save_current(v, id, err);
+    if (rc != 0) {
+        emb_model_free(m);
+    } else if (make_current(v, id, &previous, &was_pending) == 0) { /* loaded meanwhile */
         emb_model_free(m);
         rc = hand_over(v, id, previous, VERSIONS_EV_ROLLBACK, err);
     } else {

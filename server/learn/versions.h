@@ -22,18 +22,29 @@
  * On disk (with --data):
  *   DATA/models/v{n}/   version n >= 2 (a full model directory, written by
  *                       versions_save in the served precision: F16 or BF16
- *                       when the loaded model's file is, else F32);
+ *                       when the loaded model's file is, else F32), with
+ *                       version.json: the size and CRC-32C of every file,
+ *                       checked at every load (a mismatch is EMB_ERR_IO
+ *                       naming the file); saved into v{n}.tmp-*-stage and
+ *                       renamed, so a v{n} without version.json (or, from
+ *                       older builds, config.json) is incomplete: moved
+ *                       aside to v{n}.incomplete-<time> at open;
  *   DATA/models/current the number of the current version;
  *   DATA/models/pending the pending version's number (0: none);
  *   DATA/models/latest  the highest number ever made (so that a pruned
  *                       number is never made again);
  * each replaced atomically. Directories of retired versions are deleted
- * (never the current or the pending one), and so are stale temporary
- * directories (v{n}.tmp-*, left by a kill during a save) at open.
+ * (never the current or the pending one, nor one that failed to load at
+ * open), and so are stale temporary directories (v{n}.tmp-*, left by a
+ * kill during a save) at open.
  * versions_open reads them; every change of the current version
  * (versions_candidate in auto mode, versions_promote, versions_rollback)
- * goes through one hand-over: make it current, write `current`, call the
- * on-change hook. The hook is how the item store is moved to the new
+ * goes through one hand-over: write `current` (or `pending`), then make
+ * it current in memory, then call the on-change hook. When the write
+ * fails the change is an error and nothing switches: a version is never
+ * served, nor a change acknowledged, that a restart would undo. Tests
+ * make the write fail with EMBEDD_FAULT_FILE_REPLACE=current (names,
+ * comma separated: current, pending, latest, version.json). The hook is how the item store is moved to the new
  * version (the learner sets it to start its re-embedder, reembed.h);
  * versions_align calls it at start-up when the store searches an older
  * version.
@@ -108,9 +119,11 @@ typedef struct versions_hooks {
  * `id` (owned). */
 versions *versions_new(emb_model *model, uint32_t id, int keep);
 /* The registry for `embedd serve`: with data_dir (may be NULL: nothing on
- * disk), the version DATA/models/current names (else the latest saved one)
- * is current, loaded in base's precision; without one, or when there is
- * none, a copy of base as version 1. Numbering goes on after the highest
+ * disk), the version DATA/models/current names (else the newest complete
+ * saved one) is current, verified and loaded in base's precision; without
+ * one, or when there is none, a copy of base as version 1. When that
+ * version is missing or fails its checksums, NULL with err naming the
+ * file and the saved versions: never silently another version. Numbering goes on after the highest
  * saved version. base (version 1 as loaded) and base_dir (its directory:
  * tokenizer files for each save) are borrowed and outlive the registry.
  * NULL with err. */
@@ -157,7 +170,8 @@ const char *versions_event_name(versions_event_kind kind);
 void versions_list_json(versions *v, strbuf *b);
 
 /* Writes m (the model block) and head (the MLM head floats, or NULL) as
- * DATA/models/v{id}; a no-op without --data. Does not publish. Any thread;
+ * DATA/models/v{id}, with its version.json, staged and renamed; a no-op
+ * without --data. Does not publish. Any thread;
  * the slow part of a publish, so the learner runs it off the compute
  * thread. 0, or -1 with err. */
 int versions_save(versions *v, uint32_t id, emb_model *m, const float *head,
@@ -166,25 +180,29 @@ int versions_save(versions *v, uint32_t id, emb_model *m, const float *head,
  * while version `parent` was current, with the gate's verdict `gate` (may
  * be NULL): by the publish mode, current at once (as versions_publish_saved)
  * or pending. Returns 1 when published, 0 when pending, -1 with err (out of
- * memory). */
+ * memory, or `current`/`pending` not written: EMB_ERR_IO, nothing
+ * switched, the number stays used). */
 int versions_candidate(versions *v, emb_model *m, uint32_t id, uint32_t parent,
                        const char *gate, emb_err *err);
 /* Makes the pending version current (id 0: whichever is pending), with the
  * hand-over. *out gets its id. -1 with err: EMB_ERR_CONFLICT when nothing
- * is pending or id is not the pending one, or on_change's error (the
- * version is then current). */
+ * is pending or id is not the pending one, EMB_ERR_IO when `current`
+ * cannot be written (nothing switched), or on_change's error (the version
+ * is then current). */
 int versions_promote(versions *v, uint32_t id, uint32_t *out, emb_err *err);
 /* The hand-over after versions_save: m (owned, freed on failure) becomes
  * version id and current, `current` names it, on_change(id) runs (its
  * failure goes to report as "re-embedding"). 0, or -1 with err when it
- * was not published (out of memory). */
+ * was not published (out of memory, `current` not written). */
 int versions_publish_saved(versions *v, emb_model *m, uint32_t id, emb_err *err);
 /* Makes version id current again, from memory or DATA/models/v{id} (or
  * base for 1), with the same hand-over (a pending id is promoted). -1 with
  * err: EMB_ERR_NOT_FOUND when id was never made and is not on disk,
- * EMB_ERR_GONE when it was retired and deleted, the loader's kind when it is there but unreadable,
- * EMB_ERR_NO_MEMORY, or on_change's error (the version is then current,
- * but the store is not moving to it). */
+ * EMB_ERR_GONE when it was retired and deleted, EMB_ERR_IO when it is
+ * there but fails its checksums or does not load (the message is the real
+ * reason, naming the file), EMB_ERR_IO when `current` cannot be written
+ * (nothing switched), EMB_ERR_NO_MEMORY, or on_change's error (the version
+ * is then current, but the store is not moving to it). */
 int versions_rollback(versions *v, uint32_t id, emb_err *err);
 /* At start-up: the store searches version `have` (0: it has no text item
  * yet). Keeps `have` in memory (loading it from disk, or copying base for
