@@ -553,11 +553,14 @@ static void snapshot_if_due(store *s)
 
 /* ---- sick and well again (store.h, Design) ----------------------------------- */
 
-/* A log failure as writers see it: retry later, the store heals itself. */
-static int refuse_write(emb_err *err)
+/* A log failure as writers see it: retry later, the store heals itself.
+ * The failure itself (not a refusal) is kept for the stats and the log. */
+static int refuse_write(store *s, emb_err *err)
 {
     if (err->kind != EMB_ERR_IO && err->kind != EMB_ERR_UNAVAILABLE)
         return -1;
+    if (err->kind == EMB_ERR_IO)
+        store_set_error(s, err->msg);
     char why[sizeof err->msg];
     snprintf(why, sizeof why, "%s", err->msg);
     return emb_fail_as(err, EMB_ERR_UNAVAILABLE,
@@ -713,7 +716,7 @@ int store_upsert(store *s, const store_item *items, int n, emb_err *err)
     }
     if (s->wal != NULL && wal_append(s->wal, rec.buf, rec.len, &seq, err) != 0) {
         pthread_rwlock_unlock(&s->rw);
-        refuse_write(err);
+        refuse_write(s, err);
         goto out;
     }
     if (s->wal == NULL)
@@ -722,7 +725,7 @@ int store_upsert(store *s, const store_item *items, int n, emb_err *err)
     s->seq = seq;
     pthread_rwlock_unlock(&s->rw);
     if (s->wal != NULL && wal_sync(s->wal, seq, err) != 0) {
-        refuse_write(err);
+        refuse_write(s, err);
         goto out;
     }
     result = 0;
@@ -778,7 +781,7 @@ int store_delete(store *s, const store_id *ids, int n, int *n_deleted, emb_err *
         uint64_t seen = s->seq;
         pthread_rwlock_unlock(&s->rw);
         if (s->wal != NULL && wal_sync(s->wal, seen, err) != 0) {
-            refuse_write(err);
+            refuse_write(s, err);
             goto out;
         }
         result = 0;
@@ -787,7 +790,7 @@ int store_delete(store *s, const store_id *ids, int n, int *n_deleted, emb_err *
     uint64_t seq = 0;
     if (s->wal != NULL && wal_append(s->wal, rec.buf, rec.len, &seq, err) != 0) {
         pthread_rwlock_unlock(&s->rw);
-        refuse_write(err);
+        refuse_write(s, err);
         goto out;
     }
     if (s->wal == NULL)
@@ -796,7 +799,7 @@ int store_delete(store *s, const store_id *ids, int n, int *n_deleted, emb_err *
     s->seq = seq;
     pthread_rwlock_unlock(&s->rw);
     if (s->wal != NULL && wal_sync(s->wal, seq, err) != 0) {
-        refuse_write(err);
+        refuse_write(s, err);
         goto out;
     }
     if (n_deleted != NULL)
