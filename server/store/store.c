@@ -559,8 +559,14 @@ static int refuse_write(store *s, emb_err *err)
 {
     if (err->kind != EMB_ERR_IO && err->kind != EMB_ERR_UNAVAILABLE)
         return -1;
-    if (err->kind == EMB_ERR_IO)
+    if (err->kind == EMB_ERR_IO) {
         store_set_error(s, err->msg);
+        /* The first recovery attempt waits too: an immediate one would
+         * most likely meet the same disk. */
+        pthread_mutex_lock(&s->stat_lock);
+        s->next_heal = mono_seconds() + s->heal_interval;
+        pthread_mutex_unlock(&s->stat_lock);
+    }
     char why[sizeof err->msg];
     snprintf(why, sizeof why, "%s", err->msg);
     return emb_fail_as(err, EMB_ERR_UNAVAILABLE,
