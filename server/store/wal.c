@@ -328,6 +328,7 @@ static int log_sync(wal *w, emb_err *err)
 int wal_sync(wal *w, uint64_t seq, emb_err *err)
 {
     int result = -1;
+    int led_failure = 0;       /* this call's own fdatasync failed */
     pthread_mutex_lock(&w->lock);
     if (seq > w->last_seq) {
         emb_fail(err, "wal_sync: seq %llu was never appended", (unsigned long long)seq);
@@ -349,14 +350,16 @@ int wal_sync(wal *w, uint64_t seq, emb_err *err)
         w->n_syncs++;
         if (rc == 0 && target > w->synced_seq)
             w->synced_seq = target;
-        if (rc != 0)
+        if (rc != 0) {
             mark_failed(w, WAL_OP_FSYNC, serr.msg);
+            led_failure = 1;
+        }
         pthread_cond_broadcast(&w->synced);
     }
     if (w->synced_seq >= seq)
         result = 0;
-    else
-        emb_fail_as(err, EMB_ERR_UNAVAILABLE, "%s", w->failure);
+    else    /* the failure itself is an I/O error; the waiters it covered are refused */
+        emb_fail_as(err, led_failure ? EMB_ERR_IO : EMB_ERR_UNAVAILABLE, "%s", w->failure);
 out:
     pthread_mutex_unlock(&w->lock);
     return result;
