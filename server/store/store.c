@@ -607,6 +607,12 @@ int store_heal(store *s, emb_err *err)
     return 0;
 }
 
+/* store_io's WAL rows are wal_op's, in the same order. */
+_Static_assert((int)STORE_IO_WAL_WRITE == (int)WAL_OP_WRITE &&
+                   (int)STORE_IO_WAL_ROTATE == (int)WAL_OP_ROTATE &&
+                   (int)STORE_IO_SNAPSHOT_WRITE == (int)WAL_OP_COUNT,
+               "store_io and wal_op disagree");
+
 void store_io_label(store_io k, const char **file, const char **op)
 {
     *file = k == STORE_IO_SNAPSHOT_WRITE ? "snapshot" : "wal";
