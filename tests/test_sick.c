@@ -246,7 +246,7 @@ static void teardown(void)
 {
     char cmd[256];
     snprintf(cmd, sizeof cmd,
-             "chattr -i %s/data/wal 2>/dev/null; umount %s/data 2>/dev/null; rm -rf %s", tmp,
+             "chattr -i %s/data/wal 2>/dev/null; umount -l %s/data 2>/dev/null; rm -rf %s", tmp,
              tmp, tmp);
     tu_run(cmd);
     curl_global_cleanup();
