@@ -1,8 +1,10 @@
 /* test_store.c: the item store: CRUD with both kinds of id, search against
  * a brute-force reference, thresholds, paging, filters, persistence
  * (reopen, crash without close, torn WAL tails, snapshots and the crash
- * window between snapshot and WAL rotation), concurrency, and a crash loop
- * that SIGKILLs a writing child process.
+ * window between snapshot and WAL rotation), concurrency, a crash loop
+ * that SIGKILLs a writing child process, and a sick disk: failed WAL
+ * writes and fsyncs (injected) and failed snapshots, from which the store
+ * recovers without a reopen.
  *
  * Race check: make SANITIZER=thread TESTS="store wal" test with
  * OMP_NUM_THREADS=1 CK_FORK=no. */
@@ -1195,6 +1197,175 @@ START_TEST(test_crash_between_snapshot_and_rotation)
 }
 END_TEST
 
+/* ---- a sick disk ------------------------------------------------------------ */
+
+static store *open_healing(void)
+{
+    emb_err err = {0};
+    store_options opt = {.dir = dir, .dim = PD, .heal_interval = 0.2};
+    store *s = store_open(&opt, NULL, &err);
+    ck_assert_msg(s != NULL, "%s", err.msg);
+    return s;
+}
+
+static int try_upsert(store *s, uint64_t k, emb_err *err)
+{
+    float v[PD];
+    derived_vector(k, v, PD);
+    store_item it = {.id = store_id_num(k), .vector = v, .vector_dim = PD};
+    return store_upsert(s, &it, 1, err);
+}
+
+static int has_item(store *s, uint64_t k)
+{
+    emb_err err;
+    store_record r;
+    store_id id = store_id_num(k);
+    int found = store_get(s, &id, &r, &err);
+    ck_assert_int_ge(found, 0);
+    store_record_free(&r);
+    return found;
+}
+
+static void sleep_s(double s)
+{
+    struct timespec ts = {(time_t)s, (long)((s - (double)(time_t)s) * 1e9)};
+    nanosleep(&ts, NULL);
+}
+
+/* Disk full during an append: the write is refused with 503's kind and the
+ * reason, the store reports itself degraded and refuses writes until a
+ * recovery attempt is due, reads and searches go on, and the next write
+ * after that succeeds without a reopen. After a reopen, every acknowledged
+ * item is there and no refused one. */
+START_TEST(test_failed_write_degrades_then_recovers)
+{
+    store *s = open_healing();
+    emb_err err = {0};
+    ck_assert_int_eq(try_upsert(s, 1, &err), 0);
+    ck_assert_int_eq(try_upsert(s, 2, &err), 0);
+    store_health h;
+    store_get_health(s, &h);
+    ck_assert_int_eq(h.degraded, 0);
+    wal_fault_set(WAL_OP_WRITE, 1, 1, ENOSPC);
+    ck_assert_int_eq(try_upsert(s, 3, &err), -1);
+    ck_assert_int_eq(err.kind, EMB_ERR_UNAVAILABLE);
+    ck_assert_msg(strstr(err.msg, "store unavailable: ") == err.msg, "%s", err.msg);
+    ck_assert_msg(strstr(err.msg, "wal: write: No space left on device") != NULL, "%s", err.msg);
+    store_get_health(s, &h);
+    ck_assert_int_eq(h.degraded, 1);
+    ck_assert(strstr(h.reason, "No space left on device") != NULL);
+    ck_assert_uint_eq(h.io_errors[STORE_IO_WAL_WRITE], 1);
+    ck_assert_uint_eq(h.io_errors_total, 1);
+    ck_assert_uint_eq(h.episodes, 1);
+    /* Within the interval: refused at once, upserts and deletes alike. */
+    ck_assert_int_eq(try_upsert(s, 4, &err), -1);
+    ck_assert_int_eq(err.kind, EMB_ERR_UNAVAILABLE);
+    store_id one = store_id_num(1);
+    ck_assert_int_eq(store_delete(s, &one, 1, NULL, &err), -1);
+    ck_assert_int_eq(err.kind, EMB_ERR_UNAVAILABLE);
+    store_get_health(s, &h);
+    ck_assert_uint_eq(h.writes_refused, 2);
+    /* Reads and searches go on. */
+    ck_assert_int_eq(has_item(s, 1), 1);
+    ck_assert_int_eq(has_item(s, 3), 0);
+    ck_assert_int_eq(store_count(s), 2);
+    float q[PD];
+    derived_vector(2, q, PD);
+    store_query sq;
+    store_query_init(&sq, q, PD);
+    store_result res;
+    ck_assert_msg(store_search(s, &sq, &res, &err) == 0, "%s", err.msg);
+    ck_assert_int_eq(res.n, 2);
+    ck_assert_uint_eq(res.hits[0].id.num, 2);
+    store_result_free(&res);
+    /* The disk is fine again (the fault is spent): once due, a write heals. */
+    sleep_s(0.3);
+    ck_assert_msg(try_upsert(s, 5, &err) == 0, "%s", err.msg);
+    store_get_health(s, &h);
+    ck_assert_int_eq(h.degraded, 0);
+    ck_assert_str_eq(h.reason, "");
+    ck_assert_uint_eq(h.recoveries, 1);
+    ck_assert(strstr(h.last_error, "No space left on device") != NULL);
+    store_close(s);
+    s = open_healing();
+    ck_assert_int_eq(store_count(s), 3);
+    ck_assert_int_eq(has_item(s, 1) + has_item(s, 2) + has_item(s, 5), 3);
+    ck_assert_int_eq(has_item(s, 3) + has_item(s, 4), 0);
+    store_close(s);
+}
+END_TEST
+
+/* A failed fsync: the write is refused, but its record was applied (a
+ * refused write may be kept, store.h); store_heal writes a snapshot and a
+ * new log once due, and the item survives a reopen. A store nobody writes
+ * to recovers through store_heal alone. */
+START_TEST(test_failed_fsync_heals_through_snapshot)
+{
+    store *s = open_healing();
+    emb_err err = {0};
+    ck_assert_int_eq(try_upsert(s, 1, &err), 0);
+    wal_fault_set(WAL_OP_FSYNC, 1, 1, EIO);
+    ck_assert_int_eq(try_upsert(s, 2, &err), -1);
+    ck_assert_int_eq(err.kind, EMB_ERR_UNAVAILABLE);
+    ck_assert_msg(strstr(err.msg, "fdatasync: Input/output error") != NULL, "%s", err.msg);
+    ck_assert_int_eq(has_item(s, 2), 1);   /* refused but present */
+    store_health h;
+    store_get_health(s, &h);
+    ck_assert_int_eq(h.degraded, 1);
+    ck_assert_uint_eq(h.io_errors[STORE_IO_WAL_FSYNC], 1);
+    ck_assert_int_eq(store_heal(s, &err), -1);   /* not due yet */
+    ck_assert_int_eq(err.kind, EMB_ERR_UNAVAILABLE);
+    sleep_s(0.3);
+    ck_assert_msg(store_heal(s, &err) == 0, "%s", err.msg);
+    store_stats st;
+    store_get_stats(s, &st);
+    ck_assert_uint_eq(st.snapshots, 1);
+    ck_assert_uint_eq(st.wal_bytes, 32);   /* a new log */
+    store_get_health(s, &h);
+    ck_assert_int_eq(h.degraded, 0);
+    ck_assert_int_eq(try_upsert(s, 3, &err), 0);
+    store_close(s);
+    s = open_healing();
+    ck_assert_int_eq(has_item(s, 1) + has_item(s, 2) + has_item(s, 3), 3);
+    store_close(s);
+}
+END_TEST
+
+/* A snapshot that cannot be written (snapshot.tmp is a directory here, as
+ * good as a full disk for this purpose) is counted, leaves the store
+ * writable and its WAL whole, and works once the obstacle is gone. */
+START_TEST(test_failed_snapshot_keeps_wal)
+{
+    store *s = open_healing();
+    emb_err err = {0};
+    ck_assert_int_eq(try_upsert(s, 1, &err), 0);
+    ck_assert_int_eq(mkdir(path_in("snapshot.tmp"), 0755), 0);
+    ck_assert_int_eq(store_snapshot(s, &err), -1);
+    ck_assert_int_eq(err.kind, EMB_ERR_IO);
+    store_health h;
+    store_get_health(s, &h);
+    ck_assert_int_eq(h.degraded, 0);
+    ck_assert_uint_eq(h.io_errors[STORE_IO_SNAPSHOT_WRITE], 1);
+    ck_assert(strstr(h.last_error, "snapshot.tmp") != NULL);
+    ck_assert_int_eq(try_upsert(s, 2, &err), 0);
+    ck_assert_int_eq(rmdir(path_in("snapshot.tmp")), 0);
+    ck_assert_msg(store_snapshot(s, &err) == 0, "%s", err.msg);
+    ck_assert_int_eq(try_upsert(s, 3, &err), 0);
+    store_close(s);
+    s = open_healing();
+    ck_assert_int_eq(has_item(s, 1) + has_item(s, 2) + has_item(s, 3), 3);
+    store_close(s);
+    const char *file, *op;
+    store_io_label(STORE_IO_SNAPSHOT_WRITE, &file, &op);
+    ck_assert_str_eq(file, "snapshot");
+    ck_assert_str_eq(op, "write");
+    store_io_label(STORE_IO_WAL_FSYNC, &file, &op);
+    ck_assert_str_eq(file, "wal");
+    ck_assert_str_eq(op, "fsync");
+}
+END_TEST
+
 START_TEST(test_auto_snapshot)
 {
     static model m;
@@ -2057,6 +2228,9 @@ int main(void)
     tcase_add_test(disk, test_corrupt_snapshot_refused);
     tcase_add_test(disk, test_concurrent_writers_and_readers);
     tcase_add_test(disk, test_crash_loop);
+    tcase_add_test(disk, test_failed_write_degrades_then_recovers);
+    tcase_add_test(disk, test_failed_fsync_heals_through_snapshot);
+    tcase_add_test(disk, test_failed_snapshot_keeps_wal);
     suite_add_tcase(suite, disk);
 
     TCase *hnsw = tcase_create("hnsw");

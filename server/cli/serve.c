@@ -11,7 +11,9 @@
 #include <time.h>
 
 #include "cli.h"
+#include "common/clock.h"
 #include "store/store_reembed.h"
+#include "store/wal.h"
 
 /* Signals are taken by sigtimedwait in wait_for_signal; every thread
  * started later inherits the mask. */
@@ -54,6 +56,9 @@ static int open_store(server *srv, emb_err *err)
                         .hnsw_ef_construction = o->hnsw_ef_construction,
                         .hnsw_ef = o->hnsw_ef,
                         .snapshot_wal_bytes = (uint64_t)o->snapshot_wal_bytes};
+    /* Tests only: make chosen WAL writes or fsyncs fail (wal.h). */
+    if (wal_fault_parse(getenv("EMBEDD_DEBUG_WAL_FAULT"), err) != 0)
+        return -1;
     store_recovery rec;
     memset(&rec, 0, sizeof rec);
     srv->store = store_open(&so, &rec, err);
@@ -163,9 +168,60 @@ static int start_all(server *srv)
     return 0;
 }
 
-/* Once a second while serving: persist the sample buffer, update gauges. */
-static void housekeeping(server *srv)
+/* The store's health as last reported, so that an I/O error is logged
+ * once per episode and then summed up every HEALTH_SUMMARY_EVERY seconds,
+ * not once per request. */
+typedef struct health_log {
+    int degraded;
+    uint64_t errors;           /* I/O errors already reported */
+    uint64_t refused;          /* writes refused when the episode began */
+    double last_line;          /* mono_seconds() of the last error line; 0: none */
+} health_log;
+
+#define HEALTH_SUMMARY_EVERY 10.0
+
+/* Copies the store's health into the metrics and logs what changed: the
+ * first I/O error of an episode, a summary of later ones, the recovery. */
+static void report_store_health(server *srv, health_log *hl)
 {
+    store_health h;
+    store_get_health(srv->store, &h);
+    for (int k = 0; k < STORE_IO_COUNT; k++) {
+        const char *file, *op;
+        store_io_label((store_io)k, &file, &op);
+        metrics_io_errors(srv->mx, file, op, h.io_errors[k]);
+    }
+    metrics_store_state(srv->mx, h.degraded, h.writes_refused);
+    double now = mono_seconds();
+    const char *what = h.degraded ? h.reason : h.last_error;
+    if (h.degraded && !hl->degraded) {
+        fprintf(stderr, "embedd: store: I/O error, writes are refused until the disk takes them "
+                        "again (reads go on): %s\n", what);
+        hl->errors = h.io_errors_total;
+        hl->refused = h.writes_refused;
+        hl->last_line = now;
+    } else if (h.io_errors_total > hl->errors &&
+               (hl->last_line == 0 || now - hl->last_line >= HEALTH_SUMMARY_EVERY)) {
+        fprintf(stderr, "embedd: store: %llu I/O error%s since the last report%s: %s\n",
+                (unsigned long long)(h.io_errors_total - hl->errors),
+                h.io_errors_total - hl->errors == 1 ? "" : "s",
+                h.degraded ? ", still refusing writes" : "", what);
+        hl->errors = h.io_errors_total;
+        hl->last_line = now;
+    }
+    if (!h.degraded && hl->degraded)
+        fprintf(stderr, "embedd: store: writable again after %.1f s (%llu writes refused)\n",
+                h.last_outage, (unsigned long long)(h.writes_refused - hl->refused));
+    hl->degraded = h.degraded;
+    fflush(stderr);
+}
+
+/* Once a second while serving: persist the sample buffer, update gauges,
+ * let a degraded store try to recover and report its health. */
+static void housekeeping(server *srv, health_log *hl)
+{
+    store_heal(srv->store, NULL);
+    report_store_health(srv, hl);
     long done = 0, total = 0;
     store_reembed_progress(srv->store, &done, &total);
     unsigned long buffer = 0;
@@ -181,12 +237,15 @@ static void housekeeping(server *srv)
 /* Housekeeping until SIGINT or SIGTERM; returns the signal. */
 static int wait_for_signal(server *srv, const sigset_t *sigs)
 {
+    health_log hl;
+    memset(&hl, 0, sizeof hl);
+    report_store_health(srv, &hl);   /* the metrics' series exist from the start */
     for (;;) {
         struct timespec second = {1, 0};
         int sig = sigtimedwait(sigs, NULL, &second);
         if (sig == SIGINT || sig == SIGTERM)
             return sig;
-        housekeeping(srv);
+        housekeeping(srv, &hl);
     }
 }
 

@@ -8,6 +8,7 @@
 
 #define MAX_BUCKETS 20
 #define MAX_REQUEST_SERIES 128
+#define MAX_IO_SERIES 16
 
 typedef struct histogram {
     const char *name;
@@ -18,6 +19,12 @@ typedef struct histogram {
     double sum;
     unsigned long count;
 } histogram;
+
+typedef struct io_series {
+    char file[16];
+    char op[16];
+    unsigned long total;
+} io_series;
 
 typedef struct request_series {
     char route[32];
@@ -41,6 +48,11 @@ struct metrics {
     unsigned long buffer;
     long reembed_done, reembed_total;
     int paused;
+    /* the item store's health */
+    io_series io[MAX_IO_SERIES];
+    int n_io;
+    int store_degraded;
+    unsigned long writes_refused;
 };
 
 static const double time_bounds[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
@@ -236,6 +248,45 @@ void metrics_train_gauges(metrics *m, unsigned version, unsigned long buffer, lo
     pthread_mutex_unlock(&m->lock);
 }
 
+void metrics_io_errors(metrics *m, const char *file, const char *op, unsigned long total)
+{
+    pthread_mutex_lock(&m->lock);
+    int i = 0;
+    while (i < m->n_io && (strcmp(m->io[i].file, file) != 0 || strcmp(m->io[i].op, op) != 0))
+        i++;
+    if (i == m->n_io && m->n_io < MAX_IO_SERIES) {
+        snprintf(m->io[i].file, sizeof m->io[i].file, "%s", file);
+        snprintf(m->io[i].op, sizeof m->io[i].op, "%s", op);
+        m->n_io++;
+    }
+    if (i < m->n_io)
+        m->io[i].total = total;
+    pthread_mutex_unlock(&m->lock);
+}
+
+void metrics_store_state(metrics *m, int degraded, unsigned long writes_refused)
+{
+    pthread_mutex_lock(&m->lock);
+    m->store_degraded = degraded;
+    m->writes_refused = writes_refused;
+    pthread_mutex_unlock(&m->lock);
+}
+
+static void render_store(out *o, const metrics *m)
+{
+    emit(o, "# HELP embedd_io_errors_total I/O errors of the item store by file and operation\n"
+            "# TYPE embedd_io_errors_total counter\n");
+    for (int i = 0; i < m->n_io; i++)
+        emit(o, "embedd_io_errors_total{file=\"%s\",op=\"%s\"} %lu\n", m->io[i].file,
+             m->io[i].op, m->io[i].total);
+    emit(o, "# HELP embedd_store_degraded 1 while the item store refuses writes after an I/O "
+            "error\n# TYPE embedd_store_degraded gauge\nembedd_store_degraded %d\n",
+         m->store_degraded);
+    emit(o, "# HELP embedd_store_writes_refused_total Writes the degraded store refused\n"
+            "# TYPE embedd_store_writes_refused_total counter\n"
+            "embedd_store_writes_refused_total %lu\n", m->writes_refused);
+}
+
 static void render_training(out *o, const metrics *m)
 {
     emit(o, "# HELP embedd_model_version Model version that new embeddings come from\n"
@@ -294,6 +345,7 @@ char *metrics_render(metrics *m)
              "# TYPE embedd_embedded_tokens_total counter\nembedd_embedded_tokens_total %lu\n",
          m->tokens);
     render_training(&o, m);
+    render_store(&o, m);
     pthread_mutex_unlock(&m->lock);
     if (o.failed) {
         free(o.buf);

@@ -34,6 +34,12 @@ void metrics_train_publish(metrics *m, int passed);
 void metrics_train_gauges(metrics *m, unsigned version, unsigned long buffer, long reembed_done,
                           long reembed_total, int paused);
 
+/* The item store's health, copied from the store each second (serve.c):
+ * the total of its I/O errors on file (e.g. "wal") in operation (e.g.
+ * "write"), and whether it refuses writes with how many it refused. */
+void metrics_io_errors(metrics *m, const char *file, const char *op, unsigned long total);
+void metrics_store_state(metrics *m, int degraded, unsigned long writes_refused);
+
 /* Renders everything into a malloc'd NUL-terminated string (NULL when out
  * of memory). */
 char *metrics_render(metrics *m);

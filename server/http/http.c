@@ -68,6 +68,8 @@ static enum MHD_Result send_reply(request *rq, reply *rp)
     }
     if (rp->status == 401)
         MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
+    if (rp->status == 503)   /* every 503 is temporary: a degraded store retries each second */
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, "1");
     rq->status = rp->status;
     enum MHD_Result ret = MHD_queue_response(rq->conn, (unsigned)rp->status, resp);
     MHD_destroy_response(resp);

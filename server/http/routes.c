@@ -13,6 +13,7 @@
 #include <strings.h>
 
 #include "common/release.h"
+#include "errors.h"
 #include "ops.h"
 #include "learn/samples.h"
 #include "server.h"
@@ -479,13 +480,48 @@ out:
 
 /* ---- /health, /info, /metrics, /v1/models -------------------------------- */
 
+/* The item store's health as JSON: {"status":"ok"} or {"status":
+ * "degraded","reason":...,"degraded_seconds":...,"writes":"refused",
+ * "reads":"ok"}, then (with detail, for /info) its counters. */
+static void put_store_health(strbuf *b, const store_health *h, int detail)
+{
+    sb_printf(b, "{\"status\":\"%s\"", h->degraded ? "degraded" : "ok");
+    if (h->degraded) {
+        sb_puts(b, ",\"reason\":");
+        sb_json_string(b, h->reason);
+        sb_printf(b, ",\"degraded_seconds\":%.1f,\"writes\":\"refused\",\"reads\":\"ok\"",
+                  h->degraded_for);
+    }
+    if (detail) {
+        sb_printf(b, ",\"io_errors\":%llu,\"writes_refused\":%llu,\"recoveries\":%llu,"
+                     "\"last_error\":",
+                  (unsigned long long)h->io_errors_total, (unsigned long long)h->writes_refused,
+                  (unsigned long long)h->recoveries);
+        if (h->last_error[0] != '\0')
+            sb_json_string(b, h->last_error);
+        else
+            sb_puts(b, "null");
+    }
+    sb_putc(b, '}');
+}
+
+/* 200 {"status":"ok"} when well. While the store refuses writes after an
+ * I/O error: 503 with the reason, so that a load balancer sends traffic
+ * elsewhere; GET /health?for=read answers 200 (same body) for a pool that
+ * only reads, since searches still work. */
 static route_result handle_health(server *srv, request *rq, reply *rp)
 {
     if (!atomic_load(&srv->ready)) {
         reply_error(rp, API_TEI, 503, "Unhealthy", "server is not ready");
         return ROUTE_DONE;
     }
-    sb_puts(&rp->body, "{\"status\":\"ok\"}");
+    store_health h;
+    store_get_health(srv->store, &h);
+    const char *purpose = MHD_lookup_connection_value(rq->conn, MHD_GET_ARGUMENT_KIND, "for");
+    int reads_only = purpose != NULL && strcmp(purpose, "read") == 0;
+    if (h.degraded && !reads_only)
+        rp->status = http_error_of_kind(EMB_ERR_UNAVAILABLE)->status;
+    put_store_health(&rp->body, &h, 0);
     return ROUTE_DONE;
 }
 
@@ -536,6 +572,10 @@ static route_result handle_info(server *srv, request *rq, reply *rp)
     sb_printf(b, ",\"items\":%ld,\"training\":%s", store_count(srv->store),
               learner_enabled(srv->learner) ? "true" : "false");
     info_train_samples(srv, b);
+    store_health h;
+    store_get_health(srv->store, &h);
+    sb_puts(b, ",\"store_health\":");
+    put_store_health(b, &h, 1);
     sb_puts(b, ",\"blas_coretype\":");
     sb_json_string(b, openblas_get_corename()); /* the kernel OpenBLAS loaded (main.c) */
     sb_printf(b, ",\"precision\":\"%s\"}", emb_precision_name(srv->model->precision));

@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "base/dirlock.h"
+#include "common/clock.h"
 
 /* ---- the id table: open addressing, linear probing ----------------------- */
 
@@ -441,6 +442,7 @@ store *store_open(const store_options *opt, store_recovery *rec, emb_err *err)
     s->hnsw_ef_construction =
         opt->hnsw_ef_construction > 0 ? opt->hnsw_ef_construction : STORE_DEFAULT_HNSW_EF_CONSTRUCTION;
     s->hnsw_ef = opt->hnsw_ef > 0 ? opt->hnsw_ef : STORE_DEFAULT_HNSW_EF;
+    s->heal_interval = opt->heal_interval > 0 ? opt->heal_interval : STORE_HEAL_INTERVAL;
     if (locks_init(s) != 0) {
         emb_fail(err, "cannot create the store's lock");
         free(s);
@@ -492,14 +494,16 @@ static int snapshot_locked(store *s, emb_err *err)
     store_table_view t = {.dim = s->dim, .seq = s->seq, .rows = s->rows, .matrix = s->matrix,
                           .count = s->count};
     int rc = store_snapshot_write(&f, &t, err);
+    int write_failed = rc != 0 && err->kind == EMB_ERR_IO;
     if (rc == 0)
-        rc = wal_rotate(s->wal, s->seq, err);
+        rc = wal_rotate(s->wal, s->seq, err);   /* counts its own errors */
     pthread_rwlock_unlock(&s->rw);
-    if (rc == 0) {
-        pthread_mutex_lock(&s->stat_lock);
+    pthread_mutex_lock(&s->stat_lock);
+    if (rc == 0)
         s->n_snapshots++;
-        pthread_mutex_unlock(&s->stat_lock);
-    }
+    if (write_failed)
+        s->snapshot_errors++;
+    pthread_mutex_unlock(&s->stat_lock);
     return rc;
 }
 
@@ -517,7 +521,9 @@ int store_snapshot(store *s, emb_err *err)
 
 /* After a durable write: snapshot when the log has grown past the limit and
  * no other snapshot runs. A failure is kept for the stats, not returned:
- * the write itself succeeded. */
+ * the write itself succeeded; the next automatic try waits
+ * STORE_SNAPSHOT_RETRY (a full disk would otherwise make every write try
+ * to write the whole store). */
 static void snapshot_if_due(store *s)
 {
     if (s->wal == NULL || s->snapshot_wal_bytes == 0)
@@ -526,15 +532,115 @@ static void snapshot_if_due(store *s)
     wal_get_stats(s->wal, &ws);
     if (ws.bytes <= s->snapshot_wal_bytes)
         return;
-    if (pthread_mutex_trylock(&s->snap_lock) != 0)
+    double now = mono_seconds();
+    pthread_mutex_lock(&s->stat_lock);
+    int wait = now < s->next_auto_snapshot;
+    pthread_mutex_unlock(&s->stat_lock);
+    if (wait || pthread_mutex_trylock(&s->snap_lock) != 0)
         return;
     wal_get_stats(s->wal, &ws);
     if (ws.bytes > s->snapshot_wal_bytes) {
         emb_err e = {0};
-        if (snapshot_locked(s, &e) != 0)
+        if (snapshot_locked(s, &e) != 0) {
             store_set_error(s, e.msg);
+            pthread_mutex_lock(&s->stat_lock);
+            s->next_auto_snapshot = mono_seconds() + STORE_SNAPSHOT_RETRY;
+            pthread_mutex_unlock(&s->stat_lock);
+        }
     }
     pthread_mutex_unlock(&s->snap_lock);
+}
+
+/* ---- sick and well again (store.h, Design) ----------------------------------- */
+
+/* A log failure as writers see it: retry later, the store heals itself.
+ * The failure itself (not a refusal) is kept for the stats and the log. */
+static int refuse_write(store *s, emb_err *err)
+{
+    if (err->kind != EMB_ERR_IO && err->kind != EMB_ERR_UNAVAILABLE)
+        return -1;
+    if (err->kind == EMB_ERR_IO) {
+        store_set_error(s, err->msg);
+        /* The first recovery attempt waits too: an immediate one would
+         * most likely meet the same disk. */
+        pthread_mutex_lock(&s->stat_lock);
+        s->next_heal = mono_seconds() + s->heal_interval;
+        pthread_mutex_unlock(&s->stat_lock);
+    }
+    char why[sizeof err->msg];
+    snprintf(why, sizeof why, "%s", err->msg);
+    return emb_fail_as(err, EMB_ERR_UNAVAILABLE,
+                       "store unavailable: %.400s; writes are refused until the disk takes "
+                       "them again (reads go on)", why);
+}
+
+int store_heal(store *s, emb_err *err)
+{
+    if (s->wal == NULL || !wal_failed(s->wal))
+        return 0;
+    double now = mono_seconds();
+    pthread_mutex_lock(&s->stat_lock);
+    int due = now >= s->next_heal;
+    if (due)
+        s->next_heal = now + s->heal_interval;
+    pthread_mutex_unlock(&s->stat_lock);
+    /* Not due, or a snapshot (or another recovery) runs: the state stays. */
+    if (!due || pthread_mutex_trylock(&s->snap_lock) != 0) {
+        wal_stats ws;
+        wal_get_stats(s->wal, &ws);
+        if (!ws.failed)
+            return 0;
+        return emb_fail_as(err, EMB_ERR_UNAVAILABLE, "%s", ws.failure);
+    }
+    emb_err e = {0};
+    int rc = wal_heal(s->wal, &e);
+    /* The disk takes writes, but the log's unsynced pages cannot be
+     * trusted: memory holds every write, so a snapshot of it and a new
+     * log replace the files. */
+    if (rc == 1)
+        rc = snapshot_locked(s, &e);
+    pthread_mutex_unlock(&s->snap_lock);
+    if (rc != 0) {
+        store_set_error(s, e.msg);
+        return emb_fail_as(err, EMB_ERR_UNAVAILABLE, "%s", e.msg);
+    }
+    return 0;
+}
+
+/* store_io's WAL rows are wal_op's, in the same order. */
+_Static_assert((int)STORE_IO_WAL_WRITE == (int)WAL_OP_WRITE &&
+                   (int)STORE_IO_WAL_ROTATE == (int)WAL_OP_ROTATE &&
+                   (int)STORE_IO_SNAPSHOT_WRITE == (int)WAL_OP_COUNT,
+               "store_io and wal_op disagree");
+
+void store_io_label(store_io k, const char **file, const char **op)
+{
+    *file = k == STORE_IO_SNAPSHOT_WRITE ? "snapshot" : "wal";
+    *op = k == STORE_IO_SNAPSHOT_WRITE ? "write" : wal_op_name((wal_op)k);
+}
+
+void store_get_health(store *s, store_health *out)
+{
+    memset(out, 0, sizeof *out);
+    if (s->wal == NULL)
+        return;
+    wal_stats ws;
+    wal_get_stats(s->wal, &ws);
+    out->degraded = ws.failed;
+    snprintf(out->reason, sizeof out->reason, "%s", ws.failure);
+    out->degraded_for = ws.failed_for;
+    out->episodes = ws.episodes;
+    out->recoveries = ws.heals;
+    out->last_outage = ws.last_outage;
+    out->writes_refused = ws.refused;
+    for (int k = 0; k < WAL_OP_COUNT; k++)
+        out->io_errors[k] = ws.errors[k];
+    pthread_mutex_lock(&s->stat_lock);
+    out->io_errors[STORE_IO_SNAPSHOT_WRITE] = s->snapshot_errors;
+    snprintf(out->last_error, sizeof out->last_error, "%s", s->last_error);
+    pthread_mutex_unlock(&s->stat_lock);
+    for (int k = 0; k < STORE_IO_COUNT; k++)
+        out->io_errors_total += out->io_errors[k];
 }
 
 int store_item_check(const store *s, const store_item *it, emb_err *err)
@@ -614,6 +720,7 @@ int store_upsert(store *s, const store_item *items, int n, emb_err *err)
         goto out;
     }
     uint64_t seq = 0;
+    store_heal(s, NULL);   /* while degraded: try to recover first, when due */
     pthread_rwlock_wrlock(&s->rw);
     if (store_reserve(s, store_count_new(s, rows, n), err) != 0) {
         pthread_rwlock_unlock(&s->rw);
@@ -621,6 +728,7 @@ int store_upsert(store *s, const store_item *items, int n, emb_err *err)
     }
     if (s->wal != NULL && wal_append(s->wal, rec.buf, rec.len, &seq, err) != 0) {
         pthread_rwlock_unlock(&s->rw);
+        refuse_write(s, err);
         goto out;
     }
     if (s->wal == NULL)
@@ -628,8 +736,10 @@ int store_upsert(store *s, const store_item *items, int n, emb_err *err)
     store_apply_upsert(s, rows, vecs, n, old);
     s->seq = seq;
     pthread_rwlock_unlock(&s->rw);
-    if (s->wal != NULL && wal_sync(s->wal, seq, err) != 0)
+    if (s->wal != NULL && wal_sync(s->wal, seq, err) != 0) {
+        refuse_write(s, err);
         goto out;
+    }
     result = 0;
     snapshot_if_due(s);
 out:
@@ -675,20 +785,24 @@ int store_delete(store *s, const store_id *ids, int n, int *n_deleted, emb_err *
             goto out;
         }
     }
+    store_heal(s, NULL);   /* while degraded: try to recover first, when due */
     pthread_rwlock_wrlock(&s->rw);
     if (!any_exists(s, ids, n)) {
         /* Nothing to log; there may still be an earlier, unsynced delete of
          * these ids, so wait for the log to catch up with what we saw. */
         uint64_t seen = s->seq;
         pthread_rwlock_unlock(&s->rw);
-        if (s->wal != NULL && wal_sync(s->wal, seen, err) != 0)
+        if (s->wal != NULL && wal_sync(s->wal, seen, err) != 0) {
+            refuse_write(s, err);
             goto out;
+        }
         result = 0;
         goto out;
     }
     uint64_t seq = 0;
     if (s->wal != NULL && wal_append(s->wal, rec.buf, rec.len, &seq, err) != 0) {
         pthread_rwlock_unlock(&s->rw);
+        refuse_write(s, err);
         goto out;
     }
     if (s->wal == NULL)
@@ -696,8 +810,10 @@ int store_delete(store *s, const store_id *ids, int n, int *n_deleted, emb_err *
     int deleted = store_apply_delete(s, ids, n);
     s->seq = seq;
     pthread_rwlock_unlock(&s->rw);
-    if (s->wal != NULL && wal_sync(s->wal, seq, err) != 0)
+    if (s->wal != NULL && wal_sync(s->wal, seq, err) != 0) {
+        refuse_write(s, err);
         goto out;
+    }
     if (n_deleted != NULL)
         *n_deleted = deleted;
     result = 0;

@@ -104,8 +104,25 @@
  *     writer whose record pushes the WAL past snapshot_wal_bytes writes the
  *     snapshot itself, after its own record is durable, if no other
  *     snapshot runs.
- *   - After a WAL write or fsync fails, the store refuses further writes
- *     (reads go on); the state on disk is whatever was acknowledged.
+ *   - Sick and well again: after a WAL write or fsync fails (disk full,
+ *     EIO, EPERM, a read-only remount), the store is degraded: writes are
+ *     refused with EMB_ERR_UNAVAILABLE ("store unavailable: <reason>"),
+ *     reads and searches go on. store_heal, called by later writes and by
+ *     the server once a second, at most every heal_interval, makes it
+ *     writable again without a restart once the disk is: wal_heal (reopen,
+ *     probe, cut the partial record), and after a failed fsync a snapshot
+ *     of memory and a new WAL, since the old file's unsynced pages cannot
+ *     be trusted. No acknowledged write is lost: a write is acknowledged
+ *     only after its fsync. A refused write is absent after a restart,
+ *     with one exception: when its fdatasync failed, its record was
+ *     already applied in memory (readers may see it) and possibly on disk;
+ *     the store cannot take it back, and the snapshot that heals the log
+ *     keeps it. So a write answered with an error may or may not be kept
+ *     (retrying it is safe: upserts and deletes are idempotent), a write
+ *     answered with success always is. Snapshot failures (also ENOSPC)
+ *     leave the WAL as it was: writes go on, the error is counted, and
+ *     automatic snapshots wait STORE_SNAPSHOT_RETRY seconds before the
+ *     next try. store_get_health reports all of it.
  *   - The build thread (above) holds rw shared only to copy rows and log
  *     entries, and exclusively for the swap; build_mu and build_cv guard
  *     its start and end (store_wait_index waits on them).
@@ -141,6 +158,8 @@
 #define STORE_DEFAULT_HNSW_M 16
 #define STORE_DEFAULT_HNSW_EF_CONSTRUCTION 200
 #define STORE_DEFAULT_HNSW_EF 64
+#define STORE_HEAL_INTERVAL 1.0            /* seconds between recovery attempts */
+#define STORE_SNAPSHOT_RETRY 10.0          /* seconds after a failed automatic snapshot */
 
 typedef enum store_id_kind {
     STORE_ID_NUM = 1,
@@ -248,6 +267,7 @@ typedef struct store_options {
     int hnsw_m;                /* links per node; 0: STORE_DEFAULT_HNSW_M */
     int hnsw_ef_construction;  /* build width; 0: STORE_DEFAULT_HNSW_EF_CONSTRUCTION */
     int hnsw_ef;               /* default search width; 0: STORE_DEFAULT_HNSW_EF */
+    double heal_interval;      /* seconds between recovery attempts; 0: STORE_HEAL_INTERVAL */
 } store_options;
 
 /* What open found and did; log message when truncated_bytes > 0. */
@@ -276,6 +296,34 @@ typedef struct store_stats {
     int hnsw_building;         /* a build runs in the background */
     uint64_t hnsw_builds;      /* indexes built and swapped in since open */
 } store_stats;
+
+/* Where the store's I/O errors happened: the WAL's operations (wal.h),
+ * then snapshot writing (store_io_label names them). */
+typedef enum store_io {
+    STORE_IO_WAL_WRITE,
+    STORE_IO_WAL_FSYNC,
+    STORE_IO_WAL_REOPEN,
+    STORE_IO_WAL_ROTATE,
+    STORE_IO_SNAPSHOT_WRITE,
+    STORE_IO_COUNT
+} store_io;
+
+/* file ("wal", "snapshot") and op ("write", "fsync", "reopen", "rotate"). */
+void store_io_label(store_io k, const char **file, const char **op);
+
+/* Is the store well? (see Design, "Sick and well again"). */
+typedef struct store_health {
+    int degraded;              /* writes refused after an I/O error; reads go on */
+    char reason[256];          /* the episode's last error; "" when well */
+    double degraded_for;       /* seconds so far */
+    uint64_t episodes;         /* times it became degraded since open */
+    uint64_t recoveries;       /* times it became writable again by itself */
+    double last_outage;        /* seconds the last recovered episode lasted */
+    uint64_t writes_refused;   /* refused while degraded */
+    uint64_t io_errors[STORE_IO_COUNT];
+    uint64_t io_errors_total;
+    char last_error[512];      /* the last snapshot or I/O failure; "" when none */
+} store_health;
 
 typedef struct store store;
 
@@ -315,5 +363,12 @@ int store_snapshot(store *s, emb_err *err);
 /* Waits until no index build runs; returns 1 when the store has an index. */
 int store_wait_index(store *s);
 void store_get_stats(store *s, store_stats *out);
+/* Memory-only stores are always well. Cheap: no I/O, no store lock. */
+void store_get_health(store *s, store_health *out);
+/* While degraded: tries to recover (at most every heal_interval; 0 at
+ * once when well or when it recovered; -1 with err otherwise, kind
+ * EMB_ERR_UNAVAILABLE). Writes call it themselves; the server also calls it
+ * once a second so that a store nobody writes to is reported well again. */
+int store_heal(store *s, emb_err *err);
 
 #endif

@@ -74,10 +74,14 @@ struct store {
     int reembed_dirty;         /* rows may be pending */
     uint64_t gen_counter;
 
-    pthread_mutex_t snap_lock; /* one snapshot at a time */
+    pthread_mutex_t snap_lock; /* one snapshot (or recovery) at a time */
     pthread_mutex_t stat_lock; /* guards the fields below */
     uint64_t n_snapshots;
     char last_error[512];
+    double heal_interval;      /* seconds between store_heal attempts */
+    double next_heal;          /* mono_seconds() of the next allowed attempt */
+    double next_auto_snapshot; /* after a failed automatic snapshot */
+    uint64_t snapshot_errors;  /* snapshot writes that failed with an I/O error */
 };
 
 /* ---- store.c: the table ---- */

@@ -3,12 +3,17 @@
 #include "wal.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
+#include "base/fileio.h"
 #include "base/reclog.h"
+#include "common/clock.h"
 
 #define WAL_EXTRA (WAL_HEADER_SIZE - RECLOG_HEADER_FIXED) /* tag, base_seq, reserved */
 
@@ -20,20 +25,125 @@ static const reclog_format wal_format = {
     .max_len = WAL_MAX_RECORD,
 };
 
+#define PROBE_BYTES (64 << 10) /* wal_heal's proof that the disk takes writes */
+
 struct wal {
     pthread_mutex_t lock;
-    pthread_cond_t synced;     /* broadcast when a sync round ends */
+    pthread_cond_t synced;     /* broadcast when a sync round or a heal ends */
     char *dir;                 /* for messages */
+    int dir_fd;                /* the caller's */
     reclog *log;
     uint32_t tag;
     uint64_t last_seq;         /* last appended */
     uint64_t synced_seq;       /* every record up to it is on disk */
-    int syncing;               /* a leader is in fdatasync */
+    int syncing;               /* a leader is in fdatasync, or wal_heal in its I/O */
+    /* Failure episodes (wal.h, Design). */
     int failed;
+    int needs_rewrite;
     char failure[256];
+    double failed_since;
+    uint64_t n_episodes;
+    uint64_t n_heals;
+    double last_outage;
+    uint64_t n_refused;
+    uint64_t n_errors[WAL_OP_COUNT];
     uint64_t n_records;
     uint64_t n_syncs;
 };
+
+const char *wal_op_name(wal_op op)
+{
+    static const char *const names[WAL_OP_COUNT] = {"write", "fsync", "reopen", "rotate"};
+    return op >= 0 && op < WAL_OP_COUNT ? names[op] : "?";
+}
+
+/* Counts an I/O error and starts an episode (or goes on with it). Caller
+ * holds lock. */
+static void mark_failed(wal *w, wal_op op, const char *msg)
+{
+    w->n_errors[op]++;
+    if (!w->failed) {
+        w->failed = 1;
+        w->failed_since = mono_seconds();
+        w->n_episodes++;
+    }
+    if (op == WAL_OP_FSYNC)
+        w->needs_rewrite = 1;
+    snprintf(w->failure, sizeof w->failure, "%s", msg);
+}
+
+/* Ends an episode. Caller holds lock. */
+static void mark_healed(wal *w)
+{
+    if (!w->failed)
+        return;
+    w->last_outage = mono_seconds() - w->failed_since;
+    w->n_heals++;
+    w->failed = 0;
+    w->needs_rewrite = 0;
+    w->failure[0] = '\0';
+}
+
+/* ---- fault injection (tests only; wal.h) ------------------------------------ */
+
+static struct {
+    pthread_mutex_t lock;
+    wal_op op;
+    long nth, count, calls;
+    int errnum;
+} fault = {.lock = PTHREAD_MUTEX_INITIALIZER};
+
+void wal_fault_set(wal_op op, long nth, long count, int errnum)
+{
+    pthread_mutex_lock(&fault.lock);
+    fault.op = op;
+    fault.nth = nth;
+    fault.count = count;
+    fault.calls = 0;
+    fault.errnum = errnum;
+    pthread_mutex_unlock(&fault.lock);
+}
+
+/* The injected errno for this call of op, or 0. */
+static int fault_hit(wal_op op)
+{
+    pthread_mutex_lock(&fault.lock);
+    int e = 0;
+    if (fault.nth > 0 && fault.op == op) {
+        long call = ++fault.calls;
+        if (call >= fault.nth && (fault.count == 0 || call < fault.nth + fault.count))
+            e = fault.errnum;
+    }
+    pthread_mutex_unlock(&fault.lock);
+    return e;
+}
+
+int wal_fault_parse(const char *spec, emb_err *err)
+{
+    static const struct { const char *name; int e; } errnos[] = {
+        {"EIO", EIO}, {"ENOSPC", ENOSPC}, {"EPERM", EPERM}, {"EROFS", EROFS}, {"EDQUOT", EDQUOT}};
+    if (spec == NULL || spec[0] == '\0') {
+        wal_fault_set(WAL_OP_WRITE, 0, 0, 0);
+        return 0;
+    }
+    char op[16] = "", name[16] = "";
+    long nth = 0, count = 1;
+    int n = sscanf(spec, "%15s %ld %ld %15s", op, &nth, &count, name);
+    int e = EIO;
+    if (n >= 4) {
+        e = atoi(name);
+        for (size_t i = 0; i < sizeof errnos / sizeof errnos[0]; i++) {
+            if (strcmp(name, errnos[i].name) == 0)
+                e = errnos[i].e;
+        }
+    }
+    int is_write = strcmp(op, "write") == 0, is_fsync = strcmp(op, "fsync") == 0;
+    if (n < 2 || (!is_write && !is_fsync) || nth < 1 || count < 0 || e <= 0)
+        return emb_fail_as(err, EMB_ERR_INVALID,
+                           "fault \"%s\": expected \"write|fsync NTH [COUNT [ERRNO]]\"", spec);
+    wal_fault_set(is_write ? WAL_OP_WRITE : WAL_OP_FSYNC, nth, count, e);
+    return 0;
+}
 
 /* The header fields after magic and version: tag, base_seq, reserved. */
 static void header_extra(unsigned char *x, uint32_t tag, uint64_t base_seq)
@@ -124,6 +234,7 @@ wal *wal_open(const char *dir, int dir_fd, uint32_t tag, uint64_t snapshot_seq,
     pthread_mutex_init(&w->lock, NULL);
     pthread_cond_init(&w->synced, NULL);
     w->tag = tag;
+    w->dir_fd = dir_fd;
     w->dir = strdup(dir);
     if (w->dir == NULL) {
         emb_fail_as(err, EMB_ERR_NO_MEMORY, "out of memory");
@@ -170,18 +281,28 @@ int wal_append(wal *w, const void *payload, size_t len, uint64_t *seq, emb_err *
     int result = -1;
     pthread_mutex_lock(&w->lock);
     if (w->failed) {
-        emb_fail_as(err, EMB_ERR_IO, "%s", w->failure);
+        w->n_refused++;
+        emb_fail_as(err, EMB_ERR_UNAVAILABLE, "%s", w->failure);
         goto out;
     }
     uint64_t s = w->last_seq + 1;
     unsigned char h[8];
     emb_put_u64(h, s);
+    int injected = fault_hit(WAL_OP_WRITE);
+    if (injected != 0) {
+        emb_fail_as(err, EMB_ERR_IO, "%s/wal: write: %s (injected fault)", w->dir,
+                    strerror(injected));
+        mark_failed(w, WAL_OP_WRITE, err->msg);
+        goto out;
+    }
     if (reclog_append(w->log, h, sizeof h, payload, len, err) != 0) {
-        if (reclog_damaged(w->log)) {
-            w->failed = 1;
-            snprintf(w->failure, sizeof w->failure,
-                     "%s/wal: write failed (%s) and could not be undone", w->dir,
-                     strerror(errno));
+        /* Not acknowledged either way; while the partial record may still
+         * be there (the undo failed too), nothing may be appended after it. */
+        if (err->kind == EMB_ERR_IO) {
+            char msg[256];
+            snprintf(msg, sizeof msg, "%.200s%s", err->msg,
+                     reclog_damaged(w->log) ? " (and could not be undone)" : "");
+            mark_failed(w, WAL_OP_WRITE, msg);
         }
         goto out;
     }
@@ -194,9 +315,20 @@ out:
     return result;
 }
 
+/* One fdatasync, or the injected fault instead. */
+static int log_sync(wal *w, emb_err *err)
+{
+    int injected = fault_hit(WAL_OP_FSYNC);
+    if (injected != 0)
+        return emb_fail_as(err, EMB_ERR_IO, "%s/wal: fdatasync: %s (injected fault)", w->dir,
+                           strerror(injected));
+    return reclog_sync(w->log, err);
+}
+
 int wal_sync(wal *w, uint64_t seq, emb_err *err)
 {
     int result = -1;
+    int led_failure = 0;       /* this call's own fdatasync failed */
     pthread_mutex_lock(&w->lock);
     if (seq > w->last_seq) {
         emb_fail(err, "wal_sync: seq %llu was never appended", (unsigned long long)seq);
@@ -212,22 +344,22 @@ int wal_sync(wal *w, uint64_t seq, emb_err *err)
         uint64_t target = w->last_seq;
         pthread_mutex_unlock(&w->lock);
         emb_err serr = {0};
-        int rc = reclog_sync(w->log, &serr);
+        int rc = log_sync(w, &serr);
         pthread_mutex_lock(&w->lock);
         w->syncing = 0;
         w->n_syncs++;
         if (rc == 0 && target > w->synced_seq)
             w->synced_seq = target;
         if (rc != 0) {
-            w->failed = 1;
-            snprintf(w->failure, sizeof w->failure, "%.255s", serr.msg);
+            mark_failed(w, WAL_OP_FSYNC, serr.msg);
+            led_failure = 1;
         }
         pthread_cond_broadcast(&w->synced);
     }
     if (w->synced_seq >= seq)
         result = 0;
-    else
-        emb_fail_as(err, EMB_ERR_IO, "%s", w->failure);
+    else    /* the failure itself is an I/O error; the waiters it covered are refused */
+        emb_fail_as(err, led_failure ? EMB_ERR_IO : EMB_ERR_UNAVAILABLE, "%s", w->failure);
 out:
     pthread_mutex_unlock(&w->lock);
     return result;
@@ -239,10 +371,6 @@ int wal_rotate(wal *w, uint64_t base_seq, emb_err *err)
     pthread_mutex_lock(&w->lock);
     while (w->syncing)
         pthread_cond_wait(&w->synced, &w->lock);
-    if (w->failed) {
-        emb_fail_as(err, EMB_ERR_IO, "%s", w->failure);
-        goto out;
-    }
     if (base_seq != w->last_seq) {
         emb_fail(err, "wal_rotate at seq %llu, but the last record is %llu",
                  (unsigned long long)base_seq, (unsigned long long)w->last_seq);
@@ -250,14 +378,87 @@ int wal_rotate(wal *w, uint64_t base_seq, emb_err *err)
     }
     unsigned char x[WAL_EXTRA];
     header_extra(x, w->tag, base_seq);
-    if (reclog_reset(w->log, x, NULL, 0, err) != 0)
+    if (reclog_reset(w->log, x, NULL, 0, err) != 0) {
+        /* The old log is untouched and still open: a healthy one goes on. */
+        w->n_errors[WAL_OP_ROTATE]++;
+        if (w->failed)
+            snprintf(w->failure, sizeof w->failure, "%.255s", err->msg);
         goto out;
+    }
     w->synced_seq = base_seq;
+    mark_healed(w);   /* a new, fsync'd file: nothing of the old one is needed */
     pthread_cond_broadcast(&w->synced);
     result = 0;
 out:
     pthread_mutex_unlock(&w->lock);
     return result;
+}
+
+/* wal_heal's I/O, on a descriptor of its own (the same file): a block of
+ * zeros written after the last good record and synced proves the disk
+ * takes writes; the file is then cut back to that record. 1 when the file
+ * is shorter than the records written (it needs a new one). */
+static int probe_and_cut(int dir_fd, const char *dir, uint64_t good, emb_err *err)
+{
+    static const unsigned char zeros[PROBE_BYTES];
+    int fd = openat(dir_fd, "wal", O_RDWR | O_CLOEXEC);
+    if (fd < 0)
+        return emb_fail_as(err, EMB_ERR_IO, "%s/wal: reopen: %s", dir, strerror(errno));
+    const char *op = NULL;
+    struct stat st;
+    if (fstat(fd, &st) != 0)
+        op = "fstat";
+    else if (emb_pwrite_all(fd, zeros, sizeof zeros, good) != 0)
+        op = "write";
+    else if (fdatasync(fd) != 0)
+        op = "fdatasync";
+    else if (ftruncate(fd, (off_t)good) != 0)
+        op = "ftruncate";
+    else if (fdatasync(fd) != 0)
+        op = "fdatasync";
+    int e = errno;
+    close(fd);
+    if (op != NULL)
+        return emb_fail_as(err, EMB_ERR_IO, "%s/wal: %s (recovery): %s", dir, op, strerror(e));
+    return (uint64_t)st.st_size < good ? 1 : 0;
+}
+
+int wal_heal(wal *w, emb_err *err)
+{
+    pthread_mutex_lock(&w->lock);
+    while (w->syncing)
+        pthread_cond_wait(&w->synced, &w->lock);
+    if (!w->failed) {
+        pthread_mutex_unlock(&w->lock);
+        return 0;
+    }
+    /* Appends are refused while failed; the flag keeps rotate and close out
+     * while the I/O runs without the lock (stats stay readable). */
+    w->syncing = 1;
+    uint64_t good = reclog_size(w->log);
+    pthread_mutex_unlock(&w->lock);
+    int rc = probe_and_cut(w->dir_fd, w->dir, good, err);
+    pthread_mutex_lock(&w->lock);
+    w->syncing = 0;
+    if (rc < 0)
+        mark_failed(w, WAL_OP_REOPEN, err->msg);
+    else if (rc > 0)
+        w->needs_rewrite = 1;
+    if (rc == 0 && w->needs_rewrite)
+        rc = 1;
+    if (rc == 0)
+        mark_healed(w);
+    pthread_cond_broadcast(&w->synced);
+    pthread_mutex_unlock(&w->lock);
+    return rc;
+}
+
+int wal_failed(wal *w)
+{
+    pthread_mutex_lock(&w->lock);
+    int failed = w->failed;
+    pthread_mutex_unlock(&w->lock);
+    return failed;
 }
 
 void wal_get_stats(wal *w, wal_stats *out)
@@ -269,6 +470,14 @@ void wal_get_stats(wal *w, wal_stats *out)
     out->records = w->n_records;
     out->syncs = w->n_syncs;
     out->failed = w->failed;
+    out->needs_rewrite = w->needs_rewrite;
+    snprintf(out->failure, sizeof out->failure, "%s", w->failure);
+    out->failed_for = w->failed ? mono_seconds() - w->failed_since : 0;
+    out->episodes = w->n_episodes;
+    out->heals = w->n_heals;
+    out->last_outage = w->last_outage;
+    out->refused = w->n_refused;
+    memcpy(out->errors, w->n_errors, sizeof out->errors);
     pthread_mutex_unlock(&w->lock);
 }
 

@@ -48,9 +48,26 @@
  *   - Ownership: the wal owns its reclog; all of its fields are guarded
  *     by `lock`, except that the leader calls reclog_sync without it
  *     (rotation and close wait until no sync runs).
- *   - A failed write is undone with ftruncate; when that, or an fdatasync,
- *     fails, the log is marked failed and every later append and sync fails
- *     (after a failed fsync the page cache can no longer be trusted).
+ *   - Failure and recovery: any I/O error of an append or of an fdatasync
+ *     marks the log failed (an episode: it starts then, and ends when the
+ *     log heals). A failed append is undone with ftruncate where it can be,
+ *     but is never acknowledged either way. While failed, appends are
+ *     refused (EMB_ERR_UNAVAILABLE) and nothing is written. wal_heal then
+ *     tries, on the caller's schedule, to make the log writable again
+ *     without a restart: it reopens DIR/wal, proves the disk takes a write
+ *     (a 64 KiB block of zeros past the last good record, fdatasync'd),
+ *     and cuts the file back to the last good record (ftruncate,
+ *     fdatasync). A crash in between leaves only zeros after the last
+ *     record: a torn tail, cut at the next open. After a failed fdatasync
+ *     the page cache can no longer be trusted (the kernel may have dropped
+ *     the dirty pages), so the file cannot heal in place: wal_heal answers
+ *     1 and only a new file (wal_rotate, after a snapshot of the caller's
+ *     memory) ends the episode. Every I/O error is counted by operation
+ *     (wal_stats.errors).
+ *   - Fault injection, for tests only: wal_fault_set (or the server's
+ *     EMBEDD_DEBUG_WAL_FAULT, parsed by wal_fault_parse) makes chosen
+ *     appends or fdatasyncs fail with a chosen errno before they touch
+ *     the file. Off unless set; one process-wide setting.
  *   - Shutdown: the caller stops appending; wal_close waits for a running
  *     sync to finish, then closes the files.
  */
@@ -113,6 +130,18 @@ typedef struct wal_recovery {
     char message[512];          /* why, when truncated_bytes > 0 or restarted */
 } wal_recovery;
 
+/* The operations whose I/O errors are counted. */
+typedef enum wal_op {
+    WAL_OP_WRITE,               /* an append's pwrite (and its undo) */
+    WAL_OP_FSYNC,               /* group commit's fdatasync */
+    WAL_OP_REOPEN,              /* wal_heal's reopen, probe and truncate */
+    WAL_OP_ROTATE,              /* wal_rotate's new file */
+    WAL_OP_COUNT
+} wal_op;
+
+/* "write", "fsync", "reopen", "rotate". */
+const char *wal_op_name(wal_op op);
+
 typedef struct wal_stats {
     uint64_t bytes;             /* file size */
     uint64_t last_seq;          /* last appended */
@@ -120,6 +149,14 @@ typedef struct wal_stats {
     uint64_t records;           /* appended since open */
     uint64_t syncs;             /* fdatasync calls since open */
     int failed;                 /* appends refused after an I/O error */
+    int needs_rewrite;          /* an fdatasync failed: only wal_rotate heals */
+    char failure[256];          /* the episode's last error; "" when not failed */
+    double failed_for;          /* seconds since the episode began; 0 when not failed */
+    uint64_t episodes;          /* times the log failed since open */
+    uint64_t heals;             /* times it became writable again */
+    double last_outage;         /* seconds the last healed episode lasted */
+    uint64_t refused;           /* appends refused while failed */
+    uint64_t errors[WAL_OP_COUNT]; /* I/O errors by operation since open */
 } wal_stats;
 
 typedef struct wal wal;
@@ -137,9 +174,28 @@ int wal_sync(wal *w, uint64_t seq, emb_err *err);
 /* Starts a new, empty log at base_seq after a snapshot that holds every
  * record up to base_seq (which must be the last appended seq). No appends
  * may run meanwhile. Waiters on seqs <= base_seq are released: the snapshot
- * holds their records. */
+ * holds their records. Allowed while the log is failed: the new file ends
+ * the episode. */
 int wal_rotate(wal *w, uint64_t base_seq, emb_err *err);
+/* A failed log: tries to make it writable again in place (see Design).
+ * 0 when it is writable (or was not failed), 1 when the disk takes writes
+ * again but the log needs a new file (wal_rotate after a snapshot), -1
+ * (err, kind EMB_ERR_IO) when the disk still fails. The caller decides how
+ * often to try. */
+int wal_heal(wal *w, emb_err *err);
+/* 1 while appends are refused after an I/O error. */
+int wal_failed(wal *w);
 void wal_get_stats(wal *w, wal_stats *out);
+
+/* Test-only fault injection (see Design). From now on, the nth call
+ * (1-based) of op (WAL_OP_WRITE: appends; WAL_OP_FSYNC: fdatasyncs) and
+ * the count - 1 calls after it fail with errnum, without touching the
+ * file; count 0: every call from the nth on; nth 0: off. */
+void wal_fault_set(wal_op op, long nth, long count, int errnum);
+/* The same from text, "OP NTH [COUNT [ERRNO]]": OP write or fsync, COUNT
+ * 1 by default, ERRNO a number or EIO, ENOSPC, EPERM, EROFS, EDQUOT (EIO
+ * by default). NULL or "" turns injection off. */
+int wal_fault_parse(const char *spec, emb_err *err);
 void wal_close(wal *w);
 
 /* `embedd repair` for DIR/wal, which must not be open (reclog_salvage:
