@@ -181,7 +181,7 @@ static json_fault_kind check_escape(scan *sc, const unsigned char *p, const unsi
     if (sc->end - p < 6 || hex4(p + 2, &cu) != 0)
         return fault(sc, p, JSON_BAD_SYNTAX, "\\u must be followed by four hex digits");
     if (cu == 0)
-        return fault(sc, p, JSON_BAD_NUL, "\\u0000 (NUL) is not allowed in a string");
+        return fault(sc, p, JSON_BAD_NUL, "\\u0000");
     if (cu >= 0xDC00 && cu <= 0xDFFF)
         return fault(sc, p, JSON_BAD_SYNTAX, "unpaired low surrogate \\uDC00-\\uDFFF");
     if (cu >= 0xD800 && cu <= 0xDBFF) {
@@ -236,7 +236,7 @@ static json_fault_kind check_string(scan *sc, const unsigned char *p, const unsi
             if (k != JSON_OK)
                 return k;
         } else if (c == 0) {
-            return fault(sc, p, JSON_BAD_NUL, "NUL byte in a string");
+            return fault(sc, p, JSON_BAD_NUL, "a raw 0x00 byte");
         } else if (c < 0x20) {
             return fault(sc, p, JSON_BAD_SYNTAX,
                          "raw control character in a string (escape it: \\n, \\t, \\u001f)");
@@ -300,7 +300,7 @@ json_fault_kind json_check(const char *s, size_t len, json_fault *f)
                 top->index++;
             break;
         case '\0':
-            return fault(&sc, p, JSON_BAD_NUL, "NUL byte");
+            return fault(&sc, p, JSON_BAD_NUL, "a raw 0x00 byte");
         default:
             if (c >= 0x80)
                 return fault(&sc, p, JSON_BAD_SYNTAX, "non-ASCII byte outside a string");

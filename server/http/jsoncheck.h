@@ -35,7 +35,8 @@ typedef enum json_fault_kind {
 typedef struct json_fault {
     json_fault_kind kind;
     size_t offset;             /* byte of the body where the fault starts */
-    const char *reason;        /* short, static: "invalid escape \\x" */
+    const char *reason;        /* short, static: "encoded surrogate"; for NUL
+                                * how it came: "\\u0000" or "a raw 0x00 byte" */
     char field[128];           /* "items[3].id", "" when not in a named field */
 } json_fault;
 

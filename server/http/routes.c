@@ -223,8 +223,8 @@ static int check_body_strings(const request *rq, api_family api, reply *rp)
         snprintf(where, sizeof where, " in `%s`", f.field);
     if (kind == JSON_BAD_NUL)
         reply_error(rp, api, 422, "Validation",
-                    "NUL character at byte %zu%s: %s; no request string may contain NUL",
-                    f.offset, where, f.reason);
+                    "NUL character (%s) at byte %zu%s: no request string may contain NUL",
+                    f.reason, f.offset, where);
     else if (kind == JSON_BAD_UTF8)
         reply_error(rp, api, 422, "Validation", "invalid UTF-8 at byte %zu%s: %s", f.offset,
                     where, f.reason);
