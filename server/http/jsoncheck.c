@@ -227,6 +227,26 @@ static json_fault_kind check_string(scan *sc, const unsigned char *p, const unsi
         if (p >= end)
             return fault(sc, p, JSON_BAD_SYNTAX, "unterminated string");
         unsigned char c = *p;
+        if (c >= 0x80) {
+            /* a run of non-ASCII characters; the common 2- and 3-byte forms
+             * inline (E0 and ED have narrower second bytes: utf8_seq) */
+            do {
+                c = *p;
+                if (c >= 0xC2 && c <= 0xDF && end - p >= 2 && (p[1] & 0xC0) == 0x80) {
+                    p += 2;
+                } else if (c >= 0xE1 && c <= 0xEF && c != 0xED && end - p >= 3 &&
+                           (p[1] & 0xC0) == 0x80 && (p[2] & 0xC0) == 0x80) {
+                    p += 3;
+                } else {
+                    const char *why = NULL;
+                    size_t n = utf8_seq(p, end, &why);
+                    if (n == 0)
+                        return fault(sc, p, JSON_BAD_UTF8, why);
+                    p += n;
+                }
+            } while (p < end && *p >= 0x80);
+            continue;
+        }
         if (c == '"') {
             *next = p + 1;
             return JSON_OK;
@@ -240,14 +260,8 @@ static json_fault_kind check_string(scan *sc, const unsigned char *p, const unsi
         } else if (c < 0x20) {
             return fault(sc, p, JSON_BAD_SYNTAX,
                          "raw control character in a string (escape it: \\n, \\t, \\u001f)");
-        } else if (c < 0x80) {
-            p++;
         } else {
-            const char *why = NULL;
-            size_t n = utf8_seq(p, end, &why);
-            if (n == 0)
-                return fault(sc, p, JSON_BAD_UTF8, why);
-            p += n;
+            p++;
         }
     }
 }
