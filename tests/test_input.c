@@ -785,6 +785,15 @@ START_TEST(test_utf8_check)
 }
 END_TEST
 
+START_TEST(test_utf8_sanitize)
+{
+    char s[] = "ok caf\xc3\xa9 bad\xff\xfe nul\xc0\x80 cut\xe2\x82";
+    utf8_sanitize(s);
+    ck_assert_str_eq(s, "ok caf\xc3\xa9 bad?? nul?? cut??");
+    ck_assert_int_eq(utf8_check(s, strlen(s), NULL), JSON_OK);
+}
+END_TEST
+
 /* json_check on a 1 MB body of the shape /embed gets (English text with
  * some accented and CJK characters); prints ns/byte. The bound is loose:
  * it catches a quadratic or byte-by-byte-slow regression, not noise. */
@@ -960,6 +969,9 @@ START_TEST(test_invalid_utf8_refused)
     refused("DELETE", "/items/bad%ff%fe", NULL, 0, 422, "UTF-8", "path");
     refused("DELETE", "/items/sur%ed%a0%80", NULL, 0, 422, "UTF-8", "path");
     refused("GET", "/similar?q=%ff", NULL, 0, 422, "UTF-8", "`q`");
+    /* refusals that quote the path never echo its invalid bytes */
+    refused("POST", "/items/bad%ff%fe", NULL, 0, 405, "not allowed", "/items/bad?");
+    refused("GET", "/nowhere%ff%c0%80", NULL, 0, 404, "no route", "/nowhere???");
     expect_text("/items/nul", "old text");
     ck_assert_int_eq(item_count(), n);
     /* valid multi-byte text is untouched, in the body and in the path */
@@ -980,6 +992,7 @@ START_TEST(test_reserved_item_paths)
         {"POST", "/items/count", "GET"},
         {"GET", "/items/delete", "POST"},
         {"DELETE", "/items/delete", "POST"},
+        {"POST", "/items/some-id", "GET, DELETE"}, /* every method of the path */
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         http_resp r;
@@ -1178,6 +1191,7 @@ int main(void)
                         (int)(sizeof check_cases / sizeof check_cases[0]));
     tcase_add_test(tc, test_jsoncheck_field_names);
     tcase_add_test(tc, test_utf8_check);
+    tcase_add_test(tc, test_utf8_sanitize);
     tcase_add_test(tc, test_jsoncheck_speed);
     suite_add_tcase(s, tc);
     tc = tcase_create("server");

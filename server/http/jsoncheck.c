@@ -87,6 +87,21 @@ nul:
     return JSON_BAD_NUL;
 }
 
+void utf8_sanitize(char *s)
+{
+    unsigned char *p = (unsigned char *)s;
+    const unsigned char *end = p + strlen(s);
+    while (p < end) {
+        const char *why = NULL;
+        size_t n = *p < 0x80 ? 1 : utf8_seq(p, end, &why);
+        if (n == 0) {
+            *p = '?';
+            n = 1;
+        }
+        p += n;
+    }
+}
+
 /* ---- the scan ------------------------------------------------------------- */
 
 /* Containers deeper than this are checked but not named in faults. */

@@ -49,4 +49,9 @@ json_fault_kind json_check(const char *s, size_t len, json_fault *f);
  * decoder (routes_unescape) writes for %00, counts as JSON_BAD_NUL. */
 json_fault_kind utf8_check(const char *s, size_t len, size_t *at);
 
+/* Replaces, in the C string s, every byte that does not belong to a
+ * well-formed UTF-8 sequence with '?': error messages that quote a path
+ * or cut a client's string at a byte count stay valid UTF-8. */
+void utf8_sanitize(char *s);
+
 #endif

@@ -775,15 +775,24 @@ const route *routes_find(const char *path, const char *method, int *path_known,
      * never the items "count" and "delete" (whatever the method: another
      * one gets 405 with Allow). Such items are reached through the body
      * routes (POST /items/delete {"ids": ["count"]}). */
+    /* every method of the path, for the Allow header of a 405 ("GET, DELETE");
+     * read by the same thread right after, when the reply is sent */
+    static _Thread_local char methods[64];
+    size_t n = 0;
+    methods[0] = '\0';
     for (int prefix = 0; prefix <= 1 && !*path_known; prefix++) {
         for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++) {
             if (!route_matches(&routes[i], path, prefix))
                 continue;
             *path_known = 1;
-            *allow = routes[i].method;
             if (strcmp(routes[i].method, method) == 0)
                 return &routes[i];
+            n += (size_t)snprintf(methods + n, sizeof methods - n, "%s%s", n > 0 ? ", " : "",
+                                  routes[i].method);
+            if (n >= sizeof methods)
+                n = sizeof methods - 1;
         }
     }
+    *allow = methods;
     return NULL;
 }
