@@ -285,12 +285,6 @@ int route_response_fits(const server *srv, size_t bytes, api_family api, const c
     return 0;
 }
 
-/* The URL decoder of libmicrohttpd (MHD_OPTION_UNESCAPE_CALLBACK), for the
- * path and the query arguments. Like MHD's own it decodes %HH in place,
- * except %00: a NUL would end the C string the handlers get, so that
- * /items/nul%00x would name the item "nul". It becomes C0 80 (the
- * overlong NUL), which utf8_check reports as NUL: the request is refused
- * instead of cut short. */
 static int hex_value(char c)
 {
     if (c >= '0' && c <= '9')
@@ -300,6 +294,12 @@ static int hex_value(char c)
     return -1;
 }
 
+/* The URL decoder of libmicrohttpd (MHD_OPTION_UNESCAPE_CALLBACK), for the
+ * path and the query arguments. Like MHD's own it decodes %HH in place,
+ * except %00: a NUL would end the C string the handlers get, so that
+ * /items/nul%00x would name the item "nul". It becomes C0 80 (the
+ * overlong NUL), which utf8_check reports as NUL: the request is refused
+ * instead of cut short. */
 size_t routes_unescape(void *cls, struct MHD_Connection *conn, char *s)
 {
     char *out = s;

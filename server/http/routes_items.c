@@ -499,12 +499,14 @@ static similar_state *new_similar_state(server *srv, request *rq, reply *rp)
     return st;
 }
 
-/* Bytes of one hit's vector and of the rest of a hit without payload and
- * id ({"id":,"score":-1.23456789e-05,"payload":,"vector":}). */
+/* Bytes of one hit's printed vector, every float at its longest (0
+ * without with_vector). */
 static size_t hit_vector_bytes(const server *srv, const similar_state *st)
 {
     return st->q.with_vector ? (size_t)store_dim(srv->store) * 16 + 12 : 0;
 }
+/* The rest of a hit but its id and payload: {"id":,"score":-1.23456789e-05,
+ * "payload":,"vector":}, */
 #define HIT_OVERHEAD 64
 
 /* Bytes put_id writes for id. */
