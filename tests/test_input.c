@@ -796,7 +796,7 @@ END_TEST
 
 /* json_check on a 1 MB body of the shape /embed gets (English text with
  * some accented and CJK characters); prints ns/byte. The bound is loose:
- * it catches a quadratic or byte-by-byte-slow regression, not noise. */
+ * it catches a quadratic regression, not noise. */
 START_TEST(test_jsoncheck_speed)
 {
     const char *piece = "The quick brown fox jumps over the lazy dog, caf\xc3\xa9 "
@@ -819,7 +819,8 @@ START_TEST(test_jsoncheck_speed)
     double ns_per_byte = (now_s() - t0) * 1e9 / ((double)rounds * (double)b.len);
     fprintf(stderr, "test_jsoncheck_speed: %zu bytes, %.3f ns/byte (%.2f ms per body)\n", b.len,
             ns_per_byte, ns_per_byte * (double)b.len / 1e6);
-    ck_assert_msg(ns_per_byte < 50.0, /* sanitizer builds included */ "json_check takes %.2f ns/byte", ns_per_byte);
+    /* loose enough for sanitizer builds on a loaded machine */
+    ck_assert_msg(ns_per_byte < 50.0, "json_check takes %.2f ns/byte", ns_per_byte);
     free(b.p);
 }
 END_TEST
