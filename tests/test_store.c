@@ -338,8 +338,10 @@ START_TEST(test_validation)
     ck_assert_int_eq(store_count(s), 1);
 
     /* JSON ids. */
-    const char *good_ids[] = {"7", "\"7\"", "0", "9007199254740992"};
-    const char *bad_ids[] = {"-1", "1.5", "9007199254740994", "true", "null", "\"\"", "[1]"};
+    /* numbers: 0..2^53-1, where every integer has its own double */
+    const char *good_ids[] = {"7", "\"7\"", "0", "9007199254740991"};
+    const char *bad_ids[] = {"-1",   "1.5",  "9007199254740992", "9007199254740993",
+                             "true", "null", "\"\"",             "[1]"};
     for (size_t i = 0; i < sizeof good_ids / sizeof good_ids[0]; i++) {
         cJSON *j = cJSON_Parse(good_ids[i]);
         store_id id;

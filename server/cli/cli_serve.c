@@ -54,6 +54,10 @@ static const opt_spec serve_specs[] = {
           "512", 1, 1 << 20, "requests in flight before new ones get 429"),
     S_INT("payload-limit", "EMBEDD_PAYLOAD_LIMIT", payload_limit, "2000000", 1, 1 << 30,
           "largest request body in bytes (413 above)"),
+    S_INT("max-response-bytes", "EMBEDD_MAX_RESPONSE_BYTES", max_response_bytes, "33554432",
+          4096, 1 << 30,
+          "largest response body, checked before it is built (422 above: lower limit, "
+          "with_vector or the number of inputs)"),
     S_BOOL("auto-truncate", "EMBEDD_AUTO_TRUNCATE", auto_truncate, "true",
            "truncate long inputs unless the request says otherwise"),
     S_INT("threads", "EMBEDD_THREADS", threads, "0", 0, 1024, "compute threads (0: all cores)"),

@@ -5,6 +5,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 
+#include "jsoncheck.h"
 #include "server.h"
 
 #define NO_KIND (-1)
@@ -89,6 +90,7 @@ void reply_error(reply *rp, api_family api, int status, const char *type, const 
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
+    utf8_sanitize(msg); /* a quoted URL or a string cut short must not break the body */
     reply_body(rp, api, status, type, msg);
 }
 
@@ -99,6 +101,7 @@ void reply_fail(reply *rp, api_family api, emb_err_kind kind, const char *fmt, .
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
+    utf8_sanitize(msg);
     const http_error *e = http_error_of_kind(kind);
     reply_body(rp, api, e->status, e->tei_type, msg);
 }

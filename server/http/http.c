@@ -321,6 +321,7 @@ int http_start(server *srv, emb_err *err)
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)opts->timeout,
         MHD_OPTION_CONNECTION_LIMIT, (unsigned)(opts->max_concurrent_requests + 64),
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv,
+        MHD_OPTION_UNESCAPE_CALLBACK, routes_unescape, NULL,
         MHD_OPTION_END);
     if (srv->daemon == NULL)
         return emb_fail(err, "cannot listen on %s:%d", opts->host, opts->port);

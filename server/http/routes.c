@@ -14,6 +14,7 @@
 
 #include "common/release.h"
 #include "errors.h"
+#include "jsoncheck.h"
 #include "ops.h"
 #include "learn/samples.h"
 #include "server.h"
@@ -64,6 +65,10 @@ static int collect_inputs(const cJSON *field, const char *name, int allow_ids, i
         return 0;
     }
     if (cJSON_IsString(field)) {
+        if (field->valuestring[0] == '\0') {
+            reply_error(rp, api, 400, "Empty", "`%s` cannot be empty", name);
+            return 0;
+        }
         *out = calloc(1, sizeof(textjob_input));
         if (*out == NULL) {
             reply_fail(rp, api, EMB_ERR_NO_MEMORY, "out of memory");
@@ -80,7 +85,7 @@ static int collect_inputs(const cJSON *field, const char *name, int allow_ids, i
     }
     int n = cJSON_GetArraySize(field);
     if (n == 0) {
-        reply_error(rp, api, 400, "Empty", "`%s` is empty", name);
+        reply_error(rp, api, 400, "Empty", "`%s` cannot be empty", name);
         return 0;
     }
     const cJSON *first = field->child;
@@ -112,6 +117,12 @@ static int collect_inputs(const cJSON *field, const char *name, int allow_ids, i
     int i = 0;
     const cJSON *el;
     cJSON_ArrayForEach(el, field) {
+        if (cJSON_IsString(el) && el->valuestring[0] == '\0') {
+            /* TEI's status and words, on every route with inputs */
+            reply_error(rp, api, 400, "Empty", "`%s[%d]` cannot be empty", name, i);
+            free(in);
+            return 0;
+        }
         if (cJSON_IsString(el)) {
             in[i].text = el->valuestring;
             in[i].len = strlen(el->valuestring);
@@ -199,12 +210,39 @@ static int get_dimensions(const cJSON *root, int C, api_family api, reply *rp)
     return (int)f->valuedouble;
 }
 
+/* Refuses a body that json_check faults (jsoncheck.h): NUL, invalid
+ * UTF-8 or a malformed string, which cJSON would otherwise read as a
+ * shorter or different string. 0, or -1 after filling rp. */
+static int check_body_strings(const request *rq, api_family api, reply *rp)
+{
+    json_fault f;
+    json_fault_kind kind = json_check(rq->body, rq->body_len, &f);
+    if (kind == JSON_OK)
+        return 0;
+    char where[160] = "";
+    if (f.field[0] != '\0')
+        snprintf(where, sizeof where, " in `%s`", f.field);
+    if (kind == JSON_BAD_NUL)
+        reply_error(rp, api, 422, "Validation",
+                    "NUL character (%s) at byte %zu%s: no request string may contain NUL",
+                    f.reason, f.offset, where);
+    else if (kind == JSON_BAD_UTF8)
+        reply_error(rp, api, 422, "Validation", "invalid UTF-8 at byte %zu%s: %s", f.offset,
+                    where, f.reason);
+    else
+        reply_error(rp, api, 422, "Validation", "malformed JSON at byte %zu%s: %s", f.offset,
+                    where, f.reason);
+    return -1;
+}
+
 cJSON *route_parse_body(request *rq, api_family api, reply *rp)
 {
     if (rq->body == NULL || rq->body_len == 0) {
         reply_error(rp, api, 422, "Validation", "request body must be a JSON object");
         return NULL;
     }
+    if (check_body_strings(rq, api, rp) != 0)
+        return NULL;
     const char *end = NULL;
     cJSON *root = cJSON_ParseWithLengthOpts(rq->body, rq->body_len, &end, 0);
     if (root != NULL) {
@@ -233,6 +271,57 @@ cJSON *route_parse_body(request *rq, api_family api, reply *rp)
         return NULL;
     }
     return root;
+}
+
+int route_response_fits(const server *srv, size_t bytes, api_family api, const char *lower,
+                        reply *rp)
+{
+    const size_t cap = (size_t)srv->opts.max_response_bytes;
+    if (bytes <= cap)
+        return 1;
+    reply_error(rp, api, 422, "Validation",
+                "the response would take about %zu bytes, over --max-response-bytes %zu; "
+                "lower %s",
+                bytes, cap, lower);
+    return 0;
+}
+
+static int hex_value(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if ((c | 0x20) >= 'a' && (c | 0x20) <= 'f')
+        return (c | 0x20) - 'a' + 10;
+    return -1;
+}
+
+/* The URL decoder of libmicrohttpd (MHD_OPTION_UNESCAPE_CALLBACK), for the
+ * path and the query arguments. Like MHD's own it decodes %HH in place,
+ * except %00: a NUL would end the C string the handlers get, so that
+ * /items/nul%00x would name the item "nul". It becomes C0 80 (the
+ * overlong NUL), which utf8_check reports as NUL: the request is refused
+ * instead of cut short. */
+size_t routes_unescape(void *cls, struct MHD_Connection *conn, char *s)
+{
+    char *out = s;
+    for (const char *p = s; *p != '\0';) {
+        int hi = p[0] == '%' ? hex_value(p[1]) : -1;
+        int lo = hi >= 0 ? hex_value(p[2]) : -1;
+        if (lo < 0) {
+            *out++ = *p++;
+            continue;
+        }
+        int byte = hi << 4 | lo;
+        if (byte == 0) {
+            *out++ = (char)0xC0;
+            *out++ = (char)0x80;
+        } else {
+            *out++ = (char)byte;
+        }
+        p += 3;
+    }
+    *out = '\0';
+    return (size_t)(out - s);
 }
 
 /* ---- /embed and /v1/embeddings ----------------------------------------- */
@@ -306,6 +395,16 @@ static int openai_options(server *srv, const cJSON *root, embed_state *st, int *
     return st->dimensions < 0 ? -1 : 0;
 }
 
+/* An upper bound of the response's size: every float at its longest
+ * (sb_json_floats reserves 16 bytes each), or base64's 4 bytes per 3. */
+static size_t embed_response_bound(const server *srv, const embed_state *st)
+{
+    const size_t d = (size_t)(st->dimensions > 0 ? st->dimensions : emb_model_dim(srv->model));
+    const size_t vector = st->base64 ? (d * sizeof(float) + 2) / 3 * 4 + 2 : d * 16 + 2;
+    const size_t per_input = vector + (st->tj.api == API_OPENAI ? 64 : 1);
+    return (size_t)st->n * per_input + 1024;
+}
+
 typedef int (*embed_options_fn)(server *srv, const cJSON *root, embed_state *st, int *truncate,
                                 int *left, reply *rp);
 
@@ -337,6 +436,9 @@ static route_result handle_embeddings(server *srv, request *rq, reply *rp, api_f
         goto out;
     if (st->pin == 0)
         st->pin = pin;
+    if (!route_response_fits(srv, embed_response_bound(srv, st), api,
+                             "the number of inputs or `dimensions`", rp))
+        goto out;
     textjob_opts to = {.truncate = truncate, .truncate_left = left, .noun = "input",
                        .truncate_hint = 1};
     if (textjob_encode(srv, &st->tj, api, in, st->n, &to, rp) != 0)
@@ -425,12 +527,90 @@ static void finish_openai_embeddings(server *srv, request *rq, reply *rp)
 
 /* ---- /tokenize ------------------------------------------------------------ */
 
+/* Bytes sb_json_string writes for s. */
+static size_t json_string_len(const char *s)
+{
+    size_t n = 2;
+    for (const unsigned char *p = (const unsigned char *)s; *p != '\0'; p++)
+        n += *p == '"' || *p == '\\' || *p == '\n' || *p == '\r' || *p == '\t' ? 2
+             : *p < 0x20                                                     ? 6
+                                                                             : 1;
+    return n;
+}
+
+/* One token as /tokenize writes it; special: it is the first or last
+ * token and [CLS] or [SEP]. Skipped (returns 0 bytes) when it is special
+ * and add_special_tokens is false. With b NULL, only measures. */
+static size_t put_token(const emb_model *m, strbuf *b, int32_t id, int special,
+                        int add_special, int first)
+{
+    if (special && !add_special)
+        return 0;
+    const char *text = emb_tokenizer_token(m->tok, id);
+    if (text == NULL)
+        text = "";
+    if (b == NULL) /* {"id":N,"text":T,"special":false}, */
+        return 40 + 11 + json_string_len(text);
+    sb_printf(b, "%s{\"id\":%d,\"text\":", first ? "" : ",", id);
+    sb_json_string(b, text);
+    sb_printf(b, ",\"special\":%s}", special ? "true" : "false");
+    return 1;
+}
+
+/* Tokenises every input into ids (n rows of max_len), counts[i] its length.
+ * 0, or -1 after filling rp. */
+static int tokenize_all(const emb_model *m, const textjob_input *in, int n, int32_t *ids,
+                        int *counts, reply *rp)
+{
+    const int max_len = m->cfg.max_seq_length;
+    for (int i = 0; i < n; i++) {
+        counts[i] = emb_encode(m->tok, in[i].text, in[i].len, max_len, 0,
+                               ids + (size_t)i * (size_t)max_len, NULL);
+        if (counts[i] < 0) {
+            reply_error(rp, API_TEI, 422, "Tokenizer", "input %d could not be tokenised", i);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* Writes the tokens of every input, or only measures them when b is NULL. */
+static size_t put_tokens(const emb_model *m, strbuf *b, const int32_t *ids, const int *counts,
+                         int n, int add_special)
+{
+    const int max_len = m->cfg.max_seq_length;
+    const emb_special_tokens sp = emb_tokenizer_specials(m->tok);
+    size_t bytes = 2;
+    if (b != NULL)
+        sb_putc(b, '[');
+    for (int i = 0; i < n; i++) {
+        const int32_t *row = ids + (size_t)i * (size_t)max_len;
+        if (b != NULL)
+            sb_puts(b, i > 0 ? ",[" : "[");
+        bytes += 3;
+        int first = 1;
+        for (int k = 0; k < counts[i]; k++) {
+            int edge = k == 0 || k == counts[i] - 1;
+            int special = edge && (row[k] == sp.cls_id || row[k] == sp.sep_id);
+            size_t w = put_token(m, b, row[k], special, add_special, first);
+            bytes += w;
+            first = first && w == 0;
+        }
+        if (b != NULL)
+            sb_putc(b, ']');
+    }
+    if (b != NULL)
+        sb_putc(b, ']');
+    return bytes;
+}
+
 static route_result handle_tokenize(server *srv, request *rq, reply *rp)
 {
     const api_family api = API_TEI;
     const emb_model *m = srv->model;
     textjob_input *in = NULL;
     int32_t *ids = NULL;
+    int *counts = NULL;
     cJSON *root = route_parse_body(rq, api, rp);
     if (root == NULL)
         return ROUTE_DONE;
@@ -438,41 +618,25 @@ static route_result handle_tokenize(server *srv, request *rq, reply *rp)
                            srv->opts.max_client_batch_size, api, &in, rp);
     if (n == 0)
         goto out;
-    int special = route_get_bool(root, "add_special_tokens", 1, api, rp);
-    if (special < 0)
+    int add_special = route_get_bool(root, "add_special_tokens", 1, api, rp);
+    if (add_special < 0)
         goto out;
-    const int max_len = m->cfg.max_seq_length;
-    ids = malloc(sizeof(int32_t) * (size_t)max_len);
-    if (ids == NULL) {
+    ids = malloc(sizeof(int32_t) * (size_t)n * (size_t)m->cfg.max_seq_length);
+    counts = malloc(sizeof(int) * (size_t)n);
+    if (ids == NULL || counts == NULL) {
         reply_fail(rp, api, EMB_ERR_NO_MEMORY, "out of memory");
         goto out;
     }
-    emb_special_tokens sp = emb_tokenizer_specials(m->tok);
-    sb_putc(&rp->body, '[');
-    for (int i = 0; i < n; i++) {
-        int count = emb_encode(m->tok, in[i].text, in[i].len, max_len, 0, ids, NULL);
-        if (count < 0) {
-            reply_error(rp, api, 422, "Tokenizer", "input %d could not be tokenised", i);
-            goto out;
-        }
-        sb_puts(&rp->body, i > 0 ? ",[" : "[");
-        int first = 1;
-        for (int k = 0; k < count; k++) {
-            int is_special = ids[k] == sp.cls_id || ids[k] == sp.sep_id;
-            if (is_special && (k == 0 || k == count - 1) && !special)
-                continue;
-            const char *text = emb_tokenizer_token(m->tok, ids[k]);
-            sb_printf(&rp->body, "%s{\"id\":%d,\"text\":", first ? "" : ",", ids[k]);
-            sb_json_string(&rp->body, text != NULL ? text : "");
-            sb_printf(&rp->body, ",\"special\":%s}",
-                      is_special && (k == 0 || k == count - 1) ? "true" : "false");
-            first = 0;
-        }
-        sb_putc(&rp->body, ']');
-    }
-    sb_putc(&rp->body, ']');
+    if (tokenize_all(m, in, n, ids, counts, rp) != 0)
+        goto out;
+    /* measured before it is built: a small body must not make a huge reply */
+    if (!route_response_fits(srv, put_tokens(m, NULL, ids, counts, n, add_special), api,
+                             "the number or length of `inputs`", rp))
+        goto out;
+    put_tokens(m, &rp->body, ids, counts, n, add_special);
 out:
     free(ids);
+    free(counts);
     free(in);
     cJSON_Delete(root);
     return ROUTE_DONE;
@@ -610,7 +774,7 @@ static const route routes[] = {
     {"POST", "/embed", "embed", API_TEI, 1, 1, handle_embed, finish_embed, 0},
     {"POST", "/v1/embeddings", "openai_embeddings", API_OPENAI, 1, 1, handle_openai_embeddings,
      finish_openai_embeddings, 0},
-    {"POST", "/tokenize", "tokenize", API_TEI, 1, 0, handle_tokenize, NULL, 0},
+    {"POST", "/tokenize", "tokenize", API_TEI, 1, 1, handle_tokenize, NULL, 0},
     {"GET", "/v1/models", "openai_models", API_OPENAI, 1, 0, handle_models, NULL, 0},
     {"GET", "/info", "info", API_TEI, 1, 0, handle_info, NULL, 0},
     {"GET", "/health", "health", API_TEI, 0, 0, handle_health, NULL, 0},
@@ -647,16 +811,28 @@ const route *routes_find(const char *path, const char *method, int *path_known,
                          const char **allow)
 {
     *path_known = 0;
-    /* exact paths first, so /items/count is not the item "count" */
-    for (int prefix = 0; prefix <= 1; prefix++) {
+    /* Exact paths first, and alone: /items/count and /items/delete are
+     * never the items "count" and "delete" (whatever the method: another
+     * one gets 405 with Allow). Such items are reached through the body
+     * routes (POST /items/delete {"ids": ["count"]}). */
+    /* every method of the path, for the Allow header of a 405 ("GET, DELETE");
+     * read by the same thread right after, when the reply is sent */
+    static _Thread_local char methods[64];
+    size_t n = 0;
+    methods[0] = '\0';
+    for (int prefix = 0; prefix <= 1 && !*path_known; prefix++) {
         for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++) {
             if (!route_matches(&routes[i], path, prefix))
                 continue;
             *path_known = 1;
-            *allow = routes[i].method;
             if (strcmp(routes[i].method, method) == 0)
                 return &routes[i];
+            n += (size_t)snprintf(methods + n, sizeof methods - n, "%s%s", n > 0 ? ", " : "",
+                                  routes[i].method);
+            if (n >= sizeof methods)
+                n = sizeof methods - 1;
         }
     }
+    *allow = methods;
     return NULL;
 }

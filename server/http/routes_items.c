@@ -15,6 +15,7 @@
 #include <time.h>
 
 #include "common/clock.h"
+#include "jsoncheck.h"
 #include "ops.h"
 #include "learn/samples.h"
 #include "server.h"
@@ -264,17 +265,38 @@ void finish_items_upsert(server *srv, request *rq, reply *rp)
 
 /* ---- /items/{id}, /items/delete, /items/count ------------------------------ */
 
-/* The id of a path segment: an unsigned integer without leading zeros
- * ("0" itself is fine) is a number, anything else a string. */
+/* Refuses a query argument or path segment that is not UTF-8 or holds
+ * a NUL (%00: routes_unescape). what names it. 0, or -1 after filling rp. */
+static int check_url_text(const char *s, const char *what, reply *rp)
+{
+    size_t at = 0;
+    json_fault_kind k = utf8_check(s, strlen(s), &at);
+    if (k == JSON_BAD_NUL)
+        reply_error(rp, API_TEI, 422, "Validation",
+                    "%s contains a NUL character (%%00) at byte %zu; ids and texts must not "
+                    "contain NUL", what, at);
+    else if (k != JSON_OK)
+        reply_error(rp, API_TEI, 422, "Validation", "%s is not valid UTF-8 (byte %zu)", what,
+                    at);
+    return k == JSON_OK ? 0 : -1;
+}
+
+/* The id of a path segment (already percent-decoded): an unsigned integer
+ * without leading zeros ("0" itself is fine) up to 2^53-1 is a number,
+ * as in JSON; anything else, longer digit strings included, a string. A
+ * string id that looks like a number ("12", "007") is reached through the
+ * body routes. Never another id: the segment is checked whole. */
 static int id_of_segment(const char *seg, store_id *id, reply *rp)
 {
+    if (check_url_text(seg, "the item id in the path", rp) != 0)
+        return -1;
     size_t n = strlen(seg);
     int numeric = n > 0 && n <= 16 && (seg[0] != '0' || n == 1);
     for (size_t i = 0; numeric && i < n; i++)
         numeric = seg[i] >= '0' && seg[i] <= '9';
     if (numeric) {
         unsigned long long v = strtoull(seg, NULL, 10);
-        if ((double)v <= STORE_MAX_JSON_ID) {
+        if (v <= (unsigned long long)STORE_MAX_JSON_ID) {
             *id = store_id_num(v);
             return 0;
         }
@@ -477,6 +499,46 @@ static similar_state *new_similar_state(server *srv, request *rq, reply *rp)
     return st;
 }
 
+/* Bytes of one hit's printed vector, every float at its longest (0
+ * without with_vector). */
+static size_t hit_vector_bytes(const server *srv, const similar_state *st)
+{
+    return st->q.with_vector ? (size_t)store_dim(srv->store) * 16 + 12 : 0;
+}
+/* The rest of a hit but its id and payload: {"id":,"score":-1.23456789e-05,
+ * "payload":,"vector":}, */
+#define HIT_OVERHEAD 64
+
+/* Bytes put_id writes for id. */
+static size_t id_json_len(const store_id *id)
+{
+    if (id->kind == STORE_ID_NUM)
+        return 20;
+    size_t n = 2;
+    for (size_t i = 0; i < id->len && i < STORE_MAX_ID_LEN; i++) {
+        unsigned char c = (unsigned char)id->str[i];
+        n += c == '"' || c == '\\' ? 2 : c < 0x20 ? 6 : 1;
+    }
+    return n;
+}
+
+/* The exact room of the reply to res (up to the float lengths, taken at
+ * their longest), measured before it is written. */
+static size_t similar_reply_bytes(const server *srv, const similar_state *st,
+                                  const store_result *res)
+{
+    size_t bytes = 128;
+    for (int i = 0; i < res->n; i++) {
+        const store_hit *h = &res->hits[i];
+        bytes += HIT_OVERHEAD + id_json_len(&h->id);
+        if (st->q.with_payload)
+            bytes += h->payload != NULL ? strlen(h->payload) : 4;
+        if (h->vector != NULL)
+            bytes += hit_vector_bytes(srv, st);
+    }
+    return bytes;
+}
+
 /* Searches and writes the reply. */
 static void similar_reply(server *srv, request *rq, similar_state *st, reply *rp)
 {
@@ -506,6 +568,11 @@ static void similar_reply(server *srv, request *rq, similar_state *st, reply *rp
     }
     if (rc != 0) {
         reply_fail(rp, API_TEI, err.kind, "%s", err.msg);
+        return;
+    }
+    if (!route_response_fits(srv, similar_reply_bytes(srv, st, &res), API_TEI,
+                             "`limit`, or set `with_vector` or `with_payload` to false", rp)) {
+        store_result_free(&res);
         return;
     }
     const int dim = store_dim(srv->store);
@@ -551,6 +618,10 @@ static route_result similar_go(server *srv, request *rq, similar_state *st, cons
                                reply *rp)
 {
     if (similar_check_pin(srv, st, rp) != 0)
+        return ROUTE_DONE;
+    /* what is known before searching: the vectors' share of the reply */
+    size_t least = (size_t)st->q.limit * (HIT_OVERHEAD + hit_vector_bytes(srv, st));
+    if (!route_response_fits(srv, least, API_TEI, "`limit` or set `with_vector` to false", rp))
         return ROUTE_DONE;
     if (text == NULL) {
         similar_reply(srv, rq, st, rp);
@@ -701,6 +772,8 @@ route_result handle_similar_get(server *srv, request *rq, reply *rp)
         reply_error(rp, API_TEI, 422, "Validation", "missing query argument `q`");
         return ROUTE_DONE;
     }
+    if (check_url_text(q, "query argument `q`", rp) != 0)
+        return ROUTE_DONE;
     similar_state *st = new_similar_state(srv, rq, rp);
     if (st == NULL)
         return ROUTE_DONE;

@@ -42,6 +42,7 @@ typedef struct server_opts {
     int max_client_batch_size;
     int max_concurrent_requests;
     int payload_limit;
+    int max_response_bytes;    /* largest response body a route builds (422 above) */
     int auto_truncate;
     int threads;
     int http_threads;
@@ -165,6 +166,14 @@ cJSON *route_parse_body(request *rq, api_family api, reply *rp);
  * -1 after filling rp (422) when it is not a positive integer or the two
  * disagree (routes.c). */
 int route_get_pin(request *rq, const cJSON *root, api_family api, uint32_t *id, reply *rp);
+/* 1 when a response of about `bytes` is within --max-response-bytes;
+ * else 0 after filling rp (422 naming what to lower). Checked before the
+ * response is built (routes.c). */
+int route_response_fits(const server *srv, size_t bytes, api_family api, const char *lower,
+                        reply *rp);
+/* libmicrohttpd's URL decoder (MHD_OPTION_UNESCAPE_CALLBACK): %00 becomes
+ * the overlong NUL C0 80, never a NUL that cuts the path (routes.c). */
+size_t routes_unescape(void *cls, struct MHD_Connection *conn, char *s);
 /* An optional boolean field of root: def when missing or null, -1 after
  * filling rp (422) when it is not true or false (routes.c). */
 int route_get_bool(const cJSON *root, const char *name, int def, api_family api, reply *rp);

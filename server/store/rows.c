@@ -23,10 +23,14 @@ int store_id_from_json(const cJSON *json, store_id *id, emb_err *err)
         return 0;
     }
     if (cJSON_IsNumber(json)) {
+        /* JSON numbers arrive as doubles: above 2^53-1 two integers share
+         * one double (9007199254740993 reads as 2^53), so such an id would
+         * name another item. Refuse; strings keep every digit. */
         double d = json->valuedouble;
         if (!(d >= 0) || d > STORE_MAX_JSON_ID || d != floor(d))
             return emb_fail_as(err, EMB_ERR_INVALID,
-                               "a numeric id must be an integer from 0 to 2^53");
+                               "a numeric id must be an integer from 0 to 9007199254740991 "
+                               "(2^53-1); send larger or non-integer ids as strings");
         *id = store_id_num((uint64_t)d);
         return 0;
     }

@@ -144,7 +144,7 @@
 /* Hard caps; past them a call fails with a message. */
 #define STORE_MAX_DIM 16384
 #define STORE_MAX_ID_LEN 256               /* bytes of a string id */
-#define STORE_MAX_JSON_ID 9007199254740992.0 /* 2^53: larger numbers lose digits in JSON */
+#define STORE_MAX_JSON_ID 9007199254740991.0 /* 2^53-1: larger numbers lose digits in JSON */
 #define STORE_MAX_TEXT (1 << 20)           /* bytes of an item's text */
 #define STORE_MAX_PAYLOAD (64 << 10)       /* bytes of a payload's JSON */
 #define STORE_MAX_BATCH 4096               /* items or ids per upsert/delete */
