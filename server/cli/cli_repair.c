@@ -3,13 +3,14 @@
  * records that verify (model/base/reclog.h).
  *
  * With the directory's locks held (so no server can be using it), it
- * checks the snapshot whole, then rewrites DIR/wal and DIR/samples.log
- * when they do not verify: every record that verifies is kept, the damaged
- * file is kept beside it as NAME.damaged-<time> (never deleted), and what
- * was dropped is reported. A damaged snapshot is reported, not rewritten
- * (it has one checksum over the whole file, so what it held cannot be
- * told from what it did not). Exit status 0 when every file verifies or
- * was repaired, 1 when one could not be, 2 on bad usage. */
+ * rewrites DIR/snapshot, DIR/wal and DIR/samples.log when they do not
+ * verify: every item or record that verifies is kept, the damaged file is
+ * kept beside it as NAME.damaged-<time> (never deleted), and what was
+ * dropped is reported. The snapshot goes first: the WAL's records follow
+ * its seq, which the repaired snapshot keeps. A damaged snapshot of format
+ * 1 (one checksum over the whole file, so what it held cannot be told from
+ * what it did not) is reported, not rewritten. Exit status 0 when every
+ * file verifies or was repaired, 1 when one could not be, 2 on bad usage. */
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -35,9 +36,9 @@ static const opt_spec repair_specs[] = {
 
 static const char repair_usage[] =
     "usage: embedd repair --data DIR\n"
-    "Checks a stopped server's data directory and rewrites a damaged item log (wal) or\n"
-    "sample log (samples.log), keeping every record that verifies; the damaged file is\n"
-    "kept beside it as NAME.damaged-<time>.";
+    "Checks a stopped server's data directory and rewrites a damaged snapshot, item log\n"
+    "(wal) or sample log (samples.log), keeping every item and record that verifies; the\n"
+    "damaged file is kept beside it as NAME.damaged-<time>.";
 
 static void report(const char *what, const reclog_salvage_report *rep)
 {
@@ -47,22 +48,21 @@ static void report(const char *what, const reclog_salvage_report *rep)
         printf("%s: none\n", what);
 }
 
-/* The snapshot's dimension and last seq (0 and 0 without one). */
-static int check_snapshot(int dir_fd, const char *dir, int *dim, uint64_t *seq)
+/* Repairs the snapshot; its dimension and last seq (0 and 0 without one)
+ * are what the WAL is checked against. */
+static int repair_snapshot(int dir_fd, const char *dir, int *dim, uint64_t *seq)
 {
     store_files f = {.dir_fd = dir_fd, .dir = dir, .max_items = LONG_MAX};
+    store_snapshot_repair_report rep;
     emb_err err;
-    int rc = store_snapshot_peek(&f, dim, seq, &err);
-    if (rc < 0) {
-        printf("snapshot: %s; not repaired: restore it from a backup (the wal is left as it "
-               "is too, since its records follow the snapshot)\n", err.msg);
+    if (store_snapshot_repair(&f, &rep, &err) != 0) {
+        printf("snapshot: %s; not repaired (the wal is left as it is too, since its records "
+               "follow the snapshot)\n", err.msg);
         return -1;
     }
-    if (rc == 1)
-        printf("snapshot: none\n");
-    else
-        printf("snapshot: verifies (dimension %d, up to seq %llu)\n", *dim,
-               (unsigned long long)*seq);
+    printf("snapshot: %s\n", rep.message);
+    *dim = rep.dim;
+    *seq = rep.seq;
     return 0;
 }
 
@@ -72,7 +72,7 @@ static int repair_dir(int dir_fd, const char *dir)
     uint64_t seq = 0;
     emb_err err;
     reclog_salvage_report rep;
-    if (check_snapshot(dir_fd, dir, &dim, &seq) != 0) {
+    if (repair_snapshot(dir_fd, dir, &dim, &seq) != 0) {
         status = 1;
     } else if (wal_repair(dir, dir_fd, (uint32_t)dim, seq, &rep, &err) != 0) {
         printf("wal: %s\n", err.msg);
