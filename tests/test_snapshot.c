@@ -367,6 +367,39 @@ START_TEST(test_truncated_refused)
 }
 END_TEST
 
+/* A damaged WAL header with no snapshot beside it: `embedd repair` reads
+ * the store's dimension from the records and keeps them all. */
+START_TEST(test_repair_wal_header_without_snapshot)
+{
+    emb_err err;
+    store *s = open_at(NULL, &err);
+    ck_assert_msg(s != NULL, "%s", err.msg);
+    for (int k = 0; k < N_SNAP; k++)
+        put_item(s, k);
+    store_close(s);
+    size_t size = 0;
+    unsigned char *wal = (unsigned char *)tu_read_file(path_in("wal"), &size);
+    wal[13] ^= 0x20;   /* the dimension tag */
+    ck_assert(tu_write_file(path_in("wal"), wal, size) == 0);
+    ck_assert(open_at(NULL, &err) == NULL);
+    ck_assert_msg(strstr(err.msg, "embedd repair") != NULL, "%s", err.msg);
+
+    const char *bin = getenv("EMBEDD_BIN") != NULL ? getenv("EMBEDD_BIN") : "build/embedd";
+    char cmd[1200];
+    snprintf(cmd, sizeof cmd, "%s repair --data %s > %s 2>&1", bin, dir, path_in("out.txt"));
+    int st = system(cmd);
+    char *out = tu_read_file(path_in("out.txt"), NULL);
+    ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "%s", out);
+    free(out);
+    s = open_at(NULL, &err);
+    ck_assert_msg(s != NULL, "%s", err.msg);
+    for (int k = 0; k < N_SNAP; k++)
+        ck_assert(item_present(s, k));
+    store_close(s);
+    free(wal);
+}
+END_TEST
+
 int main(void)
 {
     Suite *su = suite_create("snapshot");
@@ -377,6 +410,7 @@ int main(void)
     tcase_add_test(tc, test_repair_command);
     tcase_add_test(tc, test_format_1_still_read);
     tcase_add_test(tc, test_truncated_refused);
+    tcase_add_test(tc, test_repair_wal_header_without_snapshot);
     suite_add_tcase(su, tc);
     return run_suite(su);
 }

@@ -14,8 +14,10 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "base/dirlock.h"
@@ -66,13 +68,55 @@ static int repair_snapshot(int dir_fd, const char *dir, int *dim, uint64_t *seq)
     return 0;
 }
 
+/* The dimension of the vectors in DIR/wal's first upsert record that
+ * verifies, or 0. For a log whose header is damaged when no snapshot says
+ * the store's dimension: the record's length fixes it (an upsert decodes
+ * whole with one dimension only). */
+static int wal_guess_dim(int dir_fd)
+{
+    int fd = openat(dir_fd, "wal", O_RDONLY | O_CLOEXEC);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) != 0 || st.st_size > (off_t)(256 << 20)) {
+        if (fd >= 0)
+            close(fd);
+        return 0;
+    }
+    size_t size = (size_t)st.st_size;
+    unsigned char *p = malloc(size > 0 ? size : 1);
+    int dim = 0;
+    if (p != NULL && pread(fd, p, size, 0) == (ssize_t)size) {
+        for (size_t pos = WAL_HEADER_SIZE; dim == 0 && pos + WAL_RECORD_HEADER <= size; pos++) {
+            uint32_t len = emb_get_u32(p + pos);
+            if (len < 9 || len > size - pos - 8 ||
+                emb_crc32c(emb_crc32c(0, p + pos, 4), p + pos + 8, len) != emb_get_u32(p + pos + 4))
+                continue;
+            const unsigned char *payload = p + pos + WAL_RECORD_HEADER;
+            if (payload[0] != STORE_OP_UPSERT)
+                continue;
+            for (int d = 1; d <= STORE_MAX_DIM && dim == 0; d++) {
+                store_op op;
+                emb_err err;
+                if (store_op_decode(payload, len - 8, d, 0, &op, &err) == 0)
+                    dim = d;
+                store_op_free(&op);
+            }
+        }
+    }
+    free(p);
+    close(fd);
+    return dim;
+}
+
 static int repair_dir(int dir_fd, const char *dir)
 {
     int dim = 0, status = 0;
     uint64_t seq = 0;
     emb_err err;
     reclog_salvage_report rep;
-    if (repair_snapshot(dir_fd, dir, &dim, &seq) != 0) {
+    int snapshot_ok = repair_snapshot(dir_fd, dir, &dim, &seq) == 0;
+    if (snapshot_ok && dim == 0)
+        dim = wal_guess_dim(dir_fd);   /* no snapshot: the records say it */
+    if (!snapshot_ok) {
         status = 1;
     } else if (wal_repair(dir, dir_fd, (uint32_t)dim, seq, &rep, &err) != 0) {
         printf("wal: %s\n", err.msg);
