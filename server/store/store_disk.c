@@ -726,7 +726,9 @@ static int scan_clean(const snap_scan *sc)
 static void describe_damage(const snap_scan *sc, size_t size, char *out, size_t cap)
 {
     char where[96];
-    if (sc->bad_ranges == 0 && !sc->trailer_ok)
+    if (sc->bad_ranges == 0 && sc->fields_differ)
+        snprintf(where, sizeof where, "at its end: its header and trailer disagree");
+    else if (sc->bad_ranges == 0 && !sc->trailer_ok)
         snprintf(where, sizeof where, "at its end: its trailer is missing");
     else if (sc->bad_ranges == 0)
         snprintf(where, sizeof where, "in its item count: the header says %llu, %llu verify",
