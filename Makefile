@@ -114,14 +114,47 @@ $(BUILD)/bench_gemm: scripts/bench_gemm.c $(BUILD)/libembedd_model.a
 bench-gemm: $(BUILD)/bench_gemm
 	env -u OPENBLAS_L2_SIZE OPENBLAS_CORETYPE=$${BENCH_GEMM_CORETYPE:-SkylakeX} $(BUILD)/bench_gemm $(BENCH_GEMM_ARGS)
 
-# libFuzzer targets (clang): make fuzz FUZZ_SECONDS=60
+# libFuzzer targets (clang): make fuzz FUZZ_SECONDS=60 [FUZZ_TARGETS="wal http"]
+#   tokenizer, safetensors, config   the model files' parsers (a few model/ files)
+#   wal    the store's recovery: the input as DATA/wal (and DATA/snapshot), opened,
+#          written to and reopened (tests/fuzz/fuzz_wal.c)
+#   http   the whole request path: the real server started in-process on a loopback
+#          port, each input sent as raw bytes (tests/fuzz/fuzz_http.c)
+# wal and http link every server/ and model/ object, built with the fuzzer's
+# sanitizers into build-fuzz/obj/ (OpenBLAS, libmicrohttpd, ... link as usual).
+# There OpenMP pragmas are off (clang's runtime would be a second one beside
+# OpenBLAS's libgomp), and the kernels written with GCC's vector builtins
+# (FUZZ_GCC_SRC) are compiled by gcc, uninstrumented.
 FUZZ_SECONDS ?= 30
-FUZZ_TARGETS := tokenizer safetensors config
+FUZZ_TARGETS ?= tokenizer safetensors config wal http
 FUZZ_CFLAGS  := -g -O1 -std=c11 -D_GNU_SOURCE -fsanitize=fuzzer,address,undefined -Imodel \
                 $(shell pkg-config --cflags libcjson libutf8proc)
 FUZZ_LIBS    := $(shell pkg-config --libs libcjson libutf8proc) -lm
 FUZZ_MODEL   := model/base/error.c model/tokenizer.c model/safetensors.c model/config.c
+FUZZ_SAN     := -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=undefined \
+                -fno-omit-frame-pointer
+FUZZ_OBJ_CFLAGS := -g -O1 -std=c11 -D_GNU_SOURCE -Wall -Wno-unused-parameter -Wno-unknown-pragmas -pthread \
+                $(FUZZ_SAN) -I$(BLAS_INC) $(shell pkg-config --cflags $(PKGS)) -Imodel -Iserver
+# hnswlib: see SANITIZER above (unaligned u64 labels, SSE prefetch past a list's end);
+# no vptr/function checks, which need the C++ UBSan runtime that a C link lacks.
+FUZZ_OBJ_CXXFLAGS := -g -O1 -std=c++17 -pthread $(FUZZ_SAN) -DNO_MANUAL_VECTORIZATION \
+                -fno-sanitize=alignment,vptr,function -Imodel -Iserver
+FUZZ_OBJ     := $(patsubst %.c,build-fuzz/obj/%.o,$(MODEL_SRC) $(filter-out server/cli/main.c,$(SERVER_SRC))) \
+                $(patsubst %.cpp,build-fuzz/obj/%.o,$(wildcard server/*/*.cpp))
+FUZZ_GCC_SRC := model/ops.c model/ops_train.c
+FUZZ_LDLIBS  := $(filter-out -fopenmp,$(LDLIBS)) -lgomp
 .PHONY: fuzz
+$(FUZZ_GCC_SRC:%.c=build-fuzz/obj/%.o): build-fuzz/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -Imodel -MMD -MP -c $< -o $@
+build-fuzz/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	clang $(FUZZ_OBJ_CFLAGS) -MMD -MP -c $< -o $@
+build-fuzz/obj/%.o: %.cpp
+	@mkdir -p $(dir $@)
+	clang++ $(FUZZ_OBJ_CXXFLAGS) -MMD -MP -c $< -o $@
+build-fuzz/fuzz_wal build-fuzz/fuzz_http: build-fuzz/fuzz_%: tests/fuzz/fuzz_%.c $(FUZZ_OBJ)
+	clang $(FUZZ_OBJ_CFLAGS) -fsanitize=fuzzer -o $@ $< $(FUZZ_OBJ) $(FUZZ_LDLIBS)
 build-fuzz/fuzz_%: tests/fuzz/fuzz_%.c $(FUZZ_MODEL)
 	@mkdir -p build-fuzz
 	clang $(FUZZ_CFLAGS) -o $@ $< $(FUZZ_MODEL) $(FUZZ_LIBS)
@@ -129,9 +162,12 @@ fuzz: $(FUZZ_TARGETS:%=build-fuzz/fuzz_%)
 	@for t in $(FUZZ_TARGETS); do \
 	  mkdir -p build-fuzz/corpus-$$t; \
 	  echo "== fuzz_$$t for $(FUZZ_SECONDS)s"; \
-	  build-fuzz/fuzz_$$t -max_total_time=$(FUZZ_SECONDS) -max_len=65536 \
+	  build-fuzz/fuzz_$$t -max_total_time=$(FUZZ_SECONDS) -max_len=65536 -timeout=30 \
+	    -artifact_prefix=build-fuzz/crash-$$t- \
 	    build-fuzz/corpus-$$t tests/fuzz/seeds-$$t || exit 1; \
 	done
+
+-include $(FUZZ_OBJ:.o=.d)
 
 clean:
 	rm -rf build build-*

@@ -22,16 +22,9 @@
  *   wal         write-ahead log, see wal.h for its framing. Record payloads:
  *                 u8 op (1 upsert, 2 delete), u32 n, then n items (upsert) or
  *                 n ids (delete)
- *   snapshot    the whole state at one seq:
- *                 0   u8[8]  magic "EMBDSNAP"
- *                 8   u32    format version (STORE_SNAPSHOT_VERSION)
- *                 12  u32    dim
- *                 16  u64    seq: the last WAL record it holds
- *                 24  u64    count
- *                 32  u32    reserved, 0
- *                 36  u32    CRC-32C of bytes 0..35
- *                 40  count items
- *                 ... u32    CRC-32C of every byte before it
+ *   snapshot    the whole state at one seq: a header (dim, seq, count),
+ *               one checksummed record per item, a trailer repeating the
+ *               header (layout in store_disk.h)
  *   id          u8 kind (1 number, 2 string), then u64 number, or u16 len and
  *               len bytes
  *   item        id, i32 model version, u8 flags (1 text, 2 payload),
@@ -52,8 +45,9 @@
  *   A crash between the rename and the new WAL leaves an old WAL beside a
  *   newer snapshot: its records carry seqs, the snapshot its seq, and
  *   recovery skips the records the snapshot already holds.
- *   Open loads the snapshot (its checksum must match, or open fails: a
- *   renamed snapshot is never torn, so a bad one is damage, not a crash),
+ *   Open loads the snapshot (every checksum must match, or open fails
+ *   naming the damage: a renamed snapshot is never torn, so a bad one is
+ *   damage, not a crash; `embedd repair` keeps the items that verify),
  *   then replays the WAL; a torn or corrupt WAL tail is cut off and
  *   reported in store_recovery, never fatal.
  *
@@ -153,7 +147,7 @@
 #define STORE_MAX_QUERIES 1024             /* queries per store_search_batch */
 #define STORE_MAX_CONDITIONS 64            /* per must / must_not list */
 #define STORE_DEFAULT_MAX_ITEMS 10000000
-#define STORE_SNAPSHOT_VERSION 1
+#define STORE_SNAPSHOT_VERSION 2            /* written; 1 is still read */
 #define STORE_MAX_HNSW_EF 10000            /* search width of one query */
 #define STORE_DEFAULT_HNSW_M 16
 #define STORE_DEFAULT_HNSW_EF_CONSTRUCTION 200

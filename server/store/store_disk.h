@@ -33,7 +33,33 @@ int store_op_decode(const unsigned char *payload, size_t len, int dim, uint64_t 
                     store_op *op, emb_err *err);
 void store_op_free(store_op *op);
 
-/* ---- snapshots ---- */
+/* ---- snapshots ----
+ *
+ * DIR/snapshot, format 2, little-endian: every item has its own checksum,
+ * so a damaged byte is found, named and costs one item, never the file.
+ *   header, 40 bytes
+ *     0   u8[8]  magic "EMBDSNAP"
+ *     8   u32    format version (2)
+ *     12  u32    dim
+ *     16  u64    seq: the last WAL record it holds
+ *     24  u64    count
+ *     32  u32    reserved, 0
+ *     36  u32    CRC-32C of bytes 0..35
+ *   count item records, back to back
+ *     0   u32    len of the body
+ *     4   u32    CRC-32C of the len field, then of the body
+ *     8   u8[len] body: one item (store.h's layout)
+ *   trailer, 40 bytes: the header's layout with magic "EMBDSEND" and the
+ *     same fields, so that a damaged header still names dim, seq and count
+ * Every byte is covered by a checksum. Format 1 (the same header with
+ * version 1, the items unframed, then a u32 CRC-32C of every byte before
+ * it) is still read; new snapshots are always format 2.
+ *
+ * A snapshot is renamed into place whole, so one that does not verify is
+ * damage, not a torn write: loading refuses it, naming the file, the
+ * offset, the item record and the ids around it, and how many items
+ * verify. store_snapshot_repair (`embedd repair`) keeps every item record
+ * that verifies. */
 
 /* Where the files live. */
 typedef struct store_files {
@@ -66,8 +92,31 @@ typedef struct store_snapshot_sink {
 int store_snapshot_load(const store_files *f, int dim, const store_snapshot_sink *sink,
                         uint64_t *seq, uint64_t *count, emb_err *err);
 
-/* Checks DIR/snapshot whole (header and checksum) and reads its dimension
- * and last seq: 0, 1 when there is none, -1 when it does not verify. */
+/* Checks DIR/snapshot whole (header, every record, trailer) and reads its
+ * dimension and last seq: 0, 1 when there is none, -1 when it does not
+ * verify (err names the damage). */
 int store_snapshot_peek(const store_files *f, int *dim, uint64_t *seq, emb_err *err);
+
+typedef struct store_snapshot_repair_report {
+    int found;                 /* there is a snapshot */
+    int rewritten;             /* it did not verify and was rewritten */
+    int dim;                   /* its dimension and last seq (from the header, */
+    uint64_t seq;              /*   else the trailer), kept in the new file */
+    uint64_t items_expected;   /* the count it says it holds */
+    uint64_t items_kept;       /* item records that verify */
+    uint64_t bytes_dropped;    /* bytes in no header, record or trailer that verifies */
+    char kept_as[64];          /* the damaged file's new name in DIR */
+    char message[640];         /* what was found and done */
+} store_snapshot_repair_report;
+
+/* `embedd repair` for DIR/snapshot (no store may have DIR open). A
+ * snapshot that verifies is left alone. Otherwise (format 2) it is kept as
+ * snapshot.damaged-<unix time> (a hard link, never deleted) and replaced,
+ * by replace-by-rename, with a snapshot of every item record that
+ * verifies, at the same seq, so the WAL still replays on top. Fails (-1)
+ * when it cannot be repaired: a damaged format 1 snapshot (one checksum
+ * for the whole file), or neither header nor trailer verifies. 0 also when
+ * there is none (found 0). */
+int store_snapshot_repair(const store_files *f, store_snapshot_repair_report *rep, emb_err *err);
 
 #endif
