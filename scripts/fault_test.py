@@ -434,18 +434,76 @@ def case_snapshot_flips(args):
         return "%d of %d offsets flipped, each refused then repaired" % (len(offs), len(snap))
 
 
-def publish_copy(data, version=2):
-    """DATA/models/vN as a copy of the model, named current (what a publish leaves)."""
+def _crc32c_table():
+    table = []
+    for i in range(256):
+        c = i
+        for _ in range(8):
+            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
+        table.append(c)
+    return table
+
+
+_CRC32C = _crc32c_table()
+
+
+def crc32c(data):
+    c = 0xFFFFFFFF
+    for b in data:
+        c = _CRC32C[(c ^ b) & 0xFF] ^ (c >> 8)
+    return c ^ 0xFFFFFFFF
+
+
+def write_manifest(vdir, version):
+    """vN/version.json as a publish writes it: the size and CRC-32C of every file."""
+    files = []
+    for root, _, names in os.walk(vdir):
+        for name in sorted(names):
+            full = os.path.join(root, name)
+            rel = os.path.relpath(full, vdir)
+            if rel == "version.json":
+                continue
+            with open(full, "rb") as f:
+                raw = f.read()
+            files.append({"name": rel, "bytes": len(raw), "crc32c": "%08x" % crc32c(raw)})
+    with open(os.path.join(vdir, "version.json"), "w") as f:
+        json.dump({"format": 1, "id": version, "created": int(time.time()), "files": files}, f)
+
+
+def publish_copy(data, version=2, manifest=True):
+    """DATA/models/vN as a copy of the model, named current (what a publish
+    leaves); without manifest, as a version saved before checksums were."""
     models = os.path.join(data, "models")
     os.makedirs(models, exist_ok=True)
-    shutil.copytree(MODEL, os.path.join(models, "v%d" % version))
+    vdir = os.path.join(models, "v%d" % version)
+    shutil.copytree(MODEL, vdir)
+    if manifest:
+        write_manifest(vdir, version)
     for name in ("current", "latest"):
         with open(os.path.join(models, name), "w") as f:
             f.write("%d\n" % version)
-    return os.path.join(models, "v%d" % version)
+    return vdir
+
+
+def poison_weights(vdir):
+    """NaN (0xff bytes) over the first 16 values of every tensor, so any use shows."""
+    path = os.path.join(vdir, "model.safetensors")
+    with open(path, "r+b") as f:
+        raw = f.read()
+        hlen = struct.unpack_from("<Q", raw, 0)[0]
+        tensors = json.loads(raw[8:8 + hlen])
+        for name, t in tensors.items():
+            if name == "__metadata__":
+                continue
+            a, b = t["data_offsets"]
+            f.seek(8 + hlen + a)
+            f.write(b"\xff" * min(64, b - a))
 
 
 def case_weights(args):
+    """A published version with a checksum is refused at startup naming the
+    file; one saved before checksums were (no version.json) may start, but
+    its NaN outputs are a 5xx, never zeros."""
     with Workdir() as work:
         data = os.path.join(work, "data")
         os.makedirs(data)
@@ -457,39 +515,32 @@ def case_weights(args):
             check(st == 200, "/info: %s" % st)
         finally:
             srv.kill()
-        # NaN (0xff) over the first 16 values of every tensor, so any use shows
-        path = os.path.join(vdir, "model.safetensors")
-        with open(path, "r+b") as f:
-            raw = f.read()
-            hlen = struct.unpack_from("<Q", raw, 0)[0]
-            tensors = json.loads(raw[8:8 + hlen])
-            for name, t in tensors.items():
-                if name == "__metadata__":
-                    continue
-                a, b = t["data_offsets"]
-                f.seek(8 + hlen + a)
-                f.write(b"\xff" * min(64, b - a))
+        poison_weights(vdir)
         srv = Server(data)
-        if not srv.started:
-            err = srv.stderr()
-            check("v2" in err, "refused without naming the version's files:\n" + err)
-            if "checksum mismatch" in err:
-                return "startup refused: checksum mismatch"
-            return "startup refused, but not with \"checksum mismatch\": " + err.strip()[-200:]
+        if srv.started:
+            srv.kill()
+        err = srv.stderr()
+        check(not srv.started, "started on weights that fail their checksum")
+        check("checksum mismatch" in err and "v2/model.safetensors" in err,
+              "refused without naming the file and the checksum:\n" + err)
+    with Workdir() as work:
+        data = os.path.join(work, "data")
+        os.makedirs(data)
+        poison_weights(publish_copy(data, manifest=False))
+        srv = Server(data)
+        check(srv.started, "a version without checksums is refused:\n" + srv.stderr())
         try:
-            _, versions = srv.request("GET", "/train/versions")
-            check(versions.get("current") == 2, "serves version %s, not the damaged 2"
-                  % versions.get("current"))
             st, body = srv.request("POST", "/embed", {"inputs": ["a cat sits on the mat",
                                                                  "the stock market fell"]})
-            check(st != 200 or (isinstance(body, list) and all(
-                all(math.isfinite(x) for x in v) and any(x != 0 for x in v) for v in body)),
-                "served corrupt weights: /embed returned zeros or non-finite values")
-            check(st == 200 or st >= 500, "/embed: %s %s" % (st, body))
+            check(st >= 500, "NaN weights without a checksum: /embed answered %s %s"
+                  % (st, str(body)[:200]))
+            st2, body2 = srv.request("POST", "/similar", {"text": "a cat", "limit": 1})
+            check(st2 >= 500, "NaN weights: /similar by text answered %s %s (not the client's fault)"
+                  % (st2, str(body2)[:200]))
         finally:
             srv.kill()
-        return "started on corrupt weights (no checksum in this build); /embed gave %s" % (
-            "finite, non-zero vectors" if st == 200 else "an error %d" % st)
+    return "checksummed: startup refused (checksum mismatch, file named); " \
+           "pre-checksum: /embed %d, /similar %d" % (st, st2)
 
 
 def case_current_file(args):
@@ -504,6 +555,7 @@ def case_current_file(args):
         check(srv.started, srv.stderr())
         try:
             st, body = srv.request("POST", "/train/rollback", {"version": 1})
+            refused = st
             check(st >= 500 and isinstance(body, dict),
                   "a rollback whose `current` cannot be written: %s %s" % (st, body))
             st, info = srv.request("GET", "/train/versions")
@@ -518,7 +570,7 @@ def case_current_file(args):
             check(info.get("current") == 2, "after a restart: version %s" % info.get("current"))
         finally:
             srv.kill()
-        return "rollback refused (%d), still version 2, also after a restart" % st
+        return "rollback refused (%d), still version 2, also after a restart" % refused
 
 
 def health_degraded(srv):
