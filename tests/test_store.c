@@ -1096,6 +1096,16 @@ START_TEST(test_torn_tail_every_offset)
                 bad[cut] ^= 0x20;
             ck_assert(tu_write_file(path_in("wal"), bad, mode == 0 ? (size_t)cut : len) == 0);
             store_recovery rec;
+            if (mode == 1) {
+                /* a flipped byte in the whole last record is damage, not a
+                 * torn write: refused, nothing cut */
+                store_options o = {.dir = dir, .dim = 4};
+                emb_err err = {0};
+                ck_assert_msg(store_open(&o, &rec, &err) == NULL, "flip at %llu was cut",
+                              (unsigned long long)cut);
+                ck_assert_msg(strstr(err.msg, "embedd repair") != NULL, "%s", err.msg);
+                continue;
+            }
             s = open_store(dir, 4, &rec);
             ck_assert_int_eq(store_count(s), 2);
             store_record r;
@@ -1715,8 +1725,11 @@ START_TEST(test_crash_loop)
                 acked[n_acked++] = buf[i];
         }
         close(fds[0]);
+        /* a torn write is a prefix of a frame: this one says 100 body
+         * bytes and stops before the 108th (a whole frame that fails its
+         * checksum is damage, and refused) */
         if (round % 2 == 1)
-            append_garbage(path_in("wal"), 1 + (int)(rng_next() % 200));
+            append_garbage(path_in("wal"), 1 + (int)(rng_next() % 107));
         store_recovery rec;
         store *s = open_store(dir, PD, &rec);
         torn += rec.truncated_bytes > 0;

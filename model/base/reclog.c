@@ -230,6 +230,50 @@ static int refuse_if_corrupt(const reclog *l, const unsigned char *p, uint64_t s
                        l->dir, l->name, (unsigned long long)off, why, after, l->dir);
 }
 
+/* 1 when the bytes from off to the end are all zero: space the file had
+ * reserved but whose data never arrived (as after a power cut). */
+static int zero_to_end(const unsigned char *p, uint64_t size, uint64_t off)
+{
+    for (uint64_t i = off; i < size; i++)
+        if (p[i] != 0)
+            return 0;
+    return 1;
+}
+
+/* A bad LAST record is a torn tail only when it looks like a write that
+ * never finished: shorter than its length says, or zeros. An acknowledged
+ * record reached the disk whole, so a whole record that ends exactly at the
+ * end of the file and fails its checksum was damaged after it was written;
+ * so was one whose only fault is its length field (the record up to the end
+ * of the file verifies with the length the file implies). Both are refused
+ * like damage in the middle: cutting them would drop an acknowledged write.
+ * (Garbage after a whole record is still a torn tail: a failed append that
+ * its ftruncate did not undo. A last record that verifies but that the
+ * record function refused is cut as before.) */
+static const char *damaged_last_record(const reclog_format *f, const unsigned char *p,
+                                       uint64_t size, uint64_t off)
+{
+    uint64_t left = size - off;
+    if (left < RECLOG_FRAME || zero_to_end(p, size, off))
+        return NULL;
+    uint32_t len = emb_get_u32(p + off);
+    uint64_t implied = left - RECLOG_FRAME;
+    if ((uint64_t)len == implied) {
+        uint32_t crc = emb_crc32c(0, p + off, 4);
+        if (emb_crc32c(crc, p + off + RECLOG_FRAME, len) == emb_get_u32(p + off + 4))
+            return NULL;   /* it verifies: the record function refused it (its own rule) */
+        return "a whole last record that fails its checksum";
+    }
+    if (implied < f->min_len || implied > f->max_len)
+        return NULL;
+    unsigned char len_bytes[4];
+    emb_put_u32(len_bytes, (uint32_t)implied);
+    uint32_t crc = emb_crc32c(0, len_bytes, 4);
+    if (emb_crc32c(crc, p + off + RECLOG_FRAME, (size_t)implied) == emb_get_u32(p + off + 4))
+        return "the last record's length field is damaged";
+    return NULL;
+}
+
 /* The torn tail: a bad record with no record that verifies after it
  * (refuse_if_corrupt has checked); it and everything after it are cut. */
 static int tail_cut(reclog *l, const scan *s, reclog_recovery *rec, emb_err *err)
@@ -271,9 +315,19 @@ static int log_recover(reclog *l, const unsigned char *p, uint64_t size,
     scan s = {.p = p, .size = size, .off = header_size(&l->f)};
     if (scan_records(&l->f, &s, replay, rec, err) != 0)
         return -1;
-    if (s.off < size && (refuse_if_corrupt(l, p, size, s.off, s.off + 1, s.why, err) != 0 ||
-                         tail_cut(l, &s, rec, err) != 0))
-        return -1;
+    if (s.off < size) {
+        if (refuse_if_corrupt(l, p, size, s.off, s.off + 1, s.why, err) != 0)
+            return -1;
+        const char *damage = damaged_last_record(&l->f, p, size, s.off);
+        if (damage != NULL)
+            return emb_fail_as(err, EMB_ERR_INVALID,
+                               "%s/%s is damaged at offset %llu (%s; %s): refusing to open it "
+                               "rather than drop an acknowledged record; `embedd repair --data "
+                               "%s` moves the file aside and keeps every record that verifies",
+                               l->dir, l->name, (unsigned long long)s.off, s.why, damage, l->dir);
+        if (tail_cut(l, &s, rec, err) != 0)
+            return -1;
+    }
     l->size = s.off;
     return 0;
 }

@@ -30,7 +30,11 @@
  *     fsync) and reported, and the open goes on. When one does, the log is
  *     corrupt, not torn: the open fails (EMB_ERR_INVALID) naming the file,
  *     the offset and the records after it, and nothing is cut;
- *     reclog_salvage (`embedd repair`) rewrites it.
+ *     reclog_salvage (`embedd repair`) rewrites it. A bad last record is
+ *     corrupt too when it cannot be an unfinished write: whole (its frame
+ *     ends exactly at the end of the file) and not zeros, or whole but for
+ *     a damaged length field (it verifies with the length the file
+ *     implies). A torn write is a prefix of its frame, so it is cut.
  *   - the same for an unusable header: a fresh log replaces it only when no
  *     record after it verifies.
  * A fresh log, and every reclog_reset, is written by replace-by-rename
