@@ -34,6 +34,8 @@ void metrics_train_publish(metrics *m, int passed);
 void metrics_train_gauges(metrics *m, unsigned version, unsigned long buffer, long reembed_done,
                           long reembed_total, int paused);
 
+/* One HTTP connection cut by its deadline in phase ("head", "body", ...). */
+void metrics_connection_cut(metrics *m, const char *phase);
 /* Renders everything into a malloc'd NUL-terminated string (NULL when out
  * of memory). */
 char *metrics_render(metrics *m);
