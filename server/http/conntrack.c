@@ -46,7 +46,12 @@ static void sweep(conntrack *ct, double now)
         if (e->cut || limit <= 0 || now - e->since < limit)
             continue;
         /* Both directions: a reader blocked on us and a writer the
-         * client does not drain both fail at once in libmicrohttpd. */
+         * client does not drain both fail at once in libmicrohttpd. No
+         * lingering: the close that follows resets the connection, so a
+         * response the client never read does not stay in kernel buffers
+         * (behind it, a FIN would never reach a client that does not read). */
+        struct linger abort_close = {.l_onoff = 1, .l_linger = 0};
+        setsockopt(e->fd, SOL_SOCKET, SO_LINGER, &abort_close, sizeof abort_close);
         shutdown(e->fd, SHUT_RDWR);
         e->cut = 1;
         ct->cut[e->phase]++;
