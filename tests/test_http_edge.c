@@ -634,38 +634,42 @@ END_TEST
 START_TEST(test_send_deadline_non_reader)
 {
     REQUIRE_SERVER();
-    /* 1,000 items of 32 dimensions; /similar with their vectors is ~400 KB. */
-    buf b = {0};
-    buf_add(&b, "{\"items\":[", 10);
-    for (int i = 0; i < 1000; i++) {
-        buf_addf(&b, "%s{\"id\":%d,\"vector\":[", i ? "," : "", i);
-        for (int d = 0; d < 32; d++)
-            buf_addf(&b, "%s%.6f", d ? "," : "", 0.001 * (i + 1) + 0.0001 * d);
+    /* 10,000 items of 32 dimensions: /similar with their vectors is ~4 MB,
+     * more than the kernel buffers for a client with a small window. */
+    for (int batch = 0; batch < 10; batch++) {
+        buf b = {0};
+        buf_add(&b, "{\"items\":[", 10);
+        for (int i = batch * 1000; i < (batch + 1) * 1000; i++) {
+            buf_addf(&b, "%s{\"id\":%d,\"vector\":[", i % 1000 ? "," : "", i);
+            for (int d = 0; d < 32; d++)
+                buf_addf(&b, "%s%.6f", d ? "," : "", 0.001 * (i + 1) + 0.0001 * d);
+            buf_add(&b, "]}", 2);
+        }
         buf_add(&b, "]}", 2);
+        char h[256];
+        snprintf(h, sizeof h,
+                 "POST /items HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 "Content-Length: %zu\r\n\r\n", b.len);
+        int up = raw_connect(g_srv.port);
+        send_str(up, h);
+        raw_send(up, b.p, b.len);
+        http_resp r;
+        long st = raw_read_response(up, 10.0, &r);
+        ck_assert_msg(st == 200, "upsert: %ld %.300s", st, r.body.p);
+        resp_free(&r);
+        close(up);
+        free(b.p);
     }
-    buf_add(&b, "]}", 2);
     char head[256];
-    snprintf(head, sizeof head,
-             "POST /items HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-             "Content-Length: %zu\r\n\r\n", b.len);
-    int fd = raw_connect(g_srv.port);
-    send_str(fd, head);
-    raw_send(fd, b.p, b.len);
-    http_resp r;
-    long st = raw_read_response(fd, 10.0, &r);
-    ck_assert_msg(st == 200, "upsert: %ld %.300s", st, r.body.p);
-    resp_free(&r);
-    close(fd);
-    free(b.p);
     /* A tiny receive window, set before connecting, so little is buffered. */
-    fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     int small = 4096;
     setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
     struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)g_srv.port)};
     sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     ck_assert(connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0);
     const char *q = "{\"vector\":[" "1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1"
-                    "],\"limit\":1000,\"with_vector\":true,\"with_payload\":true}";
+                    "],\"limit\":10000,\"with_vector\":true,\"with_payload\":true}";
     snprintf(head, sizeof head,
              "POST /similar HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
              "Content-Length: %zu\r\n\r\n", strlen(q));
