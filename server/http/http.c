@@ -3,6 +3,7 @@
  * See server.h for threads and ownership. */
 #include <arpa/inet.h>
 #include <netdb.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -491,10 +492,33 @@ static int resolve_bind(const char *host, int port, struct sockaddr_storage *ss,
     return 0;
 }
 
+/* libmicrohttpd's messages, at most LOG_PER_SECOND a second: a flood of
+ * refused connections (one line each) must not fill the disk. One write
+ * per line, so threads do not interleave. */
+#define LOG_PER_SECOND 20
 static void log_mhd(void *cls, const char *fmt, va_list ap)
 {
-    fputs("embedd: http: ", stderr);
-    vfprintf(stderr, fmt, ap);
+    static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+    static time_t window;
+    static int shown, hidden;
+    char line[512];
+    int n = snprintf(line, sizeof line, "embedd: http: ");
+    vsnprintf(line + n, sizeof line - (size_t)n, fmt, ap);
+    time_t now = time(NULL);
+    pthread_mutex_lock(&lock);
+    if (now != window) {
+        if (hidden > 0)
+            fprintf(stderr, "embedd: http: (%d more messages not shown)\n", hidden);
+        window = now;
+        shown = hidden = 0;
+    }
+    if (shown < LOG_PER_SECOND) {
+        shown++;
+        fputs(line, stderr);
+    } else {
+        hidden++;
+    }
+    pthread_mutex_unlock(&lock);
 }
 
 /* Starts libmicrohttpd on opts.host:opts.port; see server.h. */
