@@ -183,9 +183,9 @@ def http_json(args, method, path, body=None):
 
 def non_reading(args, stop_at, stats):
     dim = http_json(args, "GET", "/info")["dimension"]
-    for start in range(0, args.items, 500):
+    for start in range(0, args.items, 200):
         items = [{"id": i, "vector": [((i * 31 + d * 7) % 97) / 97.0 + 0.01 for d in range(dim)]}
-                 for i in range(start, min(start + 500, args.items))]
+                 for i in range(start, min(start + 200, args.items))]
         http_json(args, "POST", "/items", {"items": items})
     stats["rss_before_kib"] = vmrss_kib(args.pid)
     q = json.dumps({"vector": [1.0] * dim, "limit": args.items, "with_vector": True}).encode()

@@ -978,7 +978,7 @@ END_TEST
 static void setup_busy(void)
 {
     const char *args[] = {"--train", "off", "--max-concurrent-requests", "1",
-                          "--max-response-memory", "2000", NULL};
+                          "--max-response-memory", "30000", NULL};
     fixture_start(args);
 }
 
@@ -1015,20 +1015,60 @@ START_TEST(test_429_retry_after)
 END_TEST
 
 /* A response that would push the queued response bytes past
- * --max-response-memory (2000 here) is 503 with Retry-After and a reason;
- * small ones pass. */
+ * --max-response-memory (30,000 here) is 503 with Retry-After and a reason;
+ * small ones (/health, /metrics, up to 16 KiB) always pass. */
 START_TEST(test_response_budget)
 {
     REQUIRE_SERVER();
+    buf b = {0};
+    buf_add(&b, "{\"items\":[", 10);
+    for (int i = 0; i < 200; i++) {
+        buf_addf(&b, "%s{\"id\":%d,\"vector\":[", i ? "," : "", i);
+        for (int d = 0; d < 32; d++)
+            buf_addf(&b, "%s%.6f", d ? "," : "", 0.001 * (i + 1) + 0.0001 * d);
+        buf_add(&b, "]}", 2);
+    }
+    buf_add(&b, "]}", 2);
+    char head[256];
+    snprintf(head, sizeof head,
+             "POST /items HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+             "Content-Length: %zu\r\n\r\n", b.len);
+    int fd = raw_connect(g_srv.port);
+    send_str(fd, head);
+    raw_send(fd, b.p, b.len);
     http_resp r;
-    ck_assert_int_eq(one_request(g_srv.port, "GET /health HTTP/1.1\r\nHost: x\r\n\r\n", 5.0, &r),
-                     200);
+    long st = raw_read_response(fd, 10.0, &r);
+    ck_assert_msg(st == 200, "upsert: %ld %.300s", st, r.body.p);
     resp_free(&r);
-    long st = one_request(g_srv.port, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", 5.0, &r);
-    check_json_error(&r, 503, "/metrics over the budget");
+    close(fd);
+    free(b.p);
+    /* 200 results with vectors: ~60 KB, over the budget on its own. */
+    const char *q = "{\"vector\":[1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1],"
+                    "\"limit\":200,\"with_vector\":true}";
+    char req[1024];
+    snprintf(req, sizeof req,
+             "POST /similar HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+             "Content-Length: %zu\r\n\r\n%s", strlen(q), q);
+    st = one_request(g_srv.port, req, 10.0, &r);
+    check_json_error(&r, 503, "/similar over the budget");
     ck_assert_msg(strstr(r.body.p, "max-response-memory") != NULL, "%ld %s", st, r.body.p);
     const char *ra = header_value(&r, "Retry-After");
     ck_assert_msg(ra != NULL && atoi(ra) >= 1, "Retry-After %s", ra != NULL ? ra : "(none)");
+    resp_free(&r);
+    /* 20 results (~6 KB) fit, and so do /health and /metrics. */
+    const char *small = "{\"vector\":[1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1],"
+                        "\"limit\":20,\"with_vector\":true}";
+    snprintf(req, sizeof req,
+             "POST /similar HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+             "Content-Length: %zu\r\n\r\n%s", strlen(small), small);
+    st = one_request(g_srv.port, req, 10.0, &r);
+    ck_assert_msg(st == 200, "/similar limit 20: %ld %.200s", st, r.body.p);
+    resp_free(&r);
+    ck_assert_int_eq(one_request(g_srv.port, "GET /health HTTP/1.1\r\nHost: x\r\n\r\n", 5.0, &r),
+                     200);
+    resp_free(&r);
+    ck_assert_int_eq(one_request(g_srv.port, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", 5.0, &r),
+                     200);
     resp_free(&r);
 }
 END_TEST

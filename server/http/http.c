@@ -30,6 +30,8 @@
  * that a client which sends its whole body before reading (Python's
  * http.client, urllib) sees the 413 instead of a broken pipe. */
 #define DRAIN_MAX_BYTES ((size_t)64 << 20)
+/* Replies up to this size are never refused for the response budget. */
+#define SMALL_REPLY_BYTES (16 * 1024)
 
 /* ---- replies (the error replies are in errors.c) --------------------- */
 
@@ -57,14 +59,16 @@ static enum MHD_Result send_stream(request *rq, reply *rp)
 }
 
 /* Counts len bytes against --max-response-memory; 0 when they do not fit
- * (nothing counted then). */
+ * (nothing counted then). Small replies are counted but always pass, so
+ * /health, /metrics and error replies answer when large ones fill the
+ * budget (their total is bounded by the connection limit). */
 static int reserve_response_bytes(server *srv, request *rq, size_t len)
 {
     double budget = srv->opts.max_response_memory;
     if (budget <= 0 || len == 0)
         return 1;
     long long total = atomic_fetch_add(&srv->response_bytes, (long long)len) + (long long)len;
-    if ((double)total > budget) {
+    if ((double)total > budget && len > SMALL_REPLY_BYTES) {
         atomic_fetch_sub(&srv->response_bytes, (long long)len);
         return 0;
     }

@@ -220,8 +220,10 @@ void server_submit(server *srv, request *rq, emb_job *job);
  * use, then the daemon last; it stops the daemon's intake first. */
 
 /* Starts libmicrohttpd on srv->opts.host:port with http_threads threads,
- * srv the context of every handler; sets srv->port to the bound port and
- * srv->ready to 1. 0, or -1 with err ("cannot listen on ..."). */
+ * srv the context of every handler, and the connection tracker whose
+ * sweeper enforces the total deadlines (conntrack.h); sets srv->port to
+ * the bound port and srv->ready to 1. 0, or -1 with err ("cannot listen
+ * on ..."). */
 int http_start(server *srv, emb_err *err);
 /* Stops accepting (ready 0, listening socket closed) and waits, up to
  * 120 s, until every admitted request has been answered. The daemon's
