@@ -154,15 +154,17 @@ void conntrack_remove(conntrack *ct, conn_entry *e)
     free(e);
 }
 
-void conntrack_set(conntrack *ct, conn_entry *e, conn_phase p)
+int conntrack_set(conntrack *ct, conn_entry *e, conn_phase p)
 {
     if (e == NULL)
-        return;
+        return 0;
     double now = mono_seconds();
     pthread_mutex_lock(&ct->lock);
     e->phase = p;
     e->since = now;
+    int cut = e->cut;
     pthread_mutex_unlock(&ct->lock);
+    return cut;
 }
 
 void conntrack_get_stats(conntrack *ct, conntrack_stats *out)

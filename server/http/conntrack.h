@@ -62,8 +62,11 @@ void conntrack_free(conntrack *ct);
 conn_entry *conntrack_add(conntrack *ct, int fd);
 /* The connection is closing; e is freed. NULL is ignored. */
 void conntrack_remove(conntrack *ct, conn_entry *e);
-/* Enters phase p now (the deadline restarts); NULL is ignored. */
-void conntrack_set(conntrack *ct, conn_entry *e, conn_phase p);
+/* Enters phase p now (the deadline restarts); NULL is ignored. Returns 1
+ * when the connection has been cut already (its socket is shut down, but
+ * bytes the kernel had buffered can still be read: no work should start
+ * for them), else 0. */
+int conntrack_set(conntrack *ct, conn_entry *e, conn_phase p);
 
 /* Counts since the start. */
 typedef struct conntrack_stats {

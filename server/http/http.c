@@ -355,7 +355,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         const union MHD_ConnectionInfo *ci =
             MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
         rq->conn_entry = ci != NULL ? ci->socket_context : NULL;
-        conntrack_set(srv->conns, rq->conn_entry, CONN_BODY); /* the head is in */
+        /* The head is in. If its deadline cut the connection while it
+         * waited for a busy thread, answering would be wasted work. */
+        if (conntrack_set(srv->conns, rq->conn_entry, CONN_BODY))
+            return MHD_NO;
         reply_init(&rp);
         if (refuse_head(rq, url, &rp) || refuse_early(srv, rq, url, method, &rp))
             return send_reply(rq, &rp);
