@@ -1007,6 +1007,13 @@ START_TEST(test_429_retry_after)
     const char *ra = header_value(&r, "Retry-After");
     ck_assert_msg(ra != NULL && atoi(ra) >= 1, "Retry-After %s", ra != NULL ? ra : "(none)");
     resp_free(&r);
+    /* /health and /metrics answer while the limit is full. */
+    ck_assert_int_eq(one_request(g_srv.port, "GET /health HTTP/1.1\r\nHost: x\r\n\r\n", 5.0, &r),
+                     200);
+    resp_free(&r);
+    ck_assert_int_eq(one_request(g_srv.port, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", 5.0, &r),
+                     200);
+    resp_free(&r);
     send_str(held, body);
     ck_assert_int_eq(raw_read_response(held, 10.0, &r), 200);
     resp_free(&r);
