@@ -53,6 +53,12 @@ struct metrics {
     int n_io;
     int store_degraded;
     unsigned long writes_refused;
+    /* HTTP connections cut for overstaying a phase (http/conntrack.h) */
+    struct {
+        char phase[16];
+        unsigned long count;
+    } cuts[8];
+    int n_cuts;
 };
 
 static const double time_bounds[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
@@ -287,6 +293,21 @@ static void render_store(out *o, const metrics *m)
             "embedd_store_writes_refused_total %lu\n", m->writes_refused);
 }
 
+void metrics_connection_cut(metrics *m, const char *phase)
+{
+    pthread_mutex_lock(&m->lock);
+    int i = 0;
+    while (i < m->n_cuts && strcmp(m->cuts[i].phase, phase) != 0)
+        i++;
+    if (i == m->n_cuts && i < (int)(sizeof m->cuts / sizeof m->cuts[0])) {
+        snprintf(m->cuts[i].phase, sizeof m->cuts[i].phase, "%s", phase);
+        m->n_cuts++;
+    }
+    if (i < m->n_cuts)
+        m->cuts[i].count++;
+    pthread_mutex_unlock(&m->lock);
+}
+
 static void render_training(out *o, const metrics *m)
 {
     emit(o, "# HELP embedd_model_version Model version that new embeddings come from\n"
@@ -346,6 +367,11 @@ char *metrics_render(metrics *m)
          m->tokens);
     render_training(&o, m);
     render_store(&o, m);
+    emit(&o, "# HELP embedd_http_connections_cut_total Connections closed for overstaying a "
+             "phase's total deadline\n# TYPE embedd_http_connections_cut_total counter\n");
+    for (int i = 0; i < m->n_cuts; i++)
+        emit(&o, "embedd_http_connections_cut_total{phase=\"%s\"} %lu\n", m->cuts[i].phase,
+             m->cuts[i].count);
     pthread_mutex_unlock(&m->lock);
     if (o.failed) {
         free(o.buf);

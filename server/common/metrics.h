@@ -40,6 +40,8 @@ void metrics_train_gauges(metrics *m, unsigned version, unsigned long buffer, lo
 void metrics_io_errors(metrics *m, const char *file, const char *op, unsigned long total);
 void metrics_store_state(metrics *m, int degraded, unsigned long writes_refused);
 
+/* One HTTP connection cut by its deadline in phase ("head", "body", ...). */
+void metrics_connection_cut(metrics *m, const char *phase);
 /* Renders everything into a malloc'd NUL-terminated string (NULL when out
  * of memory). */
 char *metrics_render(metrics *m);

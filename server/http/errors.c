@@ -9,6 +9,7 @@
 #include "server.h"
 
 #define NO_KIND (-1)
+#define RETRY_AFTER_SECONDS 1
 
 typedef struct row {
     int kind;                  /* an emb_err_kind, or NO_KIND */
@@ -32,6 +33,8 @@ static const row rows[] = {
     {NO_KIND,                 {401, "Unauthorized", "authentication_error", "invalid_api_key"}},
     {NO_KIND,                 {405, "Validation", "invalid_request_error", "method_not_allowed"}},
     {NO_KIND,                 {413, "Validation", "invalid_request_error", "payload_too_large"}},
+    {NO_KIND,                 {414, "Validation", "invalid_request_error", "uri_too_long"}},
+    {NO_KIND,                 {431, "Validation", "invalid_request_error", "headers_too_large"}},
     {NO_KIND,                 {429, "Overloaded", "rate_limit_error", "rate_limit_exceeded"}},
 };
 
@@ -62,6 +65,9 @@ static void reply_body(reply *rp, api_family api, int status, const char *type, 
     sb_free(&rp->body);
     rp->status = status;
     rp->content_type = "application/json";
+    /* Overload and unavailability pass: tell clients when to come back
+     * rather than leave them to retry at once. */
+    rp->retry_after = (status == 429 || status == 503) ? RETRY_AFTER_SECONDS : 0;
     if (api == API_OPENAI) {
         const http_error *e = http_error_of_status(status);
         sb_puts(&rp->body, "{\"error\":{\"message\":");

@@ -5,8 +5,9 @@
  * (server.h) looks the kind up here and writes the TEI or OpenAI body.
  * The same table gives the OpenAI error type and code of every status the
  * server sends, including the refusals the HTTP layer decides on its own
- * (400 empty input, 401, 405, 413, 429), which have no kind and go through
- * reply_error with an explicit status.
+ * (400 empty input or ambiguous framing, 401, 405, 413, 414, 431, 429),
+ * which have no kind and go through reply_error with an explicit status.
+ * Every 429 and 503 also gets Retry-After (reply.retry_after).
  *
  * Constant data, no locks: any thread. */
 #ifndef EMBEDD_HTTP_ERRORS_H

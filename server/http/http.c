@@ -3,17 +3,35 @@
  * See server.h for threads and ownership. */
 #include <arpa/inet.h>
 #include <netdb.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "common/clock.h"
+#include "conntrack.h"
 #include "feed.h"
 #include "server.h"
+
+/* Per-connection memory of libmicrohttpd (request head, header records,
+ * write buffer), mapped lazily. Its default, 32 KiB, ran out at about 460
+ * query arguments and then hung the connection instead of answering. */
+#define CONNECTION_POOL_BYTES (128 * 1024)
+/* Our own head limits, well inside the pool, so that we answer a large
+ * head with JSON before libmicrohttpd would with HTML. */
+#define MAX_HEAD_BYTES (32 * 1024)
+#define MAX_URI_BYTES (16 * 1024)
+/* A body over the payload limit is read and dropped up to this much, so
+ * that a client which sends its whole body before reading (Python's
+ * http.client, urllib) sees the 413 instead of a broken pipe. */
+#define DRAIN_MAX_BYTES ((size_t)64 << 20)
+/* Replies up to this size are never refused for the response budget. */
+#define SMALL_REPLY_BYTES (16 * 1024)
 
 /* ---- replies (the error replies are in errors.c) --------------------- */
 
@@ -36,7 +54,26 @@ static enum MHD_Result send_stream(request *rq, reply *rp)
     rq->status = 200;
     enum MHD_Result ret = MHD_queue_response(rq->conn, MHD_HTTP_OK, resp);
     MHD_destroy_response(resp);
+    conntrack_set(rq->srv->conns, rq->conn_entry, CONN_STREAM);
     return ret;
+}
+
+/* Counts len bytes against --max-response-memory; 0 when they do not fit
+ * (nothing counted then). Small replies are counted but always pass, so
+ * /health, /metrics and error replies answer when large ones fill the
+ * budget (their total is bounded by the connection limit). */
+static int reserve_response_bytes(server *srv, request *rq, size_t len)
+{
+    double budget = srv->opts.max_response_memory;
+    if (budget <= 0 || len == 0)
+        return 1;
+    long long total = atomic_fetch_add(&srv->response_bytes, (long long)len) + (long long)len;
+    if ((double)total > budget && len > SMALL_REPLY_BYTES) {
+        atomic_fetch_sub(&srv->response_bytes, (long long)len);
+        return 0;
+    }
+    rq->response_bytes = len;
+    return 1;
 }
 
 static enum MHD_Result send_reply(request *rq, reply *rp)
@@ -47,6 +84,14 @@ static enum MHD_Result send_reply(request *rq, reply *rp)
         api_family api = rq->rt != NULL ? rq->rt->api : API_TEI;
         rp->body.failed = 0;
         reply_fail(rp, api, EMB_ERR_NO_MEMORY, "response too large or out of memory");
+    }
+    if (!reserve_response_bytes(rq->srv, rq, rp->body.len)) {
+        api_family api = rq->rt != NULL ? rq->rt->api : API_TEI;
+        size_t want = rp->body.len;
+        reply_error(rp, api, 503, "Unhealthy",
+                    "responses waiting to be sent fill the server's memory budget "
+                    "(--max-response-memory %.0f bytes; this one has %zu); retry later",
+                    rq->srv->opts.max_response_memory, want);
     }
     size_t len = 0;
     char *body = sb_take(&rp->body, &len);
@@ -68,12 +113,21 @@ static enum MHD_Result send_reply(request *rq, reply *rp)
     }
     if (rp->status == 401)
         MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
-    if (rp->status == 503)   /* every 503 is temporary: a degraded store retries each second */
-        MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, "1");
+    /* every 429 and 503 is temporary: Retry-After, 1 s unless the reply says */
+    int retry = rp->retry_after > 0 ? rp->retry_after
+                : (rp->status == 503 || rp->status == 429) ? 1 : 0;
+    if (retry > 0) {
+        char secs[16];
+        snprintf(secs, sizeof secs, "%d", retry);
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, secs);
+    }
+    if (rp->close)
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
     rq->status = rp->status;
     enum MHD_Result ret = MHD_queue_response(rq->conn, (unsigned)rp->status, resp);
     MHD_destroy_response(resp);
     sb_free(&rp->body);
+    conntrack_set(rq->srv->conns, rq->conn_entry, CONN_SENDING);
     return ret;
 }
 
@@ -98,13 +152,100 @@ static api_family api_of_path(const char *url)
     return strncmp(url, "/v1/", 4) == 0 ? API_OPENAI : API_TEI;
 }
 
+/* What the request head says about its framing and size. */
+typedef struct head_scan {
+    size_t bytes;              /* names and values of headers (or arguments) */
+    int n_te, n_cl;
+    const char *te, *cl;
+    int cl_differ;             /* two Content-Length headers with different values */
+} head_scan;
+
+static enum MHD_Result scan_value(void *cls, enum MHD_ValueKind kind, const char *key,
+                                  const char *value)
+{
+    head_scan *h = cls;
+    h->bytes += strlen(key) + (value != NULL ? strlen(value) : 0) + 4;
+    if (kind != MHD_HEADER_KIND || value == NULL)
+        return MHD_YES;
+    if (strcasecmp(key, MHD_HTTP_HEADER_TRANSFER_ENCODING) == 0) {
+        h->n_te++;
+        h->te = value;
+    } else if (strcasecmp(key, MHD_HTTP_HEADER_CONTENT_LENGTH) == 0) {
+        if (h->cl != NULL && strcmp(h->cl, value) != 0)
+            h->cl_differ = 1;
+        h->n_cl++;
+        h->cl = value;
+    }
+    return MHD_YES;
+}
+
+static int all_digits(const char *s)
+{
+    if (*s == '\0')
+        return 0;
+    for (; *s != '\0'; s++) {
+        if (*s < '0' || *s > '9')
+            return 0;
+    }
+    return 1;
+}
+
+/* Refuses (1, rp filled) a head that is too large or whose body framing is
+ * ambiguous. libmicrohttpd takes the first Content-Length, lets chunked win
+ * over Content-Length and waits forever for a body it cannot frame
+ * ("xchunked"); a proxy in front may frame the same bytes differently
+ * (request smuggling), so all of these get 400 and the connection closes. */
+static int refuse_head(request *rq, const char *url, reply *rp)
+{
+    api_family api = api_of_path(url);
+    head_scan args = {0}, hdrs = {0};
+    MHD_get_connection_values(rq->conn, MHD_GET_ARGUMENT_KIND, scan_value, &args);
+    MHD_get_connection_values(rq->conn, MHD_HEADER_KIND, scan_value, &hdrs);
+    size_t uri_bytes = strlen(url) + args.bytes;
+    rp->close = 1;
+    if (uri_bytes > MAX_URI_BYTES) {
+        reply_error(rp, api, 414, "Validation", "request target of %zu bytes exceeds %d",
+                    uri_bytes, MAX_URI_BYTES);
+        return 1;
+    }
+    if (uri_bytes + hdrs.bytes > MAX_HEAD_BYTES) {
+        reply_error(rp, api, 431, "Validation", "request head of %zu bytes exceeds %d",
+                    uri_bytes + hdrs.bytes, MAX_HEAD_BYTES);
+        return 1;
+    }
+    if (hdrs.n_te > 1 || (hdrs.te != NULL && strcasecmp(hdrs.te, "chunked") != 0)) {
+        reply_error(rp, api, 400, "Validation",
+                    "unsupported Transfer-Encoding '%.100s' (only a single 'chunked')",
+                    hdrs.te);
+        return 1;
+    }
+    if (hdrs.te != NULL && hdrs.n_cl > 0) {
+        reply_error(rp, api, 400, "Validation",
+                    "both Content-Length and Transfer-Encoding: the body's length is ambiguous");
+        return 1;
+    }
+    if (hdrs.cl_differ) {
+        reply_error(rp, api, 400, "Validation", "conflicting Content-Length headers");
+        return 1;
+    }
+    if (hdrs.cl != NULL && !all_digits(hdrs.cl)) {
+        reply_error(rp, api, 400, "Validation", "malformed Content-Length '%.40s'", hdrs.cl);
+        return 1;
+    }
+    rp->close = 0;
+    return 0;
+}
+
 /* Returns 1 and fills rp when the request is refused before its body. */
 static int refuse_early(server *srv, request *rq, const char *url, const char *method,
                         reply *rp)
 {
     int path_known = 0;
     const char *allow = NULL;
-    rq->rt = routes_find(url, method, &path_known, &allow);
+    /* HEAD is GET without the body: libmicrohttpd sends the same headers
+     * and leaves the body out. */
+    const char *as_method = strcmp(method, MHD_HTTP_METHOD_HEAD) == 0 ? MHD_HTTP_METHOD_GET : method;
+    rq->rt = routes_find(url, as_method, &path_known, &allow);
     if (rq->rt == NULL) {
         api_family api = api_of_path(url);
         if (path_known) {
@@ -127,10 +268,22 @@ static int refuse_early(server *srv, request *rq, const char *url, const char *m
     }
     const char *clen =
         MHD_lookup_connection_value(rq->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
-    if (clen != NULL && strtoull(clen, NULL, 10) > (unsigned long long)srv->opts.payload_limit) {
-        reply_error(rp, rt->api, 413, "Validation", "payload of %s bytes exceeds the limit of %d",
-                    clen, srv->opts.payload_limit);
-        return 1;
+    unsigned long long declared = clen != NULL ? strtoull(clen, NULL, 10) : 0;
+    if (declared > (unsigned long long)srv->opts.payload_limit) {
+        /* A client that waits for "100 Continue" sends nothing more, and a
+         * body past the drain bound is not worth reading: answer now. Any
+         * other is read and dropped, and answered at its end. */
+        const char *expect =
+            MHD_lookup_connection_value(rq->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_EXPECT);
+        if (expect != NULL || declared > DRAIN_MAX_BYTES) {
+            reply_error(rp, rt->api, 413, "Validation",
+                        "payload of %s bytes exceeds the limit of %d", clen,
+                        srv->opts.payload_limit);
+            rp->close = 1;
+            return 1;
+        }
+        rq->body_too_large = 1;
+        return 0;
     }
     if (rt->needs_compute) {
         if (!atomic_load(&srv->ready)) {
@@ -151,12 +304,17 @@ static int refuse_early(server *srv, request *rq, const char *url, const char *m
 
 /* ---- the access handler ------------------------------------------------ */
 
+/* 0, or -1 to close the connection (out of memory, or a refused body
+ * longer than we drain). */
 static int append_body(server *srv, request *rq, const char *data, size_t n)
 {
-    if (rq->body_too_large)
-        return 0;
+    if (rq->body_too_large) {
+        rq->drained += n;
+        return rq->drained > DRAIN_MAX_BYTES ? -1 : 0;
+    }
     if (rq->body_len + n > (size_t)srv->opts.payload_limit) {
         rq->body_too_large = 1;
+        rq->drained = rq->body_len + n;
         free(rq->body);
         rq->body = NULL;
         rq->body_len = rq->body_cap = 0;
@@ -197,8 +355,15 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         rq->url = strdup(url);
         if (rq->url == NULL)
             return MHD_NO;
+        const union MHD_ConnectionInfo *ci =
+            MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+        rq->conn_entry = ci != NULL ? ci->socket_context : NULL;
+        /* The head is in. If its deadline cut the connection while it
+         * waited for a busy thread, answering would be wasted work. */
+        if (conntrack_set(srv->conns, rq->conn_entry, CONN_BODY))
+            return MHD_NO;
         reply_init(&rp);
-        if (refuse_early(srv, rq, url, method, &rp))
+        if (refuse_head(rq, url, &rp) || refuse_early(srv, rq, url, method, &rp))
             return send_reply(rq, &rp);
         sb_free(&rp.body);
         return MHD_YES;
@@ -210,6 +375,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         return MHD_YES;
     }
     reply_init(&rp);
+    if (!rq->suspended)
+        conntrack_set(srv->conns, rq->conn_entry, CONN_HANDLING); /* the body is in */
     if (rq->suspended) {
         rq->suspended = 0;
         rq->rt->finish(srv, rq, &rp);
@@ -247,8 +414,50 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     free(rq->url);
     if (rq->admitted)
         atomic_fetch_sub(&srv->inflight, 1);
+    if (rq->response_bytes > 0)
+        atomic_fetch_sub(&srv->response_bytes, (long long)rq->response_bytes);
+    /* Until the next request's head: a keep-alive connection at rest. */
+    conntrack_set(srv->conns, rq->conn_entry, CONN_IDLE);
     free(rq);
     *con_cls = NULL;
+}
+
+/* libmicrohttpd's connection start and end: the tracker's entry lives in
+ * the connection's socket context. CLOSED comes before libmicrohttpd
+ * closes the fd (daemon.c, MHD_cleanup_connections), so the sweeper never
+ * shuts down a reused fd. */
+static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
+                          enum MHD_ConnectionNotificationCode code)
+{
+    server *srv = cls;
+    if (code == MHD_CONNECTION_NOTIFY_STARTED) {
+        const union MHD_ConnectionInfo *ci =
+            MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+        *socket_context = ci != NULL ? conntrack_add(srv->conns, ci->connect_fd) : NULL;
+    } else if (code == MHD_CONNECTION_NOTIFY_CLOSED) {
+        conntrack_remove(srv->conns, *socket_context);
+        *socket_context = NULL;
+    }
+}
+
+static void count_cut(void *ctx, conn_phase p)
+{
+    server *srv = ctx;
+    metrics_connection_cut(srv->mx, conntrack_phase_name(p));
+}
+
+/* Thousands of connections need as many descriptors: raise the soft limit
+ * to the hard one when it is lower than that. */
+static void raise_fd_limit(int connections)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+        return;
+    rlim_t want = (rlim_t)connections + 256;
+    if (rl.rlim_cur >= want || rl.rlim_cur == rl.rlim_max)
+        return;
+    rl.rlim_cur = rl.rlim_max == RLIM_INFINITY || rl.rlim_max > want ? want : rl.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &rl);
 }
 
 void server_job_done(emb_job *job)
@@ -293,10 +502,33 @@ static int resolve_bind(const char *host, int port, struct sockaddr_storage *ss,
     return 0;
 }
 
+/* libmicrohttpd's messages, at most LOG_PER_SECOND a second: a flood of
+ * refused connections (one line each) must not fill the disk. One write
+ * per line, so threads do not interleave. */
+#define LOG_PER_SECOND 20
 static void log_mhd(void *cls, const char *fmt, va_list ap)
 {
-    fputs("embedd: http: ", stderr);
-    vfprintf(stderr, fmt, ap);
+    static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+    static time_t window;
+    static int shown, hidden;
+    char line[512];
+    int n = snprintf(line, sizeof line, "embedd: http: ");
+    vsnprintf(line + n, sizeof line - (size_t)n, fmt, ap);
+    time_t now = time(NULL);
+    pthread_mutex_lock(&lock);
+    if (now != window) {
+        if (hidden > 0)
+            fprintf(stderr, "embedd: http: (%d more messages not shown)\n", hidden);
+        window = now;
+        shown = hidden = 0;
+    }
+    if (shown < LOG_PER_SECOND) {
+        shown++;
+        fputs(line, stderr);
+    } else {
+        hidden++;
+    }
+    pthread_mutex_unlock(&lock);
 }
 
 /* Starts libmicrohttpd on opts.host:opts.port; see server.h. */
@@ -311,6 +543,15 @@ int http_start(server *srv, emb_err *err)
     srv->feed = feed_new(srv->versions, FEED_MAX_SUBSCRIBERS);
     if (srv->feed == NULL)
         return emb_fail_as(err, EMB_ERR_NO_MEMORY, "out of memory");
+    conntrack_limits limits = {{0}};
+    limits.seconds[CONN_HEAD] = opts->header_timeout;
+    limits.seconds[CONN_BODY] = opts->body_timeout;
+    limits.seconds[CONN_SENDING] = opts->send_timeout;
+    limits.seconds[CONN_IDLE] = opts->keepalive_timeout;
+    srv->conns = conntrack_new(&limits, count_cut, srv);
+    if (srv->conns == NULL)
+        return emb_fail_as(err, EMB_ERR_NO_MEMORY, "cannot start the connection sweeper");
+    raise_fd_limit(opts->max_connections);
     unsigned flags = MHD_USE_AUTO_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME |
                      MHD_USE_ERROR_LOG | (ipv6 ? MHD_USE_IPv6 : 0);
     srv->daemon = MHD_start_daemon(
@@ -319,9 +560,12 @@ int http_start(server *srv, emb_err *err)
         MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr,
         MHD_OPTION_THREAD_POOL_SIZE, (unsigned)opts->http_threads,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)opts->timeout,
-        MHD_OPTION_CONNECTION_LIMIT, (unsigned)(opts->max_concurrent_requests + 64),
+        MHD_OPTION_CONNECTION_LIMIT, (unsigned)opts->max_connections,
+        MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)opts->max_connections_per_ip,
+        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)CONNECTION_POOL_BYTES,
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv,
         MHD_OPTION_UNESCAPE_CALLBACK, routes_unescape, NULL,
+        MHD_OPTION_NOTIFY_CONNECTION, on_connection, srv,
         MHD_OPTION_END);
     if (srv->daemon == NULL)
         return emb_fail(err, "cannot listen on %s:%d", opts->host, opts->port);
@@ -358,4 +602,6 @@ void http_stop(server *srv)
     srv->daemon = NULL;
     feed_free(srv->feed);
     srv->feed = NULL;
+    conntrack_free(srv->conns); /* after the daemon: no more notifications */
+    srv->conns = NULL;
 }

@@ -46,7 +46,15 @@ typedef struct server_opts {
     int auto_truncate;
     int threads;
     int http_threads;
-    int timeout;
+    int timeout;               /* libmicrohttpd's inactivity timeout (restarts on every byte) */
+    /* total deadlines that no trickle of bytes extends (conntrack.h), seconds */
+    int header_timeout;        /* connection (or keep-alive idle end) to complete request head */
+    int body_timeout;          /* first to last body byte */
+    int send_timeout;          /* response queued to fully sent */
+    int keepalive_timeout;     /* idle between requests on a keep-alive connection */
+    int max_connections;       /* open connections in total */
+    int max_connections_per_ip;
+    double max_response_memory; /* bytes of queued response bodies not yet sent; 0: no limit */
     const char *data_dir;      /* NULL: the item store lives in memory */
     int hnsw_threshold;        /* items at which the store builds its HNSW index; 0: never */
     int hnsw_m;                /* HNSW links per node */
@@ -94,6 +102,8 @@ typedef struct server {
     metrics *mx;
     struct MHD_Daemon *daemon;
     struct feed *feed;         /* GET /train/versions/stream (feed.h); from http_start to http_stop */
+    struct conntrack *conns;   /* open connections and their deadlines (conntrack.h); same lifetime */
+    atomic_llong response_bytes; /* queued response bodies not yet completed (max_response_memory) */
     int port;                  /* the bound port */
     atomic_int inflight;       /* admitted requests not yet completed */
     atomic_int ready;          /* 1 while serving, 0 while starting or stopping */
@@ -109,6 +119,8 @@ typedef struct reply {
     strbuf body;
     const char *allow;         /* Allow header for 405 */
     struct MHD_Response *stream; /* set: sent instead of body (an event stream, feed.h) */
+    int retry_after;           /* seconds for a Retry-After header (429, 503); 0: none */
+    int close;                 /* 1: "Connection: close" (a request whose framing we refused) */
 } reply;
 
 /* Per-request state; allocated on the first call of the access handler,
@@ -139,7 +151,10 @@ struct request {
     char *url;                 /* the decoded path, without the query */
     char *body;
     size_t body_len, body_cap;
-    int body_too_large;
+    int body_too_large;        /* over payload_limit: the rest is drained, then 413 */
+    size_t drained;            /* bytes read and dropped after body_too_large */
+    struct conn_entry *conn_entry; /* the connection's deadlines (conntrack.h); may be NULL */
+    size_t response_bytes;     /* counted in srv->response_bytes until completion */
     int admitted;              /* counted in srv->inflight */
     int suspended;
     int status;                /* sent status, for metrics */
@@ -214,8 +229,10 @@ void server_submit(server *srv, request *rq, emb_job *job);
  * use, then the daemon last; it stops the daemon's intake first. */
 
 /* Starts libmicrohttpd on srv->opts.host:port with http_threads threads,
- * srv the context of every handler; sets srv->port to the bound port and
- * srv->ready to 1. 0, or -1 with err ("cannot listen on ..."). */
+ * srv the context of every handler, and the connection tracker whose
+ * sweeper enforces the total deadlines (conntrack.h); sets srv->port to
+ * the bound port and srv->ready to 1. 0, or -1 with err ("cannot listen
+ * on ..."). */
 int http_start(server *srv, emb_err *err);
 /* Stops accepting (ready 0, listening socket closed) and waits, up to
  * 120 s, until every admitted request has been answered. The daemon's

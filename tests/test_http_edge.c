@@ -1,0 +1,1116 @@
+/* test_http_edge.c: the HTTP layer against hostile or clumsy clients, over
+ * raw sockets against the real binary ($EMBEDD_BIN) on 127.0.0.1.
+ *
+ * What it checks: total deadlines that a trickle of bytes does not extend
+ * (request head, body, keep-alive idle, a client that does not read), the
+ * per-IP connection limit, /health answering while many slow connections
+ * are open, heads with many query arguments, ambiguous body framing (400
+ * JSON and the connection closed), a 413 that a client which sends its
+ * whole body first can read (Python's http.client), HEAD on GET routes,
+ * Retry-After on 429 and 503, and the budget of queued response bytes.
+ *
+ * Slow clients come from 127.0.0.2 (loopback accepts any 127.x source via
+ * bind()), so the per-IP limit does not touch the probes from 127.0.0.1.
+ *
+ * The server-process helpers are those of test_server.c (copied: its
+ * helpers are static there). */
+#include <check.h>
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+#include <arpa/inet.h>
+
+#include "run_suite.h"
+
+#define MODEL "tests/fixtures/tiny-f16"
+
+/* Deadlines of the "edge" server, seconds. */
+#define HEADER_TIMEOUT 2
+#define BODY_TIMEOUT 3
+#define SEND_TIMEOUT 3
+#define KEEPALIVE_TIMEOUT 2
+/* Slack on a deadline: the sweeper's tick (0.25 s) plus a loaded machine. */
+#define SLACK 1.0
+
+extern char **environ;
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* The last 2,000 bytes of s: Check refuses longer failure messages. */
+static const char *tail(const char *s)
+{
+    size_t n = s != NULL ? strlen(s) : 0;
+    return s == NULL ? "" : n > 2000 ? s + n - 2000 : s;
+}
+
+static const char *embedd_bin(void)
+{
+    const char *b = getenv("EMBEDD_BIN");
+    return b != NULL ? b : "build/embedd";
+}
+
+/* ---- growable byte buffer ------------------------------------------------ */
+
+typedef struct buf {
+    char *p;
+    size_t len, cap;
+} buf;
+
+static void buf_add(buf *b, const void *data, size_t n)
+{
+    if (b->len + n + 1 > b->cap) {
+        size_t want = b->cap < 1024 ? 1024 : b->cap;
+        while (want < b->len + n + 1)
+            want *= 2;
+        b->p = realloc(b->p, want);
+        ck_assert(b->p != NULL);
+        b->cap = want;
+    }
+    memcpy(b->p + b->len, data, n);
+    b->len += n;
+    b->p[b->len] = '\0';
+}
+
+static void buf_addf(buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void buf_addf(buf *b, const char *fmt, ...)
+{
+    char tmp[4096];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(tmp, sizeof tmp, fmt, ap);
+    va_end(ap);
+    ck_assert(n >= 0 && (size_t)n < sizeof tmp);
+    buf_add(b, tmp, (size_t)n);
+}
+
+/* ---- the server process -------------------------------------------------- */
+
+/* The server's stderr (first 64 KiB), in a shared mapping: the runner
+ * reads it up to the "listening on" line, then a drain process (not a
+ * thread: LeakSanitizer complains in every forked test about threads left
+ * running in the parent) appends the rest, and forked tests can read it. */
+typedef struct server_log {
+    atomic_size_t len;         /* one writer at a time */
+    char text[1 << 16];
+} server_log;
+
+typedef struct server_proc {
+    pid_t pid;
+    pid_t drain_pid;
+    int port;
+    int err_fd;
+    server_log *slog;
+    const char *log;           /* slog->text */
+} server_proc;
+
+/* The server of the current TCase (started by its unchecked fixture). */
+static server_proc g_srv;
+
+static void log_append(server_log *l, const char *p, size_t n)
+{
+    size_t len = atomic_load(&l->len);
+    if (n > sizeof l->text - 1 - len)
+        n = sizeof l->text - 1 - len;
+    memcpy(l->text + len, p, n);
+    l->text[len + n] = '\0';
+    atomic_store(&l->len, len + n);
+}
+
+/* The drain process: copies the pipe into the log until EOF. */
+static void drain_main(server_log *l, int fd)
+{
+    char chunk[4096];
+    for (;;) {
+        ssize_t n = read(fd, chunk, sizeof chunk);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            break;
+        log_append(l, chunk, (size_t)n);
+    }
+    _exit(0);
+}
+
+/* The environment without EMBEDD_* variables, which serve reads as options
+ * (EMBEDD_API_KEY would change every test). Built before fork. */
+static char **server_env(void)
+{
+    size_t n = 0;
+    while (environ[n] != NULL)
+        n++;
+    char **env = calloc(n + 1, sizeof *env);
+    ck_assert(env != NULL);
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (strncmp(environ[i], "EMBEDD_", 7) != 0 ||
+            strncmp(environ[i], "EMBEDD_DEBUG_", 13) == 0)
+            env[k++] = environ[i];
+    }
+    env[k] = NULL;
+    return env;
+}
+
+/* Starts `embedd serve --model MODEL --host 127.0.0.1 --port 0 EXTRA...` and
+ * waits (15 s at most) for its "listening on" line. Returns 0, or -1 after
+ * printing why. Must run on the thread that will outlive the server (it dies
+ * with that thread: PR_SET_PDEATHSIG). */
+static int srv_start(server_proc *s, const char *const *extra)
+{
+    server_log *slog = s->slog; /* reused when this struct started a server before */
+    memset(s, 0, sizeof *s);
+    s->err_fd = -1;
+    if (slog == NULL)
+        slog = mmap(NULL, sizeof *slog, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (slog == MAP_FAILED)
+        return -1;
+    s->slog = slog;
+    atomic_init(&s->slog->len, 0);
+    s->slog->text[0] = '\0';
+    s->log = s->slog->text;
+    const char *argv[48];
+    int a = 0;
+    argv[a++] = embedd_bin();
+    argv[a++] = "serve";
+    argv[a++] = "--model";
+    argv[a++] = MODEL;
+    argv[a++] = "--host";
+    argv[a++] = "127.0.0.1";
+    argv[a++] = "--port";
+    argv[a++] = "0";
+    for (int i = 0; extra != NULL && extra[i] != NULL && a < 47; i++)
+        argv[a++] = extra[i];
+    argv[a] = NULL;
+    char **env = server_env();
+    char exec_failed[600];
+    int exec_failed_len = snprintf(exec_failed, sizeof exec_failed,
+                                   "test_http_edge: cannot run %s (set EMBEDD_BIN)\n", argv[0]);
+    int fds[2];
+    if (pipe2(fds, O_CLOEXEC) != 0) {
+        free(env);
+        return -1;
+    }
+    pid_t parent = getpid();
+    pid_t pid = fork();
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (getppid() != parent)
+            _exit(126);
+        int devnull = open("/dev/null", O_RDWR);
+        dup2(devnull, 0);
+        dup2(devnull, 1);
+        dup2(fds[1], 2);
+        execve(argv[0], (char *const *)argv, env);
+        if (write(2, exec_failed, (size_t)exec_failed_len) < 0)
+            _exit(126);
+        _exit(127);
+    }
+    free(env);
+    close(fds[1]);
+    if (pid < 0) {
+        close(fds[0]);
+        return -1;
+    }
+    s->pid = pid;
+    s->err_fd = fds[0];
+    const char *marker = "listening on http://127.0.0.1:";
+    double deadline = now_s() + 15.0;
+    while (s->port == 0) {
+        int left_ms = (int)((deadline - now_s()) * 1000);
+        struct pollfd pfd = {.fd = s->err_fd, .events = POLLIN};
+        if (left_ms <= 0 || poll(&pfd, 1, left_ms) <= 0)
+            break;
+        char chunk[1024];
+        ssize_t n = read(s->err_fd, chunk, sizeof chunk);
+        if (n <= 0)
+            break;
+        log_append(s->slog, chunk, (size_t)n);
+        const char *at = strstr(s->log, marker);
+        if (at != NULL && strchr(at, '\n') != NULL)
+            s->port = atoi(at + strlen(marker));
+    }
+    if (s->port <= 0) {
+        fprintf(stderr, "test_http_edge: server did not start; its stderr:\n%s\n", s->log);
+        kill(s->pid, SIGKILL);
+        waitpid(s->pid, NULL, 0);
+        close(s->err_fd);
+        s->pid = 0;
+        s->err_fd = -1;
+        return -1;
+    }
+    s->drain_pid = fork();
+    if (s->drain_pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        drain_main(s->slog, s->err_fd);
+    }
+    close(s->err_fd);
+    s->err_fd = -1;
+    return 0;
+}
+
+/* Waits for the server to exit; returns its wait status, or -1 on timeout. */
+static int srv_wait(server_proc *s, double timeout_s)
+{
+    double deadline = now_s() + timeout_s;
+    for (;;) {
+        int st = 0;
+        pid_t r = waitpid(s->pid, &st, WNOHANG);
+        if (r == s->pid) {
+            s->pid = 0;
+            return st;
+        }
+        if (r < 0 || now_s() > deadline)
+            return -1;
+        usleep(5000);
+    }
+}
+
+/* Releases what srv_start took once the process is gone. */
+static void srv_release(server_proc *s)
+{
+    if (s->drain_pid > 0)
+        waitpid(s->drain_pid, NULL, 0);
+    s->drain_pid = 0;
+    if (s->err_fd >= 0)
+        close(s->err_fd);
+    s->err_fd = -1;
+}
+
+/* SIGTERM, then SIGKILL after 10 s. Returns the wait status (-1: killed). */
+static int srv_stop(server_proc *s)
+{
+    if (s->pid <= 0)
+        return -1;
+    kill(s->pid, SIGTERM);
+    int st = srv_wait(s, 10.0);
+    if (st == -1 && s->pid > 0) {
+        kill(s->pid, SIGKILL);
+        waitpid(s->pid, NULL, 0);
+        s->pid = 0;
+    }
+    srv_release(s);
+    return st;
+}
+
+static void fixture_start(const char *const *extra)
+{
+    if (srv_start(&g_srv, extra) != 0)
+        g_srv.port = 0;
+}
+
+static void fixture_stop(void)
+{
+    int st = srv_stop(&g_srv);
+    if (st == -1 || !WIFEXITED(st) || WEXITSTATUS(st) != 0)
+        fprintf(stderr, "test_http_edge: server exit status %d; its stderr:\n%s\n", st, g_srv.log);
+}
+
+#define REQUIRE_SERVER() \
+    ck_assert_msg(g_srv.port > 0, "the server of this TCase did not start: %s", tail(g_srv.log))
+
+typedef struct http_resp {
+    long status;
+    buf body;
+    buf hdr;
+    double seconds;
+} http_resp;
+
+static void resp_free(http_resp *r)
+{
+    free(r->body.p);
+    free(r->hdr.p);
+    memset(r, 0, sizeof *r);
+}
+
+static const char *header_value(const http_resp *r, const char *name)
+{
+    static char val[256];
+    size_t nl = strlen(name);
+    for (const char *line = r->hdr.p; line != NULL && *line != '\0';) {
+        const char *end = strstr(line, "\r\n");
+        size_t len = end != NULL ? (size_t)(end - line) : strlen(line);
+        if (len > nl && strncasecmp(line, name, nl) == 0 && line[nl] == ':') {
+            const char *v = line + nl + 1;
+            while (*v == ' ')
+                v++;
+            size_t vl = len - (size_t)(v - line);
+            if (vl >= sizeof val)
+                vl = sizeof val - 1;
+            memcpy(val, v, vl);
+            val[vl] = '\0';
+            return val;
+        }
+        line = end != NULL ? end + 2 : NULL;
+    }
+    return NULL;
+}
+
+static void raw_send(int fd, const char *data, size_t n)
+{
+    while (n > 0) {
+        ssize_t w = send(fd, data, n, MSG_NOSIGNAL);
+        ck_assert_msg(w > 0, "send: %s", strerror(errno));
+        data += w;
+        n -= (size_t)w;
+    }
+}
+
+/* Reads one response within timeout_s; skips interim 1xx responses.
+ * Returns its status, 0 when the connection closed first, -1 on timeout. */
+static long raw_read_response(int fd, double timeout_s, http_resp *r)
+{
+    memset(r, 0, sizeof *r);
+    buf in = {0};
+    double deadline = now_s() + timeout_s;
+    long status = -1;
+    for (;;) {
+        char *hend = in.p != NULL ? strstr(in.p, "\r\n\r\n") : NULL;
+        if (hend != NULL) {
+            size_t hlen = (size_t)(hend - in.p) + 4;
+            long st = strtol(in.p + 9, NULL, 10);
+            if (st >= 100 && st < 200) {
+                memmove(in.p, in.p + hlen, in.len - hlen + 1);
+                in.len -= hlen;
+                continue;
+            }
+            buf_add(&r->hdr, in.p, hlen);
+            const char *cl = header_value(r, "Content-Length");
+            size_t want = cl != NULL ? strtoul(cl, NULL, 10) : 0;
+            if (in.len - hlen >= want) {
+                buf_add(&r->body, in.p + hlen, want);
+                status = st;
+                break;
+            }
+            free(r->hdr.p);
+            memset(&r->hdr, 0, sizeof r->hdr);
+        }
+        int left_ms = (int)((deadline - now_s()) * 1000);
+        struct pollfd pfd = {.fd = fd, .events = POLLIN};
+        if (left_ms <= 0 || poll(&pfd, 1, left_ms) <= 0)
+            break;
+        char chunk[16384];
+        ssize_t n = recv(fd, chunk, sizeof chunk, 0);
+        if (n <= 0) {
+            status = 0;
+            break;
+        }
+        buf_add(&in, chunk, (size_t)n);
+    }
+    free(in.p);
+    if (r->body.p == NULL)
+        buf_add(&r->body, "", 0);
+    if (r->hdr.p == NULL)
+        buf_add(&r->hdr, "", 0);
+    r->status = status > 0 ? status : 0;
+    return status;
+}
+
+/* Seconds until the peer closes fd (EOF or reset), -1 after timeout_s.
+ * Discards anything it sends. */
+static double raw_wait_closed(int fd, double timeout_s)
+{
+    double t0 = now_s();
+    for (;;) {
+        int left_ms = (int)((t0 + timeout_s - now_s()) * 1000);
+        struct pollfd pfd = {.fd = fd, .events = POLLIN};
+        if (left_ms <= 0 || poll(&pfd, 1, left_ms) <= 0)
+            return -1;
+        char chunk[4096];
+        ssize_t n = recv(fd, chunk, sizeof chunk, 0);
+        if (n <= 0)
+            return now_s() - t0;
+    }
+}
+
+/* ---- clients ------------------------------------------------------------------ */
+
+/* A TCP connection to 127.0.0.1:port from source address src ("127.0.0.2"),
+ * or -1 when connect fails. */
+static int connect_from(const char *src, int port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    ck_assert(fd >= 0);
+    struct sockaddr_in sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sin_family = AF_INET;
+    ck_assert(inet_pton(AF_INET, src, &sa.sin_addr) == 1);
+    ck_assert_msg(bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0, "bind %s: %s", src,
+                  strerror(errno));
+    sa.sin_port = htons((uint16_t)port);
+    ck_assert(inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr) == 1);
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+static int raw_connect(int port)
+{
+    int fd = connect_from("127.0.0.1", port);
+    ck_assert_msg(fd >= 0, "connect: %s", strerror(errno));
+    return fd;
+}
+
+static void send_str(int fd, const char *s)
+{
+    raw_send(fd, s, strlen(s));
+}
+
+/* One request on a fresh connection; the response (status, headers and
+ * body) in r; the status, 0 when the server closed first, -1 on timeout. */
+static long one_request(int port, const char *req, double timeout_s, http_resp *r)
+{
+    int fd = raw_connect(port);
+    send_str(fd, req);
+    long st = raw_read_response(fd, timeout_s, r);
+    close(fd);
+    return st;
+}
+
+/* Everything the server sends until it closes (or timeout_s), into out. */
+static double read_all(int fd, double timeout_s, buf *out)
+{
+    double t0 = now_s();
+    for (;;) {
+        int left_ms = (int)((t0 + timeout_s - now_s()) * 1000);
+        struct pollfd pfd = {.fd = fd, .events = POLLIN};
+        if (left_ms <= 0 || poll(&pfd, 1, left_ms) <= 0)
+            return -1;
+        char chunk[4096];
+        ssize_t n = recv(fd, chunk, sizeof chunk, 0);
+        if (n <= 0)
+            return now_s() - t0;
+        buf_add(out, chunk, (size_t)n);
+    }
+}
+
+/* A TEI error body: {"error": "...", "error_type": type}. */
+static void check_json_error(const http_resp *r, long status, const char *what)
+{
+    ck_assert_msg(r->status == status, "%s: status %ld, want %ld: %.300s", what, r->status,
+                  status, r->body.p);
+    const char *ct = header_value(r, "Content-Type");
+    ck_assert_msg(ct != NULL && strncmp(ct, "application/json", 16) == 0, "%s: content-type %s",
+                  what, ct != NULL ? ct : "(none)");
+    cJSON *j = cJSON_Parse(r->body.p);
+    ck_assert_msg(j != NULL, "%s: body is not JSON: %.300s", what, r->body.p);
+    const cJSON *e = cJSON_GetObjectItemCaseSensitive(j, "error");
+    ck_assert_msg(cJSON_IsString(e) && e->valuestring[0] != '\0', "%s: %s", what, r->body.p);
+    cJSON_Delete(j);
+}
+
+static double metric_value(int port, const char *series)
+{
+    http_resp r;
+    long st = one_request(port, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", 5.0, &r);
+    ck_assert_msg(st == 200, "/metrics: %ld", st);
+    const char *at = strstr(r.body.p, series);
+    double v = at != NULL ? strtod(at + strlen(series), NULL) : -1;
+    resp_free(&r);
+    return v;
+}
+
+/* ======================================================================== */
+/* TCase edge: small deadlines                                              */
+/* ======================================================================== */
+
+#define STR_(x) #x
+#define STR(x) STR_(x)
+
+static void setup_edge(void)
+{
+    const char *args[] = {"--train", "off",
+                          "--header-timeout", STR(HEADER_TIMEOUT),
+                          "--body-timeout", STR(BODY_TIMEOUT),
+                          "--send-timeout", STR(SEND_TIMEOUT),
+                          "--keepalive-timeout", STR(KEEPALIVE_TIMEOUT),
+                          "--max-connections-per-ip", "250",
+                          "--payload-limit", "1000000",
+                          NULL};
+    fixture_start(args);
+}
+
+/* Sends s one byte every interval_s until the server closes; returns the
+ * seconds from the first byte to the close (-1: still open at give_up_s). */
+static double trickle_until_closed(int fd, const char *s, double interval_s, double give_up_s)
+{
+    double t0 = now_s();
+    size_t i = 0, n = strlen(s);
+    while (now_s() - t0 < give_up_s) {
+        if (i < n) {
+            if (send(fd, s + i, 1, MSG_NOSIGNAL) != 1)
+                return now_s() - t0;
+            i++;
+        }
+        struct pollfd pfd = {.fd = fd, .events = POLLIN};
+        if (poll(&pfd, 1, (int)(interval_s * 1000)) > 0) {
+            char c[512];
+            if (recv(fd, c, sizeof c, 0) <= 0)
+                return now_s() - t0;
+        }
+    }
+    return -1;
+}
+
+/* A head dribbled one byte every 0.3 s (so libmicrohttpd's inactivity
+ * timeout never fires) is cut at the header deadline, and counted. */
+START_TEST(test_header_deadline)
+{
+    REQUIRE_SERVER();
+    double before = metric_value(g_srv.port, "embedd_http_connections_cut_total{phase=\"head\"} ");
+    int fd = raw_connect(g_srv.port);
+    double t = trickle_until_closed(fd, "GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: "
+                                        "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+                                    0.3, 15.0);
+    close(fd);
+    ck_assert_msg(t >= 0, "a dribbling head was still open after 15 s");
+    ck_assert_msg(t >= HEADER_TIMEOUT - 0.3 && t <= HEADER_TIMEOUT + SLACK,
+                  "head cut after %.2f s (deadline %d s)", t, HEADER_TIMEOUT);
+    double after = metric_value(g_srv.port, "embedd_http_connections_cut_total{phase=\"head\"} ");
+    ck_assert_msg(after >= 1 && after > before, "cut metric %.0f -> %.0f", before, after);
+}
+END_TEST
+
+/* A body dribbled one byte every 0.3 s is cut at the body deadline. */
+START_TEST(test_body_deadline)
+{
+    REQUIRE_SERVER();
+    int fd = raw_connect(g_srv.port);
+    send_str(fd, "POST /tokenize HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                 "Content-Length: 1000\r\n\r\n");
+    char body[1001];
+    memset(body, ' ', 1000);
+    body[1000] = '\0';
+    double t = trickle_until_closed(fd, body, 0.3, 15.0);
+    close(fd);
+    ck_assert_msg(t >= 0, "a dribbling body was still open after 15 s");
+    ck_assert_msg(t >= BODY_TIMEOUT - 0.3 && t <= BODY_TIMEOUT + SLACK,
+                  "body cut after %.2f s (deadline %d s)", t, BODY_TIMEOUT);
+}
+END_TEST
+
+/* An idle keep-alive connection is closed at the keep-alive deadline. */
+START_TEST(test_keepalive_deadline)
+{
+    REQUIRE_SERVER();
+    int fd = raw_connect(g_srv.port);
+    send_str(fd, "GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
+    http_resp r;
+    ck_assert_int_eq(raw_read_response(fd, 5.0, &r), 200);
+    resp_free(&r);
+    double t = raw_wait_closed(fd, 10.0);
+    close(fd);
+    ck_assert_msg(t >= KEEPALIVE_TIMEOUT - 0.3 && t <= KEEPALIVE_TIMEOUT + SLACK,
+                  "idle keep-alive closed after %.2f s (deadline %d s)", t, KEEPALIVE_TIMEOUT);
+}
+END_TEST
+
+/* A client that asks for a large response and never reads is cut at the
+ * send deadline, with a reset (a FIN would wait behind the unread data). */
+START_TEST(test_send_deadline_non_reader)
+{
+    REQUIRE_SERVER();
+    /* 10,000 items of 32 dimensions: /similar with their vectors is ~4 MB,
+     * more than the kernel buffers for a client with a small window. */
+    for (int batch = 0; batch < 10; batch++) {
+        buf b = {0};
+        buf_add(&b, "{\"items\":[", 10);
+        for (int i = batch * 1000; i < (batch + 1) * 1000; i++) {
+            buf_addf(&b, "%s{\"id\":%d,\"vector\":[", i % 1000 ? "," : "", i);
+            for (int d = 0; d < 32; d++)
+                buf_addf(&b, "%s%.6f", d ? "," : "", 0.001 * (i + 1) + 0.0001 * d);
+            buf_add(&b, "]}", 2);
+        }
+        buf_add(&b, "]}", 2);
+        char h[256];
+        snprintf(h, sizeof h,
+                 "POST /items HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 "Content-Length: %zu\r\n\r\n", b.len);
+        int up = raw_connect(g_srv.port);
+        send_str(up, h);
+        raw_send(up, b.p, b.len);
+        http_resp r;
+        long st = raw_read_response(up, 10.0, &r);
+        ck_assert_msg(st == 200, "upsert: %ld %.300s", st, r.body.p);
+        resp_free(&r);
+        close(up);
+        free(b.p);
+    }
+    char head[256];
+    /* A tiny receive window, set before connecting, so little is buffered. */
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int small = 4096;
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)g_srv.port)};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ck_assert(connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0);
+    const char *q = "{\"vector\":[" "1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1"
+                    "],\"limit\":10000,\"with_vector\":true,\"with_payload\":true}";
+    snprintf(head, sizeof head,
+             "POST /similar HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+             "Content-Length: %zu\r\n\r\n", strlen(q));
+    send_str(fd, head);
+    send_str(fd, q);
+    double t0 = now_s();
+    /* Not reading: only poll for the peer's close (POLLRDHUP), not POLLIN. */
+    double closed = -1;
+    while (now_s() - t0 < 15.0) {
+        struct pollfd pfd = {.fd = fd, .events = POLLRDHUP};
+        if (poll(&pfd, 1, 100) > 0 && (pfd.revents & (POLLRDHUP | POLLHUP | POLLERR))) {
+            closed = now_s() - t0;
+            break;
+        }
+    }
+    close(fd);
+    ck_assert_msg(closed >= 0, "a client that does not read was still connected after 15 s");
+    ck_assert_msg(closed <= SEND_TIMEOUT + SLACK, "non-reading client cut after %.2f s",
+                  closed);
+    double cut = metric_value(g_srv.port,
+                              "embedd_http_connections_cut_total{phase=\"sending\"} ");
+    ck_assert_msg(cut >= 1, "cut while sending: %.0f", cut);
+}
+END_TEST
+
+/* /health and /metrics answer at once while 200 slow connections from
+ * another address hold their heads open. */
+START_TEST(test_health_with_slow_connections)
+{
+    REQUIRE_SERVER();
+    enum { N = 200 };
+    int fds[N];
+    for (int i = 0; i < N; i++) {
+        fds[i] = connect_from("127.0.0.2", g_srv.port);
+        ck_assert_msg(fds[i] >= 0, "slow connection %d: %s", i, strerror(errno));
+        send_str(fds[i], "POST /embed HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: 1\r\n");
+    }
+    double worst = 0;
+    for (int i = 0; i < 20; i++) {
+        http_resp r;
+        double t0 = now_s();
+        const char *req = i % 2 ? "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"
+                                : "GET /health HTTP/1.1\r\nHost: x\r\n\r\n";
+        long st = one_request(g_srv.port, req, 5.0, &r);
+        double dt = now_s() - t0;
+        ck_assert_msg(st == 200, "probe %d: %ld", i, st);
+        resp_free(&r);
+        if (dt > worst)
+            worst = dt;
+        usleep(20000);
+    }
+    /* The slow ones are still open (not refused) until their deadline. */
+    int open_now = 0;
+    for (int i = 0; i < N; i++) {
+        struct pollfd pfd = {.fd = fds[i], .events = POLLIN};
+        open_now += poll(&pfd, 1, 0) == 0;
+    }
+    for (int i = 0; i < N; i++)
+        close(fds[i]);
+    ck_assert_msg(worst < 0.1, "slowest probe took %.3f s", worst);
+    ck_assert_msg(open_now == N, "%d of %d slow connections open during the probes", open_now, N);
+}
+END_TEST
+
+/* 459 query arguments overflowed libmicrohttpd's default pool and hung for
+ * 30 s; now they are answered at once. Far more still may not fit: then the
+ * connection ends within the header deadline, never 30 s. */
+START_TEST(test_many_query_args)
+{
+    REQUIRE_SERVER();
+    buf req = {0};
+    buf_add(&req, "GET /health?", 12);
+    for (int i = 0; i < 459; i++)
+        buf_addf(&req, "%sa%d=1", i ? "&" : "", i);
+    buf_add(&req, " HTTP/1.1\r\nHost: x\r\n\r\n", 23);
+    http_resp r;
+    double t0 = now_s();
+    long st = one_request(g_srv.port, req.p, 5.0, &r);
+    ck_assert_msg(st == 200 && now_s() - t0 < 1.0, "459 args: %ld after %.2f s", st,
+                  now_s() - t0);
+    resp_free(&r);
+    free(req.p);
+    memset(&req, 0, sizeof req);
+    buf_add(&req, "GET /health?", 12);
+    for (int i = 0; i < 6000; i++)
+        buf_addf(&req, "%sb=", i ? "&" : "");
+    buf_add(&req, " HTTP/1.1\r\nHost: x\r\n\r\n", 23);
+    t0 = now_s();
+    st = one_request(g_srv.port, req.p, HEADER_TIMEOUT + 5.0, &r);
+    double dt = now_s() - t0;
+    ck_assert_msg(st != -1 && dt <= HEADER_TIMEOUT + SLACK, "6000 args: %ld after %.2f s", st, dt);
+    if (st > 0)
+        check_json_error(&r, st, "6000 args");
+    resp_free(&r);
+    free(req.p);
+}
+END_TEST
+
+typedef struct framing_case {
+    const char *what;
+    const char *request;
+} framing_case;
+
+static const framing_case framing_cases[] = {
+    {"xchunked", "POST /embed HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: xchunked\r\n\r\n"
+                 "5\r\nhello\r\n0\r\n\r\n"},
+    {"chunked, identity", "POST /embed HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, "
+                          "identity\r\n\r\n5\r\nhello\r\n0\r\n\r\n"},
+    {"two Transfer-Encoding", "POST /embed HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+                              "Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"},
+    {"Content-Length and chunked", "POST /embed HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n"
+                                   "Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"},
+    {"two Content-Length", "POST /embed HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n"
+                           "Content-Length: 5\r\n\r\nabcde"},
+};
+
+/* Ambiguous framing: one 400 JSON, Connection: close, and the connection
+ * ends (nothing after it is read as a request). */
+START_TEST(test_framing_refused)
+{
+    REQUIRE_SERVER();
+    const framing_case *c = &framing_cases[_i];
+    int fd = raw_connect(g_srv.port);
+    send_str(fd, c->request);
+    buf all = {0};
+    double t = read_all(fd, 5.0, &all);
+    close(fd);
+    ck_assert_msg(t >= 0 && t < 1.0, "%s: not closed within 1 s (%.2f)", c->what, t);
+    ck_assert_msg(all.p != NULL, "%s: no answer", c->what);
+    char *second = strstr(all.p + 1, "HTTP/1.");
+    ck_assert_msg(second == NULL, "%s: two responses: %s", c->what, all.p);
+    http_resp r = {0};
+    const char *hend = strstr(all.p, "\r\n\r\n");
+    ck_assert_msg(hend != NULL, "%s: %s", c->what, all.p);
+    buf_add(&r.hdr, all.p, (size_t)(hend - all.p) + 4);
+    buf_add(&r.body, hend + 4, strlen(hend + 4));
+    r.status = strtol(all.p + 9, NULL, 10);
+    check_json_error(&r, 400, c->what);
+    const char *conn = header_value(&r, "Connection");
+    ck_assert_msg(conn != NULL && strcasecmp(conn, "close") == 0, "%s: Connection %s", c->what,
+                  conn != NULL ? conn : "(none)");
+    resp_free(&r);
+    free(all.p);
+}
+END_TEST
+
+/* Content-Length: -1 is refused by libmicrohttpd itself before we see the
+ * request: a 400 at once and the connection closed (0.9.75 writes its
+ * status line twice; see README "Errors"). */
+START_TEST(test_content_length_negative)
+{
+    REQUIRE_SERVER();
+    int fd = raw_connect(g_srv.port);
+    send_str(fd, "POST /embed HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n");
+    buf all = {0};
+    double t = read_all(fd, 5.0, &all);
+    close(fd);
+    ck_assert_msg(t >= 0 && t < 1.0, "not closed within 1 s (%.2f)", t);
+    ck_assert_msg(all.p != NULL && strncmp(all.p, "HTTP/1.1 400 ", 13) == 0, "answer: %s",
+                  all.p != NULL ? all.p : "(none)");
+    free(all.p);
+}
+END_TEST
+
+/* A body over the limit is read to its end, so a client that sends all of
+ * it before reading sees 413, not a broken pipe: Python's http.client, and
+ * a raw socket sending 3 MB in 64 KiB pieces. */
+START_TEST(test_413_readable)
+{
+    REQUIRE_SERVER();
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd,
+             "/usr/bin/python3 -c '\n"
+             "import http.client\n"
+             "ok = 0\n"
+             "for i in range(5):\n"
+             "    c = http.client.HTTPConnection(\"127.0.0.1\", %d, timeout=20)\n"
+             "    c.request(\"POST\", \"/embed\", body=b\"x\" * 3000000,\n"
+             "              headers={\"Content-Type\": \"application/json\"})\n"
+             "    r = c.getresponse()\n"
+             "    ok += r.status == 413 and b\"exceeds\" in r.read()\n"
+             "    c.close()\n"
+             "print(ok)\n"
+             "'",
+             g_srv.port);
+    FILE *p = popen(cmd, "r");
+    ck_assert(p != NULL);
+    char out[64] = {0};
+    char *got = fgets(out, sizeof out, p);
+    int rc = pclose(p);
+    ck_assert_msg(got != NULL && rc == 0 && atoi(out) == 5,
+                  "http.client got 413 in %s of 5 (exit %d)", got != NULL ? out : "(none)", rc);
+
+    int fd = raw_connect(g_srv.port);
+    size_t total = 3000000;
+    char head[256];
+    snprintf(head, sizeof head,
+             "POST /embed HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+             "Content-Length: %zu\r\n\r\n", total);
+    send_str(fd, head);
+    char *piece = malloc(65536);
+    memset(piece, 'x', 65536);
+    for (size_t sent = 0; sent < total;) {
+        size_t n = total - sent < 65536 ? total - sent : 65536;
+        raw_send(fd, piece, n);
+        sent += n;
+        usleep(2000);
+    }
+    free(piece);
+    http_resp r;
+    long st = raw_read_response(fd, 5.0, &r);
+    close(fd);
+    ck_assert_msg(st == 413, "raw 3 MB body: %ld", st);
+    check_json_error(&r, 413, "raw 3 MB body");
+    resp_free(&r);
+}
+END_TEST
+
+/* HEAD on a GET route: GET's status and headers, no body. */
+START_TEST(test_head)
+{
+    REQUIRE_SERVER();
+    const char *paths[] = {"/health", "/info", "/metrics"};
+    for (int i = 0; i < 3; i++) {
+        int fd = raw_connect(g_srv.port);
+        char req[128];
+        snprintf(req, sizeof req, "HEAD %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                 paths[i]);
+        send_str(fd, req);
+        buf all = {0};
+        double t = read_all(fd, 5.0, &all);
+        close(fd);
+        ck_assert_msg(t >= 0 && all.p != NULL, "HEAD %s: no answer", paths[i]);
+        ck_assert_msg(strncmp(all.p, "HTTP/1.1 200 ", 13) == 0, "HEAD %s: %s", paths[i], all.p);
+        const char *hend = strstr(all.p, "\r\n\r\n");
+        ck_assert_msg(hend != NULL && hend[4] == '\0', "HEAD %s sent a body: %s", paths[i],
+                      all.p);
+        ck_assert_msg(strcasestr(all.p, "Content-Length: ") != NULL, "HEAD %s: %s", paths[i],
+                      all.p);
+        free(all.p);
+    }
+}
+END_TEST
+
+/* ======================================================================== */
+/* TCase perip: --max-connections-per-ip 4                                  */
+/* ======================================================================== */
+
+static void setup_perip(void)
+{
+    const char *args[] = {"--train", "off", "--max-connections-per-ip", "4", NULL};
+    fixture_start(args);
+}
+
+/* 1 when the server closed fd (EOF or reset) within timeout_s. */
+static int closed_within(int fd, double timeout_s)
+{
+    return raw_wait_closed(fd, timeout_s) >= 0;
+}
+
+START_TEST(test_per_ip_limit)
+{
+    REQUIRE_SERVER();
+    int fds[4];
+    for (int i = 0; i < 4; i++) {
+        fds[i] = connect_from("127.0.0.3", g_srv.port);
+        ck_assert(fds[i] >= 0);
+        send_str(fds[i], "GET /health HTTP/1.1\r\nHost: x\r\n");
+    }
+    usleep(200000);
+    /* The fifth from the same address is closed at once... */
+    int extra = connect_from("127.0.0.3", g_srv.port);
+    ck_assert_msg(extra < 0 || closed_within(extra, 2.0), "the 5th connection was kept");
+    if (extra >= 0)
+        close(extra);
+    /* ...the first four are not, and another address is served. */
+    for (int i = 0; i < 4; i++) {
+        struct pollfd pfd = {.fd = fds[i], .events = POLLIN};
+        ck_assert_msg(poll(&pfd, 1, 0) == 0, "connection %d closed", i);
+    }
+    http_resp r;
+    ck_assert_int_eq(one_request(g_srv.port, "GET /health HTTP/1.1\r\nHost: x\r\n\r\n", 5.0, &r),
+                     200);
+    resp_free(&r);
+    /* One of the four completes its request; its slot frees. */
+    send_str(fds[0], "Connection: close\r\n\r\n");
+    ck_assert_int_eq(raw_read_response(fds[0], 5.0, &r), 200);
+    resp_free(&r);
+    close(fds[0]);
+    usleep(200000);
+    int again = connect_from("127.0.0.3", g_srv.port);
+    ck_assert(again >= 0);
+    send_str(again, "GET /health HTTP/1.1\r\nHost: x\r\n\r\n");
+    ck_assert_int_eq(raw_read_response(again, 5.0, &r), 200);
+    resp_free(&r);
+    close(again);
+    for (int i = 1; i < 4; i++)
+        close(fds[i]);
+}
+END_TEST
+
+/* ======================================================================== */
+/* TCase busy: --max-concurrent-requests 1 and a small response budget     */
+/* ======================================================================== */
+
+static void setup_busy(void)
+{
+    const char *args[] = {"--train", "off", "--max-concurrent-requests", "1",
+                          "--max-response-memory", "30000", NULL};
+    fixture_start(args);
+}
+
+START_TEST(test_429_retry_after)
+{
+    REQUIRE_SERVER();
+    const char *body = "{\"inputs\":\"held\"}";
+    int held = raw_connect(g_srv.port);
+    char head[256];
+    snprintf(head, sizeof head,
+             "POST /embed HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+             "Content-Length: %zu\r\nExpect: 100-continue\r\n\r\n", strlen(body));
+    send_str(held, head);
+    char cont[64] = {0};
+    struct pollfd pfd = {.fd = held, .events = POLLIN};
+    ck_assert(poll(&pfd, 1, 5000) == 1 && recv(held, cont, sizeof cont - 1, 0) > 0);
+    ck_assert_msg(strstr(cont, "100 Continue") != NULL, "%s", cont);
+    http_resp r;
+    char req[256];
+    snprintf(req, sizeof req,
+             "POST /embed HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+             "Content-Length: %zu\r\n\r\n%s", strlen(body), body);
+    long st = one_request(g_srv.port, req, 5.0, &r);
+    ck_assert_msg(st == 429, "second request: %ld", st);
+    check_json_error(&r, 429, "429");
+    const char *ra = header_value(&r, "Retry-After");
+    ck_assert_msg(ra != NULL && atoi(ra) >= 1, "Retry-After %s", ra != NULL ? ra : "(none)");
+    resp_free(&r);
+    /* /health and /metrics answer while the limit is full. */
+    ck_assert_int_eq(one_request(g_srv.port, "GET /health HTTP/1.1\r\nHost: x\r\n\r\n", 5.0, &r),
+                     200);
+    resp_free(&r);
+    ck_assert_int_eq(one_request(g_srv.port, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", 5.0, &r),
+                     200);
+    resp_free(&r);
+    send_str(held, body);
+    ck_assert_int_eq(raw_read_response(held, 10.0, &r), 200);
+    resp_free(&r);
+    close(held);
+}
+END_TEST
+
+/* A response that would push the queued response bytes past
+ * --max-response-memory (30,000 here) is 503 with Retry-After and a reason;
+ * small ones (/health, /metrics, up to 16 KiB) always pass. */
+START_TEST(test_response_budget)
+{
+    REQUIRE_SERVER();
+    buf b = {0};
+    buf_add(&b, "{\"items\":[", 10);
+    for (int i = 0; i < 200; i++) {
+        buf_addf(&b, "%s{\"id\":%d,\"vector\":[", i ? "," : "", i);
+        for (int d = 0; d < 32; d++)
+            buf_addf(&b, "%s%.6f", d ? "," : "", 0.001 * (i + 1) + 0.0001 * d);
+        buf_add(&b, "]}", 2);
+    }
+    buf_add(&b, "]}", 2);
+    char head[256];
+    snprintf(head, sizeof head,
+             "POST /items HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+             "Content-Length: %zu\r\n\r\n", b.len);
+    int fd = raw_connect(g_srv.port);
+    send_str(fd, head);
+    raw_send(fd, b.p, b.len);
+    http_resp r;
+    long st = raw_read_response(fd, 10.0, &r);
+    ck_assert_msg(st == 200, "upsert: %ld %.300s", st, r.body.p);
+    resp_free(&r);
+    close(fd);
+    free(b.p);
+    /* 200 results with vectors: ~60 KB, over the budget on its own. */
+    const char *q = "{\"vector\":[1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1],"
+                    "\"limit\":200,\"with_vector\":true}";
+    char req[1024];
+    snprintf(req, sizeof req,
+             "POST /similar HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+             "Content-Length: %zu\r\n\r\n%s", strlen(q), q);
+    st = one_request(g_srv.port, req, 10.0, &r);
+    check_json_error(&r, 503, "/similar over the budget");
+    ck_assert_msg(strstr(r.body.p, "max-response-memory") != NULL, "%ld %s", st, r.body.p);
+    const char *ra = header_value(&r, "Retry-After");
+    ck_assert_msg(ra != NULL && atoi(ra) >= 1, "Retry-After %s", ra != NULL ? ra : "(none)");
+    resp_free(&r);
+    /* 20 results (~6 KB) fit, and so do /health and /metrics. */
+    const char *small = "{\"vector\":[1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1],"
+                        "\"limit\":20,\"with_vector\":true}";
+    snprintf(req, sizeof req,
+             "POST /similar HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+             "Content-Length: %zu\r\n\r\n%s", strlen(small), small);
+    st = one_request(g_srv.port, req, 10.0, &r);
+    ck_assert_msg(st == 200, "/similar limit 20: %ld %.200s", st, r.body.p);
+    resp_free(&r);
+    ck_assert_int_eq(one_request(g_srv.port, "GET /health HTTP/1.1\r\nHost: x\r\n\r\n", 5.0, &r),
+                     200);
+    resp_free(&r);
+    ck_assert_int_eq(one_request(g_srv.port, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", 5.0, &r),
+                     200);
+    resp_free(&r);
+}
+END_TEST
+
+static TCase *tcase_with_server(Suite *s, const char *name, void (*setup)(void), int timeout)
+{
+    TCase *tc = tcase_create(name);
+    tcase_add_unchecked_fixture(tc, setup, fixture_stop);
+    tcase_set_timeout(tc, timeout);
+    suite_add_tcase(s, tc);
+    return tc;
+}
+
+int main(void)
+{
+    signal(SIGPIPE, SIG_IGN);
+    Suite *s = suite_create("http_edge");
+    TCase *tc = tcase_with_server(s, "edge", setup_edge, 60);
+    tcase_add_test(tc, test_header_deadline);
+    tcase_add_test(tc, test_body_deadline);
+    tcase_add_test(tc, test_keepalive_deadline);
+    tcase_add_test(tc, test_send_deadline_non_reader);
+    tcase_add_test(tc, test_health_with_slow_connections);
+    tcase_add_test(tc, test_many_query_args);
+    tcase_add_loop_test(tc, test_framing_refused, 0,
+                        (int)(sizeof framing_cases / sizeof framing_cases[0]));
+    tcase_add_test(tc, test_content_length_negative);
+    tcase_add_test(tc, test_413_readable);
+    tcase_add_test(tc, test_head);
+
+    tc = tcase_with_server(s, "perip", setup_perip, 60);
+    tcase_add_test(tc, test_per_ip_limit);
+
+    tc = tcase_with_server(s, "busy", setup_busy, 60);
+    tcase_add_test(tc, test_429_retry_after);
+    tcase_add_test(tc, test_response_budget);
+    return run_suite(s);
+}
