@@ -120,13 +120,15 @@ bench-gemm: $(BUILD)/bench_gemm
 #          written to and reopened (tests/fuzz/fuzz_wal.c)
 #   http   the whole request path: the real server started in-process on a loopback
 #          port, each input sent as raw bytes (tests/fuzz/fuzz_http.c)
+#   jsoncheck  the strict body check before cJSON (server/http/jsoncheck.c): what
+#          it passes decodes to valid UTF-8 (tests/fuzz/fuzz_jsoncheck.c)
 # wal and http link every server/ and model/ object, built with the fuzzer's
 # sanitizers into build-fuzz/obj/ (OpenBLAS, libmicrohttpd, ... link as usual).
 # There OpenMP pragmas are off (clang's runtime would be a second one beside
 # OpenBLAS's libgomp), and the kernels written with GCC's vector builtins
 # (FUZZ_GCC_SRC) are compiled by gcc, uninstrumented.
 FUZZ_SECONDS ?= 30
-FUZZ_TARGETS ?= tokenizer safetensors config wal http
+FUZZ_TARGETS ?= tokenizer safetensors config jsoncheck wal http
 FUZZ_CFLAGS  := -g -O1 -std=c11 -D_GNU_SOURCE -fsanitize=fuzzer,address,undefined -Imodel \
                 $(shell pkg-config --cflags libcjson libutf8proc)
 FUZZ_LIBS    := $(shell pkg-config --libs libcjson libutf8proc) -lm
@@ -155,6 +157,9 @@ build-fuzz/obj/%.o: %.cpp
 	clang++ $(FUZZ_OBJ_CXXFLAGS) -MMD -MP -c $< -o $@
 build-fuzz/fuzz_wal build-fuzz/fuzz_http: build-fuzz/fuzz_%: tests/fuzz/fuzz_%.c $(FUZZ_OBJ)
 	clang $(FUZZ_OBJ_CFLAGS) -fsanitize=fuzzer -o $@ $< $(FUZZ_OBJ) $(FUZZ_LDLIBS)
+build-fuzz/fuzz_jsoncheck: tests/fuzz/fuzz_jsoncheck.c server/http/jsoncheck.c
+	@mkdir -p build-fuzz
+	clang $(FUZZ_CFLAGS) -Iserver -o $@ $^ $(FUZZ_LIBS)
 build-fuzz/fuzz_%: tests/fuzz/fuzz_%.c $(FUZZ_MODEL)
 	@mkdir -p build-fuzz
 	clang $(FUZZ_CFLAGS) -o $@ $< $(FUZZ_MODEL) $(FUZZ_LIBS)
