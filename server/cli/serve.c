@@ -288,6 +288,7 @@ int serve_run(const server_opts *opts)
     memset(&srv, 0, sizeof srv);
     srv.opts = *opts;
     atomic_init(&srv.inflight, 0);
+    atomic_init(&srv.working, 0);
     atomic_init(&srv.ready, 0);
     sigset_t sigs;
     block_signals(&sigs);

@@ -76,8 +76,21 @@ static int reserve_response_bytes(server *srv, request *rq, size_t len)
     return 1;
 }
 
+/* The request's work is done once its reply is ready: it stops counting
+ * against --max-concurrent-requests then, not when the last byte has been
+ * sent (the completion callback runs after the client may already have
+ * read the reply and sent its next request). */
+static void end_work(request *rq)
+{
+    if (rq->working) {
+        rq->working = 0;
+        atomic_fetch_sub(&rq->srv->working, 1);
+    }
+}
+
 static enum MHD_Result send_reply(request *rq, reply *rp)
 {
+    end_work(rq);
     if (rp->stream != NULL)
         return send_stream(rq, rp);
     if (rp->body.failed) {
@@ -290,8 +303,10 @@ static int refuse_early(server *srv, request *rq, const char *url, const char *m
             reply_error(rp, rt->api, 503, "Unhealthy", "server is not ready");
             return 1;
         }
-        int n = atomic_fetch_add(&srv->inflight, 1);
+        atomic_fetch_add(&srv->inflight, 1);
         rq->admitted = 1;
+        int n = atomic_fetch_add(&srv->working, 1);
+        rq->working = 1;
         if (n >= srv->opts.max_concurrent_requests) {
             reply_error(rp, rt->api, 429, "Overloaded",
                         "too many concurrent requests (limit %d)",
@@ -412,6 +427,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
         rq->free_state(rq->state);
     free(rq->body);
     free(rq->url);
+    end_work(rq);
     if (rq->admitted)
         atomic_fetch_sub(&srv->inflight, 1);
     if (rq->response_bytes > 0)

@@ -105,7 +105,9 @@ typedef struct server {
     struct conntrack *conns;   /* open connections and their deadlines (conntrack.h); same lifetime */
     atomic_llong response_bytes; /* queued response bodies not yet completed (max_response_memory) */
     int port;                  /* the bound port */
-    atomic_int inflight;       /* admitted requests not yet completed */
+    atomic_int inflight;       /* admitted requests not yet completed (sent in full) */
+    atomic_int working;        /* admitted requests whose reply is not ready yet:
+                                * what --max-concurrent-requests limits */
     atomic_int ready;          /* 1 while serving, 0 while starting or stopping */
 } server;
 
@@ -156,6 +158,7 @@ struct request {
     struct conn_entry *conn_entry; /* the connection's deadlines (conntrack.h); may be NULL */
     size_t response_bytes;     /* counted in srv->response_bytes until completion */
     int admitted;              /* counted in srv->inflight */
+    int working;               /* counted in srv->working */
     int suspended;
     int status;                /* sent status, for metrics */
     uint32_t model_version;    /* X-Embedd-Model-Version of the reply; 0: none */
