@@ -493,25 +493,6 @@ static uint32_t version_dir_id(const char *name)
     return sscanf(name, "v%u%c", &n, &tail) == 1 ? n : 0;
 }
 
-/* The highest n with DATA/models/vN (a published version), or 0. */
-static uint32_t latest_saved_version(const char *data_dir)
-{
-    char path[4096];
-    snprintf(path, sizeof path, "%s/models", data_dir);
-    DIR *d = opendir(path);
-    if (d == NULL)
-        return 0;
-    uint32_t best = 0;
-    struct dirent *e;
-    while ((e = readdir(d)) != NULL) {
-        uint32_t n = version_dir_id(e->d_name);
-        if (n > best)
-            best = n;
-    }
-    closedir(d);
-    return best;
-}
-
 /* The number in DATA/models/<name>, or 0. */
 static uint32_t read_number(const char *data_dir, const char *name)
 {
@@ -541,8 +522,9 @@ static int version_on_disk(const char *data_dir, uint32_t id)
     return access(path, R_OK) == 0;
 }
 
-/* The newest complete saved version that is not `pending`, or 0. */
-static uint32_t newest_complete(const char *data_dir, uint32_t pending)
+/* The highest n of a directory DATA/models/vN other than skip (0: none),
+ * counting only complete ones when complete_only; 0 when there is none. */
+static uint32_t newest_version(const char *data_dir, uint32_t skip, int complete_only)
 {
     char path[4096];
     snprintf(path, sizeof path, "%s/models", data_dir);
@@ -553,7 +535,7 @@ static uint32_t newest_complete(const char *data_dir, uint32_t pending)
     struct dirent *e;
     while ((e = readdir(d)) != NULL) {
         uint32_t n = version_dir_id(e->d_name);
-        if (n > best && n != pending && version_on_disk(data_dir, n))
+        if (n > best && n != skip && (!complete_only || version_on_disk(data_dir, n)))
             best = n;
     }
     closedir(d);
@@ -1075,7 +1057,7 @@ static emb_model *load_current(const char *data_dir, const emb_model *base, uint
                                uint32_t *id, emb_err *err)
 {
     uint32_t named = data_dir != NULL ? read_number(data_dir, "current") : 0;
-    *id = named != 0 ? named : data_dir != NULL ? newest_complete(data_dir, pending) : 0;
+    *id = named != 0 ? named : data_dir != NULL ? newest_version(data_dir, pending, 1) : 0;
     if (*id == 0)
         *id = 1;
     if (*id == 1)
@@ -1131,7 +1113,7 @@ versions *versions_open(const char *data_dir, const char *base_dir, const emb_mo
     }
     if (data_dir != NULL) {
         /* numbering goes on after every number ever made, whichever is current */
-        uint32_t latest = latest_saved_version(data_dir);
+        uint32_t latest = newest_version(data_dir, 0, 0);
         uint32_t noted = read_number(data_dir, "latest");
         pthread_mutex_lock(&v->lock);
         if (latest > v->latest)
