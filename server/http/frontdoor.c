@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -34,6 +35,8 @@
 #define DRAIN_MAX_BYTES (256 * 1024)
 #define IP_BUCKETS 1024
 #define EVENTS_PER_WAIT 64
+
+enum { WANT_NOTHING, WANT_QUIESCE, WANT_STOP };
 
 /* ---- connections per client address --------------------------------------- */
 
@@ -68,6 +71,11 @@ struct frontdoor {
     int max_total, max_per_ip;
     pthread_t thread;
     int started, stopped;
+    /* what the wake_fd asks of the thread: QUIESCE closes the listening
+     * socket (signalled on quiesced), STOP ends the thread */
+    atomic_int want;
+    pthread_cond_t quiesced;
+    int listening;             /* under lock: the listening socket is open */
     waiter_list heads, drains;
     pthread_mutex_t lock;      /* guards total and slots */
     int total;
@@ -420,6 +428,12 @@ static int check_partial(const char *p, size_t n, verdict *v)
 {
     memset(v, 0, sizeof *v);
     size_t start = skip_empty_lines(p, n);
+    /* Not a method: a TLS hello or other non-HTTP bytes, refused at once. */
+    size_t m = start;
+    while (m < n && is_tchar((unsigned char)p[m]))
+        m++;
+    if (m < n && p[m] != ' ' && p[m] != '\r' && p[m] != '\n')
+        return refuse(v, 400, "malformed request line (want 'METHOD /path HTTP/1.1')");
     const char *nl = memchr(p + start, '\n', n - start);
     if (nl != NULL) {
         size_t len = (size_t)(nl - (p + start));
@@ -600,6 +614,22 @@ static int next_wait_ms(frontdoor *door, double now)
     return ms < 0 ? 0 : ms > 60000 ? 60000 : (int)ms;
 }
 
+/* Stops accepting; connections already here still get their answer. */
+static void close_listener(frontdoor *door)
+{
+    uint64_t count;
+    if (read(door->wake_fd, &count, sizeof count) < 0 && errno != EAGAIN)
+        perror("embedd: frontdoor wake");
+    pthread_mutex_lock(&door->lock);
+    if (door->listening) {
+        close(door->listen_fd); /* also leaves the epoll set */
+        door->listen_fd = -1;
+        door->listening = 0;
+    }
+    pthread_cond_broadcast(&door->quiesced);
+    pthread_mutex_unlock(&door->lock);
+}
+
 static void *door_main(void *arg)
 {
     frontdoor *door = arg;
@@ -607,8 +637,12 @@ static void *door_main(void *arg)
     for (;;) {
         int n = epoll_wait(door->epoll_fd, ev, EVENTS_PER_WAIT, next_wait_ms(door, mono_seconds()));
         for (int i = 0; i < n; i++) {
-            if (ev[i].data.ptr == &door->wake_fd)
-                return NULL;
+            if (ev[i].data.ptr == &door->wake_fd) {
+                if (atomic_load(&door->want) == WANT_STOP)
+                    return NULL;
+                close_listener(door);
+                continue;
+            }
             if (ev[i].data.ptr == door)
                 accept_all(door);
             else
@@ -671,6 +705,8 @@ frontdoor *frontdoor_open(server *srv, const struct sockaddr *addr, socklen_t ad
     door->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     door->listen_fd = listen_on(addr, addr_len);
     pthread_mutex_init(&door->lock, NULL);
+    pthread_cond_init(&door->quiesced, NULL);
+    door->listening = door->listen_fd >= 0;
     door->stopped = 1; /* until the thread starts: nothing to stop */
     if (door->listen_fd < 0 || door->epoll_fd < 0 || door->wake_fd < 0 ||
         watch(door, door->listen_fd, door) != 0 || watch(door, door->wake_fd, &door->wake_fd) != 0) {
@@ -697,18 +733,37 @@ int frontdoor_start(frontdoor *door, struct MHD_Daemon *daemon)
     return 0;
 }
 
+static void wake(frontdoor *door, int want)
+{
+    atomic_store(&door->want, want);
+    uint64_t one = 1;
+    if (write(door->wake_fd, &one, sizeof one) < 0)
+        perror("embedd: frontdoor wake");
+}
+
+void frontdoor_quiesce(frontdoor *door)
+{
+    if (door == NULL || door->stopped)
+        return;
+    wake(door, WANT_QUIESCE);
+    pthread_mutex_lock(&door->lock);
+    while (door->listening)
+        pthread_cond_wait(&door->quiesced, &door->lock);
+    pthread_mutex_unlock(&door->lock);
+}
+
 void frontdoor_stop(frontdoor *door)
 {
     if (door == NULL || door->stopped)
         return;
     door->stopped = 1;
-    uint64_t one = 1;
-    if (write(door->wake_fd, &one, sizeof one) < 0)
-        perror("embedd: frontdoor wake");
+    wake(door, WANT_STOP);
     pthread_join(door->thread, NULL);
     /* The thread is gone: its lists are ours now. */
-    close(door->listen_fd);
+    if (door->listen_fd >= 0)
+        close(door->listen_fd);
     door->listen_fd = -1;
+    door->listening = 0;
     while (door->heads.first != NULL)
         drop(door, door->heads.first, 0);
     while (door->drains.first != NULL)
@@ -733,6 +788,7 @@ void frontdoor_free(frontdoor *door)
             free(s);
         }
     }
+    pthread_cond_destroy(&door->quiesced);
     pthread_mutex_destroy(&door->lock);
     free(door);
 }

@@ -42,8 +42,13 @@ int frontdoor_port(const frontdoor *door);
 /* Starts the accept thread, which hands good connections to daemon.
  * 0, or -1 when the thread cannot start. */
 int frontdoor_start(frontdoor *door, struct MHD_Daemon *daemon);
-/* Stops accepting at once: closes the listening socket and every
- * connection still waiting here, and joins the thread. Idempotent. */
+/* Stops accepting at once: the listening socket is closed when it
+ * returns (a new connection is refused). Connections already accepted
+ * still get their answer, or their cut at the header deadline: a client
+ * that connected before a shutdown is served (503 while draining). */
+void frontdoor_quiesce(frontdoor *door);
+/* Closes the listening socket and every connection still waiting here,
+ * and joins the thread. Idempotent. */
 void frontdoor_stop(frontdoor *door);
 /* A connection handed to libmicrohttpd has closed: its slot frees.
  * NULL door or addr is ignored. */

@@ -590,9 +590,9 @@ void http_quiesce(server *srv)
         return;
     }
     /* Stop accepting: new connections are refused at once instead of
-     * waiting in the backlog of a socket nobody reads; heads still waiting
-     * in the front door are closed. */
-    frontdoor_stop(srv->door);
+     * waiting in the backlog of a socket nobody reads. Heads already in
+     * the front door still pass (to get their 503) until http_stop. */
+    frontdoor_quiesce(srv->door);
     feed_close(srv->feed); /* version streams end now (after the socket: not to delay it) */
     /* Every admitted request gets its answer before the daemon stops. */
     for (int waited_ms = 0; atomic_load(&srv->inflight) > 0 && waited_ms < 120000; waited_ms += 5)
