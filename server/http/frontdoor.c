@@ -70,7 +70,7 @@ struct frontdoor {
     double header_timeout;
     int max_total, max_per_ip;
     pthread_t thread;
-    int started, stopped;
+    int stopped;               /* 1 until the thread runs, and after frontdoor_stop */
     /* what the wake_fd asks of the thread: QUIESCE closes the listening
      * socket (signalled on quiesced), STOP ends the thread */
     atomic_int want;
@@ -728,7 +728,6 @@ int frontdoor_start(frontdoor *door, struct MHD_Daemon *daemon)
     door->daemon = daemon;
     if (pthread_create(&door->thread, NULL, door_main, door) != 0)
         return -1;
-    door->started = 1;
     door->stopped = 0;
     return 0;
 }
