@@ -51,13 +51,16 @@ typedef struct waiter {
     int fd;
     struct sockaddr_storage addr;
     socklen_t addr_len;
-    double deadline;           /* head: cut after it; draining: close after it */
+    double deadline;           /* head: cut after it (--header-timeout); draining: close after it */
+    double last_bytes;         /* when the peek last saw new bytes (or accept) */
+    size_t seen;               /* bytes the last peek saw */
     int draining;              /* refused: the response is sent, reading the rest */
     size_t drained;
     struct waiter *prev, *next;
 } waiter;
 
-/* Waiters in order of deadline (all of a list have the same timeout). */
+/* Waiters in order of deadline (all of a list have the same timeout). The
+ * heads' inactivity limit (--timeout) is checked by a scan instead. */
 typedef struct waiter_list {
     waiter *first, *last;
 } waiter_list;
@@ -68,6 +71,8 @@ struct frontdoor {
     int port;
     struct MHD_Daemon *daemon;
     double header_timeout;
+    double idle_timeout;       /* --timeout: libmicrohttpd's, for a head that stalls */
+    double next_scan;          /* when expire next scans the heads for idleness */
     int max_total, max_per_ip;
     pthread_t thread;
     int stopped;               /* 1 until the thread runs, and after frontdoor_stop */
@@ -528,6 +533,10 @@ static void look(frontdoor *door, waiter *w, int hangup)
         drop(door, w, 0);
         return;
     }
+    if ((size_t)n > w->seen) {
+        w->seen = (size_t)n;
+        w->last_bytes = mono_seconds();
+    }
     verdict v;
     size_t len = head_length(door->peek, (size_t)n);
     if (len > 0) {
@@ -560,7 +569,8 @@ static void accept_one(frontdoor *door, int fd, const struct sockaddr_storage *s
     w->fd = fd;
     w->addr = *ss;
     w->addr_len = len;
-    w->deadline = mono_seconds() + door->header_timeout;
+    w->last_bytes = mono_seconds();
+    w->deadline = w->last_bytes + door->header_timeout;
     list_push(&door->heads, w);
     /* Edge-triggered: the bytes stay in the socket (we only peek), so a
      * level-triggered set would report them again at once. Adding an fd
@@ -589,13 +599,31 @@ static void accept_all(frontdoor *door)
     }
 }
 
-/* Cuts heads past their deadline (a reset, counted) and ends drains. */
+/* Closes heads with no new byte for --timeout, as libmicrohttpd's own
+ * inactivity timeout did before the front door (a plain close, not a cut).
+ * A scan every IDLE_SCAN_SECONDS: at most --max-connections entries. */
+#define IDLE_SCAN_SECONDS 0.25
+static void close_idle(frontdoor *door, double now)
+{
+    if (door->idle_timeout <= 0 || now < door->next_scan)
+        return;
+    door->next_scan = now + IDLE_SCAN_SECONDS;
+    for (waiter *w = door->heads.first, *next; w != NULL; w = next) {
+        next = w->next;
+        if (now - w->last_bytes >= door->idle_timeout)
+            drop(door, w, 0);
+    }
+}
+
+/* Cuts heads past their deadline (a reset, counted), closes idle ones, and
+ * ends drains. */
 static void expire(frontdoor *door, double now)
 {
     while (door->heads.first != NULL && door->heads.first->deadline <= now) {
         drop(door, door->heads.first, 1);
         metrics_connection_cut(door->srv->mx, "head");
     }
+    close_idle(door, now);
     while (door->drains.first != NULL && door->drains.first->deadline <= now)
         drop(door, door->drains.first, 0);
 }
@@ -604,8 +632,11 @@ static void expire(frontdoor *door, double now)
 static int next_wait_ms(frontdoor *door, double now)
 {
     double next = -1;
-    if (door->heads.first != NULL)
+    if (door->heads.first != NULL) {
         next = door->heads.first->deadline;
+        if (door->idle_timeout > 0 && door->next_scan < next)
+            next = door->next_scan;
+    }
     if (door->drains.first != NULL && (next < 0 || door->drains.first->deadline < next))
         next = door->drains.first->deadline;
     if (next < 0)
@@ -699,6 +730,7 @@ frontdoor *frontdoor_open(server *srv, const struct sockaddr *addr, socklen_t ad
     }
     door->srv = srv;
     door->header_timeout = o->header_timeout;
+    door->idle_timeout = o->timeout;
     door->max_total = o->max_connections;
     door->max_per_ip = o->max_connections_per_ip;
     door->epoll_fd = epoll_create1(EPOLL_CLOEXEC);
