@@ -18,7 +18,8 @@
  * front door counts each connection from accept until it closes it, or
  * until libmicrohttpd reports it closed: frontdoor_release). A head not
  * complete within --header-timeout is cut with a reset and counted as a
- * "head" cut (metrics_connection_cut).
+ * "head" cut (metrics_connection_cut); one with no new byte for --timeout
+ * is closed, as libmicrohttpd's inactivity timeout did.
  *
  * Threads: one thread (epoll) accepts, peeks and answers. frontdoor_release
  * may be called from any thread. */
