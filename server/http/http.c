@@ -16,6 +16,7 @@
 #include "common/clock.h"
 #include "conntrack.h"
 #include "feed.h"
+#include "frontdoor.h"
 #include "server.h"
 
 /* Per-connection memory of libmicrohttpd (request head, header records,
@@ -453,6 +454,10 @@ static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_
     } else if (code == MHD_CONNECTION_NOTIFY_CLOSED) {
         conntrack_remove(srv->conns, *socket_context);
         *socket_context = NULL;
+        /* The front door counted it against the connection limits. */
+        const union MHD_ConnectionInfo *ci =
+            MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+        frontdoor_release(srv->door, ci != NULL ? ci->client_addr : NULL);
     }
 }
 
@@ -499,8 +504,7 @@ void server_submit(server *srv, request *rq, emb_job *job)
 
 #define FEED_MAX_SUBSCRIBERS 16
 
-static int resolve_bind(const char *host, int port, struct sockaddr_storage *ss, socklen_t *len,
-                        int *ipv6)
+static int resolve_bind(const char *host, int port, struct sockaddr_storage *ss, socklen_t *len)
 {
     struct addrinfo hints, *res = NULL;
     char portstr[16];
@@ -513,7 +517,6 @@ static int resolve_bind(const char *host, int port, struct sockaddr_storage *ss,
         return -1;
     memcpy(ss, res->ai_addr, res->ai_addrlen);
     *len = res->ai_addrlen;
-    *ipv6 = res->ai_family == AF_INET6;
     freeaddrinfo(res);
     return 0;
 }
@@ -547,14 +550,15 @@ static void log_mhd(void *cls, const char *fmt, va_list ap)
     pthread_mutex_unlock(&lock);
 }
 
-/* Starts libmicrohttpd on opts.host:opts.port; see server.h. */
+/* Starts libmicrohttpd on opts.host:opts.port; see server.h. The
+ * listening socket is the front door's (frontdoor.h): libmicrohttpd gets
+ * each connection once its first head has passed. */
 int http_start(server *srv, emb_err *err)
 {
     const server_opts *opts = &srv->opts;
     struct sockaddr_storage addr;
     socklen_t addr_len = 0;
-    int ipv6 = 0;
-    if (resolve_bind(opts->host, opts->port, &addr, &addr_len, &ipv6) != 0)
+    if (resolve_bind(opts->host, opts->port, &addr, &addr_len) != 0)
         return emb_fail(err, "cannot resolve host '%s'", opts->host);
     srv->feed = feed_new(srv->versions, FEED_MAX_SUBSCRIBERS);
     if (srv->feed == NULL)
@@ -568,12 +572,14 @@ int http_start(server *srv, emb_err *err)
     if (srv->conns == NULL)
         return emb_fail_as(err, EMB_ERR_NO_MEMORY, "cannot start the connection sweeper");
     raise_fd_limit(opts->max_connections);
+    srv->door = frontdoor_open(srv, (struct sockaddr *)&addr, addr_len, err);
+    if (srv->door == NULL)
+        return -1;
     unsigned flags = MHD_USE_AUTO_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME |
-                     MHD_USE_ERROR_LOG | (ipv6 ? MHD_USE_IPv6 : 0);
+                     MHD_USE_ERROR_LOG | MHD_USE_NO_LISTEN_SOCKET;
     srv->daemon = MHD_start_daemon(
-        flags, (uint16_t)opts->port, NULL, NULL, on_request, srv,
+        flags, 0, NULL, NULL, on_request, srv,
         MHD_OPTION_EXTERNAL_LOGGER, log_mhd, NULL,
-        MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr,
         MHD_OPTION_THREAD_POOL_SIZE, (unsigned)opts->http_threads,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)opts->timeout,
         MHD_OPTION_CONNECTION_LIMIT, (unsigned)opts->max_connections,
@@ -584,9 +590,10 @@ int http_start(server *srv, emb_err *err)
         MHD_OPTION_NOTIFY_CONNECTION, on_connection, srv,
         MHD_OPTION_END);
     if (srv->daemon == NULL)
-        return emb_fail(err, "cannot listen on %s:%d", opts->host, opts->port);
-    const union MHD_DaemonInfo *info = MHD_get_daemon_info(srv->daemon, MHD_DAEMON_INFO_BIND_PORT);
-    srv->port = info != NULL ? info->port : opts->port;
+        return emb_fail(err, "cannot start the HTTP daemon on %s:%d", opts->host, opts->port);
+    srv->port = frontdoor_port(srv->door);
+    if (frontdoor_start(srv->door, srv->daemon) != 0)
+        return emb_fail(err, "cannot start the accept thread");
     atomic_store(&srv->ready, 1);
     return 0;
 }
@@ -599,10 +606,9 @@ void http_quiesce(server *srv)
         return;
     }
     /* Stop accepting: new connections are refused at once instead of
-     * waiting in the backlog of a socket nobody reads. */
-    MHD_socket listen_fd = MHD_quiesce_daemon(srv->daemon);
-    if (listen_fd != MHD_INVALID_SOCKET)
-        close(listen_fd);
+     * waiting in the backlog of a socket nobody reads. Heads already in
+     * the front door still pass (to get their 503) until http_stop. */
+    frontdoor_quiesce(srv->door);
     feed_close(srv->feed); /* version streams end now (after the socket: not to delay it) */
     /* Every admitted request gets its answer before the daemon stops. */
     for (int waited_ms = 0; atomic_load(&srv->inflight) > 0 && waited_ms < 120000; waited_ms += 5)
@@ -613,9 +619,12 @@ void http_stop(server *srv)
 {
     atomic_store(&srv->ready, 0);
     feed_close(srv->feed); /* no stream may stay suspended */
+    frontdoor_stop(srv->door); /* it hands connections to the daemon */
     if (srv->daemon != NULL)
         MHD_stop_daemon(srv->daemon);
     srv->daemon = NULL;
+    frontdoor_free(srv->door); /* after the daemon: its close notifications release slots */
+    srv->door = NULL;
     feed_free(srv->feed);
     srv->feed = NULL;
     conntrack_free(srv->conns); /* after the daemon: no more notifications */

@@ -102,6 +102,7 @@ typedef struct server {
     metrics *mx;
     struct MHD_Daemon *daemon;
     struct feed *feed;         /* GET /train/versions/stream (feed.h); from http_start to http_stop */
+    struct frontdoor *door;    /* our listening socket and first-head check (frontdoor.h); same lifetime */
     struct conntrack *conns;   /* open connections and their deadlines (conntrack.h); same lifetime */
     atomic_llong response_bytes; /* queued response bodies not yet completed (max_response_memory) */
     int port;                  /* the bound port */
