@@ -424,6 +424,9 @@ def describe(s):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--binary", default=BIN,
+                    help="the embedd to test (default build/embedd; a copy keeps a long run "
+                         "safe from rebuilds)")
     ap.add_argument("--clients", type=int, default=6)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--min-delay", type=float, default=0.3)
@@ -434,6 +437,8 @@ def main():
                          "again for DATA/samples.log")
     ap.add_argument("--keep", action="store_true", help="keep the data directory")
     args = ap.parse_args()
+    global BIN
+    BIN = os.path.abspath(args.binary)
 
     if not os.path.exists(BIN):
         subprocess.run(["make"], cwd=ROOT, check=True)
