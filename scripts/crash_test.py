@@ -422,6 +422,7 @@ def describe(s):
 # ---------------------------------------------------------------- main
 
 def main():
+    global BIN
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--binary", default=BIN,
@@ -437,7 +438,6 @@ def main():
                          "again for DATA/samples.log")
     ap.add_argument("--keep", action="store_true", help="keep the data directory")
     args = ap.parse_args()
-    global BIN
     BIN = os.path.abspath(args.binary)
 
     if not os.path.exists(BIN):
