@@ -1082,6 +1082,48 @@ START_TEST(test_head)
 }
 END_TEST
 
+/* /health and /metrics come on a lane of their own (frontdoor.h): a probe
+ * connection keeps alive for more probes, but another request on it is
+ * answered once with Connection: close, so that the client's work goes
+ * back through the front door to the main threads. A connection that
+ * starts with other work never goes to the probes' lane. */
+START_TEST(test_probe_lane)
+{
+    REQUIRE_SERVER();
+    int fd = raw_connect(g_srv.port);
+    http_resp r;
+    for (int i = 0; i < 3; i++) {
+        send_str(fd, "GET /health HTTP/1.1\r\nHost: x\r\n\r\n");
+        ck_assert_int_eq(raw_read_response(fd, 5.0, &r), 200);
+        const char *c = header_value(&r, "Connection");
+        ck_assert_msg(c == NULL || strcasecmp(c, "close") != 0, "probe %d: Connection: %s", i, c);
+        resp_free(&r);
+    }
+    send_str(fd, "GET /info HTTP/1.1\r\nHost: x\r\n\r\n");
+    ck_assert_int_eq(raw_read_response(fd, 5.0, &r), 200);
+    const char *c = header_value(&r, "Connection");
+    ck_assert_msg(c != NULL && strcasecmp(c, "close") == 0, "/info on the probes' lane: %s",
+                  c != NULL ? c : "(no Connection header)");
+    resp_free(&r);
+    ck_assert_msg(raw_wait_closed(fd, 5.0) >= 0, "the probes' lane kept /info's connection");
+    close(fd);
+    /* the main lane keeps alive for anything, /health included */
+    fd = raw_connect(g_srv.port);
+    const char *paths[] = {"/info", "/health", "/info"};
+    for (int i = 0; i < 3; i++) {
+        char req[128];
+        snprintf(req, sizeof req, "GET %s HTTP/1.1\r\nHost: x\r\n\r\n", paths[i]);
+        send_str(fd, req);
+        ck_assert_int_eq(raw_read_response(fd, 5.0, &r), 200);
+        c = header_value(&r, "Connection");
+        ck_assert_msg(c == NULL || strcasecmp(c, "close") != 0, "%s on the main lane: close",
+                      paths[i]);
+        resp_free(&r);
+    }
+    close(fd);
+}
+END_TEST
+
 /* ======================================================================== */
 /* TCase perip: --max-connections-per-ip 4                                  */
 /* ======================================================================== */
@@ -1277,6 +1319,7 @@ int main(void)
     tcase_add_test(tc, test_front_door_passes_bytes);
     tcase_add_test(tc, test_413_readable);
     tcase_add_test(tc, test_head);
+    tcase_add_test(tc, test_probe_lane);
 
     tc = tcase_with_server(s, "perip", setup_perip, 60);
     tcase_add_test(tc, test_per_ip_limit);

@@ -70,6 +70,7 @@ struct frontdoor {
     int listen_fd, epoll_fd, wake_fd;
     int port;
     struct MHD_Daemon *daemon;
+    struct MHD_Daemon *probes;  /* GET /health and /metrics: their own lane (frontdoor.h) */
     double header_timeout;
     double idle_timeout;       /* --timeout: libmicrohttpd's, for a head that stalls */
     double next_scan;          /* when expire next scans the heads for idleness */
@@ -211,6 +212,7 @@ static void drop(frontdoor *door, waiter *w, int abort)
 
 typedef struct verdict {
     int status;                /* 0: acceptable */
+    int probe;                 /* GET or HEAD of /health or /metrics */
     api_family api;
     char msg[200];
 } verdict;
@@ -298,7 +300,18 @@ static int check_target(const char *target, size_t len, verdict *v)
     return 0;
 }
 
-/* METHOD SP target SP HTTP/x.y. Also sets v->api from the target. */
+/* A health check or a metrics scrape: GET or HEAD of /health or /metrics,
+ * with or without a query. */
+static int is_probe(const char *method, size_t m, const char *target, size_t t)
+{
+    int get = (m == 3 && memcmp(method, "GET", 3) == 0) || (m == 4 && memcmp(method, "HEAD", 4) == 0);
+    const char *q = memchr(target, '?', t);
+    size_t path = q != NULL ? (size_t)(q - target) : t;
+    return get && ((path == 7 && memcmp(target, "/health", 7) == 0) ||
+                   (path == 8 && memcmp(target, "/metrics", 8) == 0));
+}
+
+/* METHOD SP target SP HTTP/x.y. Also sets v->api and v->probe from it. */
 static int check_request_line(const char *line, size_t len, verdict *v)
 {
     size_t m = 0;
@@ -313,6 +326,7 @@ static int check_request_line(const char *line, size_t len, verdict *v)
     if (t == 0 || m + 1 + t == len || target[t] != ' ')
         return refuse(v, 400, "malformed request line (want 'METHOD /path HTTP/1.1')");
     v->api = t >= 4 && memcmp(target, "/v1/", 4) == 0 ? API_OPENAI : API_TEI;
+    v->probe = is_probe(line, m, target, t);
     const char *ver = target + t + 1;
     if (check_version(ver, len - m - 1 - t - 1, v))
         return 1;
@@ -507,11 +521,12 @@ static void answer_refusal(frontdoor *door, waiter *w, const verdict *v)
 }
 
 /* libmicrohttpd takes the socket (and closes it, even on failure). */
-static void hand_over(frontdoor *door, waiter *w)
+static void hand_over(frontdoor *door, waiter *w, int probe)
 {
     list_unlink(&door->heads, w);
     epoll_ctl(door->epoll_fd, EPOLL_CTL_DEL, w->fd, NULL);
-    if (MHD_add_connection(door->daemon, w->fd, (const struct sockaddr *)&w->addr,
+    struct MHD_Daemon *to = probe && door->probes != NULL ? door->probes : door->daemon;
+    if (MHD_add_connection(to, w->fd, (const struct sockaddr *)&w->addr,
                            w->addr_len) != MHD_YES)
         frontdoor_release(door, (const struct sockaddr *)&w->addr);
     free(w);
@@ -543,7 +558,7 @@ static void look(frontdoor *door, waiter *w, int hangup)
         if (check_head(door->peek, len, &v))
             answer_refusal(door, w, &v);
         else
-            hand_over(door, w);
+            hand_over(door, w, v.probe);
     } else if (check_partial(door->peek, (size_t)n, &v)) {
         answer_refusal(door, w, &v);
     } else if (hangup) {
@@ -755,9 +770,10 @@ int frontdoor_port(const frontdoor *door)
     return door->port;
 }
 
-int frontdoor_start(frontdoor *door, struct MHD_Daemon *daemon)
+int frontdoor_start(frontdoor *door, struct MHD_Daemon *daemon, struct MHD_Daemon *probes)
 {
     door->daemon = daemon;
+    door->probes = probes;
     if (pthread_create(&door->thread, NULL, door_main, door) != 0)
         return -1;
     door->stopped = 0;

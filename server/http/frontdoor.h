@@ -40,9 +40,13 @@ frontdoor *frontdoor_open(struct server *srv, const struct sockaddr *addr, sockl
                           emb_err *err);
 /* The bound port. */
 int frontdoor_port(const frontdoor *door);
-/* Starts the accept thread, which hands good connections to daemon.
- * 0, or -1 when the thread cannot start. */
-int frontdoor_start(frontdoor *door, struct MHD_Daemon *daemon);
+/* Starts the accept thread, which hands good connections to daemon, and
+ * those whose first request is GET (or HEAD) /health or /metrics to probes
+ * (NULL: daemon too). The probes' own daemon (one thread, http.c) is what
+ * keeps room for health checks and scrapes: the main daemon's threads may
+ * all be busy formatting large responses for seconds. 0, or -1 when the
+ * thread cannot start. */
+int frontdoor_start(frontdoor *door, struct MHD_Daemon *daemon, struct MHD_Daemon *probes);
 /* Stops accepting at once: the listening socket is closed when it
  * returns (a new connection is refused). Connections already accepted
  * still get their answer, or their cut at the header deadline: a client

@@ -89,6 +89,21 @@ static void end_work(request *rq)
     }
 }
 
+/* Another request than a probe on the probes' daemon (frontdoor.h): a
+ * client that checked /health and then reuses the connection for its
+ * work. It is answered with Connection: close, so that its next request
+ * comes through the front door to the main daemon; probes keep their
+ * keep-alive connection. */
+static int off_probe_lane(const request *rq)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(rq->conn, MHD_CONNECTION_INFO_DAEMON);
+    if (ci == NULL || ci->daemon == NULL || ci->daemon != rq->srv->probes)
+        return 0;
+    return rq->rt == NULL ||
+           (strcmp(rq->rt->path, "/health") != 0 && strcmp(rq->rt->path, "/metrics") != 0);
+}
+
 static enum MHD_Result send_reply(request *rq, reply *rp)
 {
     end_work(rq);
@@ -135,7 +150,7 @@ static enum MHD_Result send_reply(request *rq, reply *rp)
         snprintf(secs, sizeof secs, "%d", retry);
         MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, secs);
     }
-    if (rp->close)
+    if (rp->close || off_probe_lane(rq))
         MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
     rq->status = rp->status;
     enum MHD_Result ret = MHD_queue_response(rq->conn, (unsigned)rp->status, resp);
@@ -550,6 +565,27 @@ static void log_mhd(void *cls, const char *fmt, va_list ap)
     pthread_mutex_unlock(&lock);
 }
 
+/* One libmicrohttpd daemon without a listening socket (the front door
+ * hands it connections) with threads threads (1: one internal thread). */
+static struct MHD_Daemon *start_daemon(server *srv, unsigned threads)
+{
+    const server_opts *opts = &srv->opts;
+    unsigned flags = MHD_USE_AUTO_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME |
+                     MHD_USE_ERROR_LOG | MHD_USE_NO_LISTEN_SOCKET;
+    return MHD_start_daemon(
+        flags, 0, NULL, NULL, on_request, srv,
+        MHD_OPTION_EXTERNAL_LOGGER, log_mhd, NULL,
+        MHD_OPTION_THREAD_POOL_SIZE, threads > 1 ? threads : 0u,
+        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)opts->timeout,
+        MHD_OPTION_CONNECTION_LIMIT, (unsigned)opts->max_connections,
+        MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)opts->max_connections_per_ip,
+        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)CONNECTION_POOL_BYTES,
+        MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv,
+        MHD_OPTION_UNESCAPE_CALLBACK, routes_unescape, NULL,
+        MHD_OPTION_NOTIFY_CONNECTION, on_connection, srv,
+        MHD_OPTION_END);
+}
+
 /* Starts libmicrohttpd on opts.host:opts.port; see server.h. The
  * listening socket is the front door's (frontdoor.h): libmicrohttpd gets
  * each connection once its first head has passed. */
@@ -575,24 +611,15 @@ int http_start(server *srv, emb_err *err)
     srv->door = frontdoor_open(srv, (struct sockaddr *)&addr, addr_len, err);
     if (srv->door == NULL)
         return -1;
-    unsigned flags = MHD_USE_AUTO_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME |
-                     MHD_USE_ERROR_LOG | MHD_USE_NO_LISTEN_SOCKET;
-    srv->daemon = MHD_start_daemon(
-        flags, 0, NULL, NULL, on_request, srv,
-        MHD_OPTION_EXTERNAL_LOGGER, log_mhd, NULL,
-        MHD_OPTION_THREAD_POOL_SIZE, (unsigned)opts->http_threads,
-        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)opts->timeout,
-        MHD_OPTION_CONNECTION_LIMIT, (unsigned)opts->max_connections,
-        MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)opts->max_connections_per_ip,
-        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)CONNECTION_POOL_BYTES,
-        MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv,
-        MHD_OPTION_UNESCAPE_CALLBACK, routes_unescape, NULL,
-        MHD_OPTION_NOTIFY_CONNECTION, on_connection, srv,
-        MHD_OPTION_END);
-    if (srv->daemon == NULL)
+    srv->daemon = start_daemon(srv, (unsigned)opts->http_threads);
+    /* The probes' lane: one thread of its own for /health and /metrics
+     * (frontdoor.h); anything else on it is answered once and the
+     * connection closed (off_probe_lane). */
+    srv->probes = start_daemon(srv, 1);
+    if (srv->daemon == NULL || srv->probes == NULL)
         return emb_fail(err, "cannot start the HTTP daemon on %s:%d", opts->host, opts->port);
     srv->port = frontdoor_port(srv->door);
-    if (frontdoor_start(srv->door, srv->daemon) != 0)
+    if (frontdoor_start(srv->door, srv->daemon, srv->probes) != 0)
         return emb_fail(err, "cannot start the accept thread");
     atomic_store(&srv->ready, 1);
     return 0;
@@ -619,10 +646,13 @@ void http_stop(server *srv)
 {
     atomic_store(&srv->ready, 0);
     feed_close(srv->feed); /* no stream may stay suspended */
-    frontdoor_stop(srv->door); /* it hands connections to the daemon */
+    frontdoor_stop(srv->door); /* it hands connections to the daemons */
     if (srv->daemon != NULL)
         MHD_stop_daemon(srv->daemon);
     srv->daemon = NULL;
+    if (srv->probes != NULL)
+        MHD_stop_daemon(srv->probes);
+    srv->probes = NULL;
     frontdoor_free(srv->door); /* after the daemon: its close notifications release slots */
     srv->door = NULL;
     feed_free(srv->feed);

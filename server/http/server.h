@@ -101,6 +101,7 @@ typedef struct server {
     store *store;              /* items; open from before the daemon starts until after the batcher stops */
     metrics *mx;
     struct MHD_Daemon *daemon;
+    struct MHD_Daemon *probes; /* /health and /metrics on a thread of their own (frontdoor.h) */
     struct feed *feed;         /* GET /train/versions/stream (feed.h); from http_start to http_stop */
     struct frontdoor *door;    /* our listening socket and first-head check (frontdoor.h); same lifetime */
     struct conntrack *conns;   /* open connections and their deadlines (conntrack.h); same lifetime */
