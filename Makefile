@@ -77,7 +77,7 @@ $(BUILD)/libembedd_model.a: $(MODEL_OBJ)
 $(BUILD)/embedd: $(SERVER_OBJ) $(BUILD)/libembedd_model.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
-$(BUILD)/tests/%: $(BUILD)/tests/%.o $(SERVER_LIB_OBJ) $(BUILD)/libembedd_model.a
+$(BUILD)/tests/%: $(BUILD)/tests/%.o $(BUILD)/tests/serverproc.o $(SERVER_LIB_OBJ) $(BUILD)/libembedd_model.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(CHECK_LIBS) $(LDLIBS)
 
 test: $(BUILD)/embedd $(RUN_TESTS)
