@@ -19,6 +19,8 @@
 #include "gemm.h"
 #include "testutil.h"
 #include "base/dirlock.h"
+#include "common/strbuf.h"
+#include "store/store_disk.h"
 #include "store/wal.h"
 
 #define REF_DIR "tests/fixtures/reference"
@@ -771,11 +773,18 @@ START_TEST(test_repair)
     wal *w = wal_open(data, dfd, 8, 0, collect_payload, &n, &rec, &err);
     ck_assert_msg(w != NULL, "%s", err.msg);
     for (int i = 0; i < 6; i++) {
-        char payload[64];
-        int len = snprintf(payload, sizeof payload, "record %d, and some bytes", i + 1);
+        /* real store records (repair drops what replay would refuse):
+         * deletes of one id each, all of the same size */
+        char name[32];
+        snprintf(name, sizeof name, "record %d, and some bytes", i + 1);
+        store_id id = store_id_str(name);
+        strbuf payload;
+        sb_init(&payload, 1 << 20);
+        store_encode_delete(&payload, &id, 1);
         uint64_t seq;
-        ck_assert(wal_append(w, payload, (size_t)len, &seq, &err) == 0);
+        ck_assert(wal_append(w, payload.buf, payload.len, &seq, &err) == 0);
         ck_assert(wal_sync(w, seq, &err) == 0);
+        sb_free(&payload);
     }
     wal_close(w);
     char path[600];

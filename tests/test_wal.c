@@ -235,7 +235,7 @@ START_TEST(test_corrupt_middle_record)
     ck_assert_int_eq(st.st_size, (long)len);
     /* wal_repair keeps the other four, renumbered without a gap */
     reclog_salvage_report rep;
-    ck_assert_msg(wal_repair(dir, dir_fd, TAG, 0, &rep, &err) == 0, "%s", err.msg);
+    ck_assert_msg(wal_repair(dir, dir_fd, TAG, 0, NULL, &rep, &err) == 0, "%s", err.msg);
     ck_assert_int_eq(rep.rewritten, 1);
     ck_assert_uint_eq(rep.records_kept, 4);
     w = open_wal(0, &sn, &rec);
@@ -328,9 +328,9 @@ START_TEST(test_headers)
     ck_assert(wal_open(dir, dir_fd, TAG, 0, collect, &sn, &rec, &err) == NULL);
     ck_assert_msg(strstr(err.msg, "bad magic") != NULL, "%s", err.msg);
     reclog_salvage_report rep;
-    ck_assert(wal_repair(dir, dir_fd, 0, 0, &rep, &err) != 0);   /* no tag known */
+    ck_assert(wal_repair(dir, dir_fd, 0, 0, NULL, &rep, &err) != 0);   /* no tag known */
     ck_assert_msg(strstr(err.msg, "dimension is unknown") != NULL, "%s", err.msg);
-    ck_assert_msg(wal_repair(dir, dir_fd, TAG, 0, &rep, &err) == 0, "%s", err.msg);
+    ck_assert_msg(wal_repair(dir, dir_fd, TAG, 0, NULL, &rep, &err) == 0, "%s", err.msg);
     ck_assert_int_eq(rep.header_bad, 1);
     w = open_wal(0, &sn, &rec);
     check_seen(&sn, 1, 2);

@@ -118,7 +118,7 @@ static int repair_dir(int dir_fd, const char *dir)
         dim = wal_guess_dim(dir_fd);   /* no snapshot: the records say it */
     if (!snapshot_ok) {
         status = 1;
-    } else if (wal_repair(dir, dir_fd, (uint32_t)dim, seq, &rep, &err) != 0) {
+    } else if (wal_repair(dir, dir_fd, (uint32_t)dim, seq, store_op_refused, &rep, &err) != 0) {
         printf("wal: %s\n", err.msg);
         status = 1;
     } else {

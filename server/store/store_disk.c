@@ -303,6 +303,15 @@ int store_op_decode(const unsigned char *payload, size_t len, int dim, uint64_t 
     return 1;
 }
 
+int store_op_refused(const unsigned char *payload, size_t len, uint32_t dim)
+{
+    store_op op;
+    emb_err err;
+    int rc = store_op_decode(payload, len, (int)dim, 0, &op, &err);
+    store_op_free(&op);
+    return rc != 0;
+}
+
 void store_op_free(store_op *op)
 {
     for (uint32_t i = 0; op->rows != NULL && i < op->n; i++)

@@ -32,6 +32,9 @@ typedef struct store_op {
 int store_op_decode(const unsigned char *payload, size_t len, int dim, uint64_t seq,
                     store_op *op, emb_err *err);
 void store_op_free(store_op *op);
+/* 1 when replay would refuse the payload for a store of dim dimensions
+ * (it does not decode), else 0: wal_repair's check (wal.h). */
+int store_op_refused(const unsigned char *payload, size_t len, uint32_t dim);
 
 /* ---- snapshots ----
  *

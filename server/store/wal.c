@@ -489,6 +489,7 @@ typedef struct repair {
     uint64_t base;
     int have_tag, have_base;
     uint64_t next;             /* the next kept record's seq; 0 before the first */
+    wal_payload_check check;   /* NULL: every record that verifies is kept */
 } repair;
 
 static void repair_begin(void *user, const unsigned char *old)
@@ -507,6 +508,11 @@ static int repair_record(void *user, unsigned char *body, size_t len, emb_err *e
     repair *r = user;
     uint64_t seq = emb_get_u64(body);
     if (seq <= r->snapshot_seq)
+        return 0;
+    /* A record that verifies but that replay would refuse (only a bug or a
+     * hand could write one) is dropped too, or the repaired log would
+     * still be refused. */
+    if (r->check != NULL && r->have_tag && r->check(body + 8, len - 8, r->tag) != 0)
         return 0;
     if (r->next == 0) {
         if (!r->have_base)
@@ -534,9 +540,10 @@ static int repair_header(void *user, unsigned char *extra, emb_err *err)
 }
 
 int wal_repair(const char *dir, int dir_fd, uint32_t tag, uint64_t snapshot_seq,
-               reclog_salvage_report *rep, emb_err *err)
+               wal_payload_check check, reclog_salvage_report *rep, emb_err *err)
 {
-    repair r = {.tag = tag, .have_tag = tag != 0, .snapshot_seq = snapshot_seq};
+    repair r = {.tag = tag, .have_tag = tag != 0, .snapshot_seq = snapshot_seq,
+                .check = check};
     reclog_salvage_fns fns = {.begin = repair_begin, .record = repair_record,
                               .header = repair_header, .user = &r};
     return reclog_salvage(dir_fd, dir, "wal", &wal_format, &fns, rep, err);

@@ -203,8 +203,11 @@ void wal_close(wal *w);
  * already holds (seq <= snapshot_seq) are left out and the rest renumbered
  * without gaps after max(the log's base seq, snapshot_seq), so that the
  * repaired log replays. tag: the store's dimension (from its snapshot; 0
- * when unknown), used when the log's own header does not verify. */
+ * when unknown), used when the log's own header does not verify. check
+ * (may be NULL): a record's payload that replay would refuse (non-zero
+ * for tag) is dropped too, counted in rep->records_dropped. */
+typedef int (*wal_payload_check)(const unsigned char *payload, size_t len, uint32_t tag);
 int wal_repair(const char *dir, int dir_fd, uint32_t tag, uint64_t snapshot_seq,
-               reclog_salvage_report *rep, emb_err *err);
+               wal_payload_check check, reclog_salvage_report *rep, emb_err *err);
 
 #endif

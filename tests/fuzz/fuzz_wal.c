@@ -13,13 +13,11 @@
  *   - when the open succeeds, a write acknowledged after it survives a
  *     close and reopen (recovery never leaves a log that the next start
  *     refuses or that loses the write);
- *   - with FUZZ_WAL_STRICT_REPAIR=1: when the open refuses and points at
- *     `embedd repair`, the repairs (store_snapshot_repair, wal_repair) make
- *     the next open succeed, or at least no longer ask for a repair. Off by
- *     default: wal_repair keeps every record whose checksum verifies, and
- *     libFuzzer learns to write valid checksums around payloads the store
- *     then calls malformed, which the repaired log still refuses
- *     (tests/fuzz/repro/wal-repair-keeps-malformed-record).
+ *   - when the open refuses and points at `embedd repair`, the repairs
+ *     (store_snapshot_repair, wal_repair with store_op_refused) make the
+ *     next open succeed, or at least no longer ask for a repair (a record
+ *     whose checksum verifies but that replay refuses is dropped too:
+ *     tests/fuzz/repro/wal-repair-keeps-malformed-record was the case).
  * A broken promise is an abort(), reported as a crash. */
 #include <dirent.h>
 #include <fcntl.h>
@@ -104,7 +102,7 @@ static void repair_then_open(const store_options *opt, int strict)
     emb_err err;
     int repaired = store_snapshot_repair(&f, &srep, &err) == 0 &&
                    wal_repair(dir, dir_fd, (uint32_t)(srep.dim > 0 ? srep.dim : opt->dim),
-                              srep.seq, &wrep, &err) == 0;
+                              srep.seq, store_op_refused, &wrep, &err) == 0;
     close(dir_fd);
     if (!repaired)
         return;   /* refused to repair (say, a format 1 snapshot): nothing promised */
@@ -146,6 +144,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (s != NULL)
         write_then_reopen(s, &opt);
     else if (strstr(err.msg, "embedd repair") != NULL)
-        repair_then_open(&opt, getenv("FUZZ_WAL_STRICT_REPAIR") != NULL);
+        repair_then_open(&opt, 1);
     return 0;
 }
