@@ -552,6 +552,11 @@ void raw_expect_continue(int fd)
  * Discards anything it sends. */
 double raw_wait_closed(int fd, double timeout_s)
 {
+    return raw_read_until_closed(fd, timeout_s, NULL);
+}
+
+double raw_read_until_closed(int fd, double timeout_s, buf *out)
+{
     double t0 = now_s();
     for (;;) {
         int left_ms = (int)((t0 + timeout_s - now_s()) * 1000);
@@ -562,6 +567,8 @@ double raw_wait_closed(int fd, double timeout_s)
         ssize_t n = recv(fd, chunk, sizeof chunk, 0);
         if (n <= 0)
             return now_s() - t0;
+        if (out != NULL)
+            buf_add(out, chunk, (size_t)n);
     }
 }
 

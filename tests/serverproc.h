@@ -148,6 +148,8 @@ void raw_expect_continue(int fd);
 /* Seconds until the peer closes fd (EOF or reset), -1 after timeout_s.
  * Discards anything it sends. */
 double raw_wait_closed(int fd, double timeout_s);
+/* The same, keeping what the server sends in out. */
+double raw_read_until_closed(int fd, double timeout_s, buf *out);
 /* A request that has been admitted (counted against
  * --max-concurrent-requests) and whose body is held back; returns its fd. */
 int hold_request(int port, const char *path, const char *body);

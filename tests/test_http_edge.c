@@ -72,23 +72,6 @@ static long one_request(int port, const char *req, double timeout_s, http_resp *
     return st;
 }
 
-/* Everything the server sends until it closes (or timeout_s), into out. */
-static double read_all(int fd, double timeout_s, buf *out)
-{
-    double t0 = now_s();
-    for (;;) {
-        int left_ms = (int)((t0 + timeout_s - now_s()) * 1000);
-        struct pollfd pfd = {.fd = fd, .events = POLLIN};
-        if (left_ms <= 0 || poll(&pfd, 1, left_ms) <= 0)
-            return -1;
-        char chunk[4096];
-        ssize_t n = recv(fd, chunk, sizeof chunk, 0);
-        if (n <= 0)
-            return now_s() - t0;
-        buf_add(out, chunk, (size_t)n);
-    }
-}
-
 /* A TEI error body: {"error": "...", "error_type": type}. */
 static void check_json_error(const http_resp *r, long status, const char *what)
 {
@@ -376,7 +359,7 @@ START_TEST(test_framing_refused)
     int fd = raw_connect(g_srv.port);
     send_str(fd, c->request);
     buf all = {0};
-    double t = read_all(fd, 5.0, &all);
+    double t = raw_read_until_closed(fd, 5.0, &all);
     close(fd);
     ck_assert_msg(t >= 0 && t < 1.0, "%s: not closed within 1 s (%.2f)", c->what, t);
     ck_assert_msg(all.p != NULL, "%s: no answer", c->what);
@@ -405,7 +388,7 @@ static void refused_at_once(const char *what, const char *request, size_t len, h
     int fd = raw_connect(g_srv.port);
     raw_send(fd, request, len);
     buf all = {0};
-    double t = read_all(fd, 5.0, &all);
+    double t = raw_read_until_closed(fd, 5.0, &all);
     close(fd);
     ck_assert_msg(t >= 0 && t < 1.0, "%s: not closed within 1 s (%.2f)", what, t);
     ck_assert_msg(all.p != NULL && strncmp(all.p, "HTTP/1.1 ", 9) == 0, "%s: answer %s", what,
@@ -644,7 +627,7 @@ START_TEST(test_head)
                  paths[i]);
         send_str(fd, req);
         buf all = {0};
-        double t = read_all(fd, 5.0, &all);
+        double t = raw_read_until_closed(fd, 5.0, &all);
         close(fd);
         ck_assert_msg(t >= 0 && all.p != NULL, "HEAD %s: no answer", paths[i]);
         ck_assert_msg(strncmp(all.p, "HTTP/1.1 200 ", 13) == 0, "HEAD %s: %s", paths[i], all.p);
