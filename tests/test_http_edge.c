@@ -140,6 +140,34 @@ static double trickle_until_closed(int fd, const char *s, double interval_s, dou
     return -1;
 }
 
+/* POST /items of n items with ids first.. and 32-dimension vectors
+ * (distinct, so searches rank them), on a raw connection; asserts 200. */
+static void upsert_vectors(int first, int n)
+{
+    buf b = {0};
+    buf_add(&b, "{\"items\":[", 10);
+    for (int i = first; i < first + n; i++) {
+        buf_addf(&b, "%s{\"id\":%d,\"vector\":[", i > first ? "," : "", i);
+        for (int d = 0; d < 32; d++)
+            buf_addf(&b, "%s%.6f", d ? "," : "", 0.001 * (i + 1) + 0.0001 * d);
+        buf_add(&b, "]}", 2);
+    }
+    buf_add(&b, "]}", 2);
+    char head[256];
+    snprintf(head, sizeof head,
+             "POST /items HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+             "Content-Length: %zu\r\n\r\n", b.len);
+    int fd = raw_connect(g_srv.port);
+    send_str(fd, head);
+    raw_send(fd, b.p, b.len);
+    http_resp r;
+    long st = raw_read_response(fd, 10.0, &r);
+    ck_assert_msg(st == 200, "upsert: %ld %.300s", st, r.body.p);
+    resp_free(&r);
+    close(fd);
+    free(b.p);
+}
+
 /* A head dribbled one byte every 0.3 s (so libmicrohttpd's inactivity
  * timeout never fires) is cut at the header deadline, and counted. */
 START_TEST(test_header_deadline)
@@ -200,30 +228,8 @@ START_TEST(test_send_deadline_non_reader)
     REQUIRE_SERVER();
     /* 10,000 items of 32 dimensions: /similar with their vectors is ~4 MB,
      * more than the kernel buffers for a client with a small window. */
-    for (int batch = 0; batch < 10; batch++) {
-        buf b = {0};
-        buf_add(&b, "{\"items\":[", 10);
-        for (int i = batch * 1000; i < (batch + 1) * 1000; i++) {
-            buf_addf(&b, "%s{\"id\":%d,\"vector\":[", i % 1000 ? "," : "", i);
-            for (int d = 0; d < 32; d++)
-                buf_addf(&b, "%s%.6f", d ? "," : "", 0.001 * (i + 1) + 0.0001 * d);
-            buf_add(&b, "]}", 2);
-        }
-        buf_add(&b, "]}", 2);
-        char h[256];
-        snprintf(h, sizeof h,
-                 "POST /items HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                 "Content-Length: %zu\r\n\r\n", b.len);
-        int up = raw_connect(g_srv.port);
-        send_str(up, h);
-        raw_send(up, b.p, b.len);
-        http_resp r;
-        long st = raw_read_response(up, 10.0, &r);
-        ck_assert_msg(st == 200, "upsert: %ld %.300s", st, r.body.p);
-        resp_free(&r);
-        close(up);
-        free(b.p);
-    }
+    for (int batch = 0; batch < 10; batch++)
+        upsert_vectors(batch * 1000, 1000);
     char head[256];
     /* A tiny receive window, set before connecting, so little is buffered. */
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -796,28 +802,9 @@ END_TEST
 START_TEST(test_response_budget)
 {
     REQUIRE_SERVER();
-    buf b = {0};
-    buf_add(&b, "{\"items\":[", 10);
-    for (int i = 0; i < 200; i++) {
-        buf_addf(&b, "%s{\"id\":%d,\"vector\":[", i ? "," : "", i);
-        for (int d = 0; d < 32; d++)
-            buf_addf(&b, "%s%.6f", d ? "," : "", 0.001 * (i + 1) + 0.0001 * d);
-        buf_add(&b, "]}", 2);
-    }
-    buf_add(&b, "]}", 2);
-    char head[256];
-    snprintf(head, sizeof head,
-             "POST /items HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-             "Content-Length: %zu\r\n\r\n", b.len);
-    int fd = raw_connect(g_srv.port);
-    send_str(fd, head);
-    raw_send(fd, b.p, b.len);
+    upsert_vectors(0, 200);
     http_resp r;
-    long st = raw_read_response(fd, 10.0, &r);
-    ck_assert_msg(st == 200, "upsert: %ld %.300s", st, r.body.p);
-    resp_free(&r);
-    close(fd);
-    free(b.p);
+    long st;
     /* 200 results with vectors: ~60 KB, over the budget on its own. */
     const char *q = "{\"vector\":[1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1],"
                     "\"limit\":200,\"with_vector\":true}";
