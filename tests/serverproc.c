@@ -302,6 +302,13 @@ size_t on_body(char *p, size_t size, size_t n, void *ud)
 long http_port(int port, const char *method, const char *path, const char *body,
                  const char *const *headers, http_resp *r)
 {
+    return http_port_bytes(port, method, path, body, body != NULL ? strlen(body) : 0, headers,
+                           r);
+}
+
+long http_port_bytes(int port, const char *method, const char *path, const char *body,
+                     size_t len, const char *const *headers, http_resp *r)
+{
     memset(r, 0, sizeof *r);
     char url[256];
     snprintf(url, sizeof url, "http://127.0.0.1:%d%s", port, path);
@@ -322,7 +329,7 @@ long http_port(int port, const char *method, const char *path, const char *body,
     curl_easy_setopt(c, CURLOPT_HEADERDATA, &r->hdr);
     if (body != NULL) {
         curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
-        curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)strlen(body));
+        curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)len);
     }
     if (strcmp(method, "GET") != 0 || body != NULL)
         curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);

@@ -111,6 +111,9 @@ size_t on_body(char *p, size_t size, size_t n, void *ud);
  * Returns the status (0: no answer). */
 long http_port(int port, const char *method, const char *path, const char *body,
                const char *const *headers, http_resp *r);
+/* The same with a body of len bytes (it may hold NUL or any byte). */
+long http_port_bytes(int port, const char *method, const char *path, const char *body,
+                     size_t len, const char *const *headers, http_resp *r);
 /* http_port to g_srv without extra headers. */
 long http(const char *method, const char *path, const char *body, http_resp *r);
 /* The value of header `name` (case-insensitive) in r, in a static buffer,

@@ -51,33 +51,7 @@
 static long http_bytes(const char *method, const char *path, const char *body, size_t len,
                        http_resp *r)
 {
-    memset(r, 0, sizeof *r);
-    char url[512];
-    snprintf(url, sizeof url, "http://127.0.0.1:%d%s", g_srv.port, path);
-    CURL *c = curl_easy_init();
-    ck_assert(c != NULL);
-    struct curl_slist *hl = curl_slist_append(NULL, "Content-Type: application/json");
-    curl_easy_setopt(c, CURLOPT_URL, url);
-    curl_easy_setopt(c, CURLOPT_NOPROXY, "*");
-    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, 30000L);
-    curl_easy_setopt(c, CURLOPT_HTTPHEADER, hl);
-    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
-    curl_easy_setopt(c, CURLOPT_WRITEDATA, &r->body);
-    curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_body);
-    curl_easy_setopt(c, CURLOPT_HEADERDATA, &r->hdr);
-    curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
-    curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)len);
-    curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
-    if (curl_easy_perform(c) == CURLE_OK)
-        curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r->status);
-    if (r->body.p == NULL)
-        buf_add(&r->body, "", 0);
-    if (r->hdr.p == NULL)
-        buf_add(&r->hdr, "", 0);
-    curl_slist_free_all(hl);
-    curl_easy_cleanup(c);
-    return r->status;
+    return http_port_bytes(g_srv.port, method, path, body, len, NULL, r);
 }
 
 /* A TEI or OpenAI error with this status whose message contains every one of the
