@@ -274,7 +274,7 @@ static int refuse_early(server *srv, request *rq, const char *url, const char *m
     /* HEAD is GET without the body: libmicrohttpd sends the same headers
      * and leaves the body out. */
     const char *as_method = strcmp(method, MHD_HTTP_METHOD_HEAD) == 0 ? MHD_HTTP_METHOD_GET : method;
-    rq->rt = routes_find(url, as_method, &path_known, &allow);
+    rq->rt = routes_find(rq->url, as_method, &path_known, &allow, &rq->params);
     if (rq->rt == NULL) {
         api_family api = api_of_path(url);
         if (path_known) {

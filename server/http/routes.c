@@ -770,7 +770,7 @@ static route_result handle_models(server *srv, request *rq, reply *rp)
 /* ---- the table ------------------------------------------------------------ */
 
 static const route routes[] = {
-    /* method, path, name, api, auth, compute, handle, finish, prefix */
+    /* method, path, name, api, auth, compute, handle, finish, rest */
     {"POST", "/embed", "embed", API_TEI, 1, 1, handle_embed, finish_embed, 0},
     {"POST", "/v1/embeddings", "openai_embeddings", API_OPENAI, 1, 1, handle_openai_embeddings,
      finish_openai_embeddings, 0},
@@ -782,8 +782,8 @@ static const route routes[] = {
     {"POST", "/items", "items_upsert", API_TEI, 1, 1, handle_items_upsert, finish_items_upsert, 0},
     {"GET", "/items/count", "items_count", API_TEI, 1, 0, handle_items_count, NULL, 0},
     {"POST", "/items/delete", "items_delete", API_TEI, 1, 0, handle_items_delete, NULL, 0},
-    {"GET", "/items/", "item_get", API_TEI, 1, 0, handle_item_get, NULL, 1},
-    {"DELETE", "/items/", "item_delete", API_TEI, 1, 0, handle_item_delete, NULL, 1},
+    {"GET", "/items/{id}", "item_get", API_TEI, 1, 0, handle_item_get, NULL, 1},
+    {"DELETE", "/items/{id}", "item_delete", API_TEI, 1, 0, handle_item_delete, NULL, 1},
     {"POST", "/similar", "similar", API_TEI, 1, 1, handle_similar, finish_similar, 0},
     {"GET", "/similar", "similar_get", API_TEI, 1, 1, handle_similar_get, finish_similar, 0},
     {"GET", "/train/status", "train_status", API_TEI, 1, 0, handle_train_status, NULL, 0},
@@ -797,21 +797,57 @@ static const route routes[] = {
      handle_train_versions_stream, NULL, 0},
 };
 
-static int route_matches(const route *rt, const char *path, int prefix)
+/* Matches path against a route's template: "{name}" stands for one
+ * non-empty segment (no '/'), except a final "{...}" of a rest route
+ * (rt->rest), which takes the rest of the path, slashes included (item ids
+ * may hold them, percent-encoded). Fills params (pointers into path) when
+ * not NULL. 1 on a match. */
+static int route_matches(const route *rt, const char *path, route_params *params)
 {
-    if (rt->prefix != prefix)
+    const char *t = rt->path, *p = path;
+    int np = 0;
+    while (*t != '\0') {
+        if (*t != '{') {
+            if (*t != *p)
+                return 0;
+            t++, p++;
+            continue;
+        }
+        const char *close = strchr(t, '}');
+        if (close == NULL)
+            return 0;
+        size_t len = close[1] == '\0' && rt->rest ? strlen(p) : strcspn(p, "/");
+        if (len == 0 || np >= ROUTE_MAX_PARAMS)
+            return 0;
+        if (params != NULL) {
+            params->at[np] = p;
+            params->len[np] = len;
+        }
+        np++;
+        p += len;
+        t = close + 1;
+    }
+    if (*p != '\0')
         return 0;
-    if (!prefix)
-        return strcmp(rt->path, path) == 0;
-    size_t n = strlen(rt->path);
-    return strncmp(rt->path, path, n) == 0 && path[n] != '\0';
+    if (params != NULL)
+        params->n = np;
+    return 1;
+}
+
+/* The pass a route is tried in: literal paths, then templates of whole
+ * segments, then rest templates. */
+static int route_pass(const route *rt)
+{
+    if (strchr(rt->path, '{') == NULL)
+        return 0;
+    return rt->rest ? 2 : 1;
 }
 
 const route *routes_find(const char *path, const char *method, int *path_known,
-                         const char **allow)
+                         const char **allow, route_params *params)
 {
     *path_known = 0;
-    /* Exact paths first, and alone: /items/count and /items/delete are
+    /* Literal paths first, and alone: /items/count and /items/delete are
      * never the items "count" and "delete" (whatever the method: another
      * one gets 405 with Allow). Such items are reached through the body
      * routes (POST /items/delete {"ids": ["count"]}). */
@@ -820,13 +856,16 @@ const route *routes_find(const char *path, const char *method, int *path_known,
     static _Thread_local char methods[64];
     size_t n = 0;
     methods[0] = '\0';
-    for (int prefix = 0; prefix <= 1 && !*path_known; prefix++) {
+    for (int pass = 0; pass <= 2 && !*path_known; pass++) {
         for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++) {
-            if (!route_matches(&routes[i], path, prefix))
+            if (route_pass(&routes[i]) != pass || !route_matches(&routes[i], path, NULL))
                 continue;
             *path_known = 1;
-            if (strcmp(routes[i].method, method) == 0)
+            if (strcmp(routes[i].method, method) == 0) {
+                if (params != NULL)
+                    route_matches(&routes[i], path, params);
                 return &routes[i];
+            }
             n += (size_t)snprintf(methods + n, sizeof methods - n, "%s%s", n > 0 ? ", " : "",
                                   routes[i].method);
             if (n >= sizeof methods)
@@ -835,4 +874,10 @@ const route *routes_find(const char *path, const char *method, int *path_known,
     }
     *allow = methods;
     return NULL;
+}
+
+const route *routes_table(size_t *n)
+{
+    *n = sizeof routes / sizeof routes[0];
+    return routes;
 }

@@ -310,9 +310,11 @@ static int id_of_segment(const char *seg, store_id *id, reply *rp)
     return 0;
 }
 
+/* The {id} of /items/{id}: the rest of the path (rest route), so it ends
+ * the NUL-terminated url. */
 static const char *item_segment(const request *rq)
 {
-    return rq->url + strlen("/items/");
+    return rq->params.at[0];
 }
 
 static void not_found(reply *rp, const store_id *id)

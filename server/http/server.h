@@ -144,8 +144,18 @@ typedef struct route {
      * ROUTE_SUSPEND; then finish runs after the job is done. */
     route_result (*handle)(server *srv, request *rq, reply *rp);
     void (*finish)(server *srv, request *rq, reply *rp);
-    int prefix;                /* 1: path is a prefix ("/items/"); exact routes win */
+    int rest;                  /* 1: the path's final "{param}" takes the rest of the
+                                * path, slashes included ("/items/{id}") */
 } route;
+
+/* The values of a route's "{param}" segments, in order: pointers into the
+ * request's decoded path (not NUL-terminated). */
+#define ROUTE_MAX_PARAMS 4
+typedef struct route_params {
+    int n;
+    const char *at[ROUTE_MAX_PARAMS];
+    size_t len[ROUTE_MAX_PARAMS];
+} route_params;
 
 struct request {
     const route *rt;
@@ -157,6 +167,7 @@ struct request {
     size_t body_len, body_cap;
     int body_too_large;        /* over payload_limit: the rest is drained, then 413 */
     size_t drained;            /* bytes read and dropped after body_too_large */
+    route_params params;       /* the route's "{param}" values, in rq->url */
     struct conn_entry *conn_entry; /* the connection's deadlines (conntrack.h); may be NULL */
     size_t response_bytes;     /* counted in srv->response_bytes until completion */
     int admitted;              /* counted in srv->inflight */
@@ -219,9 +230,12 @@ route_result handle_train_promote(server *srv, request *rq, reply *rp);
 route_result handle_train_versions(server *srv, request *rq, reply *rp);
 route_result handle_train_versions_stream(server *srv, request *rq, reply *rp);
 
-/* The route table and its lookup (routes.c). */
+/* The route table and its lookup (routes.c). routes_find fills params
+ * (may be NULL) with the matched route's "{param}" values. */
 const route *routes_find(const char *path, const char *method, int *path_known,
-                         const char **allow);
+                         const char **allow, route_params *params);
+/* Every route, in table order (the OpenAPI document is checked against it). */
+const route *routes_table(size_t *n);
 
 /* The compute-thread callback of a route's job: resumes the connection. */
 void server_job_done(emb_job *job);
