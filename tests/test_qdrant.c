@@ -680,6 +680,18 @@ START_TEST(test_half_created_collection_at_startup)
     cJSON *res = ok(s.port, "PUT", "/collections/half/points",
                     "{\"points\":[{\"id\":1,\"vector\":[1,2,3]}]}");
     cJSON_Delete(res);
+    /* /health counts collections ("default" too) and their points */
+    cJSON *j = NULL;
+    ck_assert_int_eq(call(s.port, "GET", "/health", NULL, &j), 200);
+    ck_assert_int_eq((int)num(j, "collections"), 2);
+    ck_assert_int_eq((int)num(j, "points"), 1);
+    cJSON_Delete(j);
+    http_resp r;
+    ck_assert_int_eq(http_port(s.port, "GET", "/metrics", NULL, NULL, &r), 200);
+    ck_assert_msg(strstr(r.body.p, "# TYPE embedd_collections gauge") != NULL &&
+                      strstr(r.body.p, "# TYPE embedd_collection_points gauge") != NULL,
+                  "%s", tail(r.body.p));
+    resp_free(&r);
     ck_assert_int_eq(srv_stop(&s), 0);
     srv_release(&s);
     snprintf(cmd, sizeof cmd, "test \"$(ls -A '%s/collections')\" = half", dir);

@@ -217,6 +217,11 @@ static void report_store_health(server *srv, health_log *hl)
         metrics_io_errors(srv->mx, file, op, h.io_errors[k]);
     }
     metrics_store_state(srv->mx, h.degraded, h.writes_refused);
+    if (srv->collections != NULL) {
+        long n_collections = 0, n_points = 0;
+        collections_totals(srv->collections, &n_collections, &n_points);
+        metrics_collections(srv->mx, n_collections, n_points);
+    }
     double now = mono_seconds();
     const char *what = h.degraded ? h.reason : h.last_error;
     if (h.degraded && !hl->degraded) {

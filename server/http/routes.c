@@ -686,6 +686,7 @@ static route_result handle_health(server *srv, request *rq, reply *rp)
     if (h.degraded && !reads_only)
         rp->status = http_error_of_kind(EMB_ERR_UNAVAILABLE)->status;
     put_store_health(&rp->body, &h, 0);
+    qd_health_counts(srv, &rp->body); /* {"status":"ok"} -> {"status":"ok","collections":n,...} */
     return ROUTE_DONE;
 }
 

@@ -1167,3 +1167,15 @@ out:
     collection_release(srv->collections, col);
     return ROUTE_DONE;
 }
+
+/* ---- /health ---------------------------------------------------------------------------------- */
+
+void qd_health_counts(server *srv, strbuf *b)
+{
+    if (srv->collections == NULL || b->len == 0 || b->buf[b->len - 1] != '}')
+        return;
+    long n_collections = 0, n_points = 0;
+    collections_totals(srv->collections, &n_collections, &n_points);
+    b->len--; /* reopen the object */
+    sb_printf(b, ",\"collections\":%ld,\"points\":%ld}", n_collections, n_points);
+}

@@ -243,6 +243,9 @@ route_result handle_qd_query(server *srv, request *rq, reply *rp);
 void finish_qd_search(server *srv, request *rq, reply *rp);
 route_result handle_qd_delete(server *srv, request *rq, reply *rp);
 route_result handle_qd_count(server *srv, request *rq, reply *rp);
+/* Adds "collections" and "points" (all collections) to a JSON object just
+ * written to b, before its closing brace (/health). */
+void qd_health_counts(server *srv, strbuf *b);
 
 /* Training control (routes_train.c). */
 route_result handle_train_status(server *srv, request *rq, reply *rp);
