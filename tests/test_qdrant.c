@@ -603,6 +603,40 @@ START_TEST(test_documents)
 }
 END_TEST
 
+/* ---- auth ------------------------------------------------------------------------------------ */
+
+static void setup_auth(void)
+{
+    const char *args[] = {"--train", "off", "--api-key", "s3cret", NULL};
+    fixture_start(args);
+}
+
+static long get_with_header(const char *path, const char *header, http_resp *r)
+{
+    const char *hdrs[] = {header, NULL};
+    return http_port(g_srv.port, "GET", path, NULL, header != NULL ? hdrs : NULL, r);
+}
+
+/* Qdrant's clients send "api-key: KEY"; Bearer works too; other routes
+ * still want Bearer. */
+START_TEST(test_api_key_header)
+{
+    REQUIRE_SERVER();
+    http_resp r;
+    ck_assert_int_eq(get_with_header("/collections", NULL, &r), 401);
+    ck_assert_msg(strstr(r.body.p, "{\"status\":{\"error\":") == r.body.p, "%s", r.body.p);
+    resp_free(&r);
+    ck_assert_int_eq(get_with_header("/collections", "api-key: s3cret", &r), 200);
+    resp_free(&r);
+    ck_assert_int_eq(get_with_header("/collections", "api-key: s3cre", &r), 401);
+    resp_free(&r);
+    ck_assert_int_eq(get_with_header("/collections", "Authorization: Bearer s3cret", &r), 200);
+    resp_free(&r);
+    ck_assert_int_eq(get_with_header("/info", "api-key: s3cret", &r), 401);
+    resp_free(&r);
+}
+END_TEST
+
 /* ---- disk: restart, drop, leftovers ------------------------------------------------------------ */
 
 static void start_with(server_proc *s, const char *dir)
@@ -721,6 +755,11 @@ int main(void)
     tcase_add_test(tm, test_unknown_collection);
     tcase_add_test(tm, test_documents);
     suite_add_tcase(s, tm);
+
+    TCase *ta = tcase_create("auth");
+    tcase_add_unchecked_fixture(ta, setup_auth, fixture_stop);
+    tcase_add_test(ta, test_api_key_header);
+    suite_add_tcase(s, ta);
 
     TCase *td = tcase_create("disk");
     tcase_set_timeout(td, 90);
