@@ -532,7 +532,8 @@ START_TEST(test_tokenize_info_models)
 
     http("GET", "/health", NULL, &r);
     ck_assert_int_eq(r.status, 200);
-    ck_assert_str_eq(r.body.p, "{\"status\":\"ok\"}");
+    /* the collections ("default", the item store) and their points (none yet) */
+    ck_assert_str_eq(r.body.p, "{\"status\":\"ok\",\"collections\":1,\"points\":0}");
     resp_free(&r);
 }
 END_TEST

@@ -302,7 +302,8 @@ START_TEST(test_injected_write_failure)
     ck_assert_int_eq(put_item(&sp, 5, 0, &r), 200);
     http(&sp, "/health", NULL, &r);
     ck_assert_int_eq(r.status, 200);
-    ck_assert_str_eq(r.body, "{\"status\":\"ok\"}");
+    /* items 1, 2 and 5 in the one collection, "default" */
+    ck_assert_str_eq(r.body, "{\"status\":\"ok\",\"collections\":1,\"points\":3}");
     ck_assert(log_has(&sp, "embedd: store: writable again after"));
     ck_assert(metrics_has(&sp, "embedd_store_degraded 0\n"));
     ck_assert(metrics_has(&sp, "embedd_store_writes_refused_total 1\n"));

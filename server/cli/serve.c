@@ -12,6 +12,7 @@
 
 #include "cli.h"
 #include "common/clock.h"
+#include "store/collections.h"
 #include "store/store_reembed.h"
 #include "store/wal.h"
 
@@ -66,6 +67,29 @@ static int open_store(server *srv, emb_err *err)
         return -1;
     if (rec.message[0] != '\0')
         fprintf(stderr, "embedd: store: %s\n", rec.message);
+    return 0;
+}
+
+/* The Qdrant collections (collections.h), after the store: "default" is
+ * the store; named ones live under DATA/collections, with the store's
+ * index and snapshot settings. */
+static int open_collections(server *srv, emb_err *err)
+{
+    const server_opts *o = &srv->opts;
+    const char *dir = o->data_dir != NULL && o->data_dir[0] != '\0' ? o->data_dir : NULL;
+    collections_options co = {.data_dir = dir, .default_store = srv->store,
+                              .store_opts = {.hnsw_threshold = o->hnsw_threshold,
+                                             .hnsw_m = o->hnsw_m,
+                                             .hnsw_ef_construction = o->hnsw_ef_construction,
+                                             .hnsw_ef = o->hnsw_ef,
+                                             .snapshot_wal_bytes =
+                                                 (uint64_t)o->snapshot_wal_bytes}};
+    char report[256];
+    srv->collections = collections_open(&co, report, sizeof report, err);
+    if (srv->collections == NULL)
+        return -1;
+    if (report[0] != '\0')
+        fprintf(stderr, "embedd: collections: %s\n", report);
     return 0;
 }
 
@@ -155,7 +179,8 @@ static int start_all(server *srv)
         return -1;
     }
     if (open_versions(srv, &err) != 0 || start_batcher(srv, &err) != 0 ||
-        open_store(srv, &err) != 0 || start_learning(srv, &err) != 0 ||
+        open_store(srv, &err) != 0 || open_collections(srv, &err) != 0 ||
+        start_learning(srv, &err) != 0 ||
         http_start(srv, &err) != 0) {
         fprintf(stderr, "embedd serve: %s\n", err.msg);
         return -1;
@@ -192,6 +217,11 @@ static void report_store_health(server *srv, health_log *hl)
         metrics_io_errors(srv->mx, file, op, h.io_errors[k]);
     }
     metrics_store_state(srv->mx, h.degraded, h.writes_refused);
+    if (srv->collections != NULL) {
+        long n_collections = 0, n_points = 0;
+        collections_totals(srv->collections, &n_collections, &n_points);
+        metrics_collections(srv->mx, n_collections, n_points);
+    }
     double now = mono_seconds();
     const char *what = h.degraded ? h.reason : h.last_error;
     if (h.degraded && !hl->degraded) {
@@ -262,6 +292,8 @@ static void stop_serving(server *srv)
     if (srv->opts.data_dir != NULL && srv->opts.data_dir[0] != '\0' &&
         store_snapshot(srv->store, &err) != 0)
         fprintf(stderr, "embedd: snapshot at shutdown failed: %s\n", err.msg);
+    collections_close(srv->collections, 1);
+    srv->collections = NULL;
     store_close(srv->store);
     srv->store = NULL;
     fprintf(stderr, "embedd: stopped\n");
@@ -275,6 +307,7 @@ static void free_all(server *srv)
     batcher_halt(srv->batcher);
     learner_stop(srv->learner);
     batcher_stop(srv->batcher);
+    collections_close(srv->collections, 0);
     if (srv->store != NULL)
         store_close(srv->store);
     metrics_free(srv->mx);

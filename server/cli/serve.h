@@ -10,7 +10,10 @@
  *   4. the versions registry: the current saved version of --data, else a
  *      copy of version 1;
  *   5. the batcher and its compute thread (batcher.h);
- *   6. the item store (store.h): opened and recovered from --data;
+ *   6. the item store (store.h): opened and recovered from --data; then
+ *      the collections (store/collections.h): "default" is that store,
+ *      named ones are opened from DATA/collections (leftovers of a create
+ *      or drop cut short removed);
  *   7. the learner (learner.h), the batcher's idle work: it moves the
  *      store to the current version (versions_align, re-embedding if
  *      needed) and, with --train on, trains; with --train off it only
@@ -21,11 +24,11 @@
  * Shutdown: the daemon stops accepting and every admitted request is
  * answered (http_quiesce); the batcher's thread stops (batcher_halt:
  * later jobs fail as "shutting down"); the learner stops and flushes its
- * samples; the daemon stops; the store is snapshotted (with --data) and
- * closed; then the batcher (which the learner's saving thread and the
- * daemon's threads may touch until they have stopped), metrics, versions
- * and the model are freed. A failed step frees what was started, in the
- * same order, and serve_run returns 1.
+ * samples; the daemon stops; the named collections, then the store, are
+ * snapshotted (with --data) and closed; then the batcher (which the
+ * learner's saving thread and the daemon's threads may touch until they
+ * have stopped), metrics, versions and the model are freed. A failed step
+ * frees what was started, in the same order, and serve_run returns 1.
  *
  * Threads: serve_run runs on the main thread and returns when everything
  * it started has stopped. */

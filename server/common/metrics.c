@@ -53,6 +53,8 @@ struct metrics {
     int n_io;
     int store_degraded;
     unsigned long writes_refused;
+    long collections;          /* Qdrant collections, "default" included */
+    long collection_points;    /* points in all of them */
     /* HTTP connections cut for overstaying a phase (http/conntrack.h) */
     struct {
         char phase[16];
@@ -278,8 +280,22 @@ void metrics_store_state(metrics *m, int degraded, unsigned long writes_refused)
     pthread_mutex_unlock(&m->lock);
 }
 
+void metrics_collections(metrics *m, long collections, long points)
+{
+    pthread_mutex_lock(&m->lock);
+    m->collections = collections;
+    m->collection_points = points;
+    pthread_mutex_unlock(&m->lock);
+}
+
 static void render_store(out *o, const metrics *m)
 {
+    emit(o, "# HELP embedd_collections Qdrant collections, the default one (the item store) "
+            "included\n# TYPE embedd_collections gauge\nembedd_collections %ld\n",
+         m->collections);
+    emit(o, "# HELP embedd_collection_points Points in all collections\n"
+            "# TYPE embedd_collection_points gauge\nembedd_collection_points %ld\n",
+         m->collection_points);
     emit(o, "# HELP embedd_io_errors_total I/O errors of the item store by file and operation\n"
             "# TYPE embedd_io_errors_total counter\n");
     for (int i = 0; i < m->n_io; i++)

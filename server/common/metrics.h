@@ -39,6 +39,8 @@ void metrics_train_gauges(metrics *m, unsigned version, unsigned long buffer, lo
  * "write"), and whether it refuses writes with how many it refused. */
 void metrics_io_errors(metrics *m, const char *file, const char *op, unsigned long total);
 void metrics_store_state(metrics *m, int degraded, unsigned long writes_refused);
+/* The Qdrant collections (store/collections.h) and their points, each second. */
+void metrics_collections(metrics *m, long collections, long points);
 
 /* One HTTP connection cut by its deadline in phase ("head", "body", ...). */
 void metrics_connection_cut(metrics *m, const char *phase);

@@ -68,6 +68,13 @@ static void reply_body(reply *rp, api_family api, int status, const char *type, 
     /* Overload and unavailability pass: tell clients when to come back
      * rather than leave them to retry at once. */
     rp->retry_after = (status == 429 || status == 503) ? RETRY_AFTER_SECONDS : 0;
+    if (api == API_QDRANT) {
+        /* Qdrant's error envelope; the time is not measured for errors */
+        sb_puts(&rp->body, "{\"status\":{\"error\":");
+        sb_json_string(&rp->body, msg);
+        sb_puts(&rp->body, "},\"time\":0}");
+        return;
+    }
     if (api == API_OPENAI) {
         const http_error *e = http_error_of_status(status);
         sb_puts(&rp->body, "{\"error\":{\"message\":");

@@ -162,18 +162,23 @@ static enum MHD_Result send_reply(request *rq, reply *rp)
 
 /* ---- early checks (first call, before the body is read) ----------------- */
 
-/* Constant-time comparison of the bearer token with the key. */
-static int bearer_matches(const char *header, const char *key)
+/* Constant-time comparison of a token with the key. */
+static int key_matches(const char *token, const char *key)
 {
-    const char *prefix = "Bearer "; /* the scheme is case-insensitive (RFC 7235) */
-    if (header == NULL || strncasecmp(header, prefix, strlen(prefix)) != 0)
-        return 0;
-    const char *token = header + strlen(prefix);
     size_t tlen = strlen(token), klen = strlen(key);
     unsigned diff = (unsigned)(tlen ^ klen);
     for (size_t i = 0; i < klen; i++)
         diff |= (unsigned)(unsigned char)key[i] ^ (unsigned)(unsigned char)(i < tlen ? token[i] : 0);
     return diff == 0;
+}
+
+/* The same for "Authorization: Bearer TOKEN". */
+static int bearer_matches(const char *header, const char *key)
+{
+    const char *prefix = "Bearer "; /* the scheme is case-insensitive (RFC 7235) */
+    if (header == NULL || strncasecmp(header, prefix, strlen(prefix)) != 0)
+        return 0;
+    return key_matches(header + strlen(prefix), key);
 }
 
 static api_family api_of_path(const char *url)
@@ -289,7 +294,13 @@ static int refuse_early(server *srv, request *rq, const char *url, const char *m
     if (rt->needs_auth && srv->opts.api_key != NULL && srv->opts.api_key[0] != '\0') {
         const char *auth =
             MHD_lookup_connection_value(rq->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
-        if (!bearer_matches(auth, srv->opts.api_key)) {
+        /* Qdrant's clients send the key as "api-key: KEY" */
+        const char *qd_key = rt->api == API_QDRANT
+                                 ? MHD_lookup_connection_value(rq->conn, MHD_HEADER_KIND, "api-key")
+                                 : NULL;
+        if (qd_key != NULL && auth == NULL && key_matches(qd_key, srv->opts.api_key)) {
+            /* admitted */
+        } else if (!bearer_matches(auth, srv->opts.api_key)) {
             reply_error(rp, rt->api, 401, "Unauthorized",
                         auth == NULL ? "missing bearer token" : "invalid bearer token");
             return 1;

@@ -686,6 +686,7 @@ static route_result handle_health(server *srv, request *rq, reply *rp)
     if (h.degraded && !reads_only)
         rp->status = http_error_of_kind(EMB_ERR_UNAVAILABLE)->status;
     put_store_health(&rp->body, &h, 0);
+    qd_health_counts(srv, &rp->body); /* {"status":"ok"} -> {"status":"ok","collections":n,...} */
     return ROUTE_DONE;
 }
 
@@ -795,6 +796,31 @@ static const route routes[] = {
     {"GET", "/train/versions", "train_versions", API_TEI, 1, 0, handle_train_versions, NULL, 0},
     {"GET", "/train/versions/stream", "train_versions_stream", API_TEI, 1, 0,
      handle_train_versions_stream, NULL, 0},
+    /* Qdrant collections (routes_qdrant.c); "/points/search" and its kin come
+     * before "/points/{id}", which would otherwise take them as ids */
+    {"GET", "/collections", "qd_collections", API_QDRANT, 1, 0, handle_qd_collections, NULL, 0},
+    {"PUT", "/collections/{name}", "qd_collection_create", API_QDRANT, 1, 0,
+     handle_qd_collection_create, NULL, 0},
+    {"GET", "/collections/{name}", "qd_collection_get", API_QDRANT, 1, 0,
+     handle_qd_collection_get, NULL, 0},
+    {"DELETE", "/collections/{name}", "qd_collection_delete", API_QDRANT, 1, 0,
+     handle_qd_collection_delete, NULL, 0},
+    {"GET", "/collections/{name}/exists", "qd_collection_exists", API_QDRANT, 1, 0,
+     handle_qd_collection_exists, NULL, 0},
+    {"PUT", "/collections/{name}/points", "qd_upsert", API_QDRANT, 1, 1, handle_qd_upsert,
+     finish_qd_upsert, 0},
+    {"POST", "/collections/{name}/points", "qd_retrieve", API_QDRANT, 1, 0, handle_qd_retrieve,
+     NULL, 0},
+    {"POST", "/collections/{name}/points/search", "qd_search", API_QDRANT, 1, 1,
+     handle_qd_search, finish_qd_search, 0},
+    {"POST", "/collections/{name}/points/query", "qd_query", API_QDRANT, 1, 1, handle_qd_query,
+     finish_qd_search, 0},
+    {"POST", "/collections/{name}/points/delete", "qd_delete", API_QDRANT, 1, 0,
+     handle_qd_delete, NULL, 0},
+    {"POST", "/collections/{name}/points/count", "qd_count", API_QDRANT, 1, 0, handle_qd_count,
+     NULL, 0},
+    {"GET", "/collections/{name}/points/{id}", "qd_point_get", API_QDRANT, 1, 0,
+     handle_qd_point_get, NULL, 0},
 };
 
 /* Matches path against a route's template: "{name}" stands for one

@@ -30,6 +30,8 @@
 #include "common/strbuf.h"
 #include "learn/versions.h"
 
+struct collections;
+
 typedef struct server_opts {
     /* Filled by serve's option table (cli_serve.c), which holds every
      * default; read-only once serve_run starts. */
@@ -99,6 +101,8 @@ typedef struct server {
     learner *learner;          /* NULL with --train off */
     batcher *batcher;
     store *store;              /* items; open from before the daemon starts until after the batcher stops */
+    struct collections *collections; /* Qdrant collections (store/collections.h), "default" is store;
+                                      * opened after it, closed before it */
     metrics *mx;
     struct MHD_Daemon *daemon;
     struct MHD_Daemon *probes; /* /health and /metrics on a thread of their own (frontdoor.h) */
@@ -114,7 +118,11 @@ typedef struct server {
 } server;
 
 /* API families decide the error body's shape. */
-typedef enum { API_TEI, API_OPENAI } api_family;
+typedef enum {
+    API_TEI,
+    API_OPENAI,
+    API_QDRANT,                /* {"status": {"error": "..."}, "time": 0} (routes_qdrant.c) */
+} api_family;
 
 /* A response being built by a route handler. */
 typedef struct reply {
@@ -219,6 +227,25 @@ route_result handle_items_count(server *srv, request *rq, reply *rp);
 route_result handle_similar(server *srv, request *rq, reply *rp);
 route_result handle_similar_get(server *srv, request *rq, reply *rp);
 void finish_similar(server *srv, request *rq, reply *rp);
+
+/* Qdrant collections (routes_qdrant.c). */
+route_result handle_qd_collections(server *srv, request *rq, reply *rp);
+route_result handle_qd_collection_create(server *srv, request *rq, reply *rp);
+route_result handle_qd_collection_get(server *srv, request *rq, reply *rp);
+route_result handle_qd_collection_delete(server *srv, request *rq, reply *rp);
+route_result handle_qd_collection_exists(server *srv, request *rq, reply *rp);
+route_result handle_qd_upsert(server *srv, request *rq, reply *rp);
+void finish_qd_upsert(server *srv, request *rq, reply *rp);
+route_result handle_qd_retrieve(server *srv, request *rq, reply *rp);
+route_result handle_qd_point_get(server *srv, request *rq, reply *rp);
+route_result handle_qd_search(server *srv, request *rq, reply *rp);
+route_result handle_qd_query(server *srv, request *rq, reply *rp);
+void finish_qd_search(server *srv, request *rq, reply *rp);
+route_result handle_qd_delete(server *srv, request *rq, reply *rp);
+route_result handle_qd_count(server *srv, request *rq, reply *rp);
+/* Adds "collections" and "points" (all collections) to a JSON object just
+ * written to b, before its closing brace (/health). */
+void qd_health_counts(server *srv, strbuf *b);
 
 /* Training control (routes_train.c). */
 route_result handle_train_status(server *srv, request *rq, reply *rp);

@@ -107,6 +107,11 @@ void store_set_error(store *s, const char *msg);
  * Caller holds rw exclusively. */
 void store_row_set_vector(store *s, long r, const float *v, int32_t version);
 
+/* ---- store_search.c ---- */
+
+/* 1 when row r passes filter f (collections.c counts and deletes by filter). */
+int store_filter_match(const store_filter *f, const store_row *r);
+
 /* ---- store_index.c: the approximate index ---- */
 
 /* Row with this label was written (a build under way replays it). */

@@ -206,7 +206,7 @@ static int row_has(const store_row *r, const store_field *cond)
     return 0;
 }
 
-static int filter_match(const store_filter *f, const store_row *r)
+int store_filter_match(const store_filter *f, const store_row *r)
 {
     for (int i = 0; i < f->n_must; i++) {
         if (!row_has(r, &f->conds[i]))
@@ -362,7 +362,7 @@ static void topk_offer(const store *s, const store_query *q, topk *h, const floa
             continue;
         if (!topk_admits(h, c))
             continue;
-        if (q->filter != NULL && !filter_match(q->filter, &s->rows[c.row]))
+        if (q->filter != NULL && !store_filter_match(q->filter, &s->rows[c.row]))
             continue;
         topk_push(h, c);
     }
@@ -440,7 +440,7 @@ static int hnsw_offer(const store *s, const store_query *q, const float *qv, top
         }
         if (!topk_admits(h, c))
             continue;
-        if (q->filter != NULL && !filter_match(q->filter, &s->rows[c.row])) {
+        if (q->filter != NULL && !store_filter_match(q->filter, &s->rows[c.row])) {
             rejected++;
             continue;
         }
