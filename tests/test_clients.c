@@ -26,8 +26,9 @@
 
 #include "http/server.h"
 #include "run_suite.h"
-#include "serverproc.h"
 #include "testutil.h"
+
+#include "serverproc.h"
 
 #define API_KEY "clients-key"
 #define CLIENTS_DIR "tests/clients"
