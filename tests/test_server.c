@@ -12,8 +12,8 @@
  * 4096 --max-client-batch-size 4), auth (--api-key), busy
  * (--max-concurrent-requests 1), slow (--timeout 2), shutdown (own servers),
  * items (--data in a temporary directory, --payload-limit 200000
- * --max-client-batch-size 8; its persistence test starts its own servers),
- * openai_sdk (tests/openai with node, skipped without it).
+ * --max-client-batch-size 8; its persistence test starts its own servers).
+ * The official Node clients run in tests/test_clients.c.
  *
  * Clients: libcurl easy handles for ordinary requests; raw sockets where the
  * test needs control of the bytes on the wire (a request admitted with
@@ -1632,55 +1632,6 @@ START_TEST(test_shutdown_refuses_new_connections)
     ck_assert_msg(refused || closed_after >= 0,
                   "a connection made while draining was accepted into the listen backlog and "
                   "left unanswered (the quiesced listen socket stays open until exit)");
-}
-END_TEST
-
-/* ======================================================================== */
-/* TCase sdk: the official OpenAI Node client (tests/openai)                */
-/* ======================================================================== */
-
-static void setup_sdk(void)
-{
-    const char *args[] = {"--api-key", "sdk-key", "--served-model-name", "sdk-model", NULL};
-    fixture_start(args);
-}
-
-START_TEST(test_openai_sdk)
-{
-    REQUIRE_SERVER();
-    if (system("command -v node > /dev/null 2>&1") != 0) {
-        printf("test_openai_sdk: node not installed, official client not checked\n");
-        return;
-    }
-    char dir[256], cmd[2048];
-    tu_mkdtemp(dir, sizeof dir);
-    struct stat sb;
-    if (stat("tests/openai/node_modules/openai", &sb) != 0) {
-        snprintf(cmd, sizeof cmd,
-                 "npm ci --prefix tests/openai --no-audit --no-fund > %s/npm.txt 2>&1", dir);
-        int st = system(cmd);
-        char path[512];
-        snprintf(path, sizeof path, "%s/npm.txt", dir);
-        char *out = tu_read_file(path, NULL);
-        if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
-            snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
-            tu_run(cmd);
-        }
-        ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "npm ci failed:\n%s", tail(out));
-        free(out);
-    }
-    snprintf(cmd, sizeof cmd,
-             "EMBEDD_URL=http://127.0.0.1:%d EMBEDD_TEST_API_KEY=sdk-key "
-             "node --test tests/openai/embeddings.test.mjs > %s/node.txt 2>&1",
-             g_srv.port, dir);
-    int st = system(cmd);
-    char path[512];
-    snprintf(path, sizeof path, "%s/node.txt", dir);
-    char *out = tu_read_file(path, NULL);
-    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
-    tu_run(cmd);
-    ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "node --test failed:\n%s", tail(out));
-    free(out);
 }
 END_TEST
 
@@ -3397,8 +3348,6 @@ int main(void)
     tcase_add_test(tc, test_learn_off);
     tcase_add_test(tc, test_learn_control_errors);
 
-    tc = tcase_with_server(s, "openai_sdk", setup_sdk, 180);
-    tcase_add_test(tc, test_openai_sdk);
 
     tc = tcase_with_server(s, "resources", NULL, 300);
     tcase_add_test(tc, test_rest_when_texts_used_up);

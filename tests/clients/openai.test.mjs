@@ -1,47 +1,25 @@
-// embeddings.test.mjs: `embedd serve` through the official OpenAI Node client.
+// openai.test.mjs: `embedd serve` through the official OpenAI Node client,
+// configured only by baseURL and apiKey (see common.mjs for the environment).
 //
-//   EMBEDD_URL=http://127.0.0.1:PORT [EMBEDD_TEST_API_KEY=KEY] node --test tests/openai/embeddings.test.mjs
-//
-// tests/test_server.c starts a server and runs this (npm ci first when
-// node_modules is missing). The client's default encoding is base64, which it
-// decodes itself; encoding_format "float" gets JSON numbers. Both must give
-// the same vectors.
+// The client's default encoding is base64, which it decodes itself;
+// encoding_format "float" gets JSON numbers. Both must give the same vectors,
+// and the same as /embed. With baseURL set to the server's root (no /v1) the
+// client posts to /embeddings.
 import assert from 'node:assert/strict';
 import { before, test } from 'node:test';
 
 import OpenAI from 'openai';
 
-const url = process.env.EMBEDD_URL;
-const apiKey = process.env.EMBEDD_TEST_API_KEY ?? 'unused';
-const TOL = 1e-6;
-const texts = [
-  'The quick brown fox jumps over the lazy dog.',
-  'A man is playing a guitar.',
-  'Ünïcödé, 中文 and emoji 🎉 survive the trip',
-];
+import { apiKey as key, assertClose, assertUnit, embedRef, getJson, needs, texts, url } from './common.mjs';
+
+const apiKey = key ?? 'unused';
 
 let client;
 let info;
 
-function assertClose(got, want, what) {
-  assert.equal(got.length, want.length, `${what}: length`);
-  for (let i = 0; i < want.length; i++) {
-    assert.ok(Number.isFinite(got[i]), `${what}[${i}] = ${got[i]}`);
-    assert.ok(Math.abs(got[i] - want[i]) <= TOL, `${what}[${i}]: ${got[i]} vs ${want[i]}`);
-  }
-}
-
-function assertUnit(v, what) {
-  const norm = Math.sqrt(v.reduce((s, x) => s + x * x, 0));
-  assert.ok(Math.abs(norm - 1) < 1e-5, `${what}: norm ${norm}`);
-}
-
 before(async () => {
-  assert.ok(url, 'set EMBEDD_URL to the server, e.g. http://127.0.0.1:8080');
+  info = await getJson('/info');
   client = new OpenAI({ baseURL: `${url}/v1`, apiKey, maxRetries: 0, timeout: 20_000 });
-  const r = await fetch(`${url}/info`, { headers: { Authorization: `Bearer ${apiKey}` } });
-  assert.equal(r.status, 200);
-  info = await r.json();
 });
 
 test('models.list names the served model', async () => {
@@ -104,6 +82,36 @@ test('dimensions: a renormalised prefix', async () => {
   const prefix = full.data[0].embedding.slice(0, 8);
   const norm = Math.sqrt(prefix.reduce((s, x) => s + x * x, 0));
   assertClose(v, prefix.map((x) => x / norm), 'dimensions 8 vs the renormalised prefix');
+});
+
+test('vectors equal /embed for the same texts', async () => {
+  const f = await client.embeddings.create({ model: info.model_id, input: texts, encoding_format: 'float' });
+  const ref = await embedRef(texts);
+  for (let i = 0; i < texts.length; i++) assertClose(f.data[i].embedding, ref[i], `text ${i} vs /embed`);
+});
+
+test('models.retrieve(served name); an unknown model is NotFoundError', needs('GET /v1/models/{}'), async () => {
+  const m = await client.models.retrieve(info.model_id);
+  assert.equal(m.id, info.model_id);
+  assert.equal(m.object, 'model');
+  assert.equal(typeof m.created, 'number');
+  assert.equal(typeof m.owned_by, 'string');
+  await assert.rejects(client.models.retrieve('no-such-model'),
+    (e) => e instanceof OpenAI.NotFoundError && e.status === 404);
+});
+
+test('baseURL without /v1: POST /embeddings', needs('POST /embeddings'), async () => {
+  const bare = new OpenAI({ baseURL: url, apiKey, maxRetries: 0, timeout: 20_000 });
+  const b = await bare.embeddings.create({ model: info.model_id, input: texts });
+  const f = await bare.embeddings.create({ model: info.model_id, input: texts[2], encoding_format: 'float' });
+  const ref = await embedRef(texts);
+  assert.equal(b.object, 'list');
+  assert.equal(b.data.length, texts.length);
+  for (let i = 0; i < texts.length; i++) {
+    assert.equal(b.data[i].index, i);
+    assertClose(Array.from(b.data[i].embedding), ref[i], `/embeddings text ${i} vs /embed`);
+  }
+  assertClose(f.data[0].embedding, ref[2], '/embeddings float vs /embed');
 });
 
 test('errors map to the client\'s exception classes', async () => {
