@@ -1,16 +1,11 @@
 // common.mjs: what the client tests share: the server's address and key
 // from the environment, the reference vectors from /embed, comparisons, and
-// the routes a test needs.
+// the helpers below.
 //
 //   EMBEDD_URL            base URL of a server, e.g. http://127.0.0.1:8080
 //   EMBEDD_TEST_API_KEY   its --api-key, when it has one
 //   EMBEDD_QDRANT_URL     the server the Qdrant client talks to (default
 //                         EMBEDD_URL); EMBEDD_QDRANT_API_KEY its key, if any
-//   EMBEDD_MISSING_ROUTES routes absent from the server's route table,
-//                         "METHOD /path,..." (tests/test_clients.c computes
-//                         it): a test that needs one is reported as TODO, so
-//                         it still runs and prints why it fails, but does not
-//                         fail the run until the route is in the table.
 import assert from 'node:assert/strict';
 
 export const url = process.env.EMBEDD_URL;
@@ -27,16 +22,6 @@ export const texts = [
   'A man is playing a guitar.',
   'Ünïcödé, 中文 and emoji 🎉 survive the trip',
 ];
-
-const missing = new Set((process.env.EMBEDD_MISSING_ROUTES ?? '')
-  .split(',').map((s) => s.trim()).filter((s) => s !== ''));
-
-// Test options for a test that calls these routes ("POST /embeddings"):
-// {todo} naming the missing ones, else {}.
-export function needs(...routes) {
-  const absent = routes.filter((r) => missing.has(r));
-  return absent.length > 0 ? { todo: `not in the route table yet: ${absent.join(', ')}` } : {};
-}
 
 function authHeaders() {
   return apiKey ? { Authorization: `Bearer ${apiKey}` } : {};

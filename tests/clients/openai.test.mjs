@@ -10,7 +10,7 @@ import { before, test } from 'node:test';
 
 import OpenAI from 'openai';
 
-import { apiKey as key, assertClose, assertUnit, embedRef, getJson, needs, texts, url } from './common.mjs';
+import { apiKey as key, assertClose, assertUnit, embedRef, getJson, texts, url } from './common.mjs';
 
 const apiKey = key ?? 'unused';
 
@@ -90,7 +90,7 @@ test('vectors equal /embed for the same texts', async () => {
   for (let i = 0; i < texts.length; i++) assertClose(f.data[i].embedding, ref[i], `text ${i} vs /embed`);
 });
 
-test('models.retrieve(served name); an unknown model is NotFoundError', needs('GET /v1/models/{}'), async () => {
+test('models.retrieve(served name); an unknown model is NotFoundError', async () => {
   const m = await client.models.retrieve(info.model_id);
   assert.equal(m.id, info.model_id);
   assert.equal(m.object, 'model');
@@ -100,7 +100,7 @@ test('models.retrieve(served name); an unknown model is NotFoundError', needs('G
     (e) => e instanceof OpenAI.NotFoundError && e.status === 404);
 });
 
-test('baseURL without /v1: POST /embeddings', needs('POST /embeddings'), async () => {
+test('baseURL without /v1: POST /embeddings', async () => {
   const bare = new OpenAI({ baseURL: url, apiKey, maxRetries: 0, timeout: 20_000 });
   const b = await bare.embeddings.create({ model: info.model_id, input: texts });
   const f = await bare.embeddings.create({ model: info.model_id, input: texts[2], encoding_format: 'float' });
