@@ -2,8 +2,8 @@
 """readme_test.py: run every command of README.md, as a user would, against
 a server this script starts itself.
 
-The README's conventions (README.md, "Development" says where they are
-written down; docs/development.md has the full text):
+The README's conventions (docs/development.md, "The README test", has them
+for people editing the README):
 
 - Commands are in ```sh blocks, run in order from the top of the checkout.
   One command may span lines (a trailing backslash, or a quoted string left
@@ -14,13 +14,14 @@ written down; docs/development.md has the full text):
   key the comment names present somewhere in the answer, and every
   `"key":"string"` pair equal (numbers are not compared); a status code
   after the JSON (`{...} 409`, from `-w ' %{http_code}'`) must follow the
-  body. Otherwise
-  (`# 401`) it is text the output must contain, `...` standing for
-  anything. A note that is not output goes on the command's own line
+  body. Otherwise (`# 401`) it is text the output must contain, `...`
+  standing for anything. A note that is not output goes on the command's own line
   (`curl ...   # why`) or after a blank line.
 - The README says `localhost:8080`; the test rewrites it (and
   `127.0.0.1:8080`) to the port of the server it runs, `./build/embedd` to
   the binary under test, and `/tmp/` to a fresh temporary directory.
+- The server and the commands get the caller's environment without its
+  EMBEDD_* variables, so they see embedd's defaults.
 - Every command must exit 0; `curl` counts an HTTP error status as a
   failure (`--fail-with-body`), unless the command prints the status
   itself (`-w '%{http_code}'`).
@@ -211,8 +212,9 @@ def check_shape(expect_lines, out):
 class Server:
     """The embedd serve process the commands talk to."""
 
-    def __init__(self, tmp):
+    def __init__(self, tmp, env):
         self.tmp = tmp
+        self.env = env
         self.proc = None
         self.port = None
         self.log_path = None
@@ -222,7 +224,7 @@ class Server:
         self.count += 1
         self.log_path = os.path.join(self.tmp, "server-%d.log" % self.count)
         log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+        self.proc = subprocess.Popen(argv, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL)
         log.close()
         deadline = time.monotonic() + START_TIMEOUT
@@ -404,9 +406,11 @@ def main():
     for problem in check_settings(binary, args.readme):
         failures.append("settings: " + problem)
     tmp = tempfile.mkdtemp(prefix="readme-test-")
-    env = dict(os.environ)
+    # The README's commands assume embedd's defaults: no EMBEDD_* setting
+    # from the caller's environment (an API key, a data directory) applies.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EMBEDD_")}
     env["PATH"] = os.path.dirname(binary) + os.pathsep + env.get("PATH", "")
-    server = Server(tmp)
+    server = Server(tmp, env)
     try:
         why = server.start([binary, "serve", "--host", "127.0.0.1", "--port", "0"])
         if why:
