@@ -32,6 +32,7 @@ const ITEMS = [
 ];
 
 let server, base, browser;
+let serverLog = "";
 
 // Starts the server; resolves with its base URL once it says "listening on".
 function startServer() {
@@ -40,15 +41,14 @@ function startServer() {
     "--port", "0", "--api-key", KEY, "--train-min-samples", "8", "--train-batch-size", "4",
     "--publish-every", "5", "--publish", "auto", "--train-max-cpu", "90"];
   server = spawn(BIN, args, { env, stdio: ["ignore", "ignore", "pipe"] });
-  let log = "";
   return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error("no 'listening on' in 15 s:\n" + log)), 15000);
+    const timer = setTimeout(() => reject(new Error("no 'listening on' in 15 s:\n" + serverLog)), 15000);
     server.stderr.on("data", (d) => {
-      log += d;
-      const m = /listening on (http:\/\/[0-9.]+:[0-9]+)/.exec(log);
+      serverLog += d;
+      const m = /listening on (http:\/\/[0-9.]+:[0-9]+)/.exec(serverLog);
       if (m) { clearTimeout(timer); resolve(m[1]); }
     });
-    server.on("exit", (code) => { clearTimeout(timer); reject(new Error(`server exited (${code}):\n${log}`)); });
+    server.on("exit", (code) => { clearTimeout(timer); reject(new Error(`server exited (${code}):\n${serverLog}`)); });
   });
 }
 
@@ -72,9 +72,11 @@ before(async () => {
 after(async () => {
   if (browser) await browser.close();
   if (server && server.exitCode === null) {
-    const gone = new Promise((r) => server.on("exit", r));
+    const gone = new Promise((r) => server.on("exit", (code, signal) => r({ code, signal })));
     server.kill("SIGTERM");
-    await gone;
+    // a clean stop (under ASan also: no leak or error report)
+    const { code, signal } = await gone;
+    assert.equal(code, 0, `the server stopped with ${code ?? signal}:\n${serverLog.slice(-3000)}`);
   }
 });
 
