@@ -71,6 +71,11 @@ $(BUILD)/%.o: %.cpp
 # The numeric kernels want the vectoriser's full effort.
 $(BUILD)/model/ops.o: OPT := $(if $(SANITIZER),-O1,-O3)
 
+# The console, docs page and OpenAPI document are embedded with .incbin
+# (server/web/assets.c); -MMD does not see those files, so list them here.
+WEB_ASSETS := $(wildcard server/web/*.html server/web/*.json)
+$(BUILD)/server/web/assets.o build-fuzz/obj/server/web/assets.o: $(WEB_ASSETS)
+
 $(BUILD)/libembedd_model.a: $(MODEL_OBJ)
 	ar rcs $@ $^
 

@@ -8,7 +8,10 @@ BUILD_PKGS="build-essential pkg-config libmicrohttpd-dev libcjson-dev libopenbla
 libcurl4-openssl-dev check libutf8proc-dev libhnswlib-dev g++"
 # prometheus: tests/test_server.c checks /metrics with its promtool (19 MB
 # download, ~10 s to install; the daemon it ships is not started in a container).
-TEST_PKGS="curl python3 prometheus"
+# chromium: tests/test_browser.c drives the web console in it, headless
+# (tests/browser, with the npm package playwright-core; ~100 MB, skipped
+# when absent).
+TEST_PKGS="curl python3 prometheus chromium"
 if [ "${1:-}" = "--bench" ]; then
   # wrk: scripts/bench_http.sh; python3-faiss: scripts/bench_store.py
   TEST_PKGS="$TEST_PKGS python3-torch python3-numpy wrk python3-faiss"

@@ -821,6 +821,12 @@ static const route routes[] = {
      NULL, 0},
     {"GET", "/collections/{name}/points/{id}", "qd_point_get", API_QDRANT, 1, 0,
      handle_qd_point_get, NULL, 0},
+    /* web console, API docs and the learning curve (routes_web.c); the
+     * console and docs pages load without a key, their API calls carry it */
+    {"GET", "/", "web_root", API_TEI, 0, 0, handle_web_root, NULL, 0},
+    {"GET", "/openapi.json", "openapi", API_TEI, 0, 0, handle_web_openapi, NULL, 0},
+    {"GET", "/docs", "docs", API_TEI, 0, 0, handle_web_docs, NULL, 0},
+    {"GET", "/train/history", "train_history", API_TEI, 1, 0, handle_train_history, NULL, 0},
 };
 
 /* Matches path against a route's template: "{name}" stands for one

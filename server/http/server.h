@@ -257,6 +257,13 @@ route_result handle_train_promote(server *srv, request *rq, reply *rp);
 route_result handle_train_versions(server *srv, request *rq, reply *rp);
 route_result handle_train_versions_stream(server *srv, request *rq, reply *rp);
 
+/* The web console, the OpenAPI document, the docs page and the learning
+ * curve (routes_web.c). */
+route_result handle_web_root(server *srv, request *rq, reply *rp);
+route_result handle_web_openapi(server *srv, request *rq, reply *rp);
+route_result handle_web_docs(server *srv, request *rq, reply *rp);
+route_result handle_train_history(server *srv, request *rq, reply *rp);
+
 /* The route table and its lookup (routes.c). routes_find fills params
  * (may be NULL) with the matched route's "{param}" values. */
 const route *routes_find(const char *path, const char *method, int *path_known,

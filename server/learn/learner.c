@@ -61,6 +61,19 @@ typedef struct gate_result {
     double at;                 /* unix seconds */
 } gate_result;
 
+/* The learning curve for GET /train/history: the last HISTORY_STEPS
+ * training steps and the last HISTORY_GATES gate decisions, in rings under
+ * the learner's lock (about 60 KB together). Old entries are overwritten:
+ * a console polls far more often than the ring turns over. */
+#define HISTORY_STEPS 1000
+#define HISTORY_GATES 64
+
+typedef struct history_point {
+    double at;                 /* unix seconds */
+    long step;
+    float loss, simcse, mlm;   /* NAN: that objective is off */
+} history_point;
+
 /* The gate's measurements in progress (compute thread). */
 typedef struct gate_run {
     emb_workspace *ws;         /* embeddings of held-out texts and STS pairs */
@@ -137,6 +150,10 @@ struct learner {
     double last_loss, last_simcse, last_mlm, loss_ema;
     gate_result last_gate;
     char last_error[256];
+    history_point hist[HISTORY_STEPS]; /* ring: entry i % HISTORY_STEPS */
+    long hist_n;                       /* points ever recorded */
+    gate_result hist_gates[HISTORY_GATES];
+    long hist_gates_n;
 };
 
 static void restart_from_current(learner *l);
@@ -311,6 +328,10 @@ static void finish_step(learner *l)
         l->last_simcse = st->simcse_loss;
         l->last_mlm = st->mlm_loss;
         l->loss_ema = l->loss_ema == 0 ? st->loss : 0.95 * l->loss_ema + 0.05 * st->loss;
+        l->hist[l->hist_n % HISTORY_STEPS] = (history_point){
+            .at = unix_now(), .step = l->steps, .loss = st->loss, .simcse = st->simcse_loss,
+            .mlm = st->mlm_loss};
+        l->hist_n++;
     }
     pthread_mutex_unlock(&l->lock);
     metrics_train_step(l->mx, skipped, st->loss, st->tokens);
@@ -607,6 +628,8 @@ static void start_save(learner *l)
     l->gate.res.candidate_id = l->save.id;
     pthread_mutex_lock(&l->lock);
     l->last_gate.candidate_id = l->save.id;
+    if (l->hist_gates_n > 0) /* end_gate recorded this gate just before */
+        l->hist_gates[(l->hist_gates_n - 1) % HISTORY_GATES].candidate_id = l->save.id;
     pthread_mutex_unlock(&l->lock);
     l->save.done = 0;
     if (pthread_create(&l->save.thread, NULL, saver_main, l) != 0) {
@@ -672,6 +695,8 @@ static void end_gate(learner *l)
     l->last_publish = mono_seconds();
     pthread_mutex_lock(&l->lock);
     l->last_gate = l->gate.res;
+    l->hist_gates[l->hist_gates_n % HISTORY_GATES] = l->gate.res;
+    l->hist_gates_n++;
     if (!l->gate.res.passed)
         l->rejected++;
     pthread_mutex_unlock(&l->lock);
@@ -958,6 +983,57 @@ static void side_json(strbuf *b, const char *name, const gate_side *s)
     sb_puts(b, "}");
 }
 
+/* A gate decision with its numbers, or null when there was none. */
+static void gate_json(strbuf *b, const gate_result *g)
+{
+    if (!g->valid) {
+        sb_puts(b, "null");
+        return;
+    }
+    sb_printf(b, "{\"passed\":%s,\"step\":%ld,\"stage\":\"%s\",\"reason\":",
+              g->passed ? "true" : "false", g->step, g->stage != NULL ? g->stage : "gradient");
+    sb_json_string(b, g->reason);
+    if (g->passed)
+        sb_printf(b, ",\"version\":%u", g->candidate_id);
+    sb_puts(b, ",");
+    side_json(b, "candidate", &g->cand);
+    sb_puts(b, ",");
+    side_json(b, "current", &g->cur);
+    sb_printf(b, ",\"at\":%.3f}", g->at);
+}
+
+void learner_history_json(learner *l, strbuf *b)
+{
+    if (l == NULL) {
+        sb_printf(b, "{\"state\":\"off\",\"steps\":[],\"gates\":[],\"capacity\":"
+                  "{\"steps\":%d,\"gates\":%d}}", HISTORY_STEPS, HISTORY_GATES);
+        return;
+    }
+    pthread_mutex_lock(&l->lock);
+    const char *state = !l->o.enabled ? "off" : l->paused ? "paused" : "running";
+    sb_printf(b, "{\"state\":\"%s\",\"steps\":[", state);
+    long first = l->hist_n > HISTORY_STEPS ? l->hist_n - HISTORY_STEPS : 0;
+    for (long i = first; i < l->hist_n; i++) {
+        const history_point *p = &l->hist[i % HISTORY_STEPS];
+        static const char *const names[] = {"loss", "simcse_loss", "mlm_loss"};
+        const double v[] = {p->loss, p->simcse, p->mlm};
+        sb_printf(b, "%s{\"at\":%.3f,\"step\":%ld,", i > first ? "," : "", p->at, p->step);
+        json_numbers(b, names, v, 3);
+        sb_puts(b, "}");
+    }
+    sb_puts(b, "],\"gates\":[");
+    first = l->hist_gates_n > HISTORY_GATES ? l->hist_gates_n - HISTORY_GATES : 0;
+    for (long i = first; i < l->hist_gates_n; i++) {
+        if (i > first)
+            sb_puts(b, ",");
+        gate_json(b, &l->hist_gates[i % HISTORY_GATES]);
+    }
+    sb_printf(b, "],\"total\":{\"steps\":%ld,\"gates\":%ld},"
+              "\"capacity\":{\"steps\":%d,\"gates\":%d}}",
+              l->hist_n, l->hist_gates_n, HISTORY_STEPS, HISTORY_GATES);
+    pthread_mutex_unlock(&l->lock);
+}
+
 void learner_status_json(learner *l, strbuf *b)
 {
     samples_stats ss;
@@ -974,21 +1050,7 @@ void learner_status_json(learner *l, strbuf *b)
     const double losses[] = {l->last_loss, l->loss_ema, l->last_simcse, l->last_mlm};
     json_numbers(b, loss_names, losses, 4);
     sb_puts(b, ",\"last_gate\":");
-    const gate_result *g = &l->last_gate;
-    if (!g->valid) {
-        sb_puts(b, "null");
-    } else {
-        sb_printf(b, "{\"passed\":%s,\"step\":%ld,\"stage\":\"%s\",\"reason\":",
-                  g->passed ? "true" : "false", g->step, g->stage != NULL ? g->stage : "gradient");
-        sb_json_string(b, g->reason);
-        if (g->passed)
-            sb_printf(b, ",\"version\":%u", g->candidate_id);
-        sb_puts(b, ",");
-        side_json(b, "candidate", &g->cand);
-        sb_puts(b, ",");
-        side_json(b, "current", &g->cur);
-        sb_printf(b, ",\"at\":%.3f}", g->at);
-    }
+    gate_json(b, &l->last_gate);
     sb_printf(b, ",\"last_error\":");
     sb_json_string(b, l->last_error);
     pthread_mutex_unlock(&l->lock);

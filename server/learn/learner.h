@@ -142,6 +142,10 @@ int learner_rollback(learner *l, uint32_t id, emb_err *err);
 
 /* The state for GET /train/status, as a JSON object. */
 void learner_status_json(learner *l, strbuf *out);
+/* The learning curve for GET /train/history, as a JSON object: the last
+ * 1000 training steps (time, step, losses) and the last 64 gate decisions
+ * with their numbers, oldest first. l may be NULL (training off). */
+void learner_history_json(learner *l, strbuf *out);
 /* Training texts in the buffer, and whether training is paused. */
 void learner_gauges(learner *l, unsigned long *buffer, int *paused);
 /* Flushes the sample buffer to disk (the server calls it periodically). */
