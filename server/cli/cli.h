@@ -18,6 +18,9 @@ int cli_repair(int argc, char **argv);
  * OpenMP. */
 void cli_set_threads(int n);
 
+/* serve: an info line naming the BLAS kernel in use and why (main.c). */
+void cli_log_blas_kernel(void);
+
 /* The model directory of `cmd` into out (PATH_MAX bytes): --model as given;
  * else --model-id ORG/NAME[@REVISION], fetched from the Hugging Face Hub
  * into its cache (hub.h); else the bundled default model. Returns 0, or an

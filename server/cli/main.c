@@ -21,6 +21,7 @@
 
 #include "cli.h"
 
+#include "common/log.h"
 #include "common/release.h"
 
 static void usage(FILE *fp)
@@ -86,18 +87,19 @@ static void choose_blas_kernel(char **argv)
     unsetenv(REEXEC_MARKER);
 }
 
-/* The serve startup line that says which BLAS kernel runs, and why. */
-static void log_blas_kernel(void)
+/* The serve startup line that says which BLAS kernel runs, and why
+ * (cli.h; serve logs it once its --log-format is known). */
+void cli_log_blas_kernel(void)
 {
     const char *core = openblas_get_corename();
     const char *set = getenv("OPENBLAS_CORETYPE");
     if (set != NULL && set[0] != '\0' && getenv(REEXEC_MARKER) != NULL)
-        fprintf(stderr, "embedd: BLAS kernel %s (chosen by embedd for this AVX-512 CPU; set "
-                        "OPENBLAS_CORETYPE to override)\n", core);
+        log_msg(LOG_INFO, "BLAS kernel %s (chosen by embedd for this AVX-512 CPU; set "
+                          "OPENBLAS_CORETYPE to override)", core);
     else if (set != NULL && set[0] != '\0')
-        fprintf(stderr, "embedd: BLAS kernel %s (OPENBLAS_CORETYPE=%s)\n", core, set);
+        log_msg(LOG_INFO, "BLAS kernel %s (OPENBLAS_CORETYPE=%s)", core, set);
     else
-        fprintf(stderr, "embedd: BLAS kernel %s (detected by OpenBLAS)\n", core);
+        log_msg(LOG_INFO, "BLAS kernel %s (detected by OpenBLAS)", core);
 }
 
 int main(int argc, char **argv)
@@ -108,10 +110,8 @@ int main(int argc, char **argv)
         return 2;
     }
     const char *cmd = argv[1];
-    if (strcmp(cmd, "serve") == 0) {
-        log_blas_kernel();
+    if (strcmp(cmd, "serve") == 0)
         return cli_serve(argc - 1, argv + 1);
-    }
     if (strcmp(cmd, "embed") == 0)
         return cli_embed(argc - 1, argv + 1);
     if (strcmp(cmd, "tokenize") == 0)
