@@ -18,8 +18,9 @@ int cli_repair(int argc, char **argv);
  * OpenMP. */
 void cli_set_threads(int n);
 
-/* serve: an info line naming the BLAS kernel in use and why (main.c). */
-void cli_log_blas_kernel(void);
+/* Set by main.c when it re-ran itself with OPENBLAS_CORETYPE chosen for
+ * an AVX-512 CPU; serve's start says so (serve.c). */
+#define CLI_BLAS_REEXEC_MARKER "EMBEDD_BLAS_REEXEC"
 
 /* The model directory of `cmd` into out (PATH_MAX bytes): --model as given;
  * else --model-id ORG/NAME[@REVISION], fetched from the Hugging Face Hub

@@ -191,7 +191,6 @@ int cli_serve(int argc, char **argv)
     if (rc != 0)
         return rc == 1 ? 0 : 2;
     log_setup((log_level)cli.log_level, (log_format)cli.log_format);
-    cli_log_blas_kernel();
     char model_dir[PATH_MAX], served_name[256];
     rc = cli_model_dir(cli.srv.model_dir, cli.model_id, model_dir, sizeof model_dir, "serve");
     if (rc != 0)

@@ -21,7 +21,6 @@
 
 #include "cli.h"
 
-#include "common/log.h"
 #include "common/release.h"
 
 static void usage(FILE *fp)
@@ -43,7 +42,7 @@ static void usage(FILE *fp)
             EMBEDD_VERSION);
 }
 
-#define REEXEC_MARKER "EMBEDD_BLAS_REEXEC"
+#define REEXEC_MARKER CLI_BLAS_REEXEC_MARKER
 
 /* OpenBLAS core names whose sgemm uses AVX-512. */
 static int core_is_avx512(const char *core)
@@ -85,21 +84,6 @@ static void choose_blas_kernel(char **argv)
     /* exec failed: go on with the kernel already loaded */
     unsetenv("OPENBLAS_CORETYPE");
     unsetenv(REEXEC_MARKER);
-}
-
-/* The serve startup line that says which BLAS kernel runs, and why
- * (cli.h; serve logs it once its --log-format is known). */
-void cli_log_blas_kernel(void)
-{
-    const char *core = openblas_get_corename();
-    const char *set = getenv("OPENBLAS_CORETYPE");
-    if (set != NULL && set[0] != '\0' && getenv(REEXEC_MARKER) != NULL)
-        log_msg(LOG_INFO, "BLAS kernel %s (chosen by embedd for this AVX-512 CPU; set "
-                          "OPENBLAS_CORETYPE to override)", core);
-    else if (set != NULL && set[0] != '\0')
-        log_msg(LOG_INFO, "BLAS kernel %s (OPENBLAS_CORETYPE=%s)", core, set);
-    else
-        log_msg(LOG_INFO, "BLAS kernel %s (detected by OpenBLAS)", core);
 }
 
 int main(int argc, char **argv)

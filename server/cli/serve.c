@@ -2,6 +2,7 @@
  * serve.h gives. */
 #include "serve.h"
 
+#include <cblas.h>
 #include <omp.h>
 #include <pthread.h>
 #include <signal.h>
@@ -157,14 +158,14 @@ static void recovery_summary(const server *srv, const store_recovery *rec, char 
                  rec->truncated_bytes > 0 ? ", torn tail cut" : "");
 }
 
-/* The start line: where the server listens and what is on. Tests and
- * scripts find the port after "listening on http://HOST:". */
+/* The start line: where the server listens and what is on. Written at
+ * every --log-level: tests and scripts find the port after "listening on
+ * http://HOST:". */
 static void log_started(const server *srv, const store_recovery *rec)
 {
     const server_opts *o = &srv->opts;
     log_line ln;
-    if (!log_begin(&ln, LOG_INFO, "listening on http://%s:%d", o->host, srv->port))
-        return;
+    log_begin_always(&ln, LOG_INFO, "listening on http://%s:%d", o->host, srv->port);
     char recovery[160];
     recovery_summary(srv, rec, recovery, sizeof recovery);
     log_str(&ln, "version", EMBEDD_VERSION);
@@ -187,11 +188,26 @@ static void log_started(const server *srv, const store_recovery *rec)
     log_end(&ln);
 }
 
+/* Which BLAS kernel runs, and why (main.c chooses it). */
+static void log_blas_kernel(void)
+{
+    const char *core = openblas_get_corename();
+    const char *set = getenv("OPENBLAS_CORETYPE");
+    if (set != NULL && set[0] != '\0' && getenv(CLI_BLAS_REEXEC_MARKER) != NULL)
+        log_msg(LOG_INFO, "BLAS kernel %s (chosen by embedd for this AVX-512 CPU; set "
+                          "OPENBLAS_CORETYPE to override)", core);
+    else if (set != NULL && set[0] != '\0')
+        log_msg(LOG_INFO, "BLAS kernel %s (OPENBLAS_CORETYPE=%s)", core, set);
+    else
+        log_msg(LOG_INFO, "BLAS kernel %s (detected by OpenBLAS)", core);
+}
+
 /* Steps 2 to 8 of serve.h. 0, or -1 after logging why. */
 static int start_all(server *srv)
 {
     emb_err err;
     store_recovery rec;
+    log_blas_kernel();
     log_msg(LOG_INFO, "loading model %s", srv->opts.model_dir);
     if (load_model(srv, &err) != 0) {
         log_msg(LOG_ERROR, "cannot start: %s", err.msg);

@@ -62,6 +62,14 @@ int log_begin(log_line *ln, log_level level, const char *fmt, ...)
     return 1;
 }
 
+void log_begin_always(log_line *ln, log_level label, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vbegin(ln, label, fmt, ap);
+    va_end(ap);
+}
+
 /* Adds a field whose value is len bytes of s (cut to what the arena has
  * left; dropped when the line has all the fields it can hold). */
 static void add_field(log_line *ln, const char *key, log_field_kind kind, const char *s,
@@ -70,11 +78,21 @@ static void add_field(log_line *ln, const char *key, log_field_kind kind, const 
     if (ln->n >= LOG_MAX_FIELDS)
         return;
     size_t room = sizeof ln->arena - ln->used;
-    if (len > room)
-        len = room;
-    memcpy(ln->arena + ln->used, s, len);
-    ln->fields[ln->n++] = (log_field){.key = key, .kind = kind, .at = ln->used, .len = len};
-    ln->used += len;
+    size_t at = ln->used, mark = 0;
+    if (room == 0)
+        return; /* a value before was cut: the fields after it are left out */
+    int cut = len > room;
+    if (cut) {
+        /* cut before a character that does not fit, and say so */
+        mark = room >= strlen(CUT_MARK) ? strlen(CUT_MARK) : 0;
+        len = room - mark;
+        while (len > 0 && ((unsigned char)s[len] & 0xC0) == 0x80)
+            len--;
+    }
+    memcpy(ln->arena + at, s, len);
+    memcpy(ln->arena + at + len, CUT_MARK, mark);
+    ln->fields[ln->n++] = (log_field){.key = key, .kind = kind, .at = at, .len = len + mark};
+    ln->used = cut ? sizeof ln->arena : at + len;
 }
 
 void log_strn(log_line *ln, const char *key, const char *s, size_t len)

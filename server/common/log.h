@@ -68,12 +68,16 @@ const char *log_level_name(log_level level);
  * when the level is off. */
 int log_begin(log_line *ln, log_level level, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+/* The same, written whatever the level: only for the start line, which
+ * names the bound port (scripts and tests read it with --port 0). */
+void log_begin_always(log_line *ln, log_level label, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 /* Fields, in the order given. s may be NULL (logged as ""). */
 void log_str(log_line *ln, const char *key, const char *s);
 void log_strn(log_line *ln, const char *key, const char *s, size_t len);
 void log_int(log_line *ln, const char *key, long long v);
-/* A number with up to `decimals` decimals (NaN and infinities: null in
- * JSON, "nan"/"inf" in text). */
+/* A number with `decimals` decimals (NaN and infinities: null, as JSON
+ * has no such numbers). */
 void log_num(log_line *ln, const char *key, double v, int decimals);
 void log_bool(log_line *ln, const char *key, int v);
 /* Formats the line and writes it to stderr. */
