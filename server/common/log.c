@@ -118,8 +118,10 @@ void log_num(log_line *ln, const char *key, double v, int decimals)
     int n;
     if (!isfinite(v))
         n = snprintf(num, sizeof num, "null"); /* JSON has no NaN */
+    else if (decimals < 0)
+        n = snprintf(num, sizeof num, "%.6g", v); /* six significant digits */
     else
-        n = snprintf(num, sizeof num, "%.*f", decimals < 0 ? 0 : decimals > 9 ? 9 : decimals, v);
+        n = snprintf(num, sizeof num, "%.*f", decimals > 9 ? 9 : decimals, v);
     if (n < 0 || (size_t)n >= sizeof num)
         n = snprintf(num, sizeof num, "%g", v);
     add_field(ln, key, LOG_FIELD_RAW, num, (size_t)n);

@@ -76,8 +76,8 @@ void log_begin_always(log_line *ln, log_level label, const char *fmt, ...)
 void log_str(log_line *ln, const char *key, const char *s);
 void log_strn(log_line *ln, const char *key, const char *s, size_t len);
 void log_int(log_line *ln, const char *key, long long v);
-/* A number with `decimals` decimals (NaN and infinities: null, as JSON
- * has no such numbers). */
+/* A number with `decimals` decimals, or six significant digits when
+ * decimals < 0 (NaN and infinities: null, as JSON has no such numbers). */
 void log_num(log_line *ln, const char *key, double v, int decimals);
 void log_bool(log_line *ln, const char *key, int v);
 /* Formats the line and writes it to stderr. */

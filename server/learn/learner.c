@@ -215,12 +215,12 @@ static void log_gate(log_line *ln, const gate_result *g)
     log_int(ln, "step", g->step);
     log_str(ln, "stage", g->stage);
     log_str(ln, "gate", g->reason);
-    log_num(ln, "val_loss", g->cand.val_loss, 6);
-    log_num(ln, "val_loss_current", g->cur.val_loss, 6);
+    log_num(ln, "val_loss", g->cand.val_loss, -1);
+    log_num(ln, "val_loss_current", g->cur.val_loss, -1);
     log_num(ln, "mean_cos", g->cand.mean_cos, 4);
     log_num(ln, "mean_cos_current", g->cur.mean_cos, 4);
-    log_num(ln, "variance", g->cand.variance, 6);
-    log_num(ln, "variance_current", g->cur.variance, 6);
+    log_num(ln, "variance", g->cand.variance, -1);
+    log_num(ln, "variance_current", g->cur.variance, -1);
     log_num(ln, "sts", g->cand.sts, 2);
     log_num(ln, "sts_current", g->cur.sts, 2);
     log_num(ln, "lexical", g->cand.lex, 2);
