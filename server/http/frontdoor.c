@@ -705,7 +705,7 @@ static void close_listener(frontdoor *door)
 {
     uint64_t count;
     if (read(door->wake_fd, &count, sizeof count) < 0 && errno != EAGAIN)
-        perror("embedd: frontdoor wake");
+        log_msg(LOG_ERROR, "frontdoor wake: %s", strerror(errno));
     pthread_mutex_lock(&door->lock);
     if (door->listening) {
         close(door->listen_fd); /* also leaves the epoll set */
@@ -825,7 +825,7 @@ static void wake(frontdoor *door, int want)
     atomic_store(&door->want, want);
     uint64_t one = 1;
     if (write(door->wake_fd, &one, sizeof one) < 0)
-        perror("embedd: frontdoor wake");
+        log_msg(LOG_ERROR, "frontdoor wake: %s", strerror(errno));
 }
 
 void frontdoor_quiesce(frontdoor *door)
