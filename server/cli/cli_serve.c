@@ -169,7 +169,8 @@ static const opt_spec serve_specs[] = {
                "least severe lines written to stderr (info: one access line per request; "
                "debug: also /health and /metrics)"),
     OPT_ONE_OF(serve_cli, "log-format", "EMBEDD_LOG_FORMAT", log_format, "text", log_formats,
-               "text: 'TIME LEVEL MESSAGE key=value ...'; json: one object per line"),
+               "how lines look (docs/logs.md): 'TIME LEVEL MESSAGE key=value ...' (text) or "
+               "one JSON object per line (json)"),
     /* fixed settings of the publish gate (learner.h): no flag */
     S_INT(NULL, NULL, holdout_eval_max, "256", 1, 1 << 20, "held-out texts the gate embeds"),
     S_NUM(NULL, NULL, collapse_max_cos, "0.98", 0, 1,
