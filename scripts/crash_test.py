@@ -126,7 +126,7 @@ class Server:
 
     def recovery_lines(self):
         return [l for l in self.stderr_lines
-                if not re.search(r"listening on|embedd: model ", l)]
+                if not re.search(r"listening on|loading model|BLAS kernel| info request ", l)]
 
 
 class Client:

@@ -10,7 +10,7 @@
 #      build reaches the host's Debian mirror);
 #   4. run it on a random port of 127.0.0.1 with a named volume for /data;
 #   5. wait for /health and the HEALTHCHECK, check /embed, /items, /similar,
-#      stop it (SIGTERM, exit 0 or 143, "embedd: stopped" in the log), start
+#      stop it (SIGTERM, exit 0 or 143, "info stopped" in the log), start
 #      a new container on the same volume and find the item again.
 #
 # When dockerd cannot start (no privileges, no docker.io) it prints why and
@@ -314,7 +314,7 @@ stop_container() {
     die "container exited with $code, want 0 or 143"
   fi
   grep -q 'SIGTERM received' <<< "$logs" || die "log has no 'SIGTERM received'"
-  grep -q 'embedd: stopped' <<< "$logs" || die "log has no 'embedd: stopped'"
+  grep -q ' info stopped$' <<< "$logs" || die "log has no 'info stopped'"
   echo "ok: stopped gracefully (exit $code, log ends: $(tail -n 1 <<< "$logs"))"
 }
 

@@ -44,13 +44,15 @@ void buf_addf(buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3))
 
 /* ---- the server process -------------------------------------------------- */
 
-/* The server's stderr (first 64 KiB), in a shared mapping: the runner
- * reads it up to the "listening on" line, then a drain process (not a
- * thread: LeakSanitizer complains in every forked test about threads left
- * running in the parent) appends the rest, and forked tests can read it. */
+/* The server's stderr (first 8 MiB; only the pages written cost memory,
+ * and a loaded test writes 64 KiB of access lines in a second), in a
+ * shared mapping: the runner reads it up to the "listening on" line, then
+ * a drain process (not a thread: LeakSanitizer complains in every forked
+ * test about threads left running in the parent) appends the rest, and
+ * forked tests can read it. */
 typedef struct server_log {
     atomic_size_t len;         /* one writer at a time */
-    char text[1 << 16];
+    char text[8 << 20];        /* the access log writes a line per request */
 } server_log;
 
 typedef struct server_proc {

@@ -1562,7 +1562,7 @@ START_TEST(test_shutdown_graceful)
     }
     close(probe);
     expect_exit_zero(10.0);
-    ck_assert_msg(strstr(s_own.log, "embedd: stopped") != NULL, "%s", tail(s_own.log));
+    ck_assert_msg(strstr(s_own.log, " info stopped\n") != NULL, "%s", tail(s_own.log));
     lines_free(&want);
     free(body);
 }

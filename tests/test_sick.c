@@ -295,7 +295,7 @@ START_TEST(test_injected_write_failure)
     /* Counted and logged, once. */
     ck_assert(metrics_has(&sp, "embedd_io_errors_total{file=\"wal\",op=\"write\"} 1\n"));
     ck_assert(metrics_has(&sp, "embedd_store_degraded 1\n"));
-    ck_assert(log_has(&sp, "embedd: store: I/O error, writes are refused"));
+    ck_assert(log_has(&sp, "store: I/O error, writes are refused"));
     ck_assert(log_has(&sp, "/data/wal: write: No space left on device"));
     /* Well again without a restart: the next write once due. */
     sleep_s(1.2);
@@ -304,14 +304,14 @@ START_TEST(test_injected_write_failure)
     ck_assert_int_eq(r.status, 200);
     /* items 1, 2 and 5 in the one collection, "default" */
     ck_assert_str_eq(r.body, "{\"status\":\"ok\",\"collections\":1,\"points\":3}");
-    ck_assert(log_has(&sp, "embedd: store: writable again after"));
+    ck_assert(log_has(&sp, "store: writable again after"));
     ck_assert(metrics_has(&sp, "embedd_store_degraded 0\n"));
     ck_assert(metrics_has(&sp, "embedd_store_writes_refused_total 1\n"));
     kill_server(&sp);
     char *log = tu_read_file(sp.log, NULL);
     ck_assert(log != NULL);
-    const char *first = strstr(log, "embedd: store: I/O error");
-    ck_assert(first != NULL && strstr(first + 1, "embedd: store: I/O error") == NULL);
+    const char *first = strstr(log, "store: I/O error");
+    ck_assert(first != NULL && strstr(first + 1, "store: I/O error") == NULL);
     free(log);
     const int want[] = {1, 2, 5}, gone[] = {3, 4};
     check_after_restart(data_dir(), want, 3, gone, 2);
@@ -343,7 +343,7 @@ START_TEST(test_immutable_wal)
     ck_assert_int_eq(tu_run(cmd), 0);
     /* Nobody writes: the server's own once-a-second attempt heals it. */
     ck_assert(wait_status(&sp, "/health", 200));
-    ck_assert(log_has(&sp, "embedd: store: writable again after"));
+    ck_assert(log_has(&sp, "store: writable again after"));
     ck_assert_int_eq(put_item(&sp, 4, 0, &r), 200);
     kill_server(&sp);
     const int want[] = {1, 4}, gone[] = {2, 3};

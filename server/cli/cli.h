@@ -18,6 +18,10 @@ int cli_repair(int argc, char **argv);
  * OpenMP. */
 void cli_set_threads(int n);
 
+/* Set by main.c when it re-ran itself with OPENBLAS_CORETYPE chosen for
+ * an AVX-512 CPU; serve's start says so (serve.c). */
+#define CLI_BLAS_REEXEC_MARKER "EMBEDD_BLAS_REEXEC"
+
 /* The model directory of `cmd` into out (PATH_MAX bytes): --model as given;
  * else --model-id ORG/NAME[@REVISION], fetched from the Hugging Face Hub
  * into its cache (hub.h); else the bundled default model. Returns 0, or an

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "common/log.h"
 #include "options.h"
 #include "serve.h"
 #include "train.h"
@@ -17,6 +18,7 @@ typedef struct serve_cli {
     server_opts srv;
     const char *model_id;
     opt_period publish_every;
+    int log_level, log_format; /* log.h: set before serve_run */
 } serve_cli;
 
 static const opt_choice objectives[] = {
@@ -25,6 +27,10 @@ static const opt_choice publish_modes[] = {
     {"manual", VERSIONS_PUBLISH_MANUAL}, {"auto", VERSIONS_PUBLISH_AUTO}, {NULL, 0}};
 static const opt_choice precisions[] = {
     {"fp32", EMB_PRECISION_FP32}, {"int8", EMB_PRECISION_INT8}, {NULL, 0}};
+static const opt_choice log_levels[] = {
+    {"error", LOG_ERROR}, {"warn", LOG_WARN}, {"info", LOG_INFO}, {"debug", LOG_DEBUG},
+    {NULL, 0}};
+static const opt_choice log_formats[] = {{"text", LOG_TEXT}, {"json", LOG_JSON}, {NULL, 0}};
 
 #define S_STR(flag, env, field, def, help) OPT_STR(serve_cli, flag, env, srv.field, def, help)
 #define S_INT(flag, env, field, def, lo, hi, help) \
@@ -158,6 +164,13 @@ static const opt_spec serve_specs[] = {
           "under steady load (0: only when no request waits)"),
     S_BOOL("train-persist-samples", "EMBEDD_TRAIN_PERSIST_SAMPLES", train_persist_samples,
            "true", "keep training texts in DATA/samples.log, mode 0600 (false: in memory only)"),
+    /* the log (common/log.h, docs/logs.md) */
+    OPT_ONE_OF(serve_cli, "log-level", "EMBEDD_LOG_LEVEL", log_level, "info", log_levels,
+               "least severe lines written to stderr (info: one access line per request; "
+               "debug: also /health and /metrics)"),
+    OPT_ONE_OF(serve_cli, "log-format", "EMBEDD_LOG_FORMAT", log_format, "text", log_formats,
+               "how lines look (docs/logs.md): 'TIME LEVEL MESSAGE key=value ...' (text) or "
+               "one JSON object per line (json)"),
     /* fixed settings of the publish gate (learner.h): no flag */
     S_INT(NULL, NULL, holdout_eval_max, "256", 1, 1 << 20, "held-out texts the gate embeds"),
     S_NUM(NULL, NULL, collapse_max_cos, "0.98", 0, 1,
@@ -178,6 +191,7 @@ int cli_serve(int argc, char **argv)
                            "[options]");
     if (rc != 0)
         return rc == 1 ? 0 : 2;
+    log_setup((log_level)cli.log_level, (log_format)cli.log_format);
     char model_dir[PATH_MAX], served_name[256];
     rc = cli_model_dir(cli.srv.model_dir, cli.model_id, model_dir, sizeof model_dir, "serve");
     if (rc != 0)

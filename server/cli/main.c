@@ -42,7 +42,7 @@ static void usage(FILE *fp)
             EMBEDD_VERSION);
 }
 
-#define REEXEC_MARKER "EMBEDD_BLAS_REEXEC"
+#define REEXEC_MARKER CLI_BLAS_REEXEC_MARKER
 
 /* OpenBLAS core names whose sgemm uses AVX-512. */
 static int core_is_avx512(const char *core)
@@ -86,20 +86,6 @@ static void choose_blas_kernel(char **argv)
     unsetenv(REEXEC_MARKER);
 }
 
-/* The serve startup line that says which BLAS kernel runs, and why. */
-static void log_blas_kernel(void)
-{
-    const char *core = openblas_get_corename();
-    const char *set = getenv("OPENBLAS_CORETYPE");
-    if (set != NULL && set[0] != '\0' && getenv(REEXEC_MARKER) != NULL)
-        fprintf(stderr, "embedd: BLAS kernel %s (chosen by embedd for this AVX-512 CPU; set "
-                        "OPENBLAS_CORETYPE to override)\n", core);
-    else if (set != NULL && set[0] != '\0')
-        fprintf(stderr, "embedd: BLAS kernel %s (OPENBLAS_CORETYPE=%s)\n", core, set);
-    else
-        fprintf(stderr, "embedd: BLAS kernel %s (detected by OpenBLAS)\n", core);
-}
-
 int main(int argc, char **argv)
 {
     choose_blas_kernel(argv);
@@ -108,10 +94,8 @@ int main(int argc, char **argv)
         return 2;
     }
     const char *cmd = argv[1];
-    if (strcmp(cmd, "serve") == 0) {
-        log_blas_kernel();
+    if (strcmp(cmd, "serve") == 0)
         return cli_serve(argc - 1, argv + 1);
-    }
     if (strcmp(cmd, "embed") == 0)
         return cli_embed(argc - 1, argv + 1);
     if (strcmp(cmd, "tokenize") == 0)

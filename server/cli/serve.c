@@ -2,6 +2,8 @@
  * serve.h gives. */
 #include "serve.h"
 
+#include <cblas.h>
+#include <omp.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
@@ -12,6 +14,8 @@
 
 #include "cli.h"
 #include "common/clock.h"
+#include "common/log.h"
+#include "common/release.h"
 #include "store/collections.h"
 #include "store/store_reembed.h"
 #include "store/wal.h"
@@ -49,7 +53,7 @@ static int start_batcher(server *srv, emb_err *err)
     return srv->batcher != NULL ? 0 : -1;
 }
 
-static int open_store(server *srv, emb_err *err)
+static int open_store(server *srv, store_recovery *rec, emb_err *err)
 {
     const server_opts *o = &srv->opts;
     store_options so = {.dir = o->data_dir, .dim = emb_model_dim(srv->model),
@@ -60,13 +64,12 @@ static int open_store(server *srv, emb_err *err)
     /* Tests only: make chosen WAL writes or fsyncs fail (wal.h). */
     if (wal_fault_parse(getenv("EMBEDD_DEBUG_WAL_FAULT"), err) != 0)
         return -1;
-    store_recovery rec;
-    memset(&rec, 0, sizeof rec);
-    srv->store = store_open(&so, &rec, err);
+    memset(rec, 0, sizeof *rec);
+    srv->store = store_open(&so, rec, err);
     if (srv->store == NULL)
         return -1;
-    if (rec.message[0] != '\0')
-        fprintf(stderr, "embedd: store: %s\n", rec.message);
+    if (rec->message[0] != '\0') /* a torn log tail was cut, or the like */
+        log_msg(LOG_WARN, "store: %s", rec->message);
     return 0;
 }
 
@@ -89,7 +92,7 @@ static int open_collections(server *srv, emb_err *err)
     if (srv->collections == NULL)
         return -1;
     if (report[0] != '\0')
-        fprintf(stderr, "embedd: collections: %s\n", report);
+        log_msg(LOG_INFO, "collections: %s", report);
     return 0;
 }
 
@@ -165,31 +168,88 @@ static int start_learning(server *srv, emb_err *err)
     return 0;
 }
 
-/* Steps 2 to 8 of serve.h. 0, or -1 after printing why. */
+/* What the store's open found, in a few words for the start line. */
+static void recovery_summary(const server *srv, const store_recovery *rec, char *out,
+                             size_t cap)
+{
+    if (srv->opts.data_dir == NULL)
+        snprintf(out, cap, "none (memory)");
+    else if (rec->snapshot_items == 0 && rec->wal_records == 0 && rec->truncated_bytes == 0)
+        snprintf(out, cap, "empty");
+    else
+        snprintf(out, cap, "snapshot of %llu items, %llu log records replayed%s",
+                 (unsigned long long)rec->snapshot_items, (unsigned long long)rec->wal_records,
+                 rec->truncated_bytes > 0 ? ", torn tail cut" : "");
+}
+
+/* The start line: where the server listens and what is on. Written at
+ * every --log-level: tests and scripts find the port after "listening on
+ * http://HOST:". */
+static void log_started(const server *srv, const store_recovery *rec)
+{
+    const server_opts *o = &srv->opts;
+    log_line ln;
+    log_begin_always(&ln, LOG_INFO, "listening on http://%s:%d", o->host, srv->port);
+    char recovery[160];
+    recovery_summary(srv, rec, recovery, sizeof recovery);
+    log_str(&ln, "version", EMBEDD_VERSION);
+    log_str(&ln, "model", srv->model_name);
+    log_str(&ln, "model_dir", o->model_dir);
+    log_int(&ln, "dim", emb_model_dim(srv->model));
+    log_str(&ln, "pooling", emb_pooling_name(srv->model->cfg.pooling));
+    log_int(&ln, "max_tokens", srv->model->cfg.max_seq_length);
+    log_str(&ln, "precision", o->precision == EMB_PRECISION_INT8 ? "int8" : "fp32");
+    log_str(&ln, "learning", !o->train ? "off" : o->train_paused ? "paused" : "on");
+    log_str(&ln, "publish", o->publish_mode == VERSIONS_PUBLISH_AUTO ? "auto" : "manual");
+    log_int(&ln, "model_version", versions_current_id(srv->versions));
+    log_str(&ln, "store", o->data_dir != NULL ? o->data_dir : "memory");
+    log_int(&ln, "items", store_count(srv->store));
+    log_str(&ln, "recovery", recovery);
+    log_int(&ln, "hnsw_threshold", o->hnsw_threshold);
+    log_str(&ln, "api_key", o->api_key != NULL && o->api_key[0] != '\0' ? "on" : "off");
+    log_int(&ln, "threads", o->threads > 0 ? o->threads : omp_get_max_threads());
+    log_int(&ln, "http_threads", o->http_threads);
+    log_end(&ln);
+}
+
+/* Which BLAS kernel runs, and why (main.c chooses it). */
+static void log_blas_kernel(void)
+{
+    const char *core = openblas_get_corename();
+    const char *set = getenv("OPENBLAS_CORETYPE");
+    if (set != NULL && set[0] != '\0' && getenv(CLI_BLAS_REEXEC_MARKER) != NULL)
+        log_msg(LOG_INFO, "BLAS kernel %s (chosen by embedd for this AVX-512 CPU; set "
+                          "OPENBLAS_CORETYPE to override)", core);
+    else if (set != NULL && set[0] != '\0')
+        log_msg(LOG_INFO, "BLAS kernel %s (OPENBLAS_CORETYPE=%s)", core, set);
+    else
+        log_msg(LOG_INFO, "BLAS kernel %s (detected by OpenBLAS)", core);
+}
+
+/* Steps 2 to 8 of serve.h. 0, or -1 after logging why. */
 static int start_all(server *srv)
 {
     emb_err err;
+    store_recovery rec;
+    log_blas_kernel();
+    log_msg(LOG_INFO, "loading model %s", srv->opts.model_dir);
     if (load_model(srv, &err) != 0) {
-        fprintf(stderr, "embedd serve: %s\n", err.msg);
+        log_msg(LOG_ERROR, "cannot start: %s", err.msg);
         return -1;
     }
     srv->mx = metrics_new();
     if (srv->mx == NULL) {
-        fprintf(stderr, "embedd serve: out of memory\n");
+        log_msg(LOG_ERROR, "cannot start: out of memory");
         return -1;
     }
     if (open_versions(srv, &err) != 0 || start_batcher(srv, &err) != 0 ||
-        open_store(srv, &err) != 0 || open_collections(srv, &err) != 0 ||
+        open_store(srv, &rec, &err) != 0 || open_collections(srv, &err) != 0 ||
         start_learning(srv, &err) != 0 ||
         http_start(srv, &err) != 0) {
-        fprintf(stderr, "embedd serve: %s\n", err.msg);
+        log_msg(LOG_ERROR, "cannot start: %s", err.msg);
         return -1;
     }
-    fprintf(stderr, "embedd: model %s (%d dims, %s pooling, max %d tokens)\n", srv->model_name,
-            emb_model_dim(srv->model), emb_pooling_name(srv->model->cfg.pooling),
-            srv->model->cfg.max_seq_length);
-    fprintf(stderr, "embedd: listening on http://%s:%d\n", srv->opts.host, srv->port);
-    fflush(stderr);
+    log_started(srv, &rec);
     return 0;
 }
 
@@ -224,26 +284,32 @@ static void report_store_health(server *srv, health_log *hl)
     }
     double now = mono_seconds();
     const char *what = h.degraded ? h.reason : h.last_error;
+    log_line ln;
     if (h.degraded && !hl->degraded) {
-        fprintf(stderr, "embedd: store: I/O error, writes are refused until the disk takes them "
-                        "again (reads go on): %s\n", what);
+        if (log_begin(&ln, LOG_WARN, "store: I/O error, writes are refused until the disk "
+                                     "takes them again (reads go on)")) {
+            log_str(&ln, "error", what);
+            log_end(&ln);
+        }
         hl->errors = h.io_errors_total;
         hl->refused = h.writes_refused;
         hl->last_line = now;
     } else if (h.io_errors_total > hl->errors &&
                (hl->last_line == 0 || now - hl->last_line >= HEALTH_SUMMARY_EVERY)) {
-        fprintf(stderr, "embedd: store: %llu I/O error%s since the last report%s: %s\n",
-                (unsigned long long)(h.io_errors_total - hl->errors),
-                h.io_errors_total - hl->errors == 1 ? "" : "s",
-                h.degraded ? ", still refusing writes" : "", what);
+        if (log_begin(&ln, LOG_WARN, "store: %llu I/O error%s since the last report%s",
+                      (unsigned long long)(h.io_errors_total - hl->errors),
+                      h.io_errors_total - hl->errors == 1 ? "" : "s",
+                      h.degraded ? ", still refusing writes" : "")) {
+            log_str(&ln, "error", what);
+            log_end(&ln);
+        }
         hl->errors = h.io_errors_total;
         hl->last_line = now;
     }
     if (!h.degraded && hl->degraded)
-        fprintf(stderr, "embedd: store: writable again after %.1f s (%llu writes refused)\n",
+        log_msg(LOG_INFO, "store: writable again after %.1f s (%llu writes refused)",
                 h.last_outage, (unsigned long long)(h.writes_refused - hl->refused));
     hl->degraded = h.degraded;
-    fflush(stderr);
 }
 
 /* Once a second while serving: persist the sample buffer, update gauges,
@@ -284,19 +350,24 @@ static void stop_serving(server *srv)
 {
     emb_err err;
     http_quiesce(srv);
+    log_msg(LOG_INFO, "stopping: no new connections, in-flight requests answered");
     batcher_halt(srv->batcher);   /* freed in free_all, after the learner's threads */
     learner_stop(srv->learner);
     srv->learner = NULL;
+    log_msg(LOG_INFO, "stopping: compute and learner stopped");
     http_stop(srv);
     /* A snapshot now makes the next start read one file, not the whole log. */
-    if (srv->opts.data_dir != NULL && srv->opts.data_dir[0] != '\0' &&
-        store_snapshot(srv->store, &err) != 0)
-        fprintf(stderr, "embedd: snapshot at shutdown failed: %s\n", err.msg);
+    if (srv->opts.data_dir != NULL && srv->opts.data_dir[0] != '\0') {
+        if (store_snapshot(srv->store, &err) != 0)
+            log_msg(LOG_ERROR, "stopping: snapshot at shutdown failed: %s", err.msg);
+        else
+            log_msg(LOG_INFO, "stopping: store snapshot written to %s", srv->opts.data_dir);
+    }
     collections_close(srv->collections, 1);
     srv->collections = NULL;
     store_close(srv->store);
     srv->store = NULL;
-    fprintf(stderr, "embedd: stopped\n");
+    log_msg(LOG_INFO, "stopped");
 }
 
 /* Frees whatever is still started, in shutdown order (after a failed
@@ -330,7 +401,7 @@ int serve_run(const server_opts *opts)
     int rc = 1;
     if (start_all(&srv) == 0) {
         int sig = wait_for_signal(&srv, &sigs);
-        fprintf(stderr, "embedd: %s received, finishing in-flight requests\n",
+        log_msg(LOG_INFO, "%s received, finishing in-flight requests",
                 sig == SIGTERM ? "SIGTERM" : "SIGINT");
         stop_serving(&srv);
         rc = 0;

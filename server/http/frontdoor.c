@@ -2,6 +2,7 @@
 #include "frontdoor.h"
 
 #include <errno.h>
+#include <arpa/inet.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -16,6 +17,7 @@
 #include <unistd.h>
 
 #include "common/clock.h"
+#include "common/log.h"
 #include "server.h"
 
 /* The same limits as http.c's refuse_head, checked on the raw head. */
@@ -502,6 +504,43 @@ static int drain(waiter *w, char *scratch, size_t cap)
     }
 }
 
+/* At most this many refusal lines a second: a client (or scanner)
+ * sending garbage must not flood the log. */
+#define REFUSALS_LOGGED_PER_SECOND 20
+
+/* A warn line for a head refused before a request exists (the access log
+ * of http.c never sees it). Only the door's thread calls it. */
+static void log_refusal(const waiter *w, const verdict *v)
+{
+    static double window;
+    static int shown, hidden;
+    double now = mono_seconds();
+    if (now - window >= 1.0) {
+        if (hidden > 0)
+            log_msg(LOG_WARN, "refused request heads: %d more not shown", hidden);
+        window = now;
+        shown = hidden = 0;
+    }
+    if (shown >= REFUSALS_LOGGED_PER_SECOND) {
+        hidden++;
+        return;
+    }
+    shown++;
+    log_line ln;
+    if (!log_begin(&ln, LOG_WARN, "refused request head"))
+        return;
+    char client[INET6_ADDRSTRLEN + 1] = "-";
+    const struct sockaddr *sa = (const struct sockaddr *)&w->addr;
+    if (sa->sa_family == AF_INET)
+        inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, client, sizeof client);
+    else if (sa->sa_family == AF_INET6)
+        inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, client, sizeof client);
+    log_int(&ln, "status", v->status);
+    log_str(&ln, "reason", v->msg);
+    log_str(&ln, "client", client);
+    log_end(&ln);
+}
+
 /* Sends the refusal, ends our side, and keeps reading what the client
  * still sends for a moment before closing. */
 static void answer_refusal(frontdoor *door, waiter *w, const verdict *v)
@@ -512,6 +551,7 @@ static void answer_refusal(frontdoor *door, waiter *w, const verdict *v)
     (void)send(w->fd, out, len, MSG_NOSIGNAL | MSG_DONTWAIT);
     shutdown(w->fd, SHUT_WR);
     metrics_request(door->srv->mx, "unknown", v->status, 0);
+    log_refusal(w, v);
     list_unlink(&door->heads, w);
     w->draining = 1;
     w->deadline = mono_seconds() + DRAIN_SECONDS;
@@ -665,7 +705,7 @@ static void close_listener(frontdoor *door)
 {
     uint64_t count;
     if (read(door->wake_fd, &count, sizeof count) < 0 && errno != EAGAIN)
-        perror("embedd: frontdoor wake");
+        log_msg(LOG_ERROR, "frontdoor wake: %s", strerror(errno));
     pthread_mutex_lock(&door->lock);
     if (door->listening) {
         close(door->listen_fd); /* also leaves the epoll set */
@@ -785,7 +825,7 @@ static void wake(frontdoor *door, int want)
     atomic_store(&door->want, want);
     uint64_t one = 1;
     if (write(door->wake_fd, &one, sizeof one) < 0)
-        perror("embedd: frontdoor wake");
+        log_msg(LOG_ERROR, "frontdoor wake: %s", strerror(errno));
 }
 
 void frontdoor_quiesce(frontdoor *door)

@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "common/clock.h"
+#include "common/log.h"
 #include "conntrack.h"
 #include "feed.h"
 #include "frontdoor.h"
@@ -124,6 +125,7 @@ static enum MHD_Result send_reply(request *rq, reply *rp)
     }
     size_t len = 0;
     char *body = sb_take(&rp->body, &len);
+    rq->reply_bytes = len;
     struct MHD_Response *resp =
         MHD_create_response_from_buffer(len, body != NULL ? body : (char *)"",
                                         body != NULL ? MHD_RESPMEM_MUST_FREE
@@ -397,6 +399,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         rq->url = strdup(url);
         if (rq->url == NULL)
             return MHD_NO;
+        snprintf(rq->method, sizeof rq->method, "%s", method);
         const union MHD_ConnectionInfo *ci =
             MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
         rq->conn_entry = ci != NULL ? ci->socket_context : NULL;
@@ -440,6 +443,64 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     return send_reply(rq, &rp);
 }
 
+/* ---- the access log ------------------------------------------------------ */
+
+/* The client's address as text ("127.0.0.1", "::1"), or "-". */
+static void client_address(struct MHD_Connection *conn, char *out, size_t cap)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    const struct sockaddr *sa = ci != NULL ? ci->client_addr : NULL;
+    snprintf(out, cap, "-");
+    if (sa != NULL && sa->sa_family == AF_INET)
+        inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, out, (socklen_t)cap);
+    else if (sa != NULL && sa->sa_family == AF_INET6)
+        inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, out, (socklen_t)cap);
+}
+
+/* Why a request ended without its response sent in full; NULL when it was. */
+static const char *termination_name(enum MHD_RequestTerminationCode toe)
+{
+    switch (toe) {
+    case MHD_REQUEST_TERMINATED_COMPLETED_OK: return NULL;
+    case MHD_REQUEST_TERMINATED_WITH_ERROR: return "error";
+    case MHD_REQUEST_TERMINATED_TIMEOUT_REACHED: return "timeout";
+    case MHD_REQUEST_TERMINATED_DAEMON_SHUTDOWN: return "shutdown";
+    case MHD_REQUEST_TERMINATED_READ_ERROR: return "read_error";
+    case MHD_REQUEST_TERMINATED_CLIENT_ABORT: return "client_abort";
+    default: return "other";
+    }
+}
+
+/* One line per request (docs/logs.md): never the body, the query or a
+ * header. Probes (/health, /metrics) only at debug: a load balancer
+ * asking every second would bury everything else. */
+static void log_access(struct MHD_Connection *conn, const request *rq,
+                       enum MHD_RequestTerminationCode toe, double seconds)
+{
+    int probe = rq->rt != NULL &&
+                (strcmp(rq->rt->path, "/health") == 0 || strcmp(rq->rt->path, "/metrics") == 0);
+    log_line ln;
+    if (!log_begin(&ln, probe ? LOG_DEBUG : LOG_INFO, "request"))
+        return;
+    char client[INET6_ADDRSTRLEN + 1];
+    client_address(conn, client, sizeof client);
+    log_str(&ln, "method", rq->method);
+    log_str(&ln, "path", rq->url);
+    log_int(&ln, "status", rq->status);
+    log_num(&ln, "duration_ms", seconds * 1000.0, 2);
+    log_int(&ln, "response_bytes", (long long)rq->reply_bytes);
+    log_int(&ln, "request_bytes",
+            (long long)(rq->body_too_large ? rq->drained : rq->body_len));
+    log_int(&ln, "model_version", rq->model_version);
+    log_str(&ln, "client", client);
+    log_str(&ln, "route", rq->rt != NULL ? rq->rt->name : "unknown");
+    const char *end = termination_name(toe);
+    if (end != NULL)
+        log_str(&ln, "end", end);
+    log_end(&ln);
+}
+
 static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                          enum MHD_RequestTerminationCode toe)
 {
@@ -447,9 +508,11 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     request *rq = *con_cls;
     if (rq == NULL)
         return;
+    double seconds = mono_seconds() - rq->t_start;
     if (rq->status != 0)
         metrics_request(srv->mx, rq->rt != NULL ? rq->rt->name : "unknown", rq->status,
-                        mono_seconds() - rq->t_start);
+                        seconds);
+    log_access(conn, rq, toe, seconds);
     if (rq->free_state != NULL)
         rq->free_state(rq->state);
     free(rq->body);
@@ -547,33 +610,38 @@ static int resolve_bind(const char *host, int port, struct sockaddr_storage *ss,
     return 0;
 }
 
-/* libmicrohttpd's messages, at most LOG_PER_SECOND a second: a flood of
- * refused connections (one line each) must not fill the disk. One write
- * per line, so threads do not interleave. */
+/* libmicrohttpd's messages, at warn, at most LOG_PER_SECOND a second: a
+ * flood of refused connections (one line each) must not fill the disk. */
 #define LOG_PER_SECOND 20
 static void log_mhd(void *cls, const char *fmt, va_list ap)
 {
     static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
     static time_t window;
     static int shown, hidden;
+    if (!log_on(LOG_WARN))
+        return;
     char line[512];
-    int n = snprintf(line, sizeof line, "embedd: http: ");
-    vsnprintf(line + n, sizeof line - (size_t)n, fmt, ap);
+    vsnprintf(line, sizeof line, fmt, ap);
+    line[strcspn(line, "\n")] = '\0'; /* its messages end in a newline */
     time_t now = time(NULL);
+    int show = 0, not_shown = 0;
     pthread_mutex_lock(&lock);
     if (now != window) {
-        if (hidden > 0)
-            fprintf(stderr, "embedd: http: (%d more messages not shown)\n", hidden);
+        not_shown = hidden;
         window = now;
         shown = hidden = 0;
     }
     if (shown < LOG_PER_SECOND) {
         shown++;
-        fputs(line, stderr);
+        show = 1;
     } else {
         hidden++;
     }
     pthread_mutex_unlock(&lock);
+    if (not_shown > 0)
+        log_msg(LOG_WARN, "http: (%d more messages not shown)", not_shown);
+    if (show)
+        log_msg(LOG_WARN, "http: %s", line);
 }
 
 /* One libmicrohttpd daemon without a listening socket (the front door

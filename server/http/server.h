@@ -186,6 +186,9 @@ struct request {
     /* Route-specific state (routes.c). */
     void *state;
     void (*free_state)(void *state);
+    /* for the access log line (http.c, on_completed) */
+    char method[16];           /* as the client sent it (cut at 15 bytes) */
+    size_t reply_bytes;        /* body bytes of the queued reply; 0 for a stream */
 };
 
 /* Error replies in the route family's shape (errors.c). reply_fail takes

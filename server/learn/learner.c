@@ -32,6 +32,7 @@
 
 #include "budget.h"
 #include "common/clock.h"
+#include "common/log.h"
 #include "gate.h"
 #include "reembed.h"
 #include "samples.h"
@@ -217,7 +218,30 @@ static void set_error(learner *l, const char *what, const char *msg)
     pthread_mutex_lock(&l->lock);
     snprintf(l->last_error, sizeof l->last_error, "%.60s: %.180s", what, msg);
     pthread_mutex_unlock(&l->lock);
-    fprintf(stderr, "embedd: learner: %s: %s\n", what, msg);
+    log_line ln;
+    if (log_begin(&ln, LOG_ERROR, "learner: %s failed", what)) {
+        log_str(&ln, "error", msg);
+        log_end(&ln);
+    }
+}
+
+/* A gate's numbers as fields of a log line: the candidate's and the
+ * current version's, so a line says why it passed or not. */
+static void log_gate(log_line *ln, const gate_result *g)
+{
+    log_int(ln, "step", g->step);
+    log_str(ln, "stage", g->stage);
+    log_str(ln, "gate", g->reason);
+    log_num(ln, "val_loss", g->cand.val_loss, -1);
+    log_num(ln, "val_loss_current", g->cur.val_loss, -1);
+    log_num(ln, "mean_cos", g->cand.mean_cos, 4);
+    log_num(ln, "mean_cos_current", g->cur.mean_cos, 4);
+    log_num(ln, "variance", g->cand.variance, -1);
+    log_num(ln, "variance_current", g->cur.variance, -1);
+    log_num(ln, "sts", g->cand.sts, 2);
+    log_num(ln, "sts_current", g->cur.sts, 2);
+    log_num(ln, "lexical", g->cand.lex, 2);
+    log_num(ln, "lexical_current", g->cur.lex, 2);
 }
 
 /* Tokenises texts into ids/lens (caller's buffers, n * max_len ids). */
@@ -663,8 +687,12 @@ static int publish_or_hold(learner *l)
     l->published += rc;
     pthread_mutex_unlock(&l->lock);
     metrics_train_publish(l->mx, 1);
-    fprintf(stderr, "embedd: learner: %s model version %u (step %ld)\n",
-            rc == 1 ? "published" : "saved (pending, POST /train/promote)", l->save.id, g->step);
+    log_line ln;
+    const char *what = rc == 1 ? "published" : "saved (pending, POST /train/promote)";
+    if (log_begin(&ln, LOG_INFO, "%s model version %u", what, l->save.id)) {
+        log_gate(&ln, g);
+        log_end(&ln);
+    }
     return rc;
 }
 
@@ -704,8 +732,12 @@ static void end_gate(learner *l)
         start_save(l);
     } else {
         metrics_train_publish(l->mx, 0);
-        fprintf(stderr, "embedd: learner: candidate at step %ld (%s) rejected: %s\n",
-                l->gate.res.step, l->gate.res.stage, l->gate.res.reason);
+        log_line ln;
+        if (log_begin(&ln, LOG_INFO, "learner: candidate at step %ld (%s) rejected",
+                      l->gate.res.step, l->gate.res.stage)) {
+            log_gate(&ln, &l->gate.res);
+            log_end(&ln);
+        }
         l->phase = PH_IDLE;
     }
     emb_model_free(l->gate.stage_cand); /* start_save kept a copy */
@@ -1251,7 +1283,7 @@ void learner_stop(learner *l)
     if (l->buf != NULL) {
         emb_err err;
         if (samples_flush(l->buf, &err) != 0)
-            fprintf(stderr, "embedd: learner: flushing the sample buffer: %s\n", err.msg);
+            log_msg(LOG_WARN, "learner: flushing the sample buffer: %s", err.msg);
         samples_close(l->buf);
     }
     free_workers(l);

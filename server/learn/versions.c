@@ -22,6 +22,7 @@
 #include "base/crc32c.h"
 #include "base/fileio.h"
 #include "checkpoint.h"
+#include "common/log.h"
 #include "safetensors.h"
 
 /* What is known of a number made or found this run, for the list. */
@@ -750,9 +751,8 @@ static int verify_version(const char *data_dir, uint32_t id, emb_err *err)
     char *text = NULL;
     FILE *fp = fopen(path, "rb");
     if (fp == NULL && errno == ENOENT) {
-        fprintf(stderr,
-                "embedd: model version %u has no checksums (saved by an older embedd): "
-                "loading it unverified\n", id);
+        log_msg(LOG_WARN, "model version %u has no checksums (saved by an older embedd): "
+                          "loading it unverified", id);
         return 1;
     }
     if (fp != NULL) {
@@ -826,10 +826,10 @@ static void set_aside_incomplete(const char *data_dir)
             continue;
         snprintf(to, sizeof to, "%s.incomplete-%ld", from, (long)time(NULL));
         if (rename(from, to) == 0)
-            fprintf(stderr, "embedd: %s has no version metadata (a save that did not "
-                    "finish?): moved aside to %s\n", from, to);
+            log_msg(LOG_WARN, "%s has no version metadata (a save that did not finish?): "
+                              "moved aside to %s", from, to);
         else
-            fprintf(stderr, "embedd: %s has no version metadata: ignored (%s)\n", from,
+            log_msg(LOG_WARN, "%s has no version metadata: ignored (%s)", from,
                     strerror(errno));
     }
     closedir(d);
@@ -853,7 +853,7 @@ static void remove_stale_temps(const char *data_dir)
         snprintf(tmp, sizeof tmp, "%s/%s", path, e->d_name);
         emb_err err;
         if (emb_remove_tree(tmp, &err) == 0)
-            fprintf(stderr, "embedd: removed %s (a save that did not finish)\n", tmp);
+            log_msg(LOG_INFO, "removed %s (a save that did not finish)", tmp);
     }
     closedir(d);
 }
@@ -921,7 +921,7 @@ static void prune_disk(versions *v)
         snprintf(dir, sizeof dir, "%s/v%u", path, gone[i]);
         emb_err err;
         if (emb_remove_tree(dir, &err) != 0)
-            fprintf(stderr, "embedd: cannot delete retired version %s: %s\n", dir, err.msg);
+            log_msg(LOG_WARN, "cannot delete retired version %s: %s", dir, err.msg);
     }
 }
 
@@ -1014,7 +1014,7 @@ static void load_window(versions *v, uint32_t pending)
         emb_err err;
         emb_model *m = load_saved_version(v->data_dir, v->base, id, &err);
         if (m == NULL) {
-            fprintf(stderr, "embedd: model version %u not loaded: %s\n", id, err.msg);
+            log_msg(LOG_WARN, "model version %u not loaded: %s", id, err.msg);
             pthread_mutex_lock(&v->lock);
             if (v->n_broken < (int)(sizeof v->broken / sizeof v->broken[0]))
                 v->broken[v->n_broken++] = id;
@@ -1127,9 +1127,9 @@ versions *versions_open(const char *data_dir, const char *base_dir, const emb_mo
         pthread_mutex_unlock(&v->change);
     }
     if (id > 1)
-        fprintf(stderr, "embedd: serving model version %u from %s/models\n", id, data_dir);
+        log_msg(LOG_INFO, "serving model version %u from %s/models", id, data_dir);
     if (versions_pending_id(v) != 0)
-        fprintf(stderr, "embedd: model version %u is pending (POST /train/promote)\n",
+        log_msg(LOG_INFO, "model version %u is pending (POST /train/promote)",
                 versions_pending_id(v));
     return v;
 }
