@@ -344,6 +344,15 @@ static embed_state *new_embed_state(request *rq, api_family api, reply *rp)
 static int tei_options(server *srv, const cJSON *root, embed_state *st, int *truncate,
                        int *left, reply *rp)
 {
+    /* The Hugging Face inference clients may nest the options in
+     * "parameters" ({"inputs": ..., "parameters": {"normalize": ...}}). */
+    const cJSON *params = cJSON_GetObjectItemCaseSensitive(root, "parameters");
+    if (cJSON_IsObject(params))
+        root = params;
+    else if (params != NULL && !cJSON_IsNull(params)) {
+        reply_error(rp, st->tj.api, 422, "Validation", "`parameters` must be an object");
+        return -1;
+    }
     st->normalize = route_get_bool(root, "normalize", 1, st->tj.api, rp);
     *truncate = route_get_bool(root, "truncate", srv->opts.auto_truncate, st->tj.api, rp);
     st->dimensions = get_dimensions(root, emb_model_dim(srv->model), st->tj.api, rp);
@@ -767,6 +776,233 @@ static route_result handle_models(server *srv, request *rq, reply *rp)
     return ROUTE_DONE;
 }
 
+/* ---- TEI and OpenAI drop-in: /similarity, /decode, /v1/models/{id} ------- */
+
+/* POST /similarity (TEI): {"inputs": {"source_sentence": S, "sentences":
+ * [..]}} -> the cosine of S with each sentence, in order. The source and
+ * the sentences go in one job: row 0 is the source. */
+static route_result handle_similarity(server *srv, request *rq, reply *rp)
+{
+    const api_family api = API_TEI;
+    route_result result = ROUTE_DONE;
+    textjob_input *in = NULL, *sent = NULL;
+    cJSON *root = route_parse_body(rq, api, rp);
+    if (root == NULL)
+        return ROUTE_DONE;
+    const cJSON *inputs = cJSON_GetObjectItemCaseSensitive(root, "inputs");
+    const cJSON *src = cJSON_GetObjectItemCaseSensitive(inputs, "source_sentence");
+    if (!cJSON_IsObject(inputs)) {
+        reply_error(rp, api, 422, "Validation",
+                    "`inputs` must be an object {\"source_sentence\": ..., \"sentences\": [...]}");
+        goto out;
+    }
+    if (!cJSON_IsString(src) || src->valuestring[0] == '\0') {
+        reply_error(rp, api, 422, "Validation",
+                    "`inputs.source_sentence` must be a non-empty string");
+        goto out;
+    }
+    const cJSON *list = cJSON_GetObjectItemCaseSensitive(inputs, "sentences");
+    if (!cJSON_IsArray(list)) {
+        reply_error(rp, api, 422, "Validation", "`inputs.sentences` must be an array of strings");
+        goto out;
+    }
+    /* one less than the batch limit: the source takes a row too */
+    int n = collect_inputs(list, "inputs.sentences", 0, srv->opts.max_client_batch_size - 1, api,
+                           &sent, rp);
+    if (n == 0)
+        goto out;
+    embed_state *st = new_embed_state(rq, api, rp);
+    if (st == NULL)
+        goto out;
+    st->n = n + 1;
+    st->normalize = 1;
+    in = calloc((size_t)st->n, sizeof *in);
+    if (in == NULL) {
+        reply_fail(rp, api, EMB_ERR_NO_MEMORY, "out of memory");
+        goto out;
+    }
+    in[0].text = src->valuestring;
+    in[0].len = strlen(src->valuestring);
+    memcpy(in + 1, sent, sizeof *in * (size_t)n);
+    const cJSON *params = cJSON_GetObjectItemCaseSensitive(root, "parameters");
+    int truncate = route_get_bool(cJSON_IsObject(params) ? params : root, "truncate",
+                                  srv->opts.auto_truncate, api, rp);
+    if (truncate < 0)
+        goto out;
+    textjob_opts to = {.truncate = truncate, .noun = "input", .truncate_hint = 1};
+    if (textjob_encode(srv, &st->tj, api, in, st->n, &to, rp) != 0)
+        goto out;
+    result = textjob_submit(srv, rq, &st->tj, TEXTJOB_CURRENT);
+out:
+    free(in);
+    free(sent);
+    cJSON_Delete(root);
+    return result;
+}
+
+static void finish_similarity(server *srv, request *rq, reply *rp)
+{
+    embed_state *st = rq->state;
+    if (textjob_failed(&st->tj, rp))
+        return;
+    int d = 0;
+    const float *source = final_vector(srv, st, 0, &d);
+    sb_putc(&rp->body, '[');
+    for (int i = 1; i < st->n; i++) {
+        const float *v = final_vector(srv, st, i, &d);
+        float cos = cblas_sdot(d, source, 1, v, 1); /* both have unit length */
+        if (i > 1)
+            sb_putc(&rp->body, ',');
+        sb_printf(&rp->body, "%.7g", isfinite(cos) ? (double)cos : 0.0);
+    }
+    sb_putc(&rp->body, ']');
+}
+
+/* HF's WordPiece decoder with clean_up_tokenization_spaces: no space
+ * before these (TEI decodes with the model's tokenizer.json). */
+static void cleanup_spaces(strbuf *text, size_t from)
+{
+    static const char *const tight[] = {" .", " ?", " !", " ,", " ' ", " n't", " 'm",
+                                        " 's", " 've", " 're"};
+    char *s = text->buf + from;
+    size_t len = text->len - from;
+    for (size_t i = 0; i < len;) {
+        size_t k = 0;
+        for (; k < sizeof tight / sizeof tight[0]; k++) {
+            size_t tl = strlen(tight[k]);
+            if (len - i >= tl && memcmp(s + i, tight[k], tl) == 0)
+                break;
+        }
+        if (k == sizeof tight / sizeof tight[0]) {
+            i++;
+            continue;
+        }
+        memmove(s + i, s + i + 1, len - i - 1); /* drop the space */
+        len--;
+        /* " ' " keeps its second space: skip past the quote */
+        i += strcmp(tight[k], " ' ") == 0 ? 1 : 0;
+    }
+    text->len = from + len;
+    text->buf[text->len] = '\0';
+}
+
+/* The text of one row of ids, as a JSON string into b. 0, or -1 after
+ * filling rp (an id outside the vocabulary). */
+static int put_decoded(const emb_model *m, strbuf *b, const cJSON *row, int skip_special,
+                       int which, reply *rp)
+{
+    const emb_special_tokens sp = emb_tokenizer_specials(m->tok);
+    strbuf text;
+    sb_init(&text, (size_t)1 << 26);
+    int k = 0;
+    const cJSON *el;
+    cJSON_ArrayForEach(el, row) {
+        const double v = el->valuedouble;
+        const char *tok = v >= 0 && v < 2147483647.0 ? emb_tokenizer_token(m->tok, (int32_t)v)
+                                                     : NULL;
+        if (tok == NULL) {
+            reply_error(rp, API_TEI, 422, "Validation",
+                        "`ids`%s[%d]: %.0f is not a token id (vocabulary of %d)",
+                        which >= 0 ? "[row]" : "", k, v, emb_tokenizer_vocab_size(m->tok));
+            sb_free(&text);
+            return -1;
+        }
+        int32_t id = (int32_t)v;
+        int special = id == sp.cls_id || id == sp.sep_id || id == sp.pad_id ||
+                      id == sp.mask_id || id == sp.unk_id;
+        k++;
+        if (skip_special && special)
+            continue;
+        if (strncmp(tok, "##", 2) == 0)
+            sb_puts(&text, tok + 2);     /* a word's continuation joins it */
+        else {
+            if (text.len > 0)
+                sb_putc(&text, ' ');
+            sb_puts(&text, tok);
+        }
+    }
+    if (text.len > 0)
+        cleanup_spaces(&text, 0);
+    sb_json_string(b, text.len > 0 ? text.buf : "");
+    sb_free(&text);
+    return 0;
+}
+
+/* POST /decode (TEI): {"ids": [..] or [[..], ..], "skip_special_tokens":
+ * true} -> ["text", ..], one string per row. */
+static route_result handle_decode(server *srv, request *rq, reply *rp)
+{
+    const api_family api = API_TEI;
+    cJSON *root = route_parse_body(rq, api, rp);
+    if (root == NULL)
+        return ROUTE_DONE;
+    const cJSON *ids = cJSON_GetObjectItemCaseSensitive(root, "ids");
+    int skip = route_get_bool(root, "skip_special_tokens", 1, api, rp);
+    if (skip < 0)
+        goto out;
+    if (!cJSON_IsArray(ids) || cJSON_GetArraySize(ids) == 0) {
+        reply_error(rp, api, 422, "Validation",
+                    "`ids` must be a non-empty array of token ids or of arrays of them");
+        goto out;
+    }
+    int nested = cJSON_IsArray(ids->child);
+    const cJSON *row;
+    if (!nested && !all_integers(ids)) {
+        reply_error(rp, api, 422, "Validation", "`ids` must hold integers only");
+        goto out;
+    }
+    if (nested && cJSON_GetArraySize(ids) > srv->opts.max_client_batch_size) {
+        reply_error(rp, api, 422, "Validation",
+                    "batch size %d exceeds the maximum of %d inputs per request",
+                    cJSON_GetArraySize(ids), srv->opts.max_client_batch_size);
+        goto out;
+    }
+    sb_putc(&rp->body, '[');
+    if (!nested) {
+        if (put_decoded(srv->model, &rp->body, ids, skip, -1, rp) != 0)
+            goto out;
+    } else {
+        int i = 0;
+        cJSON_ArrayForEach(row, ids) {
+            if (!cJSON_IsArray(row) || !all_integers(row)) {
+                reply_error(rp, api, 422, "Validation", "`ids[%d]` must be an array of token ids",
+                            i);
+                goto out;
+            }
+            if (i++ > 0)
+                sb_putc(&rp->body, ',');
+            if (put_decoded(srv->model, &rp->body, row, skip, i - 1, rp) != 0)
+                goto out;
+        }
+    }
+    sb_putc(&rp->body, ']');
+out:
+    cJSON_Delete(root);
+    return ROUTE_DONE;
+}
+
+/* GET /v1/models/{id} (OpenAI's models.retrieve): the served model, also
+ * as "name@N" for a version; 404 in OpenAI's shape for another id. */
+static route_result handle_model_get(server *srv, request *rq, reply *rp)
+{
+    const char *id = rq->params.at[0];
+    size_t len = rq->params.len[0];
+    size_t name_len = strlen(srv->model_name);
+    int ours = len >= name_len && strncmp(id, srv->model_name, name_len) == 0 &&
+               (len == name_len || id[name_len] == '@');
+    if (!ours) {
+        reply_openai_error(rp, 404, "model", "model_not_found",
+                           "The model `%.*s` does not exist", (int)(len > 200 ? 200 : len), id);
+        return ROUTE_DONE;
+    }
+    char name[512];
+    snprintf(name, sizeof name, "%.*s", (int)len, id);
+    sb_puts(&rp->body, "{\"id\":");
+    sb_json_string(&rp->body, name);
+    sb_puts(&rp->body, ",\"object\":\"model\",\"created\":0,\"owned_by\":\"embedd\"}");
+    return ROUTE_DONE;
+}
+
 /* ---- the table ------------------------------------------------------------ */
 
 static const route routes[] = {
@@ -795,6 +1031,13 @@ static const route routes[] = {
     {"GET", "/train/versions", "train_versions", API_TEI, 1, 0, handle_train_versions, NULL, 0},
     {"GET", "/train/versions/stream", "train_versions_stream", API_TEI, 1, 0,
      handle_train_versions_stream, NULL, 0},
+    /* TEI and OpenAI drop-in (issue 17) */
+    {"POST", "/", "tei_embed", API_TEI, 1, 1, handle_embed, finish_embed, 0},
+    {"POST", "/embeddings", "embeddings", API_OPENAI, 1, 1, handle_openai_embeddings,
+     finish_openai_embeddings, 0},
+    {"POST", "/similarity", "similarity", API_TEI, 1, 1, handle_similarity, finish_similarity, 0},
+    {"POST", "/decode", "decode", API_TEI, 1, 0, handle_decode, NULL, 0},
+    {"GET", "/v1/models/{id}", "openai_model", API_OPENAI, 1, 0, handle_model_get, NULL, 0},
 };
 
 /* Matches path against a route's template: "{name}" stands for one

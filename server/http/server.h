@@ -189,6 +189,10 @@ void reply_fail(reply *rp, api_family api, emb_err_kind kind, const char *fmt, .
     __attribute__((format(printf, 4, 5)));
 void reply_error(reply *rp, api_family api, int status, const char *type, const char *fmt, ...)
     __attribute__((format(printf, 5, 6)));
+/* An OpenAI error with its "param" and "code" given (NULL: null), e.g.
+ * 404 "model" "model_not_found" for an unknown model. */
+void reply_openai_error(reply *rp, int status, const char *param, const char *code,
+                        const char *fmt, ...) __attribute__((format(printf, 5, 6)));
 
 /* Parses the body as one JSON object; NULL after filling rp (routes.c). */
 cJSON *route_parse_body(request *rq, api_family api, reply *rp);
