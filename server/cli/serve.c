@@ -32,6 +32,8 @@ static int load_model(server *srv, emb_err *err)
     srv->model = emb_model_load_precision(o->model_dir, (emb_precision)o->precision, err);
     if (srv->model == NULL)
         return -1;
+    if (o->pooling >= 0) /* serve --pooling, before any version copies the config */
+        srv->model->cfg.pooling = (emb_pooling)o->pooling;
     srv->model_name = o->served_model_name;
     if (srv->model_name == NULL || srv->model_name[0] == '\0') {
         const char *slash = strrchr(o->model_dir, '/');

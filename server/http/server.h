@@ -36,6 +36,8 @@ typedef struct server_opts {
     const char *model_dir;
     const char *served_model_name;
     const char *host;
+    int pooling;               /* emb_pooling overriding the model's; -1: the model's */
+    const char *cors_allow_origin; /* comma list of origins, "*" for any; NULL: no CORS */
     int port;
     const char *api_key;
     int max_batch_tokens;
@@ -125,6 +127,7 @@ typedef struct reply {
     struct MHD_Response *stream; /* set: sent instead of body (an event stream, feed.h) */
     int retry_after;           /* seconds for a Retry-After header (429, 503); 0: none */
     int close;                 /* 1: "Connection: close" (a request whose framing we refused) */
+    int preflight;             /* 1: a CORS preflight (OPTIONS); allow holds the path's methods */
 } reply;
 
 /* Per-request state; allocated on the first call of the access handler,
