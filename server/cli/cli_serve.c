@@ -58,6 +58,9 @@ static const opt_spec serve_specs[] = {
             "Hub revision (branch, tag or commit) of --model-id; same as ORG/NAME@REV"),
     OPT_ONE_OF(serve_cli, "pooling", "EMBEDD_POOLING", srv.pooling, NULL, poolings,
                "pooling instead of the model's 1_Pooling (default: the model's)"),
+    S_STR("default-prompt-name", "EMBEDD_DEFAULT_PROMPT_NAME", default_prompt_name, NULL,
+          "prompt of config_sentence_transformers.json put before inputs without prompt_name "
+          "(default: its default_prompt_name)"),
     S_STR("cors-allow-origin", "EMBEDD_CORS_ALLOW_ORIGIN", cors_allow_origin, NULL,
           "origins a browser page may call the API from: a comma list, or * for any "
           "(default: none, no CORS headers)"),

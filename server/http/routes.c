@@ -404,6 +404,86 @@ static int openai_options(server *srv, const cJSON *root, embed_state *st, int *
     return st->dimensions < 0 ? -1 : 0;
 }
 
+/* Texts with the prompt put before them, owned by the handler. */
+typedef struct prompted {
+    char **texts;
+    int n;
+} prompted;
+
+static void prompted_free(prompted *pt)
+{
+    for (int i = 0; i < pt->n; i++)
+        free(pt->texts[i]);
+    free(pt->texts);
+    pt->texts = NULL;
+    pt->n = 0;
+}
+
+/* The prompt a request asks for: "prompt_name" of root (TEI's field; an
+ * extension on /v1/embeddings), else the model's default (serve
+ * --default-prompt-name or config_sentence_transformers.json); NULL for
+ * none. *bad after filling rp with a 422 that names the known prompts. */
+static const emb_prompt *request_prompt(const server *srv, const cJSON *root, api_family api,
+                                        int *bad, reply *rp)
+{
+    const emb_config *cfg = &srv->model->cfg;
+    const cJSON *f = cJSON_GetObjectItemCaseSensitive(root, "prompt_name");
+    *bad = 0;
+    if (f == NULL || cJSON_IsNull(f))
+        return cfg->default_prompt[0] != '\0' ? emb_prompt_find(cfg, cfg->default_prompt) : NULL;
+    const emb_prompt *p = cJSON_IsString(f) ? emb_prompt_find(cfg, f->valuestring) : NULL;
+    if (p != NULL)
+        return p;
+    char known[512] = "";
+    size_t n = 0;
+    for (int i = 0; i < cfg->n_prompts && n < sizeof known; i++)
+        n += (size_t)snprintf(known + n, sizeof known - n, "%s\"%s\"", i > 0 ? ", " : "",
+                              cfg->prompts[i].name);
+    reply_error(rp, api, 422, "Validation", "`prompt_name` %s%.100s%s is not a prompt of this "
+                "model (%s%s)", cJSON_IsString(f) ? "\"" : "",
+                cJSON_IsString(f) ? f->valuestring : "must be a string", cJSON_IsString(f) ? "\"" : "",
+                cfg->n_prompts > 0 ? "its prompts: " : "it has no prompts", known);
+    *bad = 1;
+    return NULL;
+}
+
+/* Puts the request's prompt before each text input (token ids are left as
+ * they are), as sentence-transformers and TEI do before tokenising.
+ * 0, or -1 after filling rp. */
+static int apply_prompt(const server *srv, const cJSON *root, api_family api, textjob_input *in,
+                        int n, prompted *pt, reply *rp)
+{
+    int bad = 0;
+    const emb_prompt *p = request_prompt(srv, root, api, &bad, rp);
+    if (bad)
+        return -1;
+    if (p == NULL || p->text[0] == '\0')
+        return 0;
+    pt->texts = calloc((size_t)n, sizeof(char *));
+    if (pt->texts == NULL) {
+        reply_fail(rp, api, EMB_ERR_NO_MEMORY, "out of memory");
+        return -1;
+    }
+    pt->n = n;
+    const size_t plen = strlen(p->text);
+    for (int i = 0; i < n; i++) {
+        if (in[i].text == NULL)
+            continue;
+        char *t = malloc(plen + in[i].len + 1);
+        if (t == NULL) {
+            reply_fail(rp, api, EMB_ERR_NO_MEMORY, "out of memory");
+            return -1;
+        }
+        memcpy(t, p->text, plen);
+        memcpy(t + plen, in[i].text, in[i].len);
+        t[plen + in[i].len] = '\0';
+        pt->texts[i] = t;
+        in[i].text = t;
+        in[i].len += plen;
+    }
+    return 0;
+}
+
 /* An upper bound of the response's size: every float at its longest
  * (sb_json_floats reserves 16 bytes each), or base64's 4 bytes per 3. */
 static size_t embed_response_bound(const server *srv, const embed_state *st)
@@ -425,6 +505,7 @@ static route_result handle_embeddings(server *srv, request *rq, reply *rp, api_f
 {
     route_result result = ROUTE_DONE;
     textjob_input *in = NULL;
+    prompted pt = {0};
     cJSON *root = route_parse_body(rq, api, rp);
     if (root == NULL)
         return ROUTE_DONE;
@@ -438,6 +519,8 @@ static route_result handle_embeddings(server *srv, request *rq, reply *rp, api_f
     int truncate = srv->opts.auto_truncate;
     int left = 0;
     if (read_options(srv, root, st, &truncate, &left, rp) != 0)
+        goto out;
+    if (apply_prompt(srv, root, api, in, st->n, &pt, rp) != 0)
         goto out;
     /* TEI: "model_version" or the header; OpenAI: "model": "name@N" or the header */
     uint32_t pin = 0;
@@ -460,6 +543,7 @@ static route_result handle_embeddings(server *srv, request *rq, reply *rp, api_f
         goto out;
     result = textjob_submit(srv, rq, &st->tj, st->pin != 0 ? TEXTJOB_PINNED : TEXTJOB_CURRENT);
 out:
+    prompted_free(&pt);
     free(in);
     cJSON_Delete(root);
     return result;
@@ -751,7 +835,23 @@ static route_result handle_info(server *srv, request *rq, reply *rp)
     put_store_health(b, &h, 1);
     sb_puts(b, ",\"blas_coretype\":");
     sb_json_string(b, openblas_get_corename()); /* the kernel OpenBLAS loaded (main.c) */
-    sb_printf(b, ",\"precision\":\"%s\"}", emb_precision_name(srv->model->precision));
+    sb_printf(b, ",\"precision\":\"%s\"", emb_precision_name(srv->model->precision));
+    /* config_sentence_transformers.json's prompts, and the default one
+     * (after serve --default-prompt-name) */
+    sb_puts(b, ",\"prompts\":{");
+    for (int i = 0; i < c->n_prompts; i++) {
+        if (i > 0)
+            sb_putc(b, ',');
+        sb_json_string(b, c->prompts[i].name);
+        sb_putc(b, ':');
+        sb_json_string(b, c->prompts[i].text);
+    }
+    sb_puts(b, "},\"default_prompt_name\":");
+    if (c->default_prompt[0] != '\0')
+        sb_json_string(b, c->default_prompt);
+    else
+        sb_puts(b, "null");
+    sb_putc(b, '}');
     return ROUTE_DONE;
 }
 
@@ -786,6 +886,7 @@ static route_result handle_similarity(server *srv, request *rq, reply *rp)
     const api_family api = API_TEI;
     route_result result = ROUTE_DONE;
     textjob_input *in = NULL, *sent = NULL;
+    prompted pt = {0};
     cJSON *root = route_parse_body(rq, api, rp);
     if (root == NULL)
         return ROUTE_DONE;
@@ -825,6 +926,8 @@ static route_result handle_similarity(server *srv, request *rq, reply *rp)
     in[0].len = strlen(src->valuestring);
     memcpy(in + 1, sent, sizeof *in * (size_t)n);
     const cJSON *params = cJSON_GetObjectItemCaseSensitive(root, "parameters");
+    if (apply_prompt(srv, cJSON_IsObject(params) ? params : root, api, in, st->n, &pt, rp) != 0)
+        goto out;
     int truncate = route_get_bool(cJSON_IsObject(params) ? params : root, "truncate",
                                   srv->opts.auto_truncate, api, rp);
     if (truncate < 0)
@@ -834,6 +937,7 @@ static route_result handle_similarity(server *srv, request *rq, reply *rp)
         goto out;
     result = textjob_submit(srv, rq, &st->tj, TEXTJOB_CURRENT);
 out:
+    prompted_free(&pt);
     free(in);
     free(sent);
     cJSON_Delete(root);

@@ -37,6 +37,7 @@ typedef struct server_opts {
     const char *served_model_name;
     const char *host;
     int pooling;               /* emb_pooling overriding the model's; -1: the model's */
+    const char *default_prompt_name; /* overrides the model's default prompt; NULL: keep it */
     const char *cors_allow_origin; /* comma list of origins, "*" for any; NULL: no CORS */
     int port;
     const char *api_key;
