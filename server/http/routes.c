@@ -962,32 +962,28 @@ static void finish_similarity(server *srv, request *rq, reply *rp)
     sb_putc(&rp->body, ']');
 }
 
-/* HF's WordPiece decoder with clean_up_tokenization_spaces: no space
- * before these (TEI decodes with the model's tokenizer.json). */
-static void cleanup_spaces(strbuf *text, size_t from)
+/* HF's clean_up_tokenization_spaces, which TEI's decode applies: these
+ * replacements, in this order, over the whole text. */
+static void cleanup_spaces(strbuf *text)
 {
-    static const char *const tight[] = {" .", " ?", " !", " ,", " ' ", " n't", " 'm",
-                                        " 's", " 've", " 're"};
-    char *s = text->buf + from;
-    size_t len = text->len - from;
-    for (size_t i = 0; i < len;) {
-        size_t k = 0;
-        for (; k < sizeof tight / sizeof tight[0]; k++) {
-            size_t tl = strlen(tight[k]);
-            if (len - i >= tl && memcmp(s + i, tight[k], tl) == 0)
-                break;
+    static const char *const from[] = {" .", " ?", " !", " ,", " ' ", " n't", " 'm", " 's",
+                                       " 've", " 're"};
+    static const char *const to[] = {".", "?", "!", ",", "'", "n't", "'m", "'s", "'ve", "'re"};
+    for (size_t k = 0; k < sizeof from / sizeof from[0]; k++) {
+        const size_t fl = strlen(from[k]), tl = strlen(to[k]);
+        size_t w = 0;
+        for (size_t r = 0; r < text->len;) {
+            if (text->len - r >= fl && memcmp(text->buf + r, from[k], fl) == 0) {
+                memmove(text->buf + w, to[k], tl); /* shorter: never overtakes r */
+                w += tl;
+                r += fl;
+            } else {
+                text->buf[w++] = text->buf[r++];
+            }
         }
-        if (k == sizeof tight / sizeof tight[0]) {
-            i++;
-            continue;
-        }
-        memmove(s + i, s + i + 1, len - i - 1); /* drop the space */
-        len--;
-        /* " ' " keeps its second space: skip past the quote */
-        i += strcmp(tight[k], " ' ") == 0 ? 1 : 0;
+        text->len = w;
+        text->buf[w] = '\0';
     }
-    text->len = from + len;
-    text->buf[text->len] = '\0';
 }
 
 /* The text of one row of ids, as a JSON string into b. 0, or -1 after
@@ -1026,7 +1022,7 @@ static int put_decoded(const emb_model *m, strbuf *b, const cJSON *row, int skip
         }
     }
     if (text.len > 0)
-        cleanup_spaces(&text, 0);
+        cleanup_spaces(&text);
     sb_json_string(b, text.len > 0 ? text.buf : "");
     sb_free(&text);
     return 0;
