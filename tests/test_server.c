@@ -516,8 +516,11 @@ START_TEST(test_tokenize_info_models)
     http_resp r;
     http("POST", "/tokenize", "{\"inputs\":[\"hello world\"],\"add_special_tokens\":false}", &r);
     ck_assert_int_eq(r.status, 200);
-    ck_assert_str_eq(r.body.p, "[[{\"id\":7592,\"text\":\"hello\",\"special\":false},"
-                               "{\"id\":2088,\"text\":\"world\",\"special\":false}]]");
+    /* TEI's shape: each token's byte span in the input, and its text */
+    ck_assert_str_eq(r.body.p, "[[{\"id\":7592,\"text\":\"hello\",\"special\":false,"
+                               "\"start\":0,\"stop\":5},"
+                               "{\"id\":2088,\"text\":\"world\",\"special\":false,"
+                               "\"start\":6,\"stop\":11}]]");
     resp_free(&r);
 
     http("GET", "/info", NULL, &r);

@@ -315,6 +315,48 @@ START_TEST(test_decode)
 }
 END_TEST
 
+/* ---- /tokenize offsets --------------------------------------------------- */
+
+START_TEST(test_tokenize_offsets)
+{
+    REQUIRE_SERVER();
+    /* "Café" is lowercased and stripped to "cafe" but points at its 5 bytes */
+    const char *text = "Caf\u00e9, ok";
+    char body[256];
+    snprintf(body, sizeof body, "{\"inputs\":\"%s\"}", text);
+    cJSON *t = post_json("/tokenize", body, 200);
+    const cJSON *row = t->child;
+    const int n = cJSON_GetArraySize(row);
+    ck_assert_int_ge(n, 5); /* [CLS] caf(e) , ok [SEP] */
+    const cJSON *cls = cJSON_GetArrayItem(row, 0), *sep = cJSON_GetArrayItem(row, n - 1);
+    ck_assert(cJSON_IsTrue(cJSON_GetObjectItem(cls, "special")));
+    ck_assert(cJSON_IsNull(cJSON_GetObjectItem(cls, "start")));
+    ck_assert(cJSON_IsNull(cJSON_GetObjectItem(sep, "stop")));
+    /* the non-special tokens: their text is the input's bytes [start, stop) */
+    const char *raw = "Caf\xc3\xa9, ok";
+    int prev = 0;
+    for (int i = 1; i < n - 1; i++) {
+        const cJSON *tok = cJSON_GetArrayItem(row, i);
+        int a = cJSON_GetObjectItem(tok, "start")->valueint;
+        int b = cJSON_GetObjectItem(tok, "stop")->valueint;
+        ck_assert_int_ge(a, prev);
+        ck_assert_int_le(b, (int)strlen(raw));
+        ck_assert_int_eq(strncmp(cJSON_GetObjectItem(tok, "text")->valuestring, raw + a,
+                                 (size_t)(b - a)), 0);
+        prev = b;
+    }
+    /* the last word and the comma, exactly */
+    const cJSON *ok = cJSON_GetArrayItem(row, n - 2), *comma = cJSON_GetArrayItem(row, n - 3);
+    ck_assert_int_eq(cJSON_GetObjectItem(ok, "start")->valueint, 7);
+    ck_assert_int_eq(cJSON_GetObjectItem(ok, "stop")->valueint, 9);
+    ck_assert_int_eq(cJSON_GetObjectItem(comma, "start")->valueint, 5);
+    ck_assert_int_eq(cJSON_GetObjectItem(comma, "stop")->valueint, 6);
+    /* the word's pieces end where "Café" ends: after the 2-byte é */
+    ck_assert_int_eq(cJSON_GetObjectItem(cJSON_GetArrayItem(row, n - 4), "stop")->valueint, 5);
+    cJSON_Delete(t);
+}
+END_TEST
+
 /* ---- OpenAI: /v1/models/{id}, errors ------------------------------------ */
 
 START_TEST(test_openai_model_retrieve)
@@ -570,6 +612,7 @@ int main(void)
     tcase_add_test(tc, test_prompts);
     tcase_add_test(tc, test_similarity);
     tcase_add_test(tc, test_decode);
+    tcase_add_test(tc, test_tokenize_offsets);
     tcase_add_test(tc, test_openai_model_retrieve);
     tcase_add_loop_test(tc, test_openai_errors, 0,
                         (int)(sizeof oai_cases / sizeof oai_cases[0]));

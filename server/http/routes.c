@@ -631,36 +631,64 @@ static size_t json_string_len(const char *s)
     return n;
 }
 
-/* One token as /tokenize writes it; special: it is the first or last
- * token and [CLS] or [SEP]. Skipped (returns 0 bytes) when it is special
- * and add_special_tokens is false. With b NULL, only measures. */
-static size_t put_token(const emb_model *m, strbuf *b, int32_t id, int special,
-                        int add_special, int first)
+/* Where tokens came from in their input: byte spans (emb_token_spans). */
+typedef struct token_spans {
+    int32_t *start, *stop;     /* n rows of max_len, as the ids */
+} token_spans;
+
+/* One token as /tokenize writes it, as TEI does: a special token ([CLS],
+ * [SEP]: first or last) has its vocabulary text and null offsets, and is
+ * skipped (0 bytes) when add_special_tokens is false; any other has the
+ * bytes [start, stop) of the input it came from as its text. With b NULL,
+ * only measures. */
+static size_t put_token(const emb_model *m, strbuf *b, int32_t id, int special, int add_special,
+                        int first, const textjob_input *in, int32_t start, int32_t stop)
 {
     if (special && !add_special)
         return 0;
-    const char *text = emb_tokenizer_token(m->tok, id);
-    if (text == NULL)
-        text = "";
-    if (b == NULL) /* {"id":N,"text":T,"special":false}, */
-        return 40 + 11 + json_string_len(text);
+    if (b == NULL) /* {"id":N,"text":T,"special":false,"start":N,"stop":N}, */
+        return 40 + 11 + 40 + 6 * (size_t)(stop - start) +
+               json_string_len(special ? emb_tokenizer_token(m->tok, id) : "");
     sb_printf(b, "%s{\"id\":%d,\"text\":", first ? "" : ",", id);
-    sb_json_string(b, text);
-    sb_printf(b, ",\"special\":%s}", special ? "true" : "false");
+    if (special) {
+        const char *text = emb_tokenizer_token(m->tok, id);
+        sb_json_string(b, text != NULL ? text : "");
+        sb_puts(b, ",\"special\":true,\"start\":null,\"stop\":null}");
+        return 1;
+    }
+    /* a span always ends on a character boundary: the slice is valid UTF-8 */
+    char *text = strndup(in->text + start, (size_t)(stop - start));
+    sb_json_string(b, text != NULL ? text : "");
+    free(text);
+    sb_printf(b, ",\"special\":false,\"start\":%d,\"stop\":%d}", start, stop);
     return 1;
 }
 
-/* Tokenises every input into ids (n rows of max_len), counts[i] its length.
- * 0, or -1 after filling rp. */
+/* Tokenises every input into ids (n rows of max_len), counts[i] its
+ * length, and the spans of its tokens. 0, or -1 after filling rp. */
 static int tokenize_all(const emb_model *m, const textjob_input *in, int n, int32_t *ids,
-                        int *counts, reply *rp)
+                        int *counts, token_spans *sp, reply *rp)
 {
     const int max_len = m->cfg.max_seq_length;
+    const emb_special_tokens special = emb_tokenizer_specials(m->tok);
     for (int i = 0; i < n; i++) {
-        counts[i] = emb_encode(m->tok, in[i].text, in[i].len, max_len, 0,
-                               ids + (size_t)i * (size_t)max_len, NULL);
+        int32_t *row = ids + (size_t)i * (size_t)max_len;
+        counts[i] = emb_encode(m->tok, in[i].text, in[i].len, max_len, 0, row, NULL);
         if (counts[i] < 0) {
             reply_error(rp, API_TEI, 422, "Tokenizer", "input %d could not be tokenised", i);
+            return -1;
+        }
+        /* the tokens between [CLS] and [SEP] */
+        int first = counts[i] > 0 && row[0] == special.cls_id ? 1 : 0;
+        int last = counts[i] > first && row[counts[i] - 1] == special.sep_id ? counts[i] - 1
+                                                                              : counts[i];
+        int32_t *st = sp->start + (size_t)i * (size_t)max_len;
+        int32_t *sp_stop = sp->stop + (size_t)i * (size_t)max_len;
+        for (int k = 0; k < counts[i]; k++)
+            st[k] = sp_stop[k] = 0;
+        if (emb_token_spans(m->tok, in[i].text, in[i].len, row + first, last - first, st + first,
+                            sp_stop + first) != 0) {
+            reply_fail(rp, API_TEI, EMB_ERR_NO_MEMORY, "out of memory");
             return -1;
         }
     }
@@ -669,23 +697,25 @@ static int tokenize_all(const emb_model *m, const textjob_input *in, int n, int3
 
 /* Writes the tokens of every input, or only measures them when b is NULL. */
 static size_t put_tokens(const emb_model *m, strbuf *b, const int32_t *ids, const int *counts,
-                         int n, int add_special)
+                         int n, int add_special, const textjob_input *in, const token_spans *sp)
 {
     const int max_len = m->cfg.max_seq_length;
-    const emb_special_tokens sp = emb_tokenizer_specials(m->tok);
+    const emb_special_tokens specials = emb_tokenizer_specials(m->tok);
     size_t bytes = 2;
     if (b != NULL)
         sb_putc(b, '[');
     for (int i = 0; i < n; i++) {
-        const int32_t *row = ids + (size_t)i * (size_t)max_len;
+        const size_t row_at = (size_t)i * (size_t)max_len;
+        const int32_t *row = ids + row_at;
         if (b != NULL)
             sb_puts(b, i > 0 ? ",[" : "[");
         bytes += 3;
         int first = 1;
         for (int k = 0; k < counts[i]; k++) {
             int edge = k == 0 || k == counts[i] - 1;
-            int special = edge && (row[k] == sp.cls_id || row[k] == sp.sep_id);
-            size_t w = put_token(m, b, row[k], special, add_special, first);
+            int special = edge && (row[k] == specials.cls_id || row[k] == specials.sep_id);
+            size_t w = put_token(m, b, row[k], special, add_special, first, &in[i],
+                                 sp->start[row_at + k], sp->stop[row_at + k]);
             bytes += w;
             first = first && w == 0;
         }
@@ -704,6 +734,7 @@ static route_result handle_tokenize(server *srv, request *rq, reply *rp)
     textjob_input *in = NULL;
     int32_t *ids = NULL;
     int *counts = NULL;
+    token_spans sp = {NULL, NULL};
     cJSON *root = route_parse_body(rq, api, rp);
     if (root == NULL)
         return ROUTE_DONE;
@@ -714,20 +745,25 @@ static route_result handle_tokenize(server *srv, request *rq, reply *rp)
     int add_special = route_get_bool(root, "add_special_tokens", 1, api, rp);
     if (add_special < 0)
         goto out;
-    ids = malloc(sizeof(int32_t) * (size_t)n * (size_t)m->cfg.max_seq_length);
+    const size_t cells = (size_t)n * (size_t)m->cfg.max_seq_length;
+    ids = malloc(sizeof(int32_t) * cells);
     counts = malloc(sizeof(int) * (size_t)n);
-    if (ids == NULL || counts == NULL) {
+    sp.start = malloc(sizeof(int32_t) * cells);
+    sp.stop = malloc(sizeof(int32_t) * cells);
+    if (ids == NULL || counts == NULL || sp.start == NULL || sp.stop == NULL) {
         reply_fail(rp, api, EMB_ERR_NO_MEMORY, "out of memory");
         goto out;
     }
-    if (tokenize_all(m, in, n, ids, counts, rp) != 0)
+    if (tokenize_all(m, in, n, ids, counts, &sp, rp) != 0)
         goto out;
     /* measured before it is built: a small body must not make a huge reply */
-    if (!route_response_fits(srv, put_tokens(m, NULL, ids, counts, n, add_special), api,
+    if (!route_response_fits(srv, put_tokens(m, NULL, ids, counts, n, add_special, in, &sp), api,
                              "the number or length of `inputs`", rp))
         goto out;
-    put_tokens(m, &rp->body, ids, counts, n, add_special);
+    put_tokens(m, &rp->body, ids, counts, n, add_special, in, &sp);
 out:
+    free(sp.start);
+    free(sp.stop);
     free(ids);
     free(counts);
     free(in);
