@@ -73,6 +73,22 @@ static const char *cors_origin(const request *rq)
     return NULL;
 }
 
+/* "Authorization, Content-Type" and the other headers a preflight asked
+ * for (Access-Control-Request-Headers), each once. */
+static void cors_allow_headers(const char *asked, char *out, size_t cap)
+{
+    size_t len = (size_t)snprintf(out, cap, "Authorization, Content-Type");
+    for (const char *p = asked; p != NULL && *p != '\0' && len + 1 < cap;) {
+        p += strspn(p, " \t,");
+        size_t n = strcspn(p, " \t,");
+        int ours = (n == 13 && strncasecmp(p, "authorization", n) == 0) ||
+                   (n == 12 && strncasecmp(p, "content-type", n) == 0);
+        if (n > 0 && !ours && len + n + 3 < cap)
+            len += (size_t)snprintf(out + len, cap - len, ", %.*s", (int)n, p);
+        p += n;
+    }
+}
+
 /* CORS headers of an allowed origin: on every reply, and on a preflight
  * also the methods and headers the path accepts. Vary: Origin because the
  * answer depends on it (a cache must not give one origin's to another). */
@@ -95,8 +111,7 @@ static void add_cors_headers(const request *rq, const reply *rp, struct MHD_Resp
     const char *asked = MHD_lookup_connection_value(rq->conn, MHD_HEADER_KIND,
                                                     "Access-Control-Request-Headers");
     char headers[1024];
-    snprintf(headers, sizeof headers, "Authorization, Content-Type%s%.900s",
-             asked != NULL && asked[0] != '\0' ? ", " : "", asked != NULL ? asked : "");
+    cors_allow_headers(asked, headers, sizeof headers);
     MHD_add_response_header(resp, "Access-Control-Allow-Headers", headers);
     MHD_add_response_header(resp, "Access-Control-Max-Age", "86400");
 }

@@ -1037,9 +1037,12 @@ static int put_decoded(const emb_model *m, strbuf *b, const cJSON *row, int skip
         const char *tok = v >= 0 && v < 2147483647.0 ? emb_tokenizer_token(m->tok, (int32_t)v)
                                                      : NULL;
         if (tok == NULL) {
+            char where[32] = "";
+            if (which >= 0)
+                snprintf(where, sizeof where, "[%d]", which);
             reply_error(rp, API_TEI, 422, "Validation",
-                        "`ids`%s[%d]: %.0f is not a token id (vocabulary of %d)",
-                        which >= 0 ? "[row]" : "", k, v, emb_tokenizer_vocab_size(m->tok));
+                        "`ids%s[%d]`: %.0f is not a token id (vocabulary of %d)", where, k, v,
+                        emb_tokenizer_vocab_size(m->tok));
             sb_free(&text);
             return -1;
         }
