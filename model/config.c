@@ -1001,6 +1001,75 @@ out:
     return result;
 }
 
+const emb_prompt *emb_prompt_find(const emb_config *cfg, const char *name)
+{
+    for (int i = 0; name != NULL && i < cfg->n_prompts; i++) {
+        if (strcmp(cfg->prompts[i].name, name) == 0)
+            return &cfg->prompts[i];
+    }
+    return NULL;
+}
+
+static int prompts_from_json(emb_config *cfg, const cJSON *json, const char *file, emb_err *err)
+{
+    cfg->n_prompts = 0;
+    cfg->default_prompt[0] = '\0';
+    if (!cJSON_IsObject(json))
+        return emb_fail(err, "%s: not a JSON object", file);
+    const cJSON *prompts = cJSON_GetObjectItemCaseSensitive(json, "prompts");
+    if (prompts != NULL && !cJSON_IsNull(prompts) && !cJSON_IsObject(prompts))
+        return emb_fail(err, "%s: \"prompts\" must be an object of name: text", file);
+    const cJSON *p;
+    cJSON_ArrayForEach(p, prompts) {
+        if (!cJSON_IsString(p))
+            return emb_fail(err, "%s: prompt \"%.60s\" must be a string", file, p->string);
+        if (cfg->n_prompts == EMB_MAX_PROMPTS)
+            return emb_fail(err, "%s: more than %d prompts", file, EMB_MAX_PROMPTS);
+        if (strlen(p->string) >= EMB_PROMPT_NAME_MAX || strlen(p->valuestring) >= EMB_PROMPT_TEXT_MAX)
+            return emb_fail(err, "%s: prompt \"%.60s\": name over %d or text over %d bytes",
+                            file, p->string, EMB_PROMPT_NAME_MAX - 1, EMB_PROMPT_TEXT_MAX - 1);
+        emb_prompt *dst = &cfg->prompts[cfg->n_prompts++];
+        snprintf(dst->name, sizeof dst->name, "%s", p->string);
+        snprintf(dst->text, sizeof dst->text, "%s", p->valuestring);
+    }
+    const cJSON *def = cJSON_GetObjectItemCaseSensitive(json, "default_prompt_name");
+    if (def == NULL || cJSON_IsNull(def))
+        return 0;
+    if (!cJSON_IsString(def))
+        return emb_fail(err, "%s: \"default_prompt_name\" must be a string or null", file);
+    if (emb_prompt_find(cfg, def->valuestring) == NULL)
+        return emb_fail(err, "%s: default_prompt_name \"%.60s\" is not one of \"prompts\"",
+                        file, def->valuestring);
+    snprintf(cfg->default_prompt, sizeof cfg->default_prompt, "%s", def->valuestring);
+    return 0;
+}
+
+int emb_prompts_parse(emb_config *cfg, const char *text, const char *file, emb_err *err)
+{
+    cJSON *json = cJSON_Parse(text);
+    if (json == NULL)
+        return emb_fail(err, "%s: malformed JSON", file);
+    int rc = prompts_from_json(cfg, json, file, err);
+    cJSON_Delete(json);
+    return rc;
+}
+
+/* config_sentence_transformers.json, optional. */
+static int load_prompts(emb_config *cfg, const char *dir, emb_err *err)
+{
+    char path[CFG_PATH_MAX];
+    cJSON *json = NULL;
+    if (path_join(path, dir, "config_sentence_transformers.json", NULL, err) != 0)
+        return -1;
+    if (json_read(path, 1, &json, err) != 0)
+        return -1;
+    if (json == NULL)
+        return 0;
+    int rc = prompts_from_json(cfg, json, path, err);
+    cJSON_Delete(json);
+    return rc;
+}
+
 int emb_config_load(emb_config *cfg, const char *dir, emb_err *err)
 {
     emb_config c;
@@ -1020,6 +1089,8 @@ int emb_config_load(emb_config *cfg, const char *dir, emb_err *err)
         c.pooling = EMB_POOL_MEAN;
     }
     if (load_seq_length(&c, dir, err) != 0)
+        return -1;
+    if (load_prompts(&c, dir, err) != 0)
         return -1;
     *cfg = c;
     return 0;
@@ -1230,6 +1301,31 @@ static cJSON *sentence_json(const emb_config *cfg)
     return json;
 }
 
+/* The prompts as sentence-transformers saves them. */
+static cJSON *prompts_json(const emb_config *cfg)
+{
+    cJSON *json = cJSON_CreateObject();
+    cJSON *prompts = cJSON_AddObjectToObject(json, "prompts");
+    if (prompts == NULL) {
+        cJSON_Delete(json);
+        return NULL;
+    }
+    for (int i = 0; i < cfg->n_prompts; i++) {
+        if (cJSON_AddStringToObject(prompts, cfg->prompts[i].name, cfg->prompts[i].text) == NULL) {
+            cJSON_Delete(json);
+            return NULL;
+        }
+    }
+    cJSON *def = cfg->default_prompt[0] != '\0' ? cJSON_CreateString(cfg->default_prompt)
+                                                : cJSON_CreateNull();
+    if (def == NULL || !cJSON_AddItemToObject(json, "default_prompt_name", def)) {
+        cJSON_Delete(def);
+        cJSON_Delete(json);
+        return NULL;
+    }
+    return json;
+}
+
 int emb_config_save(const emb_config *cfg, const char *dir, emb_err *err)
 {
     char where[CFG_PATH_MAX + 32];
@@ -1260,6 +1356,9 @@ int emb_config_save(const emb_config *cfg, const char *dir, emb_err *err)
     if (cfg->normalize && make_dir(dir, norm, err) != 0)
         return -1;
     if (write_json(sentence_json(cfg), dir, "sentence_bert_config.json", NULL, err) != 0)
+        return -1;
+    if (cfg->n_prompts > 0 &&
+        write_json(prompts_json(cfg), dir, "config_sentence_transformers.json", NULL, err) != 0)
         return -1;
 
     return emb_fsync_dir(dir, err);

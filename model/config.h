@@ -20,6 +20,10 @@
  *   sentence_bert_config.json   optional; max_seq_length, do_lower_case.
  *   tokenizer_config.json       optional; model_max_length when
  *                               sentence_bert_config has no max_seq_length.
+ *   config_sentence_transformers.json
+ *                               optional; "prompts" {name: prefix text} and
+ *                               "default_prompt_name" (a name or null): the
+ *                               text is put before each input (emb_prompt_find).
  * max_seq_length is finally capped by max_position_embeddings. */
 #ifndef EMBEDD_CONFIG_H
 #define EMBEDD_CONFIG_H
@@ -39,6 +43,17 @@ typedef enum emb_activation {
     EMB_ACT_IDENTITY = 0,  /* torch.nn.modules.linear.Identity */
     EMB_ACT_TANH,          /* torch.nn.modules.activation.Tanh */
 } emb_activation;
+
+/* Most prompts one model may have, and their sizes. */
+#define EMB_MAX_PROMPTS 16
+#define EMB_PROMPT_NAME_MAX 64
+#define EMB_PROMPT_TEXT_MAX 512
+
+/* A sentence-transformers prompt: a name and the text put before inputs. */
+typedef struct emb_prompt {
+    char name[EMB_PROMPT_NAME_MAX];
+    char text[EMB_PROMPT_TEXT_MAX];
+} emb_prompt;
 
 /* Most Dense modules one model may list. */
 #define EMB_MAX_DENSE 8
@@ -79,6 +94,10 @@ typedef struct emb_config {
     int normalize;                 /* 1 when a Normalize module is listed */
     int max_seq_length;            /* tokens, including [CLS] and [SEP] */
     int do_lower_case;             /* sentence_bert_config: lowercase before tokenising */
+    /* config_sentence_transformers.json */
+    int n_prompts;
+    emb_prompt prompts[EMB_MAX_PROMPTS];
+    char default_prompt[EMB_PROMPT_NAME_MAX]; /* "": none */
 } emb_config;
 
 /* Reads dir/config.json and the sentence-transformers files. Missing or
@@ -102,6 +121,14 @@ void emb_dense_folder(int k, char *out, size_t cap);
 /* The torch class path sentence-transformers saves for a (known)
  * activation, e.g. "torch.nn.modules.activation.Tanh". */
 const char *emb_activation_name(emb_activation a);
+
+/* The prompt called name, NULL when the model has none of that name. */
+const emb_prompt *emb_prompt_find(const emb_config *cfg, const char *name);
+
+/* Reads the prompts of config_sentence_transformers.json (its text) into
+ * cfg: 0, or -1 with err naming file and field (a prompt that is not a
+ * string, too many or too long, a default that names no prompt). */
+int emb_prompts_parse(emb_config *cfg, const char *text, const char *file, emb_err *err);
 
 const char *emb_pooling_name(emb_pooling p);          /* "mean", "cls", "last" */
 int emb_pooling_parse(const char *s, emb_pooling *out); /* 0 ok, -1 unknown */

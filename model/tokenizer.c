@@ -1217,6 +1217,172 @@ static void ring_unroll(int32_t *a, size_t n, size_t first)
 }
 
 /* ---------------------------------------------------------------------- */
+/* Token spans                                                            */
+/* ---------------------------------------------------------------------- */
+
+/* The text normalised one original character at a time: cp[k] came from
+ * the original character whose bytes are [from[k], to[k]). Normalising
+ * characters alone gives the same characters as the whole text for every
+ * pass but composition and the final-sigma rule, which keep the count. */
+typedef struct aligned {
+    cpbuf cp;
+    size_t *from, *to;
+    size_t cap;
+} aligned;
+
+static int aligned_push(aligned *a, int32_t c, size_t from, size_t to)
+{
+    if (a->cp.len == a->cap) {
+        size_t cap = a->cap < 64 ? 64 : a->cap * 2;
+        size_t *f = realloc(a->from, cap * sizeof *f);
+        if (f == NULL)
+            return -1;
+        a->from = f;
+        size_t *t = realloc(a->to, cap * sizeof *t);
+        if (t == NULL)
+            return -1;
+        a->to = t;
+        a->cap = cap;
+    }
+    a->from[a->cp.len] = from;
+    a->to[a->cp.len] = to;
+    return cpbuf_push(&a->cp, c);
+}
+
+static int align_text(const emb_tokenizer *tok, const char *text, size_t len, aligned *a)
+{
+    cpbuf bufs[2] = {{0}}, one = {0}, lower = {0};
+    int rc = -1;
+    for (size_t at = 0; at < len;) {
+        size_t used = 1;
+        int32_t c = utf8_next((const unsigned char *)text + at, len - at, &used);
+        one.len = 0;
+        if (cpbuf_push(&one, c) != 0)
+            goto out;
+        const cpbuf *raw = &one;
+        if (tok->opts.st_lowercase) {
+            lower.len = 0;
+            if (py_lower(one.cp, one.len, &lower) != 0)
+                goto out;
+            raw = &lower;
+        }
+        const int32_t *norm = NULL;
+        size_t norm_len = 0;
+        if (normalize(tok, raw->cp, raw->len, bufs, &norm, &norm_len) != 0)
+            goto out;
+        for (size_t k = 0; k < norm_len; k++) {
+            if (aligned_push(a, norm[k], at, at + used) != 0)
+                goto out;
+        }
+        at += used;
+    }
+    rc = 0;
+out:
+    cpbuf_free(&bufs[0]);
+    cpbuf_free(&bufs[1]);
+    cpbuf_free(&one);
+    cpbuf_free(&lower);
+    return rc;
+}
+
+static int32_t ascii_fold(int32_t c)
+{
+    return c >= 'A' && c <= 'Z' ? c + 32 : c;
+}
+
+/* 1 when want[0..n) is at a->cp[pos..] (ASCII case folded when fold). */
+static int spelled_at(const aligned *a, size_t pos, const int32_t *want, size_t n, int fold)
+{
+    if (pos + n > a->cp.len)
+        return 0;
+    for (size_t k = 0; k < n; k++) {
+        int32_t x = a->cp.cp[pos + k], y = want[k];
+        if (x != y && !(fold && ascii_fold(x) == ascii_fold(y)))
+            return 0;
+    }
+    return 1;
+}
+
+/* The end of the word that starts at pos (BertPreTokenizer's split). */
+static size_t word_end(const aligned *a, size_t pos)
+{
+    if (pos < a->cp.len && is_punct(a->cp.cp[pos]))
+        return pos + 1;
+    while (pos < a->cp.len && !is_whitespace(a->cp.cp[pos]) && !is_punct(a->cp.cp[pos]))
+        pos++;
+    return pos;
+}
+
+/* Finds token id at or after *pos; its span in cp positions [*s, *e). */
+static int find_token(const emb_tokenizer *tok, const aligned *a, int32_t id, size_t *pos,
+                      cpbuf *want, size_t *s, size_t *e)
+{
+    const char *t = emb_tokenizer_token(tok, id);
+    int continues = t != NULL && tok->prefix_len > 0 &&
+                    strncmp(t, tok->prefix, tok->prefix_len) == 0 && t[tok->prefix_len] != '\0';
+    if (!continues) {
+        while (*pos < a->cp.len && is_whitespace(a->cp.cp[*pos]))
+            (*pos)++;
+    }
+    if (id == tok->unk_id || t == NULL) {
+        *s = *pos;
+        *e = word_end(a, *pos);
+        *pos = *e;
+        return 0;
+    }
+    if (continues)
+        t += tok->prefix_len;
+    want->len = 0;
+    if (utf8_decode(t, strlen(t), want) != 0)
+        return -1;
+    /* an added token ("[MASK]") is matched before lowercasing changes it */
+    int fold = t[0] == '[' || t[0] == '<';
+    for (size_t p = *pos; p + want->len <= a->cp.len; p++) {
+        if (spelled_at(a, p, want->cp, want->len, fold)) {
+            *s = p;
+            *e = p + want->len;
+            *pos = *e;
+            return 0;
+        }
+    }
+    *s = *e = *pos; /* not found: an empty span where we are */
+    return 0;
+}
+
+int emb_token_spans(const emb_tokenizer *tok, const char *text, size_t len, const int32_t *ids,
+                    int n, int32_t *start, int32_t *stop)
+{
+    aligned a;
+    cpbuf want = {0};
+    int rc = -1;
+    memset(&a, 0, sizeof a);
+    if (tok == NULL || n < 0 || len > TOK_MAX_INPUT_BYTES || (text == NULL && len > 0))
+        return -1;
+    if (align_text(tok, text, len, &a) != 0)
+        goto out;
+    size_t pos = 0;
+    for (int i = 0; i < n; i++) {
+        size_t s = 0, e = 0;
+        if (find_token(tok, &a, ids[i], &pos, &want, &s, &e) != 0)
+            goto out;
+        if (e > s) {
+            start[i] = (int32_t)a.from[s];
+            stop[i] = (int32_t)a.to[e - 1];
+        } else {
+            size_t at = s < a.cp.len ? a.from[s] : len;
+            start[i] = stop[i] = (int32_t)at;
+        }
+    }
+    rc = 0;
+out:
+    cpbuf_free(&a.cp);
+    free(a.from);
+    free(a.to);
+    cpbuf_free(&want);
+    return rc;
+}
+
+/* ---------------------------------------------------------------------- */
 /* Public API: tokenizing                                                 */
 /* ---------------------------------------------------------------------- */
 

@@ -61,6 +61,19 @@ const char *emb_tokenizer_token(const emb_tokenizer *tok, int32_t id);
  * text produces (which may be larger than cap), or -1 on allocation failure. */
 int emb_tokenize(const emb_tokenizer *tok, const char *text, size_t len, int32_t *ids, int cap);
 
+/* Where each of n tokens (ids from emb_tokenize of the same text, no
+ * special tokens) came from in text: the byte span [start[i], stop[i]) of
+ * the original characters it covers, as Hugging Face's offsets. The
+ * normalisation (lowercasing, accent stripping, NFKD) changes what the
+ * token spells, not where it points: "Café" gives "cafe" over all 5
+ * bytes; "##" pieces point at their part of the word; a character that
+ * normalises into several (a ligature) is covered whole by each token
+ * made from it. [UNK] covers its word. A token that cannot be found (it
+ * should not happen) gets the empty span at the position reached.
+ * Returns 0, or -1 on invalid arguments or allocation failure. */
+int emb_token_spans(const emb_tokenizer *tok, const char *text, size_t len, const int32_t *ids,
+                    int n, int32_t *start, int32_t *stop);
+
 /* Model input: [CLS] tokens [SEP], at most max_len ids in all (max_len >= 2).
  * Truncation keeps the first tokens (truncate_left = 0) or the last ones
  * (truncate_left = 1). Writes the ids to ids (room for max_len) and returns

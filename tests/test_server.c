@@ -516,8 +516,11 @@ START_TEST(test_tokenize_info_models)
     http_resp r;
     http("POST", "/tokenize", "{\"inputs\":[\"hello world\"],\"add_special_tokens\":false}", &r);
     ck_assert_int_eq(r.status, 200);
-    ck_assert_str_eq(r.body.p, "[[{\"id\":7592,\"text\":\"hello\",\"special\":false},"
-                               "{\"id\":2088,\"text\":\"world\",\"special\":false}]]");
+    /* TEI's shape: each token's byte span in the input, and its text */
+    ck_assert_str_eq(r.body.p, "[[{\"id\":7592,\"text\":\"hello\",\"special\":false,"
+                               "\"start\":0,\"stop\":5},"
+                               "{\"id\":2088,\"text\":\"world\",\"special\":false,"
+                               "\"start\":6,\"stop\":11}]]");
     resp_free(&r);
 
     http("GET", "/info", NULL, &r);
@@ -1047,19 +1050,19 @@ static const err_case err_cases[] = {
     TEI("POST", "/tokenize", "{\"inputs\":5}", 422, "Validation"),
     TEI("POST", "/tokenize", "{\"inputs\":\"a\",\"add_special_tokens\":\"no\"}", 422,
         "Validation"),
-    OAI("POST", "/v1/embeddings", "{\"input\":", 422, NULL),
-    OAI("POST", "/v1/embeddings", "{}", 422, NULL),
-    OAI("POST", "/v1/embeddings", "{\"input\":5}", 422, NULL),
-    OAI("POST", "/v1/embeddings", "{\"input\":\"a\",\"encoding_format\":\"hex\"}", 422, NULL),
-    OAI("POST", "/v1/embeddings", "{\"input\":\"a\",\"encoding_format\":1}", 422, NULL),
-    OAI("POST", "/v1/embeddings", "{\"input\":\"a\",\"dimensions\":0}", 422, NULL),
-    OAI("POST", "/v1/embeddings", "{\"input\":\"a\",\"dimensions\":9999}", 422, NULL),
-    OAI("POST", "/v1/embeddings", "{\"input\":\"a\",\"model\":5}", 422, NULL),
-    OAI("POST", "/v1/embeddings", "{\"input\":[1.5]}", 422, NULL),
-    OAI("POST", "/v1/embeddings", "{\"input\":[1,\"a\"]}", 422, NULL),
-    OAI("POST", "/v1/embeddings", "{\"input\":[[1,2],[3.5]]}", 422, NULL),
-    OAI("POST", "/v1/embeddings", "{\"input\":[999999]}", 422, NULL),
-    OAI("POST", "/v1/embeddings", "{\"input\":[-1]}", 422, NULL),
+    OAI("POST", "/v1/embeddings", "{\"input\":", 400, NULL),
+    OAI("POST", "/v1/embeddings", "{}", 400, NULL),
+    OAI("POST", "/v1/embeddings", "{\"input\":5}", 400, NULL),
+    OAI("POST", "/v1/embeddings", "{\"input\":\"a\",\"encoding_format\":\"hex\"}", 400, NULL),
+    OAI("POST", "/v1/embeddings", "{\"input\":\"a\",\"encoding_format\":1}", 400, NULL),
+    OAI("POST", "/v1/embeddings", "{\"input\":\"a\",\"dimensions\":0}", 400, NULL),
+    OAI("POST", "/v1/embeddings", "{\"input\":\"a\",\"dimensions\":9999}", 400, NULL),
+    OAI("POST", "/v1/embeddings", "{\"input\":\"a\",\"model\":5}", 400, NULL),
+    OAI("POST", "/v1/embeddings", "{\"input\":[1.5]}", 400, NULL),
+    OAI("POST", "/v1/embeddings", "{\"input\":[1,\"a\"]}", 400, NULL),
+    OAI("POST", "/v1/embeddings", "{\"input\":[[1,2],[3.5]]}", 400, NULL),
+    OAI("POST", "/v1/embeddings", "{\"input\":[999999]}", 400, NULL),
+    OAI("POST", "/v1/embeddings", "{\"input\":[-1]}", 400, NULL),
     /* empty input */
     TEI("POST", "/embed", "{\"inputs\":[]}", 400, "Empty"),
     TEI("POST", "/embed", "{\"inputs\":\"\"}", 400, "Empty"),
@@ -1070,8 +1073,8 @@ static const err_case err_cases[] = {
     /* more than --max-client-batch-size 4 inputs */
     TEI("POST", "/embed", "{\"inputs\":[\"a\",\"b\",\"c\",\"d\",\"e\"]}", 422, "Validation"),
     TEI("POST", "/tokenize", "{\"inputs\":[\"a\",\"b\",\"c\",\"d\",\"e\"]}", 422, "Validation"),
-    OAI("POST", "/v1/embeddings", "{\"input\":[\"a\",\"b\",\"c\",\"d\",\"e\"]}", 422, NULL),
-    OAI("POST", "/v1/embeddings", "{\"input\":[[1],[2],[3],[4],[5]]}", 422, NULL),
+    OAI("POST", "/v1/embeddings", "{\"input\":[\"a\",\"b\",\"c\",\"d\",\"e\"]}", 400, NULL),
+    OAI("POST", "/v1/embeddings", "{\"input\":[[1],[2],[3],[4],[5]]}", 400, NULL),
 };
 
 START_TEST(test_error_table)

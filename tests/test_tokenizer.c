@@ -1194,6 +1194,61 @@ END_TEST
 
 /* ---------------------------------------------------------------------- */
 
+/* ---------------------------------------------------------------------- */
+/* Token spans (emb_token_spans): hand-checked byte offsets                */
+/* ---------------------------------------------------------------------- */
+
+typedef struct span_case {
+    const char *text;
+    const char *slices;        /* each token's bytes of text, '|' between them */
+} span_case;
+
+static const span_case span_cases[] = {
+    /* lowercasing and accent stripping keep pointing at the original bytes */
+    {"Café au lait, naïve", "Café|au|lai|t|,|naïve"},
+    /* CJK characters are words of their own (3 bytes each) */
+    {"東京 x", "東|京|x"},
+    /* "##" pieces point at their part of the word; punctuation alone */
+    {"Hello!! unaffable", "Hello|!|!|una|ffa|ble"},
+    /* a ligature that NFKD splits: the piece made from it covers it whole */
+    {"ﬁne", "ﬁ|ne"},
+    /* an emoji the vocabulary lacks: [UNK] over its word */
+    {"a 🤗 b", "a|🤗|b"},
+    /* leading spaces, an em dash (punctuation), accents inside "##" pieces */
+    {"  ÉCOLE—ñandú  ", "ÉCOLE|—|ñan|dú"},
+};
+
+START_TEST(test_token_spans)
+{
+    char tmp[4096];
+    emb_tokenizer *tok = load_variant(V_BGE, tmp, sizeof tmp);
+    ck_assert_ptr_nonnull(tok);
+    const span_case *c = &span_cases[_i];
+    const size_t len = strlen(c->text);
+    int32_t ids[64], start[64], stop[64];
+    int n = emb_tokenize(tok, c->text, len, ids, 64);
+    ck_assert_int_gt(n, 0);
+    ck_assert_int_le(n, 64);
+    ck_assert_int_eq(emb_token_spans(tok, c->text, len, ids, n, start, stop), 0);
+    char got[512] = "";
+    size_t used = 0;
+    for (int i = 0; i < n; i++) {
+        ck_assert_msg(start[i] >= 0 && start[i] <= stop[i] && (size_t)stop[i] <= len,
+                      "%s: token %d span %d..%d", c->text, i, start[i], stop[i]);
+        /* spans never go backwards */
+        if (i > 0)
+            ck_assert_int_ge(start[i], stop[i - 1]);
+        used += (size_t)snprintf(got + used, sizeof got - used, "%s%.*s", i > 0 ? "|" : "",
+                                 (int)(stop[i] - start[i]), c->text + start[i]);
+    }
+    ck_assert_msg(strcmp(got, c->slices) == 0, "%s: spans give \"%s\", want \"%s\"", c->text,
+                  got, c->slices);
+    /* bad arguments are refused, not crashed on */
+    ck_assert_int_eq(emb_token_spans(NULL, c->text, len, ids, n, start, stop), -1);
+    unload_variant(tok, tmp);
+}
+END_TEST
+
 static Suite *tokenizer_suite(void)
 {
     Suite *s = suite_create("tokenizer");
@@ -1210,6 +1265,7 @@ static Suite *tokenizer_suite(void)
     tcase_add_loop_test(tc, test_options, 0, V_COUNT);
     tcase_add_test(tc, test_encode_truncation);
     tcase_add_test(tc, test_long_text);
+    tcase_add_loop_test(tc, test_token_spans, 0, (int)(sizeof span_cases / sizeof span_cases[0]));
     tcase_add_test(tc, test_errors);
     tcase_add_test(tc, test_vocab_txt_defaults);
     tcase_add_test(tc, test_tiny_tokenizer_json);

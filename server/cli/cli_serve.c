@@ -5,6 +5,7 @@
 #include <stddef.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "cli.h"
 #include "common/log.h"
@@ -17,9 +18,13 @@
 typedef struct serve_cli {
     server_opts srv;
     const char *model_id;
+    const char *revision;      /* --revision: the Hub revision of --model-id */
     opt_period publish_every;
     int log_level, log_format; /* log.h: set before serve_run */
 } serve_cli;
+
+static const opt_choice poolings[] = {
+    {"mean", EMB_POOL_MEAN}, {"cls", EMB_POOL_CLS}, {"last", EMB_POOL_LAST}, {NULL, 0}};
 
 static const opt_choice objectives[] = {
     {"simcse", EMB_OBJ_SIMCSE}, {"mlm", EMB_OBJ_MLM}, {"both", EMB_OBJ_BOTH}, {NULL, 0}};
@@ -43,13 +48,28 @@ static const opt_spec serve_specs[] = {
     S_STR("model", "EMBEDD_MODEL", model_dir, NULL,
           "Hugging Face model directory (default: the bundled model)"),
     OPT_STR(serve_cli, "model-id", "EMBEDD_MODEL_ID", model_id, NULL,
-            "download ORG/NAME[@REVISION] from the Hugging Face Hub into its cache "
+            "a local model directory, or ORG/NAME[@REVISION] to download from the Hugging "
+            "Face Hub into its cache "
             "(HF_ENDPOINT, HF_TOKEN, HF_HUB_CACHE, HF_HUB_OFFLINE)"),
     S_STR("served-model-name", "EMBEDD_SERVED_MODEL_NAME", served_model_name, NULL,
           "model name in /info and OpenAI responses (default: the directory's name, or "
           "ORG/NAME with --model-id)"),
     S_STR("host", "EMBEDD_HOST", host, "127.0.0.1", "address to listen on"),
-    S_INT("port", "EMBEDD_PORT", port, "8080", 0, 65535, "port (0 picks a free one)"),
+    {.flag = "port", .env = "EMBEDD_PORT", .type = OPT_INT, .offset = offsetof(serve_cli, srv.port),
+     .def = "8080", .min = 0, .max = 65535, .help = "port (0 picks a free one)",
+     .short_name = 'p'},
+    /* TEI's names (text-embeddings-router), so that its command lines work */
+    S_STR("hostname", NULL, host, NULL, "same as --host (TEI's name)"),
+    OPT_STR(serve_cli, "revision", "EMBEDD_REVISION", revision, NULL,
+            "Hub revision (branch, tag or commit) of --model-id; same as ORG/NAME@REV"),
+    OPT_ONE_OF(serve_cli, "pooling", "EMBEDD_POOLING", srv.pooling, NULL, poolings,
+               "pooling instead of the model's 1_Pooling (default: the model's)"),
+    S_STR("default-prompt-name", "EMBEDD_DEFAULT_PROMPT_NAME", default_prompt_name, NULL,
+          "prompt of config_sentence_transformers.json put before inputs without prompt_name "
+          "(default: its default_prompt_name)"),
+    S_STR("cors-allow-origin", "EMBEDD_CORS_ALLOW_ORIGIN", cors_allow_origin, NULL,
+          "origins a browser page may call the API from: a comma list, or * for any "
+          "(default: none, no CORS headers)"),
     S_STR("api-key", "EMBEDD_API_KEY", api_key, NULL,
           "require 'Authorization: Bearer KEY' (not on /health and /metrics)"),
     S_INT("max-batch-tokens", "EMBEDD_MAX_BATCH_TOKENS", max_batch_tokens, "16384", 1, 1 << 22,
@@ -181,9 +201,51 @@ static const opt_spec serve_specs[] = {
           "collapse alarm below this share of the current version's variance"),
 };
 
+/* --model-id may name a local directory, as TEI's does: then it is
+ * --model. --revision REV makes a Hub id ORG/NAME@REV. 0, or -1 after a
+ * usage error. */
+static int resolve_model_id(serve_cli *cli, char *buf, size_t cap)
+{
+    struct stat st;
+    const char *id = cli->model_id;
+    int have_rev = cli->revision != NULL && cli->revision[0] != '\0';
+    if (id != NULL && id[0] != '\0' && stat(id, &st) == 0 && S_ISDIR(st.st_mode)) {
+        if (cli->srv.model_dir != NULL && cli->srv.model_dir[0] != '\0') {
+            fprintf(stderr, "embedd serve: give --model or --model-id, not both\n");
+            return -1;
+        }
+        if (have_rev) {
+            fprintf(stderr, "embedd serve: --revision applies to a Hub id, and '%s' is a "
+                    "local directory\n", id);
+            return -1;
+        }
+        cli->srv.model_dir = id;
+        cli->model_id = NULL;
+        return 0;
+    }
+    if (!have_rev)
+        return 0;
+    if (id == NULL || id[0] == '\0') {
+        fprintf(stderr, "embedd serve: --revision needs --model-id ORG/NAME\n");
+        return -1;
+    }
+    const char *at = strchr(id, '@');
+    if (at != NULL && strcmp(at + 1, cli->revision) != 0) {
+        fprintf(stderr, "embedd serve: --model-id '%s' and --revision '%s' name different "
+                "revisions\n", id, cli->revision);
+        return -1;
+    }
+    if (at == NULL) {
+        snprintf(buf, cap, "%s@%s", id, cli->revision);
+        cli->model_id = buf;
+    }
+    return 0;
+}
+
 int cli_serve(int argc, char **argv)
 {
     serve_cli cli = {0};
+    cli.srv.pooling = -1; /* the model's unless --pooling */
     server_opts opts;
     const int n = (int)(sizeof serve_specs / sizeof serve_specs[0]);
     int rc = options_parse(serve_specs, n, &cli, argc, argv,
@@ -192,7 +254,9 @@ int cli_serve(int argc, char **argv)
     if (rc != 0)
         return rc == 1 ? 0 : 2;
     log_setup((log_level)cli.log_level, (log_format)cli.log_format);
-    char model_dir[PATH_MAX], served_name[256];
+    char model_dir[PATH_MAX], served_name[256], with_rev[512];
+    if (resolve_model_id(&cli, with_rev, sizeof with_rev) != 0)
+        return 2;
     rc = cli_model_dir(cli.srv.model_dir, cli.model_id, model_dir, sizeof model_dir, "serve");
     if (rc != 0)
         return rc;

@@ -192,7 +192,11 @@ void options_help(FILE *fp, const opt_spec *specs, int n_specs, const char *usag
         if (specs[i].flag == NULL)
             continue;
         char left[64], names[256];
-        snprintf(left, sizeof left, "--%s%s", specs[i].flag, value_name(&specs[i]));
+        if (specs[i].short_name != 0)
+            snprintf(left, sizeof left, "-%c, --%s%s", specs[i].short_name, specs[i].flag,
+                     value_name(&specs[i]));
+        else
+            snprintf(left, sizeof left, "--%s%s", specs[i].flag, value_name(&specs[i]));
         fprintf(fp, "  %-30s %s", left, specs[i].help);
         if (specs[i].type == OPT_CHOICE)
             fprintf(fp, ": %s", choice_list(specs[i].choices, names, sizeof names));
@@ -209,6 +213,15 @@ static const opt_spec *find_flag(const opt_spec *specs, int n, const char *name,
     for (int i = 0; i < n; i++) {
         if (specs[i].flag != NULL && strlen(specs[i].flag) == len &&
             strncmp(specs[i].flag, name, len) == 0)
+            return &specs[i];
+    }
+    return NULL;
+}
+
+static const opt_spec *find_short(const opt_spec *specs, int n, char c)
+{
+    for (int i = 0; i < n; i++) {
+        if (specs[i].flag != NULL && specs[i].short_name == c)
             return &specs[i];
     }
     return NULL;
@@ -242,14 +255,21 @@ int options_parse(const opt_spec *specs, int n_specs, void *base, int argc, char
             options_help(stdout, specs, n_specs, usage_line);
             return 1;
         }
-        if (strncmp(arg, "--", 2) != 0) {
+        const opt_spec *spec = NULL;
+        const char *name = arg + 2;
+        const char *eq = NULL;
+        size_t len = 0;
+        if (arg[0] == '-' && arg[1] != '-' && arg[1] != '\0' && arg[2] == '\0')
+            spec = find_short(specs, n_specs, arg[1]); /* "-p 8080" */
+        if (spec == NULL && strncmp(arg, "--", 2) != 0) {
             fprintf(stderr, "embedd %s: unexpected argument '%s'\n", cmd, arg);
             return 2;
         }
-        const char *name = arg + 2;
-        const char *eq = strchr(name, '=');
-        size_t len = eq != NULL ? (size_t)(eq - name) : strlen(name);
-        const opt_spec *spec = find_flag(specs, n_specs, name, len);
+        if (spec == NULL) {
+            eq = strchr(name, '=');
+            len = eq != NULL ? (size_t)(eq - name) : strlen(name);
+            spec = find_flag(specs, n_specs, name, len);
+        }
         if (spec == NULL && eq == NULL && strncmp(name, "no-", 3) == 0) {
             spec = find_flag(specs, n_specs, name + 3, len - 3);
             if (spec != NULL && spec->type == OPT_BOOL) {

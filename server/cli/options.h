@@ -9,7 +9,8 @@
  * Values. Precedence: flag, then environment (only entries with env, today
  * only serve's EMBEDD_* variables), then the table's default. A flag is
  * "--name VALUE" or "--name=VALUE"; a boolean is also "--name" (true),
- * "--no-name" (false) or "--name off". Types and their fields:
+ * "--no-name" (false) or "--name off". An entry with short_name also
+ * takes "-X VALUE" ("-p 8080"). Types and their fields:
  *   OPT_STRING  const char *  the text as given (argv or environ: not copied)
  *   OPT_INT     int           an integer in [min, max]
  *   OPT_BOOL    int           true/false, 1/0, yes/no, on/off
@@ -58,6 +59,7 @@ typedef struct opt_spec {
     int max_open;              /* OPT_FLOAT: max itself is outside the range */
     const opt_choice *choices; /* OPT_CHOICE: the names; OPT_FLOAT: extra words */
     const char *help;
+    char short_name;           /* 'p': the flag is also "-p VALUE"; 0: none */
 } opt_spec;
 
 /* Table entries of a struct S (designated initialisers: the rest is 0). */

@@ -37,6 +37,17 @@ static int load_model(server *srv, emb_err *err)
     srv->model = emb_model_load_precision(o->model_dir, (emb_precision)o->precision, err);
     if (srv->model == NULL)
         return -1;
+    if (o->pooling >= 0) /* serve --pooling, before any version copies the config */
+        srv->model->cfg.pooling = (emb_pooling)o->pooling;
+    if (o->default_prompt_name != NULL && o->default_prompt_name[0] != '\0') {
+        emb_config *c = &srv->model->cfg;
+        if (emb_prompt_find(c, o->default_prompt_name) == NULL)
+            return emb_fail_as(err, EMB_ERR_INVALID,
+                               "--default-prompt-name '%s': the model has no such prompt "
+                               "(config_sentence_transformers.json lists %d)",
+                               o->default_prompt_name, c->n_prompts);
+        snprintf(c->default_prompt, sizeof c->default_prompt, "%s", o->default_prompt_name);
+    }
     srv->model_name = o->served_model_name;
     if (srv->model_name == NULL || srv->model_name[0] == '\0') {
         const char *slash = strrchr(o->model_dir, '/');

@@ -4,6 +4,7 @@
 
 #include <stdarg.h>
 #include <stdio.h>
+#include <string.h>
 
 #include "jsoncheck.h"
 #include "server.h"
@@ -60,9 +61,58 @@ const http_error *http_error_of_status(int status)
     return status >= 500 ? &server_side : &client_side;
 }
 
+/* OpenAI answers every invalid request with 400 (it has no 422): the
+ * TEI family keeps 422. */
+static int openai_status(int status)
+{
+    return status == 422 ? 400 : status;
+}
+
+/* The request field an error is about, for OpenAI's "param": the first
+ * `name` the message quotes, without an index ("`input[3]` cannot be
+ * empty" -> "input"). Every validation message of the embedding routes
+ * names its field that way. Empty when the message names none. */
+static void param_of_message(const char *msg, char *out, size_t cap)
+{
+    out[0] = '\0';
+    const char *open = strchr(msg, '`');
+    if (open == NULL)
+        return;
+    size_t n = strcspn(open + 1, "`[. ");
+    if (open[1 + n] == '\0' || n == 0 || n >= cap)
+        return;
+    memcpy(out, open + 1, n);
+    out[n] = '\0';
+}
+
+static void put_openai(strbuf *b, int status, const char *msg, const char *param,
+                       const char *code)
+{
+    const http_error *e = http_error_of_status(status);
+    sb_puts(b, "{\"error\":{\"message\":");
+    sb_json_string(b, msg);
+    sb_puts(b, ",\"type\":");
+    sb_json_string(b, e->openai_type);
+    sb_puts(b, ",\"param\":");
+    if (param != NULL && param[0] != '\0')
+        sb_json_string(b, param);
+    else
+        sb_puts(b, "null");
+    sb_puts(b, ",\"code\":");
+    if (code == NULL)
+        code = e->openai_code;
+    if (code != NULL)
+        sb_json_string(b, code);
+    else
+        sb_puts(b, "null");
+    sb_puts(b, "}}");
+}
+
 static void reply_body(reply *rp, api_family api, int status, const char *type, const char *msg)
 {
     sb_free(&rp->body);
+    if (api == API_OPENAI)
+        status = openai_status(status);
     rp->status = status;
     rp->content_type = "application/json";
     /* Overload and unavailability pass: tell clients when to come back
@@ -76,17 +126,9 @@ static void reply_body(reply *rp, api_family api, int status, const char *type, 
         return;
     }
     if (api == API_OPENAI) {
-        const http_error *e = http_error_of_status(status);
-        sb_puts(&rp->body, "{\"error\":{\"message\":");
-        sb_json_string(&rp->body, msg);
-        sb_puts(&rp->body, ",\"type\":");
-        sb_json_string(&rp->body, e->openai_type);
-        sb_puts(&rp->body, ",\"param\":null,\"code\":");
-        if (e->openai_code != NULL)
-            sb_json_string(&rp->body, e->openai_code);
-        else
-            sb_puts(&rp->body, "null");
-        sb_puts(&rp->body, "}}");
+        char param[64];
+        param_of_message(msg, param, sizeof param);
+        put_openai(&rp->body, status, msg, param, NULL);
         return;
     }
     sb_puts(&rp->body, "{\"error\":");
@@ -94,6 +136,22 @@ static void reply_body(reply *rp, api_family api, int status, const char *type, 
     sb_puts(&rp->body, ",\"error_type\":");
     sb_json_string(&rp->body, type);
     sb_putc(&rp->body, '}');
+}
+
+void reply_openai_error(reply *rp, int status, const char *param, const char *code,
+                        const char *fmt, ...)
+{
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    utf8_sanitize(msg);
+    sb_free(&rp->body);
+    rp->status = openai_status(status);
+    rp->content_type = "application/json";
+    rp->retry_after = (status == 429 || status == 503) ? RETRY_AFTER_SECONDS : 0;
+    put_openai(&rp->body, rp->status, msg, param, code);
 }
 
 void reply_error(reply *rp, api_family api, int status, const char *type, const char *fmt, ...)

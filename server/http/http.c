@@ -45,6 +45,99 @@ static void reply_init(reply *rp)
     sb_init(&rp->body, (size_t)1 << 30);
 }
 
+/* ---- CORS (--cors-allow-origin) ---------------------------------------- */
+
+/* The Access-Control-Allow-Origin value for this request's Origin: "*"
+ * when any origin is allowed, the origin itself when it is in the list,
+ * NULL when CORS is off, the request has no Origin or it is not allowed. */
+static const char *cors_origin(const request *rq)
+{
+    const char *list = rq->srv->opts.cors_allow_origin;
+    if (list == NULL || list[0] == '\0')
+        return NULL;
+    const char *origin = MHD_lookup_connection_value(rq->conn, MHD_HEADER_KIND, "Origin");
+    if (origin == NULL)
+        return NULL;
+    size_t olen = strlen(origin);
+    for (const char *p = list; *p != '\0';) {
+        p += strspn(p, " ,");
+        size_t n = strcspn(p, ",");
+        size_t m = n;
+        while (m > 0 && p[m - 1] == ' ')
+            m--;
+        if (m == 1 && p[0] == '*')
+            return "*";
+        if (m > 0 && m == olen && strncasecmp(p, origin, m) == 0)
+            return origin;
+        p += n;
+    }
+    return NULL;
+}
+
+/* "Authorization, Content-Type" and the other headers a preflight asked
+ * for (Access-Control-Request-Headers), each once. */
+static void cors_allow_headers(const char *asked, char *out, size_t cap)
+{
+    size_t len = (size_t)snprintf(out, cap, "Authorization, Content-Type");
+    for (const char *p = asked; p != NULL && *p != '\0' && len + 1 < cap;) {
+        p += strspn(p, " \t,");
+        size_t n = strcspn(p, " \t,");
+        int ours = (n == 13 && strncasecmp(p, "authorization", n) == 0) ||
+                   (n == 12 && strncasecmp(p, "content-type", n) == 0);
+        if (n > 0 && !ours && len + n + 3 < cap)
+            len += (size_t)snprintf(out + len, cap - len, ", %.*s", (int)n, p);
+        p += n;
+    }
+}
+
+/* CORS headers of an allowed origin: on every reply, and on a preflight
+ * also the methods and headers the path accepts. Vary: Origin because the
+ * answer depends on it (a cache must not give one origin's to another). */
+static void add_cors_headers(const request *rq, const reply *rp, struct MHD_Response *resp)
+{
+    const char *allow_origin = cors_origin(rq);
+    if (allow_origin == NULL)
+        return;
+    MHD_add_response_header(resp, "Access-Control-Allow-Origin", allow_origin);
+    MHD_add_response_header(resp, "Vary", "Origin");
+    if (!rp->preflight) {
+        MHD_add_response_header(resp, "Access-Control-Expose-Headers",
+                                "X-Embedd-Model-Version, Retry-After");
+        return;
+    }
+    char methods[96];
+    snprintf(methods, sizeof methods, "%s, OPTIONS", rp->allow != NULL ? rp->allow : "");
+    MHD_add_response_header(resp, "Access-Control-Allow-Methods", methods);
+    /* what the browser asks for, plus the two our clients always need */
+    const char *asked = MHD_lookup_connection_value(rq->conn, MHD_HEADER_KIND,
+                                                    "Access-Control-Request-Headers");
+    char headers[1024];
+    cors_allow_headers(asked, headers, sizeof headers);
+    MHD_add_response_header(resp, "Access-Control-Allow-Headers", headers);
+    MHD_add_response_header(resp, "Access-Control-Max-Age", "86400");
+}
+
+/* OPTIONS on a known path: 204 with Allow (RFC 9110), and with the CORS
+ * preflight headers when the Origin is allowed (add_cors_headers). No API
+ * key: browsers never send credentials on a preflight. An unknown path is
+ * a 404 as for any method. */
+static int answer_options(request *rq, const char *url, reply *rp)
+{
+    int path_known = 0;
+    const char *allow = NULL;
+    routes_find(rq->url, "OPTIONS", &path_known, &allow, NULL);
+    if (!path_known) {
+        reply_error(rp, strncmp(url, "/v1/", 4) == 0 ? API_OPENAI : API_TEI, 404, "Validation",
+                    "no route OPTIONS %s", url);
+        return 1;
+    }
+    sb_free(&rp->body);
+    rp->status = 204;
+    rp->allow = allow;
+    rp->preflight = 1;
+    return 1;
+}
+
 /* An event stream (feed.h): its own response, no body. */
 static enum MHD_Result send_stream(request *rq, reply *rp)
 {
@@ -53,6 +146,7 @@ static enum MHD_Result send_stream(request *rq, reply *rp)
     sb_free(&rp->body);
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
+    add_cors_headers(rq, rp, resp);
     rq->status = 200;
     enum MHD_Result ret = MHD_queue_response(rq->conn, MHD_HTTP_OK, resp);
     MHD_destroy_response(resp);
@@ -134,9 +228,14 @@ static enum MHD_Result send_reply(request *rq, reply *rp)
         free(body);
         return MHD_NO;
     }
-    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, rp->content_type);
-    if (rp->allow != NULL)
-        MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, rp->allow);
+    if (rp->status != 204)
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, rp->content_type);
+    if (rp->allow != NULL) {
+        char allow[96];
+        snprintf(allow, sizeof allow, "%s%s", rp->allow, rp->preflight ? ", OPTIONS" : "");
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, allow);
+    }
+    add_cors_headers(rq, rp, resp);
     if (rq->model_version != 0) {
         char version[16];
         snprintf(version, sizeof version, "%u", rq->model_version);
@@ -276,6 +375,8 @@ static int refuse_head(request *rq, const char *url, reply *rp)
 static int refuse_early(server *srv, request *rq, const char *url, const char *method,
                         reply *rp)
 {
+    if (strcmp(method, MHD_HTTP_METHOD_OPTIONS) == 0)
+        return answer_options(rq, url, rp);
     int path_known = 0;
     const char *allow = NULL;
     /* HEAD is GET without the body: libmicrohttpd sends the same headers

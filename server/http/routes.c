@@ -344,6 +344,15 @@ static embed_state *new_embed_state(request *rq, api_family api, reply *rp)
 static int tei_options(server *srv, const cJSON *root, embed_state *st, int *truncate,
                        int *left, reply *rp)
 {
+    /* The Hugging Face inference clients may nest the options in
+     * "parameters" ({"inputs": ..., "parameters": {"normalize": ...}}). */
+    const cJSON *params = cJSON_GetObjectItemCaseSensitive(root, "parameters");
+    if (cJSON_IsObject(params))
+        root = params;
+    else if (params != NULL && !cJSON_IsNull(params)) {
+        reply_error(rp, st->tj.api, 422, "Validation", "`parameters` must be an object");
+        return -1;
+    }
     st->normalize = route_get_bool(root, "normalize", 1, st->tj.api, rp);
     *truncate = route_get_bool(root, "truncate", srv->opts.auto_truncate, st->tj.api, rp);
     st->dimensions = get_dimensions(root, emb_model_dim(srv->model), st->tj.api, rp);
@@ -395,6 +404,86 @@ static int openai_options(server *srv, const cJSON *root, embed_state *st, int *
     return st->dimensions < 0 ? -1 : 0;
 }
 
+/* Texts with the prompt put before them, owned by the handler. */
+typedef struct prompted {
+    char **texts;
+    int n;
+} prompted;
+
+static void prompted_free(prompted *pt)
+{
+    for (int i = 0; i < pt->n; i++)
+        free(pt->texts[i]);
+    free(pt->texts);
+    pt->texts = NULL;
+    pt->n = 0;
+}
+
+/* The prompt a request asks for: "prompt_name" of root (TEI's field; an
+ * extension on /v1/embeddings), else the model's default (serve
+ * --default-prompt-name or config_sentence_transformers.json); NULL for
+ * none. *bad after filling rp with a 422 that names the known prompts. */
+static const emb_prompt *request_prompt(const server *srv, const cJSON *root, api_family api,
+                                        int *bad, reply *rp)
+{
+    const emb_config *cfg = &srv->model->cfg;
+    const cJSON *f = cJSON_GetObjectItemCaseSensitive(root, "prompt_name");
+    *bad = 0;
+    if (f == NULL || cJSON_IsNull(f))
+        return cfg->default_prompt[0] != '\0' ? emb_prompt_find(cfg, cfg->default_prompt) : NULL;
+    const emb_prompt *p = cJSON_IsString(f) ? emb_prompt_find(cfg, f->valuestring) : NULL;
+    if (p != NULL)
+        return p;
+    char known[512] = "";
+    size_t n = 0;
+    for (int i = 0; i < cfg->n_prompts && n < sizeof known; i++)
+        n += (size_t)snprintf(known + n, sizeof known - n, "%s\"%s\"", i > 0 ? ", " : "",
+                              cfg->prompts[i].name);
+    reply_error(rp, api, 422, "Validation", "`prompt_name` %s%.100s%s is not a prompt of this "
+                "model (%s%s)", cJSON_IsString(f) ? "\"" : "",
+                cJSON_IsString(f) ? f->valuestring : "must be a string", cJSON_IsString(f) ? "\"" : "",
+                cfg->n_prompts > 0 ? "its prompts: " : "it has no prompts", known);
+    *bad = 1;
+    return NULL;
+}
+
+/* Puts the request's prompt before each text input (token ids are left as
+ * they are), as sentence-transformers and TEI do before tokenising.
+ * 0, or -1 after filling rp. */
+static int apply_prompt(const server *srv, const cJSON *root, api_family api, textjob_input *in,
+                        int n, prompted *pt, reply *rp)
+{
+    int bad = 0;
+    const emb_prompt *p = request_prompt(srv, root, api, &bad, rp);
+    if (bad)
+        return -1;
+    if (p == NULL || p->text[0] == '\0')
+        return 0;
+    pt->texts = calloc((size_t)n, sizeof(char *));
+    if (pt->texts == NULL) {
+        reply_fail(rp, api, EMB_ERR_NO_MEMORY, "out of memory");
+        return -1;
+    }
+    pt->n = n;
+    const size_t plen = strlen(p->text);
+    for (int i = 0; i < n; i++) {
+        if (in[i].text == NULL)
+            continue;
+        char *t = malloc(plen + in[i].len + 1);
+        if (t == NULL) {
+            reply_fail(rp, api, EMB_ERR_NO_MEMORY, "out of memory");
+            return -1;
+        }
+        memcpy(t, p->text, plen);
+        memcpy(t + plen, in[i].text, in[i].len);
+        t[plen + in[i].len] = '\0';
+        pt->texts[i] = t;
+        in[i].text = t;
+        in[i].len += plen;
+    }
+    return 0;
+}
+
 /* An upper bound of the response's size: every float at its longest
  * (sb_json_floats reserves 16 bytes each), or base64's 4 bytes per 3. */
 static size_t embed_response_bound(const server *srv, const embed_state *st)
@@ -416,6 +505,7 @@ static route_result handle_embeddings(server *srv, request *rq, reply *rp, api_f
 {
     route_result result = ROUTE_DONE;
     textjob_input *in = NULL;
+    prompted pt = {0};
     cJSON *root = route_parse_body(rq, api, rp);
     if (root == NULL)
         return ROUTE_DONE;
@@ -429,6 +519,8 @@ static route_result handle_embeddings(server *srv, request *rq, reply *rp, api_f
     int truncate = srv->opts.auto_truncate;
     int left = 0;
     if (read_options(srv, root, st, &truncate, &left, rp) != 0)
+        goto out;
+    if (apply_prompt(srv, root, api, in, st->n, &pt, rp) != 0)
         goto out;
     /* TEI: "model_version" or the header; OpenAI: "model": "name@N" or the header */
     uint32_t pin = 0;
@@ -451,6 +543,7 @@ static route_result handle_embeddings(server *srv, request *rq, reply *rp, api_f
         goto out;
     result = textjob_submit(srv, rq, &st->tj, st->pin != 0 ? TEXTJOB_PINNED : TEXTJOB_CURRENT);
 out:
+    prompted_free(&pt);
     free(in);
     cJSON_Delete(root);
     return result;
@@ -538,36 +631,64 @@ static size_t json_string_len(const char *s)
     return n;
 }
 
-/* One token as /tokenize writes it; special: it is the first or last
- * token and [CLS] or [SEP]. Skipped (returns 0 bytes) when it is special
- * and add_special_tokens is false. With b NULL, only measures. */
-static size_t put_token(const emb_model *m, strbuf *b, int32_t id, int special,
-                        int add_special, int first)
+/* Where tokens came from in their input: byte spans (emb_token_spans). */
+typedef struct token_spans {
+    int32_t *start, *stop;     /* n rows of max_len, as the ids */
+} token_spans;
+
+/* One token as /tokenize writes it, as TEI does: a special token ([CLS],
+ * [SEP]: first or last) has its vocabulary text and null offsets, and is
+ * skipped (0 bytes) when add_special_tokens is false; any other has the
+ * bytes [start, stop) of the input it came from as its text. With b NULL,
+ * only measures. */
+static size_t put_token(const emb_model *m, strbuf *b, int32_t id, int special, int add_special,
+                        int first, const textjob_input *in, int32_t start, int32_t stop)
 {
     if (special && !add_special)
         return 0;
-    const char *text = emb_tokenizer_token(m->tok, id);
-    if (text == NULL)
-        text = "";
-    if (b == NULL) /* {"id":N,"text":T,"special":false}, */
-        return 40 + 11 + json_string_len(text);
+    if (b == NULL) /* {"id":N,"text":T,"special":false,"start":N,"stop":N}, */
+        return 40 + 11 + 40 + 6 * (size_t)(stop - start) +
+               json_string_len(special ? emb_tokenizer_token(m->tok, id) : "");
     sb_printf(b, "%s{\"id\":%d,\"text\":", first ? "" : ",", id);
-    sb_json_string(b, text);
-    sb_printf(b, ",\"special\":%s}", special ? "true" : "false");
+    if (special) {
+        const char *text = emb_tokenizer_token(m->tok, id);
+        sb_json_string(b, text != NULL ? text : "");
+        sb_puts(b, ",\"special\":true,\"start\":null,\"stop\":null}");
+        return 1;
+    }
+    /* a span always ends on a character boundary: the slice is valid UTF-8 */
+    char *text = strndup(in->text + start, (size_t)(stop - start));
+    sb_json_string(b, text != NULL ? text : "");
+    free(text);
+    sb_printf(b, ",\"special\":false,\"start\":%d,\"stop\":%d}", start, stop);
     return 1;
 }
 
-/* Tokenises every input into ids (n rows of max_len), counts[i] its length.
- * 0, or -1 after filling rp. */
+/* Tokenises every input into ids (n rows of max_len), counts[i] its
+ * length, and the spans of its tokens. 0, or -1 after filling rp. */
 static int tokenize_all(const emb_model *m, const textjob_input *in, int n, int32_t *ids,
-                        int *counts, reply *rp)
+                        int *counts, token_spans *sp, reply *rp)
 {
     const int max_len = m->cfg.max_seq_length;
+    const emb_special_tokens special = emb_tokenizer_specials(m->tok);
     for (int i = 0; i < n; i++) {
-        counts[i] = emb_encode(m->tok, in[i].text, in[i].len, max_len, 0,
-                               ids + (size_t)i * (size_t)max_len, NULL);
+        int32_t *row = ids + (size_t)i * (size_t)max_len;
+        counts[i] = emb_encode(m->tok, in[i].text, in[i].len, max_len, 0, row, NULL);
         if (counts[i] < 0) {
             reply_error(rp, API_TEI, 422, "Tokenizer", "input %d could not be tokenised", i);
+            return -1;
+        }
+        /* the tokens between [CLS] and [SEP] */
+        int first = counts[i] > 0 && row[0] == special.cls_id ? 1 : 0;
+        int last = counts[i] > first && row[counts[i] - 1] == special.sep_id ? counts[i] - 1
+                                                                              : counts[i];
+        int32_t *st = sp->start + (size_t)i * (size_t)max_len;
+        int32_t *sp_stop = sp->stop + (size_t)i * (size_t)max_len;
+        for (int k = 0; k < counts[i]; k++)
+            st[k] = sp_stop[k] = 0;
+        if (emb_token_spans(m->tok, in[i].text, in[i].len, row + first, last - first, st + first,
+                            sp_stop + first) != 0) {
+            reply_fail(rp, API_TEI, EMB_ERR_NO_MEMORY, "out of memory");
             return -1;
         }
     }
@@ -576,23 +697,25 @@ static int tokenize_all(const emb_model *m, const textjob_input *in, int n, int3
 
 /* Writes the tokens of every input, or only measures them when b is NULL. */
 static size_t put_tokens(const emb_model *m, strbuf *b, const int32_t *ids, const int *counts,
-                         int n, int add_special)
+                         int n, int add_special, const textjob_input *in, const token_spans *sp)
 {
     const int max_len = m->cfg.max_seq_length;
-    const emb_special_tokens sp = emb_tokenizer_specials(m->tok);
+    const emb_special_tokens specials = emb_tokenizer_specials(m->tok);
     size_t bytes = 2;
     if (b != NULL)
         sb_putc(b, '[');
     for (int i = 0; i < n; i++) {
-        const int32_t *row = ids + (size_t)i * (size_t)max_len;
+        const size_t row_at = (size_t)i * (size_t)max_len;
+        const int32_t *row = ids + row_at;
         if (b != NULL)
             sb_puts(b, i > 0 ? ",[" : "[");
         bytes += 3;
         int first = 1;
         for (int k = 0; k < counts[i]; k++) {
             int edge = k == 0 || k == counts[i] - 1;
-            int special = edge && (row[k] == sp.cls_id || row[k] == sp.sep_id);
-            size_t w = put_token(m, b, row[k], special, add_special, first);
+            int special = edge && (row[k] == specials.cls_id || row[k] == specials.sep_id);
+            size_t w = put_token(m, b, row[k], special, add_special, first, &in[i],
+                                 sp->start[row_at + k], sp->stop[row_at + k]);
             bytes += w;
             first = first && w == 0;
         }
@@ -611,6 +734,7 @@ static route_result handle_tokenize(server *srv, request *rq, reply *rp)
     textjob_input *in = NULL;
     int32_t *ids = NULL;
     int *counts = NULL;
+    token_spans sp = {NULL, NULL};
     cJSON *root = route_parse_body(rq, api, rp);
     if (root == NULL)
         return ROUTE_DONE;
@@ -621,20 +745,25 @@ static route_result handle_tokenize(server *srv, request *rq, reply *rp)
     int add_special = route_get_bool(root, "add_special_tokens", 1, api, rp);
     if (add_special < 0)
         goto out;
-    ids = malloc(sizeof(int32_t) * (size_t)n * (size_t)m->cfg.max_seq_length);
+    const size_t cells = (size_t)n * (size_t)m->cfg.max_seq_length;
+    ids = malloc(sizeof(int32_t) * cells);
     counts = malloc(sizeof(int) * (size_t)n);
-    if (ids == NULL || counts == NULL) {
+    sp.start = malloc(sizeof(int32_t) * cells);
+    sp.stop = malloc(sizeof(int32_t) * cells);
+    if (ids == NULL || counts == NULL || sp.start == NULL || sp.stop == NULL) {
         reply_fail(rp, api, EMB_ERR_NO_MEMORY, "out of memory");
         goto out;
     }
-    if (tokenize_all(m, in, n, ids, counts, rp) != 0)
+    if (tokenize_all(m, in, n, ids, counts, &sp, rp) != 0)
         goto out;
     /* measured before it is built: a small body must not make a huge reply */
-    if (!route_response_fits(srv, put_tokens(m, NULL, ids, counts, n, add_special), api,
+    if (!route_response_fits(srv, put_tokens(m, NULL, ids, counts, n, add_special, in, &sp), api,
                              "the number or length of `inputs`", rp))
         goto out;
-    put_tokens(m, &rp->body, ids, counts, n, add_special);
+    put_tokens(m, &rp->body, ids, counts, n, add_special, in, &sp);
 out:
+    free(sp.start);
+    free(sp.stop);
     free(ids);
     free(counts);
     free(in);
@@ -743,7 +872,23 @@ static route_result handle_info(server *srv, request *rq, reply *rp)
     put_store_health(b, &h, 1);
     sb_puts(b, ",\"blas_coretype\":");
     sb_json_string(b, openblas_get_corename()); /* the kernel OpenBLAS loaded (main.c) */
-    sb_printf(b, ",\"precision\":\"%s\"}", emb_precision_name(srv->model->precision));
+    sb_printf(b, ",\"precision\":\"%s\"", emb_precision_name(srv->model->precision));
+    /* config_sentence_transformers.json's prompts, and the default one
+     * (after serve --default-prompt-name) */
+    sb_puts(b, ",\"prompts\":{");
+    for (int i = 0; i < c->n_prompts; i++) {
+        if (i > 0)
+            sb_putc(b, ',');
+        sb_json_string(b, c->prompts[i].name);
+        sb_putc(b, ':');
+        sb_json_string(b, c->prompts[i].text);
+    }
+    sb_puts(b, "},\"default_prompt_name\":");
+    if (c->default_prompt[0] != '\0')
+        sb_json_string(b, c->default_prompt);
+    else
+        sb_puts(b, "null");
+    sb_putc(b, '}');
     return ROUTE_DONE;
 }
 
@@ -765,6 +910,236 @@ static route_result handle_models(server *srv, request *rq, reply *rp)
     sb_puts(&rp->body, "{\"object\":\"list\",\"data\":[{\"id\":");
     sb_json_string(&rp->body, srv->model_name);
     sb_puts(&rp->body, ",\"object\":\"model\",\"created\":0,\"owned_by\":\"embedd\"}]}");
+    return ROUTE_DONE;
+}
+
+/* ---- TEI and OpenAI drop-in: /similarity, /decode, /v1/models/{id} ------- */
+
+/* POST /similarity (TEI): {"inputs": {"source_sentence": S, "sentences":
+ * [..]}} -> the cosine of S with each sentence, in order. The source and
+ * the sentences go in one job: row 0 is the source. */
+static route_result handle_similarity(server *srv, request *rq, reply *rp)
+{
+    const api_family api = API_TEI;
+    route_result result = ROUTE_DONE;
+    textjob_input *in = NULL, *sent = NULL;
+    prompted pt = {0};
+    cJSON *root = route_parse_body(rq, api, rp);
+    if (root == NULL)
+        return ROUTE_DONE;
+    const cJSON *inputs = cJSON_GetObjectItemCaseSensitive(root, "inputs");
+    const cJSON *src = cJSON_GetObjectItemCaseSensitive(inputs, "source_sentence");
+    if (!cJSON_IsObject(inputs)) {
+        reply_error(rp, api, 422, "Validation",
+                    "`inputs` must be an object {\"source_sentence\": ..., \"sentences\": [...]}");
+        goto out;
+    }
+    if (!cJSON_IsString(src) || src->valuestring[0] == '\0') {
+        reply_error(rp, api, 422, "Validation",
+                    "`inputs.source_sentence` must be a non-empty string");
+        goto out;
+    }
+    const cJSON *list = cJSON_GetObjectItemCaseSensitive(inputs, "sentences");
+    if (!cJSON_IsArray(list)) {
+        reply_error(rp, api, 422, "Validation", "`inputs.sentences` must be an array of strings");
+        goto out;
+    }
+    /* one less than the batch limit: the source takes a row too */
+    int n = collect_inputs(list, "inputs.sentences", 0, srv->opts.max_client_batch_size - 1, api,
+                           &sent, rp);
+    if (n == 0)
+        goto out;
+    embed_state *st = new_embed_state(rq, api, rp);
+    if (st == NULL)
+        goto out;
+    st->n = n + 1;
+    st->normalize = 1;
+    in = calloc((size_t)st->n, sizeof *in);
+    if (in == NULL) {
+        reply_fail(rp, api, EMB_ERR_NO_MEMORY, "out of memory");
+        goto out;
+    }
+    in[0].text = src->valuestring;
+    in[0].len = strlen(src->valuestring);
+    memcpy(in + 1, sent, sizeof *in * (size_t)n);
+    const cJSON *params = cJSON_GetObjectItemCaseSensitive(root, "parameters");
+    if (apply_prompt(srv, cJSON_IsObject(params) ? params : root, api, in, st->n, &pt, rp) != 0)
+        goto out;
+    int truncate = route_get_bool(cJSON_IsObject(params) ? params : root, "truncate",
+                                  srv->opts.auto_truncate, api, rp);
+    if (truncate < 0)
+        goto out;
+    textjob_opts to = {.truncate = truncate, .noun = "input", .truncate_hint = 1};
+    if (textjob_encode(srv, &st->tj, api, in, st->n, &to, rp) != 0)
+        goto out;
+    result = textjob_submit(srv, rq, &st->tj, TEXTJOB_CURRENT);
+out:
+    prompted_free(&pt);
+    free(in);
+    free(sent);
+    cJSON_Delete(root);
+    return result;
+}
+
+static void finish_similarity(server *srv, request *rq, reply *rp)
+{
+    embed_state *st = rq->state;
+    if (textjob_failed(&st->tj, rp))
+        return;
+    int d = 0;
+    const float *source = final_vector(srv, st, 0, &d);
+    sb_putc(&rp->body, '[');
+    for (int i = 1; i < st->n; i++) {
+        const float *v = final_vector(srv, st, i, &d);
+        float cos = cblas_sdot(d, source, 1, v, 1); /* both have unit length */
+        if (i > 1)
+            sb_putc(&rp->body, ',');
+        sb_printf(&rp->body, "%.7g", isfinite(cos) ? (double)cos : 0.0);
+    }
+    sb_putc(&rp->body, ']');
+}
+
+/* HF's clean_up_tokenization_spaces, which TEI's decode applies: these
+ * replacements, in this order, over the whole text. */
+static void cleanup_spaces(strbuf *text)
+{
+    static const char *const from[] = {" .", " ?", " !", " ,", " ' ", " n't", " 'm", " 's",
+                                       " 've", " 're"};
+    static const char *const to[] = {".", "?", "!", ",", "'", "n't", "'m", "'s", "'ve", "'re"};
+    for (size_t k = 0; k < sizeof from / sizeof from[0]; k++) {
+        const size_t fl = strlen(from[k]), tl = strlen(to[k]);
+        size_t w = 0;
+        for (size_t r = 0; r < text->len;) {
+            if (text->len - r >= fl && memcmp(text->buf + r, from[k], fl) == 0) {
+                memmove(text->buf + w, to[k], tl); /* shorter: never overtakes r */
+                w += tl;
+                r += fl;
+            } else {
+                text->buf[w++] = text->buf[r++];
+            }
+        }
+        text->len = w;
+        text->buf[w] = '\0';
+    }
+}
+
+/* The text of one row of ids, as a JSON string into b. 0, or -1 after
+ * filling rp (an id outside the vocabulary). */
+static int put_decoded(const emb_model *m, strbuf *b, const cJSON *row, int skip_special,
+                       int which, reply *rp)
+{
+    const emb_special_tokens sp = emb_tokenizer_specials(m->tok);
+    strbuf text;
+    sb_init(&text, (size_t)1 << 26);
+    int k = 0;
+    const cJSON *el;
+    cJSON_ArrayForEach(el, row) {
+        const double v = el->valuedouble;
+        const char *tok = v >= 0 && v < 2147483647.0 ? emb_tokenizer_token(m->tok, (int32_t)v)
+                                                     : NULL;
+        if (tok == NULL) {
+            char where[32] = "";
+            if (which >= 0)
+                snprintf(where, sizeof where, "[%d]", which);
+            reply_error(rp, API_TEI, 422, "Validation",
+                        "`ids%s[%d]`: %.0f is not a token id (vocabulary of %d)", where, k, v,
+                        emb_tokenizer_vocab_size(m->tok));
+            sb_free(&text);
+            return -1;
+        }
+        int32_t id = (int32_t)v;
+        int special = id == sp.cls_id || id == sp.sep_id || id == sp.pad_id ||
+                      id == sp.mask_id || id == sp.unk_id;
+        k++;
+        if (skip_special && special)
+            continue;
+        if (strncmp(tok, "##", 2) == 0)
+            sb_puts(&text, tok + 2);     /* a word's continuation joins it */
+        else {
+            if (text.len > 0)
+                sb_putc(&text, ' ');
+            sb_puts(&text, tok);
+        }
+    }
+    if (text.len > 0)
+        cleanup_spaces(&text);
+    sb_json_string(b, text.len > 0 ? text.buf : "");
+    sb_free(&text);
+    return 0;
+}
+
+/* POST /decode (TEI): {"ids": [..] or [[..], ..], "skip_special_tokens":
+ * true} -> ["text", ..], one string per row. */
+static route_result handle_decode(server *srv, request *rq, reply *rp)
+{
+    const api_family api = API_TEI;
+    cJSON *root = route_parse_body(rq, api, rp);
+    if (root == NULL)
+        return ROUTE_DONE;
+    const cJSON *ids = cJSON_GetObjectItemCaseSensitive(root, "ids");
+    int skip = route_get_bool(root, "skip_special_tokens", 1, api, rp);
+    if (skip < 0)
+        goto out;
+    if (!cJSON_IsArray(ids) || cJSON_GetArraySize(ids) == 0) {
+        reply_error(rp, api, 422, "Validation",
+                    "`ids` must be a non-empty array of token ids or of arrays of them");
+        goto out;
+    }
+    int nested = cJSON_IsArray(ids->child);
+    const cJSON *row;
+    if (!nested && !all_integers(ids)) {
+        reply_error(rp, api, 422, "Validation", "`ids` must hold integers only");
+        goto out;
+    }
+    if (nested && cJSON_GetArraySize(ids) > srv->opts.max_client_batch_size) {
+        reply_error(rp, api, 422, "Validation",
+                    "batch size %d exceeds the maximum of %d inputs per request",
+                    cJSON_GetArraySize(ids), srv->opts.max_client_batch_size);
+        goto out;
+    }
+    sb_putc(&rp->body, '[');
+    if (!nested) {
+        if (put_decoded(srv->model, &rp->body, ids, skip, -1, rp) != 0)
+            goto out;
+    } else {
+        int i = 0;
+        cJSON_ArrayForEach(row, ids) {
+            if (!cJSON_IsArray(row) || !all_integers(row)) {
+                reply_error(rp, api, 422, "Validation", "`ids[%d]` must be an array of token ids",
+                            i);
+                goto out;
+            }
+            if (i++ > 0)
+                sb_putc(&rp->body, ',');
+            if (put_decoded(srv->model, &rp->body, row, skip, i - 1, rp) != 0)
+                goto out;
+        }
+    }
+    sb_putc(&rp->body, ']');
+out:
+    cJSON_Delete(root);
+    return ROUTE_DONE;
+}
+
+/* GET /v1/models/{id} (OpenAI's models.retrieve): the served model, also
+ * as "name@N" for a version; 404 in OpenAI's shape for another id. */
+static route_result handle_model_get(server *srv, request *rq, reply *rp)
+{
+    const char *id = rq->params.at[0];
+    size_t len = rq->params.len[0];
+    size_t name_len = strlen(srv->model_name);
+    int ours = len >= name_len && strncmp(id, srv->model_name, name_len) == 0 &&
+               (len == name_len || id[name_len] == '@');
+    if (!ours) {
+        reply_openai_error(rp, 404, "model", "model_not_found",
+                           "The model `%.*s` does not exist", (int)(len > 200 ? 200 : len), id);
+        return ROUTE_DONE;
+    }
+    char name[512];
+    snprintf(name, sizeof name, "%.*s", (int)len, id);
+    sb_puts(&rp->body, "{\"id\":");
+    sb_json_string(&rp->body, name);
+    sb_puts(&rp->body, ",\"object\":\"model\",\"created\":0,\"owned_by\":\"embedd\"}");
     return ROUTE_DONE;
 }
 
@@ -796,6 +1171,13 @@ static const route routes[] = {
     {"GET", "/train/versions", "train_versions", API_TEI, 1, 0, handle_train_versions, NULL, 0},
     {"GET", "/train/versions/stream", "train_versions_stream", API_TEI, 1, 0,
      handle_train_versions_stream, NULL, 0},
+    /* TEI and OpenAI drop-in: TEI's base URL, OpenAI's path without /v1 */
+    {"POST", "/", "tei_embed", API_TEI, 1, 1, handle_embed, finish_embed, 0},
+    {"POST", "/embeddings", "embeddings", API_OPENAI, 1, 1, handle_openai_embeddings,
+     finish_openai_embeddings, 0},
+    {"POST", "/similarity", "similarity", API_TEI, 1, 1, handle_similarity, finish_similarity, 0},
+    {"POST", "/decode", "decode", API_TEI, 1, 0, handle_decode, NULL, 0},
+    {"GET", "/v1/models/{id}", "openai_model", API_OPENAI, 1, 0, handle_model_get, NULL, 0},
     /* Qdrant collections (routes_qdrant.c); "/points/search" and its kin come
      * before "/points/{id}", which would otherwise take them as ids */
     {"GET", "/collections", "qd_collections", API_QDRANT, 1, 0, handle_qd_collections, NULL, 0},

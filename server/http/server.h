@@ -38,6 +38,9 @@ typedef struct server_opts {
     const char *model_dir;
     const char *served_model_name;
     const char *host;
+    int pooling;               /* emb_pooling overriding the model's; -1: the model's */
+    const char *default_prompt_name; /* overrides the model's default prompt; NULL: keep it */
+    const char *cors_allow_origin; /* comma list of origins, "*" for any; NULL: no CORS */
     int port;
     const char *api_key;
     int max_batch_tokens;
@@ -133,6 +136,7 @@ typedef struct reply {
     struct MHD_Response *stream; /* set: sent instead of body (an event stream, feed.h) */
     int retry_after;           /* seconds for a Retry-After header (429, 503); 0: none */
     int close;                 /* 1: "Connection: close" (a request whose framing we refused) */
+    int preflight;             /* 1: a CORS preflight (OPTIONS); allow holds the path's methods */
 } reply;
 
 /* Per-request state; allocated on the first call of the access handler,
@@ -200,6 +204,10 @@ void reply_fail(reply *rp, api_family api, emb_err_kind kind, const char *fmt, .
     __attribute__((format(printf, 4, 5)));
 void reply_error(reply *rp, api_family api, int status, const char *type, const char *fmt, ...)
     __attribute__((format(printf, 5, 6)));
+/* An OpenAI error with its "param" and "code" given (NULL: null), e.g.
+ * 404 "model" "model_not_found" for an unknown model. */
+void reply_openai_error(reply *rp, int status, const char *param, const char *code,
+                        const char *fmt, ...) __attribute__((format(printf, 5, 6)));
 
 /* Parses the body as one JSON object; NULL after filling rp (routes.c). */
 cJSON *route_parse_body(request *rq, api_family api, reply *rp);
