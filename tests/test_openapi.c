@@ -2,9 +2,8 @@
  * (routes_table), both ways, so the document cannot drift from the server:
  * every route (method and path template) has an operation, every operation
  * is a route, and an operation needs the bearer key exactly when its route
- * does. Also: every $ref resolves (in openapi-pending.json too, whose
- * operations the lead merges in with the other engineers' routes), and the
- * binary serves the file's bytes (web/assets.h).
+ * does. Also: every $ref resolves, and the binary serves the file's bytes
+ * (web/assets.h).
  *
  * A failure lists every missing or extra operation, one per line, so the
  * diff is clear. Unit test: no server; run from the repository root. */
@@ -21,7 +20,6 @@
 #include "web/assets.h"
 
 #define DOC "server/web/openapi.json"
-#define PENDING "server/web/openapi-pending.json"
 
 static cJSON *load(const char *path)
 {
@@ -93,7 +91,7 @@ START_TEST(test_every_route_is_documented)
     }
     cJSON_Delete(doc);
     ck_assert_msg(n_missing == 0, "%d route(s) of routes.c missing from " DOC
-                  " (add them, e.g. from " PENDING "):%s", n_missing, missing);
+                  " (add them):%s", n_missing, missing);
 }
 END_TEST
 
@@ -198,43 +196,14 @@ static int bad_refs(const cJSON *node, const cJSON *components, char *bad, size_
 START_TEST(test_refs_resolve)
 {
     cJSON *doc = load(DOC);
-    cJSON *pending = load(PENDING);
     const cJSON *components = cJSON_GetObjectItemCaseSensitive(doc, "components");
     char bad[4096] = "";
     int n = bad_refs(doc, components, bad, sizeof bad);
-    n += bad_refs(pending, components, bad, sizeof bad);
     const cJSON *version = cJSON_GetObjectItemCaseSensitive(doc, "openapi");
     ck_assert_msg(cJSON_IsString(version) && version->valuestring[0] == '3',
                   "not an OpenAPI 3 document");
-    cJSON_Delete(pending);
     cJSON_Delete(doc);
     ck_assert_msg(n == 0, "%d $ref(s) name nothing in components:%s", n, bad);
-}
-END_TEST
-
-/* The planned routes are not documented twice: each is either still
- * pending or merged (then it must leave openapi-pending.json). */
-START_TEST(test_pending_not_in_document)
-{
-    cJSON *doc = load(DOC);
-    cJSON *pending = load(PENDING);
-    const cJSON *paths = cJSON_GetObjectItemCaseSensitive(pending, "paths");
-    char both[4096] = "";
-    int n = 0;
-    const cJSON *item, *op;
-    cJSON_ArrayForEach(item, paths) {
-        cJSON_ArrayForEach(op, item) {
-            if (!is_method(op->string) || operation(doc, op->string, item->string) == NULL)
-                continue;
-            n++;
-            size_t used = strlen(both);
-            snprintf(both + used, sizeof both - used, "\n  %s %s", op->string, item->string);
-        }
-    }
-    cJSON_Delete(pending);
-    cJSON_Delete(doc);
-    ck_assert_msg(n == 0, "%d operation(s) in both " DOC " and " PENDING
-                  " (drop them from the pending file):%s", n, both);
 }
 END_TEST
 
@@ -267,7 +236,6 @@ int main(void)
     tcase_add_test(tc, test_every_operation_is_a_route);
     tcase_add_test(tc, test_auth_matches_the_table);
     tcase_add_test(tc, test_refs_resolve);
-    tcase_add_test(tc, test_pending_not_in_document);
     tcase_add_test(tc, test_binary_serves_the_files);
     suite_add_tcase(s, tc);
     return run_suite(s);
