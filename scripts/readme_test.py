@@ -302,7 +302,7 @@ def parse_help(text):
     flags = {}
     name = None
     for line in text.split("\n"):
-        m = re.match(r"^  (--[a-z0-9-]+)(\[=BOOL\]| \S+)?\s+(.*)$", line)
+        m = re.match(r"^  (?:-[a-z], )?(--[a-z0-9-]+)(\[=BOOL\]| \S+)?\s+(.*)$", line)
         if m:
             name = m.group(1)
             arg = m.group(2) or ""

@@ -71,7 +71,8 @@ static const opt_spec serve_specs[] = {
           "origins a browser page may call the API from: a comma list, or * for any "
           "(default: none, no CORS headers)"),
     S_STR("api-key", "EMBEDD_API_KEY", api_key, NULL,
-          "require 'Authorization: Bearer KEY' (not on /health and /metrics)"),
+          "require 'Authorization: Bearer KEY' (Qdrant routes also take 'api-key: KEY'; "
+          "not on /health, /metrics, /, /docs and /openapi.json)"),
     S_INT("max-batch-tokens", "EMBEDD_MAX_BATCH_TOKENS", max_batch_tokens, "16384", 1, 1 << 22,
           "token budget of one forward pass"),
     S_INT("max-client-batch-size", "EMBEDD_MAX_CLIENT_BATCH_SIZE", max_client_batch_size,
