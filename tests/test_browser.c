@@ -66,6 +66,9 @@ START_TEST(test_root_by_accept)
     const char *type = header_value(&r, "Content-Type");
     ck_assert_msg(type != NULL && strncmp(type, "text/html", 9) == 0, "%s", type);
     ck_assert_msg(strstr(r.body.p, "<title>embedd console</title>") != NULL, "%s", tail(r.body.p));
+    /* the body depends on Accept: a shared cache must keep both */
+    const char *vary = header_value(&r, "Vary");
+    ck_assert_msg(vary != NULL && strcmp(vary, "Accept") == 0, "Vary: %s", vary);
     resp_free(&r);
 
     /* HEAD: the headers of GET, no body */

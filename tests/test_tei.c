@@ -216,6 +216,50 @@ START_TEST(test_prompts)
 }
 END_TEST
 
+/* The top hit of a /similar reply: its id (a number) and score. */
+static void top_hit(cJSON *j, int *id, double *score)
+{
+    const cJSON *hits = cJSON_GetObjectItem(j, "result");
+    ck_assert_msg(cJSON_GetArraySize(hits) >= 1, "no hits");
+    *id = (int)cJSON_GetObjectItem(hits->child, "id")->valuedouble;
+    *score = cJSON_GetObjectItem(hits->child, "score")->valuedouble;
+}
+
+/* /similar's text query takes the prompt (the default, or prompt_name);
+ * stored texts are embedded as they are. */
+START_TEST(test_similar_prompt)
+{
+    REQUIRE_SERVER();
+    cJSON *up = post_json("/items", "{\"items\":[{\"id\":1,\"text\":\"query: hello world\"},"
+                                    "{\"id\":2,\"text\":\"hello world\"}]}", 200);
+    cJSON_Delete(up);
+    int id = 0;
+    double score = 0;
+    cJSON *j = post_json("/similar", "{\"text\":\"hello world\",\"limit\":2}", 200);
+    top_hit(j, &id, &score);
+    ck_assert_int_eq(id, 1); /* the default prompt "query: " */
+    ck_assert_double_gt(score, 0.9999);
+    cJSON_Delete(j);
+    j = post_json("/similar", "{\"text\":\"hello world\",\"prompt_name\":\"none\"}", 200);
+    top_hit(j, &id, &score);
+    ck_assert_int_eq(id, 2);
+    ck_assert_double_gt(score, 0.9999);
+    cJSON_Delete(j);
+    http_resp r;
+    ck_assert_int_eq(http("GET", "/similar?q=hello%20world", NULL, &r), 200);
+    j = json_of(&r);
+    top_hit(j, &id, &score);
+    ck_assert_int_eq(id, 1);
+    cJSON_Delete(j);
+    resp_free(&r);
+    http("POST", "/similar", "{\"text\":\"hello\",\"prompt_name\":\"qeury\"}", &r);
+    check_tei_error(&r, 422, "Validation", "unknown prompt");
+    resp_free(&r);
+    j = post_json("/items/delete", "{\"ids\":[1,2]}", 200);
+    cJSON_Delete(j);
+}
+END_TEST
+
 /* ---- /similarity -------------------------------------------------------- */
 
 START_TEST(test_similarity)
@@ -609,6 +653,7 @@ int main(void)
     tcase_add_test(tc, test_root_embeds_like_embed);
     tcase_add_test(tc, test_embeddings_alias);
     tcase_add_test(tc, test_prompts);
+    tcase_add_test(tc, test_similar_prompt);
     tcase_add_test(tc, test_similarity);
     tcase_add_test(tc, test_decode);
     tcase_add_test(tc, test_tokenize_offsets);

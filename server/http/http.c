@@ -235,6 +235,8 @@ static enum MHD_Result send_reply(request *rq, reply *rp)
         snprintf(allow, sizeof allow, "%s%s", rp->allow, rp->preflight ? ", OPTIONS" : "");
         MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, allow);
     }
+    if (rp->vary != NULL)
+        MHD_add_response_header(resp, "Vary", rp->vary);
     add_cors_headers(rq, rp, resp);
     if (rq->model_version != 0) {
         char version[16];

@@ -484,6 +484,25 @@ static int apply_prompt(const server *srv, const cJSON *root, api_family api, te
     return 0;
 }
 
+char *route_prompted_text(const server *srv, const cJSON *root, api_family api, const char *text,
+                          reply *rp)
+{
+    int bad = 0;
+    const emb_prompt *p = request_prompt(srv, root, api, &bad, rp);
+    if (bad)
+        return NULL;
+    const char *prefix = p != NULL ? p->text : "";
+    size_t plen = strlen(prefix), tlen = strlen(text);
+    char *t = malloc(plen + tlen + 1);
+    if (t == NULL) {
+        reply_fail(rp, api, EMB_ERR_NO_MEMORY, "out of memory");
+        return NULL;
+    }
+    memcpy(t, prefix, plen);
+    memcpy(t + plen, text, tlen + 1);
+    return t;
+}
+
 /* An upper bound of the response's size: every float at its longest
  * (sb_json_floats reserves 16 bytes each), or base64's 4 bytes per 3. */
 static size_t embed_response_bound(const server *srv, const embed_state *st)

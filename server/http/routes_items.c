@@ -734,7 +734,13 @@ route_result handle_similar(server *srv, request *rq, reply *rp)
             reply_error(rp, API_TEI, 422, "Validation", "`text` must be a string");
             goto out;
         }
-        result = similar_go(srv, rq, st, text->valuestring, rp);
+        /* a query prompt (bge's, e5's "query: ") applies to the query
+         * only: stored texts are embedded as they are, so that the
+         * re-embedder, which has only the text, makes the same vectors */
+        char *prompted = route_prompted_text(srv, root, API_TEI, text->valuestring, rp);
+        if (prompted != NULL)
+            result = similar_go(srv, rq, st, prompted, rp);
+        free(prompted);
         goto out;
     }
     if (vec != NULL) {
@@ -804,7 +810,12 @@ route_result handle_similar_get(server *srv, request *rq, reply *rp)
         }
         st->pin = (uint32_t)v;
     }
-    return similar_go(srv, rq, st, q, rp);
+    char *prompted = route_prompted_text(srv, NULL, API_TEI, q, rp);
+    if (prompted == NULL)
+        return ROUTE_DONE;
+    route_result result = similar_go(srv, rq, st, prompted, rp);
+    free(prompted);
+    return result;
 }
 
 void finish_similar(server *srv, request *rq, reply *rp)

@@ -34,6 +34,7 @@ static int wants_html(request *rq)
 
 route_result handle_web_root(server *srv, request *rq, reply *rp)
 {
+    rp->vary = "Accept"; /* HTML or JSON by the Accept header: caches keep both */
     if (wants_html(rq)) {
         reply_asset(rp, "console.html");
         return ROUTE_DONE;

@@ -137,6 +137,7 @@ typedef struct reply {
     int retry_after;           /* seconds for a Retry-After header (429, 503); 0: none */
     int close;                 /* 1: "Connection: close" (a request whose framing we refused) */
     int preflight;             /* 1: a CORS preflight (OPTIONS); allow holds the path's methods */
+    const char *vary;          /* a Vary header: the request headers the body depends on */
 } reply;
 
 /* Per-request state; allocated on the first call of the access handler,
@@ -224,6 +225,12 @@ int route_response_fits(const server *srv, size_t bytes, api_family api, const c
 /* libmicrohttpd's URL decoder (MHD_OPTION_UNESCAPE_CALLBACK): %00 becomes
  * the overlong NUL C0 80, never a NUL that cuts the path (routes.c). */
 size_t routes_unescape(void *cls, struct MHD_Connection *conn, char *s);
+/* text with the request's prompt before it ("prompt_name" of root, which may
+ * be NULL, else the model's default prompt; none: text as it is): a new
+ * string the caller frees, or NULL after filling rp (422 for an unknown
+ * prompt) (routes.c). */
+char *route_prompted_text(const server *srv, const cJSON *root, api_family api, const char *text,
+                          reply *rp);
 /* An optional boolean field of root: def when missing or null, -1 after
  * filling rp (422) when it is not true or false (routes.c). */
 int route_get_bool(const cJSON *root, const char *name, int def, api_family api, reply *rp);
