@@ -511,6 +511,8 @@ START_TEST(test_cors_preflight)
                          "Access-Control-Request-Headers: content-type,x-stainless-lang", NULL};
     http_port(g_srv.port, "OPTIONS", "/v1/embeddings", NULL, pre, &r);
     ck_assert_int_eq(r.status, 204);
+    /* the connection stays open for the request the preflight announced */
+    ck_assert_ptr_null(header_value(&r, "Connection"));
     ck_assert_str_eq(header_value(&r, "Access-Control-Allow-Origin"), ORIGIN_OK);
     ck_assert_str_eq(header_value(&r, "Access-Control-Allow-Methods"), "POST, OPTIONS");
     const char *h = header_value(&r, "Access-Control-Allow-Headers");

@@ -377,8 +377,6 @@ static int refuse_head(request *rq, const char *url, reply *rp)
 static int refuse_early(server *srv, request *rq, const char *url, const char *method,
                         reply *rp)
 {
-    if (strcmp(method, MHD_HTTP_METHOD_OPTIONS) == 0)
-        return answer_options(rq, url, rp);
     int path_known = 0;
     const char *allow = NULL;
     /* HEAD is GET without the body: libmicrohttpd sends the same headers
@@ -511,7 +509,13 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         if (conntrack_set(srv->conns, rq->conn_entry, CONN_BODY))
             return MHD_NO;
         reply_init(&rp);
-        if (refuse_head(rq, url, &rp) || refuse_early(srv, rq, url, method, &rp))
+        if (refuse_head(rq, url, &rp))
+            return send_reply(rq, &rp);
+        /* OPTIONS is answered once its (empty) body is in: libmicrohttpd
+         * closes a connection whose answer comes before that, and a
+         * browser's preflight is followed by the real request */
+        rq->options = strcmp(method, MHD_HTTP_METHOD_OPTIONS) == 0;
+        if (!rq->options && refuse_early(srv, rq, url, method, &rp))
             return send_reply(rq, &rp);
         sb_free(&rp.body);
         return MHD_YES;
@@ -523,6 +527,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         return MHD_YES;
     }
     reply_init(&rp);
+    if (rq->options) {
+        answer_options(rq, rq->url, &rp);
+        return send_reply(rq, &rp);
+    }
     if (!rq->suspended)
         conntrack_set(srv->conns, rq->conn_entry, CONN_HANDLING); /* the body is in */
     if (rq->suspended) {
@@ -544,6 +552,14 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         return MHD_YES;
     }
     return send_reply(rq, &rp);
+}
+
+/* The route's name in metrics and the access log. */
+static const char *route_label(const request *rq)
+{
+    if (rq->rt != NULL)
+        return rq->rt->name;
+    return rq->options ? "options" : "unknown";
 }
 
 /* ---- the access log ------------------------------------------------------ */
@@ -597,7 +613,7 @@ static void log_access(struct MHD_Connection *conn, const request *rq,
             (long long)(rq->body_too_large ? rq->drained : rq->body_len));
     log_int(&ln, "model_version", rq->model_version);
     log_str(&ln, "client", client);
-    log_str(&ln, "route", rq->rt != NULL ? rq->rt->name : "unknown");
+    log_str(&ln, "route", route_label(rq));
     const char *end = termination_name(toe);
     if (end != NULL)
         log_str(&ln, "end", end);
@@ -613,8 +629,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
         return;
     double seconds = mono_seconds() - rq->t_start;
     if (rq->status != 0)
-        metrics_request(srv->mx, rq->rt != NULL ? rq->rt->name : "unknown", rq->status,
-                        seconds);
+        metrics_request(srv->mx, route_label(rq), rq->status, seconds);
     log_access(conn, rq, toe, seconds);
     if (rq->free_state != NULL)
         rq->free_state(rq->state);

@@ -186,6 +186,7 @@ struct request {
     int admitted;              /* counted in srv->inflight */
     int working;               /* counted in srv->working */
     int suspended;
+    int options;               /* an OPTIONS request: answered when its body is in */
     int status;                /* sent status, for metrics */
     uint32_t model_version;    /* X-Embedd-Model-Version of the reply; 0: none */
     /* Route-specific state (routes.c). */
