@@ -282,6 +282,15 @@ void fixture_stop(void)
         fprintf(stderr, "%s: server exit status %d; its stderr:\n%s\n", program_invocation_short_name, st, g_srv.log);
 }
 
+TCase *tcase_with_server(Suite *s, const char *name, void (*setup)(void), int timeout)
+{
+    TCase *tc = tcase_create(name);
+    tcase_add_unchecked_fixture(tc, setup, fixture_stop);
+    tcase_set_timeout(tc, timeout);
+    suite_add_tcase(s, tc);
+    return tc;
+}
+
 /* ---- HTTP with libcurl --------------------------------------------------- */
 
 void resp_free(http_resp *r)

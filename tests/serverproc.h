@@ -92,6 +92,11 @@ int srv_stop(server_proc *s);
  * server's stderr unless it exited with status 0. */
 void fixture_start(const char *const *extra);
 void fixture_stop(void);
+/* A TCase added to s whose unchecked fixture runs setup (a fixture_start
+ * call) and fixture_stop, with a timeout in seconds. */
+struct Suite;
+struct TCase *tcase_with_server(struct Suite *s, const char *name, void (*setup)(void),
+                                int timeout);
 
 #define REQUIRE_SERVER() \
     ck_assert_msg(g_srv.port > 0, "the server of this TCase did not start: %s", tail(g_srv.log))

@@ -836,15 +836,6 @@ START_TEST(test_response_budget)
 }
 END_TEST
 
-static TCase *tcase_with_server(Suite *s, const char *name, void (*setup)(void), int timeout)
-{
-    TCase *tc = tcase_create(name);
-    tcase_add_unchecked_fixture(tc, setup, fixture_stop);
-    tcase_set_timeout(tc, timeout);
-    suite_add_tcase(s, tc);
-    return tc;
-}
-
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);

@@ -2934,7 +2934,7 @@ END_TEST
 
 /* ======================================================================== */
 
-static TCase *tcase_with_server(Suite *s, const char *name, void (*setup)(void), int timeout)
+static TCase *tcase_with_fixture(Suite *s, const char *name, void (*setup)(void), int timeout)
 {
     TCase *tc = tcase_create(name);
     if (setup != NULL)
@@ -3288,7 +3288,7 @@ int main(void)
                         (int)(sizeof kind_cases / sizeof kind_cases[0]));
     tcase_add_test(kinds, test_error_status_table);
     suite_add_tcase(s, kinds);
-    TCase *tc = tcase_with_server(s, "embed", setup_default, 60);
+    TCase *tc = tcase_with_fixture(s, "embed", setup_default, 60);
     tcase_add_test(tc, test_embed_matches_cli);
     tcase_add_test(tc, test_embed_normalize_false);
     tcase_add_test(tc, test_embed_dimensions);
@@ -3298,16 +3298,16 @@ int main(void)
     tcase_add_test(tc, test_embed_json_escapes);
     tcase_add_test(tc, test_metrics_format);
 
-    tc = tcase_with_server(s, "openai", setup_openai, 60);
+    tc = tcase_with_fixture(s, "openai", setup_openai, 60);
     tcase_add_test(tc, test_openai_float_and_base64);
     tcase_add_test(tc, test_openai_token_ids);
     tcase_add_test(tc, test_openai_models);
 
-    tc = tcase_with_server(s, "batching", setup_batching, 60);
+    tc = tcase_with_fixture(s, "batching", setup_batching, 60);
     tcase_add_test(tc, test_concurrent_clients_batching);
     tcase_add_test(tc, test_job_split_across_passes);
 
-    tc = tcase_with_server(s, "errors", setup_errors, 60);
+    tc = tcase_with_fixture(s, "errors", setup_errors, 60);
     tcase_add_loop_test(tc, test_error_table, 0, (int)(sizeof err_cases / sizeof err_cases[0]));
     tcase_add_test(tc, test_deep_nesting);
     tcase_add_test(tc, test_limits_accept_within);
@@ -3315,18 +3315,18 @@ int main(void)
     tcase_add_test(tc, test_413_before_body);
     tcase_add_test(tc, test_413_chunked);
 
-    tc = tcase_with_server(s, "auth", setup_auth, 60);
+    tc = tcase_with_fixture(s, "auth", setup_auth, 60);
     tcase_add_loop_test(tc, test_auth_table, 0, (int)(sizeof auth_cases / sizeof auth_cases[0]));
 
-    tc = tcase_with_server(s, "busy", setup_busy, 60);
+    tc = tcase_with_fixture(s, "busy", setup_busy, 60);
     tcase_add_test(tc, test_429_when_busy);
     tcase_add_test(tc, test_429_then_slot_freed);
     tcase_add_test(tc, test_slot_freed_on_abort);
 
-    tc = tcase_with_server(s, "slow", setup_slow, 60);
+    tc = tcase_with_fixture(s, "slow", setup_slow, 60);
     tcase_add_test(tc, test_slow_client);
 
-    tc = tcase_with_server(s, "shutdown", NULL, 60);
+    tc = tcase_with_fixture(s, "shutdown", NULL, 60);
     tcase_add_test(tc, test_shutdown_idle);
     tcase_add_test(tc, test_serve_int8);
     tcase_add_test(tc, test_serve_dense);
@@ -3334,13 +3334,13 @@ int main(void)
     tcase_add_test(tc, test_shutdown_503);
     tcase_add_test(tc, test_shutdown_refuses_new_connections);
 
-    tc = tcase_with_server(s, "items", setup_items, 60);
+    tc = tcase_with_fixture(s, "items", setup_items, 60);
     tcase_add_test(tc, test_items_crud);
     tcase_add_test(tc, test_items_similar);
     tcase_add_test(tc, test_items_errors);
     tcase_add_test(tc, test_items_persistence);
 
-    tc = tcase_with_server(s, "learn", NULL, 300);
+    tc = tcase_with_fixture(s, "learn", NULL, 300);
     tcase_add_test(tc, test_learn_publish_rollback_restart);
     tcase_add_test(tc, test_learn_dense_publish);
     tcase_add_test(tc, test_learn_gate_rejects_lr_blowup);
@@ -3352,7 +3352,7 @@ int main(void)
     tcase_add_test(tc, test_learn_control_errors);
 
 
-    tc = tcase_with_server(s, "resources", NULL, 300);
+    tc = tcase_with_fixture(s, "resources", NULL, 300);
     tcase_add_test(tc, test_rest_when_texts_used_up);
     tcase_add_test(tc, test_sample_log_mode_tightened);
     tcase_add_test(tc, test_samples_in_memory_only);
