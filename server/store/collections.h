@@ -36,6 +36,7 @@
 #define EMBEDD_COLLECTIONS_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "base/error.h"
 #include "store.h"
@@ -82,6 +83,15 @@ void collection_release(collections *c, collection *col);
 int collections_list(collections *c, char ***names, emb_err *err);
 /* How many collections, and points in all of them. */
 void collections_totals(collections *c, long *n_collections, long *n_points);
+
+/* The collections whose store has dimension dim (the default one
+ * included), each referenced (collection_release each, then free *out).
+ * The re-embedder walks them this way, so a collection dropped meanwhile
+ * stays open until it lets go. Returns how many, or -1 with err. */
+int collections_with_dim(collections *c, int dim, collection ***out, emb_err *err);
+/* 1 when some collection's store searches version id or is moving to it
+ * (store_reembed.h), else 0. Takes the table's and each store's read lock. */
+int collections_version_in_use(collections *c, uint32_t id);
 
 store *collection_store(const collection *col);
 const char *collection_name(const collection *col);
