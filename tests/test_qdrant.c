@@ -786,6 +786,60 @@ static void make_version_2(const char *dir)
     emb_model_free(base);
 }
 
+static uint32_t searched_by_store; /* the in-use callback's answer */
+
+static int fake_in_use(void *ctx, uint32_t id)
+{
+    (void)ctx;
+    return id == searched_by_store;
+}
+
+/* Version id saved and published into v (weights nudged). */
+static void publish_version(versions *v, const emb_model *base, uint32_t id)
+{
+    emb_err err;
+    emb_model *m = emb_model_clone(base, &err);
+    ck_assert_msg(m != NULL, "%s", err.msg);
+    m->params[0] += 0.25f * (float)id;
+    ck_assert_msg(emb_model_pack(m, &err) == 0, "%s", err.msg);
+    ck_assert_msg(versions_save(v, id, m, NULL, &err) == 0, "%s", err.msg);
+    ck_assert_msg(versions_publish_saved(v, m, id, &err) == 0, "%s", err.msg);
+}
+
+/* versions_set_in_use: with --keep-versions 1 a version a store still
+ * searches stays in memory; once no store does, the next trim drops it,
+ * and it never keeps an older one in the window. */
+START_TEST(test_versions_kept_while_searched)
+{
+    char dir[256], cmd[300];
+    tu_mkdtemp(dir, sizeof dir);
+    emb_err err;
+    emb_model *base = emb_model_load(SERVER_MODEL_DIR, &err);
+    ck_assert_msg(base != NULL, "%s", err.msg);
+    versions *v = versions_open(dir, SERVER_MODEL_DIR, base, 1, &err);
+    ck_assert_msg(v != NULL, "%s", err.msg);
+    versions_set_in_use(v, fake_in_use, NULL);
+    searched_by_store = 2;
+    publish_version(v, base, 2);
+    publish_version(v, base, 3);
+    publish_version(v, base, 4);
+    model_version *mv = versions_get(v, 2);
+    ck_assert_ptr_nonnull(mv);
+    versions_release(v, mv);
+    ck_assert_ptr_null(versions_get(v, 3));
+    ck_assert_ptr_null(versions_get(v, 1));
+    searched_by_store = 0; /* the store moved on */
+    publish_version(v, base, 5);
+    ck_assert_ptr_null(versions_get(v, 2));
+    ck_assert_ptr_null(versions_get(v, 4));
+    versions_set_in_use(v, NULL, NULL);
+    versions_free(v);
+    emb_model_free(base);
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    tu_run(cmd);
+}
+END_TEST
+
 /* A point's stored vector (dim 32) into out. */
 static void point_vector(int port, const char *coll, int id, float *out)
 {
@@ -863,7 +917,10 @@ static int reembed_done(int port, long *done, long *total)
 
 static void start_versions(server_proc *s, const char *dir)
 {
-    const char *args[] = {"--train", "on", "--train-paused", "true", "--data", dir, NULL};
+    /* --keep-versions 1: the version a store still searches is kept by the
+     * re-embedder's in-use callback alone */
+    const char *args[] = {"--train",        "on", "--train-paused", "true", "--data", dir,
+                          "--keep-versions", "1",  NULL};
     memset(s, 0, sizeof *s);
     ck_assert_int_eq(srv_start(s, args), 0);
 }
@@ -976,6 +1033,7 @@ int main(void)
     tcase_add_test(td, test_restart_keeps_collections);
     tcase_add_test(td, test_half_created_collection_at_startup);
     tcase_add_test(td, test_documents_follow_versions);
+    tcase_add_test(td, test_versions_kept_while_searched);
     suite_add_tcase(s, td);
     return run_suite(s);
 }

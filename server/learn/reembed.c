@@ -189,7 +189,7 @@ static int work_store(reembedder *r, store *st, uint32_t current)
         return 0;
     }
     uint32_t target = store_target_version(st);
-    if (target == 0)
+    if (target == 0 || !store_reembed_pending(st))
         return 0;
     store_text_item items[REEMBED_CHUNK];
     int n = store_reembed_take(st, REEMBED_CHUNK, items, &err);

@@ -195,8 +195,15 @@ uint32_t versions_pending_id(versions *v)
 /* 1 when mv stays in memory whatever its age. */
 static int always_kept(const versions *v, const model_version *mv)
 {
-    return mv == v->current || mv->pending || (v->hold != 0 && mv->id == v->hold) ||
-           (v->in_use != NULL && v->in_use(v->in_use_ctx, mv->id));
+    return mv == v->current || mv->pending || (v->hold != 0 && mv->id == v->hold);
+}
+
+/* 1 when a store still searches (or moves to) mv: kept beyond the window,
+ * but, unlike always_kept, it takes its place in the window when it is in
+ * it (so that keeping it never keeps an older one). */
+static int in_use(const versions *v, const model_version *mv)
+{
+    return v->in_use != NULL && v->in_use(v->in_use_ctx, mv->id);
 }
 
 /* Drops the registry's reference to versions beyond the newest keep - 1
@@ -209,7 +216,7 @@ static void trim(versions *v)
         int newer = 0;
         for (model_version *o = v->head; o != NULL; o = o->next)
             newer += !always_kept(v, o) && o->id > mv->id;
-        if (always_kept(v, mv) || newer < v->keep - 1) {
+        if (always_kept(v, mv) || newer < v->keep - 1 || in_use(v, mv)) {
             link = &mv->next;
             continue;
         }

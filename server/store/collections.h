@@ -5,6 +5,10 @@
  * /similar use, with the model's dimension): it is borrowed, never created,
  * dropped or closed here, and its files stay where they always were
  * (DATA/wal, DATA/snapshot). Every other collection has its own store.
+ * A collection whose dimension is the model's may hold texts (Qdrant
+ * Documents) beside client vectors; the re-embedder (learn/reembed.h)
+ * moves those stores to each new model version like the item store,
+ * walking them with collections_with_dim.
  *
  * Files (with a data directory; without one, collections live in memory)
  *   DATA/collections/<name>/store/            the collection's store dir
