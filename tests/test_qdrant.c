@@ -956,11 +956,28 @@ START_TEST(test_documents_follow_versions)
     ck_assert(reembed_done(port, &done, &total));
     ck_assert_int_eq(total, 2); /* the two Documents; the client vector is not re-embedded */
 
-    /* version 1 becomes current: the collection moves to it */
+    /* a second collection with Documents, dropped right after the change:
+     * the re-embedder holds it by reference, so the drop is safe whenever
+     * it lands (before, during or after its move) */
+    create(port, "dropped", 32);
+    char many[8000] = "{\"points\":[";
+    for (int i = 0; i < 64; i++) {
+        size_t n = strlen(many);
+        snprintf(many + n, sizeof many - n, "%s{\"id\":%d,\"vector\":{\"text\":\"note %d\"}}",
+                 i ? "," : "", i + 1, i);
+    }
+    strcat(many, "]}");
+    res = ok(port, "PUT", "/collections/dropped/points", many);
+    cJSON_Delete(res);
+
+    /* version 1 becomes current: the collections move to it */
     res = NULL;
     cJSON *j = NULL;
     ck_assert_int_eq(call(port, "POST", "/train/rollback", "{\"version\":1}", &j), 200);
     cJSON_Delete(j);
+    res = ok(port, "DELETE", "/collections/dropped", NULL);
+    cJSON_Delete(res);
+    ck_assert(!has_collection(port, "dropped"));
     int settled = 0;
     for (int i = 0; i < 300 && !settled; i++) { /* bounded: 30 s at most */
         settled = reembed_done(port, &done, &total);
@@ -968,6 +985,7 @@ START_TEST(test_documents_follow_versions)
             usleep(100 * 1000);
     }
     ck_assert_msg(settled, "re-embedding not done: %ld of %ld", done, total);
+    ck_assert_int_eq(total, 2); /* "dropped" no longer counts */
     ck_assert_int_eq(embed_now(port, "the cat sat on the mat", e), 1);
     point_vector(port, "texts", 1, v1);
     ck_assert_msg(dot32(v1, e) > 0.9999, "point 1 is not version 1's: %f", dot32(v1, e));
