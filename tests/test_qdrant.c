@@ -7,10 +7,14 @@
  * "routes": the real binary without --data (collections in memory): every
  *   route in Qdrant's shapes, and its errors (404 unknown collection or
  *   point, 409 existing collection, 400 bad input, 422 bad name or JSON),
- *   always in Qdrant's error envelope.
+ *   always in Qdrant's error envelope; Documents in "default" and in a
+ *   named collection of the model's size, refused in one of another size.
  * "disk": servers of their own with --data: collections and points survive
  *   a restart, a dropped collection stays dropped, and a half-created
- *   collection left in the data directory does not break startup.
+ *   collection left in the data directory does not break startup; Documents
+ *   in a named collection of the model's size follow a change of the model
+ *   version (a rollback from 2 to 1): re-embedded with 1, queried with 1,
+ *   kept across a restart.
  * Each test uses its own collection names: tests share a TCase's server. */
 #include <check.h>
 #include <cjson/cJSON.h>
@@ -25,7 +29,10 @@
 #include "serverproc.h"
 #include "testutil.h"
 
+#include "learn/versions.h"
 #include "store/collections.h"
+
+#define SERVER_MODEL_DIR "tests/fixtures/tiny-f16" /* serverproc.c's model */
 
 /* ---- helpers --------------------------------------------------------------------- */
 
@@ -586,20 +593,42 @@ START_TEST(test_documents)
                      "doc-money");
     cJSON_Delete(res);
 
+    /* a collection of another size than the model's (32) refuses Documents */
     create(port, "vecs", 4);
     fails(port, "PUT", "/collections/vecs/points",
           "{\"points\":[{\"id\":1,\"vector\":{\"text\":\"hello\",\"model\":\"embedd\"}}]}", 400,
-          "client vectors only");
+          "size equals the model's dimension 32");
     fails(port, "PUT", "/collections/vecs/points",
           "{\"batch\":{\"ids\":[1],\"vectors\":[{\"text\":\"hello\"}]}}", 400,
-          "client vectors only");
+          "size equals the model's dimension 32");
     fails(port, "POST", "/collections/vecs/points/query", "{\"query\":{\"text\":\"hello\"}}", 400,
-          "client vectors only");
+          "collection `vecs` has size 4");
     fails(port, "POST", "/collections/vecs/points/search", "{\"vector\":{\"text\":\"hello\"}}",
-          400, "client vectors only");
+          400, "size equals the model's dimension 32");
     res = ok(port, "POST", "/collections/vecs/points/count", "{}");
     ck_assert_int_eq((int)num(res, "count"), 0);
     cJSON_Delete(res);
+
+    /* a named collection of the model's size holds Documents beside vectors */
+    create(port, "texts", 32);
+    res = ok(port, "PUT", "/collections/texts/points",
+             "{\"points\":[{\"id\":1,\"vector\":{\"text\":\"the cat sat on the mat\"}},"
+             "{\"id\":2,\"vector\":{\"text\":\"stock markets fell sharply\"}}]}");
+    cJSON_Delete(res);
+    res = ok(port, "POST", "/collections/texts/points/query",
+             "{\"query\":{\"text\":\"the cat sat on the mat\"},\"limit\":2}");
+    p = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(res, "points"), 0);
+    ck_assert_int_eq((int)num(p, "id"), 1);
+    ck_assert(num(p, "score") > 0.999);
+    cJSON_Delete(res);
+    res = ok(port, "POST", "/collections/texts/points/search",
+             "{\"vector\":{\"text\":\"stock markets fell sharply\"},\"limit\":1}");
+    ck_assert_int_eq((int)num(cJSON_GetArrayItem(res, 0), "id"), 2);
+    ck_assert(num(cJSON_GetArrayItem(res, 0), "score") > 0.999);
+    cJSON_Delete(res);
+    /* the default store did not get them */
+    ck_assert_int_eq(call(port, "GET", "/items/1", NULL, &j), 404);
+    cJSON_Delete(j);
 }
 END_TEST
 
@@ -735,6 +764,262 @@ START_TEST(test_half_created_collection_at_startup)
 }
 END_TEST
 
+/* ---- Documents across model versions ------------------------------------------------------ */
+
+/* Saves version 2 (every weight nudged, so its vectors differ) into dir and
+ * makes it current, as a publish would. */
+static void make_version_2(const char *dir)
+{
+    emb_err err;
+    emb_model *base = emb_model_load(SERVER_MODEL_DIR, &err);
+    ck_assert_msg(base != NULL, "%s", err.msg);
+    versions *v = versions_open(dir, SERVER_MODEL_DIR, base, 3, &err);
+    ck_assert_msg(v != NULL, "%s", err.msg);
+    emb_model *m = emb_model_clone(base, &err);
+    ck_assert_msg(m != NULL, "%s", err.msg);
+    for (size_t i = 0; i < m->n_params; i++)
+        m->params[i] *= 1.0f + 0.3f * (float)((i * 7919u) % 13u) / 13.0f;
+    ck_assert_msg(emb_model_pack(m, &err) == 0, "%s", err.msg);
+    ck_assert_msg(versions_save(v, 2, m, NULL, &err) == 0, "%s", err.msg);
+    ck_assert_msg(versions_publish_saved(v, m, 2, &err) == 0, "%s", err.msg);
+    versions_free(v);
+    emb_model_free(base);
+}
+
+static uint32_t searched_by_store; /* the in-use callback's answer */
+
+static int fake_in_use(void *ctx, uint32_t id)
+{
+    (void)ctx;
+    return id == searched_by_store;
+}
+
+/* Version id saved and published into v (weights nudged). */
+static void publish_version(versions *v, const emb_model *base, uint32_t id)
+{
+    emb_err err;
+    emb_model *m = emb_model_clone(base, &err);
+    ck_assert_msg(m != NULL, "%s", err.msg);
+    m->params[0] += 0.25f * (float)id;
+    ck_assert_msg(emb_model_pack(m, &err) == 0, "%s", err.msg);
+    ck_assert_msg(versions_save(v, id, m, NULL, &err) == 0, "%s", err.msg);
+    ck_assert_msg(versions_publish_saved(v, m, id, &err) == 0, "%s", err.msg);
+}
+
+/* versions_set_in_use: with --keep-versions 1 a version a store still
+ * searches stays in memory; once no store does, the next trim drops it,
+ * and it never keeps an older one in the window. */
+START_TEST(test_versions_kept_while_searched)
+{
+    char dir[256], cmd[300];
+    tu_mkdtemp(dir, sizeof dir);
+    emb_err err;
+    emb_model *base = emb_model_load(SERVER_MODEL_DIR, &err);
+    ck_assert_msg(base != NULL, "%s", err.msg);
+    versions *v = versions_open(dir, SERVER_MODEL_DIR, base, 1, &err);
+    ck_assert_msg(v != NULL, "%s", err.msg);
+    versions_set_in_use(v, fake_in_use, NULL);
+    searched_by_store = 2;
+    publish_version(v, base, 2);
+    publish_version(v, base, 3);
+    publish_version(v, base, 4);
+    model_version *mv = versions_get(v, 2);
+    ck_assert_ptr_nonnull(mv);
+    versions_release(v, mv);
+    ck_assert_ptr_null(versions_get(v, 3));
+    ck_assert_ptr_null(versions_get(v, 1));
+    searched_by_store = 0; /* the store moved on */
+    publish_version(v, base, 5);
+    ck_assert_ptr_null(versions_get(v, 2));
+    ck_assert_ptr_null(versions_get(v, 4));
+    versions_set_in_use(v, NULL, NULL);
+    versions_free(v);
+    emb_model_free(base);
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    tu_run(cmd);
+}
+END_TEST
+
+/* A point's stored vector (dim 32) into out. */
+static void point_vector(int port, const char *coll, int id, float *out)
+{
+    char path[200];
+    snprintf(path, sizeof path, "/collections/%s/points/%d", coll, id);
+    cJSON *res = ok(port, "GET", path, NULL);
+    const cJSON *vec = cJSON_GetObjectItemCaseSensitive(res, "vector");
+    ck_assert_int_eq(cJSON_GetArraySize(vec), 32);
+    int i = 0;
+    const cJSON *el;
+    cJSON_ArrayForEach(el, vec) out[i++] = (float)el->valuedouble;
+    cJSON_Delete(res);
+}
+
+/* /embed of text with the current version (normalised), and that version. */
+static int embed_now(int port, const char *text, float *out)
+{
+    char body[300];
+    snprintf(body, sizeof body, "{\"inputs\":\"%s\"}", text);
+    http_resp r;
+    ck_assert_int_eq(http_port(port, "POST", "/embed", body, NULL, &r), 200);
+    int version = atoi(header_value(&r, "X-Embedd-Model-Version"));
+    cJSON *j = json_of(&r);
+    int i = 0;
+    const cJSON *el;
+    cJSON_ArrayForEach(el, cJSON_GetArrayItem(j, 0)) out[i++] = (float)el->valuedouble;
+    ck_assert_int_eq(i, 32);
+    cJSON_Delete(j);
+    resp_free(&r);
+    return version;
+}
+
+static double dot32(const float *a, const float *b)
+{
+    double d = 0;
+    for (int i = 0; i < 32; i++)
+        d += (double)a[i] * b[i];
+    return d;
+}
+
+/* A Document query on "texts": the top id, its score and the version that
+ * embedded the query (the reply's X-Embedd-Model-Version). */
+static int query_text(int port, const char *text, double *score, int *version)
+{
+    char body[300];
+    snprintf(body, sizeof body, "{\"query\":{\"text\":\"%s\"},\"limit\":1}", text);
+    http_resp r;
+    ck_assert_int_eq(http_port(port, "POST", "/collections/texts/points/query", body, NULL, &r),
+                     200);
+    *version = atoi(header_value(&r, "X-Embedd-Model-Version"));
+    cJSON *j = json_of(&r);
+    const cJSON *p = cJSON_GetArrayItem(
+        cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(j, "result"), "points"),
+        0);
+    int id = (int)num(p, "id");
+    *score = num(p, "score");
+    cJSON_Delete(j);
+    resp_free(&r);
+    return id;
+}
+
+/* /train/status's reembed.all: 1 when no store is moving and all is done. */
+static int reembed_done(int port, long *done, long *total)
+{
+    cJSON *j = NULL;
+    ck_assert_int_eq(call(port, "GET", "/train/status", NULL, &j), 200);
+    const cJSON *all = cJSON_GetObjectItemCaseSensitive(
+        cJSON_GetObjectItemCaseSensitive(j, "reembed"), "all");
+    long moving = (long)num(all, "moving");
+    *done = (long)num(all, "done");
+    *total = (long)num(all, "total");
+    cJSON_Delete(j);
+    return moving == 0 && *done == *total;
+}
+
+static void start_versions(server_proc *s, const char *dir)
+{
+    /* --keep-versions 1: the version a store still searches is kept by the
+     * re-embedder's in-use callback alone */
+    const char *args[] = {"--train",        "on", "--train-paused", "true", "--data", dir,
+                          "--keep-versions", "1",  NULL};
+    memset(s, 0, sizeof *s);
+    ck_assert_int_eq(srv_start(s, args), 0);
+}
+
+/* Documents in a named collection move with the model version: after a
+ * rollback from 2 to 1 their vectors are version 1's, a Document query is
+ * embedded with 1 and finds them at ~1; a client vector is untouched; a
+ * restart keeps it all. */
+START_TEST(test_documents_follow_versions)
+{
+    char dir[256], cmd[300];
+    tu_mkdtemp(dir, sizeof dir);
+    make_version_2(dir);
+    server_proc s;
+    start_versions(&s, dir);
+    const int port = s.port;
+    create(port, "texts", 32);
+    cJSON *res = ok(port, "PUT", "/collections/texts/points",
+                    "{\"points\":[{\"id\":1,\"vector\":{\"text\":\"the cat sat on the mat\"}},"
+                    "{\"id\":2,\"vector\":{\"text\":\"stock markets fell sharply\"}},"
+                    "{\"id\":3,\"vector\":[1,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,"
+                    "0,0,0,0,0,0,0,0]}]}");
+    cJSON_Delete(res);
+    float v2[32], v1[32], e[32], client[32];
+    double score;
+    int version;
+    ck_assert_int_eq(embed_now(port, "the cat sat on the mat", e), 2);
+    point_vector(port, "texts", 1, v2);
+    ck_assert(dot32(v2, e) > 0.9999);
+    ck_assert_int_eq(query_text(port, "the cat sat on the mat", &score, &version), 1);
+    ck_assert(score > 0.999 && version == 2);
+    long done, total;
+    ck_assert(reembed_done(port, &done, &total));
+    ck_assert_int_eq(total, 2); /* the two Documents; the client vector is not re-embedded */
+
+    /* a second collection with Documents, dropped right after the change:
+     * the re-embedder holds it by reference, so the drop is safe whenever
+     * it lands (before, during or after its move) */
+    create(port, "dropped", 32);
+    char many[8000] = "{\"points\":[";
+    for (int i = 0; i < 64; i++) {
+        size_t n = strlen(many);
+        snprintf(many + n, sizeof many - n, "%s{\"id\":%d,\"vector\":{\"text\":\"note %d\"}}",
+                 i ? "," : "", i + 1, i);
+    }
+    strcat(many, "]}");
+    res = ok(port, "PUT", "/collections/dropped/points", many);
+    cJSON_Delete(res);
+
+    /* version 1 becomes current: the collections move to it */
+    res = NULL;
+    cJSON *j = NULL;
+    ck_assert_int_eq(call(port, "POST", "/train/rollback", "{\"version\":1}", &j), 200);
+    cJSON_Delete(j);
+    res = ok(port, "DELETE", "/collections/dropped", NULL);
+    cJSON_Delete(res);
+    ck_assert(!has_collection(port, "dropped"));
+    int settled = 0;
+    for (int i = 0; i < 300 && !settled; i++) { /* bounded: 30 s at most */
+        settled = reembed_done(port, &done, &total);
+        if (!settled)
+            usleep(100 * 1000);
+    }
+    ck_assert_msg(settled, "re-embedding not done: %ld of %ld", done, total);
+    ck_assert_int_eq(total, 2); /* "dropped" no longer counts */
+    ck_assert_int_eq(embed_now(port, "the cat sat on the mat", e), 1);
+    point_vector(port, "texts", 1, v1);
+    ck_assert_msg(dot32(v1, e) > 0.9999, "point 1 is not version 1's: %f", dot32(v1, e));
+    ck_assert_msg(dot32(v1, v2) < 0.999, "versions 1 and 2 embed alike: %f", dot32(v1, v2));
+    ck_assert_int_eq(query_text(port, "the cat sat on the mat", &score, &version), 1);
+    ck_assert_msg(score > 0.999 && version == 1, "%f %d", score, version);
+    ck_assert_int_eq(query_text(port, "stock markets fell sharply", &score, &version), 2);
+    ck_assert(score > 0.999 && version == 1);
+    point_vector(port, "texts", 3, client);
+    ck_assert_float_eq(client[0], 1.0f);
+    /* a Document upserted now is embedded with 1 too */
+    res = ok(port, "PUT", "/collections/texts/points",
+             "{\"points\":[{\"id\":4,\"vector\":{\"text\":\"a dog barked at night\"}}]}");
+    cJSON_Delete(res);
+    ck_assert_int_eq(query_text(port, "a dog barked at night", &score, &version), 4);
+    ck_assert(score > 0.999 && version == 1);
+    ck_assert_int_eq(srv_stop(&s), 0);
+    srv_release(&s);
+
+    /* a restart keeps the points and their version */
+    start_versions(&s, dir);
+    ck_assert_int_eq(query_text(s.port, "the cat sat on the mat", &score, &version), 1);
+    ck_assert_msg(score > 0.999 && version == 1, "%f %d", score, version);
+    point_vector(s.port, "texts", 1, e);
+    ck_assert(dot32(v1, e) > 0.9999);
+    ck_assert(reembed_done(s.port, &done, &total));
+    ck_assert_int_eq(total, 3);
+    ck_assert_int_eq(srv_stop(&s), 0);
+    srv_release(&s);
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    tu_run(cmd);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("qdrant");
@@ -765,6 +1050,8 @@ int main(void)
     tcase_set_timeout(td, 90);
     tcase_add_test(td, test_restart_keeps_collections);
     tcase_add_test(td, test_half_created_collection_at_startup);
+    tcase_add_test(td, test_documents_follow_versions);
+    tcase_add_test(td, test_versions_kept_while_searched);
     suite_add_tcase(s, td);
     return run_suite(s);
 }

@@ -171,6 +171,7 @@ static int start_learning(server *srv, emb_err *err)
 {
     learner_opts lo;
     learner_config(srv, &lo);
+    lo.collections = srv->collections; /* Documents in named collections are re-embedded too */
     srv->learner = learner_start(&lo, srv->versions, srv->batcher, srv->store, srv->mx, err);
     if (srv->learner == NULL)
         return -1;

@@ -8,11 +8,14 @@
  * body that is not the JSON expected.
  *
  * Texts: a vector may be Qdrant's Document, {"text": "...", "model": ...},
- * to be embedded here. That is allowed in the collection "default" only
- * (the server's item store, which the learner re-embeds when a new model
- * version is published, so a query never meets vectors of another
- * version); named collections hold client vectors only, and a Document
- * there is a 400. Texts go through the one text-job path (textjob.h) like
+ * to be embedded here. That is allowed in every collection whose size is
+ * the model's dimension ("default", the server's item store, and named
+ * ones of that size); elsewhere a Document is a 400. A Document is
+ * embedded with the version its collection's store searches (TEXTJOB_STORE
+ * with tj.st), keeps its text and version, and the re-embedder
+ * (learn/reembed.h) moves every such store to a new current version, so a
+ * query never meets vectors of another version. Texts go through the one
+ * text-job path (textjob.h) like
  * /items and /similar: handle submits, the connection is suspended,
  * finish stores or searches.
  *
@@ -182,17 +185,18 @@ static int parse_vector(const cJSON *arr, int dim, float *v, const char *what, r
     return 0;
 }
 
-/* A Document in a named collection is refused (collections.h: only the
- * default collection is re-embedded on a new model version). */
-static int documents_allowed(const collection *col, reply *rp)
+/* A Document is accepted in a collection whose size is the model's
+ * dimension: its texts are embedded with the version its store searches
+ * and re-embedded with its store on a new version (learn/reembed.h). */
+static int documents_allowed(const server *srv, const collection *col, reply *rp)
 {
-    if (collection_is_default(col))
+    const int model_dim = emb_model_dim(srv->model);
+    if (store_dim(collection_store(col)) == model_dim)
         return 1;
     qd_error(rp, 400,
-             "Bad request: collection `%s` holds client vectors only; a Document (text to "
-             "embed) is accepted in the collection `default`, whose texts are re-embedded "
-             "when the model changes",
-             collection_name(col));
+             "Bad request: collection `%s` has size %d; a Document (text to embed) needs a "
+             "collection whose size equals the model's dimension %d",
+             collection_name(col), store_dim(collection_store(col)), model_dim);
     return 0;
 }
 
@@ -444,7 +448,7 @@ static int parse_point(server *srv, upsert_state *st, int i, const cJSON *id, co
         return -1;
     }
     if (is_document(vec)) {
-        if (!documents_allowed(st->col, rp))
+        if (!documents_allowed(srv, st->col, rp))
             return -1;
         const cJSON *text = cJSON_GetObjectItemCaseSensitive(vec, "text");
         it->text = text->valuestring;
@@ -606,6 +610,7 @@ route_result handle_qd_upsert(server *srv, request *rq, reply *rp)
     textjob_opts o = {.truncate = srv->opts.auto_truncate, .noun = "text"};
     if (textjob_encode(srv, &st->tj, API_QDRANT, texts, n_text, &o, rp) != 0)
         goto out;
+    st->tj.st = collection_store(col); /* embedded with the version it searches */
     result = textjob_submit(srv, rq, &st->tj, TEXTJOB_STORE);
 out:
     free(texts);
@@ -971,13 +976,14 @@ static route_result search_go(server *srv, request *rq, search_state *st, const 
 {
     store *s = collection_store(st->col);
     if (is_document(what)) {
-        if (!documents_allowed(st->col, rp))
+        if (!documents_allowed(srv, st->col, rp))
             return ROUTE_DONE;
         const cJSON *text = cJSON_GetObjectItemCaseSensitive(what, "text");
         textjob_input in = {.text = text->valuestring, .len = strlen(text->valuestring)};
         textjob_opts o = {.truncate = srv->opts.auto_truncate, .noun = "text"};
         if (textjob_encode(srv, &st->tj, API_QDRANT, &in, 1, &o, rp) != 0)
             return ROUTE_DONE;
+        st->tj.st = s; /* the collection's version embeds the query */
         return textjob_submit(srv, rq, &st->tj, TEXTJOB_STORE);
     }
     if (cJSON_IsNumber(what) || cJSON_IsString(what)) {

@@ -94,10 +94,11 @@ int textjob_encode(const server *srv, text_job *tj, api_family api, const textjo
 }
 
 /* The version for policy, referenced. */
-static model_version *take_version(server *srv, textjob_version policy)
+static model_version *take_version(server *srv, const text_job *tj, textjob_version policy)
 {
-    if (policy == TEXTJOB_STORE) {
-        uint32_t want = store_vectors_version(srv->store);
+    store *st = tj->st != NULL ? tj->st : srv->store;
+    if (policy == TEXTJOB_STORE && st != NULL) {
+        uint32_t want = store_vectors_version(st);
         model_version *mv = want != 0 ? versions_get(srv->versions, want) : NULL;
         if (mv != NULL)
             return mv;
@@ -120,7 +121,7 @@ route_result textjob_submit(server *srv, request *rq, text_job *tj, textjob_vers
 {
     if (policy != TEXTJOB_PINNED || tj->mv == NULL) {
         versions_release(NULL, tj->mv);
-        tj->mv = take_version(srv, policy);
+        tj->mv = take_version(srv, tj, policy);
     }
     tj->job.model = tj->mv->model;
     rq->model_version = tj->mv->id;

@@ -37,7 +37,9 @@ typedef enum textjob_version {
     TEXTJOB_CURRENT,           /* the current version: /embed, /v1/embeddings */
     TEXTJOB_STORE,             /* the version whose vectors the store searches
                                   (the current one until a re-embedding
-                                  finishes): /items, /similar */
+                                  finishes): /items, /similar; the job's
+                                  store (tj->st) or, when NULL, the item
+                                  store (a Qdrant collection sets its own) */
     TEXTJOB_PINNED,            /* the version textjob_pin took: a client's
                                   pin (model "name@N", model_version) */
 } textjob_version;
@@ -66,6 +68,7 @@ typedef struct text_job {
     float *out;                /* (n, C) pooled */
     long tokens;               /* sum of lens: the prompt tokens */
     model_version *mv;         /* the version of the last submit, referenced */
+    store *st;                 /* TEXTJOB_STORE's store, borrowed; NULL: srv->store */
 } text_job;
 
 /* Tokenises the n inputs into tj (n >= 1). Returns 0, or -1 after filling

@@ -1103,9 +1103,15 @@ void learner_status_json(learner *l, strbuf *b)
         vec_version = store_vectors_version(l->st);
         target = store_target_version(l->st);
     }
+    /* the fields above are the item store's; "all" counts every store the
+     * re-embedder moves (the item store and the collections, reembed.h) */
+    reembed_progress all;
+    reembedder_progress(l->re, &all);
     sb_printf(b, ",\"reembed\":{\"store_version\":%u,\"target_version\":%u,\"done\":%ld,"
-              "\"total\":%ld,\"running\":%s}", vec_version, target, done, total,
-              vec_version != target ? "true" : "false");
+              "\"total\":%ld,\"running\":%s,\"all\":{\"stores\":%ld,\"moving\":%ld,"
+              "\"done\":%ld,\"total\":%ld}}", vec_version, target, done, total,
+              vec_version != target ? "true" : "false", all.stores, all.moving, all.done,
+              all.total);
     sb_printf(b, ",\"versions\":{\"current\":%u,\"latest\":%u,\"in_memory\":[",
               versions_current_id(l->v), versions_latest_id(l->v));
     for (int i = 0; i < nv; i++)
@@ -1225,6 +1231,10 @@ learner *learner_start(const learner_opts *o, versions *v, batcher *b, store *st
      * may already have to catch up with the current version */
     l->re = reembedder_new(v, st, report_error, l, err);
     if (l->re == NULL) {
+        learner_stop(l);
+        return NULL;
+    }
+    if (reembedder_set_collections(l->re, o->collections, err) != 0) {
         learner_stop(l);
         return NULL;
     }

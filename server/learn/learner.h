@@ -70,6 +70,7 @@
 
 #include "batch/batcher.h"
 #include "common/metrics.h"
+#include "store/collections.h"
 #include "store/store.h"
 #include "common/strbuf.h"
 #include "versions.h"
@@ -109,6 +110,8 @@ typedef struct learner_opts {
     const emb_model *base;     /* version 1's weights: the L2-SP anchor */
     uint64_t seed;
     int nan_every;             /* testing: force a NaN loss every n-th step (0: never) */
+    collections *collections;  /* borrowed, may be NULL: the named collections the
+                                  re-embedder moves too (reembed.h) */
 } learner_opts;
 
 typedef struct learner learner;

@@ -39,6 +39,8 @@ struct versions {
     model_version *current;
     uint32_t latest;
     uint32_t hold;            /* the store's version while it re-embeds (versions_align) */
+    int (*in_use)(void *ctx, uint32_t id); /* a store searches id (versions_set_in_use) */
+    void *in_use_ctx;
     int keep;                 /* servable versions, the current one included */
     versions_publish publish;
     version_info *known;      /* (n_known) */
@@ -196,6 +198,14 @@ static int always_kept(const versions *v, const model_version *mv)
     return mv == v->current || mv->pending || (v->hold != 0 && mv->id == v->hold);
 }
 
+/* 1 when a store still searches (or moves to) mv: kept beyond the window,
+ * but, unlike always_kept, it takes its place in the window when it is in
+ * it (so that keeping it never keeps an older one). */
+static int in_use(const versions *v, const model_version *mv)
+{
+    return v->in_use != NULL && v->in_use(v->in_use_ctx, mv->id);
+}
+
 /* Drops the registry's reference to versions beyond the newest keep - 1
  * others (by number). Called with the lock held. */
 static void trim(versions *v)
@@ -206,7 +216,7 @@ static void trim(versions *v)
         int newer = 0;
         for (model_version *o = v->head; o != NULL; o = o->next)
             newer += !always_kept(v, o) && o->id > mv->id;
-        if (always_kept(v, mv) || newer < v->keep - 1) {
+        if (always_kept(v, mv) || newer < v->keep - 1 || in_use(v, mv)) {
             link = &mv->next;
             continue;
         }
@@ -278,6 +288,14 @@ versions_publish versions_get_publish(versions *v)
     versions_publish mode = v->publish;
     pthread_mutex_unlock(&v->lock);
     return mode;
+}
+
+void versions_set_in_use(versions *v, int (*fn)(void *ctx, uint32_t id), void *ctx)
+{
+    pthread_mutex_lock(&v->lock);
+    v->in_use = fn;
+    v->in_use_ctx = ctx;
+    pthread_mutex_unlock(&v->lock);
 }
 
 void versions_set_listener(versions *v, void (*fn)(void *ctx), void *ctx)
@@ -1383,6 +1401,33 @@ int versions_rollback(versions *v, uint32_t id, emb_err *err)
     return rc;
 }
 
+/* Puts version id in memory (loading it from disk, or copying base for 1)
+ * when it is not there. Called under change. 0, or -1 with err. */
+static int load_into_memory(versions *v, uint32_t id, emb_err *err)
+{
+    model_version *mv = versions_get(v, id);
+    if (mv != NULL) {
+        versions_release(v, mv);
+        return 0;
+    }
+    emb_model *m = load_saved_version(v->data_dir, v->base, id, err);
+    if (m == NULL)
+        return -1;
+    if (versions_add(v, m, id) != 0) {
+        emb_model_free(m);
+        return emb_fail_as(err, EMB_ERR_NO_MEMORY, "out of memory");
+    }
+    return 0;
+}
+
+int versions_keep(versions *v, uint32_t id, emb_err *err)
+{
+    pthread_mutex_lock(&v->change);
+    int rc = id == 0 ? 0 : load_into_memory(v, id, err);
+    pthread_mutex_unlock(&v->change);
+    return rc;
+}
+
 int versions_align(versions *v, uint32_t have, emb_err *err)
 {
     pthread_mutex_lock(&v->change);
@@ -1392,18 +1437,7 @@ int versions_align(versions *v, uint32_t have, emb_err *err)
         pthread_mutex_lock(&v->lock);
         v->hold = have; /* kept while the store searches it */
         pthread_mutex_unlock(&v->lock);
-        model_version *mv = versions_get(v, have);
-        if (mv != NULL) {
-            versions_release(v, mv);
-        } else {
-            emb_model *m = load_saved_version(v->data_dir, v->base, have, err);
-            if (m == NULL) {
-                rc = -1;
-            } else if (versions_add(v, m, have) != 0) {
-                emb_model_free(m);
-                rc = emb_fail_as(err, EMB_ERR_NO_MEMORY, "out of memory");
-            }
-        }
+        rc = load_into_memory(v, have, err);
     }
     /* have == 0: no text item yet, the store adopts the current version */
     if (rc == 0 && have != want && v->hooks.on_change != NULL)

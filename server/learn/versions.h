@@ -9,8 +9,13 @@
  *
  * Retention (--keep-versions N): the current version and the N - 1 newest
  * others (by number) stay in memory and are servable (clients pin them:
- * versions_pin); so does a pending version, and the version the item store
- * searches while it re-embeds (versions_align). Any other version below
+ * versions_pin); so does a pending version, the version the item store
+ * searches while it re-embeds (versions_align), and every version the
+ * in-use callback names (versions_set_in_use: the re-embedder sets it to
+ * ask every store of the model's dimension, collections.h, whether it
+ * searches or moves to a version), so a query is always embedded with the
+ * version its store searches. A version kept that way is dropped at the
+ * next trim (the next version made or loaded) after its last store moved. Any other version below
  * the latest number is retired: pinning it is EMB_ERR_GONE (410), a number
  * never made is EMB_ERR_NOT_FOUND (404), both with the servable list.
  *
@@ -132,6 +137,15 @@ versions *versions_open(const char *data_dir, const char *base_dir, const emb_mo
 void versions_free(versions *v);    /* every reference must be released */
 /* Sets the hooks (copied); call before any hand-over can happen. */
 void versions_set_hooks(versions *v, const versions_hooks *h);
+/* fn(ctx, id) says whether a store still searches (or moves to) version
+ * id; such a version is never dropped from memory. fn runs under the
+ * registry's lock and must not call back into it (fn NULL: none). Waits
+ * for a trim in progress, so ctx may be freed once this returns with NULL. */
+void versions_set_in_use(versions *v, int (*fn)(void *ctx, uint32_t id), void *ctx);
+/* Puts version id in memory (from disk, or base for 1) when it is not
+ * there, e.g. the version a collection searches at start-up; it stays
+ * while the in-use callback names it. 0, or -1 with err. */
+int versions_keep(versions *v, uint32_t id, emb_err *err);
 /* The publish mode (default manual). */
 void versions_set_publish(versions *v, versions_publish mode);
 versions_publish versions_get_publish(versions *v);

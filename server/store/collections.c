@@ -17,6 +17,7 @@
 
 #include "base/fileio.h"
 #include "store_internal.h"
+#include "store_reembed.h"
 
 #define CONFIG_NAME "collection.json"
 #define TRASH_PREFIX ".trash-"
@@ -474,6 +475,36 @@ void collections_totals(collections *c, long *n_collections, long *n_points)
     *n_collections = c->n;
     *n_points = points;
     pthread_rwlock_unlock(&c->rw);
+}
+
+int collections_with_dim(collections *c, int dim, collection ***out, emb_err *err)
+{
+    pthread_rwlock_rdlock(&c->rw);
+    collection **list = malloc(sizeof *list * (size_t)(c->n + 1));
+    int n = 0;
+    for (int i = 0; list != NULL && i < c->n; i++) {
+        if (store_dim(c->cols[i]->st) != dim)
+            continue;
+        atomic_fetch_add(&c->cols[i]->refs, 1);
+        list[n++] = c->cols[i];
+    }
+    pthread_rwlock_unlock(&c->rw);
+    if (list == NULL)
+        return emb_fail_as(err, EMB_ERR_NO_MEMORY, "out of memory");
+    *out = list;
+    return n;
+}
+
+int collections_version_in_use(collections *c, uint32_t id)
+{
+    int used = 0;
+    pthread_rwlock_rdlock(&c->rw);
+    for (int i = 0; !used && i < c->n; i++) {
+        store *s = c->cols[i]->st;
+        used = store_vectors_version(s) == id || store_target_version(s) == id;
+    }
+    pthread_rwlock_unlock(&c->rw);
+    return used;
 }
 
 store *collection_store(const collection *col)

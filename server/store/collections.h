@@ -5,6 +5,10 @@
  * /similar use, with the model's dimension): it is borrowed, never created,
  * dropped or closed here, and its files stay where they always were
  * (DATA/wal, DATA/snapshot). Every other collection has its own store.
+ * A collection whose dimension is the model's may hold texts (Qdrant
+ * Documents) beside client vectors; the re-embedder (learn/reembed.h)
+ * moves those stores to each new model version like the item store,
+ * walking them with collections_with_dim.
  *
  * Files (with a data directory; without one, collections live in memory)
  *   DATA/collections/<name>/store/            the collection's store dir
@@ -36,6 +40,7 @@
 #define EMBEDD_COLLECTIONS_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "base/error.h"
 #include "store.h"
@@ -82,6 +87,15 @@ void collection_release(collections *c, collection *col);
 int collections_list(collections *c, char ***names, emb_err *err);
 /* How many collections, and points in all of them. */
 void collections_totals(collections *c, long *n_collections, long *n_points);
+
+/* The collections whose store has dimension dim (the default one
+ * included), each referenced (collection_release each, then free *out).
+ * The re-embedder walks them this way, so a collection dropped meanwhile
+ * stays open until it lets go. Returns how many, or -1 with err. */
+int collections_with_dim(collections *c, int dim, collection ***out, emb_err *err);
+/* 1 when some collection's store searches version id or is moving to it
+ * (store_reembed.h), else 0. Takes the table's and each store's read lock. */
+int collections_version_in_use(collections *c, uint32_t id);
 
 store *collection_store(const collection *col);
 const char *collection_name(const collection *col);

@@ -45,6 +45,14 @@ uint32_t store_target_version(store *s)
     return v;
 }
 
+int store_reembed_pending(store *s)
+{
+    pthread_rwlock_rdlock(&s->rw);
+    int p = s->target_version != s->vec_version || s->reembed_dirty;
+    pthread_rwlock_unlock(&s->rw);
+    return p;
+}
+
 static void shadow_free(store *s)
 {
     free(s->shadow);

@@ -1,4 +1,6 @@
-/* store_reembed.h: moving the item store to a new model version.
+/* store_reembed.h: moving a store (the item store, or a collection that
+ * holds texts, collections.h) to a new model version. Each store moves and
+ * switches on its own (learn/reembed.h drives them all).
  *
  * Every item records the model version of its vector (0 for vectors given
  * by the client, which are never re-embedded). The store searches the
@@ -31,6 +33,11 @@ typedef struct store_text_item {
 uint32_t store_vectors_version(store *s);
 /* The version being moved to; equal to store_vectors_version when idle. */
 uint32_t store_target_version(store *s);
+
+/* 1 when the store may have work (moving, or rows to check since a write
+ * or a switch), 0 when it surely has none: a cheap read-locked test, so
+ * that an idle re-embedder does not take every store's write lock. */
+int store_reembed_pending(store *s);
 
 /* Starts moving to `version` (a no-op when already there or under way). */
 int store_reembed_start(store *s, uint32_t version, emb_err *err);
