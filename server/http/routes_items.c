@@ -17,9 +17,9 @@
 #include "common/clock.h"
 #include "jsoncheck.h"
 #include "ops.h"
-#include "learn/samples.h"
 #include "server.h"
 #include "textjob.h"
+#include "upsert.h"
 #include "store/store_reembed.h"
 
 static void put_id(strbuf *b, const store_id *id)
@@ -74,13 +74,8 @@ static int parse_vector(const cJSON *arr, int dim, float *v, const char *what, r
 /* ---- POST /items --------------------------------------------------------- */
 
 typedef struct items_state {
-    text_job tj;
+    upsert_batch b;
     cJSON *root;               /* kept: items borrow its strings */
-    int n;
-    store_item *items;
-    float *vecs;               /* (n, dim) */
-    char **payloads;           /* (n) printed payload objects */
-    int *text_item;            /* (tj.n) item index of each text */
 } items_state;
 
 static void items_state_free(void *p)
@@ -88,14 +83,7 @@ static void items_state_free(void *p)
     items_state *st = p;
     if (st == NULL)
         return;
-    textjob_free(&st->tj);
-    if (st->payloads != NULL)
-        for (int i = 0; i < st->n; i++)
-            free(st->payloads[i]);
-    free(st->payloads);
-    free(st->items);
-    free(st->vecs);
-    free(st->text_item);
+    upsert_free(&st->b);
     cJSON_Delete(st->root);
     free(st);
 }
@@ -103,24 +91,21 @@ static void items_state_free(void *p)
 static void items_upsert_reply(server *srv, items_state *st, reply *rp)
 {
     emb_err err;
-    if (store_upsert(srv->store, st->items, st->n, &err) != 0) {
+    if (store_upsert(srv->store, st->b.items, st->b.n, &err) != 0) {
         reply_fail(rp, API_TEI, err.kind, "%s", err.msg);
         return;
     }
-    sb_printf(&rp->body, "{\"status\":\"ok\",\"upserted\":%d}", st->n);
+    sb_printf(&rp->body, "{\"status\":\"ok\",\"upserted\":%d}", st->b.n);
 }
 
-/* Reads items[i] (el) into st->items[i]: its id, its text (queued in
- * texts for embedding) or vector, and its payload, checked against the
- * store. 0, or -1 after replying. */
-static int parse_item(server *srv, const cJSON *el, int i, items_state *st,
-                      textjob_input *texts, int *n_text, reply *rp)
+/* Reads items[i] (el) into the batch: its id, its text (queued for
+ * embedding) or vector, and its payload, checked against the store. 0, or
+ * -1 after replying. */
+static int parse_item(server *srv, const cJSON *el, int i, upsert_batch *b, reply *rp)
 {
-    const int dim = store_dim(srv->store);
     char what[64];
     emb_err err;
-    store_item *it = &st->items[i];
-    float *v = st->vecs + (long)i * dim;
+    store_item *it = &b->items[i];
     if (!cJSON_IsObject(el)) {
         reply_error(rp, API_TEI, 422, "Validation", "items[%d] must be an object", i);
         return -1;
@@ -145,20 +130,13 @@ static int parse_item(server *srv, const cJSON *el, int i, items_state *st,
             reply_error(rp, API_TEI, 422, "Validation", "items[%d].text must be a string", i);
             return -1;
         }
-        it->text = text->valuestring;
-        it->text_len = strlen(text->valuestring);
-        texts[*n_text].text = it->text;
-        texts[*n_text].len = it->text_len;
-        st->text_item[(*n_text)++] = i;
-        v[0] = 1.0f; /* a stand-in for store_item_check; replaced once embedded */
+        upsert_set_text(b, i, text->valuestring);
     } else {
         snprintf(what, sizeof what, "items[%d].vector", i);
-        if (parse_vector(vec, dim, v, what, rp) != 0)
+        if (parse_vector(vec, b->dim, upsert_vector(b, i), what, rp) != 0)
             return -1;
     }
-    it->vector = v;
-    it->vector_dim = dim;
-    it->model_version = 0; /* a client's vector; texts get theirs once embedded */
+    upsert_set_vector(b, i);
     const cJSON *payload = cJSON_GetObjectItemCaseSensitive(el, "payload");
     if (payload != NULL && !cJSON_IsNull(payload)) {
         if (!cJSON_IsObject(payload)) {
@@ -166,13 +144,10 @@ static int parse_item(server *srv, const cJSON *el, int i, items_state *st,
                         "items[%d].payload must be an object", i);
             return -1;
         }
-        st->payloads[i] = cJSON_PrintUnformatted(payload);
-        if (st->payloads[i] == NULL) {
+        if (upsert_set_payload(b, i, payload) != 0) {
             reply_fail(rp, API_TEI, EMB_ERR_NO_MEMORY, "out of memory");
             return -1;
         }
-        it->payload = st->payloads[i];
-        it->payload_len = strlen(st->payloads[i]);
     }
     if (store_item_check(srv->store, it, &err) != 0) {
         reply_fail(rp, API_TEI, err.kind, "items[%d]: %s", i, err.msg);
@@ -183,10 +158,7 @@ static int parse_item(server *srv, const cJSON *el, int i, items_state *st,
 
 route_result handle_items_upsert(server *srv, request *rq, reply *rp)
 {
-    const int dim = store_dim(srv->store);
     cJSON *root = route_parse_body(rq, API_TEI, rp);
-    textjob_input *texts = NULL;
-    route_result result = ROUTE_DONE;
     if (root == NULL)
         return ROUTE_DONE;
     items_state *st = calloc(1, sizeof *st);
@@ -215,51 +187,32 @@ route_result handle_items_upsert(server *srv, request *rq, reply *rp)
                     "batch size %d exceeds the maximum of %d items per request", n, max);
         return ROUTE_DONE;
     }
-    st->n = n;
-    st->items = calloc((size_t)n, sizeof(store_item));
-    st->vecs = calloc((size_t)n * (size_t)dim, sizeof(float));
-    st->payloads = calloc((size_t)n, sizeof(char *));
-    st->text_item = calloc((size_t)n, sizeof(int));
-    texts = calloc((size_t)n, sizeof *texts);
-    if (st->items == NULL || st->vecs == NULL || st->payloads == NULL ||
-        st->text_item == NULL || texts == NULL) {
+    if (upsert_alloc(&st->b, n, store_dim(srv->store)) != 0) {
         reply_fail(rp, API_TEI, EMB_ERR_NO_MEMORY, "out of memory");
-        goto out;
+        return ROUTE_DONE;
     }
-    int n_text = 0;
     int i = 0;
     const cJSON *el;
     cJSON_ArrayForEach(el, arr) {
-        if (parse_item(srv, el, i, st, texts, &n_text, rp) != 0)
-            goto out;
+        if (parse_item(srv, el, i, &st->b, rp) != 0)
+            return ROUTE_DONE;
         i++;
     }
-    if (n_text == 0) {
+    if (st->b.n_text == 0) {
         items_upsert_reply(srv, st, rp);
-        goto out;
+        return ROUTE_DONE;
     }
-    if (encode_texts(srv, &st->tj, texts, n_text, rp) != 0)
-        goto out;
-    result = textjob_submit(srv, rq, &st->tj, TEXTJOB_STORE);
-out:
-    free(texts);
-    return result;
+    if (encode_texts(srv, &st->b.tj, st->b.texts, st->b.n_text, rp) != 0)
+        return ROUTE_DONE;
+    return textjob_submit(srv, rq, &st->b.tj, TEXTJOB_STORE);
 }
 
 void finish_items_upsert(server *srv, request *rq, reply *rp)
 {
     items_state *st = rq->state;
-    const int dim = store_dim(srv->store);
-    if (textjob_failed(&st->tj, rp))
+    if (textjob_failed(&st->b.tj, rp))
         return;
-    for (int k = 0; k < st->tj.n; k++) {
-        float *v = st->vecs + (long)st->text_item[k] * dim;
-        memcpy(v, st->tj.out + (long)k * dim, sizeof(float) * (size_t)dim);
-        l2norm_forward(v, 1, dim);
-        store_item *it = &st->items[st->text_item[k]];
-        it->model_version = (int)st->tj.mv->id;
-        learner_offer(srv->learner, it->text, it->text_len, SAMPLES_SRC_ITEMS);
-    }
+    upsert_take_vectors(srv, &st->b);
     items_upsert_reply(srv, st, rp);
 }
 

@@ -31,12 +31,12 @@
 
 #include "common/clock.h"
 #include "jsoncheck.h"
-#include "learn/samples.h"
 #include "ops.h"
 #include "server.h"
 #include "store/collections.h"
 #include "store/store_reembed.h"
 #include "textjob.h"
+#include "upsert.h"
 
 #define QD_DEFAULT_LIMIT 10
 
@@ -377,15 +377,10 @@ route_result handle_qd_collection_exists(server *srv, request *rq, reply *rp)
 /* ---- upsert --------------------------------------------------------------------------- */
 
 typedef struct upsert_state {
-    text_job tj;
+    upsert_batch b;
     collections *reg;
     collection *col;
     cJSON *root;               /* kept: items borrow its strings */
-    int n;
-    store_item *items;
-    float *vecs;               /* (n, dim) */
-    char **payloads;           /* (n) printed payload objects */
-    int *text_item;            /* (tj.n) item index of each text */
 } upsert_state;
 
 static void upsert_state_free(void *p)
@@ -393,14 +388,7 @@ static void upsert_state_free(void *p)
     upsert_state *st = p;
     if (st == NULL)
         return;
-    textjob_free(&st->tj);
-    if (st->payloads != NULL)
-        for (int i = 0; i < st->n; i++)
-            free(st->payloads[i]);
-    free(st->payloads);
-    free(st->items);
-    free(st->vecs);
-    free(st->text_item);
+    upsert_free(&st->b);
     cJSON_Delete(st->root);
     collection_release(st->reg, st->col);
     free(st);
@@ -422,7 +410,7 @@ static void upsert_reply(const request *rq, upsert_state *st, reply *rp)
 {
     emb_err err;
     store *s = collection_store(st->col);
-    if (store_upsert(s, st->items, st->n, &err) != 0) {
+    if (store_upsert(s, st->b.items, st->b.n, &err) != 0) {
         qd_fail(rp, &err);
         return;
     }
@@ -431,14 +419,13 @@ static void upsert_reply(const request *rq, upsert_state *st, reply *rp)
 
 /* One point's parts (from the list or the batch form) into item i. */
 static int parse_point(server *srv, upsert_state *st, int i, const cJSON *id, const cJSON *vec,
-                       const cJSON *payload, textjob_input *texts, int *n_text, reply *rp)
+                       const cJSON *payload, reply *rp)
 {
     store *s = collection_store(st->col);
-    const int dim = store_dim(s);
+    upsert_batch *b = &st->b;
     char what[64];
     emb_err err;
-    store_item *it = &st->items[i];
-    float *v = st->vecs + (long)i * dim;
+    store_item *it = &b->items[i];
     snprintf(what, sizeof what, "points[%d].id", i);
     if (parse_id(id, &it->id, what, rp) != 0)
         return -1;
@@ -450,30 +437,20 @@ static int parse_point(server *srv, upsert_state *st, int i, const cJSON *id, co
     if (is_document(vec)) {
         if (!documents_allowed(srv, st->col, rp))
             return -1;
-        const cJSON *text = cJSON_GetObjectItemCaseSensitive(vec, "text");
-        it->text = text->valuestring;
-        it->text_len = strlen(text->valuestring);
-        texts[*n_text].text = it->text;
-        texts[*n_text].len = it->text_len;
-        st->text_item[(*n_text)++] = i;
-        v[0] = 1.0f; /* a stand-in for store_item_check; replaced once embedded */
-    } else if (parse_vector(vec, dim, v, what, rp) != 0) {
+        upsert_set_text(b, i, cJSON_GetObjectItemCaseSensitive(vec, "text")->valuestring);
+    } else if (parse_vector(vec, b->dim, upsert_vector(b, i), what, rp) != 0) {
         return -1;
     }
-    it->vector = v;
-    it->vector_dim = dim;
+    upsert_set_vector(b, i);
     if (payload != NULL && !cJSON_IsNull(payload)) {
         if (!cJSON_IsObject(payload)) {
             qd_error(rp, 400, "Bad request: points[%d].payload must be an object", i);
             return -1;
         }
-        st->payloads[i] = cJSON_PrintUnformatted(payload);
-        if (st->payloads[i] == NULL) {
+        if (upsert_set_payload(b, i, payload) != 0) {
             reply_fail(rp, API_QDRANT, EMB_ERR_NO_MEMORY, "out of memory");
             return -1;
         }
-        it->payload = st->payloads[i];
-        it->payload_len = strlen(st->payloads[i]);
     }
     if (store_item_check(s, it, &err) != 0) {
         qd_error(rp, 400, "Bad request: points[%d]: %s", i, err.msg);
@@ -510,7 +487,7 @@ static int point_count(const cJSON *root, const cJSON **points, const cJSON **ba
 }
 
 static int parse_points(server *srv, upsert_state *st, const cJSON *points, const cJSON *batch,
-                        textjob_input *texts, int *n_text, reply *rp)
+                        reply *rp)
 {
     if (points != NULL && cJSON_IsArray(points)) {
         int i = 0;
@@ -522,8 +499,7 @@ static int parse_points(server *srv, upsert_state *st, const cJSON *points, cons
             }
             if (parse_point(srv, st, i, cJSON_GetObjectItemCaseSensitive(p, "id"),
                             cJSON_GetObjectItemCaseSensitive(p, "vector"),
-                            cJSON_GetObjectItemCaseSensitive(p, "payload"), texts, n_text,
-                            rp) != 0)
+                            cJSON_GetObjectItemCaseSensitive(p, "payload"), rp) != 0)
                 return -1;
             i++;
         }
@@ -533,8 +509,8 @@ static int parse_points(server *srv, upsert_state *st, const cJSON *points, cons
     const cJSON *vec = cJSON_GetObjectItemCaseSensitive(batch, "vectors")->child;
     const cJSON *pls = cJSON_GetObjectItemCaseSensitive(batch, "payloads");
     const cJSON *pl = cJSON_IsArray(pls) ? pls->child : NULL;
-    for (int i = 0; i < st->n; i++) {
-        if (parse_point(srv, st, i, id, vec, pl, texts, n_text, rp) != 0)
+    for (int i = 0; i < st->b.n; i++) {
+        if (parse_point(srv, st, i, id, vec, pl, rp) != 0)
             return -1;
         id = id->next;
         vec = vec->next;
@@ -543,23 +519,8 @@ static int parse_points(server *srv, upsert_state *st, const cJSON *points, cons
     return 0;
 }
 
-static int upsert_alloc(upsert_state *st, int n, int dim)
-{
-    st->n = n;
-    st->items = calloc((size_t)n, sizeof(store_item));
-    st->vecs = calloc((size_t)n * (size_t)dim, sizeof(float));
-    st->payloads = calloc((size_t)n, sizeof(char *));
-    st->text_item = calloc((size_t)n, sizeof(int));
-    return st->items != NULL && st->vecs != NULL && st->payloads != NULL &&
-                   st->text_item != NULL
-               ? 0
-               : -1;
-}
-
 route_result handle_qd_upsert(server *srv, request *rq, reply *rp)
 {
-    textjob_input *texts = NULL;
-    route_result result = ROUTE_DONE;
     collection *col = get_collection(srv, rq, rp);
     if (col == NULL)
         return ROUTE_DONE;
@@ -589,48 +550,35 @@ route_result handle_qd_upsert(server *srv, request *rq, reply *rp)
                  STORE_MAX_BATCH);
         return ROUTE_DONE;
     }
-    const int dim = store_dim(collection_store(col));
-    texts = calloc((size_t)n, sizeof *texts);
-    if (texts == NULL || upsert_alloc(st, n, dim) != 0) {
+    if (upsert_alloc(&st->b, n, store_dim(collection_store(col))) != 0) {
         reply_fail(rp, API_QDRANT, EMB_ERR_NO_MEMORY, "out of memory");
-        goto out;
+        return ROUTE_DONE;
     }
-    int n_text = 0;
-    if (parse_points(srv, st, points, batch, texts, &n_text, rp) != 0)
-        goto out;
-    if (n_text == 0) {
+    if (parse_points(srv, st, points, batch, rp) != 0)
+        return ROUTE_DONE;
+    if (st->b.n_text == 0) {
         upsert_reply(rq, st, rp);
-        goto out;
+        return ROUTE_DONE;
     }
-    if (n_text > srv->opts.max_client_batch_size) {
+    if (st->b.n_text > srv->opts.max_client_batch_size) {
         qd_error(rp, 400, "Bad request: %d Documents to embed in one request, the most is %d "
-                          "(--max-client-batch-size)", n_text, srv->opts.max_client_batch_size);
-        goto out;
+                          "(--max-client-batch-size)",
+                 st->b.n_text, srv->opts.max_client_batch_size);
+        return ROUTE_DONE;
     }
     textjob_opts o = {.truncate = srv->opts.auto_truncate, .noun = "text"};
-    if (textjob_encode(srv, &st->tj, API_QDRANT, texts, n_text, &o, rp) != 0)
-        goto out;
-    st->tj.st = collection_store(col); /* embedded with the version it searches */
-    result = textjob_submit(srv, rq, &st->tj, TEXTJOB_STORE);
-out:
-    free(texts);
-    return result;
+    if (textjob_encode(srv, &st->b.tj, API_QDRANT, st->b.texts, st->b.n_text, &o, rp) != 0)
+        return ROUTE_DONE;
+    st->b.tj.st = collection_store(col); /* embedded with the version it searches */
+    return textjob_submit(srv, rq, &st->b.tj, TEXTJOB_STORE);
 }
 
 void finish_qd_upsert(server *srv, request *rq, reply *rp)
 {
     upsert_state *st = rq->state;
-    const int dim = store_dim(collection_store(st->col));
-    if (textjob_failed(&st->tj, rp))
+    if (textjob_failed(&st->b.tj, rp))
         return;
-    for (int k = 0; k < st->tj.n; k++) {
-        float *v = st->vecs + (long)st->text_item[k] * dim;
-        memcpy(v, st->tj.out + (long)k * dim, sizeof(float) * (size_t)dim);
-        l2norm_forward(v, 1, dim);
-        store_item *it = &st->items[st->text_item[k]];
-        it->model_version = (int)st->tj.mv->id;
-        learner_offer(srv->learner, it->text, it->text_len, SAMPLES_SRC_ITEMS);
-    }
+    upsert_take_vectors(srv, &st->b);
     upsert_reply(rq, st, rp);
 }
 
