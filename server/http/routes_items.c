@@ -22,7 +22,7 @@
 #include "upsert.h"
 #include "store/store_reembed.h"
 
-static void put_id(strbuf *b, const store_id *id)
+void route_put_id(strbuf *b, const store_id *id)
 {
     if (id->kind == STORE_ID_NUM) {
         sb_printf(b, "%llu", (unsigned long long)id->num);
@@ -274,7 +274,7 @@ static void not_found(reply *rp, const store_id *id)
 {
     strbuf b;
     sb_init(&b, 4096);
-    put_id(&b, id);
+    route_put_id(&b, id);
     char *s = sb_take(&b, NULL);
     reply_fail(rp, API_TEI, EMB_ERR_NOT_FOUND, "item %s not found", s != NULL ? s : "?");
     free(s);
@@ -314,7 +314,7 @@ route_result handle_item_get(server *srv, request *rq, reply *rp)
     }
     strbuf *b = &rp->body;
     sb_puts(b, "{\"id\":");
-    put_id(b, &r.id);
+    route_put_id(b, &r.id);
     sb_puts(b, ",\"text\":");
     if (r.text != NULL)
         sb_json_string(b, r.text);
@@ -536,7 +536,7 @@ static void similar_reply(server *srv, request *rq, similar_state *st, reply *rp
     for (int i = 0; i < res.n; i++) {
         const store_hit *h = &res.hits[i];
         sb_puts(b, i > 0 ? ",{\"id\":" : "{\"id\":");
-        put_id(b, &h->id);
+        route_put_id(b, &h->id);
         sb_printf(b, ",\"score\":%.9g", (double)h->score);
         if (st->q.with_payload) {
             sb_puts(b, ",\"payload\":");

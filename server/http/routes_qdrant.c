@@ -97,19 +97,6 @@ static collection *get_collection(server *srv, const request *rq, reply *rp)
     return col;
 }
 
-static void put_id(strbuf *b, const store_id *id)
-{
-    if (id->kind == STORE_ID_NUM) {
-        sb_printf(b, "%llu", (unsigned long long)id->num);
-        return;
-    }
-    char tmp[STORE_MAX_ID_LEN + 1];
-    size_t n = id->len < STORE_MAX_ID_LEN ? id->len : STORE_MAX_ID_LEN;
-    memcpy(tmp, id->str, n);
-    tmp[n] = '\0';
-    sb_json_string(b, tmp);
-}
-
 /* A point id: an unsigned integer (up to 2^53) or a string (Qdrant wants
  * a UUID; any string id of the store is taken). 0, or -1 after a 400. */
 static int parse_id(const cJSON *j, store_id *id, const char *what, reply *rp)
@@ -221,7 +208,7 @@ static void put_record(strbuf *b, const store_record *r, int dim, int with_paylo
                        int with_vector)
 {
     sb_puts(b, "{\"id\":");
-    put_id(b, &r->id);
+    route_put_id(b, &r->id);
     sb_puts(b, ",\"payload\":");
     if (with_payload)
         sb_puts(b, r->payload != NULL ? r->payload : "{}");
@@ -800,7 +787,7 @@ static void search_reply(server *srv, request *rq, search_state *st, reply *rp)
         sb_puts(b, first ? "{\"id\":" : ",{\"id\":");
         first = 0;
         shown++;
-        put_id(b, &h->id);
+        route_put_id(b, &h->id);
         sb_printf(b, ",\"version\":0,\"score\":%.9g,\"payload\":", (double)h->score);
         if (st->q.with_payload)
             sb_puts(b, h->payload != NULL ? h->payload : "{}");
@@ -897,7 +884,7 @@ static int vector_of_point(search_state *st, const cJSON *idj, reply *rp)
     if (found == 0) {
         strbuf b;
         sb_init(&b, 1024);
-        put_id(&b, &id);
+        route_put_id(&b, &id);
         char *txt = sb_take(&b, NULL);
         qd_error(rp, 404, "Not found: No point with id %s found", txt != NULL ? txt : "?");
         free(txt);
@@ -944,20 +931,35 @@ static route_result search_go(server *srv, request *rq, search_state *st, const 
     return ROUTE_DONE;
 }
 
+/* The start of search and query: the collection, the request's state,
+ * the body and its options. The body (the caller deletes it), or NULL
+ * after replying. */
+static cJSON *search_begin(server *srv, request *rq, int is_query, search_state **out,
+                           reply *rp)
+{
+    collection *col = get_collection(srv, rq, rp);
+    if (col == NULL)
+        return NULL;
+    search_state *st = new_search_state(srv, rq, col, rp);
+    if (st == NULL)
+        return NULL;
+    st->is_query = is_query;
+    cJSON *root = route_parse_body(rq, API_QDRANT, rp);
+    if (root != NULL && search_options(root, st, rp) != 0) {
+        cJSON_Delete(root);
+        return NULL;
+    }
+    *out = st;
+    return root;
+}
+
 route_result handle_qd_search(server *srv, request *rq, reply *rp)
 {
     route_result result = ROUTE_DONE;
-    collection *col = get_collection(srv, rq, rp);
-    if (col == NULL)
-        return ROUTE_DONE;
-    search_state *st = new_search_state(srv, rq, col, rp);
-    if (st == NULL)
-        return ROUTE_DONE;
-    cJSON *root = route_parse_body(rq, API_QDRANT, rp);
+    search_state *st = NULL;
+    cJSON *root = search_begin(srv, rq, 0, &st, rp);
     if (root == NULL)
         return ROUTE_DONE;
-    if (search_options(root, st, rp) != 0)
-        goto out;
     const cJSON *vec = cJSON_GetObjectItemCaseSensitive(root, "vector");
     if (vec == NULL || cJSON_IsNull(vec) || cJSON_IsNumber(vec) || cJSON_IsString(vec)) {
         qd_error(rp, 400, "Bad request: `vector` is required: a list of numbers or a "
@@ -977,18 +979,10 @@ out:
 route_result handle_qd_query(server *srv, request *rq, reply *rp)
 {
     route_result result = ROUTE_DONE;
-    collection *col = get_collection(srv, rq, rp);
-    if (col == NULL)
-        return ROUTE_DONE;
-    search_state *st = new_search_state(srv, rq, col, rp);
-    if (st == NULL)
-        return ROUTE_DONE;
-    st->is_query = 1;
-    cJSON *root = route_parse_body(rq, API_QDRANT, rp);
+    search_state *st = NULL;
+    cJSON *root = search_begin(srv, rq, 1, &st, rp);
     if (root == NULL)
         return ROUTE_DONE;
-    if (search_options(root, st, rp) != 0)
-        goto out;
     const cJSON *prefetch = cJSON_GetObjectItemCaseSensitive(root, "prefetch");
     if (prefetch != NULL && !cJSON_IsNull(prefetch)) {
         qd_error(rp, 400, "Bad request: `prefetch` is not supported");

@@ -232,6 +232,8 @@ size_t routes_unescape(void *cls, struct MHD_Connection *conn, char *s);
  * prompt) (routes.c). */
 char *route_prompted_text(const server *srv, const cJSON *root, api_family api, const char *text,
                           reply *rp);
+/* An item id as JSON, as it came: a number, or a string (routes_items.c). */
+void route_put_id(strbuf *b, const store_id *id);
 /* An optional boolean field of root: def when missing or null, -1 after
  * filling rp (422) when it is not true or false (routes.c). */
 int route_get_bool(const cJSON *root, const char *name, int def, api_family api, reply *rp);
