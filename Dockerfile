@@ -22,7 +22,7 @@ WORKDIR /src
 # The package list lives in one place, scripts/install-deps.sh; copying it
 # alone first keeps this layer cached while the sources change.
 COPY scripts/install-deps.sh scripts/install-deps.sh
-RUN scripts/install-deps.sh \
+RUN scripts/install-deps.sh --build \
     && rm -rf /var/lib/apt/lists/*
 COPY . .
 RUN make -j"$(nproc)" build/embedd \

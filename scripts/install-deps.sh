@@ -1,6 +1,8 @@
 #!/bin/sh
 # Installs the Debian packages embedd needs to build, test and benchmark.
 # Used by the README and by .ci/run. Safe to run more than once.
+#   --build   only what building needs (the Dockerfile's build stage)
+#   --bench   also the benchmarks' baselines and tools
 set -eu
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
@@ -12,7 +14,9 @@ libcurl4-openssl-dev check libutf8proc-dev libhnswlib-dev g++"
 # (tests/browser, with the npm package playwright-core; ~100 MB, skipped
 # when absent).
 TEST_PKGS="curl python3 prometheus chromium"
-if [ "${1:-}" = "--bench" ]; then
+if [ "${1:-}" = "--build" ]; then
+  TEST_PKGS=""
+elif [ "${1:-}" = "--bench" ]; then
   # wrk: scripts/bench_http.sh; python3-faiss: scripts/bench_store.py
   TEST_PKGS="$TEST_PKGS python3-torch python3-numpy wrk python3-faiss"
 fi
