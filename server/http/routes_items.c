@@ -73,29 +73,21 @@ static int parse_vector(const cJSON *arr, int dim, float *v, const char *what, r
 
 /* ---- POST /items --------------------------------------------------------- */
 
-typedef struct items_state {
-    upsert_batch b;
-    cJSON *root;               /* kept: items borrow its strings */
-} items_state;
-
+/* POST /items keeps its upsert batch as the request state. */
 static void items_state_free(void *p)
 {
-    items_state *st = p;
-    if (st == NULL)
-        return;
-    upsert_free(&st->b);
-    cJSON_Delete(st->root);
-    free(st);
+    upsert_free(p);
+    free(p);
 }
 
-static void items_upsert_reply(server *srv, items_state *st, reply *rp)
+static void items_upsert_reply(server *srv, upsert_batch *b, reply *rp)
 {
     emb_err err;
-    if (store_upsert(srv->store, st->b.items, st->b.n, &err) != 0) {
+    if (store_upsert(srv->store, b->items, b->n, &err) != 0) {
         reply_fail(rp, API_TEI, err.kind, "%s", err.msg);
         return;
     }
-    sb_printf(&rp->body, "{\"status\":\"ok\",\"upserted\":%d}", st->b.n);
+    sb_printf(&rp->body, "{\"status\":\"ok\",\"upserted\":%d}", b->n);
 }
 
 /* Reads items[i] (el) into the batch: its id, its text (queued for
@@ -161,14 +153,14 @@ route_result handle_items_upsert(server *srv, request *rq, reply *rp)
     cJSON *root = route_parse_body(rq, API_TEI, rp);
     if (root == NULL)
         return ROUTE_DONE;
-    items_state *st = calloc(1, sizeof *st);
-    if (st == NULL) {
+    upsert_batch *b = calloc(1, sizeof *b);
+    if (b == NULL) {
         cJSON_Delete(root);
         reply_fail(rp, API_TEI, EMB_ERR_NO_MEMORY, "out of memory");
         return ROUTE_DONE;
     }
-    st->root = root;
-    rq->state = st;
+    b->root = root;
+    rq->state = b;
     rq->free_state = items_state_free;
     const cJSON *arr = cJSON_GetObjectItemCaseSensitive(root, "items");
     if (!cJSON_IsArray(arr)) {
@@ -187,33 +179,33 @@ route_result handle_items_upsert(server *srv, request *rq, reply *rp)
                     "batch size %d exceeds the maximum of %d items per request", n, max);
         return ROUTE_DONE;
     }
-    if (upsert_alloc(&st->b, n, store_dim(srv->store)) != 0) {
+    if (upsert_alloc(b, n, store_dim(srv->store)) != 0) {
         reply_fail(rp, API_TEI, EMB_ERR_NO_MEMORY, "out of memory");
         return ROUTE_DONE;
     }
     int i = 0;
     const cJSON *el;
     cJSON_ArrayForEach(el, arr) {
-        if (parse_item(srv, el, i, &st->b, rp) != 0)
+        if (parse_item(srv, el, i, b, rp) != 0)
             return ROUTE_DONE;
         i++;
     }
-    if (st->b.n_text == 0) {
-        items_upsert_reply(srv, st, rp);
+    if (b->n_text == 0) {
+        items_upsert_reply(srv, b, rp);
         return ROUTE_DONE;
     }
-    if (encode_texts(srv, &st->b.tj, st->b.texts, st->b.n_text, rp) != 0)
+    if (encode_texts(srv, &b->tj, b->texts, b->n_text, rp) != 0)
         return ROUTE_DONE;
-    return textjob_submit(srv, rq, &st->b.tj, TEXTJOB_STORE);
+    return textjob_submit(srv, rq, &b->tj, TEXTJOB_STORE);
 }
 
 void finish_items_upsert(server *srv, request *rq, reply *rp)
 {
-    items_state *st = rq->state;
-    if (textjob_failed(&st->b.tj, rp))
+    upsert_batch *b = rq->state;
+    if (textjob_failed(&b->tj, rp))
         return;
-    upsert_take_vectors(srv, &st->b);
-    items_upsert_reply(srv, st, rp);
+    upsert_take_vectors(srv, b);
+    items_upsert_reply(srv, b, rp);
 }
 
 /* ---- /items/{id}, /items/delete, /items/count ------------------------------ */

@@ -367,7 +367,6 @@ typedef struct upsert_state {
     upsert_batch b;
     collections *reg;
     collection *col;
-    cJSON *root;               /* kept: items borrow its strings */
 } upsert_state;
 
 static void upsert_state_free(void *p)
@@ -376,7 +375,6 @@ static void upsert_state_free(void *p)
     if (st == NULL)
         return;
     upsert_free(&st->b);
-    cJSON_Delete(st->root);
     collection_release(st->reg, st->col);
     free(st);
 }
@@ -521,11 +519,11 @@ route_result handle_qd_upsert(server *srv, request *rq, reply *rp)
     st->col = col;
     rq->state = st;
     rq->free_state = upsert_state_free;
-    st->root = route_parse_body(rq, API_QDRANT, rp);
-    if (st->root == NULL)
+    st->b.root = route_parse_body(rq, API_QDRANT, rp);
+    if (st->b.root == NULL)
         return ROUTE_DONE;
     const cJSON *points, *batch;
-    int n = point_count(st->root, &points, &batch, rp);
+    int n = point_count(st->b.root, &points, &batch, rp);
     if (n < 0)
         return ROUTE_DONE;
     if (n == 0) {

@@ -32,6 +32,7 @@ void upsert_free(upsert_batch *b)
     free(b->vecs);
     free(b->texts);
     free(b->text_item);
+    cJSON_Delete(b->root);
 }
 
 void upsert_set_text(upsert_batch *b, int i, const char *text)

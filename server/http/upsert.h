@@ -10,10 +10,10 @@
  * the items and offers the texts to the learner. Then store_upsert takes
  * `items`.
  *
- * Ownership: the batch lives in the route's request state; items borrow
- * ids and texts from the request's parsed JSON (kept by the state) and
- * their vectors and payloads from the batch; upsert_free releases what the
- * batch owns (not the JSON). */
+ * Ownership: the batch lives in the route's request state and keeps the
+ * request's parsed JSON (`root`), from which items borrow ids and texts;
+ * their vectors and payloads are the batch's; upsert_free releases all of
+ * it. */
 #ifndef EMBEDD_UPSERT_H
 #define EMBEDD_UPSERT_H
 
@@ -24,6 +24,7 @@
 
 typedef struct upsert_batch {
     text_job tj;               /* the texts' job (textjob.h) */
+    cJSON *root;               /* the request's body: items borrow its strings */
     int n;                     /* items */
     int dim;                   /* the store's */
     store_item *items;         /* (n) */
