@@ -373,6 +373,23 @@ static int refuse_head(request *rq, const char *url, reply *rp)
     return 0;
 }
 
+/* Why the request lacks the API key, or NULL when it carries it: as
+ * "Authorization: Bearer KEY", or on the Qdrant routes as "api-key: KEY"
+ * (the header Qdrant's clients send). */
+static const char *key_refusal(request *rq, const route *rt, const char *key)
+{
+    const char *auth =
+        MHD_lookup_connection_value(rq->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
+    if (auth != NULL)
+        return bearer_matches(auth, key) ? NULL : "invalid bearer token";
+    if (rt->api != API_QDRANT)
+        return "missing bearer token";
+    const char *qd_key = MHD_lookup_connection_value(rq->conn, MHD_HEADER_KIND, "api-key");
+    if (qd_key == NULL)
+        return "missing api key (the api-key header or Authorization: Bearer)";
+    return key_matches(qd_key, key) ? NULL : "invalid api key";
+}
+
 /* Returns 1 and fills rp when the request is refused before its body. */
 static int refuse_early(server *srv, request *rq, const char *url, const char *method,
                         reply *rp)
@@ -395,17 +412,9 @@ static int refuse_early(server *srv, request *rq, const char *url, const char *m
     }
     const route *rt = rq->rt;
     if (rt->needs_auth && srv->opts.api_key != NULL && srv->opts.api_key[0] != '\0') {
-        const char *auth =
-            MHD_lookup_connection_value(rq->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
-        /* Qdrant's clients send the key as "api-key: KEY" */
-        const char *qd_key = rt->api == API_QDRANT
-                                 ? MHD_lookup_connection_value(rq->conn, MHD_HEADER_KIND, "api-key")
-                                 : NULL;
-        if (qd_key != NULL && auth == NULL && key_matches(qd_key, srv->opts.api_key)) {
-            /* admitted */
-        } else if (!bearer_matches(auth, srv->opts.api_key)) {
-            reply_error(rp, rt->api, 401, "Unauthorized",
-                        auth == NULL ? "missing bearer token" : "invalid bearer token");
+        const char *why = key_refusal(rq, rt, srv->opts.api_key);
+        if (why != NULL) {
+            reply_error(rp, rt->api, 401, "Unauthorized", "%s", why);
             return 1;
         }
     }

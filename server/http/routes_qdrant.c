@@ -197,7 +197,7 @@ static int compile_filter(const cJSON *root, store_filter **out, reply *rp)
     err.msg[0] = '\0';
     *out = store_filter_compile(filter, &err);
     if (*out == NULL) {
-        qd_error(rp, 400, "Bad request: filter: %s", err.msg);
+        qd_error(rp, 400, "Bad request: %s", err.msg); /* the store's message names the filter */
         return -1;
     }
     return 0;
