@@ -45,7 +45,8 @@ SERVER_LIB_OBJ := $(filter-out $(BUILD)/server/cli/main.o,$(SERVER_OBJ))
 TEST_BIN   := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 # make test TESTS="batcher server" runs only those suites.
 TESTS ?=
-RUN_TESTS  := $(if $(TESTS),$(TESTS:%=$(BUILD)/tests/test_%),$(TEST_BIN))
+# test_cluster (PostgreSQL, three replicas, haproxy: minutes) runs in the plain pass only, unless named.
+RUN_TESTS  := $(if $(TESTS),$(TESTS:%=$(BUILD)/tests/test_%),$(if $(SANITIZER),$(filter-out $(BUILD)/tests/test_cluster,$(TEST_BIN)),$(TEST_BIN)))
 
 # Tests read the shared data set from beside the checkout unless told otherwise.
 export EMBEDD_SHARED_DATA ?= $(abspath ../shared/data)
