@@ -199,3 +199,9 @@ docker-test:
 bench-compare: $(BUILD)/embedd $(BUILD)/bench_gemm
 	/usr/bin/python3 scripts/bench_compare.py --binary $(BUILD)/embedd \
 	  --peak-binary $(BUILD)/bench_gemm $(BENCH_COMPARE_ARGS)
+
+# scripts/bench_cluster.py: /embed through haproxy with 1, 2 and 3 replicas over a throwaway
+# PostgreSQL, and write/search latency against the local store (BENCH_CLUSTER_ARGS: see its header).
+.PHONY: bench-cluster
+bench-cluster: $(BUILD)/embedd
+	/usr/bin/python3 scripts/bench_cluster.py --binary $(BUILD)/embedd $(BENCH_CLUSTER_ARGS)

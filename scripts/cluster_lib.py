@@ -474,6 +474,12 @@ class Cluster:
         self.log("replicas %s" % ", ".join("%s:%d" % (r.name, r.port) for r in started))
         return started
 
+    def remove_replica(self, r):
+        """Stops r and forgets it; returns its exit status."""
+        st = r.stop()
+        self.replicas.remove(r)
+        return st
+
     def replica(self, name):
         for r in self.replicas:
             if r.name == name:
@@ -482,8 +488,8 @@ class Cluster:
 
     # ---- haproxy -------------------------------------------------------
 
-    def write_haproxy_cfg(self):
-        servers = "\n".join("    server %s 127.0.0.1:%d check" % (r.name, r.port) for r in self.replicas)
+    def write_haproxy_cfg(self, replicas):
+        servers = "\n".join("    server %s 127.0.0.1:%d check" % (r.name, r.port) for r in replicas)
         cfg = """global
     maxconn 4096
     stats socket {sock} mode 600 level admin
@@ -514,12 +520,15 @@ backend embedd
         with open(self.haproxy_cfg, "w") as f:
             f.write(cfg)
 
-    def start_haproxy(self):
-        missing = [p for p in (HAPROXY,) if not os.access(p, os.X_OK)]
-        if missing:
-            raise ClusterError("missing: %s (scripts/install-deps.sh installs it)" % missing[0])
+    def start_haproxy(self, replicas=None):
+        """haproxy in front of replicas (default: all); a running one is
+        stopped first. Returns its port once it routes to every replica."""
+        if not os.access(HAPROXY, os.X_OK):
+            raise ClusterError("missing: %s (scripts/install-deps.sh installs it)" % HAPROXY)
+        self.stop_haproxy()
+        replicas = self.replicas if replicas is None else replicas
         self.haproxy_port = free_port()
-        self.write_haproxy_cfg()
+        self.write_haproxy_cfg(replicas)
         check = subprocess.run([HAPROXY, "-c", "-q", "-f", self.haproxy_cfg], stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, timeout=HAPROXY_TIMEOUT)
         if check.returncode != 0:
@@ -532,7 +541,7 @@ backend embedd
                                                  preexec_fn=_preexec(signal.SIGKILL))
         finally:
             logf.close()
-        self.wait_haproxy_up(len(self.replicas))
+        self.wait_haproxy_up(len(replicas))
         self.log("haproxy on %d" % self.haproxy_port)
         return self.haproxy_port
 
