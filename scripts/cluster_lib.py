@@ -159,6 +159,17 @@ class Client:
         if headers:
             hdrs.update(headers)
         data = json.dumps(body).encode() if body is not None and not isinstance(body, bytes) else body
+        reused = self.conn is not None
+        result = self._once(method, path, data, hdrs)
+        if result[0] == 0 and reused and result[3]:
+            # the server closed a keep-alive connection we had kept (idle
+            # timeout) before it read this request: send it once more
+            result = self._once(method, path, data, hdrs)
+        return result[:3]
+
+    STALE = (BrokenPipeError, ConnectionResetError, http.client.RemoteDisconnected)
+
+    def _once(self, method, path, data, hdrs):
         try:
             if self.conn is None:
                 self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout)
@@ -170,13 +181,13 @@ class Client:
                 self.close()
         except (OSError, http.client.HTTPException) as e:
             self.close()
-            return 0, {}, "%s: %s" % (type(e).__name__, e)
+            return 0, {}, "%s: %s" % (type(e).__name__, e), isinstance(e, self.STALE)
         text = raw.decode("utf-8", "replace")
         try:
             parsed = json.loads(text) if text else None
         except ValueError:
             parsed = text
-        return r.status, h, parsed
+        return r.status, h, parsed, False
 
     def close(self):
         if self.conn is not None:
