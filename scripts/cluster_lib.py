@@ -92,18 +92,22 @@ def free_port():
 
 
 TMP_PREFIX = "embedd-cluster-"
+STALE_AGE = 3600  # seconds
 
 
 def remove_stale_dirs():
-    """Removes the temp directories of runs that were killed with SIGKILL
-    (their children died with them, by the parent-death signal; their files
-    stay): those whose owner.pid names no live process."""
+    """Removes the temp directories left by earlier runs (killed with
+    SIGKILL: their children died with them, by the parent-death signal, but
+    their files stay; or kept after a failure): those whose owner.pid names
+    no live process, once they are an hour old."""
     base = tempfile.gettempdir()
     for name in os.listdir(base):
         if not name.startswith(TMP_PREFIX):
             continue
         path = os.path.join(base, name)
         try:
+            if time.time() - os.stat(path).st_mtime < STALE_AGE:
+                continue  # a failed run's logs stay a while for a look
             with open(os.path.join(path, "owner.pid")) as f:
                 pid = int(f.read().strip())
             os.kill(pid, 0)

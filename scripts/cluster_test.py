@@ -67,6 +67,7 @@ TAKEOVER_BOUND = 30.0         # seconds for another replica to take the trainer 
 CONVERGE_BOUND = 45.0
 RECOVER_BOUND = 30.0          # writes succeed again after PostgreSQL is back
 SELF_SCORE_MIN = 0.999        # an item's exact text finds it with this score
+PUBLISH_WAIT = 30.0           # seconds scenario c waits for the new trainer to publish
 
 
 class Fail(Exception):
@@ -168,6 +169,44 @@ def version_mismatch(headers, body):
     return None
 
 
+def metrics(r):
+    """{name: value} of r's /metrics samples without labels, or None."""
+    cl = r.client(5)
+    st, _, body = cl.request("GET", "/metrics")
+    cl.close()
+    if st != 200 or not isinstance(body, str):
+        return None
+    out = {}
+    for line in body.splitlines():
+        f = line.split()
+        if len(f) == 2 and not line.startswith("#") and "{" not in f[0]:
+            try:
+                out[f[0]] = float(f[1])
+            except ValueError:
+                pass
+    return out
+
+
+def wait_metric(r, name, want, timeout=5.0):
+    """Polls r's /metrics until name == want (the gauges are refreshed once a
+    second); returns the last value seen."""
+    last = [None]
+
+    def ok():
+        last[0] = (metrics(r) or {}).get(name)
+        return last[0] == want
+    try:
+        wait_until("%s %s" % (r.name, name), ok, timeout, 0.2)
+    except ClusterError:
+        pass
+    return last[0]
+
+
+REPLICATION_METRICS = ("embedd_replication_applied_seq", "embedd_replication_head_seq",
+                       "embedd_replication_lag_changes", "embedd_replication_lag_seconds",
+                       "embedd_postgres_up", "embedd_trainer_leader")
+
+
 def alive_replicas(c):
     return [r for r in c.replicas if r.alive()]
 
@@ -244,6 +283,11 @@ class Load:
         self.counts = {"writes": 0, "reads": 0, "feeds": 0}
         self.version_bad = []
         self.self_scores = []
+        self.answered_by = {}    # X-Embedd-Replica -> answers
+        self.t0 = time.monotonic()
+        # distinct texts per load: a near-twin from another scenario would
+        # blur "its own text finds it first"
+        self.offset = sum(map(ord, prefix)) * 131
         self.threads = []
         for k in range(writers):
             self.threads.append(threading.Thread(target=self._writer, args=(k, write_gap), daemon=True))
@@ -268,16 +312,18 @@ class Load:
         i = 0
         while not self.stop_ev.is_set():
             item_id = "%s-w%d-%d" % (self.prefix, k, i)
-            text = "%s (%s)" % (self.texts[(k * 7919 + i) % len(self.texts)], item_id)
+            text = "%s (%s)" % (self.texts[(self.offset + k * 7919 + i) % len(self.texts)], item_id)
             with self.lock:
                 self.attempted.append(item_id)
-            st, _, body = put_item(c, item_id, text)
+            st, h, body = put_item(c, item_id, text)
             with self.lock:
                 self.counts["writes"] += 1
+                by = h.get("x-embedd-replica", "(none)")
+                self.answered_by[by] = self.answered_by.get(by, 0) + 1
                 if 200 <= st < 300:
                     self.acked[item_id] = (text, time.monotonic())
                 else:
-                    self.write_fail.append((st, str(body)[:200]))
+                    self.write_fail.append((st, self._where(h, body)))
             i += 1
             time.sleep(gap)
         c.close()
@@ -303,6 +349,7 @@ class Load:
                 continue
             if n % 2 == 0:
                 st, h, body = similar(c, text, 3)
+                h = h or {}
                 ok = st == 200
                 if ok:
                     bad = version_mismatch(h, body)
@@ -316,14 +363,19 @@ class Load:
                         ok = False
                         body = "its exact text does not find %s first: %s" % (item_id, str(body)[:200])
             else:
-                st, _, body = get_item(c, item_id)
+                st, h, body = get_item(c, item_id)
                 ok = st == 200
             with self.lock:
                 self.counts["reads"] += 1
                 if not ok:
-                    self.read_fail.append((st, str(body)[:200]))
+                    self.read_fail.append((st, self._where(h, body)))
             n += 1
         c.close()
+
+    def _where(self, headers, body):
+        """A failure's body, with the replica that answered and when."""
+        return "%s at +%.1f s: %s" % (headers.get("x-embedd-replica", "?"), time.monotonic() - self.t0,
+                                      str(body)[:160])
 
     def _feeder(self):
         """Texts to /embed, for the learner's sample buffer."""
@@ -423,6 +475,14 @@ def scenario_a(c, texts, n_writes):
                 time.sleep(0.002)
     for cl in list(readers.values()) + [ca]:
         cl.close()
+    wait_converged(c)
+    for r in c.replicas:
+        m = metrics(r) or {}
+        absent = [k for k in REPLICATION_METRICS if k not in m]
+        check(not absent, "%s /metrics lacks %s" % (r.name, absent))
+        check(m["embedd_replication_applied_seq"] == m["embedd_replication_head_seq"]
+              and m["embedd_replication_lag_changes"] == 0 and m["embedd_postgres_up"] == 1,
+              "%s /metrics after convergence: %s" % (r.name, {k: m[k] for k in REPLICATION_METRICS}))
     p50, p99 = pct(delays, 50), pct(delays, 99)
     line = ("%d writes through %s, found by /similar on %s,%s: propagation p50 %s p99 %s max %s "
             "(bound p99 < %.0f s); %d GET /items checks"
@@ -465,12 +525,12 @@ def scenario_b(c, texts):
     counts = {r.name: count(r) for r in c.replicas}
     line = ("killed %s under load (%d writes, %d reads through haproxy): %d failed (%.2f%%, bound %.0f%%), "
             "out of rotation after %s; restarted, caught up in %s; %d acked writes, %d unacked present; "
-            "present on %s: %s; counts %s"
+            "present on %s: %s; counts %s; writes answered by %s"
             % (victim.name, load.counts["writes"], load.counts["reads"], errs, 100.0 * errs / max(total, 1),
                100 * ERROR_SHARE_BOUND, ms(out_after) if out_after is not None else "never (in 4 s)",
                ms(catch_up), len(acked), len(have[victim.name] - acked),
                ",".join(sorted(have)), ",".join(str(len(s)) for _, s in sorted(have.items())),
-               counts))
+               counts, dict(sorted(load.answered_by.items()))))
     fails = load.write_fail + load.read_fail
     check(not lost, "acknowledged writes missing: %s; %s" % (lost, line))
     check(len({frozenset(s) for s in have.values()}) == 1,
@@ -481,9 +541,20 @@ def scenario_b(c, texts):
           "too many failed requests: %s; first: %s" % (line, fails[:5]))
     check(out_after is not None, "haproxy did not take %s out within 4 s: %s" % (victim.name, line))
     check(not load.version_bad, "answers with mismatched versions: %s" % load.version_bad[:3])
+    check(all(load.answered_by.get(r.name, 0) > 0 for r in c.replicas),
+          "haproxy did not spread the writes over every replica: %s" % line)
     if fails:
-        line += "; failures: %s" % sorted({"%s" % st for st, _ in fails})
+        line += "; failures: %s" % failure_kinds(fails)
     return line
+
+
+def failure_kinds(fails):
+    """{status: count} of failed requests, with one example body each."""
+    kinds = {}
+    for st, body in fails:
+        n, ex = kinds.get(st, (0, body))
+        kinds[st] = (n + 1, ex)
+    return ", ".join("%d x %s (first: %s)" % (n, st, ex[:200]) for st, (n, ex) in sorted(kinds.items()))
 
 
 def train_steps(r):
@@ -528,7 +599,7 @@ def scenario_c(c, texts):
     v_before = serving_versions(c)
     t_kill = time.monotonic()
     old.kill9()
-    log("c: killed trainer %s" % old.name)
+    log("c: killed trainer %s at +%.1f s of the load" % (old.name, t_kill - load.t0))
     survivors = [r for r in c.replicas if r is not old]
 
     def new_trainer():
@@ -552,6 +623,17 @@ def scenario_c(c, texts):
         continued = True
     except ClusterError:
         continued = False
+    # queries keep running while the new trainer may publish (its gate
+    # decides): a switch under load is what the version checks are for
+    top = max(v for v in v_before.values() if v is not None) if any(v_before.values()) else 0
+    t_pub = time.monotonic()
+    try:
+        wait_until("a version from the new trainer",
+                   lambda: (lambda v: v is not None and v > top)((replication(new) or {}).get("serving_version")),
+                   PUBLISH_WAIT, 0.5)
+        published = "the new trainer's version served after %s" % ms(time.monotonic() - t_pub)
+    except ClusterError:
+        published = "no new version within %.0f s (its gate decides)" % PUBLISH_WAIT
     time.sleep(1.0)
     load.stop()
     for d in direct:
@@ -567,6 +649,7 @@ def scenario_c(c, texts):
     except ClusterError:
         raise Fail("replicas serve different versions %.0f s after the restart: %s"
                    % (CONVERGE_BOUND, serving_versions(c)))
+    leaders = {r.name: (metrics(r) or {}).get("embedd_trainer_leader") for r in c.replicas}
     scores = load.self_scores + [s for d in direct for s in d.self_scores]
     bad = load.version_bad + [b for d in direct for b in d.version_bad]
     reads = load.counts["reads"] + sum(d.counts["reads"] for d in direct)
@@ -574,19 +657,23 @@ def scenario_c(c, texts):
     seen_versions = set(v_start.values()) | set(v_before.values()) | set(v_end.values())
     total = load.total() + sum(d.total() for d in direct)
     errs = load.errors() + sum(d.errors() for d in direct)
-    line = ("trainer %s (steps %s) killed; %s took the lock after %s (bound %.0f s), its steps %s; "
+    line = ("trainer %s (steps %s) killed at +%.1f s; %s took the lock after %s (bound %.0f s), its steps %s; "
             "serving versions start %s, before kill %s, end %s; %d /similar and GET reads "
-            "(haproxy and direct), %d version mismatches, min self-score %s; %d of %d requests failed"
-            % (old.name, steps_before, new.name, ms(takeover), TAKEOVER_BOUND,
+            "(haproxy and direct), %d version mismatches, min self-score %s; %d of %d requests failed; "
+            "embedd_trainer_leader %s; %s"
+            % (old.name, steps_before, t_kill - load.t0, new.name, ms(takeover), TAKEOVER_BOUND,
                "advance" if continued else "DID NOT advance in 30 s",
                sorted(set(v_start.values())), sorted(set(v_before.values())), v_end, reads, len(bad),
-               "%.5f" % min(scores) if scores else "n/a", errs, total))
+               "%.5f" % min(scores) if scores else "n/a", errs, total, leaders, published))
     check(not bad, "version header and body differ: %s; %s" % (bad[:3], line))
     check(continued, "the new trainer does not train: %s" % line)
     check(not scores or min(scores) >= SELF_SCORE_MIN,
           "an item's own text scored %.5f against it (versions mixed?): %s" % (min(scores), line))
     check(errs <= ERROR_SHARE_BOUND * max(total, 1),
           "too many failed requests: %s; first: %s" % (line, (load.write_fail + read_fail)[:5]))
+    check(sum(v or 0 for v in leaders.values()) == 1, "not one embedd_trainer_leader: %s" % line)
+    if errs:
+        line += "; failures: %s" % failure_kinds(load.write_fail + read_fail)
     if len(seen_versions) < 2:
         line += " (no version was published during the scenario: the consistency check saw one version)"
     return line
@@ -597,6 +684,7 @@ def scenario_d(c, texts):
     ensure_all_running(c)
     wait_converged(c)
     pids = {r.name: r.proc.pid for r in c.replicas}
+    v_before = serving_versions(c)
     # items every replica has, to read during the outage
     cl = c.replicas[0].client(10)
     known = []
@@ -616,6 +704,8 @@ def scenario_d(c, texts):
     reads = {"ok": 0, "bad": []}
     lb_reads = {"ok": 0, "bad": []}
     disconnected = set()
+    pg_down_metric = set()
+    refused_ids = []
     clients = {r.name: r.client(15) for r in c.replicas}
     lb = c.haproxy_client(15)
     down_until = time.monotonic() + 5.0
@@ -623,7 +713,8 @@ def scenario_d(c, texts):
     while time.monotonic() < down_until:
         for r in c.replicas:
             cl = clients[r.name]
-            st, _, body = put_item(cl, "pg-down-%s-%d" % (r.name, k), "written while postgres is down %d" % k)
+            refused_ids.append("pg-down-%s-%d" % (r.name, k))
+            st, _, body = put_item(cl, refused_ids[-1], "written while postgres is down %d" % k)
             if st == 503 and isinstance(body, dict) and isinstance(body.get("error"), str) and body["error"]:
                 writes["503"] += 1
             else:
@@ -642,6 +733,8 @@ def scenario_d(c, texts):
             rep = replication(r)
             if rep is not None and rep.get("connected") is False:
                 disconnected.add(r.name)
+            if (metrics(r) or {}).get("embedd_postgres_up") == 0:
+                pg_down_metric.add(r.name)
         k += 1
         time.sleep(0.2)
     t_start = time.monotonic()
@@ -669,20 +762,36 @@ def scenario_d(c, texts):
     wait_converged(c)
     conv = time.monotonic() - t_conv
     back_ids = [v[1] for v in recovered.values()]
-    have = presence(c, back_ids + [i for i, _ in known], c.replicas)
+    have = presence(c, back_ids + [i for i, _ in known] + refused_ids, c.replicas)
     missing = {n: sorted(set(back_ids) - s) for n, s in have.items() if set(back_ids) - s}
+    resurrected = {n: sorted(set(refused_ids) & s)[:3] for n, s in have.items() if set(refused_ids) & s}
+    pg_up_after = {r.name: wait_metric(r, "embedd_postgres_up", 1) for r in c.replicas}
+    try:
+        v_after = wait_until("one serving_version after the restart", lambda: (lambda v: v if len(set(
+            v.values())) == 1 and None not in v.values() else None)(serving_versions(c)), CONVERGE_BOUND, 0.2)
+    except ClusterError:
+        v_after = None
     line = ("postgres stopped (pg_ctl -m fast, %s) for 5 s: %d writes got 503 JSON, %d other; "
-            "%d direct reads ok, %d bad; %d reads through haproxy ok, %d bad; connected=false seen on %s; "
-            "writes back after %s; converged %s later"
+            "%d direct reads ok, %d bad; %d reads through haproxy ok, %d bad; connected=false seen on %s, "
+            "embedd_postgres_up 0 on %s; "
+            "writes back after %s; converged %s later; serving versions before %s, after %s"
             % (ms(stop_took), writes["503"], len(writes["other"]), reads["ok"], len(reads["bad"]),
                lb_reads["ok"], len(lb_reads["bad"]), ",".join(sorted(disconnected)) or "none",
-               ", ".join("%s %s" % (n, ms(v[0])) for n, v in sorted(recovered.items())), ms(conv)))
+               ",".join(sorted(pg_down_metric)) or "none",
+               ", ".join("%s %s" % (n, ms(v[0])) for n, v in sorted(recovered.items())), ms(conv),
+               v_before, v_after or serving_versions(c)))
     check(not writes["other"], "writes during the outage not answered 503 JSON: %s; %s"
           % (writes["other"][:3], line))
     check(not reads["bad"], "reads from the caches failed: %s; %s" % (reads["bad"][:3], line))
     check(not lb_reads["bad"], "reads through haproxy failed: %s; %s" % (lb_reads["bad"][:3], line))
     check(len(disconnected) == len(c.replicas), "/info replication.connected stayed true: %s" % line)
+    check(len(pg_down_metric) == len(c.replicas), "embedd_postgres_up stayed 1: %s" % line)
+    check(all(v == 1 for v in pg_up_after.values()), "embedd_postgres_up after the restart: %s" % pg_up_after)
     check(not missing, "writes made after the restart are missing: %s; %s" % (missing, line))
+    check(v_after is not None, "replicas serve different versions %.0f s after the restart: %s"
+          % (CONVERGE_BOUND, line))
+    check(not resurrected, "writes answered 503 during the outage were stored after all: %s; %s"
+          % (resurrected, line))
     return line
 
 
@@ -703,6 +812,16 @@ def preflight(binary):
         if flag not in text:
             return "%s serve has no %s (issue 18's server side is not in this build)" % (binary, flag)
     return None
+
+
+def log_tail(path, n):
+    """The last n lines of a replica's log that are not request lines."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            lines = [l for l in f if " request " not in l and not l.startswith("NOTICE:")]
+    except OSError:
+        return "(no log)"
+    return "".join(l[:300] if l.endswith("\n") else l[:300] + "\n" for l in lines[-n:])
 
 
 def on_alarm(signum, frame):
@@ -750,8 +869,9 @@ def main():
                       "PASS" if results[-1][2] else "FAIL", results[-1][4], results[-1][3]), flush=True)
             if not all(r[2] for r in results):
                 for r in c.replicas:
-                    print("---- tail of %s ----\n%s" % (r.log, cluster_lib.tail(r.log, 15)))
+                    print("---- %s, without request lines ----\n%s" % (r.log, log_tail(r.log, 25)))
                 print("---- tail of %s ----\n%s" % (c.pg_log, cluster_lib.tail(c.pg_log, 15)))
+                c.keep = True  # the logs stay for a look; the next run removes them
     except Timeout:
         print("cluster test: FAIL: the run passed its %d s bound; everything it started was killed"
               % args.timeout)
