@@ -597,7 +597,17 @@ backend embedd
                 raise ClusterError("haproxy exited with %s:\n%s"
                                    % (self.haproxy_proc.returncode, tail(self.haproxy_log)))
             return sum(self.haproxy_up().values()) >= n
-        wait_until("haproxy with %d servers up" % n, ready, timeout, 0.1)
+        try:
+            wait_until("haproxy with %d servers up" % n, ready, timeout, 0.1)
+        except ClusterError as e:
+            health = []
+            for r in self.replicas:
+                c = r.client(3)
+                st, _, body = c.request("GET", "/health")
+                c.close()
+                health.append("%s /health: %s %s" % (r.name, st, str(body)[:150]))
+            raise ClusterError("%s; haproxy sees %s; %s; haproxy log:\n%s"
+                               % (e, self.haproxy_up(), "; ".join(health), tail(self.haproxy_log, 8)))
 
     def stop_haproxy(self):
         p = self.haproxy_proc

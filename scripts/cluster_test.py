@@ -67,6 +67,7 @@ TAKEOVER_BOUND = 30.0         # seconds for another replica to take the trainer 
 CONVERGE_BOUND = 45.0
 RECOVER_BOUND = 30.0          # writes succeed again after PostgreSQL is back
 SELF_SCORE_MIN = 0.999        # an item's exact text finds it with this score
+STALE_BOUND = PROPAGATION_P99_BOUND  # an acked item still absent after this is an error
 PUBLISH_WAIT = 30.0           # seconds scenario c waits for the new trainer to publish
 
 
@@ -284,6 +285,7 @@ class Load:
         self.version_bad = []
         self.self_scores = []
         self.answered_by = {}    # X-Embedd-Replica -> answers
+        self.stale = []          # (replica, age, when): an item acked >= 1 s before, not there yet
         self.t0 = time.monotonic()
         # distinct texts per load: a near-twin from another scenario would
         # blur "its own text finds it first"
@@ -329,21 +331,22 @@ class Load:
         c.close()
 
     def _pick_old(self, rnd, age=1.0):
-        """An acknowledged item at least `age` s old (so every replica has it)."""
+        """An acknowledged item at least `age` s old (so every replica
+        normally has it): (id, text, seconds since its ack)."""
         now = time.monotonic()
         with self.lock:
             old = [i for i, (_, t) in self.acked.items() if now - t >= age]
             if not old:
-                return None, None
+                return None, None, None
             i = rnd.choice(old)
-            return i, self.acked[i][0]
+            return i, self.acked[i][0], now - self.acked[i][1]
 
     def _reader(self, k):
         c = Client(self.port, 20)
         rnd = random.Random(k)
         n = 0
         while not self.stop_ev.is_set():
-            item_id, text = self._pick_old(rnd)
+            item_id, text, age = self._pick_old(rnd)
             if item_id is None:
                 time.sleep(0.05)
                 continue
@@ -367,15 +370,20 @@ class Load:
                 ok = st == 200
             with self.lock:
                 self.counts["reads"] += 1
-                if not ok:
+                if not ok and st in (200, 404) and age < STALE_BOUND:
+                    # not an error of the balancer: that replica has not
+                    # applied the item yet (bounded like propagation)
+                    self.stale.append((h.get("x-embedd-replica", "?"), age,
+                                       time.strftime("%H:%M:%S", time.gmtime())))
+                elif not ok:
                     self.read_fail.append((st, self._where(h, body)))
             n += 1
         c.close()
 
     def _where(self, headers, body):
         """A failure's body, with the replica that answered and when."""
-        return "%s at +%.1f s: %s" % (headers.get("x-embedd-replica", "?"), time.monotonic() - self.t0,
-                                      str(body)[:160])
+        return "%s at +%.1f s (%s): %s" % (headers.get("x-embedd-replica", "?"), time.monotonic() - self.t0,
+                                           time.strftime("%H:%M:%S", time.gmtime()), str(body)[:160])
 
     def _feeder(self):
         """Texts to /embed, for the learner's sample buffer."""
@@ -543,9 +551,23 @@ def scenario_b(c, texts):
     check(not load.version_bad, "answers with mismatched versions: %s" % load.version_bad[:3])
     check(all(load.answered_by.get(r.name, 0) > 0 for r in c.replicas),
           "haproxy did not spread the writes over every replica: %s" % line)
+    line += stale_summary(load.stale)
     if fails:
         line += "; failures: %s" % failure_kinds(fails)
     return line
+
+
+def stale_summary(stale):
+    """'N stale reads (on r3 at 18:15:37..18:15:39, items up to 2.6 s old)' or ''."""
+    if not stale:
+        return ""
+    by = {}
+    for name, age, when in stale:
+        n, a, first, last = by.get(name, (0, 0.0, when, when))
+        by[name] = (n + 1, max(a, age), min(first, when), max(last, when))
+    return "; %d stale reads of items acked %.0f-%.0f s before (%s)" % (
+        len(stale), 1, STALE_BOUND, ", ".join("%d on %s at %s..%s, oldest %.1f s" % (n, name, f, l, a)
+                                              for name, (n, a, f, l) in sorted(by.items())))
 
 
 def failure_kinds(fails):
@@ -672,6 +694,7 @@ def scenario_c(c, texts):
     check(errs <= ERROR_SHARE_BOUND * max(total, 1),
           "too many failed requests: %s; first: %s" % (line, (load.write_fail + read_fail)[:5]))
     check(sum(v or 0 for v in leaders.values()) == 1, "not one embedd_trainer_leader: %s" % line)
+    line += stale_summary(load.stale + [x for d in direct for x in d.stale])
     if errs:
         line += "; failures: %s" % failure_kinds(load.write_fail + read_fail)
     if len(seen_versions) < 2:
