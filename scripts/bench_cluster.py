@@ -160,7 +160,7 @@ def throughput(c, args, bodies_path, lua_path, first_body):
         res = run_wrk(port, bodies_path, lua_path, args.connections, args.duration)
         other = u.other_share()
         secs = res["duration_us"] / 1e6
-        rps = res["requests"] / secs
+        rps = (res["requests"] - res["non2xx"]) / secs  # answers that carry embeddings
         tps = rps * args.texts_per_request
         used = min(n * threads, cores)
         row = {"replicas": n, "threads": threads, "via": "haproxy" if via_lb else "direct",
@@ -176,6 +176,8 @@ def throughput(c, args, bodies_path, lua_path, first_body):
     c.stop_haproxy()
     base = next((r for r in rows if r["replicas"] == 1 and r["via"] == "haproxy"
                  and r["threads"] == 2), rows[0])
+    if any(r["errors"] for r in rows):
+        print("rows with errors (non-2xx answers or socket errors) are not clean: req/s counts 2xx answers only")
     for r in rows:
         if r["replicas"] > 1:
             print("%d replicas x %d thread: %.2fx the best one-replica row (1 x %d threads via haproxy), "

@@ -528,6 +528,9 @@ backend embedd
     balance roundrobin
     option httpchk GET /health
     http-check expect status 200
+    # a refused connect (a dead replica) fails a check at once; a busy
+    # replica's /health gets a second before the check counts as failed
+    timeout check 1s
     # a dead replica is out after 2 failed checks 200 ms apart
     default-server inter 200ms fastinter 200ms downinter 500ms fall 2 rise 2
 {servers}
