@@ -9,6 +9,7 @@ cores) and haproxy in front of them (scripts/cluster_lib.py), then runs:
      port) are readable on r1 at once (read-your-writes) and found by
      /similar (by their exact text) on r2 and r3; reports p50/p99/max of
      the delay from r1's acknowledgement to each find; p99 must be < 5 s.
+     Then every replica's /metrics has the replication gauges, at lag 0.
   b) kill -9 of a non-training replica while writer and reader threads run
      through haproxy: haproxy takes it out of the rotation, at most 2% of
      the requests fail (those in flight on the killed replica), every write
@@ -17,17 +18,25 @@ cores) and haproxy in front of them (scripts/cluster_lib.py), then runs:
      on the others, the same count).
   c) kill -9 of the training replica (/info replication.trainer) while
      texts feed the learner and queries run: another replica takes the
-     advisory lock within 30 s and its training steps advance; every
-     /similar answer's model_version equals its X-Embedd-Model-Version
-     header; a query with an item's exact text finds that item with score
-     ~1 (a query compared with vectors of another version would not);
-     after the killed one restarts, all replicas serve the same version.
-  d) PostgreSQL restart (pg_ctl stop -m fast, a few seconds down, start):
-     meanwhile writes on every replica get 503 with a JSON error, reads
-     (/similar, GET /items/{id}) answer 200 from the caches, directly and
-     through haproxy, and /info says connected: false; afterwards writes
-     succeed again on every replica without restarting any, and all
-     replicas converge.
+     advisory lock within 30 s and its training steps advance (within 60 s:
+     it may be re-embedding first); every /similar answer's model_version
+     equals its X-Embedd-Model-Version header; a query with an item's
+     exact text finds that item first with score ~1 (a query compared with
+     vectors of another version would not); after the killed one restarts,
+     all replicas serve the same version and exactly one reports
+     embedd_trainer_leader 1. Whether the new trainer published a version
+     within 30 s is reported, not required (its gate decides).
+  d) PostgreSQL restart (pg_ctl stop -m fast, 5 s down, start): meanwhile
+     writes on every replica get 503 with a JSON error, reads (/similar,
+     GET /items/{id}) answer 200 from the caches, directly and through
+     haproxy, and /info says connected: false and /metrics
+     embedd_postgres_up 0; afterwards writes succeed again on every replica
+     without restarting any, all replicas converge (same change, same
+     serving version), and no write answered 503 shows up.
+
+Reads through the balancer pick items acknowledged at least 1 s before; one
+that a replica has not applied yet is a "stale read" (reported with the
+replica and the time; an error only when the item is over 5 s old).
 
 Prints one line per scenario with its numbers, then PASS or FAIL; exits 0
 only when every scenario passed. The whole run is bounded (--timeout,
@@ -68,7 +77,8 @@ CONVERGE_BOUND = 45.0
 RECOVER_BOUND = 30.0          # writes succeed again after PostgreSQL is back
 SELF_SCORE_MIN = 0.999        # an item's exact text finds it with this score
 STALE_BOUND = PROPAGATION_P99_BOUND  # an acked item still absent after this is an error
-PUBLISH_WAIT = 30.0           # seconds scenario c waits for the new trainer to publish
+PUBLISH_WAIT = 30.0
+STEPS_WAIT = 60.0             # for the new trainer's first step (it may be re-embedding first)           # seconds scenario c waits for the new trainer to publish
 
 
 class Fail(Exception):
@@ -518,7 +528,7 @@ def scenario_b(c, texts):
         time.sleep(0.05)
     load.stop()
     total, errs = load.total(), load.errors()
-    check(load.counts["writes"] > 50 and load.counts["reads"] > 20,
+    check(load.counts["writes"] >= 20 and load.counts["reads"] >= 20,
           "too little load to judge: %s" % load.counts)
     # back on its port: it must catch up by itself
     t_start = time.monotonic()
@@ -637,17 +647,21 @@ def scenario_c(c, texts):
                    % (TAKEOVER_BOUND, old.name,
                       short_repl({r.name: replication(r) for r in survivors})))
     takeover = time.monotonic() - t_kill
+    v_takeover = serving_versions(c, survivors)
     check(len(ns) == 1, "%d replicas train after the takeover: %s" % (len(ns), [r.name for r in ns]))
     new = ns[0]
     s0 = train_steps(new) or 0
     try:
-        wait_until("steps on the new trainer", lambda: (train_steps(new) or 0) > s0, 30, 0.5)
+        wait_until("steps on the new trainer", lambda: (train_steps(new) or 0) > s0, STEPS_WAIT, 0.5)
         continued = True
     except ClusterError:
         continued = False
     # queries keep running while the new trainer may publish (its gate
     # decides): a switch under load is what the version checks are for
-    top = max(v for v in v_before.values() if v is not None) if any(v_before.values()) else 0
+    # (the old trainer's last version may still be switching in: count from the newest seen)
+    seen = [v for v in list(v_before.values()) + list(v_takeover.values()) + [
+        (replication(new) or {}).get("serving_version")] if v is not None]
+    top = max(seen) if seen else 0
     t_pub = time.monotonic()
     try:
         wait_until("a version from the new trainer",
@@ -684,7 +698,7 @@ def scenario_c(c, texts):
             "(haproxy and direct), %d version mismatches, min self-score %s; %d of %d requests failed; "
             "embedd_trainer_leader %s; %s"
             % (old.name, steps_before, t_kill - load.t0, new.name, ms(takeover), TAKEOVER_BOUND,
-               "advance" if continued else "DID NOT advance in 30 s",
+               "advance" if continued else "DID NOT advance in %.0f s" % STEPS_WAIT,
                sorted(set(v_start.values())), sorted(set(v_before.values())), v_end, reads, len(bad),
                "%.5f" % min(scores) if scores else "n/a", errs, total, leaders, published))
     check(not bad, "version header and body differ: %s; %s" % (bad[:3], line))
