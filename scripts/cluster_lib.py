@@ -50,8 +50,17 @@ import tempfile
 import threading
 import time
 
-PG_BIN = "/usr/lib/postgresql/15/bin"
-HAPROXY = "/usr/sbin/haproxy"
+def _newest_pg_bin():
+    """Debian's newest /usr/lib/postgresql/N/bin (15 on bookworm)."""
+    import glob
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/postgres"),
+                   key=lambda p: int(p.split("/")[4]) if p.split("/")[4].isdigit() else 0)
+    return os.path.dirname(found[-1]) if found else "/usr/lib/postgresql/15/bin"
+
+
+# Where the programs are; the environment may say otherwise.
+PG_BIN = os.environ.get("EMBEDD_PG_BIN") or _newest_pg_bin()
+HAPROXY = os.environ.get("EMBEDD_HAPROXY") or "/usr/sbin/haproxy"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 PG_START_TIMEOUT = 30      # seconds for the postmaster to accept connections
@@ -91,7 +100,7 @@ def free_port():
         s.close()
 
 
-TMP_PREFIX = "embedd-cluster-"
+TMP_PREFIX = "embedd-cluster-proc-"
 STALE_AGE = 3600  # seconds
 
 
