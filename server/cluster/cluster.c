@@ -489,8 +489,10 @@ static void set_connected(cluster *c, int yes)
     pthread_mutex_lock(&c->mu);
     if (c->connected && !yes)
         log_msg(LOG_WARN, "cluster: lost PostgreSQL; serving reads from the local copy");
-    if (!c->connected && yes && c->reconnects > 0)
+    if (!c->connected && yes && c->reconnects > 0) {
         log_msg(LOG_INFO, "cluster: PostgreSQL is back; catching up");
+        c->last_error[0] = '\0';
+    }
     c->connected = yes;
     pthread_mutex_unlock(&c->mu);
 }
