@@ -21,6 +21,7 @@
 #define RECONNECT_EVERY 1.0
 #define LEADER_CHECK_EVERY 1.0
 #define SAMPLES_PER_ROUND 256
+#define SAMPLES_EVERY 0.5             /* seconds between sample exchanges */
 
 int cluster_url_is_postgres(const char *url)
 {
@@ -122,6 +123,7 @@ static void cluster_free(cluster *c)
     pthread_mutex_destroy(&c->mu);
     pthread_mutex_destroy(&c->out_mu);
     pthread_cond_destroy(&c->applied_cv);
+    free(c->vec);
     free(c->url);
     free(c->replica);
     free(c->model);
@@ -145,7 +147,8 @@ cluster *cluster_open(const cluster_options *o, emb_err *err)
     c->model = strdup(o->model != NULL ? o->model : "");
     c->dim = o->dim;
     c->train = o->train;
-    if (c->url == NULL || c->replica == NULL || c->model == NULL ||
+    c->vec = malloc(sizeof(float) * (size_t)(o->dim > 0 ? o->dim : 1));
+    if (c->url == NULL || c->replica == NULL || c->model == NULL || c->vec == NULL ||
         pipe2(c->wake, O_NONBLOCK | O_CLOEXEC) != 0) {
         emb_fail_as(err, EMB_ERR_NO_MEMORY, "out of memory");
         cluster_free(c);
@@ -196,6 +199,13 @@ static int row_id(const PGresult *r, int i, store_id *id, char *num, size_t cap)
     return 0;
 }
 
+/* A vector column into c->vec (libpq does not align binary values). */
+static const float *column_vector(cluster *c, const PGresult *r, int i, int col)
+{
+    memcpy(c->vec, PQgetvalue(r, i, col), sizeof(float) * (size_t)c->dim);
+    return c->vec;
+}
+
 static int apply_upsert(cluster *c, const PGresult *r, int i, emb_err *err)
 {
     char num[32];
@@ -206,7 +216,7 @@ static int apply_upsert(cluster *c, const PGresult *r, int i, emb_err *err)
         return emb_fail(err, "change %lld: the vector has %d bytes, not %zu",
                         (long long)pg_get_i64(r, i, COL_SEQ), PQgetlength(r, i, COL_VECTOR),
                         sizeof(float) * (size_t)c->dim);
-    it.vector = (const float *)PQgetvalue(r, i, COL_VECTOR); /* libpq aligns values */
+    it.vector = column_vector(c, r, i, COL_VECTOR);
     it.vector_dim = c->dim;
     if (!pg_is_null(r, i, COL_TEXT)) {
         it.text = PQgetvalue(r, i, COL_TEXT);
@@ -221,7 +231,7 @@ static int apply_upsert(cluster *c, const PGresult *r, int i, emb_err *err)
         return -1;
     if (!pg_is_null(r, i, COL_NEXT_VERSION) &&
         PQgetlength(r, i, COL_NEXT_VECTOR) == (int)(sizeof(float) * (size_t)c->dim))
-        store_reembed_put_ids(c->st, &it.id, 1, (const float *)PQgetvalue(r, i, COL_NEXT_VECTOR),
+        store_reembed_put_ids(c->st, &it.id, 1, column_vector(c, r, i, COL_NEXT_VECTOR),
                               (uint32_t)pg_get_i32(r, i, COL_NEXT_VERSION));
     return 0;
 }
@@ -658,8 +668,10 @@ static void receive_samples(cluster *c)
 
 static void exchange_samples(cluster *c)
 {
-    if (!c->train)
+    double now = mono_seconds();
+    if (!c->train || now < c->next_samples)
         return;
+    c->next_samples = now + SAMPLES_EVERY;
     outbox_text texts[CLUSTER_OUTBOX];
     pthread_mutex_lock(&c->out_mu);
     int n = c->out_n;
