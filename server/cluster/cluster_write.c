@@ -62,6 +62,15 @@ static int abort_write(PGconn *conn, emb_err *err)
     return emb_fail_as(err, EMB_ERR_UNAVAILABLE, "store unavailable: %s", msg);
 }
 
+/* Commits the transaction when rc is 0, else rolls it back; 0 when it
+ * committed, else -1 with err saying the store is unavailable. */
+static int end_write(PGconn *conn, int rc, emb_err *err)
+{
+    if (rc == 0 && commit_write(conn, err) == 0)
+        return 0;
+    return abort_write(conn, err);
+}
+
 static void id_text(const store_id *id, char *buf, size_t cap, const char **s, size_t *len)
 {
     if (id->kind == STORE_ID_NUM) {
@@ -139,18 +148,12 @@ static int remote_upsert(void *ctx, const store_item *items, int n, emb_err *err
         rc = -1;
     } else {
         for (int i = 0; rc == 0 && i < n; i++) {
-            emb_err e;
-            if (store_normalise(items[i].vector, unit, c->dim, &e) != 0)
-                rc = emb_fail_as(err, EMB_ERR_INVALID, "item %d: %s", i, e.msg);
-            else
+            /* store_upsert checked the vectors: normalising cannot fail */
+            rc = store_normalise(items[i].vector, unit, c->dim, err);
+            if (rc == 0)
                 rc = upsert_one(conn, &items[i], unit, c->dim, &seq, err);
         }
-        if (rc != 0 && err->kind != EMB_ERR_INVALID)
-            abort_write(conn, err);
-        else if (rc != 0)
-            pg_exec(conn, "ROLLBACK", "rollback", &(emb_err){0});
-        else if (commit_write(conn, err) != 0)
-            rc = abort_write(conn, err);
+        rc = end_write(conn, rc, err);
     }
     pthread_mutex_unlock(&c->wmu);
     free(unit);
@@ -195,10 +198,7 @@ static int remote_remove(void *ctx, const store_id *ids, int n, int *n_deleted, 
             }
             PQclear(r);
         }
-        if (rc != 0)
-            abort_write(conn, err);
-        else if (commit_write(conn, err) != 0)
-            rc = abort_write(conn, err);
+        rc = end_write(conn, rc, err);
     }
     pthread_mutex_unlock(&c->wmu);
     if (rc == 0) {
@@ -255,12 +255,7 @@ static int remote_start(void *ctx, uint32_t version, emb_err *err)
                          &e, "target event", err);
             PQclear(r);
         }
-        if (r == NULL)
-            abort_write(conn, err);
-        else if (commit_write(conn, err) != 0)
-            abort_write(conn, err);
-        else
-            rc = 0;
+        rc = end_write(conn, r != NULL ? 0 : -1, err);
     }
     pthread_mutex_unlock(&c->wmu);
     sb_free(&files);
@@ -313,10 +308,7 @@ static int remote_put(void *ctx, const store_id *ids, const char *const *texts,
                 seq = (uint64_t)pg_get_i64(r, 0, 0);
             PQclear(r);
         }
-        if (rc != 0)
-            abort_write(conn, err);
-        else if (commit_write(conn, err) != 0)
-            rc = abort_write(conn, err);
+        rc = end_write(conn, rc, err);
     }
     pthread_mutex_unlock(&c->wmu);
     if (rc == 0 && seq > 0)
@@ -366,11 +358,7 @@ static int remote_finish(void *ctx, uint32_t version, emb_err *err)
             emb_err ignored;
             pg_exec(conn, "ROLLBACK", "rollback", &ignored);
             rc = 0;
-        } else if (seq == 0) {
-            abort_write(conn, err);
-        } else if (commit_write(conn, err) != 0) {
-            abort_write(conn, err);
-        } else {
+        } else if (end_write(conn, seq > 0 ? 0 : -1, err) == 0) {
             rc = 1;
         }
     }
