@@ -235,14 +235,21 @@ static int remote_start(void *ctx, uint32_t version, emb_err *err)
     pthread_mutex_lock(&c->wmu);
     PGconn *conn = writer(c, err);
     if (conn != NULL && begin_write(conn, err) == 0) {
+        double created;
+        uint32_t parent;
+        char gate[256];
+        versions_record(c->v, version, &created, &parent, gate, sizeof gate);
         pg_params p;
         pg_params_init(&p);
         pg_param_i32(&p, (int32_t)version);
         pg_param_bytes(&p, files.buf != NULL ? files.buf : "", files.len);
         pg_param_text(&p, c->replica, strlen(c->replica));
+        pg_param_i32(&p, (int32_t)parent);
+        pg_param_text(&p, gate, strlen(gate));
         PGresult *r = pg_query(conn,
-                               "INSERT INTO embedd_versions (version, files, replica)"
-                               " VALUES ($1, $2, $3) ON CONFLICT (version) DO NOTHING",
+                               "INSERT INTO embedd_versions (version, files, replica, parent, gate)"
+                               " VALUES ($1, $2, $3, nullif($4, 0), nullif($5, ''))"
+                               " ON CONFLICT (version) DO NOTHING",
                                &p, "version upload", err);
         PQclear(r);
         if (r != NULL) {
