@@ -21,6 +21,7 @@
 #define RECONNECT_EVERY 1.0
 #define LEADER_CHECK_EVERY 1.0
 #define SAMPLES_PER_ROUND 256
+#define SAMPLES_EVERY 0.5             /* seconds between sample exchanges */
 
 int cluster_url_is_postgres(const char *url)
 {
@@ -54,7 +55,8 @@ static const char *SCHEMA_SQL =
     "CREATE TABLE IF NOT EXISTS embedd_events (seq bigint PRIMARY KEY, kind text NOT NULL,"
     " version integer NOT NULL, at timestamptz NOT NULL DEFAULT now());"
     "CREATE TABLE IF NOT EXISTS embedd_versions (version integer PRIMARY KEY,"
-    " files bytea NOT NULL, replica text, created timestamptz NOT NULL DEFAULT now());"
+    " files bytea NOT NULL, parent integer, gate text, replica text,"
+    " created timestamptz NOT NULL DEFAULT now());"
     "CREATE TABLE IF NOT EXISTS embedd_samples (id bigserial PRIMARY KEY, text text NOT NULL,"
     " source smallint NOT NULL DEFAULT 0, replica text,"
     " at timestamptz NOT NULL DEFAULT now());";
@@ -122,6 +124,7 @@ static void cluster_free(cluster *c)
     pthread_mutex_destroy(&c->mu);
     pthread_mutex_destroy(&c->out_mu);
     pthread_cond_destroy(&c->applied_cv);
+    free(c->vec);
     free(c->url);
     free(c->replica);
     free(c->model);
@@ -145,7 +148,8 @@ cluster *cluster_open(const cluster_options *o, emb_err *err)
     c->model = strdup(o->model != NULL ? o->model : "");
     c->dim = o->dim;
     c->train = o->train;
-    if (c->url == NULL || c->replica == NULL || c->model == NULL ||
+    c->vec = malloc(sizeof(float) * (size_t)(o->dim > 0 ? o->dim : 1));
+    if (c->url == NULL || c->replica == NULL || c->model == NULL || c->vec == NULL ||
         pipe2(c->wake, O_NONBLOCK | O_CLOEXEC) != 0) {
         emb_fail_as(err, EMB_ERR_NO_MEMORY, "out of memory");
         cluster_free(c);
@@ -196,6 +200,13 @@ static int row_id(const PGresult *r, int i, store_id *id, char *num, size_t cap)
     return 0;
 }
 
+/* A vector column into c->vec (libpq does not align binary values). */
+static const float *column_vector(cluster *c, const PGresult *r, int i, int col)
+{
+    memcpy(c->vec, PQgetvalue(r, i, col), sizeof(float) * (size_t)c->dim);
+    return c->vec;
+}
+
 static int apply_upsert(cluster *c, const PGresult *r, int i, emb_err *err)
 {
     char num[32];
@@ -206,7 +217,7 @@ static int apply_upsert(cluster *c, const PGresult *r, int i, emb_err *err)
         return emb_fail(err, "change %lld: the vector has %d bytes, not %zu",
                         (long long)pg_get_i64(r, i, COL_SEQ), PQgetlength(r, i, COL_VECTOR),
                         sizeof(float) * (size_t)c->dim);
-    it.vector = (const float *)PQgetvalue(r, i, COL_VECTOR); /* libpq aligns values */
+    it.vector = column_vector(c, r, i, COL_VECTOR);
     it.vector_dim = c->dim;
     if (!pg_is_null(r, i, COL_TEXT)) {
         it.text = PQgetvalue(r, i, COL_TEXT);
@@ -221,7 +232,7 @@ static int apply_upsert(cluster *c, const PGresult *r, int i, emb_err *err)
         return -1;
     if (!pg_is_null(r, i, COL_NEXT_VERSION) &&
         PQgetlength(r, i, COL_NEXT_VECTOR) == (int)(sizeof(float) * (size_t)c->dim))
-        store_reembed_put_ids(c->st, &it.id, 1, (const float *)PQgetvalue(r, i, COL_NEXT_VECTOR),
+        store_reembed_put_ids(c->st, &it.id, 1, column_vector(c, r, i, COL_NEXT_VECTOR),
                               (uint32_t)pg_get_i32(r, i, COL_NEXT_VERSION));
     return 0;
 }
@@ -247,15 +258,22 @@ int cluster_ensure_version(cluster *c, PGconn *conn, uint32_t id, emb_err *err)
     pg_params p;
     pg_params_init(&p);
     pg_param_i32(&p, (int32_t)id);
-    PGresult *r = pg_query(conn, "SELECT files FROM embedd_versions WHERE version = $1", &p,
-                           "version download", err);
+    PGresult *r = pg_query(conn,
+                           "SELECT files, coalesce(parent, 0), coalesce(gate, ''),"
+                           " extract(epoch FROM created)::float8::text"
+                           " FROM embedd_versions WHERE version = $1",
+                           &p, "version download", err);
     if (r == NULL)
         return -1;
     int rc;
-    if (PQntuples(r) != 1)
+    if (PQntuples(r) != 1) {
         rc = emb_fail_as(err, EMB_ERR_NOT_FOUND, "model version %u is not in embedd_versions", id);
-    else
+    } else {
         rc = versions_import(c->v, id, PQgetvalue(r, 0, 0), (size_t)PQgetlength(r, 0, 0), err);
+        if (rc == 0)
+            versions_note(c->v, id, atof(PQgetvalue(r, 0, 3)), (uint32_t)pg_get_i32(r, 0, 1),
+                          PQgetvalue(r, 0, 2));
+    }
     PQclear(r);
     return rc;
 }
@@ -489,8 +507,10 @@ static void set_connected(cluster *c, int yes)
     pthread_mutex_lock(&c->mu);
     if (c->connected && !yes)
         log_msg(LOG_WARN, "cluster: lost PostgreSQL; serving reads from the local copy");
-    if (!c->connected && yes && c->reconnects > 0)
+    if (!c->connected && yes && c->reconnects > 0) {
         log_msg(LOG_INFO, "cluster: PostgreSQL is back; catching up");
+        c->last_error[0] = '\0';
+    }
     c->connected = yes;
     pthread_mutex_unlock(&c->mu);
 }
@@ -656,8 +676,10 @@ static void receive_samples(cluster *c)
 
 static void exchange_samples(cluster *c)
 {
-    if (!c->train)
+    double now = mono_seconds();
+    if (!c->train || now < c->next_samples)
         return;
+    c->next_samples = now + SAMPLES_EVERY;
     outbox_text texts[CLUSTER_OUTBOX];
     pthread_mutex_lock(&c->out_mu);
     int n = c->out_n;

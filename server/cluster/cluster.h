@@ -19,7 +19,9 @@
  *   embedd_deletes   seq, coll, id_kind, id: a delete
  *   embedd_events    seq, kind ('target': re-embedding to version starts;
  *                    'serve': searches switch to version), version
- *   embedd_versions  version, files (the model directory, packed): every
+ *   embedd_versions  version, files (the model directory in the served
+ *                    precision, packed: learn/versions.h, versions_export),
+ *                    parent and gate (the publish gate's verdict): every
  *                    published version, so that any replica can load it
  *   embedd_samples   texts the replicas saw, for the one trainer
  *   embedd_seq       the change sequence
@@ -72,7 +74,7 @@ typedef struct cluster_options {
     const char *replica;       /* this replica's name, for the samples and the log */
     const char *model;         /* the model's name: replicas must serve the same one */
     int dim;                   /* the model's dimension */
-    int train;                 /* compete for the trainer's lock */
+    int train;                 /* compete for the trainer's lock (which also re-embeds) */
     double connect_wait;       /* seconds cluster_open keeps trying to connect */
 } cluster_options;
 

@@ -43,6 +43,8 @@ struct cluster {
     PGconn *fconn;             /* LISTEN embedd_changes, reads changes */
     PGconn *lconn;             /* holds the trainer's lock */
     double next_leader_check;
+    double next_samples;       /* mono seconds of the next sample exchange */
+    float *vec;                /* (dim) the follower's aligned copy of a vector column */
 
     /* guarded by mu */
     pthread_mutex_t mu;

@@ -74,13 +74,16 @@ void pg_param_bytes(pg_params *p, const void *b, size_t len)
     param_raw(p, OID_BYTEA, b, len);
 }
 
-/* libpq's message without its trailing newline. */
+/* The first line of a libpq message (the rest is a hint such as "Is the
+ * server running on that host...?"). */
+static void first_line(const char *msg, char *out, size_t cap)
+{
+    snprintf(out, cap, "%.*s", (int)strcspn(msg, "\n"), msg);
+}
+
 static void conn_message(PGconn *c, char *out, size_t cap)
 {
-    snprintf(out, cap, "%s", c != NULL ? PQerrorMessage(c) : "no connection");
-    size_t n = strlen(out);
-    while (n > 0 && (out[n - 1] == '\n' || out[n - 1] == ' '))
-        out[--n] = '\0';
+    first_line(c != NULL ? PQerrorMessage(c) : "no connection", out, cap);
 }
 
 PGconn *pg_connect(const char *url, const char *application_name, emb_err *err)
@@ -108,10 +111,7 @@ static int result_error(PGconn *c, PGresult *r, const char *what, emb_err *err)
     if (m == NULL || m[0] == '\0')
         conn_message(c, msg, sizeof msg);
     else
-        snprintf(msg, sizeof msg, "%s", m);
-    size_t n = strlen(msg);
-    while (n > 0 && (msg[n - 1] == '\n' || msg[n - 1] == ' '))
-        msg[--n] = '\0';
+        first_line(m, msg, sizeof msg);
     return emb_fail_as(err, EMB_ERR_UNAVAILABLE, "postgres: %s: %s", what, msg);
 }
 
