@@ -223,8 +223,9 @@ def wait_until(what, fn, timeout, interval=0.1):
 
 
 class Replica:
-    def __init__(self, cluster, name, port, args, store="postgres"):
+    def __init__(self, cluster, name, port, args, store="postgres", env=None):
         self.cluster = cluster
+        self.env = dict(env or {})  # added to the environment (which loses its EMBEDD_*)
         self.store = store  # "postgres": the cluster's; "local": --data only, no --store
         self.name = name
         self.port = port
@@ -248,6 +249,7 @@ class Replica:
             log.write("---- start %s ----\n" % time.strftime("%H:%M:%S"))
         logf = open(self.log, "ab")
         env = {k: v for k, v in os.environ.items() if not k.startswith("EMBEDD_")}
+        env.update(self.env)
         try:
             self.proc = subprocess.Popen(self.argv(), stdin=subprocess.DEVNULL, stdout=logf,
                                          stderr=subprocess.STDOUT, cwd=ROOT, env=env,
@@ -481,18 +483,18 @@ class Cluster:
 
     # ---- replicas ------------------------------------------------------
 
-    def add_replica(self, name, args=(), start=True, store="postgres"):
-        r = Replica(self, name, free_port(), args, store)
+    def add_replica(self, name, args=(), start=True, store="postgres", env=None):
+        r = Replica(self, name, free_port(), args, store, env)
         self.replicas.append(r)
         if start:
             r.start(wait=False)
         return r
 
-    def start_replicas(self, n, args=(), names=None):
+    def start_replicas(self, n, args=(), names=None, env=None):
         """Starts n replicas (named r1..rn unless told) at once, then waits
         for each to answer /health."""
         names = names or ["r%d" % (i + 1) for i in range(n)]
-        started = [self.add_replica(nm, args) for nm in names]
+        started = [self.add_replica(nm, args, env=env) for nm in names]
         for r in started:
             r.wait_ready()
         self.log("replicas %s" % ", ".join("%s:%d" % (r.name, r.port) for r in started))
