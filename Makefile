@@ -9,7 +9,7 @@
 CC       ?= cc
 SANITIZER ?=
 BUILD    ?= build$(if $(SANITIZER),-$(SANITIZER),)
-PKGS     := libmicrohttpd libcjson libcurl libutf8proc
+PKGS     := libmicrohttpd libcjson libcurl libutf8proc libpq
 OPT      ?= -O2
 # OpenBLAS's OpenMP build: BLAS calls and our own OpenMP loops share one
 # thread pool instead of two sets of threads spinning against each other.

@@ -7,13 +7,16 @@ set -eu
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 BUILD_PKGS="build-essential pkg-config libmicrohttpd-dev libcjson-dev libopenblas-dev libopenblas-openmp-dev \
-libcurl4-openssl-dev check libutf8proc-dev libhnswlib-dev g++"
+libcurl4-openssl-dev check libutf8proc-dev libhnswlib-dev libpq-dev g++"
 # prometheus: tests/test_server.c checks /metrics with its promtool (19 MB
 # download, ~10 s to install; the daemon it ships is not started in a container).
 # chromium: tests/test_browser.c drives the web console in it, headless
 # (tests/browser, with the npm package playwright-core; ~100 MB, skipped
 # when absent).
-TEST_PKGS="curl python3 prometheus chromium"
+# postgresql, haproxy: tests/test_cluster.c starts a throwaway PostgreSQL
+# (initdb in a temporary directory) and replicas behind haproxy; the
+# packages' own services are not needed and are left as Debian sets them.
+TEST_PKGS="curl python3 prometheus chromium postgresql haproxy"
 if [ "${1:-}" = "--build" ]; then
   TEST_PKGS=""
 elif [ "${1:-}" = "--bench" ]; then

@@ -25,6 +25,7 @@
 
 #include "run_suite.h"
 #include "store/store.h"
+#include "store/store_reembed.h"
 #include "testutil.h"
 #include "store/wal.h"
 
@@ -2209,10 +2210,150 @@ START_TEST(test_hnsw_close_during_build)
 }
 END_TEST
 
+/* ---- a store whose writes go to a system of record (store_remote) ---- */
+
+/* A remote that records what it was asked and applies writes back through
+ * the _local calls at once, as the cluster's follower does. */
+typedef struct fake_remote {
+    store *s;
+    int upserts, removes, starts, puts, finishes;
+    uint32_t started, put_version;
+    int put_moving, finish_answer;
+} fake_remote;
+
+static int fake_upsert(void *ctx, const store_item *items, int n, emb_err *err)
+{
+    fake_remote *f = ctx;
+    f->upserts++;
+    return store_upsert_local(f->s, items, n, err);
+}
+
+static int fake_remove(void *ctx, const store_id *ids, int n, int *n_deleted, emb_err *err)
+{
+    fake_remote *f = ctx;
+    f->removes++;
+    return store_delete_local(f->s, ids, n, n_deleted, err);
+}
+
+static int fake_start(void *ctx, uint32_t version, emb_err *err)
+{
+    (void)err;
+    fake_remote *f = ctx;
+    f->starts++;
+    f->started = version;
+    return 0;
+}
+
+static int fake_put(void *ctx, const store_id *ids, const char *const *texts,
+                    const size_t *lens, int n, const float *vecs, uint32_t version, int moving,
+                    emb_err *err)
+{
+    (void)err;
+    fake_remote *f = ctx;
+    f->puts += n;
+    f->put_version = version;
+    f->put_moving = moving;
+    for (int i = 0; i < n; i++)
+        ck_assert(texts[i] != NULL && lens[i] > 0);
+    store_reembed_put_ids(f->s, ids, n, vecs, version);
+    return 0;
+}
+
+static int fake_finish(void *ctx, uint32_t version, emb_err *err)
+{
+    (void)err;
+    fake_remote *f = ctx;
+    f->finishes++;
+    if (f->finish_answer == 1)
+        store_reembed_switch(f->s, version);
+    return f->finish_answer;
+}
+
+/* Writes go through the remote; re-embedding hands its vectors to it and
+ * the store asks it to switch only when nothing is pending here; a forced
+ * switch leaves items without a target vector unsearched for the new
+ * version. */
+START_TEST(test_remote_hooks)
+{
+    const int dim = 8;
+    store *s = open_store(NULL, dim, NULL);
+    fake_remote f = {.s = s};
+    store_remote r = {.ctx = &f, .upsert = fake_upsert, .remove = fake_remove,
+                      .reembed_start = fake_start, .reembed_put = fake_put,
+                      .reembed_finish = fake_finish};
+    store_set_remote(s, &r);
+    store_reembed_adopt(s, 1);
+    float v[8];
+    char text[32];
+    for (int k = 0; k < 4; k++) {
+        derived_vector((uint64_t)k, v, dim);
+        snprintf(text, sizeof text, "text %d", k);
+        upsert_one(s, store_id_num((uint64_t)k), v, dim, text, NULL, 1);
+    }
+    ck_assert_int_eq(f.upserts, 4);
+    ck_assert_int_eq(store_count(s), 4);
+    emb_err err;
+    int deleted = -1;
+    store_id gone = store_id_num(3);
+    ck_assert_int_eq(store_delete(s, &gone, 1, &deleted, &err), 0);
+    ck_assert_int_eq(f.removes, 1);
+    ck_assert_int_eq(deleted, 1);
+    /* an invalid write never reaches the remote */
+    store_item bad = {.id = store_id_num(9), .vector = v, .vector_dim = dim - 1};
+    ck_assert_int_eq(store_upsert(s, &bad, 1, &err), -1);
+    ck_assert_int_eq(f.upserts, 4);
+
+    ck_assert_int_eq(store_reembed_start(s, 2, &err), 0);
+    ck_assert_int_eq(f.starts, 1);
+    ck_assert_uint_eq(f.started, 2);
+    ck_assert_uint_eq(store_target_version(s), 2);
+    store_text_item taken[8];
+    int n = store_reembed_take(s, 8, taken, &err);
+    ck_assert_int_eq(n, 3);
+    float vecs[3 * 8];
+    for (int i = 0; i < 3 * dim; i++)
+        vecs[i] = (float)(i % dim == 0);
+    /* the first two only: the third keeps its version-1 vector */
+    ck_assert_int_eq(store_reembed_put(s, taken, 2, vecs, 2, &err), 0);
+    ck_assert_int_eq(f.puts, 2);
+    ck_assert_uint_eq(f.put_version, 2);
+    ck_assert_int_eq(f.put_moving, 1);
+    store_text_items_free(taken, n);
+    ck_assert_int_eq(store_reembed_finish(s, &err), 0);
+    ck_assert_int_eq(f.finishes, 0); /* an item is still pending here: not asked */
+    ck_assert_uint_eq(store_vectors_version(s), 1);
+    /* the system of record switches anyway (an item raced the move) */
+    ck_assert_int_eq(store_reembed_switch(s, 2), 1);
+    ck_assert_int_eq(store_reembed_switch(s, 2), 0);
+    ck_assert_uint_eq(store_vectors_version(s), 2);
+    float q[8] = {1, 0, 0, 0, 0, 0, 0, 0};
+    store_query qq;
+    store_query_init(&qq, q, dim);
+    qq.model_version = 2;
+    store_result res;
+    ck_assert_int_eq(store_search(s, &qq, &res, &err), 0);
+    ck_assert_int_eq(res.n, 2);
+    for (int i = 0; i < res.n; i++) {
+        ck_assert_int_eq(res.hits[i].model_version, 2);
+        ck_assert_float_eq_tol(res.hits[i].score, 1.0f, 1e-5f);
+    }
+    store_result_free(&res);
+    /* the one left behind is taken again, and its vector replaces the
+     * searched one once the remote has it (not moving any more) */
+    n = store_reembed_take(s, 8, taken, &err);
+    ck_assert_int_eq(n, 1);
+    ck_assert_int_eq(store_reembed_put(s, taken, 1, vecs, 2, &err), 0);
+    ck_assert_int_eq(f.put_moving, 0);
+    store_text_items_free(taken, n);
+    store_close(s);
+}
+END_TEST
+
 int main(void)
 {
     Suite *suite = suite_create("store");
     TCase *mem = tcase_create("memory");
+    tcase_add_test(mem, test_remote_hooks);
     tcase_add_test(mem, test_crud_both_kinds);
     tcase_add_test(mem, test_upsert_replaces);
     tcase_add_test(mem, test_many_upserts_and_deletes);

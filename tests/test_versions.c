@@ -40,6 +40,7 @@
 #include <unistd.h>
 
 #include "base/crc32c.h"
+#include "common/strbuf.h"
 #include "learn/versions.h"
 #include "safetensors.h"
 #include "run_suite.h"
@@ -207,6 +208,65 @@ START_TEST(test_manifest_written_and_verified)
                        emb_f16_to_f32(emb_f32_to_f16(base->params[0] + 0.5f)));
     versions_release(v, mv);
     versions_free(v);
+}
+END_TEST
+
+/* A version moves between replicas as one archive (versions_archive.c):
+ * another registry imports it, verifies it and adopts it as current with
+ * the same weights; a second import is a no-op; unsafe or cut archives are
+ * refused and leave nothing behind. */
+START_TEST(test_archive_moves_a_version)
+{
+    emb_err err;
+    versions *v = open_data();
+    emb_model *m = save_version(v, 2);
+    float want = m->params[0];
+    emb_model_free(m);
+    strbuf arch;
+    sb_init(&arch, 1u << 30);
+    ck_assert_msg(versions_export(v, 2, &arch, &err) == 0, "%s", err.msg);
+    ck_assert_int_eq(versions_export(v, 7, &arch, &err), -1);
+    ck_assert_int_eq(err.kind, EMB_ERR_NOT_FOUND);
+    versions_free(v);
+
+    char other[64];
+    tu_mkdtemp(other, sizeof other);
+    versions *w = versions_open(other, TINY, base, 3, &err);
+    ck_assert_msg(w != NULL, "%s", err.msg);
+    ck_assert_msg(versions_import(w, 2, arch.buf, arch.len, &err) == 0, "%s", err.msg);
+    ck_assert_msg(versions_import(w, 2, arch.buf, arch.len, &err) == 0, "%s", err.msg);
+    ck_assert_msg(versions_adopt(w, 2, &err) == 0, "%s", err.msg);
+    ck_assert_uint_eq(versions_current_id(w), 2);
+    model_version *mv = versions_current(w);
+    ck_assert_float_eq(mv->model->params[0], want);
+    versions_release(w, mv);
+
+    /* cut short: refused, and no v3 appears */
+    ck_assert_int_eq(versions_import(w, 3, arch.buf, arch.len / 2, &err), -1);
+    ck_assert_int_eq(err.kind, EMB_ERR_INVALID);
+    char path[160];
+    snprintf(path, sizeof path, "%s/models/v3", other);
+    ck_assert_int_ne(access(path, F_OK), 0);
+    /* a path that climbs out of the version's directory */
+    strbuf bad;
+    sb_init(&bad, 1024);
+    sb_puts(&bad, "EMBV1\n");
+    const char name[] = "../evil";
+    unsigned char len4[4] = {sizeof name - 1, 0, 0, 0}, size8[8] = {1, 0, 0, 0, 0, 0, 0, 0};
+    sb_append(&bad, (const char *)len4, 4);
+    sb_append(&bad, name, sizeof name - 1);
+    sb_append(&bad, (const char *)size8, 8);
+    sb_putc(&bad, 'x');
+    ck_assert_int_eq(versions_import(w, 4, bad.buf, bad.len, &err), -1);
+    ck_assert_msg(strstr(err.msg, "unsafe path") != NULL, "%s", err.msg);
+    snprintf(path, sizeof path, "%s/models/evil", other);
+    ck_assert_int_ne(access(path, F_OK), 0);
+    sb_free(&bad);
+    versions_free(w);
+    sb_free(&arch);
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", other);
+    tu_run(cmd);
 }
 END_TEST
 
@@ -684,6 +744,7 @@ int main(void)
     tcase_add_checked_fixture(td, setup, teardown);
     tcase_add_test(td, test_manifest_written_and_verified);
     tcase_add_test(td, test_corrupt_weights_refused);
+    tcase_add_test(td, test_archive_moves_a_version);
     tcase_add_test(td, test_pre_checksum_version_accepted);
     tcase_add_test(td, test_incomplete_dir_ignored);
     tcase_add_test(td, test_current_names_missing_version);

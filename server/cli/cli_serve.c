@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 
 #include "cli.h"
+#include "cluster/cluster.h"
 #include "common/log.h"
 #include "options.h"
 #include "serve.h"
@@ -111,6 +112,12 @@ static const opt_spec serve_specs[] = {
           "bytes of responses waiting to be sent; a response beyond it gets 503 (0: no limit)"),
     S_STR("data", "EMBEDD_DATA", data_dir, NULL,
           "directory of the persistent item store (default: items live in memory)"),
+    S_STR("store", "EMBEDD_STORE", store_url, "local",
+          "where items live: local (--data, or memory), or postgres://USER@HOST:PORT/DB, "
+          "shared by replicas (docs/scaling.md)"),
+    S_STR("replica-name", "EMBEDD_REPLICA_NAME", replica_name, NULL,
+          "with --store postgres: this replica's name in /info and X-Embedd-Replica "
+          "(default: host:port)"),
     S_INT("snapshot-wal-bytes", "EMBEDD_SNAPSHOT_WAL_BYTES", snapshot_wal_bytes, "67108864", 0,
           1 << 30,
           "snapshot the item store and truncate its log when the log passes this size (0: never)"),
@@ -255,6 +262,12 @@ int cli_serve(int argc, char **argv)
     if (rc != 0)
         return rc == 1 ? 0 : 2;
     log_setup((log_level)cli.log_level, (log_format)cli.log_format);
+    const char *st = cli.srv.store_url;
+    if (st == NULL || (strcmp(st, "local") != 0 && !cluster_url_is_postgres(st))) {
+        fprintf(stderr, "embedd serve: --store must be local or a postgres:// URL, not '%s'\n",
+                st != NULL ? st : "");
+        return 2;
+    }
     char model_dir[PATH_MAX], served_name[256], with_rev[512];
     if (resolve_model_id(&cli, with_rev, sizeof with_rev) != 0)
         return 2;

@@ -11,8 +11,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
+#include "checkpoint.h"
 #include "cli.h"
+#include "cluster/cluster.h"
 #include "common/clock.h"
 #include "common/log.h"
 #include "common/release.h"
@@ -67,7 +70,9 @@ static int start_batcher(server *srv, emb_err *err)
 static int open_store(server *srv, store_recovery *rec, emb_err *err)
 {
     const server_opts *o = &srv->opts;
-    store_options so = {.dir = o->data_dir, .dim = emb_model_dim(srv->model),
+    /* with a cluster, the store is a memory copy of PostgreSQL's items */
+    store_options so = {.dir = srv->cluster_mode ? NULL : o->data_dir,
+                        .dim = emb_model_dim(srv->model),
                         .hnsw_threshold = o->hnsw_threshold, .hnsw_m = o->hnsw_m,
                         .hnsw_ef_construction = o->hnsw_ef_construction,
                         .hnsw_ef = o->hnsw_ef,
@@ -90,7 +95,8 @@ static int open_store(server *srv, store_recovery *rec, emb_err *err)
 static int open_collections(server *srv, emb_err *err)
 {
     const server_opts *o = &srv->opts;
-    const char *dir = o->data_dir != NULL && o->data_dir[0] != '\0' ? o->data_dir : NULL;
+    const char *dir = o->data_dir != NULL && o->data_dir[0] != '\0' && !srv->cluster_mode
+                          ? o->data_dir : NULL;
     collections_options co = {.data_dir = dir, .default_store = srv->store,
                               .store_opts = {.hnsw_threshold = o->hnsw_threshold,
                                              .hnsw_m = o->hnsw_m,
@@ -105,6 +111,13 @@ static int open_collections(server *srv, emb_err *err)
     if (report[0] != '\0')
         log_msg(LOG_INFO, "collections: %s", report);
     return 0;
+}
+
+/* Where model versions are saved: --data, or with a cluster and no --data
+ * a temporary directory (replicas load versions from PostgreSQL). */
+static const char *versions_dir(const server *srv)
+{
+    return srv->scratch_dir[0] != '\0' ? srv->scratch_dir : srv->opts.data_dir;
 }
 
 /* The learner's options: the serve options as parsed, plus what only the
@@ -144,7 +157,7 @@ static void learner_config(const server *srv, learner_opts *lo)
     lo->paused = o->train_paused;
     lo->max_epochs = o->train_max_epochs;
     lo->persist_samples = o->train_persist_samples;
-    lo->data_dir = o->data_dir;
+    lo->data_dir = versions_dir(srv);
     lo->base_dir = o->model_dir;
     lo->base = srv->model;
     lo->seed = (uint64_t)o->train_seed;
@@ -152,11 +165,71 @@ static void learner_config(const server *srv, learner_opts *lo)
     lo->nan_every = nan_every != NULL ? atoi(nan_every) : 0;
 }
 
+/* --store postgres://: a scratch directory when there is no --data, then
+ * PostgreSQL (cluster.h). Before the versions and the store open. */
+static int open_cluster(server *srv, emb_err *err)
+{
+    const server_opts *o = &srv->opts;
+    if (!srv->cluster_mode)
+        return 0;
+    if (o->data_dir == NULL || o->data_dir[0] == '\0') {
+        snprintf(srv->scratch_dir, sizeof srv->scratch_dir, "/tmp/embedd-replica-XXXXXX");
+        if (mkdtemp(srv->scratch_dir) == NULL)
+            return emb_fail_as(err, EMB_ERR_IO, "cannot make a scratch directory in /tmp");
+    }
+    if (o->replica_name != NULL && o->replica_name[0] != '\0') {
+        snprintf(srv->replica, sizeof srv->replica, "%s", o->replica_name);
+    } else {
+        char host[64] = "localhost";
+        gethostname(host, sizeof host - 1);
+        snprintf(srv->replica, sizeof srv->replica, "%s:%d", host, o->port);
+    }
+    cluster_options co = {.url = o->store_url, .replica = srv->replica,
+                          .model = srv->model_name, .dim = emb_model_dim(srv->model),
+                          .train = 1, .connect_wait = 30};
+    /* every replica competes for the trainer's lock, --train off included:
+     * the holder also re-embeds the store after a rollback, and its learner
+     * trains only when --train is on */
+    log_msg(LOG_INFO, "connecting to PostgreSQL (store %s)", "postgres");
+    srv->cluster = cluster_open(&co, err);
+    return srv->cluster != NULL ? 0 : -1;
+}
+
+/* The cluster's state into the store and the registry, then its follower. */
+static int start_cluster(server *srv, emb_err *err)
+{
+    if (srv->cluster == NULL)
+        return 0;
+    if (cluster_start(srv->cluster, srv->store, srv->versions, err) != 0)
+        return -1;
+    cluster_stats cs;
+    cluster_get_stats(srv->cluster, &cs);
+    log_msg(LOG_INFO, "cluster: loaded %ld items up to change %llu; searching version %u",
+            store_count(srv->store), (unsigned long long)cs.applied_seq, cs.serving_version);
+    return 0;
+}
+
+/* The learner's side of the cluster (learner.h, learner_cluster). */
+static int learner_leader(void *ctx)
+{
+    return cluster_is_leader(ctx);
+}
+
+static void learner_forward(void *ctx, const char *text, size_t len, int source)
+{
+    cluster_forward_sample(ctx, text, len, source);
+}
+
+static void sample_sink(void *ctx, const char *text, size_t len, int source)
+{
+    learner_offer(ctx, text, len, source);
+}
+
 /* The registry of model versions: the current one saved under --data, or
  * the loaded model as version 1 (learn/versions.h). */
 static int open_versions(server *srv, emb_err *err)
 {
-    srv->versions = versions_open(srv->opts.data_dir, srv->opts.model_dir, srv->model,
+    srv->versions = versions_open(versions_dir(srv), srv->opts.model_dir, srv->model,
                                   srv->opts.keep_versions, err);
     if (srv->versions == NULL)
         return -1;
@@ -175,6 +248,12 @@ static int start_learning(server *srv, emb_err *err)
     srv->learner = learner_start(&lo, srv->versions, srv->batcher, srv->store, srv->mx, err);
     if (srv->learner == NULL)
         return -1;
+    if (srv->cluster != NULL) {
+        learner_cluster lc = {.ctx = srv->cluster, .leader = learner_leader,
+                              .forward = learner_forward};
+        learner_set_cluster(srv->learner, &lc);
+        cluster_set_sample_sink(srv->cluster, sample_sink, srv->learner);
+    }
     batcher_set_idle(srv->batcher, learner_idle, srv->learner, 0.25);
     batcher_set_idle_share(srv->batcher, srv->opts.train_min_share);
     return 0;
@@ -214,7 +293,9 @@ static void log_started(const server *srv, const store_recovery *rec)
     log_str(&ln, "learning", !o->train ? "off" : o->train_paused ? "paused" : "on");
     log_str(&ln, "publish", o->publish_mode == VERSIONS_PUBLISH_AUTO ? "auto" : "manual");
     log_int(&ln, "model_version", versions_current_id(srv->versions));
-    log_str(&ln, "store", o->data_dir != NULL ? o->data_dir : "memory");
+    log_str(&ln, "store", srv->cluster_mode ? "postgres" : o->data_dir != NULL ? o->data_dir : "memory");
+    if (srv->cluster_mode)
+        log_str(&ln, "replica", srv->replica);
     log_int(&ln, "items", store_count(srv->store));
     log_str(&ln, "recovery", recovery);
     log_int(&ln, "hnsw_threshold", o->hnsw_threshold);
@@ -254,8 +335,9 @@ static int start_all(server *srv)
         log_msg(LOG_ERROR, "cannot start: out of memory");
         return -1;
     }
-    if (open_versions(srv, &err) != 0 || start_batcher(srv, &err) != 0 ||
-        open_store(srv, &rec, &err) != 0 || open_collections(srv, &err) != 0 ||
+    if (open_cluster(srv, &err) != 0 || open_versions(srv, &err) != 0 ||
+        start_batcher(srv, &err) != 0 || open_store(srv, &rec, &err) != 0 ||
+        start_cluster(srv, &err) != 0 || open_collections(srv, &err) != 0 ||
         start_learning(srv, &err) != 0 ||
         http_start(srv, &err) != 0) {
         log_msg(LOG_ERROR, "cannot start: %s", err.msg);
@@ -340,6 +422,12 @@ static void housekeeping(server *srv, health_log *hl)
     }
     metrics_train_gauges(srv->mx, versions_current_id(srv->versions), buffer, done, total,
                          paused);
+    if (srv->cluster != NULL) {
+        cluster_stats cs;
+        cluster_get_stats(srv->cluster, &cs);
+        metrics_replication(srv->mx, cs.connected, cs.leader, cs.applied_seq, cs.head_seq,
+                            cs.lag_seconds);
+    }
 }
 
 /* Housekeeping until SIGINT or SIGTERM; returns the signal. */
@@ -368,8 +456,14 @@ static void stop_serving(server *srv)
     srv->learner = NULL;
     log_msg(LOG_INFO, "stopping: compute and learner stopped");
     http_stop(srv);
+    if (srv->cluster != NULL) {
+        cluster_set_sample_sink(srv->cluster, NULL, NULL);
+        cluster_close(srv->cluster);
+        srv->cluster = NULL;
+        log_msg(LOG_INFO, "stopping: cluster follower stopped");
+    }
     /* A snapshot now makes the next start read one file, not the whole log. */
-    if (srv->opts.data_dir != NULL && srv->opts.data_dir[0] != '\0') {
+    if (srv->opts.data_dir != NULL && srv->opts.data_dir[0] != '\0' && !srv->cluster_mode) {
         if (store_snapshot(srv->store, &err) != 0)
             log_msg(LOG_ERROR, "stopping: snapshot at shutdown failed: %s", err.msg);
         else
@@ -390,12 +484,17 @@ static void free_all(server *srv)
     batcher_halt(srv->batcher);
     learner_stop(srv->learner);
     batcher_stop(srv->batcher);
+    cluster_close(srv->cluster);
     collections_close(srv->collections, 0);
     if (srv->store != NULL)
         store_close(srv->store);
     metrics_free(srv->mx);
     versions_free(srv->versions);
     emb_model_free(srv->model);
+    if (srv->scratch_dir[0] != '\0') {
+        emb_err ignored;
+        emb_remove_tree(srv->scratch_dir, &ignored);
+    }
 }
 
 int serve_run(const server_opts *opts)
@@ -403,6 +502,7 @@ int serve_run(const server_opts *opts)
     server srv;
     memset(&srv, 0, sizeof srv);
     srv.opts = *opts;
+    srv.cluster_mode = cluster_url_is_postgres(opts->store_url);
     atomic_init(&srv.inflight, 0);
     atomic_init(&srv.working, 0);
     atomic_init(&srv.ready, 0);

@@ -54,6 +54,10 @@ struct metrics {
     int store_degraded;
     unsigned long writes_refused;
     long collections;          /* Qdrant collections, "default" included */
+    int replication;           /* metrics_replication was called: the series below exist */
+    int pg_up, trainer_leader;
+    unsigned long long applied_seq, head_seq;
+    double lag_seconds;
     long collection_points;    /* points in all of them */
     /* HTTP connections cut for overstaying a phase (http/conntrack.h) */
     struct {
@@ -288,8 +292,45 @@ void metrics_collections(metrics *m, long collections, long points)
     pthread_mutex_unlock(&m->lock);
 }
 
+void metrics_replication(metrics *m, int up, int leader, unsigned long long applied_seq,
+                         unsigned long long head_seq, double lag_seconds)
+{
+    pthread_mutex_lock(&m->lock);
+    m->replication = 1;
+    m->pg_up = up;
+    m->trainer_leader = leader;
+    m->applied_seq = applied_seq;
+    m->head_seq = head_seq;
+    m->lag_seconds = lag_seconds;
+    pthread_mutex_unlock(&m->lock);
+}
+
+static void render_replication(out *o, const metrics *m)
+{
+    if (!m->replication)
+        return;
+    emit(o, "# HELP embedd_postgres_up 1 while the follower's PostgreSQL connection works\n"
+            "# TYPE embedd_postgres_up gauge\nembedd_postgres_up %d\n", m->pg_up);
+    emit(o, "# HELP embedd_trainer_leader 1 while this replica holds the trainer's lock\n"
+            "# TYPE embedd_trainer_leader gauge\nembedd_trainer_leader %d\n",
+         m->trainer_leader);
+    emit(o, "# HELP embedd_replication_applied_seq Newest change applied to the local copy\n"
+            "# TYPE embedd_replication_applied_seq gauge\nembedd_replication_applied_seq %llu\n",
+         m->applied_seq);
+    emit(o, "# HELP embedd_replication_head_seq Newest change seen in PostgreSQL\n"
+            "# TYPE embedd_replication_head_seq gauge\nembedd_replication_head_seq %llu\n",
+         m->head_seq);
+    emit(o, "# HELP embedd_replication_lag_changes Changes in PostgreSQL not yet applied here\n"
+            "# TYPE embedd_replication_lag_changes gauge\nembedd_replication_lag_changes %llu\n",
+         m->head_seq > m->applied_seq ? m->head_seq - m->applied_seq : 0);
+    emit(o, "# HELP embedd_replication_lag_seconds Seconds since the local copy was last "
+            "caught up (0: it is)\n# TYPE embedd_replication_lag_seconds gauge\n"
+            "embedd_replication_lag_seconds %.3f\n", m->lag_seconds);
+}
+
 static void render_store(out *o, const metrics *m)
 {
+    render_replication(o, m);
     emit(o, "# HELP embedd_collections Qdrant collections, the default one (the item store) "
             "included\n# TYPE embedd_collections gauge\nembedd_collections %ld\n",
          m->collections);

@@ -41,6 +41,10 @@ void metrics_io_errors(metrics *m, const char *file, const char *op, unsigned lo
 void metrics_store_state(metrics *m, int degraded, unsigned long writes_refused);
 /* The Qdrant collections (store/collections.h) and their points, each second. */
 void metrics_collections(metrics *m, long collections, long points);
+/* Replicas (--store postgres): the follower's state, from cluster_get_stats
+ * once a second; the series exist only once this was called. */
+void metrics_replication(metrics *m, int up, int leader, unsigned long long applied_seq,
+                         unsigned long long head_seq, double lag_seconds);
 
 /* One HTTP connection cut by its deadline in phase ("head", "body", ...). */
 void metrics_connection_cut(metrics *m, const char *phase);

@@ -243,6 +243,8 @@ static enum MHD_Result send_reply(request *rq, reply *rp)
         snprintf(version, sizeof version, "%u", rq->model_version);
         MHD_add_response_header(resp, "X-Embedd-Model-Version", version);
     }
+    if (rq->srv->replica[0] != '\0')
+        MHD_add_response_header(resp, "X-Embedd-Replica", rq->srv->replica);
     if (rp->status == 401)
         MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
     /* every 429 and 503 is temporary: Retry-After, 1 s unless the reply says */

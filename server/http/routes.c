@@ -12,6 +12,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "cluster/cluster.h"
 #include "common/release.h"
 #include "errors.h"
 #include "jsoncheck.h"
@@ -858,6 +859,34 @@ static void info_train_samples(server *srv, strbuf *b)
     sb_puts(b, "}");
 }
 
+/* With --store postgres: the follower's state (cluster.h). */
+static void info_replication(server *srv, strbuf *b)
+{
+    if (srv->cluster == NULL)
+        return;
+    cluster_stats cs;
+    cluster_get_stats(srv->cluster, &cs);
+    sb_puts(b, ",\"replication\":{\"replica\":");
+    sb_json_string(b, srv->replica);
+    sb_printf(b,
+              ",\"connected\":%s,\"applied_seq\":%llu,\"head_seq\":%llu,"
+              "\"lag_changes\":%llu,\"lag_seconds\":%.3f,\"reconnects\":%llu,"
+              "\"changes_applied\":%llu,\"trainer\":%s,\"serving_version\":%u,"
+              "\"target_version\":%u,\"samples_forwarded\":%llu,\"samples_received\":%llu,"
+              "\"last_error\":",
+              cs.connected ? "true" : "false", (unsigned long long)cs.applied_seq,
+              (unsigned long long)cs.head_seq,
+              (unsigned long long)(cs.head_seq - cs.applied_seq), cs.lag_seconds,
+              (unsigned long long)cs.reconnects, (unsigned long long)cs.changes_applied,
+              cs.leader ? "true" : "false", cs.serving_version, cs.target_version,
+              (unsigned long long)cs.samples_forwarded, (unsigned long long)cs.samples_received);
+    if (cs.last_error[0] != '\0')
+        sb_json_string(b, cs.last_error);
+    else
+        sb_puts(b, "null");
+    sb_putc(b, '}');
+}
+
 static route_result handle_info(server *srv, request *rq, reply *rp)
 {
     const emb_config *c = &srv->model->cfg;
@@ -877,13 +906,15 @@ static route_result handle_info(server *srv, request *rq, reply *rp)
               c->max_seq_length, srv->opts.max_batch_tokens, srv->opts.max_client_batch_size,
               srv->opts.max_concurrent_requests, srv->opts.payload_limit,
               srv->opts.auto_truncate ? "true" : "false", batcher_queue_depth(srv->batcher),
-              EMBEDD_VERSION, srv->opts.data_dir != NULL ? "disk" : "memory");
+              EMBEDD_VERSION,
+              srv->cluster_mode ? "postgres" : srv->opts.data_dir != NULL ? "disk" : "memory");
     if (srv->opts.data_dir != NULL)
         sb_json_string(b, srv->opts.data_dir);
     else
         sb_puts(b, "null");
     sb_printf(b, ",\"items\":%ld,\"training\":%s", store_count(srv->store),
               learner_enabled(srv->learner) ? "true" : "false");
+    info_replication(srv, b);
     info_train_samples(srv, b);
     store_health h;
     store_get_health(srv->store, &h);

@@ -287,6 +287,11 @@ route_result handle_qd_collection_create(server *srv, request *rq, reply *rp)
                           "cosine similarity only (\"Cosine\")", dist->valuestring);
         goto out;
     }
+    if (srv->cluster_mode) {
+        qd_error(rp, 400, "Bad request: with --store postgres only the collection `default` "
+                          "exists (it is the shared item store)");
+        goto out;
+    }
     if (collections_create(srv->collections, name, (int)size->valuedouble, &err) != 0) {
         if (err.kind == EMB_ERR_CONFLICT)
             qd_error(rp, 409, "Wrong input: %s", err.msg);

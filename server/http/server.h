@@ -31,6 +31,7 @@
 #include "learn/versions.h"
 
 struct collections;
+struct cluster;
 
 typedef struct server_opts {
     /* Filled by serve's option table (cli_serve.c), which holds every
@@ -61,6 +62,8 @@ typedef struct server_opts {
     int max_connections_per_ip;
     double max_response_memory; /* bytes of queued response bodies not yet sent; 0: no limit */
     const char *data_dir;      /* NULL: the item store lives in memory */
+    const char *store_url;     /* "local" (data_dir), or postgres://... (cluster.h) */
+    const char *replica_name;  /* with postgres: this replica's name; NULL: host:port */
     int hnsw_threshold;        /* items at which the store builds its HNSW index; 0: never */
     int hnsw_m;                /* HNSW links per node */
     int hnsw_ef_construction;  /* HNSW build width */
@@ -106,6 +109,10 @@ typedef struct server {
     store *store;              /* items; open from before the daemon starts until after the batcher stops */
     struct collections *collections; /* Qdrant collections (store/collections.h), "default" is store;
                                       * opened after it, closed before it */
+    int cluster_mode;          /* --store is a postgres:// URL */
+    struct cluster *cluster;   /* --store postgres://: the shared store (cluster/cluster.h); else NULL */
+    char replica[128];         /* with a cluster: this replica's name (X-Embedd-Replica) */
+    char scratch_dir[256];     /* with a cluster and no --data: a temporary one for versions */
     metrics *mx;
     struct MHD_Daemon *daemon;
     struct MHD_Daemon *probes; /* /health and /metrics on a thread of their own (frontdoor.h) */

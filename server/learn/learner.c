@@ -114,6 +114,8 @@ struct learner {
     metrics *mx;
     samples *buf;              /* NULL with enabled = 0 */
     reembedder *re;
+    learner_cluster cluster;   /* leader NULL: a single server, always trains */
+    int was_leader;            /* compute thread only */
     emb_config cfg;
     train_budget budget;       /* text uses left before the trainer rests */
 
@@ -181,6 +183,10 @@ void learner_offer(learner *l, const char *text, size_t len, int source)
         (source == SAMPLES_SRC_ITEMS && !l->o.from_items) ||
         (source == SAMPLES_SRC_EXPLICIT && !l->o.from_explicit))
         return;
+    if (l->cluster.leader != NULL && !l->cluster.leader(l->cluster.ctx)) {
+        l->cluster.forward(l->cluster.ctx, text, len, source);
+        return;
+    }
     if (samples_add(l->buf, text, len, source) == 1) {
         budget_earn(&l->budget, 1);
         atomic_store(&l->resting, 0);
@@ -190,6 +196,11 @@ void learner_offer(learner *l, const char *text, size_t len, int source)
 
 int learner_offer_explicit(learner *l, const char *const *texts, const size_t *lens, int n)
 {
+    if (l->cluster.leader != NULL && !l->cluster.leader(l->cluster.ctx)) {
+        for (int i = 0; i < n; i++)
+            l->cluster.forward(l->cluster.ctx, texts[i], lens[i], SAMPLES_SRC_EXPLICIT);
+        return n;
+    }
     int added = 0;
     for (int i = 0; i < n; i++)
         added += samples_add(l->buf, texts[i], lens[i], SAMPLES_SRC_EXPLICIT) == 1;
@@ -908,6 +919,14 @@ int learner_idle(void *ctx)
         rollback = 1;
         l->whiten_pending = 0;
     }
+    if (l->cluster.leader != NULL) {
+        int lead = l->cluster.leader(l->cluster.ctx);
+        if (lead && !l->was_leader && l->t != NULL && l->phase != PH_SAVE)
+            rollback = 1; /* train on from the cluster's newest version */
+        l->was_leader = lead;
+        if (!lead)
+            return BATCHER_IDLE_LATER; /* another replica trains and re-embeds */
+    }
     if (rollback && l->t != NULL)
         apply_rollback(l);
     if (reembedder_work(l->re))
@@ -956,6 +975,11 @@ int learner_idle(void *ctx)
     }
     l->window_busy += mono_seconds() - t0;
     return more;
+}
+
+void learner_set_cluster(learner *l, const learner_cluster *c)
+{
+    l->cluster = *c;
 }
 
 /* ---- control and status ------------------------------------------------------------------------ */

@@ -129,6 +129,18 @@ void learner_stop(learner *l);
 int learner_idle(void *ctx);
 
 /* A text seen by the server (source: enum samples_source). */
+/* Replicas (cluster/cluster.h): only the replica that holds the trainer's
+ * lock trains and re-embeds; the others hand the texts they would learn
+ * from to forward (any thread). leader is asked on the compute thread;
+ * when it turns true, training restarts from the current version (the
+ * newest one the cluster published). */
+typedef struct learner_cluster {
+    void *ctx;
+    int (*leader)(void *ctx);
+    void (*forward)(void *ctx, const char *text, size_t len, int source);
+} learner_cluster;
+void learner_set_cluster(learner *l, const learner_cluster *c);
+
 void learner_offer(learner *l, const char *text, size_t len, int source);
 /* Texts from POST /train/samples: how many were new. */
 int learner_offer_explicit(learner *l, const char *const *texts, const size_t *lens, int n);

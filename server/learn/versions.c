@@ -1321,6 +1321,8 @@ int versions_promote(versions *v, uint32_t id, uint32_t *out, emb_err *err)
 }
 
 /* 1 when version id is in memory. */
+static int make_current_again(versions *v, uint32_t id, versions_event_kind kind, emb_err *err);
+
 static int in_memory(versions *v, uint32_t id)
 {
     pthread_mutex_lock(&v->lock);
@@ -1358,6 +1360,25 @@ static emb_model *load_for_rollback(versions *v, uint32_t id, emb_err *err)
 
 int versions_rollback(versions *v, uint32_t id, emb_err *err)
 {
+    return make_current_again(v, id, VERSIONS_EV_ROLLBACK, err);
+}
+
+int versions_adopt(versions *v, uint32_t id, emb_err *err)
+{
+    if (versions_current_id(v) == id)
+        return 0;
+    return make_current_again(v, id, VERSIONS_EV_PUBLISH, err);
+}
+
+const char *versions_data_dir(const versions *v)
+{
+    return v->data_dir;
+}
+
+/* versions_rollback and versions_adopt: id current, from memory or disk,
+ * with the hand-over, reported as `kind`. */
+static int make_current_again(versions *v, uint32_t id, versions_event_kind kind, emb_err *err)
+{
     uint32_t previous;
     int was_pending;
     /* the common case: still in memory */
@@ -1366,7 +1387,7 @@ int versions_rollback(versions *v, uint32_t id, emb_err *err)
         int rc = save_current(v, id, err);
         if (rc == 0) {
             make_current(v, id, &previous, &was_pending);
-            rc = hand_over(v, id, previous, VERSIONS_EV_ROLLBACK, err);
+            rc = hand_over(v, id, previous, kind, err);
         }
         pthread_mutex_unlock(&v->change);
         return rc;
@@ -1382,7 +1403,7 @@ int versions_rollback(versions *v, uint32_t id, emb_err *err)
         emb_model_free(m);
     } else if (make_current(v, id, &previous, &was_pending) == 0) { /* loaded meanwhile */
         emb_model_free(m);
-        rc = hand_over(v, id, previous, VERSIONS_EV_ROLLBACK, err);
+        rc = hand_over(v, id, previous, kind, err);
     } else {
         model_version *mv = version_new(m, id);
         if (mv == NULL) {
@@ -1394,7 +1415,7 @@ int versions_rollback(versions *v, uint32_t id, emb_err *err)
             insert(v, mv);
             v->current = mv;
             pthread_mutex_unlock(&v->lock);
-            rc = hand_over(v, id, previous, VERSIONS_EV_ROLLBACK, err);
+            rc = hand_over(v, id, previous, kind, err);
         }
     }
     pthread_mutex_unlock(&v->change);

@@ -224,4 +224,24 @@ int versions_rollback(versions *v, uint32_t id, emb_err *err);
  * on_change(current) when have is not current. 0, or -1 with err. */
 int versions_align(versions *v, uint32_t have, emb_err *err);
 
+/* Replicas (cluster/cluster.h): version id, published by another replica
+ * and brought here with versions_import, becomes current with the same
+ * hand-over as a publish (a no-op when it already is). Errors as
+ * versions_rollback. */
+int versions_adopt(versions *v, uint32_t id, emb_err *err);
+/* The directory given to versions_open (NULL: memory only). */
+const char *versions_data_dir(const versions *v);
+
+/* versions_archive.c: a saved version as one byte string, to move it
+ * between replicas. The archive is "EMBV1\n", then per file under
+ * DATA/models/v{id}: u32 path length, the relative path, u64 size, the
+ * bytes (little endian). Export: 0, or -1 with err (EMB_ERR_NOT_FOUND when
+ * the version is not on disk). Import writes DATA/models/v{id} (staged and
+ * renamed; a no-op when it is there) and loads it into memory
+ * (versions_keep, which checks version.json's checksums): 0, or -1 with
+ * err (EMB_ERR_INVALID for a malformed archive). */
+struct strbuf;
+int versions_export(versions *v, uint32_t id, struct strbuf *out, emb_err *err);
+int versions_import(versions *v, uint32_t id, const void *data, size_t len, emb_err *err);
+
 #endif

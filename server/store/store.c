@@ -268,6 +268,14 @@ void store_row_set_vector(store *s, long r, const float *v, int32_t version)
         store_index_failed(s, &e);
 }
 
+void store_set_remote(store *s, const store_remote *r)
+{
+    if (r != NULL)
+        s->remote = *r;
+    else
+        memset(&s->remote, 0, sizeof s->remote);
+}
+
 void store_set_error(store *s, const char *msg)
 {
     pthread_mutex_lock(&s->stat_lock);
@@ -699,6 +707,21 @@ long store_count_new(const store *s, const store_row *rows, int n)
 
 int store_upsert(store *s, const store_item *items, int n, emb_err *err)
 {
+    if (s->remote.upsert == NULL)
+        return store_upsert_local(s, items, n, err);
+    if (n < 1 || n > STORE_MAX_BATCH)
+        return emb_fail_as(err, EMB_ERR_INVALID, "an upsert takes 1 to %d items, not %d",
+                           STORE_MAX_BATCH, n);
+    for (int i = 0; i < n; i++) {
+        emb_err e;
+        if (store_item_check(s, &items[i], &e) != 0)
+            return emb_fail_as(err, e.kind, "item %d: %s", i, e.msg);
+    }
+    return s->remote.upsert(s->remote.ctx, items, n, err);
+}
+
+int store_upsert_local(store *s, const store_item *items, int n, emb_err *err)
+{
     if (n < 1 || n > STORE_MAX_BATCH)
         return emb_fail_as(err, EMB_ERR_INVALID, "an upsert takes 1 to %d items, not %d",
                            STORE_MAX_BATCH, n);
@@ -763,7 +786,8 @@ static int any_exists(const store *s, const store_id *ids, int n)
     return 0;
 }
 
-int store_delete(store *s, const store_id *ids, int n, int *n_deleted, emb_err *err)
+/* A delete's arguments are valid; *n_deleted (may be NULL) is zeroed. */
+static int delete_check(const store_id *ids, int n, int *n_deleted, emb_err *err)
 {
     if (n_deleted != NULL)
         *n_deleted = 0;
@@ -775,6 +799,22 @@ int store_delete(store *s, const store_id *ids, int n, int *n_deleted, emb_err *
         if (store_id_check(&ids[i], &e) != 0)
             return emb_fail_as(err, e.kind, "id %d: %s", i, e.msg);
     }
+    return 0;
+}
+
+int store_delete(store *s, const store_id *ids, int n, int *n_deleted, emb_err *err)
+{
+    if (s->remote.remove == NULL)
+        return store_delete_local(s, ids, n, n_deleted, err);
+    if (delete_check(ids, n, n_deleted, err) != 0)
+        return -1;
+    return n == 0 ? 0 : s->remote.remove(s->remote.ctx, ids, n, n_deleted, err);
+}
+
+int store_delete_local(store *s, const store_id *ids, int n, int *n_deleted, emb_err *err)
+{
+    if (delete_check(ids, n, n_deleted, err) != 0)
+        return -1;
     int result = -1;
     strbuf rec;
     sb_init(&rec, STORE_MAX_RECORD_BYTES);

@@ -321,6 +321,30 @@ typedef struct store_health {
 
 typedef struct store store;
 
+/* A store whose writes go to a system of record first (cluster/cluster.h:
+ * PostgreSQL, shared by replicas). With a remote set, store_upsert,
+ * store_delete and the re-embedding calls (store_reembed.h) hand their
+ * work to it instead of applying it: the remote commits it and returns
+ * once its follower has applied the change here with the _local calls
+ * below (so a writer reads its own write). Every hook is 0 or -1 with err
+ * (EMB_ERR_UNAVAILABLE when the system of record cannot be reached). */
+typedef struct store_remote {
+    void *ctx;
+    int (*upsert)(void *ctx, const store_item *items, int n, emb_err *err);
+    int (*remove)(void *ctx, const store_id *ids, int n, int *n_deleted, emb_err *err);
+    /* the store starts moving to version */
+    int (*reembed_start)(void *ctx, uint32_t version, emb_err *err);
+    /* vectors of version for these items, provided their texts are still
+     * these; moving: they are the target's (kept beside the searched ones),
+     * else they replace the searched ones */
+    int (*reembed_put)(void *ctx, const store_id *ids, const char *const *texts,
+                       const size_t *lens, int n, const float *vecs, uint32_t version,
+                       int moving, emb_err *err);
+    /* every item has a vector of version: switch searches to it; 1 when
+     * switched, 0 when items remain */
+    int (*reembed_finish)(void *ctx, uint32_t version, emb_err *err);
+} store_remote;
+
 /* Opens (and with a dir, recovers) a store. rec may be NULL. */
 store *store_open(const store_options *opt, store_recovery *rec, emb_err *err);
 void store_close(store *s);
@@ -364,5 +388,12 @@ void store_get_health(store *s, store_health *out);
  * EMB_ERR_UNAVAILABLE). Writes call it themselves; the server also calls it
  * once a second so that a store nobody writes to is reported well again. */
 int store_heal(store *s, emb_err *err);
+
+/* Sends writes to r (copied; NULL: none) from now on. Call before serving. */
+void store_set_remote(store *s, const store_remote *r);
+/* The writes as a store without a remote applies them: what the remote's
+ * follower calls. Memory-only stores only need these. */
+int store_upsert_local(store *s, const store_item *items, int n, emb_err *err);
+int store_delete_local(store *s, const store_id *ids, int n, int *n_deleted, emb_err *err);
 
 #endif

@@ -28,6 +28,7 @@ struct store {
     int dir_fd;
     int lock_fd;
     wal *wal;
+    store_remote remote;       /* hooks all NULL: none (store_set_remote) */
 
     pthread_rwlock_t rw;       /* guards everything below */
     float *matrix;             /* (cap, dim) */

@@ -52,6 +52,21 @@ int store_reembed_put(store *s, const store_text_item *items, int n, const float
  * when it switched, 0 when items remain, -1 on error. */
 int store_reembed_finish(store *s, emb_err *err);
 void store_text_items_free(store_text_item *items, int n);
+
+/* With a remote (store.h, store_set_remote): start, put and finish above
+ * go through it, and its follower calls these to apply what it committed,
+ * on every replica alike. */
+/* Searches version from now on, with no move under way (a replica that
+ * loads the system of record's state). */
+void store_reembed_adopt(store *s, uint32_t version);
+/* The move's target vectors of these items (n, dim; normalised here), of
+ * `version`; ignored unless the store is moving to it. */
+void store_reembed_put_ids(store *s, const store_id *ids, int n, const float *vecs,
+                           uint32_t version);
+/* Switches searches to the target `version` now: items with a target
+ * vector take it; the others keep theirs and are not searched until they
+ * get one. 1 when switched, 0 when not moving to that version. */
+int store_reembed_switch(store *s, uint32_t version);
 /* Items with a text, and how many of them have a target-version vector. */
 void store_reembed_progress(store *s, long *done, long *total);
 
