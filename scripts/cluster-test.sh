@@ -3,6 +3,7 @@
 # three embedd replicas, haproxy) brought up, checked and torn down (issue 18).
 # `make cluster-test` runs it.
 #
+#   0. lint scripts/cluster/*.Dockerfile (npx dockerfilelint);
 #   1. start dockerd if none runs (as scripts/docker-test.sh does; shared code
 #      in scripts/docker-lib.sh), make the Debian base images if missing;
 #   2. docker-compose build (the embedd image from the Dockerfile, PostgreSQL
@@ -28,6 +29,7 @@
 #   EMBEDD_DOCKER_WORK      scratch dir (default /tmp/embedd-cluster-test)
 #   EMBEDD_KEEP_DOCKERD=1   leave the dockerd this script started running
 #   EMBEDD_REBUILD_BASE=1   rebuild the Debian base images
+#   EMBEDD_SKIP_LINT=1      do not lint scripts/cluster/*.Dockerfile (npx dockerfilelint)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -198,6 +200,19 @@ check_similar_on() {
   [ "$REPLICA" = "$name" ] || die "/similar on $name answered as replica '$REPLICA'"
   echo "ok: /similar on $name finds $id first (model_version $version)"
 }
+
+# --- 0. lint ------------------------------------------------------------------
+# The project's Dockerfile is linted by scripts/docker-test.sh.
+if [ -z "${EMBEDD_SKIP_LINT:-}" ]; then
+  phase_begin "lint (dockerfilelint)"
+  if command -v npx > /dev/null; then
+    timeout 300 npx --yes dockerfilelint scripts/cluster/postgres.Dockerfile scripts/cluster/haproxy.Dockerfile ||
+      die "dockerfilelint flagged a Dockerfile of scripts/cluster/"
+  else
+    echo "cluster-test: npx not found, lint not run"
+  fi
+  phase_end
+fi
 
 # --- 1. docker ---------------------------------------------------------------
 phase_begin "dockerd"
