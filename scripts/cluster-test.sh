@@ -19,7 +19,11 @@
 #      keep being answered, the item is still there, a new write succeeds on
 #      another replica and reaches the other survivor; start the killed
 #      replica again and find that it caught up on the write it missed;
-#   6. docker-compose down -v, always (trap), so nothing is left behind.
+#   6. stop PostgreSQL: every replica reports it is disconnected, a write
+#      through haproxy gets 503, every replica still answers /similar and
+#      GET /items/{id}, haproxy keeps them all; start it again: the replicas
+#      reconnect by themselves and a new write reaches all three;
+#   7. docker-compose down -v, always (trap), so nothing is left behind.
 #
 # When dockerd cannot start it prints "SKIP: <reason>" and exits 0. Every step
 # has a time limit, so it always ends. It prints how long each phase took.
@@ -187,6 +191,74 @@ wait_item_on() {
   done
 }
 
+# write_and_follow ID TEXT NAME...: writes the item through haproxy (POST
+# /items), then polls GET /items/ID on the named replicas in turn, every
+# 5 ms for up to 10 s. Prints "writer NAME" (X-Embedd-Replica of the write)
+# and, per replica, "NAME MS": the milliseconds from the acknowledgement to
+# the first answer that had the item, or "NAME -" when none did; "error
+# STATUS ..." when the write failed. In Python, so that the polling costs
+# about a millisecond a round, not a curl and a docker call.
+write_and_follow() {
+  local id=$1 text=$2 r
+  shift 2
+  local ports=()
+  for r in "$@"; do ports+=("$r=$(replica_port "$r")"); done
+  python3 - "$LB_PORT" "$id" "$text" "${ports[@]}" << 'PY'
+import json, sys, time, urllib.error, urllib.request
+
+lb, item_id, text = sys.argv[1], sys.argv[2], sys.argv[3]
+replicas = [arg.split("=", 1) for arg in sys.argv[4:]]
+body = json.dumps({"items": [{"id": item_id, "text": text}]}).encode()
+req = urllib.request.Request("http://127.0.0.1:%s/items" % lb, data=body,
+                             headers={"Content-Type": "application/json"}, method="POST")
+try:
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        writer = resp.headers.get("X-Embedd-Replica", "")
+except urllib.error.HTTPError as e:
+    print("error", e.code, e.read()[:200])
+    sys.exit(0)
+except OSError as e:
+    print("error 000", e)
+    sys.exit(0)
+acked = time.monotonic()
+print("writer", writer)
+pending = dict(replicas)
+seen = {}
+while pending and time.monotonic() - acked < 10:
+    for name, port in list(pending.items()):
+        try:
+            url = "http://127.0.0.1:%s/items/%s" % (port, item_id)
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                resp.read()
+                seen[name] = (time.monotonic() - acked) * 1000
+                del pending[name]
+        except (urllib.error.HTTPError, OSError):
+            pass  # 404 until the replica's follower has applied the write
+    time.sleep(0.005)
+for name, _ in replicas:
+    print(name, "%.0f" % seen[name] if name in seen else "-")
+PY
+}
+
+# Runs write_and_follow and checks its result: the writer is one of the
+# replicas allowed ($3, space-separated), every named replica has the item.
+# Sets WRITER.
+WRITER=""
+write_everywhere() {
+  local id=$1 text=$2 allowed=$3 out name ms
+  shift 3
+  out=$(write_and_follow "$id" "$text" "$@")
+  case "$out" in error*) die "POST /items through haproxy: ${out#error }" ;; esac
+  WRITER=$(awk '$1 == "writer" { print $2 }' <<< "$out")
+  case " $allowed " in *" $WRITER "*) ;; *) die "the write of $id was taken by '$WRITER', want one of: $allowed" ;; esac
+  echo "ok: item $id written through haproxy, taken by $WRITER"
+  while read -r name ms; do
+    [ "$name" = writer ] && continue
+    [ "$ms" != - ] || die "item $id is not on $name 10 s after the write was acknowledged"
+    echo "ok: $id on $name ${ms} ms after the write was acknowledged"
+  done <<< "$out"
+}
+
 # /similar on one replica: the top hit for TEXT must be ID, with a model version.
 check_similar_on() {
   local name=$1 text=$2 id=$3 port top version
@@ -270,7 +342,9 @@ phase_begin "replication"
 for r in "${REPLICAS[@]}"; do
   http GET "$(replica_port "$r")" /info
   [ "$STATUS" = 200 ] || die "/info on $r: $STATUS"
-  [ "$(json 'd["store"]["kind"]')" = postgres ] || die "/info on $r: store is $(json 'd.get("store")'), want postgres"
+  # "store": "postgres" (a string; an object {"kind": ...} is taken too)
+  [ "$(json 'd["store"] if isinstance(d["store"], str) else d["store"]["kind"]')" = postgres ] ||
+    die "/info on $r: store is $(json 'd.get("store")'), want postgres"
   [ "$(json 'd["replication"]["replica"]')" = "$r" ] || die "/info on $r: replication is $(json 'd.get("replication")')"
   [ "$REPLICA" = "$r" ] || die "$r answers with X-Embedd-Replica '$REPLICA'"
   echo "ok: $r: store postgres, replication $(json 'd["replication"]')"
@@ -288,21 +362,12 @@ distinct=$(tr ' ' '\n' <<< "$seen" | grep . | sort -u | tr '\n' ' ')
 [ "$(wc -w <<< "$distinct")" = 3 ] || die "haproxy sent 6 requests to '$distinct' ($seen), want all 3 replicas"
 echo "ok: haproxy spread $n requests over $distinct"
 
-TEXT_A="the cluster keeps every acknowledged write"
-http POST "$LB_PORT" /items "{\"items\": [{\"id\": \"cluster-a\", \"text\": \"$TEXT_A\", \"payload\": {\"test\": \"cluster\"}}]}"
-acked=$(now)
-[ "$STATUS" = 200 ] || die "POST /items through haproxy: $STATUS $BODY"
-WRITER=$REPLICA
-case " ${REPLICAS[*]} " in *" $WRITER "*) ;; *) die "POST /items answered by replica '$WRITER'" ;; esac
-echo "ok: item cluster-a written through haproxy, taken by $WRITER"
-# Filler items, so /similar has something to rank cluster-a above.
+# Filler items first, so that /similar has something to rank below cluster-a.
 http POST "$LB_PORT" /items '{"items": [{"id": "filler-1", "text": "stock prices fell sharply on monday"},
   {"id": "filler-2", "text": "a recipe for lemon cake with poppy seeds"}]}'
 [ "$STATUS" = 200 ] || die "POST /items (fillers): $STATUS $BODY"
-for r in "${REPLICAS[@]}"; do
-  ms=$(wait_item_on "$r" cluster-a 10 "$acked")
-  echo "ok: cluster-a on $r ${ms} ms after the write was acknowledged"
-done
+TEXT_A="the cluster keeps every acknowledged write"
+write_everywhere cluster-a "$TEXT_A" "${REPLICAS[*]}" "${REPLICAS[@]}"
 for r in "${REPLICAS[@]}"; do
   wait_item_on "$r" filler-2 10 "$(now)" > /dev/null
   check_similar_on "$r" "$TEXT_A" cluster-a
@@ -342,14 +407,8 @@ done
 wait_haproxy_view "$want" 15
 
 TEXT_B="a write made while one replica is down"
-http POST "$LB_PORT" /items "{\"items\": [{\"id\": \"cluster-b\", \"text\": \"$TEXT_B\"}]}"
-acked=$(now)
-[ "$STATUS" = 200 ] || die "POST /items after the kill: $STATUS $BODY"
-[ "$REPLICA" != "$VICTIM" ] || die "the write after the kill was answered by the killed $VICTIM"
-echo "ok: item cluster-b written through haproxy, taken by $REPLICA"
+write_everywhere cluster-b "$TEXT_B" "${SURVIVORS[*]}" "${SURVIVORS[@]}"
 for r in "${SURVIVORS[@]}"; do
-  ms=$(wait_item_on "$r" cluster-b 10 "$acked")
-  echo "ok: cluster-b on $r ${ms} ms after the write was acknowledged"
   wait_item_on "$r" cluster-a 1 "$(now)" > /dev/null
 done
 echo "ok: cluster-a, written through $VICTIM before it was killed, is on both survivors"
@@ -364,8 +423,49 @@ check_similar_on "$VICTIM" "$TEXT_B" cluster-b
 wait_haproxy_view "embedd-1=UP embedd-2=UP embedd-3=UP" 30
 phase_end
 
-# --- 6. what PostgreSQL holds ----------------------------------------------
-phase_begin "postgres"
+# --- 6. PostgreSQL stopped and started ---------------------------------------
+# Waits up to $2 s until every replica's /info says replication.connected $1.
+wait_connected() {
+  local want=$1 limit=$2 r got end=$((SECONDS + $2))
+  for r in "${REPLICAS[@]}"; do
+    while :; do
+      http GET "$(replica_port "$r")" /info
+      got=$(json 'd["replication"]["connected"]')
+      [ "$got" = "$want" ] && break
+      [ "$SECONDS" -lt "$end" ] || die "$r: replication.connected is '$got' after $limit s, want $want"
+      sleep 0.5
+    done
+  done
+  echo "ok: every replica says replication.connected $want"
+}
+
+phase_begin "postgres stopped"
+COMPOSE_TIMEOUT=60 compose stop postgres > /dev/null 2>&1 || die "docker-compose stop postgres failed"
+echo "stopped postgres (docker-compose stop: SIGINT, fast shutdown)"
+wait_connected false 15
+http POST "$LB_PORT" /items '{"items": [{"id": "cluster-c", "text": "written while the database is down"}]}'
+[ "$STATUS" = 503 ] || die "a write with PostgreSQL down: $STATUS $BODY, want 503"
+echo "ok: a write through haproxy is refused: 503 $(json 'd.get("error", d)')"
+for r in "${REPLICAS[@]}"; do
+  check_similar_on "$r" "$TEXT_A" cluster-a
+  http GET "$(replica_port "$r")" /items/cluster-b
+  [ "$STATUS" = 200 ] || die "GET /items/cluster-b on $r with PostgreSQL down: $STATUS $BODY"
+done
+echo "ok: every replica answers reads from memory"
+wait_haproxy_view "embedd-1=UP embedd-2=UP embedd-3=UP" 5
+
+COMPOSE_TIMEOUT=60 compose start postgres > /dev/null 2>&1 || die "docker-compose start postgres failed"
+echo "started postgres again"
+wait_connected true 60
+write_everywhere cluster-c "written after the database came back" "${REPLICAS[*]}" "${REPLICAS[@]}"
+for r in "${REPLICAS[@]}"; do
+  wait_item_on "$r" cluster-a 1 "$(now)" > /dev/null
+done
+echo "ok: the items written before the restart are still on every replica"
+phase_end
+
+# --- 7. what PostgreSQL holds ----------------------------------------------
+phase_begin "postgres volume"
 docker volume inspect "${PROJECT}_pgdata" > /dev/null || die "no named volume ${PROJECT}_pgdata"
 echo "ok: PostgreSQL's data is in the named volume ${PROJECT}_pgdata"
 echo "embedd's tables: $(compose exec -T postgres psql -U postgres -d embedd -Atc \
