@@ -192,7 +192,8 @@ wait_item_on() {
 }
 
 # write_and_follow ID TEXT NAME...: writes the item through haproxy (POST
-# /items), then polls GET /items/ID on the named replicas in turn, every
+# /items), reads it once from the replica that took it ("first_read yes" or
+# "no"), then polls GET /items/ID on the named replicas in turn, every
 # 5 ms for up to 10 s. Prints "writer NAME" (X-Embedd-Replica of the write)
 # and, per replica, "NAME MS": the milliseconds from the acknowledgement to
 # the first answer that had the item, or "NAME -" when none did; "error
@@ -222,18 +223,29 @@ except OSError as e:
     sys.exit(0)
 acked = time.monotonic()
 print("writer", writer)
+
+
+def has_item(port):
+    try:
+        url = "http://127.0.0.1:%s/items/%s" % (port, item_id)
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            resp.read()
+            return True
+    except (urllib.error.HTTPError, OSError):
+        return False  # 404 until the replica's follower has applied the write
+
+
 pending = dict(replicas)
 seen = {}
+# Read your writes: the first read from the replica that took the write,
+# right after the acknowledgement, must find it.
+if writer in pending:
+    print("first_read", "yes" if has_item(pending[writer]) else "no")
 while pending and time.monotonic() - acked < 10:
     for name, port in list(pending.items()):
-        try:
-            url = "http://127.0.0.1:%s/items/%s" % (port, item_id)
-            with urllib.request.urlopen(url, timeout=2) as resp:
-                resp.read()
-                seen[name] = (time.monotonic() - acked) * 1000
-                del pending[name]
-        except (urllib.error.HTTPError, OSError):
-            pass  # 404 until the replica's follower has applied the write
+        if has_item(port):
+            seen[name] = (time.monotonic() - acked) * 1000
+            del pending[name]
     time.sleep(0.005)
 for name, _ in replicas:
     print(name, "%.0f" % seen[name] if name in seen else "-")
@@ -252,8 +264,14 @@ write_everywhere() {
   WRITER=$(awk '$1 == "writer" { print $2 }' <<< "$out")
   case " $allowed " in *" $WRITER "*) ;; *) die "the write of $id was taken by '$WRITER', want one of: $allowed" ;; esac
   echo "ok: item $id written through haproxy, taken by $WRITER"
+  if grep -q '^first_read ' <<< "$out"; then
+    grep -q '^first_read yes$' <<< "$out" ||
+      die "read your writes: $WRITER, which took the write of $id, did not have it on the first read after the acknowledgement"
+    echo "ok: read your writes: $WRITER had $id on the first read after the acknowledgement"
+  fi
   while read -r name ms; do
     [ "$name" = writer ] && continue
+    [ "$name" = first_read ] && continue
     [ "$ms" != - ] || die "item $id is not on $name 10 s after the write was acknowledged"
     echo "ok: $id on $name ${ms} ms after the write was acknowledged"
   done <<< "$out"
