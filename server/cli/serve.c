@@ -452,12 +452,13 @@ static void stop_serving(server *srv)
     http_quiesce(srv);
     log_msg(LOG_INFO, "stopping: no new connections, in-flight requests answered");
     batcher_halt(srv->batcher);   /* freed in free_all, after the learner's threads */
+    if (srv->cluster != NULL)
+        cluster_set_sample_sink(srv->cluster, NULL, NULL); /* it feeds the learner */
     learner_stop(srv->learner);
     srv->learner = NULL;
     log_msg(LOG_INFO, "stopping: compute and learner stopped");
     http_stop(srv);
     if (srv->cluster != NULL) {
-        cluster_set_sample_sink(srv->cluster, NULL, NULL);
         cluster_close(srv->cluster);
         srv->cluster = NULL;
         log_msg(LOG_INFO, "stopping: cluster follower stopped");
@@ -482,6 +483,8 @@ static void free_all(server *srv)
 {
     http_stop(srv);
     batcher_halt(srv->batcher);
+    if (srv->cluster != NULL)
+        cluster_set_sample_sink(srv->cluster, NULL, NULL);
     learner_stop(srv->learner);
     batcher_stop(srv->batcher);
     cluster_close(srv->cluster);

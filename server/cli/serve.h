@@ -6,11 +6,16 @@
  *   1. SIGINT and SIGTERM blocked in every thread (taken by sigtimedwait in
  *      step 8), SIGPIPE ignored, --threads applied to OpenBLAS and OpenMP;
  *   2. the model (--model, packed for --precision): version 1, read-only;
- *   3. the metrics registry;
+ *   3. the metrics registry; with --store postgres://, the connection to
+ *      PostgreSQL (cluster.h: tables made when missing; without --data a
+ *      scratch directory in /tmp holds the model versions);
  *   4. the versions registry: the current saved version of --data, else a
  *      copy of version 1;
  *   5. the batcher and its compute thread (batcher.h);
- *   6. the item store (store.h): opened and recovered from --data; then
+ *   6. the item store (store.h): opened and recovered from --data (with
+ *      PostgreSQL: in memory, loaded from PostgreSQL's items, the versions
+ *      it searches and moves to made known and current, then its follower
+ *      started); then
  *      the collections (store/collections.h): "default" is that store,
  *      named ones are opened from DATA/collections (leftovers of a create
  *      or drop cut short removed);
@@ -24,7 +29,8 @@
  * Shutdown: the daemon stops accepting and every admitted request is
  * answered (http_quiesce); the batcher's thread stops (batcher_halt:
  * later jobs fail as "shutting down"); the learner stops and flushes its
- * samples; the daemon stops; the named collections, then the store, are
+ * samples (with PostgreSQL, the follower stops feeding it first); the
+ * daemon stops; the follower stops; the named collections, then the store, are
  * snapshotted (with --data) and closed; then the batcher (which the
  * learner's saving thread and the daemon's threads may touch until they
  * have stopped), metrics, versions and the model are freed. A failed step

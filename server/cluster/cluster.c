@@ -55,7 +55,8 @@ static const char *SCHEMA_SQL =
     "CREATE TABLE IF NOT EXISTS embedd_events (seq bigint PRIMARY KEY, kind text NOT NULL,"
     " version integer NOT NULL, at timestamptz NOT NULL DEFAULT now());"
     "CREATE TABLE IF NOT EXISTS embedd_versions (version integer PRIMARY KEY,"
-    " files bytea NOT NULL, replica text, created timestamptz NOT NULL DEFAULT now());"
+    " files bytea NOT NULL, parent integer, gate text, replica text,"
+    " created timestamptz NOT NULL DEFAULT now());"
     "CREATE TABLE IF NOT EXISTS embedd_samples (id bigserial PRIMARY KEY, text text NOT NULL,"
     " source smallint NOT NULL DEFAULT 0, replica text,"
     " at timestamptz NOT NULL DEFAULT now());";
@@ -257,15 +258,22 @@ int cluster_ensure_version(cluster *c, PGconn *conn, uint32_t id, emb_err *err)
     pg_params p;
     pg_params_init(&p);
     pg_param_i32(&p, (int32_t)id);
-    PGresult *r = pg_query(conn, "SELECT files FROM embedd_versions WHERE version = $1", &p,
-                           "version download", err);
+    PGresult *r = pg_query(conn,
+                           "SELECT files, coalesce(parent, 0), coalesce(gate, ''),"
+                           " extract(epoch FROM created)::float8::text"
+                           " FROM embedd_versions WHERE version = $1",
+                           &p, "version download", err);
     if (r == NULL)
         return -1;
     int rc;
-    if (PQntuples(r) != 1)
+    if (PQntuples(r) != 1) {
         rc = emb_fail_as(err, EMB_ERR_NOT_FOUND, "model version %u is not in embedd_versions", id);
-    else
+    } else {
         rc = versions_import(c->v, id, PQgetvalue(r, 0, 0), (size_t)PQgetlength(r, 0, 0), err);
+        if (rc == 0)
+            versions_note(c->v, id, atof(PQgetvalue(r, 0, 3)), (uint32_t)pg_get_i32(r, 0, 1),
+                          PQgetvalue(r, 0, 2));
+    }
     PQclear(r);
     return rc;
 }

@@ -19,7 +19,9 @@
  *   embedd_deletes   seq, coll, id_kind, id: a delete
  *   embedd_events    seq, kind ('target': re-embedding to version starts;
  *                    'serve': searches switch to version), version
- *   embedd_versions  version, files (the model directory, packed): every
+ *   embedd_versions  version, files (the model directory in the served
+ *                    precision, packed: learn/versions.h, versions_export),
+ *                    parent and gate (the publish gate's verdict): every
  *                    published version, so that any replica can load it
  *   embedd_samples   texts the replicas saw, for the one trainer
  *   embedd_seq       the change sequence

@@ -62,6 +62,15 @@ static int abort_write(PGconn *conn, emb_err *err)
     return emb_fail_as(err, EMB_ERR_UNAVAILABLE, "store unavailable: %s", msg);
 }
 
+/* Commits the transaction when rc is 0, else rolls it back; 0 when it
+ * committed, else -1 with err saying the store is unavailable. */
+static int end_write(PGconn *conn, int rc, emb_err *err)
+{
+    if (rc == 0 && commit_write(conn, err) == 0)
+        return 0;
+    return abort_write(conn, err);
+}
+
 static void id_text(const store_id *id, char *buf, size_t cap, const char **s, size_t *len)
 {
     if (id->kind == STORE_ID_NUM) {
@@ -88,6 +97,60 @@ static int check_storable(const store_item *it, int i, emb_err *err)
     return 0;
 }
 
+/* One statement per item in one write transaction. fill gives item i's
+ * statement and parameters (num: room for a number id's text); a
+ * statement that returns a row (RETURNING seq) is a hit. */
+typedef const char *(*fill_fn)(void *ctx, int i, pg_params *p, char *num, emb_err *err);
+
+/* 0 with *seq the last seq returned (0: none) and *hits (may be NULL), or
+ * -1 with err; then waits until the follower applied *seq. */
+static int write_each(cluster *c, int n, fill_fn fill, void *ctx, int *hits, emb_err *err)
+{
+    uint64_t seq = 0;
+    int rc = 0, got = 0;
+    pthread_mutex_lock(&c->wmu);
+    PGconn *conn = writer(c, err);
+    if (conn == NULL || begin_write(conn, err) != 0) {
+        rc = -1;
+    } else {
+        for (int i = 0; rc == 0 && i < n; i++) {
+            char num[32];
+            pg_params p;
+            pg_params_init(&p);
+            const char *sql = fill(ctx, i, &p, num, err);
+            PGresult *r = sql != NULL ? pg_query(conn, sql, &p, "write", err) : NULL;
+            if (r == NULL) {
+                rc = -1;
+                break;
+            }
+            if (PQntuples(r) == 1) {
+                seq = (uint64_t)pg_get_i64(r, 0, 0);
+                got++;
+            }
+            PQclear(r);
+        }
+        rc = end_write(conn, rc, err);
+    }
+    pthread_mutex_unlock(&c->wmu);
+    if (rc != 0)
+        return -1;
+    if (hits != NULL)
+        *hits = got;
+    if (seq > 0)
+        cluster_wait_applied(c, seq);
+    return 0;
+}
+
+/* The id's kind and text as the first two parameters. */
+static void param_id(pg_params *p, const store_id *id, char *num)
+{
+    const char *s;
+    size_t len;
+    id_text(id, num, 32, &s, &len);
+    pg_param_i16(p, id->kind);
+    pg_param_text(p, s, len);
+}
+
 static const char *UPSERT_SQL =
     "INSERT INTO embedd_items (coll, id_kind, id, text, payload, version, vector, seq)"
     " VALUES ('" CLUSTER_COLL "', $1, $2, $3, $4, $5, $6, nextval('embedd_seq'))"
@@ -96,66 +159,40 @@ static const char *UPSERT_SQL =
     " next_version = NULL, next_vector = NULL, seq = EXCLUDED.seq, updated = now()"
     " RETURNING seq";
 
-static int upsert_one(PGconn *conn, const store_item *it, const float *unit, int dim,
-                      uint64_t *seq, emb_err *err)
+typedef struct upsert_job {
+    const store_item *items;
+    float *unit;               /* (n, dim): the vectors normalised */
+    int dim;
+} upsert_job;
+
+static const char *fill_upsert(void *ctx, int i, pg_params *p, char *num, emb_err *err)
 {
-    char num[32];
-    const char *ids;
-    size_t idlen;
-    id_text(&it->id, num, sizeof num, &ids, &idlen);
-    pg_params p;
-    pg_params_init(&p);
-    pg_param_i16(&p, it->id.kind);
-    pg_param_text(&p, ids, idlen);
-    pg_param_text(&p, it->text, it->text_len);
-    pg_param_json(&p, it->payload, it->payload_len);
-    pg_param_i32(&p, it->model_version);
-    pg_param_bytes(&p, unit, sizeof(float) * (size_t)dim);
-    PGresult *r = pg_query(conn, UPSERT_SQL, &p, "upsert", err);
-    if (r == NULL)
-        return -1;
-    *seq = (uint64_t)pg_get_i64(r, 0, 0);
-    PQclear(r);
-    return 0;
+    upsert_job *j = ctx;
+    const store_item *it = &j->items[i];
+    param_id(p, &it->id, num);
+    pg_param_text(p, it->text, it->text_len);
+    pg_param_json(p, it->payload, it->payload_len);
+    pg_param_i32(p, it->model_version);
+    pg_param_bytes(p, j->unit + (size_t)i * j->dim, sizeof(float) * (size_t)j->dim);
+    return UPSERT_SQL;
 }
 
 static int remote_upsert(void *ctx, const store_item *items, int n, emb_err *err)
 {
     cluster *c = ctx;
-    float *unit = malloc(sizeof(float) * (size_t)c->dim);
-    if (unit == NULL)
+    upsert_job j = {items, malloc(sizeof(float) * (size_t)n * (size_t)c->dim), c->dim};
+    if (j.unit == NULL)
         return emb_fail_as(err, EMB_ERR_NO_MEMORY, "out of memory");
-    for (int i = 0; i < n; i++) {
-        if (check_storable(&items[i], i, err) != 0) {
-            free(unit);
-            return -1;
-        }
-    }
-    uint64_t seq = 0;
     int rc = 0;
-    pthread_mutex_lock(&c->wmu);
-    PGconn *conn = writer(c, err);
-    if (conn == NULL || begin_write(conn, err) != 0) {
-        rc = -1;
-    } else {
-        for (int i = 0; rc == 0 && i < n; i++) {
-            emb_err e;
-            if (store_normalise(items[i].vector, unit, c->dim, &e) != 0)
-                rc = emb_fail_as(err, EMB_ERR_INVALID, "item %d: %s", i, e.msg);
-            else
-                rc = upsert_one(conn, &items[i], unit, c->dim, &seq, err);
-        }
-        if (rc != 0 && err->kind != EMB_ERR_INVALID)
-            abort_write(conn, err);
-        else if (rc != 0)
-            pg_exec(conn, "ROLLBACK", "rollback", &(emb_err){0});
-        else if (commit_write(conn, err) != 0)
-            rc = abort_write(conn, err);
+    for (int i = 0; rc == 0 && i < n; i++) {
+        rc = check_storable(&items[i], i, err);
+        /* store_upsert checked the vectors: normalising cannot fail */
+        if (rc == 0)
+            rc = store_normalise(items[i].vector, j.unit + (size_t)i * c->dim, c->dim, err);
     }
-    pthread_mutex_unlock(&c->wmu);
-    free(unit);
     if (rc == 0)
-        cluster_wait_applied(c, seq);
+        rc = write_each(c, n, fill_upsert, &j, NULL, err);
+    free(j.unit);
     return rc;
 }
 
@@ -165,49 +202,15 @@ static const char *DELETE_SQL =
     " INSERT INTO embedd_deletes (seq, coll, id_kind, id)"
     " SELECT nextval('embedd_seq'), '" CLUSTER_COLL "', $1, $2 FROM gone RETURNING seq";
 
+static const char *fill_delete(void *ctx, int i, pg_params *p, char *num, emb_err *err)
+{
+    param_id(p, &((const store_id *)ctx)[i], num);
+    return DELETE_SQL;
+}
+
 static int remote_remove(void *ctx, const store_id *ids, int n, int *n_deleted, emb_err *err)
 {
-    cluster *c = ctx;
-    uint64_t seq = 0;
-    int rc = 0, deleted = 0;
-    pthread_mutex_lock(&c->wmu);
-    PGconn *conn = writer(c, err);
-    if (conn == NULL || begin_write(conn, err) != 0) {
-        rc = -1;
-    } else {
-        for (int i = 0; rc == 0 && i < n; i++) {
-            char num[32];
-            const char *s;
-            size_t len;
-            id_text(&ids[i], num, sizeof num, &s, &len);
-            pg_params p;
-            pg_params_init(&p);
-            pg_param_i16(&p, ids[i].kind);
-            pg_param_text(&p, s, len);
-            PGresult *r = pg_query(conn, DELETE_SQL, &p, "delete", err);
-            if (r == NULL) {
-                rc = -1;
-                break;
-            }
-            if (PQntuples(r) == 1) {
-                seq = (uint64_t)pg_get_i64(r, 0, 0);
-                deleted++;
-            }
-            PQclear(r);
-        }
-        if (rc != 0)
-            abort_write(conn, err);
-        else if (commit_write(conn, err) != 0)
-            rc = abort_write(conn, err);
-    }
-    pthread_mutex_unlock(&c->wmu);
-    if (rc == 0) {
-        if (n_deleted != NULL)
-            *n_deleted = deleted;
-        if (seq > 0)
-            cluster_wait_applied(c, seq);
-    }
-    return rc;
+    return write_each(ctx, n, fill_delete, (void *)ids, n_deleted, err);
 }
 
 /* ---- versions and re-embedding ----------------------------------------------------- */
@@ -235,14 +238,21 @@ static int remote_start(void *ctx, uint32_t version, emb_err *err)
     pthread_mutex_lock(&c->wmu);
     PGconn *conn = writer(c, err);
     if (conn != NULL && begin_write(conn, err) == 0) {
+        double created;
+        uint32_t parent;
+        char gate[256];
+        versions_record(c->v, version, &created, &parent, gate, sizeof gate);
         pg_params p;
         pg_params_init(&p);
         pg_param_i32(&p, (int32_t)version);
         pg_param_bytes(&p, files.buf != NULL ? files.buf : "", files.len);
         pg_param_text(&p, c->replica, strlen(c->replica));
+        pg_param_i32(&p, (int32_t)parent);
+        pg_param_text(&p, gate, strlen(gate));
         PGresult *r = pg_query(conn,
-                               "INSERT INTO embedd_versions (version, files, replica)"
-                               " VALUES ($1, $2, $3) ON CONFLICT (version) DO NOTHING",
+                               "INSERT INTO embedd_versions (version, files, replica, parent, gate)"
+                               " VALUES ($1, $2, $3, nullif($4, 0), nullif($5, ''))"
+                               " ON CONFLICT (version) DO NOTHING",
                                &p, "version upload", err);
         PQclear(r);
         if (r != NULL) {
@@ -255,12 +265,7 @@ static int remote_start(void *ctx, uint32_t version, emb_err *err)
                          &e, "target event", err);
             PQclear(r);
         }
-        if (r == NULL)
-            abort_write(conn, err);
-        else if (commit_write(conn, err) != 0)
-            abort_write(conn, err);
-        else
-            rc = 0;
+        rc = end_write(conn, r != NULL ? 0 : -1, err);
     }
     pthread_mutex_unlock(&c->wmu);
     sb_free(&files);
@@ -277,6 +282,25 @@ static const char *PUT_MAIN_SQL =
     " WHERE coll = '" CLUSTER_COLL "' AND id_kind = $1 AND id = $2 AND text = $5"
     " AND version <> 0 RETURNING seq";
 
+typedef struct put_job {
+    const store_id *ids;
+    const char *const *texts;
+    const size_t *lens;
+    const float *vecs;
+    uint32_t version;
+    int moving, dim;
+} put_job;
+
+static const char *fill_put(void *ctx, int i, pg_params *p, char *num, emb_err *err)
+{
+    put_job *j = ctx;
+    param_id(p, &j->ids[i], num);
+    pg_param_i32(p, (int32_t)j->version);
+    pg_param_bytes(p, j->vecs + (size_t)i * j->dim, sizeof(float) * (size_t)j->dim);
+    pg_param_text(p, j->texts[i], j->lens[i]);
+    return j->moving ? PUT_NEXT_SQL : PUT_MAIN_SQL;
+}
+
 /* The trainer's re-embedded vectors: an item whose text changed since is
  * left alone (its new text is taken again). */
 static int remote_put(void *ctx, const store_id *ids, const char *const *texts,
@@ -284,44 +308,8 @@ static int remote_put(void *ctx, const store_id *ids, const char *const *texts,
                       int moving, emb_err *err)
 {
     cluster *c = ctx;
-    uint64_t seq = 0;
-    int rc = 0;
-    pthread_mutex_lock(&c->wmu);
-    PGconn *conn = writer(c, err);
-    if (conn == NULL || begin_write(conn, err) != 0) {
-        rc = -1;
-    } else {
-        for (int i = 0; rc == 0 && i < n; i++) {
-            char num[32];
-            const char *s;
-            size_t len;
-            id_text(&ids[i], num, sizeof num, &s, &len);
-            pg_params p;
-            pg_params_init(&p);
-            pg_param_i16(&p, ids[i].kind);
-            pg_param_text(&p, s, len);
-            pg_param_i32(&p, (int32_t)version);
-            pg_param_bytes(&p, vecs + (size_t)i * c->dim, sizeof(float) * (size_t)c->dim);
-            pg_param_text(&p, texts[i], lens[i]);
-            PGresult *r = pg_query(conn, moving ? PUT_NEXT_SQL : PUT_MAIN_SQL, &p, "re-embed",
-                                   err);
-            if (r == NULL) {
-                rc = -1;
-                break;
-            }
-            if (PQntuples(r) == 1)
-                seq = (uint64_t)pg_get_i64(r, 0, 0);
-            PQclear(r);
-        }
-        if (rc != 0)
-            abort_write(conn, err);
-        else if (commit_write(conn, err) != 0)
-            rc = abort_write(conn, err);
-    }
-    pthread_mutex_unlock(&c->wmu);
-    if (rc == 0 && seq > 0)
-        cluster_wait_applied(c, seq);
-    return rc;
+    put_job j = {ids, texts, lens, vecs, version, moving, c->dim};
+    return write_each(c, n, fill_put, &j, NULL, err);
 }
 
 /* Texts still lacking a vector of version. */
@@ -366,11 +354,7 @@ static int remote_finish(void *ctx, uint32_t version, emb_err *err)
             emb_err ignored;
             pg_exec(conn, "ROLLBACK", "rollback", &ignored);
             rc = 0;
-        } else if (seq == 0) {
-            abort_write(conn, err);
-        } else if (commit_write(conn, err) != 0) {
-            abort_write(conn, err);
-        } else {
+        } else if (end_write(conn, seq > 0 ? 0 : -1, err) == 0) {
             rc = 1;
         }
     }

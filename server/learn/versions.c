@@ -346,6 +346,34 @@ static void note_info(versions *v, uint32_t id, double created, uint32_t parent,
     pthread_mutex_unlock(&v->lock);
 }
 
+int versions_record(versions *v, uint32_t id, double *created, uint32_t *parent, char *gate,
+                    size_t cap)
+{
+    int found = 0;
+    pthread_mutex_lock(&v->lock);
+    for (int i = 0; i < v->n_known && !found; i++) {
+        if (v->known[i].id != id)
+            continue;
+        found = 1;
+        *created = v->known[i].created;
+        *parent = v->known[i].parent;
+        snprintf(gate, cap, "%s", v->known[i].gate);
+    }
+    pthread_mutex_unlock(&v->lock);
+    if (!found) {
+        *created = 0;
+        *parent = 0;
+        if (cap > 0)
+            gate[0] = '\0';
+    }
+    return found;
+}
+
+void versions_note(versions *v, uint32_t id, double created, uint32_t parent, const char *gate)
+{
+    note_info(v, id, created, parent, gate != NULL && gate[0] != '\0' ? gate : NULL);
+}
+
 /* Records an event and tells the listener; with v->change held. */
 static void emit(versions *v, versions_event_kind kind, uint32_t id, uint32_t previous)
 {

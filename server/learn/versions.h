@@ -229,6 +229,13 @@ int versions_align(versions *v, uint32_t have, emb_err *err);
  * hand-over as a publish (a no-op when it already is). Errors as
  * versions_rollback. */
 int versions_adopt(versions *v, uint32_t id, emb_err *err);
+/* What is known of version id (creation time in unix seconds, parent, the
+ * gate's verdict; 0 and "" when unknown): 1 when id has a record. */
+int versions_record(versions *v, uint32_t id, double *created, uint32_t *parent, char *gate,
+                    size_t cap);
+/* Records them for a version made by another replica's trainer, so that
+ * /train/versions shows them here too. */
+void versions_note(versions *v, uint32_t id, double created, uint32_t parent, const char *gate);
 /* The directory given to versions_open (NULL: memory only). */
 const char *versions_data_dir(const versions *v);
 
