@@ -33,11 +33,12 @@ FROM debian:bookworm-slim
 LABEL org.opencontainers.image.title="embedd" \
       org.opencontainers.image.description="BERT text-embedding HTTP server (TEI and OpenAI embeddings API, item store with /similar)"
 # Runtime libraries only. libcurl4 and ca-certificates are for Hugging Face
-# downloads; curl is for the HEALTHCHECK.
+# downloads; curl is for the HEALTHCHECK; libpq5 for --store postgres://
+# (docker-compose.yml, docs/scaling.md).
 RUN apt-get update \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
         ca-certificates curl libcjson1 libcurl4 libgomp1 libmicrohttpd12 \
-        libopenblas0-openmp libstdc++6 libutf8proc2 \
+        libopenblas0-openmp libpq5 libstdc++6 libutf8proc2 \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --uid 10001 --user-group --home-dir /nonexistent --no-create-home \
         --shell /usr/sbin/nologin embedd \

@@ -192,6 +192,13 @@ clean:
 docker-test:
 	scripts/docker-test.sh
 
+# scripts/cluster-test.sh (issue 18): docker-compose.yml's cluster (PostgreSQL,
+# three replicas, haproxy) built, brought up, checked with a replica killed and
+# restarted, and torn down; prints SKIP when dockerd cannot start.
+.PHONY: cluster-test
+cluster-test:
+	scripts/cluster-test.sh
+
 # scripts/bench_compare.py: embedd against ONNX Runtime (npm onnxruntime-node, installed into
 # bench-out/ort/ on first use), same model, texts and run, A B A B (BENCH_COMPARE_ARGS:
 # --shapes minilm,bge-small --rounds 3 --threads 2; see the script's header).

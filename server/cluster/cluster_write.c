@@ -50,6 +50,27 @@ static int commit_write(PGconn *conn, emb_err *err)
     return pg_exec(conn, "NOTIFY embedd_changes; COMMIT", "commit", err);
 }
 
+/* The writers' connection in a write transaction, or NULL with err. A
+ * connection that died since its last use (PostgreSQL restarted) is
+ * noticed only here: it is replaced once, since nothing was sent yet.
+ * Caller holds wmu. */
+static PGconn *begin_on_writer(cluster *c, emb_err *err)
+{
+    for (int attempt = 0; attempt < 2; attempt++) {
+        PGconn *conn = writer(c, err);
+        if (conn == NULL)
+            return NULL;
+        if (begin_write(conn, err) == 0)
+            return conn;
+        if (pg_alive(conn))
+            break;
+    }
+    char msg[sizeof err->msg];
+    snprintf(msg, sizeof msg, "%s", err->msg);
+    emb_fail_as(err, EMB_ERR_UNAVAILABLE, "store unavailable: %s", msg);
+    return NULL;
+}
+
 /* After a failed statement: the transaction is rolled back (or the
  * connection is gone); the error says the store is unavailable. */
 static int abort_write(PGconn *conn, emb_err *err)
@@ -109,8 +130,8 @@ static int write_each(cluster *c, int n, fill_fn fill, void *ctx, int *hits, emb
     uint64_t seq = 0;
     int rc = 0, got = 0;
     pthread_mutex_lock(&c->wmu);
-    PGconn *conn = writer(c, err);
-    if (conn == NULL || begin_write(conn, err) != 0) {
+    PGconn *conn = begin_on_writer(c, err);
+    if (conn == NULL) {
         rc = -1;
     } else {
         for (int i = 0; rc == 0 && i < n; i++) {
@@ -236,8 +257,8 @@ static int remote_start(void *ctx, uint32_t version, emb_err *err)
     }
     int rc = -1;
     pthread_mutex_lock(&c->wmu);
-    PGconn *conn = writer(c, err);
-    if (conn != NULL && begin_write(conn, err) == 0) {
+    PGconn *conn = begin_on_writer(c, err);
+    if (conn != NULL) {
         double created;
         uint32_t parent;
         char gate[256];
@@ -329,8 +350,8 @@ static int remote_finish(void *ctx, uint32_t version, emb_err *err)
     uint64_t seq = 0;
     int rc = -1;
     pthread_mutex_lock(&c->wmu);
-    PGconn *conn = writer(c, err);
-    if (conn != NULL && begin_write(conn, err) == 0) {
+    PGconn *conn = begin_on_writer(c, err);
+    if (conn != NULL) {
         pg_params p;
         pg_params_init(&p);
         pg_param_i32(&p, (int32_t)version);

@@ -818,6 +818,23 @@ static void put_store_health(strbuf *b, const store_health *h, int detail)
     sb_putc(b, '}');
 }
 
+/* The store's health; with --store postgres, PostgreSQL out of reach
+ * counts as degraded: writes are refused, reads go on from the copy. */
+static void get_store_health(server *srv, store_health *h)
+{
+    store_get_health(srv->store, h);
+    if (srv->cluster == NULL)
+        return;
+    cluster_stats cs;
+    cluster_get_stats(srv->cluster, &cs);
+    if (cs.connected)
+        return;
+    h->degraded = 1;
+    h->degraded_for = cs.lag_seconds;
+    snprintf(h->reason, sizeof h->reason, "%s",
+             cs.last_error[0] != '\0' ? cs.last_error : "postgres: not connected");
+}
+
 /* 200 {"status":"ok"} when well. While the store refuses writes after an
  * I/O error: 503 with the reason, so that a load balancer sends traffic
  * elsewhere; GET /health?for=read answers 200 (same body) for a pool that
@@ -829,7 +846,7 @@ static route_result handle_health(server *srv, request *rq, reply *rp)
         return ROUTE_DONE;
     }
     store_health h;
-    store_get_health(srv->store, &h);
+    get_store_health(srv, &h);
     const char *purpose = MHD_lookup_connection_value(rq->conn, MHD_GET_ARGUMENT_KIND, "for");
     int reads_only = purpose != NULL && strcmp(purpose, "read") == 0;
     if (h.degraded && !reads_only)
@@ -917,7 +934,7 @@ static route_result handle_info(server *srv, request *rq, reply *rp)
     info_replication(srv, b);
     info_train_samples(srv, b);
     store_health h;
-    store_get_health(srv->store, &h);
+    get_store_health(srv, &h);
     sb_puts(b, ",\"store_health\":");
     put_store_health(b, &h, 1);
     sb_puts(b, ",\"blas_coretype\":");
