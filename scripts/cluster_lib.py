@@ -21,8 +21,10 @@ What it starts, and who stops it:
   A replica keeps its port across a restart, because haproxy's
   configuration names it.
 - haproxy in the foreground (-db) with TMP/haproxy.cfg: roundrobin, health
-  check GET /health every 200 ms (two failures take a replica out, so a dead
-  one leaves the rotation within about 0.5 s), and `option redispatch` with
+  check GET /health?for=read every 200 ms (two failures, or one failed
+  connect of real traffic, take a replica out, so a dead one leaves the
+  rotation within about 0.5 s; a replica that refuses writes because
+  PostgreSQL is down stays in for reads), and `option redispatch` with
   `retry-on conn-failure`, so a request whose connect to a killed replica
   fails is sent to another one.
 
@@ -537,13 +539,18 @@ frontend fe
 
 backend embedd
     balance roundrobin
-    option httpchk GET /health
+    # /health?for=read: 200 while the replica answers reads. Plain /health
+    # is 503 on every replica at once while PostgreSQL is down (writes
+    # refused): that would take them all out, reads from their caches too.
+    option httpchk
+    http-check send meth GET uri /health?for=read
     http-check expect status 200
     # a refused connect (a dead replica) fails a check at once; a busy
     # replica's /health gets a second before the check counts as failed
     timeout check 1s
-    # a dead replica is out after 2 failed checks 200 ms apart
-    default-server inter 200ms fastinter 200ms downinter 500ms fall 2 rise 2
+    # a dead replica is out after 2 failed checks 200 ms apart, or at the
+    # first failed connect of real traffic (observe layer4)
+    default-server inter 200ms fastinter 200ms downinter 500ms fall 2 rise 2 observe layer4 error-limit 1 on-error mark-down
 {servers}
 """.format(sock=self.haproxy_sock, port=self.haproxy_port, servers=servers)
         with open(self.haproxy_cfg, "w") as f:
