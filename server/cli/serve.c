@@ -222,7 +222,7 @@ static void learner_forward(void *ctx, const char *text, size_t len, int source)
 
 static void sample_sink(void *ctx, const char *text, size_t len, int source)
 {
-    learner_offer(ctx, text, len, source);
+    learner_add_sample(ctx, text, len, source);
 }
 
 /* The registry of model versions: the current one saved under --data, or

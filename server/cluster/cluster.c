@@ -22,6 +22,9 @@
 #define LEADER_CHECK_EVERY 1.0
 #define SAMPLES_PER_ROUND 256
 #define SAMPLES_EVERY 0.5             /* seconds between sample exchanges */
+#define SAMPLES_REPLAY 4096           /* texts a new trainer reads again */
+#define SAMPLES_KEEP 20000            /* texts the queue keeps behind the trainer */
+#define SAMPLES_TRIM_EVERY 60.0       /* seconds between trims of the queue */
 
 int cluster_url_is_postgres(const char *url)
 {
@@ -114,6 +117,7 @@ static void cluster_free(cluster *c)
     PQfinish(c->wconn);
     PQfinish(c->fconn);
     PQfinish(c->lconn);
+    PQfinish(c->load_conn);
     if (c->wake[0] >= 0)
         close(c->wake[0]);
     if (c->wake[1] >= 0)
@@ -123,7 +127,9 @@ static void cluster_free(cluster *c)
     pthread_mutex_destroy(&c->wmu);
     pthread_mutex_destroy(&c->mu);
     pthread_mutex_destroy(&c->out_mu);
+    pthread_mutex_destroy(&c->load_mu);
     pthread_cond_destroy(&c->applied_cv);
+    pthread_cond_destroy(&c->load_cv);
     free(c->vec);
     free(c->url);
     free(c->replica);
@@ -142,7 +148,9 @@ cluster *cluster_open(const cluster_options *o, emb_err *err)
     pthread_mutex_init(&c->wmu, NULL);
     pthread_mutex_init(&c->mu, NULL);
     pthread_mutex_init(&c->out_mu, NULL);
+    pthread_mutex_init(&c->load_mu, NULL);
     pthread_cond_init(&c->applied_cv, NULL);
+    pthread_cond_init(&c->load_cv, NULL);
     c->url = strdup(o->url);
     c->replica = strdup(o->replica != NULL ? o->replica : "embedd");
     c->model = strdup(o->model != NULL ? o->model : "");
@@ -278,25 +286,71 @@ int cluster_ensure_version(cluster *c, PGconn *conn, uint32_t id, emb_err *err)
     return rc;
 }
 
-/* 'target': version id is published; it becomes current here (so /embed
- * answers with it) and the store starts moving to it. */
-static int follow_target(cluster *c, PGconn *conn, uint32_t id, emb_err *err)
+/* Version id loaded and current; under load_mu, on the loader's or the
+ * follower's connection. */
+static int load_version(cluster *c, PGconn *conn, uint32_t id, emb_err *err)
 {
-    if (cluster_ensure_version(c, conn, id, err) != 0 || versions_adopt(c->v, id, err) != 0 ||
-        store_reembed_start(c->st, id, err) != 0)
+    pthread_mutex_lock(&c->load_mu);
+    int rc = cluster_ensure_version(c, conn, id, err);
+    if (rc == 0)
+        rc = versions_adopt(c->v, id, err);
+    pthread_mutex_unlock(&c->load_mu);
+    return rc;
+}
+
+/* The loader thread: the newest version asked for, loaded and made
+ * current (so /embed answers with it); retried every second on failure. */
+static void *loader_main(void *arg)
+{
+    cluster *c = arg;
+    cluster_applying = 1;
+    for (;;) {
+        pthread_mutex_lock(&c->mu);
+        while (!atomic_load(&c->stop) && c->load_want == c->load_done)
+            pthread_cond_wait(&c->load_cv, &c->mu);
+        uint32_t want = c->load_want;
+        pthread_mutex_unlock(&c->mu);
+        if (atomic_load(&c->stop))
+            break;
+        emb_err err;
+        if (!pg_alive(c->load_conn)) {
+            PQfinish(c->load_conn);
+            c->load_conn = pg_connect(c->url, "embedd version loader", &err);
+        }
+        if (c->load_conn == NULL || load_version(c, c->load_conn, want, &err) != 0) {
+            cluster_note_error(c, err.msg);
+            sleep(1);
+            continue;
+        }
+        pthread_mutex_lock(&c->mu);
+        c->load_done = want; /* a newer want meanwhile: the loop goes on with it */
+        pthread_mutex_unlock(&c->mu);
+        log_msg(LOG_INFO, "cluster: model version %u loaded and current", want);
+    }
+    return NULL;
+}
+
+/* 'target': version id is published. The store starts moving to it here,
+ * in sequence (the re-embedded vectors that follow are kept for it); the
+ * loader makes it current meanwhile. */
+static int follow_target(cluster *c, uint32_t id, emb_err *err)
+{
+    if (store_reembed_start(c->st, id, err) != 0)
         return -1;
     pthread_mutex_lock(&c->mu);
     c->target = id;
+    c->load_want = id;
+    pthread_cond_broadcast(&c->load_cv);
     pthread_mutex_unlock(&c->mu);
     log_msg(LOG_INFO, "cluster: model version %u published; re-embedding the store", id);
     return 0;
 }
 
-/* 'serve': every text has a vector of id; searches switch to it here. */
+/* 'serve': every text has a vector of id; searches switch to it here,
+ * once the version is loaded (normally long since, by the loader). */
 static int follow_serve(cluster *c, PGconn *conn, uint32_t id, emb_err *err)
 {
-    if (versions_current_id(c->v) != id &&
-        (cluster_ensure_version(c, conn, id, err) != 0 || versions_adopt(c->v, id, err) != 0))
+    if (load_version(c, conn, id, err) != 0)
         return -1;
     if (store_target_version(c->st) != id && store_vectors_version(c->st) != id &&
         store_reembed_start(c->st, id, err) != 0)
@@ -314,7 +368,7 @@ static int apply_event(cluster *c, PGconn *conn, const PGresult *r, int i, emb_e
     const char *kind = PQgetvalue(r, i, COL_ID);
     uint32_t id = (uint32_t)pg_get_i32(r, i, COL_VERSION);
     if (strcmp(kind, "target") == 0)
-        return follow_target(c, conn, id, err);
+        return follow_target(c, id, err);
     if (strcmp(kind, "serve") == 0)
         return follow_serve(c, conn, id, err);
     return 0; /* a kind from a newer embedd: nothing to do here */
@@ -548,8 +602,10 @@ static void set_leader(cluster *c, int yes)
     int was = c->leader;
     c->leader = yes;
     pthread_mutex_unlock(&c->mu);
-    if (yes && !was)
+    if (yes && !was) {
+        c->cursor_set = 0; /* follower thread only, like the cursor */
         log_msg(LOG_INFO, "cluster: this replica (%s) now trains", c->replica);
+    }
     if (!yes && was)
         log_msg(LOG_WARN, "cluster: this replica (%s) no longer trains", c->replica);
 }
@@ -649,31 +705,63 @@ static void send_samples(cluster *c, outbox_text *texts, int n)
     pthread_mutex_unlock(&c->mu);
 }
 
-/* The trainer drains what the others sent. */
+/* Where a new trainer starts reading: the newest SAMPLES_REPLAY texts
+ * again, which the replica before it may have held in its buffer. */
+static int samples_start(cluster *c, emb_err *err)
+{
+    uint64_t newest;
+    if (query_u64(c->fconn, "SELECT coalesce(max(id), 0) FROM embedd_samples", &newest, err) != 0)
+        return -1;
+    c->sample_cursor = newest > SAMPLES_REPLAY ? newest - SAMPLES_REPLAY : 0;
+    c->cursor_set = 1;
+    return 0;
+}
+
+/* The trainer reads the queue in order, and now and then trims it to the
+ * newest SAMPLES_KEEP texts. */
 static void receive_samples(cluster *c)
 {
-    char sql[256];
-    snprintf(sql, sizeof sql,
-             "DELETE FROM embedd_samples WHERE id IN (SELECT id FROM embedd_samples"
-             " ORDER BY id LIMIT %d FOR UPDATE SKIP LOCKED) RETURNING text, source",
-             SAMPLES_PER_ROUND);
     emb_err err;
-    PGresult *r = pg_query(c->fconn, sql, NULL, "samples", &err);
+    if (!c->cursor_set && samples_start(c, &err) != 0) {
+        cluster_note_error(c, err.msg);
+        return;
+    }
+    char sql[192];
+    snprintf(sql, sizeof sql,
+             "SELECT id, text, source FROM embedd_samples WHERE id > $1 ORDER BY id LIMIT %d",
+             SAMPLES_PER_ROUND);
+    pg_params p;
+    pg_params_init(&p);
+    pg_param_i64(&p, (int64_t)c->sample_cursor);
+    PGresult *r = pg_query(c->fconn, sql, &p, "samples", &err);
     if (r == NULL) {
         cluster_note_error(c, err.msg);
         return;
     }
+    int n = PQntuples(r);
     pthread_mutex_lock(&c->out_mu);
-    for (int i = 0; c->sink != NULL && i < PQntuples(r); i++)
-        c->sink(c->sink_ctx, PQgetvalue(r, i, 0), (size_t)PQgetlength(r, i, 0),
-                pg_get_i16(r, i, 1));
+    for (int i = 0; c->sink != NULL && i < n; i++)
+        c->sink(c->sink_ctx, PQgetvalue(r, i, 1), (size_t)PQgetlength(r, i, 1),
+                pg_get_i16(r, i, 2));
     pthread_mutex_unlock(&c->out_mu);
-    pthread_mutex_lock(&c->mu);
-    c->received += (uint64_t)PQntuples(r);
-    pthread_mutex_unlock(&c->mu);
+    if (n > 0)
+        c->sample_cursor = (uint64_t)pg_get_i64(r, n - 1, 0);
     PQclear(r);
+    pthread_mutex_lock(&c->mu);
+    c->received += (uint64_t)n;
+    pthread_mutex_unlock(&c->mu);
+    if (c->sample_cursor > SAMPLES_KEEP && mono_seconds() >= c->next_trim) {
+        c->next_trim = mono_seconds() + SAMPLES_TRIM_EVERY;
+        pg_params_init(&p);
+        pg_param_i64(&p, (int64_t)(c->sample_cursor - SAMPLES_KEEP));
+        PQclear(pg_query(c->fconn, "DELETE FROM embedd_samples WHERE id <= $1", &p,
+                         "trimming samples", &err));
+    }
 }
 
+/* Every replica queues its texts in PostgreSQL (the trainer's too, so that
+ * the queue holds all of them for a trainer that takes over); the trainer
+ * reads them back into its sample buffer. */
 static void exchange_samples(cluster *c)
 {
     double now = mono_seconds();
@@ -686,18 +774,12 @@ static void exchange_samples(cluster *c)
     memcpy(texts, c->outbox, sizeof texts[0] * (size_t)n);
     c->out_n = 0;
     pthread_mutex_unlock(&c->out_mu);
-    if (cluster_is_leader(c)) {
-        /* texts forwarded before this replica took the lock are its own */
-        pthread_mutex_lock(&c->out_mu);
-        for (int i = 0; c->sink != NULL && i < n; i++)
-            c->sink(c->sink_ctx, texts[i].text, texts[i].len, texts[i].source);
-        pthread_mutex_unlock(&c->out_mu);
-        receive_samples(c);
-    } else if (n > 0) {
+    if (n > 0)
         send_samples(c, texts, n);
-    }
     for (int i = 0; i < n; i++)
         free(texts[i].text);
+    if (cluster_is_leader(c))
+        receive_samples(c);
 }
 
 /* ---- the follower thread ----------------------------------------------------------------- */
@@ -765,6 +847,10 @@ int cluster_start(cluster *c, store *st, versions *v, emb_err *err)
     set_applied(c, head, 0, 1);
     c->connected = 1;
     cluster_set_hooks(c);
+    c->load_want = c->load_done = c->target;
+    if (pthread_create(&c->loader, NULL, loader_main, c) != 0)
+        return emb_fail_as(err, EMB_ERR_NO_MEMORY, "cannot start the cluster's version loader");
+    c->loader_started = 1;
     if (pthread_create(&c->thread, NULL, follower_main, c) != 0)
         return emb_fail_as(err, EMB_ERR_NO_MEMORY, "cannot start the cluster follower");
     c->started = 1;
@@ -778,8 +864,13 @@ void cluster_close(cluster *c)
     atomic_store(&c->stop, 1);
     ssize_t ignored = write(c->wake[1], "s", 1);
     (void)ignored;
+    pthread_mutex_lock(&c->mu);
+    pthread_cond_broadcast(&c->load_cv);
+    pthread_mutex_unlock(&c->mu);
     if (c->started)
         pthread_join(c->thread, NULL);
+    if (c->loader_started)
+        pthread_join(c->loader, NULL);
     if (c->st != NULL)
         store_set_remote(c->st, NULL);
     pthread_mutex_lock(&c->mu);

@@ -23,7 +23,7 @@
  *                    precision, packed: learn/versions.h, versions_export),
  *                    parent and gate (the publish gate's verdict): every
  *                    published version, so that any replica can load it
- *   embedd_samples   texts the replicas saw, for the one trainer
+ *   embedd_samples   texts the replicas saw, queued for the one trainer
  *   embedd_seq       the change sequence
  *
  * Change order: every write transaction takes one advisory lock before it
@@ -36,16 +36,20 @@
  * reconnects every second and goes on from n.
  *
  * One trainer: with training on, every replica asks for a session-level
- * advisory lock once a second; the holder trains (cluster_is_leader). The
- * others forward the texts they would have learned from into
- * embedd_samples, which the holder drains. When the holder's session ends
- * (it died, or lost PostgreSQL), the lock is free and another replica
- * takes it and trains on from the newest published version.
+ * advisory lock once a second; the holder trains and re-embeds
+ * (cluster_is_leader). Every replica queues the texts it would learn from
+ * in embedd_samples, the holder's own included, and the holder reads the
+ * queue in order into its sample buffer (trimmed to the newest 20000).
+ * When the holder's session ends (it died, or lost PostgreSQL), the lock
+ * is free; another replica takes it, reads the newest 4096 texts again
+ * (the buffer that died with the old holder) and trains on from the newest
+ * published version.
  *
  * Versions: the trainer publishes version T (learn/versions.h); the store
  * hook uploads its files to embedd_versions and writes a 'target' event in
- * one transaction. Every replica's follower then loads T and makes it
- * current (/embed answers with it), and its store starts moving to T. The
+ * one transaction. At that event every replica's store starts moving to T,
+ * and a loader thread downloads T and makes it current (/embed answers
+ * with it) without holding up the change sequence. The
  * trainer re-embeds each stored text once, into next_vector; followers
  * keep those vectors beside the searched ones. When no text lacks one,
  * the trainer writes a 'serve' event (in the transaction that also moves
@@ -55,8 +59,8 @@
  * whichever replica answers.
  *
  * Threads: the follower is one thread with its own connection (and one
- * more for the trainer lock); writers share a second connection under a
- * mutex. Errors are values; the follower's go to the log and the stats. */
+ * more for the trainer lock); the version loader is another, with its
+ * own; writers share one more connection under a mutex. Errors are values; the follower's go to the log and the stats. */
 #ifndef EMBEDD_CLUSTER_H
 #define EMBEDD_CLUSTER_H
 

@@ -57,11 +57,27 @@ struct cluster {
     uint64_t forwarded, received;
     char last_error[256];
 
+    /* The version loader (a thread of its own, so that downloading and
+     * loading a published version does not hold up the change sequence):
+     * load_want is the newest version asked for, load_done the newest
+     * loaded and current; both under mu, signalled by load_cv. load_mu
+     * serialises loading (the loader, and the follower at a 'serve'). */
+    pthread_t loader;
+    int loader_started;
+    pthread_cond_t load_cv;
+    uint32_t load_want, load_done;
+    pthread_mutex_t load_mu;
+    PGconn *load_conn;
+
     /* texts for the trainer; guarded by out_mu */
     pthread_mutex_t out_mu;
     outbox_text outbox[CLUSTER_OUTBOX];
     int out_n;
     void (*sink)(void *ctx, const char *text, size_t len, int source);
+    /* the trainer's place in embedd_samples (follower thread only) */
+    uint64_t sample_cursor;
+    int cursor_set;
+    double next_trim;
     void *sink_ctx;
 };
 

@@ -86,6 +86,14 @@ static void conn_message(PGconn *c, char *out, size_t cap)
     first_line(c != NULL ? PQerrorMessage(c) : "no connection", out, cap);
 }
 
+/* PostgreSQL's notices ("relation ... already exists, skipping") are not
+ * errors: libpq would print them to stderr. */
+static void ignore_notice(void *arg, const char *message)
+{
+    (void)arg;
+    (void)message;
+}
+
 PGconn *pg_connect(const char *url, const char *application_name, emb_err *err)
 {
     /* dbname first: expanded from the URI, later keys add to it */
@@ -101,6 +109,7 @@ PGconn *pg_connect(const char *url, const char *application_name, emb_err *err)
         PQfinish(c);
         return NULL;
     }
+    PQsetNoticeProcessor(c, ignore_notice, NULL);
     return c;
 }
 

@@ -183,10 +183,17 @@ void learner_offer(learner *l, const char *text, size_t len, int source)
         (source == SAMPLES_SRC_ITEMS && !l->o.from_items) ||
         (source == SAMPLES_SRC_EXPLICIT && !l->o.from_explicit))
         return;
-    if (l->cluster.leader != NULL && !l->cluster.leader(l->cluster.ctx)) {
-        l->cluster.forward(l->cluster.ctx, text, len, source);
+    if (l->cluster.forward != NULL) {
+        l->cluster.forward(l->cluster.ctx, text, len, source); /* comes back to the trainer */
         return;
     }
+    learner_add_sample(l, text, len, source);
+}
+
+void learner_add_sample(learner *l, const char *text, size_t len, int source)
+{
+    if (l == NULL || !l->o.enabled)
+        return;
     if (samples_add(l->buf, text, len, source) == 1) {
         budget_earn(&l->budget, 1);
         atomic_store(&l->resting, 0);
@@ -196,7 +203,7 @@ void learner_offer(learner *l, const char *text, size_t len, int source)
 
 int learner_offer_explicit(learner *l, const char *const *texts, const size_t *lens, int n)
 {
-    if (l->cluster.leader != NULL && !l->cluster.leader(l->cluster.ctx)) {
+    if (l->cluster.forward != NULL) {
         for (int i = 0; i < n; i++)
             l->cluster.forward(l->cluster.ctx, texts[i], lens[i], SAMPLES_SRC_EXPLICIT);
         return n;

@@ -130,16 +130,22 @@ int learner_idle(void *ctx);
 
 /* A text seen by the server (source: enum samples_source). */
 /* Replicas (cluster/cluster.h): only the replica that holds the trainer's
- * lock trains and re-embeds; the others hand the texts they would learn
- * from to forward (any thread). leader is asked on the compute thread;
- * when it turns true, training restarts from the current version (the
- * newest one the cluster published). */
+ * lock trains and re-embeds. Every replica, that one included, hands the
+ * texts it would learn from to forward (any thread); the cluster queues
+ * them in PostgreSQL and the trainer's replica feeds them back with
+ * learner_add_sample, so a new trainer can take up the recent ones.
+ * leader is asked on the compute thread; when it turns true, training
+ * restarts from the current version (the newest one the cluster
+ * published). */
 typedef struct learner_cluster {
     void *ctx;
     int (*leader)(void *ctx);
     void (*forward)(void *ctx, const char *text, size_t len, int source);
 } learner_cluster;
 void learner_set_cluster(learner *l, const learner_cluster *c);
+/* A text for the sample buffer as it is (learner_offer's sources already
+ * chose it); any thread. */
+void learner_add_sample(learner *l, const char *text, size_t len, int source);
 
 void learner_offer(learner *l, const char *text, size_t len, int source);
 /* Texts from POST /train/samples: how many were new. */
