@@ -45,8 +45,13 @@ SERVER_LIB_OBJ := $(filter-out $(BUILD)/server/cli/main.o,$(SERVER_OBJ))
 TEST_BIN   := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 # make test TESTS="batcher server" runs only those suites.
 TESTS ?=
-# test_cluster (PostgreSQL, three replicas, haproxy: minutes) runs in the plain pass only, unless named.
-RUN_TESTS  := $(if $(TESTS),$(TESTS:%=$(BUILD)/tests/test_%),$(if $(SANITIZER),$(filter-out $(BUILD)/tests/test_cluster,$(TEST_BIN)),$(TEST_BIN)))
+# Suites that drive the server from outside and mostly time other programs run in the
+# plain pass only, unless named: test_cluster (PostgreSQL, three replicas, haproxy: a
+# minute or more), test_browser (chromium) and test_readme (the README's commands); the
+# routes they reach are run under the sanitizers by test_server, test_tei and test_qdrant.
+# test_clients (the Node clients) runs under ASan too, not under UBSan.
+PLAIN_ONLY := test_cluster test_browser test_readme $(if $(filter undefined,$(SANITIZER)),test_clients,)
+RUN_TESTS  := $(if $(TESTS),$(TESTS:%=$(BUILD)/tests/test_%),$(if $(SANITIZER),$(filter-out $(PLAIN_ONLY:%=$(BUILD)/tests/%),$(TEST_BIN)),$(TEST_BIN)))
 
 # Tests read the shared data set from beside the checkout unless told otherwise.
 export EMBEDD_SHARED_DATA ?= $(abspath ../shared/data)
@@ -93,7 +98,8 @@ test: $(BUILD)/embedd $(RUN_TESTS)
 	done; \
 	if [ $$fail -ne 0 ]; then echo "some test suites failed"; exit 1; fi
 
-# Everything CI runs: the folder layering (scripts/check_layers.py), the suites plain, a short crash round (five SIGKILLs
+# Everything CI runs: the folder layering (scripts/check_layers.py), the suites plain (the
+# cluster of PostgreSQL, replicas and haproxy included), a short crash round (five SIGKILLs
 # of a loaded server with torn log tails, about 10 s: scripts/crash_test.py),
 # the suites under ASan and UBSan, the batcher, the sample buffer, the WAL's
 # group commit and the GEMM pool under TSan (one OpenMP thread: libgomp is
