@@ -164,10 +164,13 @@ cluster *cluster_open(const cluster_options *o, emb_err *err)
         return NULL;
     }
     double give_up = mono_seconds() + (o->connect_wait > 0 ? o->connect_wait : 0);
-    for (;;) {
+    for (int tries = 0;; tries++) {
         c->fconn = pg_connect(c->url, "embedd follower", err);
         if (c->fconn != NULL || mono_seconds() >= give_up)
             break;
+        if (tries == 0)
+            log_msg(LOG_WARN, "cluster: %s; trying again every second for %.0f s", err->msg,
+                    o->connect_wait);
         sleep(1);
     }
     if (c->fconn == NULL || make_tables(c, c->fconn, err) != 0) {
