@@ -220,6 +220,11 @@ static void learner_forward(void *ctx, const char *text, size_t len, int source)
     cluster_forward_sample(ctx, text, len, source);
 }
 
+static uint32_t learner_next_version(void *ctx, uint32_t latest, emb_err *err)
+{
+    return cluster_next_version(ctx, latest, err);
+}
+
 static void sample_sink(void *ctx, const char *text, size_t len, int source)
 {
     learner_add_sample(ctx, text, len, source);
@@ -250,7 +255,8 @@ static int start_learning(server *srv, emb_err *err)
         return -1;
     if (srv->cluster != NULL) {
         learner_cluster lc = {.ctx = srv->cluster, .leader = learner_leader,
-                              .forward = learner_forward};
+                              .forward = learner_forward,
+                              .next_version = learner_next_version};
         learner_set_cluster(srv->learner, &lc);
         cluster_set_sample_sink(srv->cluster, sample_sink, srv->learner);
     }

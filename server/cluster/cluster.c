@@ -46,6 +46,7 @@ void cluster_note_error(cluster *c, const char *msg)
 
 static const char *SCHEMA_SQL =
     "CREATE SEQUENCE IF NOT EXISTS embedd_seq;"
+    "CREATE SEQUENCE IF NOT EXISTS embedd_version_seq MINVALUE 2 START 2;"
     "CREATE TABLE IF NOT EXISTS embedd_meta (key text PRIMARY KEY, value text NOT NULL);"
     "CREATE TABLE IF NOT EXISTS embedd_items ("
     " coll text NOT NULL, id_kind smallint NOT NULL, id text NOT NULL,"
@@ -290,14 +291,22 @@ int cluster_ensure_version(cluster *c, PGconn *conn, uint32_t id, emb_err *err)
 }
 
 /* Version id loaded and current; under load_mu, on the loader's or the
- * follower's connection. */
-static int load_version(cluster *c, PGconn *conn, uint32_t id, emb_err *err)
+ * follower's connection. id 0: the newest asked for (load_want, read under
+ * load_mu, so that the loader never makes an older version current after
+ * the follower made a newer one); *done gets the id. */
+static int load_version(cluster *c, PGconn *conn, uint32_t id, uint32_t *done, emb_err *err)
 {
     pthread_mutex_lock(&c->load_mu);
+    if (id == 0) {
+        pthread_mutex_lock(&c->mu);
+        id = c->load_want;
+        pthread_mutex_unlock(&c->mu);
+    }
     int rc = cluster_ensure_version(c, conn, id, err);
     if (rc == 0)
         rc = versions_adopt(c->v, id, err);
     pthread_mutex_unlock(&c->load_mu);
+    *done = id;
     return rc;
 }
 
@@ -311,16 +320,16 @@ static void *loader_main(void *arg)
         pthread_mutex_lock(&c->mu);
         while (!atomic_load(&c->stop) && c->load_want == c->load_done)
             pthread_cond_wait(&c->load_cv, &c->mu);
-        uint32_t want = c->load_want;
         pthread_mutex_unlock(&c->mu);
         if (atomic_load(&c->stop))
             break;
         emb_err err;
+        uint32_t want = 0;
         if (!pg_alive(c->load_conn)) {
             PQfinish(c->load_conn);
             c->load_conn = pg_connect(c->url, "embedd version loader", &err);
         }
-        if (c->load_conn == NULL || load_version(c, c->load_conn, want, &err) != 0) {
+        if (c->load_conn == NULL || load_version(c, c->load_conn, 0, &want, &err) != 0) {
             cluster_note_error(c, err.msg);
             sleep(1);
             continue;
@@ -353,7 +362,8 @@ static int follow_target(cluster *c, uint32_t id, emb_err *err)
  * once the version is loaded (normally long since, by the loader). */
 static int follow_serve(cluster *c, PGconn *conn, uint32_t id, emb_err *err)
 {
-    if (load_version(c, conn, id, err) != 0)
+    uint32_t done;
+    if (load_version(c, conn, id, &done, err) != 0)
         return -1;
     if (store_target_version(c->st) != id && store_vectors_version(c->st) != id &&
         store_reembed_start(c->st, id, err) != 0)
@@ -476,12 +486,16 @@ static int load_versions(cluster *c, PGconn *conn, emb_err *err)
     return 0;
 }
 
-/* Every item, as of one snapshot whose newest change is *head. */
-static int load_items(cluster *c, PGconn *conn, uint64_t *head, emb_err *err)
+/* The cluster's versions and every item, as of one snapshot whose newest
+ * change is *head (events and items alike, so that the follower goes on
+ * from exactly there). */
+static int load_state(cluster *c, PGconn *conn, uint64_t *head, emb_err *err)
 {
     if (pg_exec(conn, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", "begin", err) != 0)
         return -1;
     int rc = query_u64(conn, HEAD_SQL, head, err);
+    if (rc == 0)
+        rc = load_versions(c, conn, err);
     char sql[512];
     snprintf(sql, sizeof sql,
              "SELECT %s FROM embedd_items WHERE coll = '" CLUSTER_COLL "' AND seq > $1"
@@ -627,6 +641,14 @@ static void check_leadership(cluster *c)
         c->lconn = pg_connect(c->url, "embedd trainer lock", &err);
         if (c->lconn == NULL)
             return;
+        /* the server's side too: when this replica's host vanishes, the
+         * session (and the lock with it) ends in about 30 s, not in the
+         * kernel's default two hours */
+        if (pg_exec(c->lconn,
+                    "SET tcp_keepalives_idle = 10; SET tcp_keepalives_interval = 5;"
+                    " SET tcp_keepalives_count = 4",
+                    "keep-alives", &err) != 0)
+            cluster_note_error(c, err.msg);
     }
     char sql[96];
     pthread_mutex_lock(&c->mu);
@@ -720,8 +742,10 @@ static int samples_start(cluster *c, emb_err *err)
     return 0;
 }
 
-/* The trainer reads the queue in order, and now and then trims it to the
- * newest SAMPLES_KEEP texts. */
+/* The trainer reads the queue in id order, and now and then trims it to
+ * the newest SAMPLES_KEEP texts. Ids come from a sequence, not in commit
+ * order: a text committed late behind the cursor is skipped (training
+ * texts are a sample, not a log). */
 static void receive_samples(cluster *c)
 {
     emb_err err;
@@ -841,9 +865,7 @@ int cluster_start(cluster *c, store *st, versions *v, emb_err *err)
     c->v = v;
     cluster_applying = 1;
     uint64_t head = 0;
-    int rc = load_versions(c, c->fconn, err);
-    if (rc == 0)
-        rc = load_items(c, c->fconn, &head, err);
+    int rc = load_state(c, c->fconn, &head, err);
     cluster_applying = 0;
     if (rc != 0 || listen_changes(c, err) != 0)
         return -1;

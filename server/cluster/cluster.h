@@ -6,8 +6,10 @@
  * searches are answered from that copy. Writes go to PostgreSQL first
  * (store_remote hooks): one transaction per batch, acknowledged after the
  * commit and after this replica's follower applied it, so a client reads
- * its own write from the replica that took it. The other replicas apply it
- * when their followers see it.
+ * its own write from the replica that took it (a follower that has not
+ * applied it within 10 s, because it is cut off or stalled on a change it
+ * cannot apply, is not waited for: the write is committed and answered).
+ * The other replicas apply it when their followers see it.
  *
  * Tables (created at first start; one database per cluster)
  *   embedd_meta      key, value: the model's dimension and name, checked at start
@@ -113,6 +115,10 @@ int cluster_start(cluster *c, store *st, versions *v, emb_err *err);
 void cluster_close(cluster *c);
 
 int cluster_is_leader(cluster *c);
+/* A version number no replica has used: above latest and every number
+ * handed out before (embedd_version_seq). 0 with err (EMB_ERR_UNAVAILABLE)
+ * when PostgreSQL cannot be reached. */
+uint32_t cluster_next_version(cluster *c, uint32_t latest, emb_err *err);
 /* A text this replica would learn from, for the trainer (copied; dropped
  * when the outbox is full). */
 void cluster_forward_sample(cluster *c, const char *text, size_t len, int source);

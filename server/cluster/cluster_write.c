@@ -337,6 +337,11 @@ static int remote_put(void *ctx, const store_id *ids, const char *const *texts,
 static const char *PENDING_SQL =
     "SELECT count(*) FROM embedd_items WHERE coll = '" CLUSTER_COLL "' AND text IS NOT NULL"
     " AND version <> 0 AND version <> $1 AND next_version IS DISTINCT FROM $1";
+/* The switch leaves seq alone: a follower that is up to date switches its
+ * copy from the vectors it already holds, at the 'serve' event. One that
+ * is catching up from before the switch reads these rows with T's vectors
+ * at their old seqs, and their items are not searched until it reaches
+ * the event, later in the same catch-up. */
 static const char *SWITCH_SQL =
     "UPDATE embedd_items SET version = next_version, vector = next_vector,"
     " next_version = NULL, next_vector = NULL"
@@ -383,6 +388,31 @@ static int remote_finish(void *ctx, uint32_t version, emb_err *err)
     if (rc == 1)
         cluster_wait_applied(c, seq);
     return rc;
+}
+
+uint32_t cluster_next_version(cluster *c, uint32_t latest, emb_err *err)
+{
+    uint32_t id = 0;
+    pthread_mutex_lock(&c->wmu);
+    PGconn *conn = writer(c, err);
+    pg_params p;
+    pg_params_init(&p);
+    pg_param_i64(&p, (int64_t)latest + 1);
+    /* setval moves the sequence past a number this replica already has
+     * (a version made before it joined a cluster, or one whose upload
+     * failed), so that it is never handed out */
+    PGresult *r = conn != NULL ? pg_query(conn,
+                                          "SELECT CASE WHEN last_value >= $1 THEN"
+                                          " nextval('embedd_version_seq')"
+                                          " ELSE setval('embedd_version_seq', $1, true) END"
+                                          " FROM embedd_version_seq",
+                                          &p, "version number", err)
+                               : NULL;
+    if (r != NULL && PQntuples(r) == 1)
+        id = (uint32_t)pg_get_i64(r, 0, 0);
+    PQclear(r);
+    pthread_mutex_unlock(&c->wmu);
+    return id;
 }
 
 void cluster_set_hooks(cluster *c)

@@ -99,8 +99,9 @@ PGconn *pg_connect(const char *url, const char *application_name, emb_err *err)
     /* dbname first: expanded from the URI, later keys add to it */
     const char *keys[] = {"dbname", "application_name", "connect_timeout", "keepalives",
                           "keepalives_idle", "keepalives_interval", "keepalives_count",
-                          "tcp_user_timeout", NULL};
-    const char *values[] = {url, application_name, "3", "1", "5", "2", "3", "10000", NULL};
+                          "tcp_user_timeout", "client_encoding", NULL};
+    const char *values[] = {url, application_name, "3", "1", "5", "2", "3", "10000", "UTF8",
+                            NULL};
     PGconn *c = PQconnectdbParams(keys, values, 1);
     if (c == NULL || PQstatus(c) != CONNECTION_OK) {
         char msg[400];

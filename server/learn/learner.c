@@ -654,9 +654,25 @@ static void *saver_main(void *arg)
 }
 
 /* The gate passed: copy the candidate and save it off the compute thread. */
+/* The number of the next version: the registry's next, or with replicas
+ * one the cluster hands out (never reused, whichever replica trains). 0
+ * with err when there is none to be had. */
+static uint32_t next_version_id(learner *l, emb_err *err)
+{
+    if (l->cluster.next_version != NULL)
+        return l->cluster.next_version(l->cluster.ctx, versions_latest_id(l->v), err);
+    return versions_latest_id(l->v) + 1;
+}
+
 static void start_save(learner *l)
 {
     emb_err err;
+    uint32_t id = next_version_id(l, &err);
+    if (id == 0) {
+        set_error(l, "publish", err.msg);
+        l->phase = PH_IDLE;
+        return;
+    }
     l->save.model = emb_model_clone(l->gate.stage_cand != NULL ? l->gate.stage_cand : l->cand,
                                     &err);
     if (l->save.model == NULL) {
@@ -666,7 +682,7 @@ static void start_save(learner *l)
     }
     memcpy(l->save.head, l->t->params + l->t->n_enc,
            sizeof(float) * (l->t->n_params - l->t->n_enc));
-    l->save.id = versions_latest_id(l->v) + 1;
+    l->save.id = id;
     l->gate.res.candidate_id = l->save.id;
     pthread_mutex_lock(&l->lock);
     l->last_gate.candidate_id = l->save.id;

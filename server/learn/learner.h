@@ -141,6 +141,10 @@ typedef struct learner_cluster {
     void *ctx;
     int (*leader)(void *ctx);
     void (*forward)(void *ctx, const char *text, size_t len, int source);
+    /* the number for the next version, above latest and above any the
+     * cluster handed out before; 0 with err when none can be had now (the
+     * publish is skipped) */
+    uint32_t (*next_version)(void *ctx, uint32_t latest, emb_err *err);
 } learner_cluster;
 void learner_set_cluster(learner *l, const learner_cluster *c);
 /* A text for the sample buffer as it is (learner_offer's sources already

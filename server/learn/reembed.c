@@ -182,9 +182,11 @@ static int work_store(reembedder *r, store *st, uint32_t current)
 {
     emb_err err;
     /* a store that missed a start (a collection created or opened since,
-     * or a start that failed) catches up with the current version */
-    if (store_target_version(st) != current && store_vectors_version(st) != 0 &&
-        store_reembed_start(st, current, &err) != 0) {
+     * or a start that failed) catches up with the current version; a
+     * replica's store moves when its cluster says so (cluster.h), and the
+     * current version may lag its target while it loads */
+    if (!store_has_remote(st) && store_target_version(st) != current &&
+        store_vectors_version(st) != 0 && store_reembed_start(st, current, &err) != 0) {
         tell(r, err.msg);
         return 0;
     }

@@ -276,6 +276,11 @@ void store_set_remote(store *s, const store_remote *r)
         memset(&s->remote, 0, sizeof s->remote);
 }
 
+int store_has_remote(const store *s)
+{
+    return s->remote.upsert != NULL;
+}
+
 void store_set_error(store *s, const char *msg)
 {
     pthread_mutex_lock(&s->stat_lock);
@@ -717,6 +722,17 @@ int store_upsert(store *s, const store_item *items, int n, emb_err *err)
         if (store_item_check(s, &items[i], &e) != 0)
             return emb_fail_as(err, e.kind, "item %d: %s", i, e.msg);
     }
+    /* what the local copy cannot hold never goes to the system of record:
+     * its follower could not apply it */
+    pthread_rwlock_rdlock(&s->rw);
+    long n_new = 0;
+    for (int i = 0; i < n; i++)
+        n_new += store_find(s, &items[i].id) < 0;
+    long count = s->count;
+    pthread_rwlock_unlock(&s->rw);
+    if (count + n_new > s->max_items)
+        return emb_fail(err, "the store is full: %ld items, max_items is %ld", count,
+                        s->max_items);
     return s->remote.upsert(s->remote.ctx, items, n, err);
 }
 

@@ -391,6 +391,9 @@ int store_heal(store *s, emb_err *err);
 
 /* Sends writes to r (copied; NULL: none) from now on. Call before serving. */
 void store_set_remote(store *s, const store_remote *r);
+/* 1 when writes go to a remote: the store's version moves are then the
+ * system of record's to start (its follower calls store_reembed_start). */
+int store_has_remote(const store *s);
 /* The writes as a store without a remote applies them: what the remote's
  * follower calls. Memory-only stores only need these. */
 int store_upsert_local(store *s, const store_item *items, int n, emb_err *err);
