@@ -131,13 +131,18 @@ def load_texts(n):
 
 # ---- small helpers over the HTTP API ------------------------------------
 
-def info(r, timeout=5):
+def get(r, path, timeout=5, kind=dict):
+    """r's answer to GET path when it is 200 with a body of type kind, else None."""
     c = Client(r.port, timeout)
     try:
-        st, _, body = c.request("GET", "/info")
+        st, _, body = c.request("GET", path)
     finally:
         c.close()
-    return body if st == 200 and isinstance(body, dict) else None
+    return body if st == 200 and isinstance(body, kind) else None
+
+
+def info(r, timeout=5):
+    return get(r, "/info", timeout)
 
 
 def replication(r):
@@ -182,10 +187,8 @@ def version_mismatch(headers, body):
 
 def metrics(r):
     """{name: value} of r's /metrics samples without labels, or None."""
-    cl = r.client(5)
-    st, _, body = cl.request("GET", "/metrics")
-    cl.close()
-    if st != 200 or not isinstance(body, str):
+    body = get(r, "/metrics", kind=str)
+    if body is None:
         return None
     out = {}
     for line in body.splitlines():
@@ -444,10 +447,8 @@ def presence(c, ids, replicas):
 
 
 def count(r):
-    cl = r.client(10)
-    st, _, body = cl.request("GET", "/items/count")
-    cl.close()
-    return body.get("count") if st == 200 and isinstance(body, dict) else None
+    body = get(r, "/items/count", 10)
+    return body.get("count") if body else None
 
 
 # ---- the scenarios -------------------------------------------------------
@@ -590,12 +591,8 @@ def failure_kinds(fails):
 
 
 def train_steps(r):
-    cl = r.client(5)
-    st, _, body = cl.request("GET", "/train/status")
-    cl.close()
-    if st != 200 or not isinstance(body, dict):
-        return None
-    return body.get("steps")
+    body = get(r, "/train/status")
+    return body.get("steps") if body else None
 
 
 def serving_versions(c, replicas=None):

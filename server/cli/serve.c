@@ -186,11 +186,11 @@ static int open_cluster(server *srv, emb_err *err)
     }
     cluster_options co = {.url = o->store_url, .replica = srv->replica,
                           .model = srv->model_name, .dim = emb_model_dim(srv->model),
-                          .train = 1, .connect_wait = 30};
+                          .connect_wait = 30};
     /* every replica competes for the trainer's lock, --train off included:
      * the holder also re-embeds the store after a rollback, and its learner
      * trains only when --train is on */
-    log_msg(LOG_INFO, "connecting to PostgreSQL (store %s)", "postgres");
+    log_msg(LOG_INFO, "connecting to PostgreSQL");
     srv->cluster = cluster_open(&co, err);
     return srv->cluster != NULL ? 0 : -1;
 }

@@ -156,7 +156,6 @@ cluster *cluster_open(const cluster_options *o, emb_err *err)
     c->replica = strdup(o->replica != NULL ? o->replica : "embedd");
     c->model = strdup(o->model != NULL ? o->model : "");
     c->dim = o->dim;
-    c->train = o->train;
     c->vec = malloc(sizeof(float) * (size_t)(o->dim > 0 ? o->dim : 1));
     if (c->url == NULL || c->replica == NULL || c->model == NULL || c->vec == NULL ||
         pipe2(c->wake, O_NONBLOCK | O_CLOEXEC) != 0) {
@@ -631,7 +630,7 @@ static void set_leader(cluster *c, int yes)
 static void check_leadership(cluster *c)
 {
     double now = mono_seconds();
-    if (!c->train || now < c->next_leader_check)
+    if (now < c->next_leader_check)
         return;
     c->next_leader_check = now + LEADER_CHECK_EVERY;
     emb_err err;
@@ -792,7 +791,7 @@ static void receive_samples(cluster *c)
 static void exchange_samples(cluster *c)
 {
     double now = mono_seconds();
-    if (!c->train || now < c->next_samples)
+    if (now < c->next_samples)
         return;
     c->next_samples = now + SAMPLES_EVERY;
     outbox_text texts[CLUSTER_OUTBOX];

@@ -80,7 +80,6 @@ typedef struct cluster_options {
     const char *replica;       /* this replica's name, for the samples and the log */
     const char *model;         /* the model's name: replicas must serve the same one */
     int dim;                   /* the model's dimension */
-    int train;                 /* compete for the trainer's lock (which also re-embeds) */
     double connect_wait;       /* seconds cluster_open keeps trying to connect */
 } cluster_options;
 

@@ -26,7 +26,7 @@ typedef struct outbox_text {
 
 struct cluster {
     char *url, *replica, *model;
-    int dim, train;
+    int dim;
     store *st;
     versions *v;
 

@@ -138,15 +138,22 @@ static void reply_body(reply *rp, api_family api, int status, const char *type, 
     sb_putc(&rp->body, '}');
 }
 
+/* A reply's message: formatted, and valid UTF-8 (a quoted URL or a string
+ * cut short must not break the JSON body). */
+static void format_message(char *msg, size_t cap, const char *fmt, va_list ap)
+{
+    vsnprintf(msg, cap, fmt, ap);
+    utf8_sanitize(msg);
+}
+
 void reply_openai_error(reply *rp, int status, const char *param, const char *code,
                         const char *fmt, ...)
 {
     char msg[1024];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
+    format_message(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    utf8_sanitize(msg);
     sb_free(&rp->body);
     rp->status = openai_status(status);
     rp->content_type = "application/json";
@@ -159,9 +166,8 @@ void reply_error(reply *rp, api_family api, int status, const char *type, const 
     char msg[1024];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
+    format_message(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    utf8_sanitize(msg); /* a quoted URL or a string cut short must not break the body */
     reply_body(rp, api, status, type, msg);
 }
 
@@ -170,9 +176,8 @@ void reply_fail(reply *rp, api_family api, emb_err_kind kind, const char *fmt, .
     char msg[1024];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
+    format_message(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    utf8_sanitize(msg);
     const http_error *e = http_error_of_kind(kind);
     reply_body(rp, api, e->status, e->tei_type, msg);
 }

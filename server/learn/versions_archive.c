@@ -12,6 +12,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "base/bytes.h"
 #include "base/fileio.h"
 #include "checkpoint.h"
 #include "common/strbuf.h"
@@ -22,14 +23,16 @@
 
 static void put_u32(strbuf *b, uint32_t x)
 {
-    unsigned char p[4] = {x, x >> 8, x >> 16, x >> 24};
+    unsigned char p[4];
+    emb_put_u32(p, x);
     sb_append(b, (const char *)p, 4);
 }
 
 static void put_u64(strbuf *b, uint64_t x)
 {
-    put_u32(b, (uint32_t)x);
-    put_u32(b, (uint32_t)(x >> 32));
+    unsigned char p[8];
+    emb_put_u64(p, x);
+    sb_append(b, (const char *)p, 8);
 }
 
 static int pack_file(const char *path, const char *rel, strbuf *out, emb_err *err)
@@ -122,16 +125,16 @@ static int take_u32(reader *r, uint32_t *x)
     unsigned char b[4];
     if (take(r, b, 4) != 0)
         return -1;
-    *x = (uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 | (uint32_t)b[3] << 24;
+    *x = emb_get_u32(b);
     return 0;
 }
 
 static int take_u64(reader *r, uint64_t *x)
 {
-    uint32_t lo, hi;
-    if (take_u32(r, &lo) != 0 || take_u32(r, &hi) != 0)
+    unsigned char b[8];
+    if (take(r, b, 8) != 0)
         return -1;
-    *x = (uint64_t)hi << 32 | lo;
+    *x = emb_get_u64(b);
     return 0;
 }
 
