@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/bytes.h"
 #include "jsonfmt.h"
 
 void sb_init(strbuf *sb, size_t max)
@@ -175,4 +176,18 @@ void sb_base64(strbuf *sb, const unsigned char *data, size_t n)
     }
     sb->len = (size_t)(o - sb->buf);
     sb->buf[sb->len] = '\0';
+}
+
+void sb_put_u32(strbuf *sb, uint32_t v)
+{
+    unsigned char b[4];
+    emb_put_u32(b, v);
+    sb_append(sb, (const char *)b, 4);
+}
+
+void sb_put_u64(strbuf *sb, uint64_t v)
+{
+    unsigned char b[8];
+    emb_put_u64(b, v);
+    sb_append(sb, (const char *)b, 8);
 }

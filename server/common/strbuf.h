@@ -5,6 +5,7 @@
 #define EMBEDD_STRBUF_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 typedef struct strbuf {
     char *buf;
@@ -20,6 +21,9 @@ char *sb_take(strbuf *sb, size_t *len);
 void sb_append(strbuf *sb, const char *s, size_t n);
 void sb_puts(strbuf *sb, const char *s);
 void sb_putc(strbuf *sb, char c);
+/* Little-endian integers (the on-disk formats, model/base/bytes.h). */
+void sb_put_u32(strbuf *sb, uint32_t v);
+void sb_put_u64(strbuf *sb, uint64_t v);
 void sb_printf(strbuf *sb, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* A JSON string literal, quotes included, with escapes. */
 void sb_json_string(strbuf *sb, const char *s);

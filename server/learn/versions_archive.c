@@ -21,20 +21,6 @@
 #define ARCHIVE_MAX_FILES 256
 #define ARCHIVE_MAX_PATH 512
 
-static void put_u32(strbuf *b, uint32_t x)
-{
-    unsigned char p[4];
-    emb_put_u32(p, x);
-    sb_append(b, (const char *)p, 4);
-}
-
-static void put_u64(strbuf *b, uint64_t x)
-{
-    unsigned char p[8];
-    emb_put_u64(p, x);
-    sb_append(b, (const char *)p, 8);
-}
-
 static int pack_file(const char *path, const char *rel, strbuf *out, emb_err *err)
 {
     FILE *f = fopen(path, "rb");
@@ -45,9 +31,9 @@ static int pack_file(const char *path, const char *rel, strbuf *out, emb_err *er
         fclose(f);
         return emb_fail_as(err, EMB_ERR_IO, "%s: %s", path, strerror(errno));
     }
-    put_u32(out, (uint32_t)strlen(rel));
+    sb_put_u32(out, (uint32_t)strlen(rel));
     sb_append(out, rel, strlen(rel));
-    put_u64(out, (uint64_t)st.st_size);
+    sb_put_u64(out, (uint64_t)st.st_size);
     char buf[1 << 16];
     size_t n;
     while ((n = fread(buf, 1, sizeof buf, f)) > 0)

@@ -33,20 +33,6 @@ static void put_u8(strbuf *sb, unsigned v)
     sb_putc(sb, (char)(unsigned char)v);
 }
 
-static void put_u32(strbuf *sb, uint32_t v)
-{
-    unsigned char b[4];
-    emb_put_u32(b, v);
-    sb_append(sb, (const char *)b, 4);
-}
-
-static void put_u64(strbuf *sb, uint64_t v)
-{
-    unsigned char b[8];
-    emb_put_u64(b, v);
-    sb_append(sb, (const char *)b, 8);
-}
-
 static void put_floats(strbuf *sb, const float *v, int n)
 {
 #if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
@@ -55,7 +41,7 @@ static void put_floats(strbuf *sb, const float *v, int n)
     for (int i = 0; i < n; i++) {
         uint32_t u;
         memcpy(&u, &v[i], 4);
-        put_u32(sb, u);
+        sb_put_u32(sb, u);
     }
 #endif
 }
@@ -64,7 +50,7 @@ static void put_id(strbuf *sb, const store_id *id)
 {
     put_u8(sb, (unsigned)id->kind);
     if (id->kind == STORE_ID_NUM) {
-        put_u64(sb, id->num);
+        sb_put_u64(sb, id->num);
         return;
     }
     put_u8(sb, (unsigned)(id->len & 0xff));
@@ -76,15 +62,15 @@ static void put_row(strbuf *sb, const store_row *r, const float *vec, int dim)
 {
     store_id id = store_row_id(r);
     put_id(sb, &id);
-    put_u32(sb, (uint32_t)r->version);
+    sb_put_u32(sb, (uint32_t)r->version);
     unsigned flags = (r->text != NULL ? FLAG_TEXT : 0) | (r->payload != NULL ? FLAG_PAYLOAD : 0);
     put_u8(sb, flags);
     if (r->text != NULL) {
-        put_u32(sb, r->text_len);
+        sb_put_u32(sb, r->text_len);
         sb_append(sb, r->text, r->text_len);
     }
     if (r->payload != NULL) {
-        put_u32(sb, r->payload_len);
+        sb_put_u32(sb, r->payload_len);
         sb_append(sb, r->payload, r->payload_len);
     }
     put_floats(sb, vec, dim);
@@ -93,7 +79,7 @@ static void put_row(strbuf *sb, const store_row *r, const float *vec, int dim)
 int store_encode_upsert(strbuf *sb, const store_row *rows, const float *vecs, int n, int dim)
 {
     put_u8(sb, STORE_OP_UPSERT);
-    put_u32(sb, (uint32_t)n);
+    sb_put_u32(sb, (uint32_t)n);
     for (int i = 0; i < n; i++)
         put_row(sb, &rows[i], vecs + (size_t)i * dim, dim);
     return sb->failed ? -1 : 0;
@@ -102,7 +88,7 @@ int store_encode_upsert(strbuf *sb, const store_row *rows, const float *vecs, in
 void store_encode_delete(strbuf *sb, const store_id *ids, int n)
 {
     put_u8(sb, STORE_OP_DELETE);
-    put_u32(sb, (uint32_t)n);
+    sb_put_u32(sb, (uint32_t)n);
     for (int i = 0; i < n; i++)
         put_id(sb, &ids[i]);
 }
